@@ -1,0 +1,198 @@
+//! `envol kms ...`: initialise, serve, and manage the users of a KMS data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, CliResult, runtime, shutdown_signal};
+use crate::kms::clock::SystemClock;
+use crate::kms::datadir::DataDir;
+use crate::kms::iam::AccessKey;
+use crate::kms::{Kms, http, profile};
+
+#[derive(Debug, Args)]
+pub struct DataArg {
+    /// The KMS data directory.
+    #[arg(long, env = "ENVOL_KMS_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Also write the credentials as this AWS profile (shared credentials and config files).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// With --profile: record this KMS endpoint as the profile's endpoint_url.
+    #[arg(long, value_name = "URL", requires = "profile")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KmsCommand {
+    /// Create a data directory: account, root key, database, root credentials.
+    Init {
+        #[command(flatten)]
+        data: DataArg,
+        /// The region this KMS answers as (part of every key ARN).
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Serve the AWS KMS JSON API.
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// Address to listen on (loopback only until TLS is configured).
+        #[arg(long, default_value = "127.0.0.1:4599")]
+        listen: SocketAddr,
+    },
+    /// Manage IAM-style users and their access keys.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Verify that every stored key version unseals under the root key.
+    Check {
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user with a new access key (printed once).
+    Add {
+        name: String,
+        #[command(flatten)]
+        data: DataArg,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// List users and their access key ids.
+    List {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Remove a user and its access keys.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+pub fn run(cmd: KmsCommand) -> CliResult {
+    match cmd {
+        KmsCommand::Init {
+            data,
+            region,
+            profile,
+        } => init(data.data, &region, profile),
+        KmsCommand::Serve { data, listen } => serve(data.data, listen),
+        KmsCommand::User(UserCommand::Add {
+            name,
+            data,
+            profile,
+        }) => user_add(data.data, &name, profile),
+        KmsCommand::User(UserCommand::List { data }) => user_list(data.data),
+        KmsCommand::User(UserCommand::Remove { name, data }) => {
+            open(&data.data)?.remove_user(&name)?;
+            println!("Removed user {name} and its access keys.");
+            Ok(())
+        }
+        KmsCommand::Check { data } => {
+            let n = open(&data.data)?.check_integrity()?;
+            println!("ok: {n} key versions unseal under the root key");
+            Ok(())
+        }
+    }
+}
+
+fn open(dir: &std::path::Path) -> Result<Kms, CliError> {
+    Ok(Kms::open(&DataDir::new(dir), Arc::new(SystemClock))?)
+}
+
+fn print_access_key(who: &str, access: &AccessKey) {
+    println!("Access key for {who} (the secret is shown only now):");
+    println!("  aws_access_key_id     = {}", access.access_key_id);
+    println!(
+        "  aws_secret_access_key = {}",
+        access.secret_access_key.as_str()
+    );
+}
+
+fn write_profile(args: &ProfileArgs, access: &AccessKey, region: &str) -> CliResult {
+    if let Some(name) = &args.profile {
+        let w = profile::write_profile(name, access, region, args.endpoint.as_deref())
+            .map_err(CliError)?;
+        println!(
+            "Wrote profile {name} to {} and {}",
+            w.credentials_file.display(),
+            w.config_file.display()
+        );
+    }
+    Ok(())
+}
+
+fn init(dir: PathBuf, region: &str, profile_args: ProfileArgs) -> CliResult {
+    if let Some(p) = &profile_args.profile {
+        profile::validate_profile_name(p).map_err(CliError)?;
+    }
+    let (kms, access) = Kms::init(&DataDir::new(&dir), region, Arc::new(SystemClock))?;
+    println!("Initialised KMS data directory {}", dir.display());
+    println!("  account: {}", kms.account_id());
+    println!("  region:  {}", kms.region());
+    println!("  root:    {}", kms.root_principal().arn);
+    print_access_key("the account root", &access);
+    write_profile(&profile_args, &access, kms.region())
+}
+
+fn user_add(dir: PathBuf, name: &str, profile_args: ProfileArgs) -> CliResult {
+    if let Some(p) = &profile_args.profile {
+        profile::validate_profile_name(p).map_err(CliError)?;
+    }
+    let kms = open(&dir)?;
+    let (principal, access) = kms.add_user(name)?;
+    println!("Added user {}", principal.arn);
+    print_access_key(principal.short(), &access);
+    write_profile(&profile_args, &access, kms.region())
+}
+
+fn user_list(dir: PathBuf) -> CliResult {
+    let kms = open(&dir)?;
+    for p in kms.list_principals()? {
+        println!("{}\t{}\t{}", p.name, p.arn, p.access_key_ids.join(","));
+    }
+    Ok(())
+}
+
+fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
+    if !listen.ip().is_loopback() {
+        return Err(CliError(format!(
+            "refusing to serve the KMS on {listen} without TLS: listen on a loopback address (127.0.0.1)"
+        )));
+    }
+    let kms = Arc::new(open(&dir)?);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| CliError(format!("cannot listen on {listen}: {e}")))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "envol kms: account {} region {} listening on http://{addr}",
+            kms.account_id(),
+            kms.region()
+        );
+        println!(
+            "  use it with: aws kms list-keys --endpoint-url http://{addr} --profile <profile>"
+        );
+        // Tests and scripts read the address from stdout: don't buffer it.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        http::serve(kms, listener, shutdown_signal()).await?;
+        tracing::info!("KMS stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,98 @@
+//! The command line: clap definitions, printing, exit codes. No logic lives
+//! here beyond wiring arguments to the library and results to the terminal.
+
+mod kms;
+
+use clap::{Parser, Subcommand};
+
+/// A user-facing error: one line, printed as `envol: <message>`.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // One line, whatever the source said.
+        f.write_str(&self.0.replace('\n', " "))
+    }
+}
+
+macro_rules! cli_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                CliError(e.to_string())
+            }
+        }
+    )*};
+}
+cli_error_from!(
+    std::io::Error,
+    String,
+    crate::kms::KmsError,
+    crate::kms::service::ServiceError,
+    crate::kms::datadir::DataDirError
+);
+
+pub type CliResult = Result<(), CliError>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "envol",
+    version,
+    about = "Encrypted block volumes served over NBD, with data keys wrapped by an AWS-KMS-compatible master-key service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The master-key service: initialise, serve, manage users.
+    #[command(subcommand)]
+    Kms(kms::KmsCommand),
+}
+
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Kms(cmd) => kms::run(cmd),
+    }
+}
+
+/// Logs go to stderr; `ENVOL_LOG` sets the filter (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENVOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A multi-threaded runtime for the commands that serve.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        // Without signal handlers, fall back to Ctrl-C only.
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

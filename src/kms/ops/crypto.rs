@@ -1,0 +1,234 @@
+//! Encrypt, Decrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
+//! GenerateRandom: the operations that use master-key material.
+//!
+//! Order of checks, as AWS: resolve the key, authorize (the policy sees the
+//! encryption context), then the key's state, then the cryptography. A caller
+//! the policy refuses learns nothing about the key's state or the blob.
+
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::super::blob::{self, BlobHeader};
+use super::super::error::{ErrorKind, KmsError};
+use super::super::iam::Principal;
+use super::super::service::{AuditNote, Kms};
+use super::{Blob, Context, b64, check_algorithm, check_context};
+
+/// AWS's limit for Encrypt's plaintext.
+const MAX_PLAINTEXT: usize = 4096;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct EncryptRequest {
+    key_id: String,
+    plaintext: Blob,
+    encryption_context: Context,
+    encryption_algorithm: Option<String>,
+    #[allow(dead_code)]
+    grant_tokens: Option<Vec<String>>,
+    #[allow(dead_code)]
+    dry_run: Option<bool>,
+}
+
+fn seal_with_newest(
+    kms: &Kms,
+    key_id: &str,
+    context: &Context,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KmsError> {
+    let (version, material) = kms.newest_material(key_id)?;
+    let id =
+        Uuid::parse_str(key_id).map_err(|_| KmsError::internal("stored key id is not a UUID"))?;
+    Ok(blob::seal(
+        BlobHeader {
+            key_id: id,
+            key_version: version,
+        },
+        &material,
+        context,
+        plaintext,
+    ))
+}
+
+pub(super) fn encrypt(
+    kms: &Kms,
+    caller: &Principal,
+    req: EncryptRequest,
+    note: &mut AuditNote,
+) -> Result<Value, KmsError> {
+    check_context(&req.encryption_context)?;
+    note.encryption_context = Some(req.encryption_context.clone());
+    let key = kms.resolve_key(&req.key_id)?;
+    note.key_arn = Some(key.arn.clone());
+    kms.authorize(caller, &key, "kms:Encrypt", &req.encryption_context)?;
+    kms.require_enabled(&key)?;
+    check_algorithm(req.encryption_algorithm.as_deref())?;
+    let n = req.plaintext.0.len();
+    if n == 0 || n > MAX_PLAINTEXT {
+        return Err(KmsError::validation(format!(
+            "Plaintext must be 1-{MAX_PLAINTEXT} bytes (got {n})"
+        )));
+    }
+    let blob = seal_with_newest(kms, &key.key_id, &req.encryption_context, &req.plaintext.0)?;
+    Ok(json!({
+        "CiphertextBlob": b64(&blob),
+        "KeyId": key.arn,
+        "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct DecryptRequest {
+    ciphertext_blob: Blob,
+    encryption_context: Context,
+    key_id: Option<String>,
+    encryption_algorithm: Option<String>,
+    #[allow(dead_code)]
+    grant_tokens: Option<Vec<String>>,
+    #[allow(dead_code)]
+    dry_run: Option<bool>,
+}
+
+pub(super) fn decrypt(
+    kms: &Kms,
+    caller: &Principal,
+    req: DecryptRequest,
+    note: &mut AuditNote,
+) -> Result<Value, KmsError> {
+    note.encryption_context = Some(req.encryption_context.clone());
+    check_algorithm(req.encryption_algorithm.as_deref())?;
+    let header =
+        blob::parse_header(&req.ciphertext_blob.0).map_err(|_| KmsError::invalid_ciphertext())?;
+    let blob_key_id = header.key_id.to_string();
+    let key = kms.store.key(&blob_key_id)?.ok_or_else(|| {
+        KmsError::not_found(format!(
+            "Key '{}' does not exist",
+            kms.key_arn(&blob_key_id)
+        ))
+    })?;
+    note.key_arn = Some(key.arn.clone());
+    if let Some(requested) = req.key_id.as_deref() {
+        let wanted = kms.resolve_key(requested)?;
+        if wanted.key_id != key.key_id {
+            return Err(KmsError::new(
+                ErrorKind::IncorrectKey,
+                "The key ID in the request does not identify a KMS key that can perform this operation.",
+            ));
+        }
+    }
+    kms.authorize(caller, &key, "kms:Decrypt", &req.encryption_context)?;
+    kms.require_enabled(&key)?;
+    let material = kms
+        .material(&key.key_id, header.key_version)?
+        .ok_or_else(KmsError::invalid_ciphertext)?;
+    let plaintext = blob::open(&req.ciphertext_blob.0, &material, &req.encryption_context)
+        .map_err(|_| KmsError::invalid_ciphertext())?;
+    let encoded = Zeroizing::new(b64(&plaintext));
+    Ok(json!({
+        "KeyId": key.arn,
+        "Plaintext": encoded.as_str(),
+        "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct GenerateDataKeyRequest {
+    key_id: String,
+    encryption_context: Context,
+    number_of_bytes: Option<i64>,
+    key_spec: Option<String>,
+    #[allow(dead_code)]
+    grant_tokens: Option<Vec<String>>,
+    #[allow(dead_code)]
+    dry_run: Option<bool>,
+}
+
+/// Exactly one of KeySpec (AES_128, AES_256) and NumberOfBytes (1-1024).
+fn data_key_length(req: &GenerateDataKeyRequest) -> Result<usize, KmsError> {
+    match (req.key_spec.as_deref(), req.number_of_bytes) {
+        (Some(_), Some(_)) => Err(KmsError::validation(
+            "Please specify either number of bytes or key spec, not both.",
+        )),
+        (None, None) => Err(KmsError::validation(
+            "Please specify either number of bytes or key spec.",
+        )),
+        (Some("AES_256"), None) => Ok(32),
+        (Some("AES_128"), None) => Ok(16),
+        (Some(other), None) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'keySpec' failed to satisfy constraint: Member must satisfy enum value set: [AES_256, AES_128]"
+        ))),
+        (None, Some(n)) if (1..=1024).contains(&n) => Ok(n as usize),
+        (None, Some(n)) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
+        ))),
+    }
+}
+
+pub(super) fn generate_data_key(
+    kms: &Kms,
+    caller: &Principal,
+    req: GenerateDataKeyRequest,
+    note: &mut AuditNote,
+    with_plaintext: bool,
+) -> Result<Value, KmsError> {
+    check_context(&req.encryption_context)?;
+    note.encryption_context = Some(req.encryption_context.clone());
+    let key = kms.resolve_key(&req.key_id)?;
+    note.key_arn = Some(key.arn.clone());
+    let action = if with_plaintext {
+        "kms:GenerateDataKey"
+    } else {
+        "kms:GenerateDataKeyWithoutPlaintext"
+    };
+    kms.authorize(caller, &key, action, &req.encryption_context)?;
+    kms.require_enabled(&key)?;
+    let len = data_key_length(&req)?;
+    let mut data_key = Zeroizing::new(vec![0u8; len]);
+    rand::rngs::OsRng.fill_bytes(&mut data_key);
+    let blob = seal_with_newest(kms, &key.key_id, &req.encryption_context, &data_key)?;
+    let mut out = json!({
+        "CiphertextBlob": b64(&blob),
+        "KeyId": key.arn,
+    });
+    if with_plaintext {
+        let encoded = Zeroizing::new(b64(&data_key));
+        out["Plaintext"] = json!(encoded.as_str());
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct GenerateRandomRequest {
+    number_of_bytes: Option<i64>,
+    custom_key_store_id: Option<String>,
+}
+
+/// Account-level: any authenticated principal may ask for random bytes.
+pub(super) fn generate_random(req: GenerateRandomRequest) -> Result<Value, KmsError> {
+    if req.custom_key_store_id.is_some() {
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            "custom key stores are not supported",
+        ));
+    }
+    let n = match req.number_of_bytes {
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(KmsError::validation(format!(
+                "NumberOfBytes must be between 1 and 1024 (got {n})"
+            )));
+        }
+        None => {
+            return Err(KmsError::validation("NumberOfBytes is required"));
+        }
+    };
+    let mut bytes = Zeroizing::new(vec![0u8; n]);
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Ok(json!({ "Plaintext": b64(&bytes) }))
+}

@@ -1,0 +1,222 @@
+//! CreateKey, DescribeKey, ListKeys.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::clock::aws_timestamp;
+use super::super::error::{ErrorKind, KmsError};
+use super::super::iam::Principal;
+use super::super::policy::{self, Policy};
+use super::super::service::{AuditNote, Kms};
+use super::super::store::{KeyRow, Store, VersionRow};
+use super::{Context, decode_marker, encode_marker, page_limit};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct CreateKeyRequest {
+    description: Option<String>,
+    policy: Option<String>,
+    key_usage: Option<String>,
+    key_spec: Option<String>,
+    customer_master_key_spec: Option<String>,
+    origin: Option<String>,
+    multi_region: Option<bool>,
+    tags: Option<Vec<Tag>>,
+    #[allow(dead_code)]
+    bypass_policy_lockout_safety_check: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Tag {
+    tag_key: String,
+    tag_value: String,
+}
+
+/// The KeyMetadata structure AWS returns from CreateKey and DescribeKey.
+pub(super) fn key_metadata(kms: &Kms, k: &KeyRow) -> Value {
+    let mut m = json!({
+        "AWSAccountId": kms.account_id(),
+        "KeyId": k.key_id,
+        "Arn": k.arn,
+        "CreationDate": aws_timestamp(k.created_ms),
+        "Enabled": k.state == "Enabled",
+        "Description": k.description,
+        "KeyUsage": k.key_usage,
+        "KeyState": k.state,
+        "Origin": "AWS_KMS",
+        "KeyManager": "CUSTOMER",
+        "CustomerMasterKeySpec": k.key_spec,
+        "KeySpec": k.key_spec,
+        "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
+        "MultiRegion": false,
+    });
+    if let Some(d) = k.deletion_date_ms {
+        m["DeletionDate"] = aws_timestamp(d);
+    }
+    m
+}
+
+pub(super) fn create_key(
+    kms: &Kms,
+    caller: &Principal,
+    req: CreateKeyRequest,
+    note: &mut AuditNote,
+) -> Result<Value, KmsError> {
+    let usage = req.key_usage.as_deref().unwrap_or("ENCRYPT_DECRYPT");
+    if usage != "ENCRYPT_DECRYPT" {
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            format!("KeyUsage {usage} is not supported: this KMS makes ENCRYPT_DECRYPT keys"),
+        ));
+    }
+    let spec = match (
+        req.key_spec.as_deref(),
+        req.customer_master_key_spec.as_deref(),
+    ) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(KmsError::validation(
+                "KeySpec and CustomerMasterKeySpec disagree",
+            ));
+        }
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => "SYMMETRIC_DEFAULT",
+    };
+    if spec != "SYMMETRIC_DEFAULT" {
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            format!("KeySpec {spec} is not supported: this KMS makes SYMMETRIC_DEFAULT keys"),
+        ));
+    }
+    if let Some(origin) = req.origin.as_deref()
+        && origin != "AWS_KMS"
+    {
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            format!("Origin {origin} is not supported"),
+        ));
+    }
+    if req.multi_region == Some(true) {
+        return Err(KmsError::new(
+            ErrorKind::UnsupportedOperation,
+            "multi-Region keys are not supported",
+        ));
+    }
+    let description = req.description.unwrap_or_default();
+    if description.chars().count() > 8192 {
+        return Err(KmsError::validation(
+            "Description must be at most 8192 characters",
+        ));
+    }
+    let policy_text = match req.policy {
+        Some(p) => {
+            Policy::parse(&p)
+                .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+            p
+        }
+        None => policy::default_key_policy(kms.account_id(), &caller.arn),
+    };
+    let tags = req.tags.unwrap_or_default();
+    for t in &tags {
+        if t.tag_key.is_empty()
+            || t.tag_key.chars().count() > 128
+            || t.tag_value.chars().count() > 256
+        {
+            return Err(KmsError::new(
+                ErrorKind::Validation,
+                "tag keys must be 1-128 characters and tag values at most 256",
+            ));
+        }
+        if t.tag_key.starts_with("aws:") {
+            return Err(KmsError::validation(
+                "tag keys starting with aws: are reserved",
+            ));
+        }
+    }
+
+    let key_id = uuid::Uuid::new_v4().to_string();
+    let now = kms.now_ms();
+    let row = KeyRow {
+        key_id: key_id.clone(),
+        arn: kms.key_arn(&key_id),
+        description,
+        key_usage: usage.to_string(),
+        key_spec: spec.to_string(),
+        state: "Enabled".into(),
+        created_ms: now,
+        policy: policy_text,
+        deletion_date_ms: None,
+        rotation_period_days: None,
+        next_rotation_ms: None,
+        creator: caller.arn.clone(),
+    };
+    let mut material = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, material.as_mut());
+    let version = VersionRow {
+        version: 1,
+        sealed_material: kms.seal_material(&key_id, 1, &material),
+        created_ms: now,
+        rotation_type: None,
+    };
+    // Key, first version and tags land together or not at all.
+    kms.store.transaction(|tx| {
+        Store::insert_key(tx, &row)?;
+        Store::insert_version(tx, &key_id, &version)?;
+        for t in &tags {
+            Store::insert_tag(tx, &key_id, &t.tag_key, &t.tag_value)?;
+        }
+        Ok(())
+    })?;
+    note.key_arn = Some(row.arn.clone());
+    Ok(json!({ "KeyMetadata": key_metadata(kms, &row) }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct DescribeKeyRequest {
+    key_id: String,
+    #[allow(dead_code)]
+    grant_tokens: Option<Vec<String>>,
+}
+
+pub(super) fn describe_key(
+    kms: &Kms,
+    caller: &Principal,
+    req: DescribeKeyRequest,
+    note: &mut AuditNote,
+) -> Result<Value, KmsError> {
+    let key = kms.resolve_key(&req.key_id)?;
+    note.key_arn = Some(key.arn.clone());
+    kms.authorize(caller, &key, "kms:DescribeKey", &Context::new())?;
+    Ok(json!({ "KeyMetadata": key_metadata(kms, &key) }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ListKeysRequest {
+    limit: Option<i64>,
+    marker: Option<String>,
+}
+
+/// ListKeys is an account-level call: envol has no IAM policies, so every
+/// authenticated principal of the account may list key ids (not use them).
+pub(super) fn list_keys(
+    kms: &Kms,
+    _caller: &Principal,
+    req: ListKeysRequest,
+) -> Result<Value, KmsError> {
+    let limit = page_limit(req.limit)?;
+    let after = decode_marker(req.marker.as_deref())?;
+    let mut rows = kms.store.list_keys(after.as_deref(), limit + 1)?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|k| json!({ "KeyId": k.key_id, "KeyArn": k.arn }))
+        .collect();
+    let mut out = json!({ "Keys": keys, "Truncated": truncated });
+    if truncated && let Some(last) = rows.last() {
+        out["NextMarker"] = json!(encode_marker(&last.key_id));
+    }
+    Ok(out)
+}

@@ -1,0 +1,528 @@
+//! The transport-free core of the master-key service.
+//!
+//! `Kms::handle(request, operation, body)` is the whole API: the HTTP layer
+//! authenticates a request and calls it; `envol up` embeds it and calls it
+//! in-process; unit tests call it directly. It resolves keys, enforces key
+//! policies, unseals master-key material for the duration of one operation,
+//! and writes one audit line per request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::SecondsFormat;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::audit::{AuditLog, AuditRecord};
+use super::clock::{Clock, millis};
+use super::datadir::{DataDir, DataDirError};
+use super::error::{ErrorKind, KmsError};
+use super::iam::{self, AccessKey, Principal};
+use super::ops;
+use super::policy::{AccessRequest, Decision, Policy};
+use super::seal::{self, RootKey};
+use super::store::{KeyRow, PrincipalRow, Store};
+
+/// Who is asking, and where from: the HTTP layer fills this in after SigV4.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub principal: Principal,
+    pub request_id: String,
+    pub source: Option<String>,
+}
+
+/// What an operation tells the audit log beyond the request itself.
+#[derive(Debug, Default)]
+pub struct AuditNote {
+    pub key_arn: Option<String>,
+    pub encryption_context: Option<BTreeMap<String, String>>,
+}
+
+/// Why the service could not be opened or initialised.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("{0}")]
+    Store(#[from] KmsError),
+    #[error("audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The master-key service.
+pub struct Kms {
+    pub(super) store: Store,
+    root_key: RootKey,
+    account_id: String,
+    region: String,
+    clock: Arc<dyn Clock>,
+    audit: Option<AuditLog>,
+}
+
+/// AWS region names look like `us-east-1`, `eu-central-2`, `us-gov-west-1`.
+pub fn validate_region(region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let ok = parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid region {region:?}: expected a name like us-east-1"
+        ))
+    }
+}
+
+impl Kms {
+    /// Creates a new data directory: root key, database, account and root
+    /// credentials. Returns the service and the root access key (shown once).
+    pub fn init(
+        dir: &DataDir,
+        region: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Kms, AccessKey), ServiceError> {
+        validate_region(region).map_err(ServiceError::Invalid)?;
+        let root_key = dir.create()?;
+        let store = Store::open(&dir.database())?;
+        let account_id = iam::generate_account_id();
+        let access = iam::generate_access_key();
+        let now = millis(clock.now());
+        store.transaction(|tx| {
+            Store::set_meta(tx, "schema_version", b"1")?;
+            Store::set_meta(tx, "account_id", account_id.as_bytes())?;
+            Store::set_meta(tx, "region", region.as_bytes())?;
+            Store::set_meta(
+                tx,
+                "root_key_canary",
+                &root_key.seal(seal::CANARY_PURPOSE, b"envol"),
+            )?;
+            Store::insert_principal(tx, iam::ROOT_NAME, &iam::root_arn(&account_id), now)?;
+            Store::insert_access_key(
+                tx,
+                &access.access_key_id,
+                iam::ROOT_NAME,
+                &root_key.seal(
+                    &seal::secret_purpose(&access.access_key_id),
+                    access.secret_access_key.as_bytes(),
+                ),
+                now,
+            )
+        })?;
+        restrict_db_files(dir);
+        let audit = open_audit(dir)?;
+        Ok((
+            Kms {
+                store,
+                root_key,
+                account_id,
+                region: region.to_string(),
+                clock,
+                audit: Some(audit),
+            },
+            access,
+        ))
+    }
+
+    /// Opens an initialised data directory, checking permissions and that the
+    /// root key belongs to the store.
+    pub fn open(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Kms, ServiceError> {
+        let root_key = dir.open()?;
+        let store = Store::open(&dir.database())?;
+        let canary = store
+            .meta("root_key_canary")?
+            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        if root_key.unseal(seal::CANARY_PURPOSE, &canary).is_err() {
+            return Err(DataDirError::WrongRootKey(dir.root_key_path()).into());
+        }
+        let account_id = store
+            .meta_string("account_id")?
+            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        let region = store
+            .meta_string("region")?
+            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        restrict_db_files(dir);
+        let audit = open_audit(dir)?;
+        Ok(Kms {
+            store,
+            root_key,
+            account_id,
+            region,
+            clock,
+            audit: Some(audit),
+        })
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+    pub(super) fn now_ms(&self) -> i64 {
+        millis(self.clock.now())
+    }
+    pub fn root_principal(&self) -> Principal {
+        Principal::root(&self.account_id)
+    }
+
+    // ----- identities -----
+
+    /// Adds an IAM-style user with one access key.
+    pub fn add_user(&self, name: &str) -> Result<(Principal, AccessKey), KmsError> {
+        iam::validate_user_name(name).map_err(KmsError::validation)?;
+        if self.store.principal_exists(name)? {
+            return Err(KmsError::new(
+                ErrorKind::AlreadyExists,
+                format!("user {name} already exists"),
+            ));
+        }
+        let arn = iam::user_arn(&self.account_id, name);
+        let access = iam::generate_access_key();
+        let now = self.now_ms();
+        self.store.transaction(|tx| {
+            Store::insert_principal(tx, name, &arn, now)?;
+            Store::insert_access_key(
+                tx,
+                &access.access_key_id,
+                name,
+                &self.root_key.seal(
+                    &seal::secret_purpose(&access.access_key_id),
+                    access.secret_access_key.as_bytes(),
+                ),
+                now,
+            )
+        })?;
+        Ok((
+            Principal {
+                arn,
+                account_id: self.account_id.clone(),
+            },
+            access,
+        ))
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<(), KmsError> {
+        iam::validate_user_name(name).map_err(KmsError::validation)?;
+        if !self.store.remove_principal(name)? {
+            return Err(KmsError::not_found(format!("no user named {name}")));
+        }
+        Ok(())
+    }
+
+    pub fn list_principals(&self) -> Result<Vec<PrincipalRow>, KmsError> {
+        self.store.list_principals()
+    }
+
+    /// The principal and secret behind an access key id, for SigV4.
+    pub fn credentials(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<(Principal, Zeroizing<String>)>, KmsError> {
+        let Some((arn, sealed)) = self.store.access_key(access_key_id)? else {
+            return Ok(None);
+        };
+        let secret = self
+            .root_key
+            .unseal(&seal::secret_purpose(access_key_id), &sealed)
+            .map_err(|e| KmsError::internal(e.to_string()))?;
+        let secret = Zeroizing::new(String::from_utf8_lossy(&secret).into_owned());
+        Ok(Some((
+            Principal {
+                arn,
+                account_id: self.account_id.clone(),
+            },
+            secret,
+        )))
+    }
+
+    // ----- the API -----
+
+    /// Runs one KMS operation for an authenticated caller and audits it.
+    pub fn handle(
+        &self,
+        request: &RequestContext,
+        operation: &str,
+        body: &[u8],
+    ) -> Result<Value, KmsError> {
+        let mut note = AuditNote::default();
+        let result = ops::dispatch(self, &request.principal, operation, body, &mut note);
+        self.audit(
+            &request.request_id,
+            Some(&request.principal.arn),
+            request.source.as_deref(),
+            operation,
+            &note,
+            result.as_ref().err().map(|e| e.kind.aws_type()),
+        );
+        result
+    }
+
+    /// Audits a request that never reached an operation (authentication
+    /// failed, body too large, ...).
+    pub fn audit_rejected(
+        &self,
+        request_id: &str,
+        source: Option<&str>,
+        operation: &str,
+        error: &KmsError,
+    ) {
+        self.audit(
+            request_id,
+            None,
+            source,
+            operation,
+            &AuditNote::default(),
+            Some(error.kind.aws_type()),
+        );
+    }
+
+    fn audit(
+        &self,
+        request_id: &str,
+        principal: Option<&str>,
+        source: Option<&str>,
+        operation: &str,
+        note: &AuditNote,
+        error: Option<&str>,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let rec = AuditRecord {
+            time: self
+                .clock
+                .now()
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+            request_id,
+            principal,
+            source,
+            operation,
+            key: note.key_arn.as_deref(),
+            encryption_context: note.encryption_context.as_ref(),
+            outcome: if error.is_none() {
+                "success"
+            } else {
+                "failure"
+            },
+            error,
+        };
+        if let Err(e) = log.record(&rec) {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    // ----- helpers for operations -----
+
+    pub(super) fn key_arn(&self, key_id: &str) -> String {
+        format!(
+            "arn:aws:kms:{}:{}:key/{}",
+            self.region, self.account_id, key_id
+        )
+    }
+
+    pub(super) fn alias_arn(&self, alias: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{}", self.region, self.account_id, alias)
+    }
+
+    /// Resolves a KeyId in any of AWS's four forms: key id, key ARN, alias
+    /// name, alias ARN.
+    pub(super) fn resolve_key(&self, key_ref: &str) -> Result<KeyRow, KmsError> {
+        if key_ref.is_empty() || key_ref.len() > 2048 {
+            return Err(KmsError::validation("KeyId must be 1-2048 characters"));
+        }
+        let arn_prefix = format!("arn:aws:kms:{}:{}:", self.region, self.account_id);
+        let local = if let Some(rest) = key_ref.strip_prefix("arn:") {
+            match key_ref.strip_prefix(&arn_prefix) {
+                Some(tail) => tail,
+                None => {
+                    let _ = rest;
+                    return Err(KmsError::not_found(format!(
+                        "Key '{key_ref}' does not exist"
+                    )));
+                }
+            }
+        } else {
+            key_ref
+        };
+        if local.starts_with("alias/") {
+            let alias = self.store.alias(local)?.ok_or_else(|| {
+                KmsError::not_found(format!("Alias '{}' is not found.", self.alias_arn(local)))
+            })?;
+            return self.store.key(&alias.key_id)?.ok_or_else(|| {
+                KmsError::not_found(format!("Alias '{}' is not found.", self.alias_arn(local)))
+            });
+        }
+        let id = local.strip_prefix("key/").unwrap_or(local);
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(KmsError::not_found(format!("Invalid keyId '{key_ref}'")));
+        }
+        self.store.key(id)?.ok_or_else(|| {
+            KmsError::not_found(format!("Key '{}' does not exist", self.key_arn(id)))
+        })
+    }
+
+    /// Allows or refuses `action` on `key` by its key policy.
+    pub(super) fn authorize(
+        &self,
+        caller: &Principal,
+        key: &KeyRow,
+        action: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<(), KmsError> {
+        // Lock-out safety: the account root can always repair a key policy.
+        if action == "kms:PutKeyPolicy" && caller.is_root() && caller.account_id == self.account_id
+        {
+            return Ok(());
+        }
+        let policy = Policy::parse(&key.policy)
+            .map_err(|e| KmsError::internal(format!("stored key policy unreadable: {e}")))?;
+        let decision = policy.evaluate(&AccessRequest {
+            principal_arn: &caller.arn,
+            account_id: &self.account_id,
+            caller_account: &caller.account_id,
+            action,
+            resource_arn: &key.arn,
+            encryption_context: context,
+        });
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::ExplicitDeny => Err(KmsError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "User: {} is not authorized to perform: {} on resource: {} with an explicit deny in a resource-based policy",
+                    caller.arn, action, key.arn
+                ),
+            )),
+            Decision::ImplicitDeny => Err(KmsError::new(
+                ErrorKind::AccessDenied,
+                format!(
+                    "User: {} is not authorized to perform: {} on resource: {} because no resource-based policy allows the {} action",
+                    caller.arn, action, key.arn, action
+                ),
+            )),
+        }
+    }
+
+    /// Refuses cryptographic use of a key that is not Enabled, as AWS does.
+    pub(super) fn require_enabled(&self, key: &KeyRow) -> Result<(), KmsError> {
+        match key.state.as_str() {
+            "Enabled" => Ok(()),
+            "Disabled" => Err(KmsError::new(
+                ErrorKind::Disabled,
+                format!("{} is disabled.", key.arn),
+            )),
+            "PendingDeletion" => Err(KmsError::new(
+                ErrorKind::InvalidState,
+                format!("{} is pending deletion.", key.arn),
+            )),
+            other => Err(KmsError::new(
+                ErrorKind::InvalidState,
+                format!("{} is {other}.", key.arn),
+            )),
+        }
+    }
+
+    /// Refuses management of a key pending deletion.
+    pub(super) fn require_not_pending_deletion(&self, key: &KeyRow) -> Result<(), KmsError> {
+        if key.state == "PendingDeletion" {
+            return Err(KmsError::new(
+                ErrorKind::InvalidState,
+                format!("{} is pending deletion.", key.arn),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unseals one version's material for the duration of an operation.
+    pub(super) fn material(
+        &self,
+        key_id: &str,
+        version: u32,
+    ) -> Result<Option<Zeroizing<[u8; 32]>>, KmsError> {
+        let Some(row) = self.store.version(key_id, version)? else {
+            return Ok(None);
+        };
+        self.unseal_material(key_id, version, &row.sealed_material)
+            .map(Some)
+    }
+
+    /// The newest version of a key and its material.
+    pub(super) fn newest_material(
+        &self,
+        key_id: &str,
+    ) -> Result<(u32, Zeroizing<[u8; 32]>), KmsError> {
+        let row = self
+            .store
+            .newest_version(key_id)?
+            .ok_or_else(|| KmsError::internal(format!("key {key_id} has no material")))?;
+        let m = self.unseal_material(key_id, row.version, &row.sealed_material)?;
+        Ok((row.version, m))
+    }
+
+    fn unseal_material(
+        &self,
+        key_id: &str,
+        version: u32,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
+        let plain = self
+            .root_key
+            .unseal(&seal::material_purpose(key_id, version), sealed)
+            .map_err(|e| KmsError::internal(format!("key {key_id} version {version}: {e}")))?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(KmsError::internal(format!(
+                "key {key_id} version {version}: material has the wrong length"
+            )));
+        }
+        out.copy_from_slice(&plain);
+        Ok(out)
+    }
+
+    /// Seals fresh material for a new key version.
+    pub(super) fn seal_material(&self, key_id: &str, version: u32, material: &[u8; 32]) -> Vec<u8> {
+        self.root_key
+            .seal(&seal::material_purpose(key_id, version), material)
+    }
+
+    /// Verifies that every stored key version unseals under the root key.
+    /// Returns the number of versions checked, or the first failure.
+    pub fn check_integrity(&self) -> Result<usize, KmsError> {
+        let all = self.store.all_versions()?;
+        for (key_id, v) in &all {
+            self.unseal_material(key_id, v.version, &v.sealed_material)?;
+        }
+        Ok(all.len())
+    }
+}
+
+fn open_audit(dir: &DataDir) -> Result<AuditLog, ServiceError> {
+    let path = dir.audit_log();
+    AuditLog::open(&path).map_err(|source| ServiceError::Audit { path, source })
+}
+
+/// SQLite creates its files with the process umask; the database holds only
+/// sealed secrets, but its metadata (who may use which key) is private too.
+fn restrict_db_files(dir: &DataDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let db = dir.database();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{}", db.display(), suffix));
+        if p.exists() {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The persistent store: one SQLite database (WAL mode) in the data directory.
+//!
+//! It holds principals and their access keys, master keys with their versions,
+//! aliases and tags. Secret columns (`sealed_*`) hold values sealed under the
+//! root key (see `seal.rs`); this module never sees them in the clear. Every
+//! change that touches more than one row runs in one transaction, so a crash
+//! leaves either the whole change or none of it. Other processes (`envol kms
+//! user add` while the server runs) may write concurrently: WAL plus a busy
+//! timeout make that safe.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::error::KmsError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS principals (
+    name    TEXT PRIMARY KEY,          -- 'root' or an IAM-style user name
+    arn     TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL           -- unix milliseconds
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    access_key_id TEXT PRIMARY KEY,
+    principal     TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    sealed_secret BLOB NOT NULL,
+    created       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id        TEXT PRIMARY KEY,
+    arn           TEXT NOT NULL UNIQUE,
+    description   TEXT NOT NULL,
+    key_usage     TEXT NOT NULL,
+    key_spec      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    created       INTEGER NOT NULL,
+    policy        TEXT NOT NULL,
+    deletion_date INTEGER,
+    rotation_period_days INTEGER,
+    next_rotation INTEGER,
+    creator       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_versions (
+    key_id          TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    version         INTEGER NOT NULL,
+    sealed_material BLOB NOT NULL,
+    created         INTEGER NOT NULL,
+    rotation_type   TEXT,              -- NULL for the original material
+    PRIMARY KEY (key_id, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    name    TEXT PRIMARY KEY,          -- 'alias/...'
+    key_id  TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    key_id    TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    tag_key   TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (key_id, tag_key)
+);
+"#;
+
+/// A master key's metadata (its material lives in `key_versions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub arn: String,
+    pub description: String,
+    pub key_usage: String,
+    pub key_spec: String,
+    pub state: String,
+    pub created_ms: i64,
+    pub policy: String,
+    pub deletion_date_ms: Option<i64>,
+    pub rotation_period_days: Option<i64>,
+    pub next_rotation_ms: Option<i64>,
+    pub creator: String,
+}
+
+/// One version of a master key's material, still sealed.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub version: u32,
+    pub sealed_material: Vec<u8>,
+    pub created_ms: i64,
+    pub rotation_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasRow {
+    pub name: String,
+    pub key_id: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalRow {
+    pub name: String,
+    pub arn: String,
+    pub created_ms: i64,
+    pub access_key_ids: Vec<String>,
+}
+
+/// The database handle. SQLite serialises writers anyway; one connection
+/// behind a mutex keeps the service simple and every operation short.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, KmsError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction: all of it commits or none.
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // ----- meta -----
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn meta_string(&self, name: &str) -> Result<Option<String>, KmsError> {
+        Ok(self
+            .meta(name)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_meta(tx: &Transaction<'_>, name: &str, value: &[u8]) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO meta(name, value) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    // ----- principals -----
+
+    pub fn insert_principal(
+        tx: &Transaction<'_>,
+        name: &str,
+        arn: &str,
+        now_ms: i64,
+    ) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO principals(name, arn, created) VALUES (?1, ?2, ?3)",
+            params![name, arn, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_access_key(
+        tx: &Transaction<'_>,
+        access_key_id: &str,
+        principal: &str,
+        sealed_secret: &[u8],
+        now_ms: i64,
+    ) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO access_keys(access_key_id, principal, sealed_secret, created)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![access_key_id, principal, sealed_secret, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn principal_exists(&self, name: &str) -> Result<bool, KmsError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM principals WHERE name = ?1", [name], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Removes a principal and (by cascade) its access keys. Returns whether it existed.
+    pub fn remove_principal(&self, name: &str) -> Result<bool, KmsError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM principals WHERE name = ?1", [name])?;
+        Ok(n > 0)
+    }
+
+    pub fn list_principals(&self) -> Result<Vec<PrincipalRow>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT p.name, p.arn, p.created, a.access_key_id
+             FROM principals p LEFT JOIN access_keys a ON a.principal = p.name
+             ORDER BY p.created, p.name, a.created",
+        )?;
+        let mut out: Vec<PrincipalRow> = Vec::new();
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, arn, created_ms, akid) = row?;
+            match out.last_mut() {
+                Some(last) if last.name == name => last.access_key_ids.extend(akid),
+                _ => out.push(PrincipalRow {
+                    name,
+                    arn,
+                    created_ms,
+                    access_key_ids: akid.into_iter().collect(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The principal ARN and sealed secret behind an access key id.
+    pub fn access_key(&self, access_key_id: &str) -> Result<Option<(String, Vec<u8>)>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT p.arn, a.sealed_secret FROM access_keys a
+                 JOIN principals p ON p.name = a.principal
+                 WHERE a.access_key_id = ?1",
+                [access_key_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    // ----- keys -----
+
+    pub fn insert_key(tx: &Transaction<'_>, k: &KeyRow) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO keys(key_id, arn, description, key_usage, key_spec, state, created,
+                              policy, deletion_date, rotation_period_days, next_rotation, creator)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                k.key_id,
+                k.arn,
+                k.description,
+                k.key_usage,
+                k.key_spec,
+                k.state,
+                k.created_ms,
+                k.policy,
+                k.deletion_date_ms,
+                k.rotation_period_days,
+                k.next_rotation_ms,
+                k.creator
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes back every mutable column of a key.
+    pub fn update_key(tx: &Transaction<'_>, k: &KeyRow) -> Result<(), KmsError> {
+        tx.execute(
+            "UPDATE keys SET description = ?2, state = ?3, policy = ?4, deletion_date = ?5,
+                    rotation_period_days = ?6, next_rotation = ?7
+             WHERE key_id = ?1",
+            params![
+                k.key_id,
+                k.description,
+                k.state,
+                k.policy,
+                k.deletion_date_ms,
+                k.rotation_period_days,
+                k.next_rotation_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+        Ok(KeyRow {
+            key_id: r.get(0)?,
+            arn: r.get(1)?,
+            description: r.get(2)?,
+            key_usage: r.get(3)?,
+            key_spec: r.get(4)?,
+            state: r.get(5)?,
+            created_ms: r.get(6)?,
+            policy: r.get(7)?,
+            deletion_date_ms: r.get(8)?,
+            rotation_period_days: r.get(9)?,
+            next_rotation_ms: r.get(10)?,
+            creator: r.get(11)?,
+        })
+    }
+
+    const KEY_COLUMNS: &'static str = "key_id, arn, description, key_usage, key_spec, state, created, policy, deletion_date, rotation_period_days, next_rotation, creator";
+
+    pub fn key(&self, key_id: &str) -> Result<Option<KeyRow>, KmsError> {
+        let sql = format!("SELECT {} FROM keys WHERE key_id = ?1", Self::KEY_COLUMNS);
+        Ok(self
+            .conn()
+            .query_row(&sql, [key_id], Self::key_from_row)
+            .optional()?)
+    }
+
+    /// Keys in key-id order, starting after `after`, at most `limit`.
+    pub fn list_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<KeyRow>, KmsError> {
+        let sql = format!(
+            "SELECT {} FROM keys WHERE key_id > ?1 ORDER BY key_id LIMIT ?2",
+            Self::KEY_COLUMNS
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            params![after.unwrap_or(""), limit as i64],
+            Self::key_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_version(
+        tx: &Transaction<'_>,
+        key_id: &str,
+        v: &VersionRow,
+    ) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO key_versions(key_id, version, sealed_material, created, rotation_type)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                key_id,
+                v.version,
+                v.sealed_material,
+                v.created_ms,
+                v.rotation_type
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+        Ok(VersionRow {
+            version: r.get(0)?,
+            sealed_material: r.get(1)?,
+            created_ms: r.get(2)?,
+            rotation_type: r.get(3)?,
+        })
+    }
+
+    pub fn version(&self, key_id: &str, version: u32) -> Result<Option<VersionRow>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, sealed_material, created, rotation_type FROM key_versions
+                 WHERE key_id = ?1 AND version = ?2",
+                params![key_id, version],
+                Self::version_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The newest version: the one new ciphertexts are made with.
+    pub fn newest_version(&self, key_id: &str) -> Result<Option<VersionRow>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, sealed_material, created, rotation_type FROM key_versions
+                 WHERE key_id = ?1 ORDER BY version DESC LIMIT 1",
+                [key_id],
+                Self::version_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn versions(&self, key_id: &str) -> Result<Vec<VersionRow>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT version, sealed_material, created, rotation_type FROM key_versions
+             WHERE key_id = ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map([key_id], Self::version_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every (key id, version, sealed material): for integrity checks.
+    pub fn all_versions(&self) -> Result<Vec<(String, VersionRow)>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT key_id, version, sealed_material, created, rotation_type FROM key_versions
+             ORDER BY key_id, version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                VersionRow {
+                    version: r.get(1)?,
+                    sealed_material: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    rotation_type: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_tag(
+        tx: &Transaction<'_>,
+        key_id: &str,
+        tag_key: &str,
+        tag_value: &str,
+    ) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO tags(key_id, tag_key, tag_value) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+            params![key_id, tag_key, tag_value],
+        )?;
+        Ok(())
+    }
+
+    // ----- aliases -----
+
+    pub fn alias(&self, name: &str) -> Result<Option<AliasRow>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name, key_id, created, updated FROM aliases WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(AliasRow {
+                        name: r.get(0)?,
+                        key_id: r.get(1)?,
+                        created_ms: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Aliases in name order after `after`, optionally only those of one key.
+    pub fn list_aliases(
+        &self,
+        key_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AliasRow>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, key_id, created, updated FROM aliases
+             WHERE name > ?1 AND (?2 IS NULL OR key_id = ?2)
+             ORDER BY name LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after.unwrap_or(""), key_id, limit as i64], |r| {
+            Ok(AliasRow {
+                name: r.get(0)?,
+                key_id: r.get(1)?,
+                created_ms: r.get(2)?,
+                updated_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_alias(&self, name: &str, key_id: &str, now_ms: i64) -> Result<bool, KmsError> {
+        let n = self.conn().execute(
+            "INSERT INTO aliases(name, key_id, created, updated) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, key_id, now_ms],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn update_alias(&self, name: &str, key_id: &str, now_ms: i64) -> Result<bool, KmsError> {
+        let n = self.conn().execute(
+            "UPDATE aliases SET key_id = ?2, updated = ?3 WHERE name = ?1",
+            params![name, key_id, now_ms],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_alias(&self, name: &str) -> Result<bool, KmsError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM aliases WHERE name = ?1", [name])?;
+        Ok(n > 0)
+    }
+
+    /// Destroys a key: its material (every version), aliases and tags go with it.
+    pub fn delete_key(tx: &Transaction<'_>, key_id: &str) -> Result<(), KmsError> {
+        tx.execute("DELETE FROM keys WHERE key_id = ?1", [key_id])?;
+        Ok(())
+    }
+}
