@@ -3,6 +3,7 @@
 # Used as-is by CI (.ci/run) and by developers: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()

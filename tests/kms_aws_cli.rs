@@ -12,7 +12,14 @@ use common::{KmsServer, envol, run_ok};
 fn aws(home: &Path, endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new("aws")
         .args(args)
-        .args(["--profile", "demo", "--endpoint-url", endpoint, "--output", "json"])
+        .args([
+            "--profile",
+            "demo",
+            "--endpoint-url",
+            endpoint,
+            "--output",
+            "json",
+        ])
         .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
         .env("AWS_CONFIG_FILE", home.join("config"))
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -38,22 +45,44 @@ fn aws_cli_create_key_alias_encrypt_decrypt_generate_data_key() {
     let home = tempfile::tempdir().unwrap();
     let out = run_ok(
         envol()
-            .args(["kms", "user", "add", "myadmin", "--profile", "demo", "--data"])
+            .args([
+                "kms",
+                "user",
+                "add",
+                "myadmin",
+                "--profile",
+                "demo",
+                "--data",
+            ])
             .arg(kms.data())
-            .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                home.path().join("credentials"),
+            )
             .env("AWS_CONFIG_FILE", home.path().join("config")),
     );
     assert!(out.contains("Wrote profile demo"), "{out}");
     let config = std::fs::read_to_string(home.path().join("config")).unwrap();
     assert!(config.contains("[profile demo]") && config.contains("region = us-east-1"));
 
-    let key = aws_ok(home.path(), &kms.endpoint, &["kms", "create-key", "--description", "cli key"]);
+    let key = aws_ok(
+        home.path(),
+        &kms.endpoint,
+        &["kms", "create-key", "--description", "cli key"],
+    );
     let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
     let arn = key["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
     aws_ok(
         home.path(),
         &kms.endpoint,
-        &["kms", "create-alias", "--alias-name", "alias/DemoKey", "--target-key-id", &key_id],
+        &[
+            "kms",
+            "create-alias",
+            "--alias-name",
+            "alias/DemoKey",
+            "--target-key-id",
+            &key_id,
+        ],
     );
 
     let plain = home.path().join("plain.txt");
@@ -62,9 +91,14 @@ fn aws_cli_create_key_alias_encrypt_decrypt_generate_data_key() {
         home.path(),
         &kms.endpoint,
         &[
-            "kms", "encrypt", "--key-id", "alias/DemoKey",
-            "--plaintext", &format!("fileb://{}", plain.display()),
-            "--encryption-context", "purpose=test",
+            "kms",
+            "encrypt",
+            "--key-id",
+            "alias/DemoKey",
+            "--plaintext",
+            &format!("fileb://{}", plain.display()),
+            "--encryption-context",
+            "purpose=test",
         ],
     );
     assert_eq!(enc["KeyId"].as_str(), Some(arn.as_str()));
@@ -77,9 +111,12 @@ fn aws_cli_create_key_alias_encrypt_decrypt_generate_data_key() {
         home.path(),
         &kms.endpoint,
         &[
-            "kms", "decrypt",
-            "--ciphertext-blob", &format!("fileb://{}", blob_file.display()),
-            "--encryption-context", "purpose=test",
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            &format!("fileb://{}", blob_file.display()),
+            "--encryption-context",
+            "purpose=test",
         ],
     );
     let got = base64::engine::general_purpose::STANDARD
@@ -92,9 +129,12 @@ fn aws_cli_create_key_alias_encrypt_decrypt_generate_data_key() {
         home.path(),
         &kms.endpoint,
         &[
-            "kms", "decrypt",
-            "--ciphertext-blob", &format!("fileb://{}", blob_file.display()),
-            "--encryption-context", "purpose=other",
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            &format!("fileb://{}", blob_file.display()),
+            "--encryption-context",
+            "purpose=other",
         ],
     );
     assert!(!bad.status.success());
@@ -103,7 +143,14 @@ fn aws_cli_create_key_alias_encrypt_decrypt_generate_data_key() {
     let gdk = aws_ok(
         home.path(),
         &kms.endpoint,
-        &["kms", "generate-data-key", "--key-id", "alias/DemoKey", "--number-of-bytes", "64"],
+        &[
+            "kms",
+            "generate-data-key",
+            "--key-id",
+            "alias/DemoKey",
+            "--number-of-bytes",
+            "64",
+        ],
     );
     let pt = base64::engine::general_purpose::STANDARD
         .decode(gdk["Plaintext"].as_str().unwrap())

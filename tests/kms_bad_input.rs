@@ -20,7 +20,10 @@ struct Reply {
 }
 
 fn host_port(endpoint: &str) -> String {
-    endpoint.trim_start_matches("http://").trim_end_matches('/').to_string()
+    endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Sends one HTTP/1.1 request; `sign_as` adds a valid SigV4 signature.
@@ -131,16 +134,40 @@ fn bad_input_gets_aws_shaped_errors_and_the_server_keeps_serving() {
     let r = send(ep, Some("CreateKey"), b"{\"Description\": ", root, &[]);
     assert_aws_error(&r, 400, "SerializationException");
 
-    let r = send(ep, Some("GenerateRandom"), b"{\"NumberOfBytes\": \"ten\"}", root, &[]);
+    let r = send(
+        ep,
+        Some("GenerateRandom"),
+        b"{\"NumberOfBytes\": \"ten\"}",
+        root,
+        &[],
+    );
     assert_aws_error(&r, 400, "SerializationException");
 
-    let r = send(ep, Some("Decrypt"), b"{\"CiphertextBlob\": \"!!!not base64\"}", root, &[]);
+    let r = send(
+        ep,
+        Some("Decrypt"),
+        b"{\"CiphertextBlob\": \"!!!not base64\"}",
+        root,
+        &[],
+    );
     assert_aws_error(&r, 400, "SerializationException");
 
-    let r = send(ep, Some("Decrypt"), b"{\"CiphertextBlob\": \"AAAA\"}", root, &[]);
+    let r = send(
+        ep,
+        Some("Decrypt"),
+        b"{\"CiphertextBlob\": \"AAAA\"}",
+        root,
+        &[],
+    );
     assert_aws_error(&r, 400, "InvalidCiphertextException");
 
-    let r = send(ep, Some("GenerateRandom"), b"{\"NumberOfBytes\": 100000}", root, &[]);
+    let r = send(
+        ep,
+        Some("GenerateRandom"),
+        b"{\"NumberOfBytes\": 100000}",
+        root,
+        &[],
+    );
     assert_aws_error(&r, 400, "ValidationException");
 
     let r = send(ep, Some("Frobnicate"), b"{}", root, &[]);
@@ -163,7 +190,13 @@ fn bad_input_gets_aws_shaped_errors_and_the_server_keeps_serving() {
         "AWS4-HMAC-SHA256 Credential=, SignedHeaders=, Signature=",
         "AWS4-HMAC-SHA256 Cr\u{e9}dential=\u{2603}, SignedHeaders=host, Signature=zz",
     ] {
-        let r = send(ep, Some("ListKeys"), b"{}", None, &[("authorization", garbled)]);
+        let r = send(
+            ep,
+            Some("ListKeys"),
+            b"{}",
+            None,
+            &[("authorization", garbled)],
+        );
         assert!(
             (400..500).contains(&r.status) && !r.aws_type.is_empty(),
             "{garbled:?}: {} {}",
@@ -178,7 +211,10 @@ fn bad_input_gets_aws_shaped_errors_and_the_server_keeps_serving() {
         Some("ListKeys"),
         b"{}",
         root,
-        &[("x-amz-content-sha256", "0000000000000000000000000000000000000000000000000000000000000000")],
+        &[(
+            "x-amz-content-sha256",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        )],
     );
     assert!((400..500).contains(&r.status), "{}", r.body);
 

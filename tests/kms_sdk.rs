@@ -56,7 +56,11 @@ async fn data_key_round_trip_and_context_binding() {
         .send()
         .await
         .expect("GenerateDataKeyWithoutPlaintext");
-    assert_eq!(generated.key_id(), Some(arn.as_str()), "KeyId is the key ARN");
+    assert_eq!(
+        generated.key_id(),
+        Some(arn.as_str()),
+        "KeyId is the key ARN"
+    );
     let blob = generated.ciphertext_blob().expect("blob").clone();
 
     let dec = root
@@ -235,12 +239,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect("PutKeyPolicy");
-    let got = root
-        .get_key_policy()
-        .key_id(&key_arn)
-        .send()
-        .await
-        .unwrap();
+    let got = root.get_key_policy().key_id(&key_arn).send().await.unwrap();
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(got.policy().unwrap()).unwrap(),
         policy
@@ -429,7 +428,11 @@ async fn keys_survive_restart_and_nothing_secret_is_stored_in_clear() {
     let mut needles: Vec<Vec<u8>> = Vec::new();
     for k in &handed_out {
         needles.push(k.clone());
-        needles.push(base64::engine::general_purpose::STANDARD.encode(k).into_bytes());
+        needles.push(
+            base64::engine::general_purpose::STANDARD
+                .encode(k)
+                .into_bytes(),
+        );
     }
     needles.push(kms.root.secret.as_bytes().to_vec());
     let mut scanned = 0;
@@ -514,7 +517,12 @@ async fn listing_paginates_and_aliases_move() {
         .send()
         .await
         .unwrap();
-    let d = root.describe_key().key_id("alias/app").send().await.unwrap();
+    let d = root
+        .describe_key()
+        .key_id("alias/app")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(d.key_metadata().unwrap().key_id(), ids[1]);
     let for_key = root.list_aliases().key_id(&ids[1]).send().await.unwrap();
     assert_eq!(for_key.aliases().len(), 1);

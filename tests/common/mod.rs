@@ -61,11 +61,19 @@ pub struct KmsServer {
 impl KmsServer {
     pub fn start() -> KmsServer {
         let dir = tempfile::tempdir().unwrap();
-        let out = run_ok(envol().args(["kms", "init", "--data"]).arg(data_path(dir.path())));
+        let out = run_ok(
+            envol()
+                .args(["kms", "init", "--data"])
+                .arg(data_path(dir.path())),
+        );
         let root = parse_creds(&out);
         let account_id = out
             .lines()
-            .find_map(|l| l.trim().strip_prefix("account:").map(|s| s.trim().to_string()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("account:")
+                    .map(|s| s.trim().to_string())
+            })
             .expect("account id printed");
         let mut s = KmsServer {
             dir,
