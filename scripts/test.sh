@@ -19,9 +19,9 @@ if ((${#need_apt[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! command -v aws >/dev/null || ! python3 -c 'import boto3' 2>/dev/null; then
-    echo "== installing the AWS CLI and boto3 (pip)"
-    python3 -m pip install -q --disable-pip-version-check awscli boto3
+if ! command -v aws >/dev/null || ! python3 -c 'import boto3, cryptography' 2>/dev/null; then
+    echo "== installing the AWS CLI, boto3 and cryptography (pip)"
+    python3 -m pip install -q --disable-pip-version-check awscli boto3 cryptography
 fi
 
 echo "== cargo fmt --check"

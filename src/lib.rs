@@ -1,2 +1,4 @@
 pub mod cli;
 pub mod kms;
+pub mod nbd;
+pub mod volume;

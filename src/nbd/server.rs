@@ -1,0 +1,355 @@
+//! Listeners, the accept loop, per-connection lifecycle, graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::export::{Export, ExportError, ExportSet};
+use super::handshake::{self, HandshakeOutcome};
+use super::transmission::{self, shutdown_requested};
+
+/// A client must finish option haggling within this time; it bounds what a
+/// silent or slow client can hold (and the discarding of oversized options).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The NBD server: a validated set of exports, served on [`Listeners`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    exports: Arc<ExportSet>,
+}
+
+impl Server {
+    /// Validates the exports (at least one, unique names, NBD-valid strings,
+    /// block sizes the protocol allows). The first export is the default.
+    pub fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
+        Ok(Self {
+            exports: Arc::new(ExportSet::new(exports)?),
+        })
+    }
+
+    pub fn exports(&self) -> &[Export] {
+        self.exports.all()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stop
+    /// accepting, let every connection finish its in-flight requests and
+    /// send their replies (connections still negotiating are dropped), flush
+    /// every device, remove the Unix socket. Returns the first flush error.
+    ///
+    /// Connection-level problems (a client vanishing, protocol violations)
+    /// end only that connection and are reported through `tracing`.
+    pub async fn serve(
+        &self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut next_id: u64 = 0;
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = accept_unix(listeners.unix.as_ref()) => match accepted {
+                    Ok(stream) => {
+                        next_id += 1;
+                        let span = info_span!("nbd_conn", id = next_id, peer = "unix");
+                        connections.spawn(
+                            connection(stream, self.exports.clone(), stop_rx.clone()).instrument(span),
+                        );
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = accept_tcp(listeners.tcp.as_ref()) => match accepted {
+                    Ok((stream, peer)) => {
+                        // NBD replies are latency-bound; the spec asks for
+                        // TCP_NODELAY on both ends.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            debug!(error = %e, "could not set TCP_NODELAY");
+                        }
+                        next_id += 1;
+                        let span = info_span!("nbd_conn", id = next_id, peer = %peer);
+                        connections.spawn(
+                            connection(stream, self.exports.clone(), stop_rx.clone()).instrument(span),
+                        );
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done {
+                        warn!(error = %e, "nbd connection task failed");
+                    }
+                }
+            }
+        }
+
+        info!(
+            connections = connections.len(),
+            "nbd server shutting down: finishing in-flight requests"
+        );
+        drop(listeners);
+        // Receivers only see this if we keep the sender alive while waiting.
+        let _ = stop_tx.send(true);
+        while let Some(done) = connections.join_next().await {
+            if let Err(e) = done {
+                warn!(error = %e, "nbd connection task failed");
+            }
+        }
+        self.flush_all().await
+    }
+
+    /// Flushes every export's device, so a clean shutdown leaves every
+    /// acknowledged write durable even if no client sent FLUSH.
+    async fn flush_all(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for export in self.exports.all() {
+            let device = export.device.clone();
+            let result = tokio::task::spawn_blocking(move || device.flush())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            if let Err(e) = result {
+                warn!(export = %export.name, error = %e, "flush at shutdown failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Binds, then serves until `shutdown` resolves. Use [`Listeners::bind`] and
+/// [`Server::serve`] instead to report the bound addresses before serving.
+pub async fn run(
+    exports: Vec<Export>,
+    unix: Option<PathBuf>,
+    tcp: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let server =
+        Server::new(exports).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let listeners = Listeners::bind(unix.as_deref(), tcp).await?;
+    server.serve(listeners, shutdown).await
+}
+
+/// Bound sockets, ready to be served. Binding is separate from serving so
+/// that a caller learns of bind errors (and can print the URIs) first.
+#[derive(Debug)]
+pub struct Listeners {
+    unix: Option<UnixEndpoint>,
+    tcp: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds a Unix socket at `unix` and/or a TCP listener at `tcp` (port 0
+    /// picks a free port; see [`Listeners::tcp_addr`]).
+    ///
+    /// An existing file at `unix` is replaced only if it is a socket nobody
+    /// is listening on (a stale one from a crashed server); anything else is
+    /// an error, so we never delete a user's file or steal a live socket.
+    /// The socket is created with the process umask: access to it is access
+    /// to the plaintext volume, so callers wanting 0600 set a 077 umask or
+    /// place it in a private directory.
+    pub async fn bind(unix: Option<&Path>, tcp: Option<SocketAddr>) -> io::Result<Self> {
+        if unix.is_none() && tcp.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no listener: give a Unix socket path or a TCP address",
+            ));
+        }
+        let unix = match unix {
+            Some(path) => Some(UnixEndpoint::bind(path).await?),
+            None => None,
+        };
+        let tcp =
+            match tcp {
+                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?),
+                None => None,
+            };
+        Ok(Self { unix, tcp })
+    }
+
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|u| u.path.as_path())
+    }
+
+    /// The bound TCP address (with the real port when 0 was asked for).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// NBD URIs (as understood by libnbd and qemu) reaching `export_name`
+    /// on each listener.
+    pub fn uris(&self, export_name: &str) -> Vec<String> {
+        let mut uris = Vec::new();
+        let name = percent_encode(export_name, false);
+        if let Some(path) = self.unix_path() {
+            let socket = percent_encode(&path.to_string_lossy(), true);
+            uris.push(format!("nbd+unix:///{name}?socket={socket}"));
+        }
+        if let Some(addr) = self.tcp_addr() {
+            uris.push(format!("nbd://{addr}/{name}"));
+        }
+        uris
+    }
+}
+
+/// A bound Unix socket that removes its file when dropped — but only if the
+/// file is still the one we created.
+#[derive(Debug)]
+struct UnixEndpoint {
+    listener: UnixListener,
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl UnixEndpoint {
+    async fn bind(path: &Path) -> io::Result<Self> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{}: another server is listening there", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{}: exists and is not a socket", path.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
+        })?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+impl Drop for UnixEndpoint {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|meta| {
+            meta.file_type().is_socket() && (meta.dev(), meta.ino()) == self.identity
+        });
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn accept_unix(endpoint: Option<&UnixEndpoint>) -> io::Result<tokio::net::UnixStream> {
+    match endpoint {
+        Some(e) => e.listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_tcp(
+    listener: Option<&TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept errors are usually transient (out of file descriptors, a client
+/// that reset before accept); back off briefly instead of spinning or dying.
+async fn accept_failed(e: io::Error) {
+    warn!(error = %e, "accepting an nbd connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// One client connection: handshake (bounded in time, abandoned on
+/// shutdown), then transmission. Never returns an error: a connection's
+/// failure is its own and is logged here.
+async fn connection<S>(mut stream: S, exports: Arc<ExportSet>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    debug!("nbd client connected");
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut stream, &exports)) => r,
+        _ = shutdown_requested(&mut stop) => {
+            debug!("nbd handshake abandoned: server shutting down");
+            return;
+        }
+    };
+    let negotiated = match negotiated {
+        Err(_) => {
+            info!("nbd handshake timed out");
+            return;
+        }
+        Ok(Err(handshake::HandshakeError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!("nbd client left during the handshake");
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "nbd handshake failed");
+            return;
+        }
+        Ok(Ok(HandshakeOutcome::Closed)) => {
+            debug!("nbd client aborted the handshake");
+            return;
+        }
+        Ok(Ok(HandshakeOutcome::Transmission(n))) => *n,
+    };
+    info!(
+        export = %negotiated.export.name,
+        structured_replies = negotiated.structured_replies,
+        "nbd client attached"
+    );
+    match transmission::serve(stream, negotiated, stop).await {
+        Ok(()) => info!("nbd client detached"),
+        Err(e) => warn!(error = %e, "nbd connection ended with an error"),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and `/`
+/// when encoding a path), for building URIs from names and socket paths.
+fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/');
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_encode;
+
+    #[test]
+    fn percent_encoding_keeps_unreserved_only() {
+        assert_eq!(percent_encode("disk 1/é", false), "disk%201%2F%C3%A9");
+        assert_eq!(percent_encode("/tmp/a b.sock", true), "/tmp/a%20b.sock");
+    }
+}

@@ -1,0 +1,549 @@
+//! The transmission phase: many requests in flight, replies out of order.
+//!
+//! ```text
+//!            ┌──────────── reader (this task) ────────────┐
+//!  socket ──▶│ header → validate → (payload) → permit      │
+//!            └──────┬───────────────────────────┬──────────┘
+//!                   │ spawn_blocking(device op)  │ early error reply
+//!                   ▼                            ▼
+//!             device call ──── Frame ───▶ mpsc ───▶ writer task ──▶ socket
+//! ```
+//!
+//! * The reader is the only thing reading the socket; it reads a WRITE's
+//!   payload fully before reading the next header, so the byte stream never
+//!   loses its framing — even for requests it rejects.
+//! * Device calls are synchronous and may be slow (file I/O, crypto), so each
+//!   runs on tokio's blocking pool; independent requests proceed in parallel.
+//! * Each reply is encoded into one [`Frame`] and handed to a single writer
+//!   task, so frames never interleave on the wire.
+//! * Memory is bounded per connection by a semaphore of
+//!   [`IN_FLIGHT_BYTES`] permits: a request holds permits for its buffer
+//!   (payload or read data) plus a fixed overhead from before its payload
+//!   is read until its reply has been written. A client that sends faster
+//!   than replies drain simply stops being read.
+//! * The reply channel closes when the reader and every in-flight request
+//!   have dropped their sender; the writer then flushes and shuts the socket
+//!   down. That is exactly the `NBD_CMD_DISC` rule: finish outstanding
+//!   requests, send their replies, close.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::{debug, warn};
+
+use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
+use super::protocol::{self as p, Command, ProtocolError, REQUEST_HEADER_LEN, Request};
+use crate::volume::{BlockDevice, BlockSizes};
+
+/// Per-connection cap on bytes buffered for in-flight requests.
+pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
+/// What every request costs against [`IN_FLIGHT_BYTES`] on top of its
+/// buffer, so that a flood of zero-length requests is bounded too
+/// (at most 64 MiB / 4 KiB = 16384 in flight).
+const REQUEST_OVERHEAD: u32 = 4096;
+/// A WRITE whose payload we refuse is still read and discarded, to keep the
+/// stream in sync; beyond this size (and beyond the advertised maximum) we
+/// hard-disconnect instead, which the spec allows for payloads above 2^25.
+const DISCARD_LIMIT: u32 = 1 << 25;
+/// After server shutdown, how long in-flight replies may take to drain to a
+/// client before the connection is dropped anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a transmission phase ended other than by DISC or the client leaving.
+#[derive(Debug, Error)]
+pub enum TransmissionError {
+    #[error("i/o during transmission: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("write payload of {0} bytes exceeds what this server accepts")]
+    PayloadTooLarge(u32),
+}
+
+/// How the reader loop ended.
+enum End {
+    /// `NBD_CMD_DISC`, or the client closed its side.
+    Client,
+    /// The server is shutting down.
+    Shutdown,
+    /// The writer stopped (client no longer reads, or a write failed).
+    WriterGone,
+}
+
+/// One reply, encoded, ready for the writer. Holding the permit until the
+/// frame is written is what bounds buffered memory.
+struct Frame {
+    head: Vec<u8>,
+    data: Option<Vec<u8>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a request's device task needs, shared by the reader and all tasks.
+/// Its `replies` sender is the writer's lifeline: the writer finishes when
+/// the last `Arc<Context>` is gone.
+struct Context {
+    device: Arc<dyn BlockDevice>,
+    size: u64,
+    sizes: BlockSizes,
+    read_only: bool,
+    structured: bool,
+    base_allocation: bool,
+    replies: mpsc::UnboundedSender<Frame>,
+}
+
+impl Context {
+    /// An error reply. With structured replies negotiated we must not use a
+    /// simple reply for READ and should prefer structured errors anyway,
+    /// since they carry a message for the user.
+    fn error_frame(&self, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+        if self.structured {
+            p::encode_structured_error(cookie, errno, message)
+        } else {
+            p::encode_simple_reply(cookie, errno).to_vec()
+        }
+    }
+
+    fn send(&self, head: Vec<u8>, data: Option<Vec<u8>>, permit: Option<OwnedSemaphorePermit>) {
+        // A send only fails once the writer is gone, i.e. the connection is
+        // being torn down; the reply has nowhere to go then.
+        let _ = self.replies.send(Frame {
+            head,
+            data,
+            _permit: permit,
+        });
+    }
+
+    fn send_error(&self, cookie: u64, errno: u32, message: &str) {
+        self.send(self.error_frame(cookie, errno, message), None, None);
+    }
+}
+
+/// Serves requests on `stream` until DISC, client close, error or shutdown.
+pub(crate) async fn serve<S>(
+    stream: S,
+    negotiated: Negotiated,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), TransmissionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_replies(
+        BufWriter::with_capacity(256 * 1024, write_half),
+        rx,
+    ));
+
+    let device = negotiated.export.device.clone();
+    let ctx = Arc::new(Context {
+        size: device.size(),
+        sizes: device.block_sizes(),
+        read_only: negotiated.export.is_read_only(),
+        structured: negotiated.structured_replies,
+        base_allocation: negotiated.base_allocation,
+        device,
+        replies: tx,
+    });
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
+    let mut reader = BufReader::with_capacity(256 * 1024, read_half);
+
+    let ended = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown_requested(&mut shutdown) => break Ok(End::Shutdown),
+            _ = ctx.replies.closed() => break Ok(End::WriterGone),
+            next = read_request(&mut reader, &ctx, &budget) => next,
+        };
+        match next {
+            Ok(Some(incoming)) => dispatch(&ctx, incoming),
+            Ok(None) => break Ok(End::Client),
+            Err(e) => break Err(e),
+        }
+    };
+    // Our sender goes; the writer drains what in-flight requests still send.
+    drop(ctx);
+    drop(reader);
+
+    let drained = match ended {
+        Ok(End::WriterGone) => {
+            writer.abort();
+            Ok(())
+        }
+        Ok(End::Shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
+        _ => {
+            tokio::select! {
+                r = &mut writer => joined(r),
+                _ = shutdown_requested(&mut shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
+            }
+        }
+    };
+    ended.map(|_| ())?;
+    drained
+}
+
+/// A parsed request, with its payload if it is a WRITE we accepted.
+struct Incoming {
+    request: Request,
+    payload: Option<Vec<u8>>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Set when validation failed: the request is answered with this errno
+    /// and never reaches the device.
+    rejected: Option<(u32, &'static str)>,
+}
+
+/// Reads the next request (header and payload). `Ok(None)` means the
+/// client is done: it sent DISC or closed the connection.
+async fn read_request<R>(
+    reader: &mut R,
+    ctx: &Context,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<Incoming>, TransmissionError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!("nbd client closed the connection without NBD_CMD_DISC");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let request = Request::parse(&header)?;
+    let command = request.command();
+    if command == Command::Disc {
+        return Ok(None);
+    }
+    let rejected = validate(ctx, &request);
+    let payload_len = if command == Command::Write {
+        request.length
+    } else {
+        0
+    };
+
+    if payload_len > 0 && rejected.is_some() {
+        if payload_len > DISCARD_LIMIT.max(ctx.sizes.maximum) {
+            return Err(TransmissionError::PayloadTooLarge(payload_len));
+        }
+        let copied = tokio::io::copy(
+            &mut (&mut *reader).take(u64::from(payload_len)),
+            &mut tokio::io::sink(),
+        )
+        .await?;
+        if copied < u64::from(payload_len) {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        return Ok(Some(Incoming {
+            request,
+            payload: None,
+            permit: None,
+            rejected,
+        }));
+    }
+
+    // READ buffers its data until the reply is written; WRITE its payload.
+    let buffered = match command {
+        Command::Read | Command::Write if rejected.is_none() => request.length,
+        _ => 0,
+    };
+    let cost = buffered
+        .saturating_add(REQUEST_OVERHEAD)
+        .min(IN_FLIGHT_BYTES);
+    let permit = budget
+        .clone()
+        .acquire_many_owned(cost)
+        .await
+        .map_err(|_| io::Error::other("request budget closed"))?;
+
+    let payload = if payload_len > 0 {
+        // Bounded by the advertised maximum: validate() rejected more.
+        let mut buf = vec![0u8; payload_len as usize];
+        reader.read_exact(&mut buf).await?;
+        Some(buf)
+    } else {
+        None
+    };
+    Ok(Some(Incoming {
+        request,
+        payload,
+        permit: Some(permit),
+        rejected,
+    }))
+}
+
+/// Checks a request against the export before anything touches the device.
+fn validate(ctx: &Context, r: &Request) -> Option<(u32, &'static str)> {
+    use Command::*;
+    let command = r.command();
+    let allowed_flags = match command {
+        Read if ctx.structured => p::CMD_FLAG_FUA | p::CMD_FLAG_DF,
+        WriteZeroes => p::CMD_FLAG_FUA | p::CMD_FLAG_NO_HOLE,
+        BlockStatus => p::CMD_FLAG_FUA | p::CMD_FLAG_REQ_ONE,
+        // FUA is accepted on every command: the spec requires it once
+        // SEND_FUA is advertised, and it is harmless on the others.
+        _ => p::CMD_FLAG_FUA,
+    };
+    if let Unknown(_) = command {
+        return Some((p::EINVAL, "unknown command"));
+    }
+    if r.flags & !allowed_flags != 0 {
+        return Some((p::EINVAL, "command flag not valid for this command"));
+    }
+    if matches!(command, Write | Trim | WriteZeroes) && ctx.read_only {
+        return Some((p::EPERM, "export is read-only"));
+    }
+    if command == BlockStatus {
+        if !ctx.base_allocation {
+            return Some((p::EINVAL, "no metadata context was negotiated"));
+        }
+        if r.length == 0 {
+            return Some((p::EINVAL, "zero-length block status"));
+        }
+    }
+    if matches!(command, Read | Write) && r.length > ctx.sizes.maximum {
+        return Some((p::EINVAL, "request larger than the maximum block size"));
+    }
+    let in_range = matches!(
+        command,
+        Read | Write | Trim | Cache | WriteZeroes | BlockStatus
+    );
+    if in_range
+        && r.offset
+            .checked_add(u64::from(r.length))
+            .is_none_or(|end| end > ctx.size)
+    {
+        // The spec asks for ENOSPC on writes past the end and EINVAL on
+        // everything else.
+        return Some(if matches!(command, Write | WriteZeroes) {
+            (p::ENOSPC, "request beyond the end of the export")
+        } else {
+            (p::EINVAL, "request beyond the end of the export")
+        });
+    }
+    // Alignment to the advertised minimum is enforced for data transfers;
+    // TRIM may legitimately be rounded by the device instead.
+    let min = u64::from(ctx.sizes.minimum);
+    if matches!(command, Read | Write | WriteZeroes)
+        && (r.offset % min != 0 || u64::from(r.length) % min != 0)
+    {
+        return Some((p::EINVAL, "request not aligned to the minimum block size"));
+    }
+    None
+}
+
+/// Answers a rejected request at once, or runs an accepted one on the
+/// blocking pool.
+fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
+    let Incoming {
+        request,
+        payload,
+        permit,
+        rejected,
+    } = incoming;
+    let cookie = request.cookie;
+    if let Some((errno, message)) = rejected {
+        debug!(
+            cookie,
+            kind = request.kind,
+            errno,
+            message,
+            "nbd request rejected"
+        );
+        ctx.send_error(cookie, errno, message);
+        return;
+    }
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        // A panicking device must not leave the client waiting forever for
+        // this cookie: turn it into EIO.
+        let outcome = catch_unwind(AssertUnwindSafe(|| execute(&ctx, &request, payload)));
+        match outcome {
+            Ok(Ok((head, data))) => ctx.send(head, data, permit),
+            Ok(Err(e)) => {
+                let errno = errno_of(&e);
+                debug!(cookie, kind = request.kind, errno, error = %e, "nbd request failed");
+                ctx.send(ctx.error_frame(cookie, errno, &e.to_string()), None, permit);
+            }
+            Err(_) => {
+                warn!(
+                    cookie,
+                    kind = request.kind,
+                    "device panicked serving nbd request"
+                );
+                ctx.send(
+                    ctx.error_frame(cookie, p::EIO, "internal error"),
+                    None,
+                    permit,
+                );
+            }
+        }
+    });
+}
+
+/// Performs one validated request on the device and encodes its reply.
+fn execute(
+    ctx: &Context,
+    r: &Request,
+    payload: Option<Vec<u8>>,
+) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let fua = r.flags & p::CMD_FLAG_FUA != 0;
+    let ok = || Ok((p::encode_simple_reply(r.cookie, 0).to_vec(), None));
+    let dev = &*ctx.device;
+    match r.command() {
+        Command::Read => {
+            // Bounded by the maximum block size (validated).
+            let mut buf = vec![0u8; r.length as usize];
+            if !buf.is_empty() {
+                dev.read_at(r.offset, &mut buf)?;
+            }
+            Ok(match (ctx.structured, buf.is_empty()) {
+                // An OFFSET_DATA chunk must carry at least one byte.
+                (true, true) => (p::encode_structured_none(r.cookie).to_vec(), None),
+                (true, false) => (
+                    p::encode_offset_data_header(r.cookie, r.offset, r.length),
+                    Some(buf),
+                ),
+                (false, _) => (p::encode_simple_reply(r.cookie, 0).to_vec(), Some(buf)),
+            })
+        }
+        Command::Write => {
+            let data = payload.unwrap_or_default();
+            if !data.is_empty() {
+                dev.write_at(r.offset, &data, fua)?;
+            }
+            ok()
+        }
+        Command::Flush => {
+            dev.flush()?;
+            ok()
+        }
+        Command::Trim => {
+            if r.length > 0 {
+                dev.trim(r.offset, u64::from(r.length))?;
+                if fua {
+                    dev.flush()?;
+                }
+            }
+            ok()
+        }
+        Command::WriteZeroes => {
+            if r.length > 0 {
+                let may_punch = r.flags & p::CMD_FLAG_NO_HOLE == 0;
+                dev.write_zeroes(r.offset, u64::from(r.length), may_punch)?;
+                if fua {
+                    dev.flush()?;
+                }
+            }
+            ok()
+        }
+        // A hint; the range was validated, there is no cache to warm.
+        Command::Cache => ok(),
+        Command::BlockStatus => {
+            // The device interface has no allocation query, so report the
+            // whole range as allocated data (status 0), which the spec says
+            // is always safe. One extent, never longer than asked.
+            let len = u64::from(r.length).min(ctx.size - r.offset);
+            let len = u32::try_from(len).unwrap_or(r.length);
+            Ok((
+                p::encode_block_status(r.cookie, BASE_ALLOCATION_ID, &[(len, 0)]),
+                None,
+            ))
+        }
+        // Filtered out by read_request / validate.
+        Command::Disc | Command::Unknown(_) => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    }
+}
+
+/// Maps a device error to the NBD error value clients understand.
+pub fn errno_of(e: &io::Error) -> u32 {
+    use io::ErrorKind::*;
+    const ENOSPC_RAW: i32 = 28;
+    const EFBIG_RAW: i32 = 27;
+    const EDQUOT_RAW: i32 = 122;
+    match e.kind() {
+        InvalidInput => p::EINVAL,
+        PermissionDenied | ReadOnlyFilesystem => p::EPERM,
+        // The spec asks for EDQUOT and EFBIG to be reported as ENOSPC.
+        StorageFull | QuotaExceeded | FileTooLarge => p::ENOSPC,
+        _ => match e.raw_os_error() {
+            Some(ENOSPC_RAW | EFBIG_RAW | EDQUOT_RAW) => p::ENOSPC,
+            _ => p::EIO,
+        },
+    }
+}
+
+/// The writer task: writes frames in arrival order, batching flushes.
+async fn write_replies<W>(
+    mut out: BufWriter<W>,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut out, frame).await?;
+        // Flush only when nothing else is ready, so bursts of small replies
+        // share a syscall.
+        while let Ok(frame) = frames.try_recv() {
+            write_frame(&mut out, frame).await?;
+        }
+        out.flush().await?;
+    }
+    out.shutdown().await
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut BufWriter<W>,
+    frame: Frame,
+) -> io::Result<()> {
+    out.write_all(&frame.head).await?;
+    if let Some(data) = &frame.data {
+        out.write_all(data).await?;
+    }
+    Ok(())
+}
+
+async fn drain_within(
+    writer: &mut tokio::task::JoinHandle<io::Result<()>>,
+    grace: Duration,
+) -> Result<(), TransmissionError> {
+    match tokio::time::timeout(grace, &mut *writer).await {
+        Ok(r) => joined(r),
+        Err(_) => {
+            warn!("nbd client did not take its replies within the shutdown grace period");
+            writer.abort();
+            Ok(())
+        }
+    }
+}
+
+fn joined(r: Result<io::Result<()>, tokio::task::JoinError>) -> Result<(), TransmissionError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        // The client stopped reading or went away: nothing left to serve.
+        Ok(Err(e)) if is_disconnect(&e) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(io::Error::other(e).into()),
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// Resolves once shutdown is requested; never, if the server side is gone
+/// without requesting it.
+pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,44 @@
+//! The one small interface between the NBD server and whatever it exports.
+//!
+//! The NBD layer speaks only this trait; the volume layer (superblock, sector
+//! cipher, backing store) implements it. Calls are synchronous and may block
+//! (file I/O, CPU-bound crypto): the async server runs them off the reactor
+//! (`tokio::task::spawn_blocking`), which also lets requests proceed in parallel.
+//!
+//! Errors are `std::io::Error`; the NBD layer maps their kind/raw OS error to an
+//! NBD errno (EINVAL for out of range, ENOSPC, EIO, EPERM, ...).
+
+use std::io;
+
+/// Block sizes a device asks its clients to honour (NBD_INFO_BLOCK_SIZE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Smallest request granularity the device accepts (1 if it handles
+    /// any byte range, e.g. by read-modify-write).
+    pub minimum: u32,
+    /// Size that performs best (no read-modify-write), e.g. the sector size.
+    pub preferred: u32,
+    /// Largest single request payload.
+    pub maximum: u32,
+}
+
+/// A byte-addressed device of fixed size.
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Size in bytes, as exported.
+    fn size(&self) -> u64;
+    fn block_sizes(&self) -> BlockSizes;
+    /// Read exactly `buf.len()` bytes at `offset`. Out of range: `InvalidInput`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write all of `data` at `offset`; with `fua`, durable before returning.
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
+    /// Make every write that has returned durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Discard a range: it reads back as zeros afterwards.
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Zero a range. With `may_punch`, holes may be punched (NBD without NO_HOLE).
+    fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> io::Result<()>;
+    /// Whether the device refuses writes.
+    fn read_only(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,188 @@
+//! Test harness: real `envol` processes on loopback, driven by real clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn envol() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_envol"))
+}
+
+/// Access key id and secret, as printed by `envol kms init` / `user add`.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub access_key_id: String,
+    pub secret: String,
+}
+
+/// Runs an envol command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run envol");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn parse_creds(stdout: &str) -> Creds {
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| {
+                let l = l.trim();
+                l.strip_prefix(name)
+                    .map(|rest| rest.trim_start().trim_start_matches('=').trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in output:\n{stdout}"))
+    };
+    Creds {
+        access_key_id: field("aws_access_key_id"),
+        secret: field("aws_secret_access_key"),
+    }
+}
+
+/// A KMS data directory with a running `envol kms serve`.
+pub struct KmsServer {
+    pub dir: tempfile::TempDir,
+    pub root: Creds,
+    pub account_id: String,
+    pub endpoint: String,
+    child: Option<Child>,
+}
+
+impl KmsServer {
+    pub fn start() -> KmsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            envol()
+                .args(["kms", "init", "--data"])
+                .arg(data_path(dir.path())),
+        );
+        let root = parse_creds(&out);
+        let account_id = out
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("account:")
+                    .map(|s| s.trim().to_string())
+            })
+            .expect("account id printed");
+        let mut s = KmsServer {
+            dir,
+            root,
+            account_id,
+            endpoint: String::new(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data(&self) -> PathBuf {
+        data_path(self.dir.path())
+    }
+
+    fn spawn(&mut self) {
+        let mut child = envol()
+            .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(self.data())
+            .env("ENVOL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn envol kms serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("serve printed nothing").unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {first:?}"))
+            .to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.endpoint = url;
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: graceful shutdown.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            for _ in 0..100 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn add_user(&self, name: &str) -> Creds {
+        parse_creds(&run_ok(
+            envol()
+                .args(["kms", "user", "add", name, "--data"])
+                .arg(self.data()),
+        ))
+    }
+
+    pub fn user_arn(&self, name: &str) -> String {
+        format!("arn:aws:iam::{}:user/{}", self.account_id, name)
+    }
+
+    pub fn client(&self, creds: &Creds) -> aws_sdk_kms::Client {
+        sdk_client(&self.endpoint, creds, None)
+    }
+}
+
+impl Drop for KmsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn data_path(tmp: &Path) -> PathBuf {
+    tmp.join("kms")
+}
+
+/// The official AWS SDK client, pointed at `endpoint`, with static
+/// credentials and (optionally) a fixed clock for signing.
+pub fn sdk_client(
+    endpoint: &str,
+    creds: &Creds,
+    signing_time: Option<std::time::SystemTime>,
+) -> aws_sdk_kms::Client {
+    let mut b = aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .region(aws_sdk_kms::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            &creds.access_key_id,
+            &creds.secret,
+            None,
+            None,
+            "envol-test",
+        ));
+    if let Some(t) = signing_time {
+        b = b.time_source(aws_smithy_async::time::StaticTimeSource::new(t));
+    }
+    aws_sdk_kms::Client::from_conf(b.build())
+}

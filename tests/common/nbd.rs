@@ -1,0 +1,207 @@
+//! Test support: an in-memory device, an in-process server on a Unix socket
+//! in a temp dir, and a runner for real client tools that fails loudly when a
+//! tool is missing.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use envol::nbd::{Export, Listeners, Server};
+use envol::volume::{BlockDevice, BlockSizes};
+
+/// A byte-addressed device in memory, counting flushes.
+pub struct MemDevice {
+    data: RwLock<Vec<u8>>,
+    sizes: BlockSizes,
+    pub flushes: AtomicUsize,
+}
+
+impl MemDevice {
+    pub fn new(size: usize) -> Arc<Self> {
+        Self::with_sizes(
+            size,
+            BlockSizes {
+                minimum: 1,
+                preferred: 4096,
+                maximum: 32 * 1024 * 1024,
+            },
+        )
+    }
+
+    pub fn with_sizes(size: usize, sizes: BlockSizes) -> Arc<Self> {
+        Arc::new(Self {
+            data: RwLock::new(vec![0; size]),
+            sizes,
+            flushes: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.read().unwrap().clone()
+    }
+
+    pub fn fill(&self, offset: usize, bytes: &[u8]) {
+        self.data.write().unwrap()[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn range(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<usize>> {
+        let size = self.data.read().unwrap().len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(offset as usize..end as usize),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "out of range")),
+        }
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn size(&self) -> u64 {
+        self.data.read().unwrap().len() as u64
+    }
+    fn block_sizes(&self) -> BlockSizes {
+        self.sizes
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = self.range(offset, buf.len() as u64)?;
+        buf.copy_from_slice(&self.data.read().unwrap()[r]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> io::Result<()> {
+        let r = self.range(offset, data.len() as u64)?;
+        self.data.write().unwrap()[r].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _may_punch: bool) -> io::Result<()> {
+        let r = self.range(offset, len)?;
+        self.data.write().unwrap()[r].fill(0);
+        Ok(())
+    }
+}
+
+pub fn export(name: &str, device: Arc<MemDevice>) -> Export {
+    Export {
+        name: name.to_string(),
+        description: format!("test export {name}"),
+        device,
+        read_only: false,
+    }
+}
+
+/// The real server, in-process on its own runtime, on a Unix socket in a
+/// fresh temp dir. Stopped (gracefully) on drop or by [`TestServer::stop`].
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// The TCP listener's bound address (127.0.0.1, a free port).
+    pub tcp: std::net::SocketAddr,
+    /// `Listeners::uris` for the first export, as the CLI would print them.
+    pub uris: Vec<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl TestServer {
+    pub fn start(exports: Vec<Export>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("nbd.sock");
+        let server = Server::new(exports).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let tcp = Some(([127, 0, 0, 1], 0).into());
+                let listeners = Listeners::bind(Some(&path), tcp).await?;
+                let first = server.exports()[0].name.clone();
+                ready_tx
+                    .send((listeners.tcp_addr().unwrap(), listeners.uris(&first)))
+                    .unwrap();
+                server
+                    .serve(listeners, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            })
+        });
+        let (tcp, uris) = ready_rx.recv().expect("server failed to bind");
+        Self {
+            dir,
+            socket,
+            tcp,
+            uris,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `nbd+unix:///NAME?socket=PATH`
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    pub fn connect(&self) -> std::os::unix::net::UnixStream {
+        std::os::unix::net::UnixStream::connect(&self.socket).unwrap()
+    }
+
+    /// Graceful shutdown; returns what `Server::serve` returned.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().expect("server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Runs a real client tool. A missing tool FAILS the test with the package
+/// to install: these tests exist to prove interoperability, so skipping
+/// would hide exactly what they are for.
+pub fn run_tool(program: &str, args: &[&str]) -> Output {
+    let package = match program {
+        "nbdinfo" | "nbdcopy" | "nbdsh" | "nbdfuse" => "libnbd-bin",
+        "qemu-io" | "qemu-img" | "qemu-nbd" => "qemu-utils",
+        _ => "the package providing it",
+    };
+    let output = match Command::new(program).args(args).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
+            "`{program}` is not installed; this test needs it as a real NBD client. \
+             Install it with: apt-get install -y {package}"
+        ),
+        Err(e) => panic!("cannot run `{program}`: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "`{program} {}` failed with {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    output
+}
