@@ -2,6 +2,10 @@
 //! here beyond wiring arguments to the library and results to the terminal.
 
 mod kms;
+mod serve;
+mod target;
+mod up;
+mod volume;
 
 use clap::{Parser, Subcommand};
 
@@ -30,7 +34,9 @@ cli_error_from!(
     String,
     crate::kms::KmsError,
     crate::kms::service::ServiceError,
-    crate::kms::datadir::DataDirError
+    crate::kms::datadir::DataDirError,
+    crate::envelope::EnvelopeError,
+    crate::nbd::ExportError
 );
 
 pub type CliResult = Result<(), CliError>;
@@ -51,22 +57,33 @@ pub enum Command {
     /// The master-key service: initialise, serve, manage users.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
+    /// Encrypted volume files: create, inspect.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Attach volumes through the KMS and serve them over NBD.
+    Serve(serve::ServeArgs),
+    /// Run everything on this machine: embedded KMS, default key and volume, NBD server.
+    Up(up::UpArgs),
 }
 
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Kms(cmd) => kms::run(cmd),
+        Command::Volume(cmd) => volume::run(cmd),
+        Command::Serve(args) => serve::run(args),
+        Command::Up(args) => up::run(args),
     }
 }
 
-/// Logs go to stderr; `ENVOL_LOG` sets the filter (default `info`).
+/// Logs go to stderr; `ENVOL_LOG` sets the filter (default `warn,envol=info`: our own news, only problems from dependencies).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVOL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,envol=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

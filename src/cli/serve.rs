@@ -1,0 +1,133 @@
+//! `envol serve`: attach volumes through the KMS and serve them over NBD.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::target::KmsArgs;
+use super::{CliError, CliResult, runtime, shutdown_signal};
+use crate::envelope;
+use crate::keys::KeyService;
+use crate::keys::aws::AwsKeyClient;
+use crate::nbd::{Export, Listeners, Server};
+use crate::volume::Volume;
+
+/// The NBD port, as registered with IANA.
+pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Volume files to serve, each optionally as PATH=NAME (default name: the file stem).
+    #[arg(required = true, value_name = "PATH[=NAME]")]
+    pub volumes: Vec<String>,
+    /// Serve on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Serve on this TCP address (default 127.0.0.1:10809 when no --socket is given).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Export every volume read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    #[command(flatten)]
+    pub kms: KmsArgs,
+}
+
+/// Splits `PATH=NAME`; the name defaults to the file stem.
+pub(crate) fn split_volume_arg(arg: &str) -> Result<(PathBuf, String), CliError> {
+    let (path, name) = match arg.rsplit_once('=') {
+        Some((p, n)) if !p.is_empty() => (PathBuf::from(p), n.to_string()),
+        _ => {
+            let p = PathBuf::from(arg);
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (p, stem)
+        }
+    };
+    if name.is_empty() {
+        return Err(CliError(format!("{arg}: the export name is empty")));
+    }
+    Ok((path, name))
+}
+
+pub fn run(args: ServeArgs) -> CliResult {
+    let mut volumes = Vec::new();
+    for v in &args.volumes {
+        volumes.push(split_volume_arg(v)?);
+    }
+    let tcp = match (&args.socket, args.listen) {
+        (None, None) => Some(
+            DEFAULT_NBD_ADDR
+                .parse()
+                .map_err(|e| CliError(format!("{e}")))?,
+        ),
+        (_, tcp) => tcp,
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let keys = AwsKeyClient::new(&args.kms.target()).await;
+        let exports = attach_all(&keys, &volumes, args.read_only).await?;
+        serve_exports(exports, args.socket.as_deref(), tcp, |_| {}).await
+    })
+}
+
+/// Attaches every volume (all or nothing: a refusal stops before any listener opens).
+pub(crate) async fn attach_all<K: KeyService>(
+    keys: &K,
+    volumes: &[(PathBuf, String)],
+    read_only: bool,
+) -> Result<Vec<Export>, CliError> {
+    let mut exports = Vec::new();
+    for (path, name) in volumes {
+        let volume: Volume = envelope::attach(keys, path, read_only).await?;
+        let sb = volume.superblock();
+        let description = format!(
+            "envol volume {} ({}, {}-byte sectors, key {})",
+            sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
+        );
+        tracing::info!("attached {} as export {name:?}", path.display());
+        exports.push(Export {
+            name: name.clone(),
+            description,
+            device: Arc::new(volume),
+            read_only,
+        });
+    }
+    Ok(exports)
+}
+
+/// Binds, prints where to connect, and serves until SIGINT/SIGTERM.
+pub(crate) async fn serve_exports(
+    exports: Vec<Export>,
+    socket: Option<&Path>,
+    tcp: Option<SocketAddr>,
+    on_ready: impl FnOnce(&Listeners),
+) -> CliResult {
+    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let server = Server::new(exports)?;
+    // The socket gives whoever can open it the plaintext volume: owner only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let listeners = Listeners::bind(socket, tcp)
+        .await
+        .map_err(|e| CliError(format!("cannot listen: {e}")))?;
+    for name in &names {
+        for uri in listeners.uris(name) {
+            println!("export {name}: {uri}");
+        }
+    }
+    on_ready(&listeners);
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    server
+        .serve(listeners, shutdown_signal())
+        .await
+        .map_err(|e| CliError(format!("while shutting down: {e}")))?;
+    tracing::info!("stopped; data keys dropped");
+    Ok(())
+}

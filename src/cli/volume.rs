@@ -1,0 +1,156 @@
+//! `envol volume create | info`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::target::{KmsArgs, human_size, parse_size};
+use super::{CliError, CliResult, runtime};
+use crate::envelope::{self, NewVolume};
+use crate::keys::aws::AwsKeyClient;
+use crate::volume::{Superblock, SuperblockError};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an encrypted volume file whose data key is wrapped by a KMS key.
+    Create {
+        path: PathBuf,
+        /// Size of the volume: bytes or K/M/G/T (binary), e.g. 10G.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// The master key: key id, key ARN, alias/NAME or alias ARN.
+        #[arg(long)]
+        key: String,
+        /// Cipher sector size in bytes: 4096 (default) or 512.
+        #[arg(long, default_value_t = 4096, value_parser = parse_sector_size)]
+        sector_size: u32,
+        /// Overwrite an existing file (its data is lost).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Show a volume's superblock (no KMS call).
+    Info {
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s {
+        "4096" => Ok(4096),
+        "512" => Ok(512),
+        _ => Err(format!("sector size must be 4096 or 512, not {s:?}")),
+    }
+}
+
+pub fn run(cmd: VolumeCommand) -> CliResult {
+    match cmd {
+        VolumeCommand::Create {
+            path,
+            size,
+            key,
+            sector_size,
+            force,
+            kms,
+        } => {
+            let rt = runtime()?;
+            let sb = rt.block_on(async {
+                let client = AwsKeyClient::new(&kms.target()).await;
+                envelope::create(
+                    &client,
+                    NewVolume {
+                        path: &path,
+                        size,
+                        sector_size,
+                        key: &key,
+                        force,
+                    },
+                )
+                .await
+            })?;
+            print_created(&path, &sb);
+            Ok(())
+        }
+        VolumeCommand::Info { path, json } => info(&path, json),
+    }
+}
+
+pub(crate) fn print_created(path: &std::path::Path, sb: &Superblock) {
+    println!("Created volume {}", path.display());
+    println!("  uuid:        {}", sb.uuid);
+    println!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
+    println!("  sector size: {}", sb.sector_size);
+    println!("  key:         {}", sb.key_arn);
+}
+
+fn rfc3339(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| secs.to_string())
+}
+
+fn copy_json(c: &Result<Superblock, SuperblockError>) -> serde_json::Value {
+    match c {
+        Ok(sb) => json!({"valid": true, "sequence": sb.sequence, "error": null}),
+        Err(e) => json!({"valid": false, "sequence": null, "error": e.to_string()}),
+    }
+}
+
+fn copy_text(c: &Result<Superblock, SuperblockError>) -> String {
+    match c {
+        Ok(sb) => format!("valid (sequence {})", sb.sequence),
+        Err(e) => format!("INVALID: {e}"),
+    }
+}
+
+fn info(path: &std::path::Path, as_json: bool) -> CliResult {
+    use base64::Engine;
+    let set = envelope::inspect(path)?;
+    let sb = set
+        .best()
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    let wrapped = base64::engine::general_purpose::STANDARD.encode(&sb.wrapped_key);
+    if as_json {
+        let v = json!({
+            "path": path.display().to_string(),
+            "uuid": sb.uuid.to_string(),
+            "size": sb.size,
+            "sector_size": sb.sector_size,
+            "cipher": sb.cipher,
+            "data_offset": sb.data_offset,
+            "key_arn": sb.key_arn,
+            "encryption_context": sb.encryption_context,
+            "wrapped_key": wrapped,
+            "created": rfc3339(sb.created),
+            "superblocks": {
+                "primary": copy_json(&set.primary),
+                "secondary": copy_json(&set.secondary),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    println!("volume {}", path.display());
+    println!("  uuid:        {}", sb.uuid);
+    println!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
+    println!("  sector size: {}", sb.sector_size);
+    println!("  cipher:      {}", sb.cipher);
+    println!("  data offset: {}", sb.data_offset);
+    println!("  key:         {}", sb.key_arn);
+    let ctx: Vec<String> = sb
+        .encryption_context
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("  context:     {}", ctx.join(", "));
+    println!("  wrapped key: {wrapped}");
+    println!("  created:     {}", rfc3339(sb.created));
+    println!("  superblocks: primary {}", copy_text(&set.primary));
+    println!("               secondary {}", copy_text(&set.secondary));
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Envelope encryption: where a volume meets its master key.
+//!
+//! `create` asks the key service for a new data key, wrapped under a master
+//! key and bound to the volume by the encryption context
+//! `{"envol:volume": "<uuid>"}`, and writes it into a new volume's
+//! superblock. `attach` reads the superblock, has the key service unwrap the
+//! data key (the KMS decides, by key policy, whether this caller may),
+//! checks it against the superblock's key check value, and opens the volume.
+//! The plaintext data key exists only in zeroizing memory inside the open
+//! volume, never on disk.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::keys::{KeyError, KeyService};
+use crate::volume::{
+    self, DATA_KEY_LEN, DataKey, FileBackend, Superblock, SuperblockSet, Volume,
+    volume_encryption_context,
+};
+
+/// Why a volume could not be created or attached. One line each, naming the
+/// volume, and for key problems the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("{path}: {message}")]
+    Volume { path: PathBuf, message: String },
+    #[error("{0}")]
+    Key(Box<KeyFailure>),
+}
+
+/// The key service refused (or could not be reached for) a volume's key.
+#[derive(Debug)]
+pub struct KeyFailure {
+    pub path: PathBuf,
+    pub action: &'static str,
+    pub key: String,
+    pub error: KeyError,
+    pub hint: String,
+}
+
+impl std::fmt::Display for KeyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: cannot {} with key {}: {}{}",
+            self.path.display(),
+            self.action,
+            self.key,
+            self.error,
+            self.hint
+        )
+    }
+}
+
+fn vol_err(path: &Path, message: impl std::fmt::Display) -> EnvelopeError {
+    EnvelopeError::Volume {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+fn hint_for(error: &KeyError, describe: &str) -> String {
+    use crate::keys::KeyErrorKind::*;
+    match error.kind {
+        AccessDenied => " (the key policy does not allow this caller)".into(),
+        Disabled => " (the key is disabled: enable it with `envol key enable`)".into(),
+        InvalidState => {
+            " (the key is pending deletion: `envol key cancel-deletion` restores it)".into()
+        }
+        NotFound => " (the key does not exist, or was deleted: its volumes are unreadable)".into(),
+        InvalidCiphertext => {
+            " (the wrapped key does not belong to this volume, or the superblock was altered)"
+                .into()
+        }
+        Unreachable => format!(" (cannot reach {describe})"),
+        Credentials => format!(" (check the credentials used for {describe})"),
+        Other => String::new(),
+    }
+}
+
+/// Parameters of a new volume.
+#[derive(Debug, Clone)]
+pub struct NewVolume<'a> {
+    pub path: &'a Path,
+    pub size: u64,
+    pub sector_size: u32,
+    pub key: &'a str,
+    pub force: bool,
+}
+
+/// Creates a volume file whose data key is wrapped under `key`.
+pub async fn create<K: KeyService>(
+    keys: &K,
+    spec: NewVolume<'_>,
+) -> Result<Superblock, EnvelopeError> {
+    let path = spec.path;
+    if spec.sector_size != 512 && spec.sector_size != 4096 {
+        return Err(vol_err(
+            path,
+            format!("sector size must be 512 or 4096, not {}", spec.sector_size),
+        ));
+    }
+    if spec.size == 0 || spec.size % u64::from(spec.sector_size) != 0 {
+        return Err(vol_err(
+            path,
+            format!(
+                "size {} is not a positive multiple of the sector size {}",
+                spec.size, spec.sector_size
+            ),
+        ));
+    }
+    if path.exists() && !spec.force {
+        return Err(vol_err(
+            path,
+            "already exists: refusing to overwrite it (use --force)",
+        ));
+    }
+    let uuid = Uuid::new_v4();
+    let context = volume_encryption_context(&uuid);
+    let key_err = |action, error: KeyError| {
+        EnvelopeError::Key(Box::new(KeyFailure {
+            path: path.to_path_buf(),
+            action,
+            key: spec.key.to_string(),
+            hint: hint_for(&error, &keys.describe()),
+            error,
+        }))
+    };
+    let wrapped = keys
+        .generate_wrapped_key(spec.key, &context, DATA_KEY_LEN)
+        .await
+        .map_err(|e| key_err("generate a data key", e))?;
+    // Unwrap once to record the key check value: it lets every later attach
+    // prove the key it got is this volume's key. It also proves, before any
+    // data is written, that the creator can attach what it created.
+    let plaintext = keys
+        .unwrap_key(&wrapped.key_arn, &wrapped.blob, &context)
+        .await
+        .map_err(|e| key_err("unwrap the new data key", e))?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+    drop(plaintext);
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let sb = Superblock::new(
+        uuid,
+        spec.size,
+        spec.sector_size,
+        wrapped.key_arn,
+        wrapped.blob,
+        data_key.key_check(&uuid),
+        created,
+    )
+    .map_err(|e| vol_err(path, e))?;
+    volume::create_volume_file(path, &sb, spec.force).map_err(|e| vol_err(path, e))?;
+    Ok(sb)
+}
+
+/// Reads both superblock copies of a volume file (no KMS involved).
+pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
+    let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
+    Ok(volume::read_superblocks(&file))
+}
+
+/// Opens a volume for serving: unwraps its data key through `keys`.
+pub async fn attach<K: KeyService>(
+    keys: &K,
+    path: &Path,
+    read_only: bool,
+) -> Result<Volume, EnvelopeError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| vol_err(path, e))?;
+    let set = volume::read_superblocks(&file);
+    let sb = set.best().map_err(|e| vol_err(path, e))?.clone();
+    let plaintext = keys
+        .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
+        .await
+        .map_err(|error| {
+            EnvelopeError::Key(Box::new(KeyFailure {
+                path: path.to_path_buf(),
+                action: "unwrap the data key",
+                key: sb.key_arn.clone(),
+                hint: hint_for(&error, &keys.describe()),
+                error,
+            }))
+        })?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+    drop(plaintext);
+    let volume =
+        Volume::open(FileBackend::new(file), &sb, data_key).map_err(|e| vol_err(path, e))?;
+    Ok(volume.with_read_only(read_only))
+}

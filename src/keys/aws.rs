@@ -1,0 +1,179 @@
+//! The key client on the official AWS SDK for Rust.
+//!
+//! Configuration follows the AWS tools exactly: `--endpoint` overrides
+//! `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` / the profile's
+//! `endpoint_url`; `--profile` overrides `AWS_PROFILE`; credentials come from
+//! the environment, the shared credentials file
+//! (`AWS_SHARED_CREDENTIALS_FILE`) or any other provider the SDK knows. The
+//! same client therefore works against `envol kms serve` and real AWS KMS.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use zeroize::Zeroizing;
+
+use super::{KeyError, KeyErrorKind, KeyService, WrappedKey};
+
+/// Region used when neither a flag, the environment nor the profile names one.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Where to find the KMS and whose credentials to use.
+#[derive(Debug, Clone, Default)]
+pub struct KmsTarget {
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+    pub region: Option<String>,
+}
+
+pub struct AwsKeyClient {
+    client: aws_sdk_kms::Client,
+    endpoint: Option<String>,
+    profile: Option<String>,
+}
+
+impl AwsKeyClient {
+    pub async fn new(target: &KmsTarget) -> AwsKeyClient {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(p) = &target.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &target.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(e) = &target.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_kms::config::Builder::from(&shared);
+        if shared.region().is_none() {
+            builder = builder.region(aws_sdk_kms::config::Region::new(DEFAULT_REGION));
+        }
+        let endpoint = target
+            .endpoint
+            .clone()
+            .or_else(|| shared.endpoint_url().map(str::to_string));
+        AwsKeyClient {
+            client: aws_sdk_kms::Client::from_conf(builder.build()),
+            endpoint,
+            profile: target
+                .profile
+                .clone()
+                .or_else(|| std::env::var("AWS_PROFILE").ok()),
+        }
+    }
+}
+
+fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
+    context
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Turns an SDK error into a one-line, actionable `KeyError`.
+fn key_error<E>(err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>) -> KeyError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &err {
+        SdkError::ServiceError(_) => {
+            let code = err.code().unwrap_or("UnknownError").to_string();
+            let message = err.message().unwrap_or_default().to_string();
+            KeyError::from_code(&code, message)
+        }
+        SdkError::DispatchFailure(d) => {
+            let text = DisplayErrorContext(&err).to_string();
+            let kind = if text.contains("credentials") || text.contains("Credentials") {
+                KeyErrorKind::Credentials
+            } else if d.is_io() || d.is_timeout() {
+                KeyErrorKind::Unreachable
+            } else {
+                KeyErrorKind::Other
+            };
+            KeyError {
+                kind,
+                code: None,
+                message: one_line(&text),
+            }
+        }
+        SdkError::TimeoutError(_) => KeyError {
+            kind: KeyErrorKind::Unreachable,
+            code: None,
+            message: "the KMS did not answer in time".into(),
+        },
+        _ => KeyError {
+            kind: KeyErrorKind::Other,
+            code: None,
+            message: one_line(&DisplayErrorContext(&err).to_string()),
+        },
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl KeyService for AwsKeyClient {
+    async fn generate_wrapped_key(
+        &self,
+        key: &str,
+        context: &BTreeMap<String, String>,
+        bytes: usize,
+    ) -> Result<WrappedKey, KeyError> {
+        let out = self
+            .client
+            .generate_data_key_without_plaintext()
+            .key_id(key)
+            .number_of_bytes(bytes as i32)
+            .set_encryption_context(Some(to_hash_map(context)))
+            .send()
+            .await
+            .map_err(key_error)?;
+        let blob = out
+            .ciphertext_blob()
+            .ok_or_else(|| {
+                KeyError::from_code("InvalidResponse", "no CiphertextBlob in the reply")
+            })?
+            .as_ref()
+            .to_vec();
+        let key_arn = out.key_id().unwrap_or(key).to_string();
+        Ok(WrappedKey { blob, key_arn })
+    }
+
+    async fn unwrap_key(
+        &self,
+        key: &str,
+        blob: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let out = self
+            .client
+            .decrypt()
+            .key_id(key)
+            .ciphertext_blob(Blob::new(blob.to_vec()))
+            .set_encryption_context(Some(to_hash_map(context)))
+            .send()
+            .await
+            .map_err(key_error)?;
+        // The SDK's Blob does not zeroize; take the bytes out of it at once
+        // into a zeroizing buffer.
+        let mut out = out;
+        let plaintext = out
+            .plaintext
+            .take()
+            .ok_or_else(|| KeyError::from_code("InvalidResponse", "no Plaintext in the reply"))?;
+        Ok(Zeroizing::new(plaintext.into_inner()))
+    }
+
+    fn describe(&self) -> String {
+        let at = match &self.endpoint {
+            Some(e) => format!("the KMS at {e}"),
+            None => "AWS KMS".to_string(),
+        };
+        match &self.profile {
+            Some(p) => format!("{at} (profile {p})"),
+            None => at,
+        }
+    }
+}
