@@ -32,18 +32,38 @@ pub fn router(kms: Arc<Kms>) -> Router {
     Router::new().fallback(handle).with_state(kms)
 }
 
+/// How often keys past their deletion window are looked for between requests.
+const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     kms: Arc<Kms>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    // Requests sweep too, but an idle KMS must still destroy keys on time.
+    let sweeper_kms = kms.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DELETION_SWEEP);
+        loop {
+            tick.tick().await;
+            let k = sweeper_kms.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = k.destroy_due_keys() {
+                    tracing::error!("deletion sweep: {e}");
+                }
+            })
+            .await;
+        }
+    });
+    let result = axum::serve(
         listener,
         router(kms).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    sweeper.abort();
+    result
 }
 
 fn error_response(request_id: &str, err: &KmsError) -> Response {

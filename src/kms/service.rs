@@ -154,14 +154,16 @@ impl Kms {
             .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
         restrict_db_files(dir);
         let audit = open_audit(dir)?;
-        Ok(Kms {
+        let kms = Kms {
             store,
             root_key,
             account_id,
             region,
             clock,
             audit: Some(audit),
-        })
+        };
+        kms.destroy_due_keys()?;
+        Ok(kms)
     }
 
     pub fn account_id(&self) -> &str {
@@ -259,6 +261,11 @@ impl Kms {
         operation: &str,
         body: &[u8],
     ) -> Result<Value, KmsError> {
+        // Deletion windows are enforced on every request, to the millisecond;
+        // a key past its window is gone before anyone can use it.
+        if let Err(e) = self.destroy_due_keys() {
+            tracing::error!("destroying keys past their deletion window: {e}");
+        }
         let mut note = AuditNote::default();
         let result = ops::dispatch(self, &request.principal, operation, body, &mut note);
         self.audit(
@@ -496,6 +503,35 @@ impl Kms {
     pub(super) fn seal_material(&self, key_id: &str, version: u32, material: &[u8; 32]) -> Vec<u8> {
         self.root_key
             .seal(&seal::material_purpose(key_id, version), material)
+    }
+
+    /// Destroys every key whose deletion window has passed: material, versions,
+    /// aliases, tags. Returns the ARNs destroyed (each is audited).
+    pub fn destroy_due_keys(&self) -> Result<Vec<String>, KmsError> {
+        let due = self.store.keys_due_for_deletion(self.now_ms())?;
+        let mut destroyed = Vec::new();
+        for key_id in due {
+            self.store
+                .transaction(|tx| Store::delete_key(tx, &key_id))?;
+            let arn = self.key_arn(&key_id);
+            self.audit(
+                &uuid::Uuid::new_v4().to_string(),
+                None,
+                Some("envol-kms"),
+                "DeleteKey",
+                &AuditNote {
+                    key_arn: Some(arn.clone()),
+                    encryption_context: None,
+                },
+                None,
+            );
+            tracing::info!("destroyed {arn}: its deletion window has passed");
+            destroyed.push(arn);
+        }
+        if !destroyed.is_empty() {
+            self.store.checkpoint()?;
+        }
+        Ok(destroyed)
     }
 
     /// Verifies that every stored key version unseals under the root key.

@@ -124,6 +124,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (a destroyed key's sealed material) are overwritten,
+        // not left in free pages: crypto-shredding must shred.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -522,6 +525,24 @@ impl Store {
     /// Destroys a key: its material (every version), aliases and tags go with it.
     pub fn delete_key(tx: &Transaction<'_>, key_id: &str) -> Result<(), KmsError> {
         tx.execute("DELETE FROM keys WHERE key_id = ?1", [key_id])?;
+        Ok(())
+    }
+
+    /// Keys whose deletion window has passed at `now_ms`.
+    pub fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<String>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT key_id FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves the WAL's contents into the database and truncates the WAL, so
+    /// that deleted pages do not linger there either.
+    pub fn checkpoint(&self) -> Result<(), KmsError> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }

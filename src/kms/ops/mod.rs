@@ -6,6 +6,7 @@
 mod aliases;
 mod crypto;
 mod keys;
+mod lifecycle;
 mod policies;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,6 @@ use super::service::{AuditNote, Kms};
 /// Operations AWS KMS has that envol does not implement (yet): they answer
 /// UnsupportedOperationException rather than "unknown operation".
 const NOT_IMPLEMENTED: &[&str] = &[
-    "CancelKeyDeletion",
     "ConnectCustomKeyStore",
     "CreateCustomKeyStore",
     "CreateGrant",
@@ -31,10 +31,8 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "DeleteImportedKeyMaterial",
     "DeriveSharedSecret",
     "DescribeCustomKeyStores",
-    "DisableKey",
     "DisableKeyRotation",
     "DisconnectCustomKeyStore",
-    "EnableKey",
     "EnableKeyRotation",
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
@@ -53,7 +51,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "RetireGrant",
     "RevokeGrant",
     "RotateKeyOnDemand",
-    "ScheduleKeyDeletion",
     "Sign",
     "TagResource",
     "UntagResource",
@@ -87,6 +84,10 @@ pub(super) fn dispatch(
             crypto::generate_data_key(kms, caller, parse(body)?, note, false)
         }
         "GenerateRandom" => crypto::generate_random(parse(body)?),
+        "EnableKey" => lifecycle::enable_key(kms, caller, parse(body)?, note),
+        "DisableKey" => lifecycle::disable_key(kms, caller, parse(body)?, note),
+        "ScheduleKeyDeletion" => lifecycle::schedule_key_deletion(kms, caller, parse(body)?, note),
+        "CancelKeyDeletion" => lifecycle::cancel_key_deletion(kms, caller, parse(body)?, note),
         "GetKeyPolicy" => policies::get_key_policy(kms, caller, parse(body)?, note),
         "PutKeyPolicy" => policies::put_key_policy(kms, caller, parse(body)?, note),
         op if NOT_IMPLEMENTED.contains(&op) => Err(KmsError::new(
