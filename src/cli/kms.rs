@@ -176,6 +176,7 @@ fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
     let kms = Arc::new(open(&dir)?);
     let rt = runtime()?;
     rt.block_on(async move {
+        let shutdown = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| CliError(format!("cannot listen on {listen}: {e}")))?;
@@ -191,7 +192,7 @@ fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
         // Tests and scripts read the address from stdout: don't buffer it.
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::serve(kms, listener, shutdown_signal()).await?;
+        http::serve(kms, listener, shutdown).await?;
         tracing::info!("KMS stopped");
         Ok(())
     })

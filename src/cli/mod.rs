@@ -1,6 +1,7 @@
 //! The command line: clap definitions, printing, exit codes. No logic lives
 //! here beyond wiring arguments to the library and results to the terminal.
 
+mod key;
 mod kms;
 mod serve;
 mod target;
@@ -57,6 +58,9 @@ pub enum Command {
     /// The master-key service: initialise, serve, manage users.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
+    /// Master keys in the KMS: create, list, describe, enable, disable, delete.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Encrypted volume files: create, inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -69,6 +73,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Kms(cmd) => kms::run(cmd),
+        Command::Key(cmd) => key::run(cmd),
         Command::Volume(cmd) => volume::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Up(args) => up::run(args),
@@ -95,21 +100,27 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub(crate) async fn shutdown_signal() {
+/// A future that resolves when SIGINT or SIGTERM arrives. The handlers are
+/// installed *now*, not when the future is first polled: a signal that
+/// arrives between "ready" being printed and serving starting must still mean
+/// a graceful shutdown, not the default action (death without a flush).
+/// Call it inside the runtime, before announcing readiness.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-        }
-        // Without signal handlers, fall back to Ctrl-C only.
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            // Without signal handlers, fall back to Ctrl-C only.
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -107,6 +107,7 @@ pub(crate) async fn serve_exports(
     tcp: Option<SocketAddr>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
+    let shutdown = shutdown_signal();
     let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
     let server = Server::new(exports)?;
     // The socket gives whoever can open it the plaintext volume: owner only.
@@ -125,7 +126,7 @@ pub(crate) async fn serve_exports(
         let _ = std::io::stdout().flush();
     }
     server
-        .serve(listeners, shutdown_signal())
+        .serve(listeners, shutdown)
         .await
         .map_err(|e| CliError(format!("while shutting down: {e}")))?;
     tracing::info!("stopped; data keys dropped");

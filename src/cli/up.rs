@@ -193,8 +193,9 @@ pub fn run(args: UpArgs) -> CliResult {
                 listener.local_addr()?
             );
             let kms = kms.clone();
+            let shutdown = shutdown_signal();
             tokio::spawn(async move {
-                if let Err(e) = crate::kms::http::serve(kms, listener, shutdown_signal()).await {
+                if let Err(e) = crate::kms::http::serve(kms, listener, shutdown).await {
                     tracing::error!("embedded KMS API stopped: {e}");
                 }
             });

@@ -32,6 +32,11 @@ pub struct AwsKeyClient {
     profile: Option<String>,
 }
 
+/// An SDK client configured from flags and the standard AWS sources.
+pub async fn sdk_client(target: &KmsTarget) -> aws_sdk_kms::Client {
+    AwsKeyClient::new(target).await.client
+}
+
 impl AwsKeyClient {
     pub async fn new(target: &KmsTarget) -> AwsKeyClient {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());

@@ -116,14 +116,19 @@ impl KmsServer {
         if let Some(mut c) = self.child.take() {
             // SIGTERM: graceful shutdown.
             let _ = Command::new("kill").arg(c.id().to_string()).status();
-            for _ in 0..100 {
-                if let Ok(Some(_)) = c.try_wait() {
+            for _ in 0..200 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(
+                        status.success(),
+                        "envol kms serve exited with {status} after SIGTERM (expected 0)"
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = c.kill();
             let _ = c.wait();
+            panic!("envol kms serve did not stop within 10 s of SIGTERM");
         }
     }
 

@@ -4,5 +4,6 @@
 pub mod kms;
 pub mod nbd;
 pub mod raw;
+pub mod volume;
 
 pub use kms::*;

@@ -48,7 +48,11 @@ pub struct Vol {
 impl Vol {
     /// The default export name: the file name without its extension.
     pub fn export(&self) -> String {
-        self.path.file_stem().unwrap().to_string_lossy().into_owned()
+        self.path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn read_raw(&self) -> Vec<u8> {
@@ -138,7 +142,8 @@ impl Fixture {
         )
         .env("AWS_CONFIG_FILE", self.aws_home.path().join("config"))
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("ENVOL_LOG", "warn")
+        // The default log level: what a user sees.
+        .env_remove("ENVOL_LOG")
         .env_remove("RUST_BACKTRACE")
     }
 
@@ -221,6 +226,13 @@ impl Fixture {
         self.serve_many(profile, &[(vol, None)], &[])
     }
 
+    /// `envol serve` of `vol` on a given socket path (e.g. the one a stopped
+    /// server used).
+    pub fn serve_on(&self, profile: &str, vol: &Vol, socket: &Path) -> VolumeServer {
+        let mut cmd = self.serve_command(profile, &[(vol, None)], socket, &[]);
+        VolumeServer::spawn(&mut cmd, socket.to_path_buf(), &[vol.export()])
+    }
+
     /// `envol serve PATH[=NAME]... --socket DIR/sN.sock EXTRA... --endpoint
     /// URL --profile P`; waits for the `nbd+unix://` URI of every export.
     pub fn serve_many(
@@ -277,6 +289,11 @@ impl Fixture {
         let socket = self.fresh_socket_path();
         let mut cmd = self.serve_command(profile, &[(vol, None)], &socket, &[]);
         let out = output_with_timeout(&mut cmd, START_TIMEOUT);
+        eprintln!(
+            "refused serve ({}) said: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
         assert!(
             !out.status.success(),
             "{cmd:?} should have failed but exited 0\nstdout:\n{}\nstderr:\n{}",
@@ -327,6 +344,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// Runs a command that must fail; returns (stdout, stderr).
 pub fn run_fails(cmd: &mut Command) -> (String, String) {
     let out = output_with_timeout(cmd, Duration::from_secs(120));
+    eprintln!(
+        "failing command ({}) said: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
     assert!(
         !out.status.success(),
         "{:?} should have failed but succeeded:\nstdout:\n{}\nstderr:\n{}",
@@ -349,7 +371,10 @@ pub fn assert_one_clean_line(what: &str, stderr: &str) {
         "{what}: expected exactly one line on stderr, got:\n{stderr}"
     );
     for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
-        assert!(!stderr.contains(bad), "{what}: stderr has {bad:?}:\n{stderr}");
+        assert!(
+            !stderr.contains(bad),
+            "{what}: stderr has {bad:?}:\n{stderr}"
+        );
     }
 }
 

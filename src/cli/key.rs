@@ -1,0 +1,378 @@
+//! `envol key ...`: thin clients of the KMS API for the key operations users
+//! do most, with the same endpoint/profile handling as the key client.
+//! Anything else: the AWS CLI works against the same endpoint.
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::types::KeyMetadata;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::target::KmsArgs;
+use super::{CliError, CliResult, runtime};
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a master key (optionally with an alias, and users allowed to use it for volumes).
+    Create {
+        /// Alias for the key: NAME or alias/NAME.
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Users (NAME or IAM ARN) allowed to create and attach volumes with this key.
+        #[arg(long = "allow", value_name = "USER")]
+        allow: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// List keys with their aliases and states.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Show one key.
+    Describe {
+        key: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Enable a disabled key.
+    Enable {
+        key: String,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Disable a key: every volume under it stops attaching until it is enabled.
+    Disable {
+        key: String,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Schedule a key's destruction after 7-30 days; then its volumes are unreadable forever.
+    ScheduleDeletion {
+        key: String,
+        #[arg(long, default_value_t = 30)]
+        days: i32,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Cancel a scheduled deletion (the key stays disabled until enabled).
+    CancelDeletion {
+        key: String,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+}
+
+/// What a volume's users need on its key.
+const VOLUME_ACTIONS: &[&str] = &[
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+];
+
+fn sdk_err<E>(
+    what: &str,
+    key: &str,
+    e: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+) -> CliError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => CliError(format!("{what} {key}: {code}: {msg}")),
+        (Some(code), None) => CliError(format!("{what} {key}: {code}")),
+        _ => CliError(format!(
+            "{what} {key}: {}",
+            DisplayErrorContext(&e)
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    }
+}
+
+fn alias_name(a: &str) -> String {
+    if a.starts_with("alias/") {
+        a.to_string()
+    } else {
+        format!("alias/{a}")
+    }
+}
+
+fn meta_json(m: &KeyMetadata, aliases: &[String]) -> Value {
+    json!({
+        "KeyId": m.key_id(),
+        "Arn": m.arn(),
+        "Aliases": aliases,
+        "KeyState": m.key_state().map(|s| s.as_str()),
+        "Enabled": m.enabled(),
+        "Description": m.description(),
+        "CreationDate": m.creation_date().map(|d| d.secs()),
+        "DeletionDate": m.deletion_date().map(|d| d.secs()),
+    })
+}
+
+fn print_meta(m: &KeyMetadata, aliases: &[String]) {
+    println!("key {}", m.arn().unwrap_or_default());
+    println!("  id:          {}", m.key_id());
+    if !aliases.is_empty() {
+        println!("  aliases:     {}", aliases.join(", "));
+    }
+    println!(
+        "  state:       {}",
+        m.key_state().map(|s| s.as_str()).unwrap_or("?")
+    );
+    if let Some(d) = m.description().filter(|d| !d.is_empty()) {
+        println!("  description: {d}");
+    }
+    if let Some(d) = m.deletion_date() {
+        let when = chrono::DateTime::from_timestamp(d.secs(), 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!("  deletion:    scheduled for {when}");
+    }
+}
+
+pub fn run(cmd: KeyCommand) -> CliResult {
+    let kms_args = match &cmd {
+        KeyCommand::Create { kms, .. }
+        | KeyCommand::List { kms, .. }
+        | KeyCommand::Describe { kms, .. }
+        | KeyCommand::Enable { kms, .. }
+        | KeyCommand::Disable { kms, .. }
+        | KeyCommand::ScheduleDeletion { kms, .. }
+        | KeyCommand::CancelDeletion { kms, .. } => kms.clone(),
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let client = crate::keys::aws::sdk_client(&kms_args.target()).await;
+        run_with(&client, cmd).await
+    })
+}
+
+async fn aliases_of(client: &aws_sdk_kms::Client, key_id: &str) -> Vec<String> {
+    match client.list_aliases().key_id(key_id).send().await {
+        Ok(out) => out
+            .aliases()
+            .iter()
+            .filter_map(|a| a.alias_name().map(str::to_string))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
+    match cmd {
+        KeyCommand::Create {
+            alias,
+            description,
+            allow,
+            json,
+            ..
+        } => {
+            let out = client
+                .create_key()
+                .description(&description)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot create", "a key", e))?;
+            let meta = out
+                .key_metadata()
+                .ok_or_else(|| CliError("CreateKey returned no metadata".into()))?;
+            let arn = meta.arn().unwrap_or_default().to_string();
+            if !allow.is_empty() {
+                // The key ARN names the account: arn:aws:kms:REGION:ACCOUNT:key/ID.
+                let account = arn.split(':').nth(4).unwrap_or_default().to_string();
+                let policy = client
+                    .get_key_policy()
+                    .key_id(&arn)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("cannot read the policy of", &arn, e))?;
+                let mut doc: Value = serde_json::from_str(policy.policy().unwrap_or("{}"))
+                    .map_err(|e| CliError(format!("the key policy of {arn} is not JSON: {e}")))?;
+                let users: Vec<String> = allow
+                    .iter()
+                    .map(|u| {
+                        if u.starts_with("arn:") {
+                            u.clone()
+                        } else {
+                            format!("arn:aws:iam::{account}:user/{u}")
+                        }
+                    })
+                    .collect();
+                let stmt = json!({
+                    "Sid": "Allow use of the key for envol volumes",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": users},
+                    "Action": VOLUME_ACTIONS,
+                    "Resource": "*",
+                });
+                match doc["Statement"].as_array_mut() {
+                    Some(list) => list.push(stmt),
+                    None => doc["Statement"] = json!([stmt]),
+                }
+                client
+                    .put_key_policy()
+                    .key_id(&arn)
+                    .policy_name("default")
+                    .policy(doc.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("cannot set the policy of", &arn, e))?;
+            }
+            let mut aliases = Vec::new();
+            if let Some(a) = alias {
+                let name = alias_name(&a);
+                client
+                    .create_alias()
+                    .alias_name(&name)
+                    .target_key_id(meta.key_id())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("cannot create alias", &name, e))?;
+                aliases.push(name);
+            }
+            if json {
+                println!("{}", meta_json(meta, &aliases));
+            } else {
+                print_meta(meta, &aliases);
+                if !allow.is_empty() {
+                    println!("  allowed:     {}", allow.join(", "));
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::List { json, .. } => {
+            let mut rows = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = client
+                    .list_keys()
+                    .set_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("cannot list", "keys", e))?;
+                for k in page.keys() {
+                    let id = k.key_id().unwrap_or_default();
+                    let aliases = aliases_of(client, id).await;
+                    match client.describe_key().key_id(id).send().await {
+                        Ok(d) => {
+                            if let Some(m) = d.key_metadata() {
+                                rows.push((m.clone(), aliases));
+                            }
+                        }
+                        // Keys the caller may not describe are listed by id only.
+                        Err(_) => rows.push((
+                            KeyMetadata::builder()
+                                .key_id(id)
+                                .set_arn(k.key_arn().map(str::to_string))
+                                .build()
+                                .map_err(|e| CliError(e.to_string()))?,
+                            aliases,
+                        )),
+                    }
+                }
+                if !page.truncated() {
+                    break;
+                }
+                marker = page.next_marker().map(str::to_string);
+            }
+            if json {
+                let v: Vec<Value> = rows.iter().map(|(m, a)| meta_json(m, a)).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                for (m, a) in &rows {
+                    println!(
+                        "{}\t{}\t{}",
+                        m.key_id(),
+                        m.key_state().map(|s| s.as_str()).unwrap_or("-"),
+                        a.join(",")
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::Describe { key, json, .. } => {
+            let d = client
+                .describe_key()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot describe", &key, e))?;
+            let m = d
+                .key_metadata()
+                .ok_or_else(|| CliError("DescribeKey returned no metadata".into()))?;
+            let aliases = aliases_of(client, m.key_id()).await;
+            if json {
+                println!("{}", meta_json(m, &aliases));
+            } else {
+                print_meta(m, &aliases);
+            }
+            Ok(())
+        }
+        KeyCommand::Enable { key, .. } => {
+            client
+                .enable_key()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot enable", &key, e))?;
+            println!("{key} is enabled.");
+            Ok(())
+        }
+        KeyCommand::Disable { key, .. } => {
+            client
+                .disable_key()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot disable", &key, e))?;
+            println!(
+                "{key} is disabled: volumes under it cannot attach until `envol key enable {key}`."
+            );
+            Ok(())
+        }
+        KeyCommand::ScheduleDeletion { key, days, .. } => {
+            let out = client
+                .schedule_key_deletion()
+                .key_id(&key)
+                .pending_window_in_days(days)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot schedule the deletion of", &key, e))?;
+            let when = out
+                .deletion_date()
+                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            println!(
+                "{key} will be destroyed at {when}; every volume under it then becomes unreadable."
+            );
+            println!("Until then, `envol key cancel-deletion {key}` keeps it.");
+            Ok(())
+        }
+        KeyCommand::CancelDeletion { key, .. } => {
+            client
+                .cancel_key_deletion()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot cancel the deletion of", &key, e))?;
+            println!(
+                "{key} is no longer scheduled for deletion; it is disabled: `envol key enable {key}`."
+            );
+            Ok(())
+        }
+    }
+}
