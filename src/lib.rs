@@ -1,3 +1,55 @@
+//! # envol — encrypted block volumes with envelope encryption
+//!
+//! envol is an EBS-style encrypted block device. A *volume* is a file whose
+//! data area is encrypted with AES-256-XTS (`aes-xts-plain64`, dm-crypt's
+//! layout) under one random 512-bit **data key**. The data key is never
+//! stored in the clear: the volume's superblock holds it *wrapped* by a
+//! **master key** that never leaves a KMS. Attaching a volume asks the KMS to
+//! unwrap it — which the KMS does only for callers its key policy allows —
+//! and then serves the plaintext view over **NBD**, so `nbd-client`, qemu,
+//! libnbd tools and fio can use it like a disk.
+//!
+//! ## The layers
+//!
+//! Data flows one way, top to bottom; each layer knows only the one below.
+//!
+//! ```text
+//!  cli/        clap commands: parse, print, exit codes — no logic
+//!   │
+//!   ├── nbd/       NBD wire format, handshake state machine, parallel
+//!   │              transmission, listeners (Unix, TCP), exports
+//!   │     │  BlockDevice (volume/device.rs): read/write/trim/zero/flush
+//!   │     ▼
+//!   │   volume/    superblock (two copies), sector cipher (XTS), range
+//!   │              locks for read-modify-write, storage backend trait
+//!   │
+//!   ├── envelope   where a volume meets its master key: create (wrap a new
+//!   │              data key), attach (unwrap, check, open)
+//!   │     │  KeyService (keys/mod.rs): generate wrapped key, unwrap key
+//!   │     ▼
+//!   │   keys/      key client: the official aws-sdk-kms (any AWS-KMS
+//!   │              endpoint, ours or AWS's), or the KMS core in-process
+//!   │
+//!   └── kms/       the master-key service: AWS KMS JSON API over HTTP with
+//!                  SigV4, key policies, ciphertext blobs, sealed SQLite
+//!                  store, audit log; `Kms::handle` is its transport-free core
+//! ```
+//!
+//! The NBD layer does not know about XTS, the volume layer does not know
+//! about NBD or the KMS, and the KMS does not know about volumes: it wraps
+//! and unwraps opaque data keys bound to an encryption context
+//! (`{"envol:volume": "<uuid>"}`), exactly as AWS KMS does for EBS.
+//!
+//! ## Where secrets live
+//!
+//! - Master-key material: only inside the KMS, sealed at rest under the
+//!   root key (`kms/seal.rs`), unsealed per operation into zeroizing memory.
+//! - Data keys: on disk only wrapped; in memory only inside an open
+//!   `volume::Volume` (zeroizing types), dropped on detach and exit.
+//! - Access-key secrets: sealed in the KMS store; printed once at creation.
+//!
+//! Nothing secret is logged, audited or put in an error message.
+
 pub mod cli;
 pub mod envelope;
 pub mod keys;
