@@ -61,14 +61,14 @@ fn vol_err(path: &Path, message: impl std::fmt::Display) -> EnvelopeError {
     }
 }
 
-fn hint_for(error: &KeyError, describe: &str) -> String {
+fn hint_for(error: &KeyError, key: &str, describe: &str) -> String {
     use crate::keys::KeyErrorKind::*;
     match error.kind {
         AccessDenied => " (the key policy does not allow this caller)".into(),
-        Disabled => " (the key is disabled: enable it with `envol key enable`)".into(),
-        InvalidState => {
-            " (the key is pending deletion: `envol key cancel-deletion` restores it)".into()
-        }
+        Disabled => format!(" (the key is disabled: enable it with `envol key enable {key}`)"),
+        InvalidState => format!(
+            " (the key is pending deletion: `envol key cancel-deletion {key}` then `envol key enable {key}` restore it)"
+        ),
         NotFound => " (the key does not exist, or was deleted: its volumes are unreadable)".into(),
         InvalidCiphertext => {
             " (the wrapped key does not belong to this volume, or the superblock was altered)"
@@ -124,7 +124,7 @@ pub async fn create<K: KeyService>(
             path: path.to_path_buf(),
             action,
             key: spec.key.to_string(),
-            hint: hint_for(&error, &keys.describe()),
+            hint: hint_for(&error, spec.key, &keys.describe()),
             error,
         }))
     };
@@ -186,7 +186,7 @@ pub async fn attach<K: KeyService>(
                 path: path.to_path_buf(),
                 action: "unwrap the data key",
                 key: sb.key_arn.clone(),
-                hint: hint_for(&error, &keys.describe()),
+                hint: hint_for(&error, &sb.key_arn, &keys.describe()),
                 error,
             }))
         })?;

@@ -123,23 +123,23 @@ fn meta_json(m: &KeyMetadata, aliases: &[String]) -> Value {
 }
 
 fn print_meta(m: &KeyMetadata, aliases: &[String]) {
-    println!("key {}", m.arn().unwrap_or_default());
-    println!("  id:          {}", m.key_id());
+    say!("key {}", m.arn().unwrap_or_default());
+    say!("  id:          {}", m.key_id());
     if !aliases.is_empty() {
-        println!("  aliases:     {}", aliases.join(", "));
+        say!("  aliases:     {}", aliases.join(", "));
     }
-    println!(
+    say!(
         "  state:       {}",
         m.key_state().map(|s| s.as_str()).unwrap_or("?")
     );
     if let Some(d) = m.description().filter(|d| !d.is_empty()) {
-        println!("  description: {d}");
+        say!("  description: {d}");
     }
     if let Some(d) = m.deletion_date() {
         let when = chrono::DateTime::from_timestamp(d.secs(), 0)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
-        println!("  deletion:    scheduled for {when}");
+        say!("  deletion:    scheduled for {when}");
     }
 }
 
@@ -244,11 +244,11 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 aliases.push(name);
             }
             if json {
-                println!("{}", meta_json(meta, &aliases));
+                say!("{}", meta_json(meta, &aliases));
             } else {
                 print_meta(meta, &aliases);
                 if !allow.is_empty() {
-                    println!("  allowed:     {}", allow.join(", "));
+                    say!("  allowed:     {}", allow.join(", "));
                 }
             }
             Ok(())
@@ -290,10 +290,10 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
             }
             if json {
                 let v: Vec<Value> = rows.iter().map(|(m, a)| meta_json(m, a)).collect();
-                println!("{}", Value::Array(v));
+                say!("{}", Value::Array(v));
             } else {
                 for (m, a) in &rows {
-                    println!(
+                    say!(
                         "{}\t{}\t{}",
                         m.key_id(),
                         m.key_state().map(|s| s.as_str()).unwrap_or("-"),
@@ -315,7 +315,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .ok_or_else(|| CliError("DescribeKey returned no metadata".into()))?;
             let aliases = aliases_of(client, m.key_id()).await;
             if json {
-                println!("{}", meta_json(m, &aliases));
+                say!("{}", meta_json(m, &aliases));
             } else {
                 print_meta(m, &aliases);
             }
@@ -328,7 +328,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .send()
                 .await
                 .map_err(|e| sdk_err("cannot enable", &key, e))?;
-            println!("{key} is enabled.");
+            say!("{key} is enabled.");
             Ok(())
         }
         KeyCommand::Disable { key, .. } => {
@@ -338,7 +338,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .send()
                 .await
                 .map_err(|e| sdk_err("cannot disable", &key, e))?;
-            println!(
+            say!(
                 "{key} is disabled: volumes under it cannot attach until `envol key enable {key}`."
             );
             Ok(())
@@ -356,10 +356,10 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default();
-            println!(
+            say!(
                 "{key} will be destroyed at {when}; every volume under it then becomes unreadable."
             );
-            println!("Until then, `envol key cancel-deletion {key}` keeps it.");
+            say!("Until then, `envol key cancel-deletion {key}` keeps it.");
             Ok(())
         }
         KeyCommand::CancelDeletion { key, .. } => {
@@ -369,7 +369,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .send()
                 .await
                 .map_err(|e| sdk_err("cannot cancel the deletion of", &key, e))?;
-            println!(
+            say!(
                 "{key} is no longer scheduled for deletion; it is disabled: `envol key enable {key}`."
             );
             Ok(())

@@ -98,12 +98,12 @@ pub fn run(cmd: KmsCommand) -> CliResult {
         KmsCommand::User(UserCommand::List { data }) => user_list(data.data),
         KmsCommand::User(UserCommand::Remove { name, data }) => {
             open(&data.data)?.remove_user(&name)?;
-            println!("Removed user {name} and its access keys.");
+            say!("Removed user {name} and its access keys.");
             Ok(())
         }
         KmsCommand::Check { data } => {
             let n = open(&data.data)?.check_integrity()?;
-            println!("ok: {n} key versions unseal under the root key");
+            say!("ok: {n} key versions unseal under the root key");
             Ok(())
         }
     }
@@ -114,9 +114,9 @@ fn open(dir: &std::path::Path) -> Result<Kms, CliError> {
 }
 
 fn print_access_key(who: &str, access: &AccessKey) {
-    println!("Access key for {who} (the secret is shown only now):");
-    println!("  aws_access_key_id     = {}", access.access_key_id);
-    println!(
+    say!("Access key for {who} (the secret is shown only now):");
+    say!("  aws_access_key_id     = {}", access.access_key_id);
+    say!(
         "  aws_secret_access_key = {}",
         access.secret_access_key.as_str()
     );
@@ -126,7 +126,7 @@ fn write_profile(args: &ProfileArgs, access: &AccessKey, region: &str) -> CliRes
     if let Some(name) = &args.profile {
         let w = profile::write_profile(name, access, region, args.endpoint.as_deref())
             .map_err(CliError)?;
-        println!(
+        say!(
             "Wrote profile {name} to {} and {}",
             w.credentials_file.display(),
             w.config_file.display()
@@ -140,10 +140,10 @@ fn init(dir: PathBuf, region: &str, profile_args: ProfileArgs) -> CliResult {
         profile::validate_profile_name(p).map_err(CliError)?;
     }
     let (kms, access) = Kms::init(&DataDir::new(&dir), region, Arc::new(SystemClock))?;
-    println!("Initialised KMS data directory {}", dir.display());
-    println!("  account: {}", kms.account_id());
-    println!("  region:  {}", kms.region());
-    println!("  root:    {}", kms.root_principal().arn);
+    say!("Initialised KMS data directory {}", dir.display());
+    say!("  account: {}", kms.account_id());
+    say!("  region:  {}", kms.region());
+    say!("  root:    {}", kms.root_principal().arn);
     print_access_key("the account root", &access);
     write_profile(&profile_args, &access, kms.region())
 }
@@ -154,7 +154,7 @@ fn user_add(dir: PathBuf, name: &str, profile_args: ProfileArgs) -> CliResult {
     }
     let kms = open(&dir)?;
     let (principal, access) = kms.add_user(name)?;
-    println!("Added user {}", principal.arn);
+    say!("Added user {}", principal.arn);
     print_access_key(principal.short(), &access);
     write_profile(&profile_args, &access, kms.region())
 }
@@ -162,7 +162,7 @@ fn user_add(dir: PathBuf, name: &str, profile_args: ProfileArgs) -> CliResult {
 fn user_list(dir: PathBuf) -> CliResult {
     let kms = open(&dir)?;
     for p in kms.list_principals()? {
-        println!("{}\t{}\t{}", p.name, p.arn, p.access_key_ids.join(","));
+        say!("{}\t{}\t{}", p.name, p.arn, p.access_key_ids.join(","));
     }
     Ok(())
 }
@@ -181,14 +181,12 @@ fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
             .await
             .map_err(|e| CliError(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
-        println!(
+        say!(
             "envol kms: account {} region {} listening on http://{addr}",
             kms.account_id(),
             kms.region()
         );
-        println!(
-            "  use it with: aws kms list-keys --endpoint-url http://{addr} --profile <profile>"
-        );
+        say!("  use it with: aws kms list-keys --endpoint-url http://{addr} --profile <profile>");
         // Tests and scripts read the address from stdout: don't buffer it.
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -1,6 +1,16 @@
 //! The command line: clap definitions, printing, exit codes. No logic lives
 //! here beyond wiring arguments to the library and results to the terminal.
 
+/// `println!` that tolerates a closed stdout (`envol ... | head -1`): the
+/// output is for a reader who left, and panicking on EPIPE would turn that
+/// into a backtrace. The work itself is not interrupted.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod key;
 mod kms;
 mod serve;

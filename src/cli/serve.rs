@@ -117,7 +117,7 @@ pub(crate) async fn serve_exports(
         .map_err(|e| CliError(format!("cannot listen: {e}")))?;
     for name in &names {
         for uri in listeners.uris(name) {
-            println!("export {name}: {uri}");
+            say!("export {name}: {uri}");
         }
     }
     on_ready(&listeners);

@@ -70,13 +70,13 @@ fn open_kms(dir: &Path) -> Result<Arc<Kms>, CliError> {
         return Ok(Arc::new(Kms::open(&data, Arc::new(SystemClock))?));
     }
     let (kms, access) = Kms::init(&data, "us-east-1", Arc::new(SystemClock))?;
-    println!("Created the embedded KMS in {}", dir.display());
-    println!(
+    say!("Created the embedded KMS in {}", dir.display());
+    say!(
         "  account {} — root access key (shown once):",
         kms.account_id()
     );
-    println!("  aws_access_key_id     = {}", access.access_key_id);
-    println!(
+    say!("  aws_access_key_id     = {}", access.access_key_id);
+    say!(
         "  aws_secret_access_key = {}",
         access.secret_access_key.as_str()
     );
@@ -103,7 +103,7 @@ fn ensure_default_key(keys: &EmbeddedKeys) -> Result<String, CliError> {
                 json!({ "AliasName": DEFAULT_ALIAS, "TargetKeyId": id }),
             )
             .map_err(|e| CliError(format!("creating {DEFAULT_ALIAS}: {e}")))?;
-            println!("Created master key {DEFAULT_ALIAS}");
+            say!("Created master key {DEFAULT_ALIAS}");
             Ok(created["KeyMetadata"]["Arn"]
                 .as_str()
                 .unwrap_or_default()
@@ -116,33 +116,31 @@ fn ensure_default_key(keys: &EmbeddedKeys) -> Result<String, CliError> {
 fn print_how_to_attach(listeners: &Listeners, volume: &Path) {
     let unix = listeners.unix_path().map(|p| p.display().to_string());
     let tcp = listeners.tcp_addr();
-    println!();
-    println!(
+    say!("");
+    say!(
         "envol is up: volume {} is served as export {EXPORT:?}.",
         volume.display()
     );
-    println!("Attach it with any NBD client:");
+    say!("Attach it with any NBD client:");
     if let Some(addr) = tcp {
-        println!(
+        say!(
             "  kernel:   sudo modprobe nbd && sudo nbd-client {} {} /dev/nbd0 -N {EXPORT}",
             addr.ip(),
             addr.port()
         );
-        println!("            sudo mkfs.ext4 /dev/nbd0 && sudo mount /dev/nbd0 /mnt");
+        say!("            sudo mkfs.ext4 /dev/nbd0 && sudo mount /dev/nbd0 /mnt");
     }
     if let Some(sock) = &unix {
-        println!("  qemu:     qemu-img info 'nbd+unix:///{EXPORT}?socket={sock}'");
-        println!(
+        say!("  qemu:     qemu-img info 'nbd+unix:///{EXPORT}?socket={sock}'");
+        say!(
             "            qemu-io -f raw -c 'write -P 0xab 0 1M' 'nbd+unix:///{EXPORT}?socket={sock}'"
         );
-        println!(
+        say!(
             "  nbdfuse:  mkdir -p /tmp/envol && nbdfuse /tmp/envol/disk 'nbd+unix:///{EXPORT}?socket={sock}' &"
         );
-        println!("            (then losetup / mkfs / mount /tmp/envol/disk)");
+        say!("            (then losetup / mkfs / mount /tmp/envol/disk)");
     }
-    println!(
-        "Stop with Ctrl-C: in-flight requests finish, data is flushed, the data key is wiped."
-    );
+    say!("Stop with Ctrl-C: in-flight requests finish, data is flushed, the data key is wiped.");
 }
 
 pub fn run(args: UpArgs) -> CliResult {
@@ -188,7 +186,7 @@ pub fn run(args: UpArgs) -> CliResult {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| CliError(format!("cannot listen on {addr}: {e}")))?;
-            println!(
+            say!(
                 "The embedded KMS's AWS API is at http://{}",
                 listener.local_addr()?
             );

@@ -81,11 +81,11 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
 }
 
 pub(crate) fn print_created(path: &std::path::Path, sb: &Superblock) {
-    println!("Created volume {}", path.display());
-    println!("  uuid:        {}", sb.uuid);
-    println!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
-    println!("  sector size: {}", sb.sector_size);
-    println!("  key:         {}", sb.key_arn);
+    say!("Created volume {}", path.display());
+    say!("  uuid:        {}", sb.uuid);
+    say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
+    say!("  sector size: {}", sb.sector_size);
+    say!("  key:         {}", sb.key_arn);
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -132,25 +132,25 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
                 "secondary": copy_json(&set.secondary),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
-    println!("volume {}", path.display());
-    println!("  uuid:        {}", sb.uuid);
-    println!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
-    println!("  sector size: {}", sb.sector_size);
-    println!("  cipher:      {}", sb.cipher);
-    println!("  data offset: {}", sb.data_offset);
-    println!("  key:         {}", sb.key_arn);
+    say!("volume {}", path.display());
+    say!("  uuid:        {}", sb.uuid);
+    say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
+    say!("  sector size: {}", sb.sector_size);
+    say!("  cipher:      {}", sb.cipher);
+    say!("  data offset: {}", sb.data_offset);
+    say!("  key:         {}", sb.key_arn);
     let ctx: Vec<String> = sb
         .encryption_context
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    println!("  context:     {}", ctx.join(", "));
-    println!("  wrapped key: {wrapped}");
-    println!("  created:     {}", rfc3339(sb.created));
-    println!("  superblocks: primary {}", copy_text(&set.primary));
-    println!("               secondary {}", copy_text(&set.secondary));
+    say!("  context:     {}", ctx.join(", "));
+    say!("  wrapped key: {wrapped}");
+    say!("  created:     {}", rfc3339(sb.created));
+    say!("  superblocks: primary {}", copy_text(&set.primary));
+    say!("               secondary {}", copy_text(&set.secondary));
     Ok(())
 }
