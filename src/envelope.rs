@@ -102,7 +102,7 @@ pub async fn create<K: KeyService>(
             format!("sector size must be 512 or 4096, not {}", spec.sector_size),
         ));
     }
-    if spec.size == 0 || spec.size % u64::from(spec.sector_size) != 0 {
+    if spec.size == 0 || !spec.size.is_multiple_of(u64::from(spec.sector_size)) {
         return Err(vol_err(
             path,
             format!(
@@ -195,4 +195,76 @@ pub async fn attach<K: KeyService>(
     let volume =
         Volume::open(FileBackend::new(file), &sb, data_key).map_err(|e| vol_err(path, e))?;
     Ok(volume.with_read_only(read_only))
+}
+
+/// The outcome of a re-wrap.
+#[derive(Debug)]
+pub struct Rewrapped {
+    pub old_key_arn: String,
+    pub superblock: Superblock,
+}
+
+/// Re-wraps a volume's data key under the newest version of its key, or
+/// under another key (ReEncrypt): the data area is not touched. The new
+/// wrapped key is unwrapped and checked against the key check value *before*
+/// the superblock changes, so a re-wrap never leaves a volume its owner
+/// cannot attach; the superblock update itself is crash-safe (older copy
+/// first, sync, then the other).
+pub async fn rewrap<K: KeyService>(
+    keys: &K,
+    path: &Path,
+    new_key: Option<&str>,
+) -> Result<Rewrapped, EnvelopeError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| vol_err(path, e))?;
+    let set = volume::read_superblocks(&file);
+    let mut sb = set.best().map_err(|e| vol_err(path, e))?.clone();
+    let old_key_arn = sb.key_arn.clone();
+    let destination = new_key.unwrap_or(&old_key_arn).to_string();
+    let key_err = |action, key: &str, error: KeyError| {
+        EnvelopeError::Key(Box::new(KeyFailure {
+            path: path.to_path_buf(),
+            action,
+            key: key.to_string(),
+            hint: hint_for(&error, key, &keys.describe()),
+            error,
+        }))
+    };
+    let wrapped = keys
+        .rewrap_key(
+            &old_key_arn,
+            &sb.wrapped_key,
+            &destination,
+            &sb.encryption_context,
+        )
+        .await
+        .map_err(|e| key_err("re-wrap the data key", &destination, e))?;
+    let plaintext = keys
+        .unwrap_key(&wrapped.key_arn, &wrapped.blob, &sb.encryption_context)
+        .await
+        .map_err(|e| {
+            key_err(
+                "unwrap the re-wrapped data key (superblock unchanged)",
+                &wrapped.key_arn,
+                e,
+            )
+        })?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+    drop(plaintext);
+    if !data_key.verify_check(&sb.uuid, &sb.key_check) {
+        return Err(vol_err(
+            path,
+            "the re-wrapped key does not match the volume's key check value; superblock unchanged",
+        ));
+    }
+    sb.key_arn = wrapped.key_arn;
+    sb.wrapped_key = wrapped.blob;
+    volume::write_superblock(&file, &mut sb).map_err(|e| vol_err(path, e))?;
+    Ok(Rewrapped {
+        old_key_arn,
+        superblock: sb,
+    })
 }

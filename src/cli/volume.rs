@@ -31,6 +31,15 @@ pub enum VolumeCommand {
         #[command(flatten)]
         kms: KmsArgs,
     },
+    /// Re-wrap the data key under the newest version of its key, or under another key (data untouched).
+    Rewrap {
+        path: PathBuf,
+        /// Move the volume to this key (default: stay on its key, newest version).
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
     /// Show a volume's superblock (no KMS call).
     Info {
         path: PathBuf,
@@ -76,6 +85,22 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             print_created(&path, &sb);
             Ok(())
         }
+        VolumeCommand::Rewrap { path, key, kms } => {
+            let rt = runtime()?;
+            let done = rt.block_on(async {
+                let client = AwsKeyClient::new(&kms.target()).await;
+                envelope::rewrap(&client, &path, key.as_deref()).await
+            })?;
+            let sb = &done.superblock;
+            say!("Re-wrapped the data key of {}", path.display());
+            say!("  was:  {}", done.old_key_arn);
+            match key_version(&sb.wrapped_key) {
+                Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
+                None => say!("  now:  {}", sb.key_arn),
+            }
+            say!("  superblock sequence {}; data untouched", sb.sequence);
+            Ok(())
+        }
         VolumeCommand::Info { path, json } => info(&path, json),
     }
 }
@@ -86,6 +111,14 @@ pub(crate) fn print_created(path: &std::path::Path, sb: &Superblock) {
     say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
     say!("  sector size: {}", sb.sector_size);
     say!("  key:         {}", sb.key_arn);
+}
+
+/// The master-key version an envol KMS blob names; `None` for other KMSs'
+/// blobs (AWS's are opaque).
+fn key_version(wrapped: &[u8]) -> Option<u32> {
+    crate::kms::blob::parse_header(wrapped)
+        .ok()
+        .map(|h| h.key_version)
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -124,6 +157,7 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
             "cipher": sb.cipher,
             "data_offset": sb.data_offset,
             "key_arn": sb.key_arn,
+            "key_version": key_version(&sb.wrapped_key),
             "encryption_context": sb.encryption_context,
             "wrapped_key": wrapped,
             "created": rfc3339(sb.created),
@@ -142,6 +176,9 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
     say!("  cipher:      {}", sb.cipher);
     say!("  data offset: {}", sb.data_offset);
     say!("  key:         {}", sb.key_arn);
+    if let Some(v) = key_version(&sb.wrapped_key) {
+        say!("  key version: {v}");
+    }
     let ctx: Vec<String> = sb
         .encryption_context
         .iter()

@@ -171,6 +171,35 @@ impl KeyService for AwsKeyClient {
         Ok(Zeroizing::new(plaintext.into_inner()))
     }
 
+    async fn rewrap_key(
+        &self,
+        source: &str,
+        blob: &[u8],
+        destination: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<WrappedKey, KeyError> {
+        let out = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(blob.to_vec()))
+            .source_key_id(source)
+            .set_source_encryption_context(Some(to_hash_map(context)))
+            .destination_key_id(destination)
+            .set_destination_encryption_context(Some(to_hash_map(context)))
+            .send()
+            .await
+            .map_err(key_error)?;
+        let blob = out
+            .ciphertext_blob()
+            .ok_or_else(|| {
+                KeyError::from_code("InvalidResponse", "no CiphertextBlob in the reply")
+            })?
+            .as_ref()
+            .to_vec();
+        let key_arn = out.key_id().unwrap_or(destination).to_string();
+        Ok(WrappedKey { blob, key_arn })
+    }
+
     fn describe(&self) -> String {
         let at = match &self.endpoint {
             Some(e) => format!("the KMS at {e}"),

@@ -93,6 +93,29 @@ impl KeyService for EmbeddedKeys {
             .map_err(|_| KeyError::from_code("InvalidResponse", "Plaintext is not base64"))
     }
 
+    async fn rewrap_key(
+        &self,
+        source: &str,
+        blob: &[u8],
+        destination: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<WrappedKey, KeyError> {
+        let out = self.call(
+            "ReEncrypt",
+            json!({
+                "CiphertextBlob": base64::engine::general_purpose::STANDARD.encode(blob),
+                "SourceKeyId": source,
+                "SourceEncryptionContext": context,
+                "DestinationKeyId": destination,
+                "DestinationEncryptionContext": context,
+            }),
+        )?;
+        Ok(WrappedKey {
+            blob: b64d(&out, "CiphertextBlob")?,
+            key_arn: out["KeyId"].as_str().unwrap_or(destination).to_string(),
+        })
+    }
+
     fn describe(&self) -> String {
         "the embedded KMS".to_string()
     }

@@ -106,6 +106,16 @@ pub trait KeyService: Send + Sync {
         context: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KeyError>> + Send;
 
+    /// Re-wraps a data key under `destination` (ReEncrypt): the plaintext
+    /// never leaves the KMS. `source` names the key the blob must be under.
+    fn rewrap_key(
+        &self,
+        source: &str,
+        blob: &[u8],
+        destination: &str,
+        context: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<WrappedKey, KeyError>> + Send;
+
     /// Where the keys come from, for messages ("the KMS at http://...").
     fn describe(&self) -> String;
 }
