@@ -23,6 +23,9 @@ pub struct AuditRecord<'a> {
     pub source: Option<&'a str>,
     pub operation: &'a str,
     pub key: Option<&'a str>,
+    /// The second key of a two-key operation (ReEncrypt's destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_context: Option<&'a BTreeMap<String, String>>,
     pub outcome: &'static str,

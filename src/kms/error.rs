@@ -13,6 +13,7 @@ pub enum ErrorKind {
     AccessDenied,
     AlreadyExists,
     Disabled,
+    DryRunOperation,
     IncorrectKey,
     InvalidAliasName,
     InvalidArn,
@@ -47,6 +48,7 @@ impl ErrorKind {
             AccessDenied => "AccessDeniedException",
             AlreadyExists => "AlreadyExistsException",
             Disabled => "DisabledException",
+            DryRunOperation => "DryRunOperationException",
             IncorrectKey => "IncorrectKeyException",
             InvalidAliasName => "InvalidAliasNameException",
             InvalidArn => "InvalidArnException",
@@ -80,6 +82,7 @@ impl ErrorKind {
             Internal => 500,
             MissingAuthenticationToken => 403,
             RequestEntityTooLarge => 413,
+            DryRunOperation => 412,
             _ => 400,
         }
     }

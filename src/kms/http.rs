@@ -32,7 +32,8 @@ pub fn router(kms: Arc<Kms>) -> Router {
     Router::new().fallback(handle).with_state(kms)
 }
 
-/// How often keys past their deletion window are looked for between requests.
+/// How often keys past their deletion window, or due for automatic rotation,
+/// are looked for between requests.
 const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
@@ -41,7 +42,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Requests sweep too, but an idle KMS must still destroy keys on time.
+    // Requests sweep too, but an idle KMS must still destroy and rotate keys
+    // on time.
     let sweeper_kms = kms.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(DELETION_SWEEP);
@@ -49,8 +51,8 @@ pub async fn serve(
             tick.tick().await;
             let k = sweeper_kms.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = k.destroy_due_keys() {
-                    tracing::error!("deletion sweep: {e}");
+                if let Err(e) = k.sweep() {
+                    tracing::error!("scheduled key work: {e}");
                 }
             })
             .await;

@@ -10,19 +10,25 @@
 //! - `blob`: the ciphertext-blob format handed to clients.
 //! - `store` (SQLite), `seal` (root-key sealing at rest), `datadir` (files
 //!   and permissions), `iam` (account, principals, access keys).
-//! - `clock`: injected time, so tests can expire signatures and (later)
-//!   deletion windows without waiting.
+//! - `grant`: the grant model (operations, constraints, tokens); grants
+//!   count alongside the key policy in authorization.
+//! - `rotation`: new key versions, on demand and when automatic rotation
+//!   falls due.
+//! - `clock`: injected time, so tests can expire signatures, pass deletion
+//!   windows and reach rotation dates without waiting.
 
 pub mod audit;
 pub mod blob;
 pub mod clock;
 pub mod datadir;
 pub mod error;
+pub mod grant;
 pub mod http;
 pub mod iam;
 mod ops;
 pub mod policy;
 pub mod profile;
+mod rotation;
 pub mod seal;
 pub mod service;
 pub mod sigv4;

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use chrono::SecondsFormat;
 use serde_json::Value;
@@ -17,6 +18,7 @@ use super::audit::{AuditLog, AuditRecord};
 use super::clock::{Clock, millis};
 use super::datadir::{DataDir, DataDirError};
 use super::error::{ErrorKind, KmsError};
+use super::grant::{self, Constraint};
 use super::iam::{self, AccessKey, Principal};
 use super::ops;
 use super::policy::{AccessRequest, Decision, Policy};
@@ -35,6 +37,8 @@ pub struct RequestContext {
 #[derive(Debug, Default)]
 pub struct AuditNote {
     pub key_arn: Option<String>,
+    /// The second key of a two-key operation (ReEncrypt's destination).
+    pub destination_key_arn: Option<String>,
     pub encryption_context: Option<BTreeMap<String, String>>,
 }
 
@@ -54,6 +58,9 @@ pub enum ServiceError {
     Invalid(String),
 }
 
+/// AWS's per-key limit on on-demand rotations.
+pub const DEFAULT_ON_DEMAND_ROTATION_LIMIT: u32 = 10;
+
 /// The master-key service.
 pub struct Kms {
     pub(super) store: Store,
@@ -62,6 +69,8 @@ pub struct Kms {
     region: String,
     clock: Arc<dyn Clock>,
     audit: Option<AuditLog>,
+    /// How many on-demand rotations one key may have (AWS: 10).
+    pub(super) on_demand_rotation_limit: AtomicU32,
 }
 
 /// AWS region names look like `us-east-1`, `eu-central-2`, `us-gov-west-1`.
@@ -130,6 +139,7 @@ impl Kms {
                 region: region.to_string(),
                 clock,
                 audit: Some(audit),
+                on_demand_rotation_limit: AtomicU32::new(DEFAULT_ON_DEMAND_ROTATION_LIMIT),
             },
             access,
         ))
@@ -161,8 +171,9 @@ impl Kms {
             region,
             clock,
             audit: Some(audit),
+            on_demand_rotation_limit: AtomicU32::new(DEFAULT_ON_DEMAND_ROTATION_LIMIT),
         };
-        kms.destroy_due_keys()?;
+        kms.sweep()?;
         Ok(kms)
     }
 
@@ -261,10 +272,11 @@ impl Kms {
         operation: &str,
         body: &[u8],
     ) -> Result<Value, KmsError> {
-        // Deletion windows are enforced on every request, to the millisecond;
-        // a key past its window is gone before anyone can use it.
-        if let Err(e) = self.destroy_due_keys() {
-            tracing::error!("destroying keys past their deletion window: {e}");
+        // Deletion windows and rotation schedules are enforced on every
+        // request, to the millisecond: a key past its window is gone, and a
+        // key due for rotation has its new version, before anyone uses it.
+        if let Err(e) = self.sweep() {
+            tracing::error!("scheduled key work: {e}");
         }
         let mut note = AuditNote::default();
         let result = ops::dispatch(self, &request.principal, operation, body, &mut note);
@@ -298,7 +310,7 @@ impl Kms {
         );
     }
 
-    fn audit(
+    pub(super) fn audit(
         &self,
         request_id: &str,
         principal: Option<&str>,
@@ -318,6 +330,7 @@ impl Kms {
             source,
             operation,
             key: note.key_arn.as_deref(),
+            destination_key: note.destination_key_arn.as_deref(),
             encryption_context: note.encryption_context.as_ref(),
             outcome: if error.is_none() {
                 "success"
@@ -381,13 +394,27 @@ impl Kms {
         })
     }
 
-    /// Allows or refuses `action` on `key` by its key policy.
+    /// Allows or refuses `action` on `key`: by its key policy, or by a grant
+    /// on the key for the caller whose constraint the context satisfies.
     pub(super) fn authorize(
         &self,
         caller: &Principal,
         key: &KeyRow,
         action: &str,
         context: &BTreeMap<String, String>,
+    ) -> Result<(), KmsError> {
+        self.authorize_with(caller, key, action, context, |_, _| true)
+    }
+
+    /// As `authorize`, but a grant counts only if `grant_ok` also accepts it
+    /// (CreateGrant through a grant may not widen that grant).
+    pub(super) fn authorize_with(
+        &self,
+        caller: &Principal,
+        key: &KeyRow,
+        action: &str,
+        context: &BTreeMap<String, String>,
+        grant_ok: impl Fn(&[String], &Constraint) -> bool,
     ) -> Result<(), KmsError> {
         // Lock-out safety: the account root can always repair a key policy.
         if action == "kms:PutKeyPolicy" && caller.is_root() && caller.account_id == self.account_id
@@ -406,6 +433,7 @@ impl Kms {
         });
         match decision {
             Decision::Allow => Ok(()),
+            // An explicit deny in the key policy beats every grant, as in AWS.
             Decision::ExplicitDeny => Err(KmsError::new(
                 ErrorKind::AccessDenied,
                 format!(
@@ -413,14 +441,47 @@ impl Kms {
                     caller.arn, action, key.arn
                 ),
             )),
-            Decision::ImplicitDeny => Err(KmsError::new(
-                ErrorKind::AccessDenied,
-                format!(
-                    "User: {} is not authorized to perform: {} on resource: {} because no resource-based policy allows the {} action",
-                    caller.arn, action, key.arn, action
-                ),
-            )),
+            Decision::ImplicitDeny => {
+                if self.grant_allows(caller, key, action, context, grant_ok)? {
+                    return Ok(());
+                }
+                Err(KmsError::new(
+                    ErrorKind::AccessDenied,
+                    format!(
+                        "User: {} is not authorized to perform: {} on resource: {} because no resource-based policy allows the {} action",
+                        caller.arn, action, key.arn, action
+                    ),
+                ))
+            }
         }
+    }
+
+    /// Whether some grant on `key` for the caller allows `action` with `context`.
+    fn grant_allows(
+        &self,
+        caller: &Principal,
+        key: &KeyRow,
+        action: &str,
+        context: &BTreeMap<String, String>,
+        grant_ok: impl Fn(&[String], &Constraint) -> bool,
+    ) -> Result<bool, KmsError> {
+        let Some(operation) = action.strip_prefix("kms:") else {
+            return Ok(false);
+        };
+        if caller.account_id != self.account_id {
+            return Ok(false);
+        }
+        for g in self.store.grants_for(&key.key_id, &caller.arn)? {
+            let operations: Vec<String> = serde_json::from_str(&g.operations)
+                .map_err(|e| KmsError::internal(format!("stored grant unreadable: {e}")))?;
+            let constraint = Constraint::from_json(g.constraints.as_deref())?;
+            if grant::allows(&operations, &constraint, operation, context)
+                && grant_ok(&operations, &constraint)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Refuses cryptographic use of a key that is not Enabled, as AWS does.
@@ -505,6 +566,15 @@ impl Kms {
             .seal(&seal::material_purpose(key_id, version), material)
     }
 
+    /// The work the clock schedules: destroy keys past their deletion window,
+    /// then rotate keys whose automatic rotation is due. Run on every
+    /// request, at start-up and by the server's periodic sweep.
+    pub fn sweep(&self) -> Result<(), KmsError> {
+        self.destroy_due_keys()?;
+        self.rotate_due_keys()?;
+        Ok(())
+    }
+
     /// Destroys every key whose deletion window has passed: material, versions,
     /// aliases, tags. Returns the ARNs destroyed (each is audited).
     pub fn destroy_due_keys(&self) -> Result<Vec<String>, KmsError> {
@@ -521,7 +591,7 @@ impl Kms {
                 "DeleteKey",
                 &AuditNote {
                     key_arn: Some(arn.clone()),
-                    encryption_context: None,
+                    ..AuditNote::default()
                 },
                 None,
             );

@@ -701,12 +701,11 @@ where
     let payload_hash = hex_sha256(req.body);
     if let Some(claimed) =
         single_header(req.headers, "x-amz-content-sha256", "X-Amz-Content-SHA256")?
+        && !claimed.trim().eq_ignore_ascii_case(&payload_hash)
     {
-        if !claimed.trim().eq_ignore_ascii_case(&payload_hash) {
-            return Err(invalid(
-                "The provided 'x-amz-content-sha256' header does not match what was computed.",
-            ));
-        }
+        return Err(invalid(
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        ));
     }
 
     // Signature.

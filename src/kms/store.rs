@@ -1,7 +1,7 @@
 //! The persistent store: one SQLite database (WAL mode) in the data directory.
 //!
 //! It holds principals and their access keys, master keys with their versions,
-//! aliases and tags. Secret columns (`sealed_*`) hold values sealed under the
+//! aliases, tags and grants. Secret columns (`sealed_*`) hold values sealed under the
 //! root key (see `seal.rs`); this module never sees them in the clear. Every
 //! change that touches more than one row runs in one transaction, so a crash
 //! leaves either the whole change or none of it. Other processes (`envol kms
@@ -66,6 +66,22 @@ CREATE TABLE IF NOT EXISTS tags (
     tag_value TEXT NOT NULL,
     PRIMARY KEY (key_id, tag_key)
 );
+-- Grants (added after the first release: CREATE IF NOT EXISTS upgrades an
+-- existing database in place). `seq` orders listings and pages them.
+CREATE TABLE IF NOT EXISTS grants (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    grant_id        TEXT NOT NULL UNIQUE,
+    key_id          TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+    name            TEXT,
+    grantee         TEXT NOT NULL,
+    retiring        TEXT,
+    operations      TEXT NOT NULL,     -- JSON array of operation names
+    constraints     TEXT,              -- JSON GrantConstraints, or NULL
+    issuing_account TEXT NOT NULL,
+    created         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_by_key_grantee ON grants(key_id, grantee);
+CREATE INDEX IF NOT EXISTS grants_by_retiring ON grants(retiring);
 "#;
 
 /// A master key's metadata (its material lives in `key_versions`).
@@ -92,6 +108,31 @@ pub struct VersionRow {
     pub sealed_material: Vec<u8>,
     pub created_ms: i64,
     pub rotation_type: Option<String>,
+}
+
+/// A grant as stored; `operations` and `constraints` are JSON text (see
+/// `grant.rs` for their meaning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    pub seq: i64,
+    pub grant_id: String,
+    pub key_id: String,
+    pub name: Option<String>,
+    pub grantee: String,
+    pub retiring: Option<String>,
+    pub operations: String,
+    pub constraints: Option<String>,
+    pub issuing_account: String,
+    pub created_ms: i64,
+}
+
+/// Which grants a listing wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrantFilter<'a> {
+    pub key_id: Option<&'a str>,
+    pub grant_id: Option<&'a str>,
+    pub grantee: Option<&'a str>,
+    pub retiring: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,7 +563,7 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Destroys a key: its material (every version), aliases and tags go with it.
+    /// Destroys a key: its material (every version), aliases, tags and grants go with it.
     pub fn delete_key(tx: &Transaction<'_>, key_id: &str) -> Result<(), KmsError> {
         tx.execute("DELETE FROM keys WHERE key_id = ?1", [key_id])?;
         Ok(())
@@ -536,6 +577,178 @@ impl Store {
         )?;
         let rows = stmt.query_map([now_ms], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ----- rotation -----
+
+    /// A key as seen inside a transaction (to re-check state before a change).
+    pub fn key_in(tx: &Transaction<'_>, key_id: &str) -> Result<Option<KeyRow>, KmsError> {
+        let sql = format!("SELECT {} FROM keys WHERE key_id = ?1", Self::KEY_COLUMNS);
+        Ok(tx
+            .query_row(&sql, [key_id], Self::key_from_row)
+            .optional()?)
+    }
+
+    /// The highest version number of a key inside a transaction (0 if none).
+    pub fn max_version(tx: &Transaction<'_>, key_id: &str) -> Result<u32, KmsError> {
+        Ok(tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE key_id = ?1",
+            [key_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// How many versions of a key came from rotations of `rotation_type`.
+    pub fn count_rotations(
+        tx: &Transaction<'_>,
+        key_id: &str,
+        rotation_type: &str,
+    ) -> Result<u32, KmsError> {
+        Ok(tx.query_row(
+            "SELECT COUNT(*) FROM key_versions WHERE key_id = ?1 AND rotation_type = ?2",
+            params![key_id, rotation_type],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Versions made by rotations (not the original material), oldest first,
+    /// after version `after`, at most `limit`.
+    pub fn list_rotations(
+        &self,
+        key_id: &str,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<VersionRow>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT version, sealed_material, created, rotation_type FROM key_versions
+             WHERE key_id = ?1 AND rotation_type IS NOT NULL AND version > ?2
+             ORDER BY version LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![key_id, after, limit as i64], Self::version_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Enabled keys whose automatic rotation is due at `now_ms`. Disabled keys
+    /// and keys pending deletion keep their schedule but are not rotated.
+    pub fn keys_due_for_rotation(&self, now_ms: i64) -> Result<Vec<String>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT key_id FROM keys WHERE state = 'Enabled'
+             AND rotation_period_days IS NOT NULL AND next_rotation <= ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ----- grants -----
+
+    const GRANT_COLUMNS: &'static str = "seq, grant_id, key_id, name, grantee, retiring, operations, constraints, issuing_account, created";
+
+    fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
+        Ok(GrantRow {
+            seq: r.get(0)?,
+            grant_id: r.get(1)?,
+            key_id: r.get(2)?,
+            name: r.get(3)?,
+            grantee: r.get(4)?,
+            retiring: r.get(5)?,
+            operations: r.get(6)?,
+            constraints: r.get(7)?,
+            issuing_account: r.get(8)?,
+            created_ms: r.get(9)?,
+        })
+    }
+
+    /// Inserts a grant (its `seq` is assigned by the database).
+    pub fn insert_grant(tx: &Transaction<'_>, g: &GrantRow) -> Result<(), KmsError> {
+        tx.execute(
+            "INSERT INTO grants(grant_id, key_id, name, grantee, retiring, operations,
+                                constraints, issuing_account, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                g.grant_id,
+                g.key_id,
+                g.name,
+                g.grantee,
+                g.retiring,
+                g.operations,
+                g.constraints,
+                g.issuing_account,
+                g.created_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Grants matching `filter`, in creation order, after `after_seq`, at most `limit`.
+    pub fn list_grants(
+        &self,
+        filter: GrantFilter<'_>,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<GrantRow>, KmsError> {
+        let sql = format!(
+            "SELECT {} FROM grants
+             WHERE seq > ?1 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR grant_id = ?3)
+               AND (?4 IS NULL OR grantee = ?4) AND (?5 IS NULL OR retiring = ?5)
+             ORDER BY seq LIMIT ?6",
+            Self::GRANT_COLUMNS
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                after_seq,
+                filter.key_id,
+                filter.grant_id,
+                filter.grantee,
+                filter.retiring,
+                limit as i64
+            ],
+            Self::grant_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every grant on `key_id` for `grantee`: what authorization consults.
+    pub fn grants_for(&self, key_id: &str, grantee: &str) -> Result<Vec<GrantRow>, KmsError> {
+        self.list_grants(
+            GrantFilter {
+                key_id: Some(key_id),
+                grantee: Some(grantee),
+                ..GrantFilter::default()
+            },
+            0,
+            usize::MAX >> 1,
+        )
+    }
+
+    pub fn grant(&self, grant_id: &str) -> Result<Option<GrantRow>, KmsError> {
+        let sql = format!(
+            "SELECT {} FROM grants WHERE grant_id = ?1",
+            Self::GRANT_COLUMNS
+        );
+        Ok(self
+            .conn()
+            .query_row(&sql, [grant_id], Self::grant_from_row)
+            .optional()?)
+    }
+
+    pub fn count_grants(tx: &Transaction<'_>, key_id: &str) -> Result<u64, KmsError> {
+        Ok(tx.query_row(
+            "SELECT COUNT(*) FROM grants WHERE key_id = ?1",
+            [key_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Deletes a grant. Returns whether it existed.
+    pub fn delete_grant(&self, grant_id: &str) -> Result<bool, KmsError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM grants WHERE grant_id = ?1", [grant_id])?;
+        Ok(n > 0)
     }
 
     /// Moves the WAL's contents into the database and truncates the WAL, so

@@ -1,5 +1,6 @@
-//! Encrypt, Decrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
-//! GenerateRandom: the operations that use master-key material.
+//! Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+//! GenerateDataKeyWithoutPlaintext, GenerateRandom: the operations that use
+//! master-key material.
 //!
 //! Order of checks, as AWS: resolve the key, authorize (the policy sees the
 //! encryption context), then the key's state, then the cryptography. A caller
@@ -13,9 +14,11 @@ use zeroize::Zeroizing;
 
 use super::super::blob::{self, BlobHeader};
 use super::super::error::{ErrorKind, KmsError};
+use super::super::grant;
 use super::super::iam::Principal;
 use super::super::service::{AuditNote, Kms};
-use super::{Blob, Context, b64, check_algorithm, check_context};
+use super::super::store::KeyRow;
+use super::{Blob, Context, b64, check_algorithm, check_context, dry_run_error};
 
 /// AWS's limit for Encrypt's plaintext.
 const MAX_PLAINTEXT: usize = 4096;
@@ -27,9 +30,7 @@ pub(crate) struct EncryptRequest {
     plaintext: Blob,
     encryption_context: Context,
     encryption_algorithm: Option<String>,
-    #[allow(dead_code)]
     grant_tokens: Option<Vec<String>>,
-    #[allow(dead_code)]
     dry_run: Option<bool>,
 }
 
@@ -60,6 +61,7 @@ pub(super) fn encrypt(
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
     check_context(&req.encryption_context)?;
+    grant::check_tokens(req.grant_tokens.as_deref())?;
     note.encryption_context = Some(req.encryption_context.clone());
     let key = kms.resolve_key(&req.key_id)?;
     note.key_arn = Some(key.arn.clone());
@@ -71,6 +73,9 @@ pub(super) fn encrypt(
         return Err(KmsError::validation(format!(
             "Plaintext must be 1-{MAX_PLAINTEXT} bytes (got {n})"
         )));
+    }
+    if req.dry_run == Some(true) {
+        return Err(dry_run_error());
     }
     let blob = seal_with_newest(kms, &key.key_id, &req.encryption_context, &req.plaintext.0)?;
     Ok(json!({
@@ -87,9 +92,7 @@ pub(crate) struct DecryptRequest {
     encryption_context: Context,
     key_id: Option<String>,
     encryption_algorithm: Option<String>,
-    #[allow(dead_code)]
     grant_tokens: Option<Vec<String>>,
-    #[allow(dead_code)]
     dry_run: Option<bool>,
 }
 
@@ -101,27 +104,22 @@ pub(super) fn decrypt(
 ) -> Result<Value, KmsError> {
     note.encryption_context = Some(req.encryption_context.clone());
     check_algorithm(req.encryption_algorithm.as_deref())?;
+    grant::check_tokens(req.grant_tokens.as_deref())?;
     let header =
         blob::parse_header(&req.ciphertext_blob.0).map_err(|_| KmsError::invalid_ciphertext())?;
-    let blob_key_id = header.key_id.to_string();
-    let key = kms.store.key(&blob_key_id)?.ok_or_else(|| {
-        KmsError::not_found(format!(
-            "Key '{}' does not exist",
-            kms.key_arn(&blob_key_id)
-        ))
-    })?;
+    let key = key_of_blob(kms, &header)?;
     note.key_arn = Some(key.arn.clone());
     if let Some(requested) = req.key_id.as_deref() {
         let wanted = kms.resolve_key(requested)?;
         if wanted.key_id != key.key_id {
-            return Err(KmsError::new(
-                ErrorKind::IncorrectKey,
-                "The key ID in the request does not identify a KMS key that can perform this operation.",
-            ));
+            return Err(incorrect_key());
         }
     }
     kms.authorize(caller, &key, "kms:Decrypt", &req.encryption_context)?;
     kms.require_enabled(&key)?;
+    if req.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
     let material = kms
         .material(&key.key_id, header.key_version)?
         .ok_or_else(KmsError::invalid_ciphertext)?;
@@ -137,14 +135,117 @@ pub(super) fn decrypt(
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ReEncryptRequest {
+    ciphertext_blob: Blob,
+    source_encryption_context: Context,
+    source_key_id: Option<String>,
+    destination_key_id: String,
+    destination_encryption_context: Context,
+    source_encryption_algorithm: Option<String>,
+    destination_encryption_algorithm: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
+}
+
+/// Decrypts under the source key and encrypts under the newest version of
+/// the destination key (which may be the same key: re-wrapping after a
+/// rotation). Needs kms:ReEncryptFrom on the source with the source context
+/// and kms:ReEncryptTo on the destination with the destination context. The
+/// plaintext exists only inside this function, in zeroized memory.
+pub(super) fn re_encrypt(
+    kms: &Kms,
+    caller: &Principal,
+    req: ReEncryptRequest,
+    note: &mut AuditNote,
+) -> Result<Value, KmsError> {
+    check_context(&req.source_encryption_context)?;
+    check_context(&req.destination_encryption_context)?;
+    check_algorithm(req.source_encryption_algorithm.as_deref())?;
+    check_algorithm(req.destination_encryption_algorithm.as_deref())?;
+    grant::check_tokens(req.grant_tokens.as_deref())?;
+    if req.destination_key_id.is_empty() {
+        return Err(KmsError::validation(
+            "1 validation error detected: Value null at 'destinationKeyId' failed to satisfy constraint: Member must not be null",
+        ));
+    }
+    note.encryption_context = Some(req.source_encryption_context.clone());
+    let header =
+        blob::parse_header(&req.ciphertext_blob.0).map_err(|_| KmsError::invalid_ciphertext())?;
+    let source = key_of_blob(kms, &header)?;
+    note.key_arn = Some(source.arn.clone());
+    if let Some(requested) = req.source_key_id.as_deref() {
+        let wanted = kms.resolve_key(requested)?;
+        if wanted.key_id != source.key_id {
+            return Err(incorrect_key());
+        }
+    }
+    let destination = kms.resolve_key(&req.destination_key_id)?;
+    note.destination_key_arn = Some(destination.arn.clone());
+    kms.authorize(
+        caller,
+        &source,
+        "kms:ReEncryptFrom",
+        &req.source_encryption_context,
+    )?;
+    kms.authorize(
+        caller,
+        &destination,
+        "kms:ReEncryptTo",
+        &req.destination_encryption_context,
+    )?;
+    kms.require_enabled(&source)?;
+    kms.require_enabled(&destination)?;
+    if req.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
+    let material = kms
+        .material(&source.key_id, header.key_version)?
+        .ok_or_else(KmsError::invalid_ciphertext)?;
+    let plaintext = blob::open(
+        &req.ciphertext_blob.0,
+        &material,
+        &req.source_encryption_context,
+    )
+    .map_err(|_| KmsError::invalid_ciphertext())?;
+    drop(material);
+    let out = seal_with_newest(
+        kms,
+        &destination.key_id,
+        &req.destination_encryption_context,
+        &plaintext,
+    )?;
+    Ok(json!({
+        "CiphertextBlob": b64(&out),
+        "SourceKeyId": source.arn,
+        "KeyId": destination.arn,
+        "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    }))
+}
+
+/// The key a blob names; a blob naming no key we hold is NotFound, as AWS.
+fn key_of_blob(kms: &Kms, header: &BlobHeader) -> Result<KeyRow, KmsError> {
+    let key_id = header.key_id.to_string();
+    kms.store.key(&key_id)?.ok_or_else(|| {
+        KmsError::not_found(format!("Key '{}' does not exist", kms.key_arn(&key_id)))
+    })
+}
+
+fn incorrect_key() -> KmsError {
+    KmsError::new(
+        ErrorKind::IncorrectKey,
+        "The key ID in the request does not identify a KMS key that can perform this operation.",
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
 pub(crate) struct GenerateDataKeyRequest {
     key_id: String,
     encryption_context: Context,
     number_of_bytes: Option<i64>,
     key_spec: Option<String>,
-    #[allow(dead_code)]
     grant_tokens: Option<Vec<String>>,
-    #[allow(dead_code)]
     dry_run: Option<bool>,
 }
 
@@ -177,6 +278,7 @@ pub(super) fn generate_data_key(
     with_plaintext: bool,
 ) -> Result<Value, KmsError> {
     check_context(&req.encryption_context)?;
+    grant::check_tokens(req.grant_tokens.as_deref())?;
     note.encryption_context = Some(req.encryption_context.clone());
     let key = kms.resolve_key(&req.key_id)?;
     note.key_arn = Some(key.arn.clone());
@@ -188,6 +290,9 @@ pub(super) fn generate_data_key(
     kms.authorize(caller, &key, action, &req.encryption_context)?;
     kms.require_enabled(&key)?;
     let len = data_key_length(&req)?;
+    if req.dry_run == Some(true) {
+        return Err(dry_run_error());
+    }
     let mut data_key = Zeroizing::new(vec![0u8; len]);
     rand::rngs::OsRng.fill_bytes(&mut data_key);
     let blob = seal_with_newest(kms, &key.key_id, &req.encryption_context, &data_key)?;

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::super::clock::aws_timestamp;
 use super::super::error::{ErrorKind, KmsError};
+use super::super::grant;
 use super::super::iam::Principal;
 use super::super::policy::{self, Policy};
 use super::super::service::{AuditNote, Kms};
@@ -175,7 +176,6 @@ pub(super) fn create_key(
 #[serde(rename_all = "PascalCase", default)]
 pub(crate) struct DescribeKeyRequest {
     key_id: String,
-    #[allow(dead_code)]
     grant_tokens: Option<Vec<String>>,
 }
 
@@ -185,6 +185,7 @@ pub(super) fn describe_key(
     req: DescribeKeyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
+    grant::check_tokens(req.grant_tokens.as_deref())?;
     let key = kms.resolve_key(&req.key_id)?;
     note.key_arn = Some(key.arn.clone());
     kms.authorize(caller, &key, "kms:DescribeKey", &Context::new())?;

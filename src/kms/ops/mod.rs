@@ -1,13 +1,15 @@
 //! The KMS operations, one file per family: keys, aliases, cryptography,
-//! key policies. Each operation parses its own typed request (AWS member
+//! key states, rotation, grants, key policies. Each operation parses its own typed request (AWS member
 //! names, PascalCase), checks the key policy, and returns the response
 //! document AWS would.
 
 mod aliases;
 mod crypto;
+mod grants;
 mod keys;
 mod lifecycle;
 mod policies;
+mod rotation;
 
 use std::collections::BTreeMap;
 
@@ -26,31 +28,20 @@ use super::service::{AuditNote, Kms};
 const NOT_IMPLEMENTED: &[&str] = &[
     "ConnectCustomKeyStore",
     "CreateCustomKeyStore",
-    "CreateGrant",
     "DeleteCustomKeyStore",
     "DeleteImportedKeyMaterial",
     "DeriveSharedSecret",
     "DescribeCustomKeyStores",
-    "DisableKeyRotation",
     "DisconnectCustomKeyStore",
-    "EnableKeyRotation",
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
     "GenerateMac",
-    "GetKeyRotationStatus",
     "GetParametersForImport",
     "GetPublicKey",
     "ImportKeyMaterial",
-    "ListGrants",
     "ListKeyPolicies",
-    "ListKeyRotations",
     "ListResourceTags",
-    "ListRetirableGrants",
-    "ReEncrypt",
     "ReplicateKey",
-    "RetireGrant",
-    "RevokeGrant",
-    "RotateKeyOnDemand",
     "Sign",
     "TagResource",
     "UntagResource",
@@ -88,6 +79,19 @@ pub(super) fn dispatch(
         "DisableKey" => lifecycle::disable_key(kms, caller, parse(body)?, note),
         "ScheduleKeyDeletion" => lifecycle::schedule_key_deletion(kms, caller, parse(body)?, note),
         "CancelKeyDeletion" => lifecycle::cancel_key_deletion(kms, caller, parse(body)?, note),
+        "ReEncrypt" => crypto::re_encrypt(kms, caller, parse(body)?, note),
+        "EnableKeyRotation" => rotation::enable_key_rotation(kms, caller, parse(body)?, note),
+        "DisableKeyRotation" => rotation::disable_key_rotation(kms, caller, parse(body)?, note),
+        "GetKeyRotationStatus" => {
+            rotation::get_key_rotation_status(kms, caller, parse(body)?, note)
+        }
+        "RotateKeyOnDemand" => rotation::rotate_key_on_demand(kms, caller, parse(body)?, note),
+        "ListKeyRotations" => rotation::list_key_rotations(kms, caller, parse(body)?, note),
+        "CreateGrant" => grants::create_grant(kms, caller, parse(body)?, note),
+        "ListGrants" => grants::list_grants(kms, caller, parse(body)?, note),
+        "ListRetirableGrants" => grants::list_retirable_grants(kms, caller, parse(body)?),
+        "RetireGrant" => grants::retire_grant(kms, caller, parse(body)?, note),
+        "RevokeGrant" => grants::revoke_grant(kms, caller, parse(body)?, note),
         "GetKeyPolicy" => policies::get_key_policy(kms, caller, parse(body)?, note),
         "PutKeyPolicy" => policies::put_key_policy(kms, caller, parse(body)?, note),
         op if NOT_IMPLEMENTED.contains(&op) => Err(KmsError::new(
@@ -191,4 +195,12 @@ pub(super) fn check_algorithm(alg: Option<&str>) -> Result<(), KmsError> {
             format!("encryption algorithm {other} is not valid for a SYMMETRIC_DEFAULT key"),
         )),
     }
+}
+
+/// DryRunOperationException: every check passed, nothing was done.
+pub(super) fn dry_run_error() -> KmsError {
+    KmsError::new(
+        ErrorKind::DryRunOperation,
+        "The request would have succeeded, but the DryRun option is set.",
+    )
 }
