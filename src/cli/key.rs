@@ -68,6 +68,24 @@ pub enum KeyCommand {
         #[command(flatten)]
         kms: KmsArgs,
     },
+    /// Rotate a key now: new data keys are wrapped under fresh material; everything wrapped before still unwraps.
+    Rotate {
+        key: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
+    /// Rotate a key automatically every N days (90-2560).
+    EnableRotation {
+        key: String,
+        #[arg(long = "period-days", default_value_t = 365)]
+        period_days: i32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+    },
 }
 
 /// What a volume's users need on its key.
@@ -151,11 +169,15 @@ pub fn run(cmd: KeyCommand) -> CliResult {
         | KeyCommand::Enable { kms, .. }
         | KeyCommand::Disable { kms, .. }
         | KeyCommand::ScheduleDeletion { kms, .. }
-        | KeyCommand::CancelDeletion { kms, .. } => kms.clone(),
+        | KeyCommand::CancelDeletion { kms, .. }
+        | KeyCommand::Rotate { kms, .. }
+        | KeyCommand::EnableRotation { kms, .. } => kms.clone(),
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = crate::keys::aws::sdk_client(&kms_args.target()).await;
+        let client = crate::keys::aws::sdk_client(&kms_args.target())
+            .await
+            .map_err(|e| CliError(e.to_string()))?;
         run_with(&client, cmd).await
     })
 }
@@ -372,6 +394,65 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
             say!(
                 "{key} is no longer scheduled for deletion; it is disabled: `envol key enable {key}`."
             );
+            Ok(())
+        }
+        KeyCommand::Rotate { key, json, .. } => {
+            let out = client
+                .rotate_key_on_demand()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot rotate", &key, e))?;
+            let arn = out.key_id().unwrap_or(&key).to_string();
+            if json {
+                say!("{}", json!({ "KeyId": arn, "Rotated": true }));
+            } else {
+                say!("{key} rotated: new data keys are wrapped under its new version.");
+                say!(
+                    "Volumes wrapped before still attach; `envol volume rewrap PATH` moves one to the new version."
+                );
+            }
+            Ok(())
+        }
+        KeyCommand::EnableRotation {
+            key,
+            period_days,
+            json,
+            ..
+        } => {
+            client
+                .enable_key_rotation()
+                .key_id(&key)
+                .rotation_period_in_days(period_days)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot enable rotation of", &key, e))?;
+            let status = client
+                .get_key_rotation_status()
+                .key_id(&key)
+                .send()
+                .await
+                .map_err(|e| sdk_err("cannot read the rotation status of", &key, e))?;
+            let next = status
+                .next_rotation_date()
+                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
+                .map(|t| t.to_rfc3339());
+            if json {
+                say!(
+                    "{}",
+                    json!({
+                        "KeyId": status.key_id(),
+                        "KeyRotationEnabled": status.key_rotation_enabled(),
+                        "RotationPeriodInDays": status.rotation_period_in_days(),
+                        "NextRotationDate": next,
+                    })
+                );
+            } else {
+                say!(
+                    "{key} rotates every {period_days} days; next rotation at {}.",
+                    next.as_deref().unwrap_or("(unknown)")
+                );
+            }
             Ok(())
         }
     }

@@ -38,6 +38,9 @@ pub enum KmsCommand {
         /// The region this KMS answers as (part of every key ARN).
         #[arg(long, default_value = "us-east-1")]
         region: String,
+        /// Also make a self-signed TLS certificate for localhost/127.0.0.1 (DIR/tls/).
+        #[arg(long)]
+        self_signed_cert: bool,
         #[command(flatten)]
         profile: ProfileArgs,
     },
@@ -45,9 +48,15 @@ pub enum KmsCommand {
     Serve {
         #[command(flatten)]
         data: DataArg,
-        /// Address to listen on (loopback only until TLS is configured).
+        /// Address to listen on (loopback only without TLS).
         #[arg(long, default_value = "127.0.0.1:4599")]
         listen: SocketAddr,
+        /// Serve HTTPS with this certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage IAM-style users and their access keys.
     #[command(subcommand)]
@@ -87,9 +96,15 @@ pub fn run(cmd: KmsCommand) -> CliResult {
         KmsCommand::Init {
             data,
             region,
+            self_signed_cert,
             profile,
-        } => init(data.data, &region, profile),
-        KmsCommand::Serve { data, listen } => serve(data.data, listen),
+        } => init(data.data, &region, self_signed_cert, profile),
+        KmsCommand::Serve {
+            data,
+            listen,
+            tls_cert,
+            tls_key,
+        } => serve(data.data, listen, tls_cert.zip(tls_key)),
         KmsCommand::User(UserCommand::Add {
             name,
             data,
@@ -135,7 +150,7 @@ fn write_profile(args: &ProfileArgs, access: &AccessKey, region: &str) -> CliRes
     Ok(())
 }
 
-fn init(dir: PathBuf, region: &str, profile_args: ProfileArgs) -> CliResult {
+fn init(dir: PathBuf, region: &str, self_signed: bool, profile_args: ProfileArgs) -> CliResult {
     if let Some(p) = &profile_args.profile {
         profile::validate_profile_name(p).map_err(CliError)?;
     }
@@ -145,6 +160,17 @@ fn init(dir: PathBuf, region: &str, profile_args: ProfileArgs) -> CliResult {
     say!("  region:  {}", kms.region());
     say!("  root:    {}", kms.root_principal().arn);
     print_access_key("the account root", &access);
+    if self_signed {
+        let (cert, key) = crate::kms::tls::write_self_signed(&dir).map_err(CliError)?;
+        say!("Self-signed TLS certificate for localhost, 127.0.0.1, ::1:");
+        say!(
+            "  serve with: envol kms serve --data {} --tls-cert {} --tls-key {}",
+            dir.display(),
+            cert.display(),
+            key.display()
+        );
+        say!("  clients:    export AWS_CA_BUNDLE={}", cert.display());
+    }
     write_profile(&profile_args, &access, kms.region())
 }
 
@@ -167,12 +193,21 @@ fn user_list(dir: PathBuf) -> CliResult {
     Ok(())
 }
 
-fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
-    if !listen.ip().is_loopback() {
+fn serve(dir: PathBuf, listen: SocketAddr, tls: Option<(PathBuf, PathBuf)>) -> CliResult {
+    if !listen.ip().is_loopback() && tls.is_none() {
         return Err(CliError(format!(
-            "refusing to serve the KMS on {listen} without TLS: listen on a loopback address (127.0.0.1)"
+            "refusing to serve the KMS on {listen} without TLS: listen on a loopback address (127.0.0.1) or pass --tls-cert and --tls-key"
         )));
     }
+    let tls_config = match &tls {
+        Some((cert, key)) => Some(crate::kms::tls::server_config(cert, key).map_err(CliError)?),
+        None => None,
+    };
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let kms = Arc::new(open(&dir)?);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -182,15 +217,17 @@ fn serve(dir: PathBuf, listen: SocketAddr) -> CliResult {
             .map_err(|e| CliError(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
         say!(
-            "envol kms: account {} region {} listening on http://{addr}",
+            "envol kms: account {} region {} listening on {scheme}://{addr}",
             kms.account_id(),
             kms.region()
         );
-        say!("  use it with: aws kms list-keys --endpoint-url http://{addr} --profile <profile>");
+        say!(
+            "  use it with: aws kms list-keys --endpoint-url {scheme}://{addr} --profile <profile>"
+        );
         // Tests and scripts read the address from stdout: don't buffer it.
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::serve(kms, listener, shutdown).await?;
+        http::serve(kms, listener, tls_config, shutdown).await?;
         tracing::info!("KMS stopped");
         Ok(())
     })

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::target::KmsArgs;
 use super::{CliError, CliResult, runtime, shutdown_signal};
 use crate::envelope;
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
-use crate::nbd::{Export, Listeners, Server};
+use crate::nbd::{Export, Listeners, Server, TlsConfig, TlsMode};
 use crate::volume::Volume;
 
 /// The NBD port, as registered with IANA.
@@ -32,7 +32,51 @@ pub struct ServeArgs {
     #[arg(long)]
     pub read_only: bool,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub kms: KmsArgs,
+}
+
+/// NBD over TLS (NBD_OPT_STARTTLS).
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Offer TLS with this server certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// `require` (the default with a certificate) refuses every client that
+    /// does not start TLS; `optional` also serves plaintext clients.
+    #[arg(long = "tls", value_enum, value_name = "MODE", requires = "tls_cert")]
+    pub tls_mode: Option<TlsModeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsModeArg {
+    Require,
+    Optional,
+}
+
+impl TlsArgs {
+    /// The TLS configuration, if a certificate was given. A certificate
+    /// means TLS is required unless `--tls optional` says otherwise: a
+    /// server that bothers with TLS should not quietly accept plaintext.
+    pub fn config(&self) -> Result<Option<TlsConfig>, CliError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let mode = match self.tls_mode {
+            Some(TlsModeArg::Optional) => TlsMode::Optional,
+            Some(TlsModeArg::Require) | None => TlsMode::Require,
+        };
+        TlsConfig::from_pem_files(cert, key, self.tls_ca.as_deref(), mode)
+            .map(Some)
+            .map_err(|e| CliError(format!("TLS: {e}")))
+    }
 }
 
 /// Splits `PATH=NAME`; the name defaults to the file stem.
@@ -67,11 +111,16 @@ pub fn run(args: ServeArgs) -> CliResult {
         ),
         (_, tcp) => tcp,
     };
+    // Before the KMS is asked for anything: a bad certificate is a usage
+    // error, and no key should be unwrapped for a server that cannot start.
+    let tls = args.tls.config()?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let keys = AwsKeyClient::new(&args.kms.target()).await;
+        let keys = AwsKeyClient::new(&args.kms.target())
+            .await
+            .map_err(|e| CliError(e.to_string()))?;
         let exports = attach_all(&keys, &volumes, args.read_only).await?;
-        serve_exports(exports, args.socket.as_deref(), tcp, |_| {}).await
+        serve_exports_tls(exports, args.socket.as_deref(), tcp, tls, |_| {}).await
     })
 }
 
@@ -107,16 +156,33 @@ pub(crate) async fn serve_exports(
     tcp: Option<SocketAddr>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
+    serve_exports_tls(exports, socket, tcp, None, on_ready).await
+}
+
+/// [`serve_exports`], offering TLS when `tls` is given.
+pub(crate) async fn serve_exports_tls(
+    exports: Vec<Export>,
+    socket: Option<&Path>,
+    tcp: Option<SocketAddr>,
+    tls: Option<TlsConfig>,
+    on_ready: impl FnOnce(&Listeners),
+) -> CliResult {
     let shutdown = shutdown_signal();
     let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
-    let server = Server::new(exports)?;
+    let mut server = Server::new(exports)?;
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
+    // Print the TLS URIs only when plaintext would be refused; with
+    // optional TLS both work and the plain ones are the simpler to use.
+    let tls_uris = server.tls_required();
     // The socket gives whoever can open it the plaintext volume: owner only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let listeners = Listeners::bind(socket, tcp)
         .await
         .map_err(|e| CliError(format!("cannot listen: {e}")))?;
     for name in &names {
-        for uri in listeners.uris(name) {
+        for uri in listeners.uris_with_tls(name, tls_uris) {
             say!("export {name}: {uri}");
         }
     }

@@ -193,7 +193,7 @@ pub fn run(args: UpArgs) -> CliResult {
             let kms = kms.clone();
             let shutdown = shutdown_signal();
             tokio::spawn(async move {
-                if let Err(e) = crate::kms::http::serve(kms, listener, shutdown).await {
+                if let Err(e) = crate::kms::http::serve(kms, listener, None, shutdown).await {
                     tracing::error!("embedded KMS API stopped: {e}");
                 }
             });

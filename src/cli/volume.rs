@@ -69,7 +69,9 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         } => {
             let rt = runtime()?;
             let sb = rt.block_on(async {
-                let client = AwsKeyClient::new(&kms.target()).await;
+                let client = AwsKeyClient::new(&kms.target())
+                    .await
+                    .map_err(|e| CliError(e.to_string()))?;
                 envelope::create(
                     &client,
                     NewVolume {
@@ -81,6 +83,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                     },
                 )
                 .await
+                .map_err(CliError::from)
             })?;
             print_created(&path, &sb);
             Ok(())
@@ -88,8 +91,12 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         VolumeCommand::Rewrap { path, key, kms } => {
             let rt = runtime()?;
             let done = rt.block_on(async {
-                let client = AwsKeyClient::new(&kms.target()).await;
-                envelope::rewrap(&client, &path, key.as_deref()).await
+                let client = AwsKeyClient::new(&kms.target())
+                    .await
+                    .map_err(|e| CliError(e.to_string()))?;
+                envelope::rewrap(&client, &path, key.as_deref())
+                    .await
+                    .map_err(CliError::from)
             })?;
             let sb = &done.superblock;
             say!("Re-wrapped the data key of {}", path.display());

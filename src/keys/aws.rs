@@ -33,12 +33,12 @@ pub struct AwsKeyClient {
 }
 
 /// An SDK client configured from flags and the standard AWS sources.
-pub async fn sdk_client(target: &KmsTarget) -> aws_sdk_kms::Client {
-    AwsKeyClient::new(target).await.client
+pub async fn sdk_client(target: &KmsTarget) -> Result<aws_sdk_kms::Client, KeyError> {
+    Ok(AwsKeyClient::new(target).await?.client)
 }
 
 impl AwsKeyClient {
-    pub async fn new(target: &KmsTarget) -> AwsKeyClient {
+    pub async fn new(target: &KmsTarget) -> Result<AwsKeyClient, KeyError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(p) = &target.profile {
             loader = loader.profile_name(p);
@@ -49,6 +49,9 @@ impl AwsKeyClient {
         if let Some(e) = &target.endpoint {
             loader = loader.endpoint_url(e);
         }
+        if let Some(client) = ca_bundle_client()? {
+            loader = loader.http_client(client);
+        }
         let shared = loader.load().await;
         let mut builder = aws_sdk_kms::config::Builder::from(&shared);
         if shared.region().is_none() {
@@ -58,15 +61,48 @@ impl AwsKeyClient {
             .endpoint
             .clone()
             .or_else(|| shared.endpoint_url().map(str::to_string));
-        AwsKeyClient {
+        Ok(AwsKeyClient {
             client: aws_sdk_kms::Client::from_conf(builder.build()),
             endpoint,
             profile: target
                 .profile
                 .clone()
                 .or_else(|| std::env::var("AWS_PROFILE").ok()),
-        }
+        })
     }
+}
+
+/// `AWS_CA_BUNDLE`, as the AWS CLI and boto3 honour it: extra certificates
+/// (PEM) to trust besides the system's, e.g. a KMS's self-signed one.
+fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, KeyError> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |why: String| KeyError {
+        kind: KeyErrorKind::Credentials,
+        code: None,
+        message: format!(
+            "AWS_CA_BUNDLE={}: {why}",
+            std::path::Path::new(&path).display()
+        ),
+    };
+    let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let context = TlsContext::builder()
+        .with_trust_store(
+            TrustStore::empty()
+                .with_native_roots(true)
+                .with_pem_certificate(pem),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https();
+    Ok(Some(client))
 }
 
 fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {

@@ -5,7 +5,6 @@
 //! access key to a principal, and hands the operation to the service core;
 //! errors go back as `{"__type": ..., "message": ...}` with AWS's status.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,6 +18,7 @@ use tokio::net::TcpListener;
 use super::error::{ErrorKind, KmsError};
 use super::service::{Kms, RequestContext};
 use super::sigv4::{self, AuthError, SignedRequest};
+use super::tls::{Peer, TlsListener};
 
 /// Largest request body accepted. AWS KMS requests are small: the biggest
 /// members are a 4 KiB plaintext, a 6 KiB ciphertext or a 32 KiB policy.
@@ -37,9 +37,11 @@ pub fn router(kms: Arc<Kms>) -> Router {
 const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
+/// With a TLS configuration, every connection is HTTPS.
 pub async fn serve(
     kms: Arc<Kms>,
     listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Requests sweep too, but an idle KMS must still destroy and rotate keys
@@ -58,12 +60,20 @@ pub async fn serve(
             .await;
         }
     });
-    let result = axum::serve(
-        listener,
-        router(kms).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let app = router(kms).into_make_service_with_connect_info::<Peer>();
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            let listener = TlsListener::new(listener, config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     sweeper.abort();
     result
 }
@@ -117,7 +127,7 @@ fn target_operation(headers: &HeaderMap) -> Option<String> {
 
 async fn handle(
     State(kms): State<Arc<Kms>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     req: Request,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();

@@ -33,6 +33,7 @@ pub mod seal;
 pub mod service;
 pub mod sigv4;
 pub mod store;
+pub mod tls;
 
 pub use error::{ErrorKind, KmsError};
 pub use service::{Kms, RequestContext};
