@@ -398,3 +398,59 @@ fn on_demand_limit_is_configurable_and_leaves_the_schedule_alone() {
         "ValidationException"
     );
 }
+
+/// `envol key rotate` and `envol key enable-rotation`, as a user runs them.
+#[tokio::test(flavor = "multi_thread")]
+async fn envol_key_rotate_and_enable_rotation() {
+    let kms = KmsServer::start();
+    let c = kms.client(&kms.root);
+    let arn = c
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    let home = tempfile::tempdir().unwrap();
+    let key_cmd = |args: &[&str]| {
+        let mut cmd = common::envol();
+        cmd.arg("key")
+            .args(args)
+            .args(["--endpoint", &kms.endpoint])
+            .env("HOME", home.path())
+            .env("AWS_ACCESS_KEY_ID", &kms.root.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &kms.root.secret)
+            .env("AWS_REGION", common::REGION)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL_KMS");
+        cmd.output().unwrap()
+    };
+    let out = key_cmd(&["rotate", &arn, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["KeyId"], arn.as_str());
+    let out = key_cmd(&["enable-rotation", &arn, "--period-days", "120", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["KeyRotationEnabled"], true);
+    assert_eq!(v["RotationPeriodInDays"], 120);
+    let out = key_cmd(&["enable-rotation", &arn, "--period-days", "30"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ValidationException"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+
+    let rotations = c.list_key_rotations().key_id(&arn).send().await.unwrap();
+    assert_eq!(rotations.rotations().len(), 1);
+}

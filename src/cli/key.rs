@@ -175,9 +175,7 @@ pub fn run(cmd: KeyCommand) -> CliResult {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = crate::keys::aws::sdk_client(&kms_args.target())
-            .await
-            .map_err(|e| CliError(e.to_string()))?;
+        let client = crate::keys::aws::sdk_client(&kms_args.target()).await;
         run_with(&client, cmd).await
     })
 }
