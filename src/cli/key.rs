@@ -175,7 +175,9 @@ pub fn run(cmd: KeyCommand) -> CliResult {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = crate::keys::aws::sdk_client(&kms_args.target()).await;
+        let client = crate::keys::aws::sdk_client(&kms_args.target())
+            .await
+            .map_err(|e| CliError(e.to_string()))?;
         run_with(&client, cmd).await
     })
 }
