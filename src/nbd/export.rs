@@ -6,7 +6,8 @@ use thiserror::Error;
 
 use super::protocol::{
     MAX_STRING_LEN, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_CACHE,
-    TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES,
+    TFLAG_SEND_DF, TFLAG_SEND_FAST_ZERO, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM,
+    TFLAG_SEND_WRITE_ZEROES,
 };
 use crate::volume::{BlockDevice, BlockSizes};
 
@@ -111,13 +112,18 @@ impl Export {
     /// same device object, so a FLUSH on any connection covers writes made
     /// through all of them. `SEND_DF` is only legal once structured replies
     /// are on; we always send a READ as a single chunk, so DF costs nothing.
+    /// `SEND_FAST_ZERO` is advertised with `SEND_WRITE_ZEROES` whatever the
+    /// device can do: the spec lets a server that cannot zero fast answer
+    /// every fast-zero request with a quick ENOTSUP, which is still useful
+    /// to the client (it learns to skip pre-zeroing).
     pub(crate) fn transmission_flags(&self, structured_replies: bool) -> u16 {
         let mut flags =
             TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_CACHE | TFLAG_CAN_MULTI_CONN;
         if self.is_read_only() {
             flags |= TFLAG_READ_ONLY;
         } else {
-            flags |= TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES;
+            flags |=
+                TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_SEND_FAST_ZERO;
         }
         if structured_replies {
             flags |= TFLAG_SEND_DF;

@@ -131,6 +131,11 @@ pub const ESHUTDOWN: u32 = 108;
 
 // ------------------------------------------------------- metadata contexts
 
+/// `base:allocation` status flag: the extent is not allocated.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` status flag: the extent reads as zeros.
+pub const STATE_ZERO: u32 = 1 << 1;
+
 /// The one metadata context this server offers.
 pub const META_BASE_ALLOCATION: &str = "base:allocation";
 

@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 
 use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
 use super::protocol::{self as p, Command, ProtocolError, REQUEST_HEADER_LEN, Request};
-use crate::volume::{BlockDevice, BlockSizes};
+use crate::volume::{Allocation, BlockDevice, BlockSizes};
 
 /// Per-connection cap on bytes buffered for in-flight requests.
 pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
@@ -50,6 +50,10 @@ const REQUEST_OVERHEAD: u32 = 4096;
 /// stream in sync; beyond this size (and beyond the advertised maximum) we
 /// hard-disconnect instead, which the spec allows for payloads above 2^25.
 const DISCARD_LIMIT: u32 = 1 << 25;
+/// Most descriptors one BLOCK_STATUS reply carries (the spec suggests at
+/// most 2^20; fewer keeps each reply, and what a flood of them can buffer,
+/// small: 128 KiB). A client asks again for the rest, as it must anyway.
+const MAX_STATUS_DESCRIPTORS: usize = 1 << 14;
 /// After server shutdown, how long in-flight replies may take to drain to a
 /// client before the connection is dropped anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -91,6 +95,8 @@ struct Context {
     size: u64,
     sizes: BlockSizes,
     read_only: bool,
+    /// The device zeroes fast when allowed to punch (`NBD_CMD_FLAG_FAST_ZERO`).
+    fast_zero: bool,
     structured: bool,
     base_allocation: bool,
     replies: mpsc::UnboundedSender<Frame>,
@@ -144,6 +150,7 @@ where
         size: device.size(),
         sizes: device.block_sizes(),
         read_only: negotiated.export.is_read_only(),
+        fast_zero: device.fast_zero(),
         structured: negotiated.structured_replies,
         base_allocation: negotiated.base_allocation,
         device,
@@ -247,9 +254,13 @@ where
         }));
     }
 
-    // READ buffers its data until the reply is written; WRITE its payload.
+    // READ buffers its data until the reply is written; WRITE its payload;
+    // BLOCK_STATUS up to its largest reply.
     let buffered = match command {
         Command::Read | Command::Write if rejected.is_none() => request.length,
+        Command::BlockStatus if rejected.is_none() => {
+            u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX)
+        }
         _ => 0,
     };
     let cost = buffered
@@ -283,7 +294,7 @@ fn validate(ctx: &Context, r: &Request) -> Option<(u32, &'static str)> {
     let command = r.command();
     let allowed_flags = match command {
         Read if ctx.structured => p::CMD_FLAG_FUA | p::CMD_FLAG_DF,
-        WriteZeroes => p::CMD_FLAG_FUA | p::CMD_FLAG_NO_HOLE,
+        WriteZeroes => p::CMD_FLAG_FUA | p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO,
         BlockStatus => p::CMD_FLAG_FUA | p::CMD_FLAG_REQ_ONE,
         // FUA is accepted on every command: the spec requires it once
         // SEND_FUA is advertised, and it is harmless on the others.
@@ -328,11 +339,22 @@ fn validate(ctx: &Context, r: &Request) -> Option<(u32, &'static str)> {
     }
     // Alignment to the advertised minimum is enforced for data transfers;
     // TRIM may legitimately be rounded by the device instead.
-    let min = u64::from(ctx.sizes.minimum);
+    // The minimum is a power of two (checked when the export set was
+    // built), so a mask tests alignment.
+    let mask = u64::from(ctx.sizes.minimum).saturating_sub(1);
     if matches!(command, Read | Write | WriteZeroes)
-        && (r.offset % min != 0 || u64::from(r.length) % min != 0)
+        && (r.offset & mask != 0 || u64::from(r.length) & mask != 0)
     {
         return Some((p::EINVAL, "request not aligned to the minimum block size"));
+    }
+    // FAST_ZERO: answer ENOTSUP at once, before touching anything, unless
+    // the zeroing can deallocate (NO_HOLE forbids that: the range would
+    // have to be written, which is no faster than a WRITE).
+    if command == WriteZeroes
+        && r.flags & p::CMD_FLAG_FAST_ZERO != 0
+        && (r.flags & p::CMD_FLAG_NO_HOLE != 0 || !ctx.fast_zero)
+    {
+        return Some((p::ENOTSUP, "fast zeroing is not possible for this request"));
     }
     None
 }
@@ -445,19 +467,57 @@ fn execute(
         // A hint; the range was validated, there is no cache to warm.
         Command::Cache => ok(),
         Command::BlockStatus => {
-            // The device interface has no allocation query, so report the
-            // whole range as allocated data (status 0), which the spec says
-            // is always safe. One extent, never longer than asked.
-            let len = u64::from(r.length).min(ctx.size - r.offset);
-            let len = u32::try_from(len).unwrap_or(r.length);
+            // In range and non-zero (validated).
+            let runs = dev.block_status(r.offset, u64::from(r.length))?;
+            let req_one = r.flags & p::CMD_FLAG_REQ_ONE != 0;
+            let descriptors = status_descriptors(&runs, r.length, req_one);
             Ok((
-                p::encode_block_status(r.cookie, BASE_ALLOCATION_ID, &[(len, 0)]),
+                p::encode_block_status(r.cookie, BASE_ALLOCATION_ID, &descriptors),
                 None,
             ))
         }
         // Filtered out by read_request / validate.
         Command::Disc | Command::Unknown(_) => Err(io::Error::from(io::ErrorKind::InvalidInput)),
     }
+}
+
+/// Turns a device's allocation runs into `base:allocation` descriptors for
+/// a request of `length` bytes: zero-length runs dropped, everything
+/// clipped to the request (a device may not extend it), neighbours with
+/// the same status merged, at most [`MAX_STATUS_DESCRIPTORS`] (one with
+/// REQ_ONE). Never empty: a device that reports nothing usable gets the
+/// always-true answer "allocated, contents unknown" for the whole range.
+fn status_descriptors(runs: &[Allocation], length: u32, req_one: bool) -> Vec<(u32, u32)> {
+    let limit = if req_one { 1 } else { MAX_STATUS_DESCRIPTORS };
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut left = length;
+    for run in runs {
+        if left == 0 {
+            break;
+        }
+        let len = u32::try_from(run.len).unwrap_or(u32::MAX).min(left);
+        if len == 0 {
+            continue;
+        }
+        let mut flags = 0;
+        if run.hole {
+            flags |= p::STATE_HOLE;
+        }
+        if run.zero {
+            flags |= p::STATE_ZERO;
+        }
+        left -= len;
+        let full = out.len() == limit;
+        match out.last_mut() {
+            Some((last_len, last_flags)) if *last_flags == flags => *last_len += len,
+            _ if full => break,
+            _ => out.push((len, flags)),
+        }
+    }
+    if out.is_empty() {
+        out.push((length, 0));
+    }
+    out
 }
 
 /// Maps a device error to the NBD error value clients understand.
@@ -545,5 +605,56 @@ fn is_disconnect(e: &io::Error) -> bool {
 pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(len: u64, hole: bool) -> Allocation {
+        Allocation {
+            len,
+            hole,
+            zero: hole,
+        }
+    }
+
+    #[test]
+    fn descriptors_merge_clip_and_never_come_back_empty() {
+        let runs = [
+            run(0, false),
+            run(4096, true),
+            run(4096, true),
+            run(8192, false),
+        ];
+        assert_eq!(
+            status_descriptors(&runs, 10000, false),
+            vec![(8192, p::STATE_HOLE | p::STATE_ZERO), (1808, 0)]
+        );
+        assert_eq!(
+            status_descriptors(&runs, 20000, true),
+            vec![(8192, p::STATE_HOLE | p::STATE_ZERO)]
+        );
+        // A run longer than u32 (or than asked) is clipped to the request.
+        assert_eq!(
+            status_descriptors(&[run(1 << 40, true)], 512, false),
+            vec![(512, 3)]
+        );
+        assert_eq!(status_descriptors(&[], 512, false), vec![(512, 0)]);
+        assert_eq!(
+            status_descriptors(&[run(0, true)], 512, true),
+            vec![(512, 0)]
+        );
+    }
+
+    #[test]
+    fn descriptors_are_capped() {
+        let runs: Vec<Allocation> = (0..MAX_STATUS_DESCRIPTORS + 10)
+            .map(|i| run(512, i % 2 == 0))
+            .collect();
+        let d = status_descriptors(&runs, u32::MAX, false);
+        assert_eq!(d.len(), MAX_STATUS_DESCRIPTORS);
+        assert!(d.iter().all(|&(len, _)| len == 512));
     }
 }

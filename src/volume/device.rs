@@ -22,6 +22,18 @@ pub struct BlockSizes {
     pub maximum: u32,
 }
 
+/// The allocation status of one run of a device's bytes, as NBD's
+/// `base:allocation` metadata context reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    /// Length of the run in bytes.
+    pub len: u64,
+    /// Not allocated in the backing store (`NBD_STATE_HOLE`).
+    pub hole: bool,
+    /// Known to read as zeros (`NBD_STATE_ZERO`).
+    pub zero: bool,
+}
+
 /// A byte-addressed device of fixed size.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes, as exported.
@@ -37,6 +49,26 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Zero a range. With `may_punch`, holes may be punched (NBD without NO_HOLE).
     fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> io::Result<()>;
+    /// Allocation of `[offset, offset+len)` as consecutive runs starting at
+    /// `offset`. The runs may cover less than `len` (the caller asks again
+    /// for the rest) but never more. The default knows nothing about
+    /// allocation and reports one allocated run of unknown content, which is
+    /// always a truthful answer.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Allocation>> {
+        let _ = offset;
+        Ok(vec![Allocation {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
+    /// Whether `write_zeroes(.., may_punch: true)` costs clearly less than
+    /// writing the same range (it deallocates instead of writing), so NBD
+    /// can honour `NBD_CMD_FLAG_FAST_ZERO`. The default says no, which makes
+    /// fast-zero requests fail at once with ENOTSUP, as the spec asks.
+    fn fast_zero(&self) -> bool {
+        false
+    }
     /// Whether the device refuses writes.
     fn read_only(&self) -> bool {
         false

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::volume::backend::{Backend, Extent, write_zero_range};
 use crate::volume::cipher::{CipherError, SectorCipher, XtsModeCipher};
-use crate::volume::device::{BlockDevice, BlockSizes};
+use crate::volume::device::{Allocation, BlockDevice, BlockSizes};
 use crate::volume::key::DataKey;
 use crate::volume::range_lock::RangeLocks;
 use crate::volume::superblock::{Superblock, SuperblockError};
@@ -321,6 +321,31 @@ impl BlockDevice for Volume {
 
     fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> io::Result<()> {
         self.zero_range(offset, len, may_punch)
+    }
+
+    /// Holes in the backing file (SEEK_HOLE/SEEK_DATA) are holes that read
+    /// as zeros, by the zero-sector rule. Sectors stored as zero bytes
+    /// without being holes are reported as data of unknown content: finding
+    /// them would mean reading the range, and status 0 is always truthful.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Allocation>> {
+        // The inherent method (backend extents in volume coordinates).
+        let extents = Volume::block_status(self, offset, len)?;
+        Ok(extents
+            .into_iter()
+            .map(|e| Allocation {
+                len: e.len,
+                hole: e.hole,
+                zero: e.hole,
+            })
+            .collect())
+    }
+
+    /// Zeroing with permission to punch deallocates whole sectors and
+    /// encrypts nothing (a backend that cannot punch stores zero bytes,
+    /// still without encryption); only partial edge sectors are
+    /// read-modify-written.
+    fn fast_zero(&self) -> bool {
+        true
     }
 
     fn read_only(&self) -> bool {

@@ -63,7 +63,7 @@ mod ieee1619_vectors;
 
 pub use backend::{Backend, Extent, FileBackend, MemBackend};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher, XtsModeCipher};
-pub use device::{BlockDevice, BlockSizes};
+pub use device::{Allocation, BlockDevice, BlockSizes};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
