@@ -5,8 +5,15 @@
 //!                        │ unknown flag     │ ──────┘
 //!                        ▼                  ├─ EXPORT_NAME ok / GO ok ─▶ Done(Transmission)
 //!                      close                ├─ ABORT (ACK sent) ────────▶ Done(Closed)
+//!                                           ├─ STARTTLS (ACK sent) ─────▶ Done(StartTls)
 //!                                           └─ EXPORT_NAME unknown ─────▶ error (hard disconnect)
 //! ```
+//!
+//! After `Done(StartTls)` the caller runs the TLS handshake and calls
+//! [`negotiate_over_tls`], which enters `Haggling` directly (no second
+//! greeting) with every option state forgotten, as the spec requires.
+//! With TLS required (FORCEDTLS), options before STARTTLS other than ABORT
+//! are answered `NBD_REP_ERR_TLS_REQD`, and EXPORT_NAME disconnects.
 //!
 //! Every option the server does not implement is answered with
 //! `NBD_REP_ERR_UNSUP` and haggling continues: the spec's baseline forbids
@@ -25,8 +32,9 @@ use tracing::debug;
 
 use super::export::{Export, ExportSet};
 use super::protocol::{
-    self as p, CLIENT_FLAG_NO_ZEROES, CLIENT_FLAGS_KNOWN, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
-    InfoRequest, MetaContextRequest, OPTION_HEADER_LEN, OptionHeader, ProtocolError,
+    self as p, CLIENT_FLAG_FIXED_NEWSTYLE, CLIENT_FLAG_NO_ZEROES, CLIENT_FLAGS_KNOWN,
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, InfoRequest, MetaContextRequest, OPTION_HEADER_LEN,
+    OptionHeader, ProtocolError,
 };
 
 /// Largest option payload we buffer. Real options are far smaller (a name
@@ -55,6 +63,20 @@ pub(crate) enum HandshakeOutcome {
     Transmission(Box<Negotiated>),
     /// The client aborted (soft disconnect).
     Closed,
+    /// STARTTLS was acknowledged: the TLS handshake comes next, then
+    /// [`negotiate_over_tls`].
+    StartTls { no_zeroes: bool },
+}
+
+/// Where a connection stands with respect to TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tls {
+    /// The server has no TLS configured (NOTLS mode).
+    Unavailable,
+    /// TLS can be started; `required` refuses everything else until then.
+    Offered { required: bool },
+    /// The connection runs over TLS.
+    Active,
 }
 
 /// Why a handshake ended the connection.
@@ -70,6 +92,10 @@ pub enum HandshakeError {
     UnknownExport(String),
     #[error("NBD_OPT_EXPORT_NAME with a {0}-byte name")]
     ExportNameTooLong(u32),
+    #[error("NBD_OPT_EXPORT_NAME before TLS, which this server requires")]
+    TlsRequired,
+    #[error("client without fixed newstyle cannot start the TLS this server requires")]
+    TlsImpossible,
 }
 
 /// The states of the handshake. Haggling carries what options set so far.
@@ -81,8 +107,8 @@ enum State {
 }
 
 /// Per-connection option state changed by stateful options.
-#[derive(Default)]
 struct Options {
+    tls: Tls,
     no_zeroes: bool,
     structured_replies: bool,
     /// Last `NBD_OPT_SET_META_CONTEXT`: the export it named and whether it
@@ -96,15 +122,53 @@ enum Step {
     Done(HandshakeOutcome),
 }
 
+impl Options {
+    fn new(tls: Tls, no_zeroes: bool) -> Self {
+        Self {
+            tls,
+            no_zeroes,
+            structured_replies: false,
+            meta_context: None,
+        }
+    }
+}
+
 /// Runs the server side of the fixed newstyle handshake on `stream`.
 pub(crate) async fn negotiate<S>(
     stream: &mut S,
     exports: &ExportSet,
+    tls: Tls,
 ) -> Result<HandshakeOutcome, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut state = State::SendGreeting;
+    run(stream, exports, State::SendGreeting, tls).await
+}
+
+/// Continues option haggling on a stream that has just completed the TLS
+/// handshake after STARTTLS: no greeting, nothing remembered from before
+/// but the client's handshake flags.
+pub(crate) async fn negotiate_over_tls<S>(
+    stream: &mut S,
+    exports: &ExportSet,
+    no_zeroes: bool,
+) -> Result<HandshakeOutcome, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = State::Haggling(Options::new(Tls::Active, no_zeroes));
+    run(stream, exports, state, Tls::Active).await
+}
+
+async fn run<S>(
+    stream: &mut S,
+    exports: &ExportSet,
+    mut state: State,
+    tls: Tls,
+) -> Result<HandshakeOutcome, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         state = match state {
             State::SendGreeting => {
@@ -123,10 +187,15 @@ where
                 // A client without C_FIXED_NEWSTYLE gets fixed-newstyle
                 // replies anyway (the spec allows honouring it); old
                 // clients only send EXPORT_NAME, which has no reply header.
-                State::Haggling(Options {
-                    no_zeroes: flags & CLIENT_FLAG_NO_ZEROES != 0,
-                    ..Options::default()
-                })
+                // Such a client cannot do TLS (the spec says NOTLS mode
+                // then), so a server that requires TLS has nothing to
+                // offer it.
+                if flags & CLIENT_FLAG_FIXED_NEWSTYLE == 0
+                    && tls == (Tls::Offered { required: true })
+                {
+                    return Err(HandshakeError::TlsImpossible);
+                }
+                State::Haggling(Options::new(tls, flags & CLIENT_FLAG_NO_ZEROES != 0))
             }
             State::Haggling(mut options) => {
                 match handle_option(stream, exports, &mut options).await? {
@@ -152,6 +221,22 @@ where
     stream.read_exact(&mut header).await?;
     let OptionHeader { option, length } = OptionHeader::parse(&header)?;
     debug!(option, length, "nbd option");
+
+    // FORCEDTLS: nothing but STARTTLS and ABORT before TLS is up, whatever
+    // the option (unknown and oversized ones included).
+    if options.tls == (Tls::Offered { required: true })
+        && option != p::OPT_STARTTLS
+        && option != p::OPT_ABORT
+    {
+        if option == p::OPT_EXPORT_NAME {
+            // It cannot carry an error: the spec says terminate.
+            return Err(HandshakeError::TlsRequired);
+        }
+        discard(stream, length).await?;
+        let msg = "TLS is required: send NBD_OPT_STARTTLS first";
+        reply_error(stream, option, p::REP_ERR_TLS_REQD, msg).await?;
+        return Ok(Step::Continue);
+    }
 
     if length > MAX_OPTION_DATA {
         if option == p::OPT_EXPORT_NAME {
@@ -209,9 +294,25 @@ where
             meta_context(stream, exports, options, option, &data).await?;
             Ok(Step::Continue)
         }
+        p::OPT_STARTTLS if options.tls != Tls::Unavailable => {
+            if options.tls == Tls::Active {
+                let msg = "TLS is already active";
+                reply_error(stream, option, p::REP_ERR_INVALID, msg).await?;
+                return Ok(Step::Continue);
+            }
+            if !data.is_empty() {
+                let msg = "NBD_OPT_STARTTLS takes no data";
+                reply_error(stream, option, p::REP_ERR_INVALID, msg).await?;
+                return Ok(Step::Continue);
+            }
+            send(stream, &p::encode_option_reply(option, p::REP_ACK, &[])).await?;
+            Ok(Step::Done(HandshakeOutcome::StartTls {
+                no_zeroes: options.no_zeroes,
+            }))
+        }
         other => {
-            // STARTTLS lands here too: in NOTLS mode ERR_UNSUP is one of
-            // the two answers the spec allows.
+            // STARTTLS without TLS configured lands here too: in NOTLS mode
+            // ERR_UNSUP is one of the two answers the spec allows.
             let msg = format!("option {other} is not supported by this server");
             reply_error(stream, other, p::REP_ERR_UNSUP, &msg).await?;
             Ok(Step::Continue)

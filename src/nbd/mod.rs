@@ -14,6 +14,7 @@
 //! |---|---|
 //! | `server.rs` | [`Listeners`] (Unix socket, TCP), the accept loop, per-connection lifecycle, graceful shutdown |
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
+//! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
 //! | `transmission.rs` | the request loop: validation, parallel device calls, the reply writer |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
@@ -31,18 +32,50 @@
 //!
 //! ```text
 //! SendGreeting → AwaitClientFlags → Haggling ─┬─ EXPORT_NAME / GO → transmission
-//!                                    ▲   │    └─ ABORT → close
-//!                                    └───┘ LIST, INFO, STRUCTURED_REPLY,
-//!                                          {LIST,SET}_META_CONTEXT, anything
-//!                                          else → NBD_REP_ERR_UNSUP
+//!                                    ▲   │    ├─ ABORT → close
+//!                                    │   │    └─ STARTTLS → TLS handshake ─┐
+//!                                    └───┘ LIST, INFO, STRUCTURED_REPLY,   │
+//!                                    ▲     {LIST,SET}_META_CONTEXT, anything│
+//!                                    │     else → NBD_REP_ERR_UNSUP         │
+//!                                    └──── Haggling over TLS (no greeting, ◀┘
+//!                                          option state forgotten)
 //! ```
 //!
 //! `NBD_OPT_INFO`/`GO` report the export (size, flags), and on request its
 //! name, description and block sizes (GO sends block sizes unasked).
 //! Structured replies and the `base:allocation` metadata context are
-//! supported; TLS (`STARTTLS`) is not yet, so it is refused with
-//! `ERR_UNSUP`. The whole handshake must finish within
-//! [`HANDSHAKE_TIMEOUT`].
+//! supported. The whole handshake, TLS included, must finish within
+//! [`HANDSHAKE_TIMEOUT`] (or [`Server::with_handshake_timeout`]); once in
+//! transmission a client may idle as long as it likes (the kernel does).
+//!
+//! # TLS
+//!
+//! Without a [`TlsConfig`] the server is in the spec's NOTLS mode
+//! (`STARTTLS` → `ERR_UNSUP`). With one ([`Server::with_tls`]):
+//! [`TlsMode::Require`] is FORCEDTLS — before TLS every option but
+//! `STARTTLS` and `ABORT` gets `NBD_REP_ERR_TLS_REQD`, `EXPORT_NAME` and a
+//! client without fixed newstyle (which cannot do TLS) are disconnected;
+//! [`TlsMode::Optional`] serves plaintext clients too and upgrades those
+//! that ask. With a client CA, clients must present a certificate that
+//! chains to it (webpki verification). After the TLS handshake, haggling
+//! continues over TLS with no new greeting and nothing remembered from
+//! before (structured replies, meta contexts), as the spec requires; the
+//! transmission phase then runs on the TLS stream, and its end (DISC)
+//! sends close_notify before closing.
+//!
+//! # Block status and zeroing
+//!
+//! `NBD_CMD_BLOCK_STATUS` for `base:allocation` asks the device
+//! ([`BlockDevice::block_status`](crate::volume::BlockDevice::block_status)):
+//! for a volume, holes in the backing file (SEEK_HOLE/SEEK_DATA) are
+//! `HOLE|ZERO` (the zero-sector rule makes them read as zeros) and the rest
+//! is data (status 0, always truthful). Runs are clipped to the request,
+//! merged, and capped per reply (the client asks again for the rest).
+//! `SEND_FAST_ZERO` is advertised with `SEND_WRITE_ZEROES`; a
+//! `WRITE_ZEROES` with `FAST_ZERO` proceeds only when it may punch (no
+//! `NO_HOLE`) on a device that says punching is cheap
+//! ([`BlockDevice::fast_zero`](crate::volume::BlockDevice::fast_zero));
+//! otherwise it is answered `ENOTSUP` before anything is touched.
 //!
 //! # Concurrency
 //!
@@ -66,17 +99,25 @@
 //! flushed.
 //!
 //! Errors a device returns become NBD errors on that request only (see
-//! [`errno_of`]); the connection stays usable. Protocol violations that
-//! leave the byte stream unframeable (a bad request magic) are hard
-//! disconnects, as the spec allows.
+//! [`errno_of`]); the connection stays usable. Requests that break the
+//! rules (unknown command or flag, out of range, over the maximum size,
+//! not aligned to the advertised minimum block size) get EINVAL/ENOSPC/
+//! EPERM without reaching the device, and a refused WRITE's payload is
+//! read and dropped so framing survives. Protocol violations that leave
+//! the byte stream unframeable (a bad request magic, a payload above 32
+//! MiB) are hard disconnects, as the spec allows; a WRITE whose payload
+//! never fully arrives is never applied (payloads are read in full before
+//! the device is called).
 
 mod export;
 mod handshake;
 pub mod protocol;
 mod server;
+mod tls;
 mod transmission;
 
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, run};
+pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, errno_of};

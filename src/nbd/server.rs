@@ -15,17 +15,27 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::export::{Export, ExportError, ExportSet};
-use super::handshake::{self, HandshakeOutcome};
+use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::tls::{TlsConfig, TlsMode};
 use super::transmission::{self, shutdown_requested};
 
-/// A client must finish option haggling within this time; it bounds what a
-/// silent or slow client can hold (and the discarding of oversized options).
+/// A client must finish option haggling (TLS handshake included) within
+/// this time by default; it bounds what a silent or slow client can hold
+/// (and the discarding of oversized options).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The NBD server: a validated set of exports, served on [`Listeners`].
 #[derive(Debug, Clone)]
 pub struct Server {
     exports: Arc<ExportSet>,
+    config: Arc<ConnectionConfig>,
+}
+
+/// What every connection needs besides the exports.
+#[derive(Debug)]
+struct ConnectionConfig {
+    tls: Option<TlsConfig>,
+    handshake_timeout: Duration,
 }
 
 impl Server {
@@ -34,7 +44,40 @@ impl Server {
     pub fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
         Ok(Self {
             exports: Arc::new(ExportSet::new(exports)?),
+            config: Arc::new(ConnectionConfig {
+                tls: None,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+            }),
         })
+    }
+
+    /// Offers TLS (`NBD_OPT_STARTTLS`), and requires it in
+    /// [`TlsMode::Require`].
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        self.reconfigure(|c| c.tls = Some(tls))
+    }
+
+    /// Replaces [`HANDSHAKE_TIMEOUT`] (tests use a short one).
+    pub fn with_handshake_timeout(self, timeout: Duration) -> Self {
+        self.reconfigure(|c| c.handshake_timeout = timeout)
+    }
+
+    fn reconfigure(mut self, change: impl FnOnce(&mut ConnectionConfig)) -> Self {
+        let mut config = ConnectionConfig {
+            tls: self.config.tls.clone(),
+            handshake_timeout: self.config.handshake_timeout,
+        };
+        change(&mut config);
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// Whether clients must start TLS before anything else.
+    pub fn tls_required(&self) -> bool {
+        self.config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode() == TlsMode::Require)
     }
 
     pub fn exports(&self) -> &[Export] {
@@ -66,7 +109,7 @@ impl Server {
                         next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = "unix");
                         connections.spawn(
-                            connection(stream, self.exports.clone(), stop_rx.clone()).instrument(span),
+                            connection(stream, self.exports.clone(), self.config.clone(), stop_rx.clone()).instrument(span),
                         );
                     }
                     Err(e) => accept_failed(e).await,
@@ -81,7 +124,7 @@ impl Server {
                         next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = %peer);
                         connections.spawn(
-                            connection(stream, self.exports.clone(), stop_rx.clone()).instrument(span),
+                            connection(stream, self.exports.clone(), self.config.clone(), stop_rx.clone()).instrument(span),
                         );
                     }
                     Err(e) => accept_failed(e).await,
@@ -192,14 +235,21 @@ impl Listeners {
     /// NBD URIs (as understood by libnbd and qemu) reaching `export_name`
     /// on each listener.
     pub fn uris(&self, export_name: &str) -> Vec<String> {
+        self.uris_with_tls(export_name, false)
+    }
+
+    /// Like [`Listeners::uris`], with the TLS schemes (`nbds+unix`, `nbds`)
+    /// when `tls` is set.
+    pub fn uris_with_tls(&self, export_name: &str, tls: bool) -> Vec<String> {
         let mut uris = Vec::new();
         let name = percent_encode(export_name, false);
+        let s = if tls { "s" } else { "" };
         if let Some(path) = self.unix_path() {
             let socket = percent_encode(&path.to_string_lossy(), true);
-            uris.push(format!("nbd+unix:///{name}?socket={socket}"));
+            uris.push(format!("nbd{s}+unix:///{name}?socket={socket}"));
         }
         if let Some(addr) = self.tcp_addr() {
-            uris.push(format!("nbd://{addr}/{name}"));
+            uris.push(format!("nbd{s}://{addr}/{name}"));
         }
         uris
     }
@@ -284,24 +334,30 @@ async fn accept_failed(e: io::Error) {
 /// One client connection: handshake (bounded in time, abandoned on
 /// shutdown), then transmission. Never returns an error: a connection's
 /// failure is its own and is logged here.
-async fn connection<S>(mut stream: S, exports: Arc<ExportSet>, mut stop: watch::Receiver<bool>)
-where
+async fn connection<S>(
+    stream: S,
+    exports: Arc<ExportSet>,
+    config: Arc<ConnectionConfig>,
+    mut stop: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     debug!("nbd client connected");
-    let negotiated = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut stream, &exports)) => r,
+    let attached = tokio::select! {
+        r = tokio::time::timeout(config.handshake_timeout, handshake(stream, &exports, &config)) => r,
         _ = shutdown_requested(&mut stop) => {
             debug!("nbd handshake abandoned: server shutting down");
             return;
         }
     };
-    let negotiated = match negotiated {
+    let attached = match attached {
         Err(_) => {
             info!("nbd handshake timed out");
             return;
         }
-        Ok(Err(handshake::HandshakeError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+        Ok(Err(HandshakeFailure::Nbd(HandshakeError::Io(e))))
+            if e.kind() == io::ErrorKind::UnexpectedEof =>
+        {
             debug!("nbd client left during the handshake");
             return;
         }
@@ -309,20 +365,91 @@ where
             warn!(error = %e, "nbd handshake failed");
             return;
         }
-        Ok(Ok(HandshakeOutcome::Closed)) => {
+        Ok(Ok(Attached::Closed)) => {
             debug!("nbd client aborted the handshake");
             return;
         }
-        Ok(Ok(HandshakeOutcome::Transmission(n))) => *n,
+        Ok(Ok(a)) => a,
     };
-    info!(
-        export = %negotiated.export.name,
-        structured_replies = negotiated.structured_replies,
-        "nbd client attached"
-    );
-    match transmission::serve(stream, negotiated, stop).await {
+    let result = match attached {
+        Attached::Plain(stream, n) => {
+            attached_log(&n, false);
+            transmission::serve(stream, *n, stop).await
+        }
+        Attached::Tls(stream, n) => {
+            attached_log(&n, true);
+            transmission::serve(*stream, *n, stop).await
+        }
+        Attached::Closed => return,
+    };
+    match result {
         Ok(()) => info!("nbd client detached"),
         Err(e) => warn!(error = %e, "nbd connection ended with an error"),
+    }
+}
+
+fn attached_log(n: &Negotiated, tls: bool) {
+    info!(
+        export = %n.export.name,
+        structured_replies = n.structured_replies,
+        tls,
+        "nbd client attached"
+    );
+}
+
+/// How a handshake ended well: in transmission on the plain or the TLS
+/// stream, or with the client's soft disconnect.
+enum Attached<S> {
+    Plain(S, Box<Negotiated>),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>, Box<Negotiated>),
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error(transparent)]
+    Nbd(#[from] HandshakeError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+}
+
+/// Option haggling, and if the client starts TLS, the TLS handshake and
+/// the rest of the haggling over TLS.
+async fn handshake<S>(
+    mut stream: S,
+    exports: &ExportSet,
+    config: &ConnectionConfig,
+) -> Result<Attached<S>, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tls = match &config.tls {
+        None => Tls::Unavailable,
+        Some(t) => Tls::Offered {
+            required: t.mode() == TlsMode::Require,
+        },
+    };
+    let no_zeroes = match handshake::negotiate(&mut stream, exports, tls).await? {
+        HandshakeOutcome::Transmission(n) => return Ok(Attached::Plain(stream, n)),
+        HandshakeOutcome::Closed => return Ok(Attached::Closed),
+        HandshakeOutcome::StartTls { no_zeroes } => no_zeroes,
+    };
+    // Only offered when configured, so this is always Some.
+    let Some(tls) = &config.tls else {
+        return Err(HandshakeFailure::Tls(io::Error::other(
+            "TLS not configured",
+        )));
+    };
+    let mut stream = tls
+        .acceptor()
+        .accept(stream)
+        .await
+        .map_err(HandshakeFailure::Tls)?;
+    debug!("nbd TLS established");
+    match handshake::negotiate_over_tls(&mut stream, exports, no_zeroes).await? {
+        HandshakeOutcome::Transmission(n) => Ok(Attached::Tls(Box::new(stream), n)),
+        // Not offered over TLS; a client that aborts is done either way.
+        HandshakeOutcome::Closed | HandshakeOutcome::StartTls { .. } => Ok(Attached::Closed),
     }
 }
 

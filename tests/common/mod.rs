@@ -4,6 +4,7 @@
 pub mod kms;
 pub mod nbd;
 pub mod raw;
+pub mod tls;
 pub mod volume;
 
 pub use kms::*;

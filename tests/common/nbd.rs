@@ -111,9 +111,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(exports: Vec<Export>) -> Self {
+        Self::start_server(Server::new(exports).unwrap())
+    }
+
+    /// Serves an already configured server (TLS, handshake timeout, ...).
+    pub fn start_server(server: Server) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nbd.sock");
-        let server = Server::new(exports).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = socket.clone();

@@ -481,12 +481,14 @@ impl VolumeServer {
                 Ok(line) => {
                     server.banner.push_str(&line);
                     server.banner.push('\n');
+                    // nbds+unix:// when the server requires TLS.
                     if let Some(uri) = line
                         .split_whitespace()
-                        .find(|w| w.starts_with("nbd+unix://"))
+                        .find(|w| w.starts_with("nbd+unix://") || w.starts_with("nbds+unix://"))
                     {
                         let name = uri
                             .trim_start_matches("nbd+unix:///")
+                            .trim_start_matches("nbds+unix:///")
                             .split('?')
                             .next()
                             .unwrap_or("")
