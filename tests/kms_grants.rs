@@ -400,3 +400,171 @@ async fn grants_made_through_a_grant_cannot_widen_it() {
         assert_eq!(code(&e), "AccessDeniedException");
     }
 }
+
+/// The AWS CLI, as users drive grants: create-grant with a constraint,
+/// list-grants, a grantee decrypting, retire-grant by token, revoke-grant.
+#[test]
+fn aws_cli_grants() {
+    let kms = KmsServer::start();
+    let alice = kms.add_user("alice");
+    let alice_arn = kms.user_arn("alice");
+    let work = tempfile::tempdir().unwrap();
+    let aws = |creds: &common::Creds, args: &[&str]| -> Result<Value, String> {
+        let out = std::process::Command::new("aws")
+            .arg("kms")
+            .args(args)
+            .args(["--endpoint-url", &kms.endpoint, "--output", "json"])
+            .args(["--region", common::REGION])
+            .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+            .env("AWS_CONFIG_FILE", work.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", work.path().join("none"))
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("the AWS CLI (`aws`) must be installed: pip install awscli");
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let root = &kms.root;
+    let key = aws(root, &["create-key"]).unwrap()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain = work.path().join("plain");
+    std::fs::write(&plain, b"secret").unwrap();
+    let blob = aws(
+        root,
+        &[
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            &format!("fileb://{}", plain.display()),
+            "--encryption-context",
+            "envol:volume=v1",
+        ],
+    )
+    .unwrap()["CiphertextBlob"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob_file = work.path().join("blob");
+    std::fs::write(
+        &blob_file,
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &blob).unwrap(),
+    )
+    .unwrap();
+    let blob_arg = format!("fileb://{}", blob_file.display());
+    let decrypt = |creds: &common::Creds| {
+        aws(
+            creds,
+            &[
+                "decrypt",
+                "--ciphertext-blob",
+                &blob_arg,
+                "--encryption-context",
+                "envol:volume=v1",
+            ],
+        )
+    };
+    assert!(
+        decrypt(&alice)
+            .unwrap_err()
+            .contains("AccessDeniedException")
+    );
+
+    let g = aws(
+        root,
+        &[
+            "create-grant",
+            "--key-id",
+            &key,
+            "--grantee-principal",
+            &alice_arn,
+            "--operations",
+            "Decrypt",
+            "DescribeKey",
+            "--constraints",
+            r#"{"EncryptionContextSubset":{"envol:volume":"v1"}}"#,
+            "--name",
+            "cli-grant",
+        ],
+    )
+    .unwrap();
+    let token = g["GrantToken"].as_str().unwrap().to_string();
+    let grant_id = g["GrantId"].as_str().unwrap().to_string();
+    decrypt(&alice).expect("decrypt through the grant");
+    aws(
+        &alice,
+        &["describe-key", "--key-id", &key, "--grant-tokens", &token],
+    )
+    .expect("DescribeKey through the grant (constraints do not apply to it)");
+
+    let list = aws(root, &["list-grants", "--key-id", &key]).unwrap();
+    let grants = list["Grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["GrantId"], grant_id.as_str());
+    assert_eq!(grants[0]["Operations"], json!(["Decrypt", "DescribeKey"]));
+    assert_eq!(
+        grants[0]["Constraints"],
+        json!({"EncryptionContextSubset": {"envol:volume": "v1"}})
+    );
+
+    // Retire by token as the account root; the grantee is refused again.
+    aws(root, &["retire-grant", "--grant-token", &token]).unwrap();
+    assert!(
+        decrypt(&alice)
+            .unwrap_err()
+            .contains("AccessDeniedException")
+    );
+
+    let g = aws(
+        root,
+        &[
+            "create-grant",
+            "--key-id",
+            &key,
+            "--grantee-principal",
+            &alice_arn,
+            "--operations",
+            "Decrypt",
+        ],
+    )
+    .unwrap();
+    decrypt(&alice).unwrap();
+    aws(
+        root,
+        &[
+            "revoke-grant",
+            "--key-id",
+            &key,
+            "--grant-id",
+            g["GrantId"].as_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        decrypt(&alice)
+            .unwrap_err()
+            .contains("AccessDeniedException")
+    );
+    let err = aws(
+        root,
+        &[
+            "create-grant",
+            "--key-id",
+            &key,
+            "--grantee-principal",
+            &alice_arn,
+            "--operations",
+            "Decrypt",
+            "--grant-tokens",
+            "not a token!",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("InvalidGrantTokenException"), "{err}");
+}
