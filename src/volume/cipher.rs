@@ -34,6 +34,15 @@ pub trait SectorCipher: Send + Sync + 'static {
     /// # Panics
     /// If `buf.len()` is not a multiple of the sector size (a caller bug).
     fn decrypt_sectors(&self, first_sector: u64, buf: &mut [u8]);
+    /// Encrypts `src` into `dst` (same length): what a write needs, without
+    /// first copying the plaintext. The default copies, then encrypts in
+    /// place; a faster engine reads `src` in its first pass instead.
+    /// # Panics
+    /// If the lengths differ or are not a multiple of the sector size.
+    fn encrypt_sectors_to(&self, first_sector: u64, src: &[u8], dst: &mut [u8]) {
+        dst.copy_from_slice(src);
+        self.encrypt_sectors(first_sector, dst);
+    }
 }
 
 /// Why a cipher could not be built.

@@ -51,12 +51,14 @@
 //! a partial sector never loses a concurrent update to the same sector.
 
 pub mod backend;
+pub mod buffer_pool;
 pub mod cipher;
 pub mod device;
 pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
 pub mod superblock;
+pub mod xts_engine;
 
 #[cfg(test)]
 mod ieee1619_vectors;
@@ -71,3 +73,4 @@ pub use superblock::{
     read_superblocks, read_superblocks_from, volume_encryption_context, write_superblock,
     write_superblock_to,
 };
+pub use xts_engine::{XtsEngine, XtsEngineAes08};
