@@ -6,17 +6,31 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 export DEBIAN_FRONTEND=noninteractive
-need_apt=()
-command -v nbdinfo >/dev/null || need_apt+=(libnbd-bin)
-command -v nbdfuse >/dev/null || need_apt+=(libnbd-bin)
-command -v fusermount3 >/dev/null || need_apt+=(fuse3)
-command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
-command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
-command -v openssl >/dev/null || need_apt+=(openssl)
-if ((${#need_apt[@]})); then
-    echo "== installing Debian packages: ${need_apt[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+# Fresh package lists always: the kernel-client test fetches its QEMU guest's
+# packages with `apt-get download` (nothing of it is installed on the host).
+echo "== apt-get update"
+apt-get update -qq
+# Real clients and tools the tests drive. Never qemu-system-x86 here: it
+# would replace the newer qemu-utils of the base image (the guest brings its
+# own QEMU).
+packages=(
+    libnbd-bin      # nbdinfo, nbdcopy, nbdfuse
+    python3-libnbd  # nbdsh
+    fuse3           # fusermount3 for nbdfuse
+    qemu-utils      # qemu-io, qemu-img
+    e2fsprogs       # mkfs.ext4, e2fsck
+    fio             # ioengine=nbd integrity runs
+    openssl         # test certificates
+    libssl-dev pkg-config  # the openssl crate (benchmark's OpenSSL contender)
+    python3 dpkg    # the kernel-client harness
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "== installing Debian packages: ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v aws >/dev/null || ! python3 -c 'import boto3, cryptography' 2>/dev/null; then
