@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::volume::{ADMIN, Fixture, MIB, require_tool};
+use common::volume::{ADMIN, Fixture, MIB, VolumeServer, require_tool};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -122,5 +122,21 @@ fn nbdsh_structured_replies_block_status_fast_zero_cache_read_only() {
     let server = fx.serve_many(ADMIN, &[(&vol2, None)], &["--read-only"]);
     let out = nbdsh(server.first_uri(), "read-only");
     assert!(out.contains("read-only checks: ok"), "{out}");
+    server.stop();
+
+    // Per export: `PATH=NAME:ro` next to a writable export in one server.
+    let vol3 = fx.create_volume("rw.vol", 8 * MIB, 4096);
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(
+        ADMIN,
+        &[(&vol3, Some("rw")), (&vol2, Some("ro:ro"))],
+        &socket,
+        &[],
+    );
+    let server = VolumeServer::spawn(&mut cmd, socket, &["rw".to_string(), "ro".to_string()]);
+    let out = nbdsh(server.uri("ro"), "read-only");
+    assert!(out.contains("read-only checks: ok"), "{out}");
+    let out = nbdsh(server.uri("rw"), "read-write");
+    assert!(out.contains("read-write checks: ok"), "{out}");
     server.stop();
 }

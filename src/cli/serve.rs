@@ -19,8 +19,8 @@ pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Volume files to serve, each optionally as PATH=NAME (default name: the file stem).
-    #[arg(required = true, value_name = "PATH[=NAME]")]
+    /// Volume files to serve, each as PATH[=NAME][:ro] (default name: the file stem; `:ro` exports it read-only).
+    #[arg(required = true, value_name = "PATH[=NAME][:ro]")]
     pub volumes: Vec<String>,
     /// Serve on this Unix socket.
     #[arg(long, value_name = "PATH")]
@@ -79,12 +79,25 @@ impl TlsArgs {
     }
 }
 
-/// Splits `PATH=NAME`; the name defaults to the file stem.
-pub(crate) fn split_volume_arg(arg: &str) -> Result<(PathBuf, String), CliError> {
-    let (path, name) = match arg.rsplit_once('=') {
+/// One volume to serve, from `PATH[=NAME][:ro]`.
+#[derive(Debug, Clone)]
+pub(crate) struct VolumeArg {
+    pub path: PathBuf,
+    pub name: String,
+    pub read_only: bool,
+}
+
+/// Splits `PATH[=NAME][:ro]`; the name defaults to the file stem, and a
+/// trailing `:ro` exports that one volume read-only.
+pub(crate) fn split_volume_arg(arg: &str) -> Result<VolumeArg, CliError> {
+    let (spec, read_only) = match arg.strip_suffix(":ro") {
+        Some(rest) if !rest.is_empty() => (rest, true),
+        _ => (arg, false),
+    };
+    let (path, name) = match spec.rsplit_once('=') {
         Some((p, n)) if !p.is_empty() => (PathBuf::from(p), n.to_string()),
         _ => {
-            let p = PathBuf::from(arg);
+            let p = PathBuf::from(spec);
             let stem = p
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -95,7 +108,11 @@ pub(crate) fn split_volume_arg(arg: &str) -> Result<(PathBuf, String), CliError>
     if name.is_empty() {
         return Err(CliError(format!("{arg}: the export name is empty")));
     }
-    Ok((path, name))
+    Ok(VolumeArg {
+        path,
+        name,
+        read_only,
+    })
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -119,7 +136,12 @@ pub fn run(args: ServeArgs) -> CliResult {
         let keys = AwsKeyClient::new(&args.kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
-        let exports = attach_all(&keys, &volumes, args.read_only).await?;
+        if args.read_only {
+            for v in &mut volumes {
+                v.read_only = true;
+            }
+        }
+        let exports = attach_all(&keys, &volumes).await?;
         serve_exports_tls(exports, args.socket.as_deref(), tcp, tls, |_| {}).await
     })
 }
@@ -127,11 +149,16 @@ pub fn run(args: ServeArgs) -> CliResult {
 /// Attaches every volume (all or nothing: a refusal stops before any listener opens).
 pub(crate) async fn attach_all<K: KeyService>(
     keys: &K,
-    volumes: &[(PathBuf, String)],
-    read_only: bool,
+    volumes: &[VolumeArg],
 ) -> Result<Vec<Export>, CliError> {
     let mut exports = Vec::new();
-    for (path, name) in volumes {
+    for VolumeArg {
+        path,
+        name,
+        read_only,
+    } in volumes
+    {
+        let read_only = *read_only;
         let volume: Volume = envelope::attach(keys, path, read_only).await?;
         let sb = volume.superblock();
         let description = format!(

@@ -198,8 +198,15 @@ pub fn run(args: UpArgs) -> CliResult {
                 }
             });
         }
-        let exports =
-            attach_all(&keys, &[(volume_path.clone(), EXPORT.to_string())], false).await?;
+        let exports = attach_all(
+            &keys,
+            &[super::serve::VolumeArg {
+                path: volume_path.clone(),
+                name: EXPORT.to_string(),
+                read_only: false,
+            }],
+        )
+        .await?;
         serve_exports(exports, Some(&socket), Some(args.listen), |l| {
             print_how_to_attach(l, &volume_path)
         })
