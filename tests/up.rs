@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use common::envol;
+use common::tools::qemu_io;
 
 struct Up {
     child: Child,
@@ -54,24 +55,6 @@ fn stop(mut up: Up) {
         .unwrap();
     let status = up.child.wait().unwrap();
     assert!(status.success(), "envol up exited with {status}");
-}
-
-fn qemu_io(uri: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c
-        .arg(uri)
-        .output()
-        .expect("qemu-io must be installed (Debian package qemu-utils)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "{text}"
-    );
 }
 
 #[test]

@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use common::tools::qemu_io;
 use common::volume::{ADMIN, Fixture, MIB, run_ok};
 use envol::envelope::{self, NewVolume};
 use envol::keys::KeyErrorKind;
@@ -16,24 +17,6 @@ use envol::kms::Kms;
 use envol::kms::clock::ManualClock;
 use envol::kms::datadir::DataDir;
 use serde_json::json;
-
-fn qemu_io(uri: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c
-        .arg(uri)
-        .output()
-        .expect("qemu-io must be installed (Debian package qemu-utils)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "{text}"
-    );
-}
 
 #[test]
 fn rotation_rewrap_disable_enable() {

@@ -4,27 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::tools::qemu_io;
 use common::volume::{ADMIN, Fixture, MIB, run_fails, run_ok};
-
-fn qemu_io(uri: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c
-        .arg(uri)
-        .output()
-        .expect("qemu-io must be installed (Debian package qemu-utils)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "{text}"
-    );
-}
 
 #[test]
 fn rewrap_to_another_key_and_to_the_newest_version() {

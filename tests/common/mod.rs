@@ -5,6 +5,7 @@ pub mod kms;
 pub mod nbd;
 pub mod raw;
 pub mod tls;
+pub mod tools;
 pub mod volume;
 
 pub use kms::*;
