@@ -30,6 +30,8 @@ fn fio_verifies_concurrent_random_writes() {
     // block; fio verifies after writing...
     let job = |verify_only: bool| {
         let mut c = Command::new("fio");
+        // fio writes its verify-state files into the working directory.
+        c.current_dir(fx.dir.path());
         c.args([
             "--ioengine=nbd",
             &format!("--uri={uri}"),
