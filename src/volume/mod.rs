@@ -58,6 +58,7 @@ pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
 pub mod superblock;
+pub mod testing;
 pub mod xts_engine;
 
 #[cfg(test)]
