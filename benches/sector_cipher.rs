@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                 openssl.run(&mut enc_ctx, true, 12345, &mut b);
                 assert_eq!(a, b, "OpenSSL and envol disagree");
 
-                group.throughput(Throughput::Bytes(len as u64));
+                group.throughput(Throughput::BytesDecimal(len as u64));
                 let mut run = |name: &str, f: &mut dyn FnMut(&mut [u8])| {
                     group.bench_function(BenchmarkId::new(name, len), |bench| {
                         bench.iter(|| f(&mut buf))

@@ -63,7 +63,7 @@ pub struct XtsModeCipher {
 
 impl XtsModeCipher {
     pub fn new(key: &DataKey, sector_size: usize) -> Result<Self, CipherError> {
-        if sector_size == 0 || sector_size % 16 != 0 {
+        if sector_size == 0 || !sector_size.is_multiple_of(16) {
             return Err(CipherError::BadSectorSize(sector_size));
         }
         let (data_key, tweak_key) = key.expose_secret().split_at(32);
@@ -80,7 +80,7 @@ impl XtsModeCipher {
 
     fn check_len(&self, buf: &[u8]) {
         assert!(
-            buf.len() % self.sector_size == 0,
+            buf.len().is_multiple_of(self.sector_size),
             "sector cipher given {} bytes, not a multiple of the {}-byte sector",
             buf.len(),
             self.sector_size
@@ -131,7 +131,7 @@ mod tests {
     use crate::volume::ieee1619_vectors::{KEY, VECTORS};
 
     fn unhex(s: &str) -> Vec<u8> {
-        assert!(s.len() % 2 == 0);
+        assert!(s.len().is_multiple_of(2));
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

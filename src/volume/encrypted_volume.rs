@@ -257,10 +257,10 @@ impl Volume {
             }
         }
         let mut partial = Vec::with_capacity(2);
-        if offset % ss != 0 {
+        if !offset.is_multiple_of(ss) {
             partial.push(first);
         }
-        if end % ss != 0 && !partial.contains(&(end_sector - 1)) {
+        if !end.is_multiple_of(ss) && !partial.contains(&(end_sector - 1)) {
             partial.push(end_sector - 1);
         }
         for sector in partial {
@@ -295,7 +295,7 @@ impl BlockDevice for Volume {
         }
         let ss = self.sector_size;
         let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
-        if offset % ss == 0 && buf.len() as u64 % ss == 0 {
+        if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
             // Aligned: decrypt in the caller's buffer, no copy.
             return self.read_sectors(first, buf);
         }
@@ -315,7 +315,7 @@ impl BlockDevice for Volume {
             let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
             let span = self.len_usize(end_sector - first)?;
             let head = (offset - first * ss) as usize;
-            let tail_partial = (offset + data.len() as u64) % ss != 0;
+            let tail_partial = !(offset + data.len() as u64).is_multiple_of(ss);
             let ss_usize = ss as usize;
 
             // Held from the read of the edge sectors until the write-back, and

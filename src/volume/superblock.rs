@@ -173,13 +173,13 @@ impl Superblock {
             )));
         }
         let sector = u64::from(self.sector_size);
-        if self.size == 0 || self.size % sector != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(sector) {
             return Err(invalid(format!(
                 "size {} is not a positive multiple of the sector size {}",
                 self.size, self.sector_size
             )));
         }
-        if self.data_offset < DATA_OFFSET || self.data_offset % 4096 != 0 {
+        if self.data_offset < DATA_OFFSET || !self.data_offset.is_multiple_of(4096) {
             return Err(invalid(format!(
                 "data offset {} (must be at least {DATA_OFFSET} and 4096-aligned)",
                 self.data_offset
@@ -437,7 +437,7 @@ impl SuperblockSet {
             (_, Err(_)) => Slot::Secondary,
             (Ok(p), Ok(s)) if p.sequence < s.sequence => Slot::Primary,
             (Ok(p), Ok(s)) if s.sequence < p.sequence => Slot::Secondary,
-            _ if new_sequence % 2 == 0 => Slot::Primary,
+            _ if new_sequence.is_multiple_of(2) => Slot::Primary,
             _ => Slot::Secondary,
         }
     }

@@ -43,6 +43,50 @@ pub trait AesBlocks: Send + Sync + 'static {
     fn new(key: &[u8; 32]) -> Self;
     fn encrypt(&self, blocks: &mut [[u8; 16]]);
     fn decrypt(&self, blocks: &mut [[u8; 16]]);
+    /// Runs one chunk of XTS (tweaks, XOR, AES, XOR) with this key.
+    fn xts_chunk(&self, dir: Direction, chunk: Chunk<'_>) -> u128 {
+        chunk.run(|blocks| match dir {
+            Direction::Encrypt => self.encrypt(blocks),
+            Direction::Decrypt => self.decrypt(blocks),
+        })
+    }
+}
+
+/// One chunk of XTS work: up to [`CHUNK_BLOCKS`] blocks, whole sectors or a
+/// piece of one large sector.
+pub struct Chunk<'a> {
+    blocks: &'a mut [[u8; 16]],
+    /// Where the first XOR pass reads from, if not `blocks` itself.
+    src: Option<&'a [[u8; 16]]>,
+    /// The encrypted initial tweak of each sector in the chunk (or the
+    /// running tweak of a large sector's piece).
+    initial: &'a [[u8; 16]],
+    /// Blocks per entry of `initial`.
+    run_blocks: usize,
+    tweaks: &'a mut [u128; CHUNK_BLOCKS],
+}
+
+impl Chunk<'_> {
+    /// Fills the tweaks, XORs, applies `aes` to all blocks at once, XORs
+    /// again; returns the tweak after the last block (for a large sector's
+    /// next piece). Inlined into the AES backend's closure, so these loops
+    /// are compiled with the backend's target features (AVX-512 with VAES).
+    #[inline(always)]
+    fn run(self, aes: impl FnOnce(&mut [[u8; 16]])) -> u128 {
+        let len = self.blocks.len();
+        let tweaks = &mut self.tweaks[..len];
+        let mut next = 0;
+        for (t0, out) in self.initial.iter().zip(tweaks.chunks_mut(self.run_blocks)) {
+            next = fill_tweaks(u128::from_le_bytes(*t0), out);
+        }
+        match self.src {
+            Some(src) => xor_into(self.blocks, src, tweaks),
+            None => xor_in_place(self.blocks, tweaks),
+        }
+        aes(self.blocks);
+        xor_in_place(self.blocks, tweaks);
+        next
+    }
 }
 
 impl AesBlocks for aes09::Aes256 {
@@ -58,6 +102,76 @@ impl AesBlocks for aes09::Aes256 {
     fn decrypt(&self, blocks: &mut [[u8; 16]]) {
         use aes09::cipher::{Array, BlockCipherDecrypt};
         self.decrypt_blocks(Array::cast_slice_from_core_mut(blocks));
+    }
+
+    fn xts_chunk(&self, dir: Direction, chunk: Chunk<'_>) -> u128 {
+        use aes09::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
+        let mut next = 0;
+        let job = InBackend {
+            chunk,
+            next: &mut next,
+        };
+        // The backend calls `job` from inside its `#[target_feature]`
+        // function (VAES-512, VAES-256 or AES-NI, picked at run time).
+        match dir {
+            Direction::Encrypt => self.encrypt_with_backend(job),
+            Direction::Decrypt => self.decrypt_with_backend(job),
+        }
+        next
+    }
+}
+
+/// A [`Chunk`] handed to an `aes` 0.9 backend as its closure.
+struct InBackend<'a, 'b> {
+    chunk: Chunk<'a>,
+    next: &'b mut u128,
+}
+
+impl aes09::cipher::BlockSizeUser for InBackend<'_, '_> {
+    type BlockSize = aes09::cipher::consts::U16;
+}
+
+/// Feeds `blocks` to a backend in its natural batch (`ParBlocksSize`, 64
+/// for VAES-512), the remainder block by block.
+macro_rules! par_batches {
+    ($backend:ident, $blocks:expr, $par:ident, $one:ident) => {{
+        use aes09::cipher::{Array, typenum::Unsigned};
+        let blocks = Array::cast_slice_from_core_mut($blocks);
+        let n = B::ParBlocksSize::USIZE;
+        let mut groups = blocks.chunks_exact_mut(n);
+        for group in &mut groups {
+            let group: &mut Array<_, B::ParBlocksSize> = group
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("chunks_exact yields whole batches"));
+            $backend.$par(group.into());
+        }
+        for block in groups.into_remainder() {
+            $backend.$one(block.into());
+        }
+    }};
+}
+
+impl aes09::cipher::BlockCipherEncClosure for InBackend<'_, '_> {
+    #[inline(always)]
+    fn call<B: aes09::cipher::BlockCipherEncBackend<BlockSize = Self::BlockSize>>(
+        self,
+        backend: &B,
+    ) {
+        *self.next = self
+            .chunk
+            .run(|blocks| par_batches!(backend, blocks, encrypt_par_blocks, encrypt_block));
+    }
+}
+
+impl aes09::cipher::BlockCipherDecClosure for InBackend<'_, '_> {
+    #[inline(always)]
+    fn call<B: aes09::cipher::BlockCipherDecBackend<BlockSize = Self::BlockSize>>(
+        self,
+        backend: &B,
+    ) {
+        *self.next = self
+            .chunk
+            .run(|blocks| par_batches!(backend, blocks, decrypt_par_blocks, decrypt_block));
     }
 }
 
@@ -107,7 +221,7 @@ fn mul_x8(t: u128) -> u128 {
 }
 
 /// Writes `t0·x^0, t0·x^1, …` into `out` and returns the next tweak.
-#[inline]
+#[inline(always)]
 fn fill_tweaks(t0: u128, out: &mut [u128]) -> u128 {
     let head = out.len().min(LANES);
     let mut t = t0;
@@ -145,15 +259,15 @@ fn xor_into(dst: &mut [[u8; 16]], src: &[[u8; 16]], tweaks: &[u128]) {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
     Encrypt,
     Decrypt,
 }
 
 impl<A: AesBlocks> XtsEngineOn<A> {
     pub fn new(key: &DataKey, sector_size: usize) -> Result<Self, CipherError> {
-        if sector_size == 0 || sector_size % 16 != 0 {
+        if sector_size == 0 || !sector_size.is_multiple_of(16) {
             return Err(CipherError::BadSectorSize(sector_size));
         }
         let (data_key, tweak_key) = key.expose_secret().split_at(32);
@@ -177,7 +291,7 @@ impl<A: AesBlocks> XtsEngineOn<A> {
 
     fn blocks<'a>(&self, buf: &'a mut [u8]) -> &'a mut [[u8; 16]] {
         assert!(
-            buf.len() % self.sector_size == 0,
+            buf.len().is_multiple_of(self.sector_size),
             "sector cipher given {} bytes, not a multiple of the {}-byte sector",
             buf.len(),
             self.sector_size
@@ -192,36 +306,29 @@ impl<A: AesBlocks> XtsEngineOn<A> {
     fn run(&self, first: u64, blocks: &mut [[u8; 16]], src: Option<&[[u8; 16]]>, dir: Direction) {
         let bps = self.sector_size / 16;
         let mut tweaks = [0u128; CHUNK_BLOCKS];
+        let mut initial = [[0u8; 16]; CHUNK_BLOCKS];
         let mut sector = u128::from(first);
         let mut done = 0;
-        let pass = |chunk: &mut [[u8; 16]], tweaks: &[u128], done: usize| {
-            match src {
-                Some(src) => xor_into(chunk, &src[done..done + chunk.len()], tweaks),
-                None => xor_in_place(chunk, tweaks),
-            }
-            match dir {
-                Direction::Encrypt => self.data.encrypt(chunk),
-                Direction::Decrypt => self.data.decrypt(chunk),
-            }
-            xor_in_place(chunk, tweaks);
-        };
         if bps <= CHUNK_BLOCKS {
             // Several whole sectors per chunk; their initial tweaks are
             // encrypted together.
             let per_chunk = CHUNK_BLOCKS / bps;
             for chunk in blocks.chunks_mut(per_chunk * bps) {
                 let n = chunk.len() / bps;
-                let mut initial = [[0u8; 16]; CHUNK_BLOCKS];
+                let len = chunk.len();
                 for (i, t) in initial[..n].iter_mut().enumerate() {
                     // plain64: the sector number as a 128-bit LE integer.
                     *t = sector.wrapping_add(i as u128).to_le_bytes();
                 }
                 self.tweak.encrypt(&mut initial[..n]);
-                for (i, t) in initial[..n].iter().enumerate() {
-                    fill_tweaks(u128::from_le_bytes(*t), &mut tweaks[i * bps..(i + 1) * bps]);
-                }
-                let len = chunk.len();
-                pass(chunk, &tweaks[..len], done);
+                let job = Chunk {
+                    blocks: chunk,
+                    src: src.map(|s| &s[done..done + len]),
+                    initial: &initial[..n],
+                    run_blocks: bps,
+                    tweaks: &mut tweaks,
+                };
+                self.data.xts_chunk(dir, job);
                 done += len;
                 sector = sector.wrapping_add(n as u128);
             }
@@ -231,11 +338,16 @@ impl<A: AesBlocks> XtsEngineOn<A> {
             for sector_blocks in blocks.chunks_mut(bps) {
                 let mut t = [sector.to_le_bytes()];
                 self.tweak.encrypt(&mut t);
-                let mut next = u128::from_le_bytes(t[0]);
                 for chunk in sector_blocks.chunks_mut(CHUNK_BLOCKS) {
                     let len = chunk.len();
-                    next = fill_tweaks(next, &mut tweaks[..len]);
-                    pass(chunk, &tweaks[..len], done);
+                    let job = Chunk {
+                        blocks: chunk,
+                        src: src.map(|s| &s[done..done + len]),
+                        initial: &t,
+                        run_blocks: len,
+                        tweaks: &mut tweaks,
+                    };
+                    t = [self.data.xts_chunk(dir, job).to_le_bytes()];
                     done += len;
                 }
                 sector = sector.wrapping_add(1);
