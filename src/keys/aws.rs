@@ -8,8 +8,9 @@
 //! same client therefore works against `envol kms serve` and real AWS KMS.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
@@ -17,6 +18,19 @@ use super::{KeyError, KeyErrorKind, KeyService, WrappedKey};
 
 /// Region used when neither a flag, the environment nor the profile names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Attempts per KMS call (the first one included) before giving up.
+pub const KMS_MAX_ATTEMPTS: u32 = 3;
+/// Backoff before the first retry; it doubles (with full jitter) up to
+/// [`KMS_MAX_BACKOFF`].
+pub const KMS_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+pub const KMS_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a TCP (and TLS) connection to the KMS may take.
+pub const KMS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt (connect, send, answer) may take.
+pub const KMS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole call, retries and backoff included, may take.
+pub const KMS_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where to find the KMS and whose credentials to use.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +66,25 @@ impl AwsKeyClient {
         if let Some(client) = ca_bundle_client()? {
             loader = loader.http_client(client);
         }
+        // Explicit and bounded. The SDK's defaults retry 3 times with up to
+        // 20 s of backoff and set only a connect timeout, so a KMS that
+        // accepts connections and never answers hung `envol serve` forever
+        // at attach (issue 7 §5). Now a call gives up after at most
+        // KMS_OPERATION_TIMEOUT with a one-line "unreachable" error.
+        loader = loader
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(KMS_MAX_ATTEMPTS)
+                    .with_initial_backoff(KMS_INITIAL_BACKOFF)
+                    .with_max_backoff(KMS_MAX_BACKOFF),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(KMS_CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(KMS_ATTEMPT_TIMEOUT)
+                    .operation_timeout(KMS_OPERATION_TIMEOUT)
+                    .build(),
+            );
         let shared = loader.load().await;
         let mut builder = aws_sdk_kms::config::Builder::from(&shared);
         if shared.region().is_none() {
@@ -118,13 +151,27 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match &err {
+        // An answer without an AWS error code (a proxy's or a load
+        // balancer's 5xx, say) used to be reported as just "UnknownError".
+        SdkError::ServiceError(se) if err.code().is_none() => {
+            let status = se.raw().status().as_u16();
+            KeyError {
+                kind: if status >= 500 {
+                    KeyErrorKind::Unreachable
+                } else {
+                    KeyErrorKind::Other
+                },
+                code: None,
+                message: format!("the KMS answered HTTP {status} without an AWS error"),
+            }
+        }
         SdkError::ServiceError(_) => {
             let code = err.code().unwrap_or("UnknownError").to_string();
             let message = err.message().unwrap_or_default().to_string();
             KeyError::from_code(&code, message)
         }
         SdkError::DispatchFailure(d) => {
-            let text = DisplayErrorContext(&err).to_string();
+            let text = error_chain(&err);
             let kind = if text.contains("credentials") || text.contains("Credentials") {
                 KeyErrorKind::Credentials
             } else if d.is_io() || d.is_timeout() {
@@ -146,9 +193,25 @@ where
         _ => KeyError {
             kind: KeyErrorKind::Other,
             code: None,
-            message: one_line(&DisplayErrorContext(&err).to_string()),
+            message: one_line(&error_chain(&err)),
         },
     }
+}
+
+/// The error and its causes, `a: b: c`, without the Debug dump that
+/// `DisplayErrorContext` appends (a connection refused read as a screenful).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.ends_with(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
 }
 
 fn one_line(s: &str) -> String {
