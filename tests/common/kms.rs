@@ -132,6 +132,14 @@ impl KmsServer {
         }
     }
 
+    /// SIGKILL: a crash, no graceful shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
