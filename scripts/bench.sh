@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench.sh - serve a throw-away encrypted envol volume and race it against the NBD
+# peers that are installed, with ../shared/bench/compare.sh (fio nbd engine + nbdcopy).
+#
+# usage: scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [PEER...]
+#   defaults: -r 3 -t 15 -s 2048; PEERS default to every installed one of
+#   nbdkit-file nbdkit-luks qemu-luks nbd-server qemu-raw
+#
+# What it does: builds envol (release), lets `envol up --data TMP` create a throw-away
+# embedded KMS, a master key and a SIZE_MIB volume on first start (compare.sh restarts
+# the server every round; later starts re-attach through the same KMS), runs
+# compare.sh, and writes the results table (images/bench-results.md) and a chart
+# (images/bench-chart.svg) from the run's log with scripts/bench_report.py.
+#
+# Needs: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils
+# Machines are noisy: read the ratios inside one run, not absolute numbers across runs.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+COMPARE=${COMPARE:-$ROOT/../shared/bench/compare.sh}
+ROUNDS=3 RT=15 SIZE_MIB=2048 OUT=
+while getopts "r:t:s:o:h" o; do
+  case $o in
+    r) ROUNDS=$OPTARG ;; t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; o) OUT=$OPTARG ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[[ -x $COMPARE ]] || { echo "bench.sh: $COMPARE not found (set COMPARE=path/to/compare.sh)" >&2; exit 1; }
+for tool in fio jq nbdinfo nbdcopy; do
+  command -v "$tool" >/dev/null ||
+    { echo "bench.sh: $tool missing: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils" >&2; exit 1; }
+done
+
+PEERS=()
+for p in "$@"; do [[ $p == own ]] || PEERS+=("$p"); done  # envol itself always runs
+if (($# == 0)); then
+  if command -v nbdkit >/dev/null; then
+    PEERS+=(nbdkit-file)
+    nbdkit --dump-config >/dev/null 2>&1 && [[ -n $(find "$(nbdkit --dump-config | sed -n 's/^filterdir=//p')" -name 'nbdkit-luks-filter.so' 2>/dev/null) ]] &&
+      PEERS+=(nbdkit-luks)
+  fi
+  command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && PEERS+=(qemu-luks)
+  command -v nbd-server >/dev/null && PEERS+=(nbd-server)
+fi
+
+echo "== building envol (release)"
+[[ -n ${ENVOL_SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release --quiet --bin envol)
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/envol-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+# A private copy: a rebuild in the checkout during the run must not change
+# the server under test between rounds.
+mkdir "$WORK/bin"
+cp "$ROOT/target/release/envol" "$WORK/bin/envol"
+ENVOL=$WORK/bin/envol
+OUT=${OUT:-$WORK/out}
+export ENVOL ENVOL_BENCH_DATA=$WORK/data
+# `envol up` serves export "default" on --socket; its TCP listener goes to an
+# ephemeral loopback port so it never collides with anything.
+export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0'
+export EXPORT=default
+
+echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench} \
+  "$COMPARE" -r "$ROUNDS" -t "$RT" -s "$SIZE_MIB" -o "$OUT" own "${PEERS[@]}"
+
+mkdir -p "$ROOT/images"
+python3 "$ROOT/scripts/bench_report.py" "$OUT/compare.log" \
+  --markdown "$ROOT/images/bench-results.md" --svg "$ROOT/images/bench-chart.svg" \
+  --note "$ROUNDS rounds × ${RT} s, ${SIZE_MIB} MiB, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+cp "$OUT/compare.log" "$ROOT/images/bench-compare.log"
+echo "== written: images/bench-results.md images/bench-chart.svg images/bench-compare.log"

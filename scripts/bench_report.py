@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""bench_report.py - turn a compare.sh log into the README's table and chart.
+
+usage: bench_report.py COMPARE_LOG [--markdown FILE] [--svg FILE] [--note TEXT]
+
+Reads the FIO and COPY lines that ../shared/bench/compare.sh writes (medians over
+rounds, as its summarize.py computes them), prints and writes a markdown table of
+absolute numbers plus envol's ratio to every peer, and draws an SVG bar chart of
+throughput relative to the plain nbdkit file server. Standard library only, so it
+runs wherever compare.sh does.
+"""
+import argparse
+import collections
+import html
+import statistics
+
+WORKLOADS = [
+    # key, column title, field, higher is better
+    (("fio", "seqwrite"), "seq write 1M QD16 MiB/s", "mib", True),
+    (("fio", "seqread"), "seq read 1M QD16 MiB/s", "mib", True),
+    (("fio", "randread"), "rand read 4K QD32 IOPS", "iops", True),
+    (("fio", "randwrite"), "rand write 4K QD32 IOPS", "iops", True),
+    (("copy", "in"), "nbdcopy in MiB/s", "MiB/s", True),
+    (("copy", "out"), "nbdcopy out MiB/s", "MiB/s", True),
+    (("fio", "seqwrite"), "seq write server CPU ms/GiB", "sms", False),
+]
+NAMES = {
+    "own": "envol (AES-256-XTS)",
+    "nbdkit-file": "nbdkit file (plain)",
+    "nbdkit-luks": "nbdkit + luks filter",
+    "qemu-luks": "qemu-nbd LUKS",
+    "qemu-raw": "qemu-nbd raw (plain)",
+    "nbd-server": "nbd-server (plain)",
+}
+COLOURS = ["#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+
+
+def parse(path):
+    data = collections.defaultdict(list)
+    order = []
+    for line in open(path):
+        p = line.split()
+        if line.startswith("## round") and p[4] not in order:
+            order.append(p[4])
+        elif line.startswith("FIO "):
+            _, _, srv, w, mib, iops, p99, ccpu, busy, scpu, sms = p
+            data[(srv, "fio", w)].append(
+                dict(mib=float(mib), iops=float(iops), p99=float(p99), busy=float(busy),
+                     scpu=float(scpu), sms=float(sms)))
+        elif line.startswith("COPY "):
+            _, _, srv, d, *kv = p
+            data[(srv, "copy", d)].append({k: float(v) for k, v in (x.split("=") for x in kv)})
+    rounds = max((len(v) for v in data.values()), default=0)
+    return order, data, rounds
+
+
+def median(data, srv, key, field):
+    v = data.get((srv, *key))
+    return statistics.median(x[field] for x in v) if v else None
+
+
+def fmt(x, field):
+    if x is None:
+        return "–"
+    return f"{x / 1000:.1f}k" if field == "iops" else f"{x:.0f}"
+
+
+def markdown(order, data, rounds, note):
+    out = [f"Median of {rounds} rounds ({note}); `scripts/bench.sh`, one run.", ""]
+    out.append("| server | " + " | ".join(t for _, t, _, _ in WORKLOADS) + " |")
+    out.append("|---" * (len(WORKLOADS) + 1) + "|")
+    for s in order:
+        cells = [fmt(median(data, s, k, f), f) for k, _, f, _ in WORKLOADS]
+        name = NAMES.get(s, s)
+        if s == "own":
+            name = f"**{name}**"
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "own" in order:
+        out += ["", "envol ÷ peer, same run (throughput: > 1 is envol faster; CPU per GiB: < 1 is envol cheaper):", ""]
+        out.append("| peer | " + " | ".join(t for _, t, _, _ in WORKLOADS) + " |")
+        out.append("|---" * (len(WORKLOADS) + 1) + "|")
+        for s in order:
+            if s == "own":
+                continue
+            cells = []
+            for k, _, f, _ in WORKLOADS:
+                a, b = median(data, "own", k, f), median(data, s, k, f)
+                cells.append(f"{a / b:.2f}×" if a is not None and b else "–")
+            out.append(f"| {NAMES.get(s, s)} | " + " | ".join(cells) + " |")
+    busy = [x["busy"] for (srv, kind, _), v in data.items() if kind == "fio" for x in v]
+    if busy:
+        out += ["", f"Whole-machine CPU busy during the fio runs: median {statistics.median(busy):.0f} %, "
+                    f"max {max(busy):.0f} % of all cores."]
+    return "\n".join(out) + "\n"
+
+
+def svg(order, data, rounds, note, base="nbdkit-file"):
+    """Grouped bars: each throughput workload, every server relative to `base`."""
+    metrics = [(k, t, f) for k, t, f, hib in WORKLOADS if hib]
+    if base not in order:
+        base = order[0]
+    servers = order
+    W, H, left, top, bottom = 900, 420, 60, 50, 90
+    plot_w, plot_h = W - left - 20, H - top - bottom
+    ratios = {}
+    for k, _, f in metrics:
+        b = median(data, base, k, f)
+        for s in servers:
+            v = median(data, s, k, f)
+            ratios[(s, k)] = v / b if v is not None and b else 0.0
+    ymax = max(1.0, max(ratios.values(), default=1.0)) * 1.15
+    group_w = plot_w / len(metrics)
+    bar_w = group_w * 0.8 / len(servers)
+    y = lambda r: top + plot_h - r / ymax * plot_h
+    e = []
+    e.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+             f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">')
+    e.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    e.append(f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">'
+             f'Throughput relative to {html.escape(NAMES.get(base, base))} (= 1.0), higher is better</text>')
+    e.append(f'<text x="{W / 2}" y="38" text-anchor="middle" fill="#555">'
+             f'{html.escape(f"median of {rounds} rounds; {note}")}</text>')
+    step = 0.5 if ymax <= 3 else 1.0
+    t = 0.0
+    while t <= ymax:
+        e.append(f'<line x1="{left}" x2="{W - 20}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
+                 f'stroke="{"#000" if t == 1.0 else "#ddd"}" stroke-width="{1.2 if t == 1.0 else 1}"/>')
+        e.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}×</text>')
+        t += step
+    for i, (k, title, f) in enumerate(metrics):
+        gx = left + i * group_w + group_w * 0.1
+        for j, s in enumerate(servers):
+            r = ratios[(s, k)]
+            x = gx + j * bar_w
+            e.append(f'<rect x="{x:.1f}" y="{y(r):.1f}" width="{bar_w - 2:.1f}" '
+                     f'height="{top + plot_h - y(r):.1f}" fill="{COLOURS[j % len(COLOURS)]}">'
+                     f'<title>{html.escape(NAMES.get(s, s))}: {fmt(median(data, s, k, f), f)} '
+                     f'({r:.2f}×)</title></rect>')
+            e.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{y(r) - 3:.1f}" text-anchor="middle" '
+                     f'font-size="9">{r:.2f}</text>')
+        label = title.replace(" MiB/s", "").replace(" IOPS", "")
+        e.append(f'<text x="{left + (i + 0.5) * group_w:.1f}" y="{top + plot_h + 16}" '
+                 f'text-anchor="middle">{html.escape(label)}</text>')
+    lx = left
+    for j, s in enumerate(servers):
+        e.append(f'<rect x="{lx}" y="{H - 30}" width="12" height="12" fill="{COLOURS[j % len(COLOURS)]}"/>')
+        name = NAMES.get(s, s)
+        e.append(f'<text x="{lx + 16}" y="{H - 20}">{html.escape(name)}</text>')
+        lx += 24 + 7 * len(name)
+    e.append("</svg>")
+    return "\n".join(e) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("log")
+    ap.add_argument("--markdown")
+    ap.add_argument("--svg")
+    ap.add_argument("--note", default="")
+    a = ap.parse_args()
+    order, data, rounds = parse(a.log)
+    if not order:
+        raise SystemExit(f"bench_report.py: no results in {a.log}")
+    md = markdown(order, data, rounds, a.note)
+    print(md)
+    if a.markdown:
+        open(a.markdown, "w").write(md)
+    if a.svg:
+        open(a.svg, "w").write(svg(order, data, rounds, a.note))
+
+
+if __name__ == "__main__":
+    main()
