@@ -80,9 +80,12 @@ fn workload(
     tracker: Arc<Mutex<Tracker>>,
     cycle: u64,
     seed: u64,
+    attached: std::sync::mpsc::Sender<()>,
 ) {
     let mut raw = Raw::connect(UnixStream::connect(socket).unwrap(), 0b11);
     raw.go(export, &[]);
+    // The kill is timed from here: it must land in the workload, not the handshake.
+    attached.send(()).unwrap();
     let mut sender = raw.s.try_clone().unwrap();
     let mut receiver = raw.s;
     let stop = Arc::new(AtomicBool::new(false));
@@ -233,12 +236,16 @@ fn kill_9_of_serve_loses_no_acknowledged_write() {
         // told is there.
         verify(&server.socket, &export, &mut tracker.lock().unwrap(), cycle);
         let socket = server.socket.clone();
+        let (attached_tx, attached) = std::sync::mpsc::channel();
         let worker = {
             let tracker = tracker.clone();
             let export = export.clone();
             let seed = rng.r#gen();
-            std::thread::spawn(move || workload(&socket, &export, tracker, cycle, seed))
+            std::thread::spawn(move || {
+                workload(&socket, &export, tracker, cycle, seed, attached_tx)
+            })
         };
+        attached.recv().expect("the workload attached");
         std::thread::sleep(Duration::from_millis(rng.gen_range(2..60)));
         // VolumeServer's drop is SIGKILL and wait.
         drop(server);
