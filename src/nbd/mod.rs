@@ -18,6 +18,7 @@
 //! | `transmission.rs` | the request loop: validation, parallel device calls, the reply writer |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
+//! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
 //!
 //! Only `protocol.rs` knows byte layouts, and only `transmission.rs` calls
 //! the device.
@@ -110,6 +111,8 @@
 //! the device is called).
 
 mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 pub mod protocol;
 mod server;
