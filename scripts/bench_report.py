@@ -146,7 +146,7 @@ def svg(order, data, rounds, note, base="nbdkit-file"):
         e.append(f'<rect x="{lx}" y="{H - 30}" width="12" height="12" fill="{COLOURS[j % len(COLOURS)]}"/>')
         name = NAMES.get(s, s)
         e.append(f'<text x="{lx + 16}" y="{H - 20}">{html.escape(name)}</text>')
-        lx += 24 + 7 * len(name)
+        lx += 30 + 7.5 * len(name)
     e.append("</svg>")
     return "\n".join(e) + "\n"
 
