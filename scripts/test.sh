@@ -44,6 +44,12 @@ cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
+echo "== fuzz smoke run: every fuzz target builds and runs 10 s (scripts/fuzz.sh)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --quiet
+fi
+scripts/fuzz.sh 10
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
