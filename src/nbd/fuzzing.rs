@@ -7,12 +7,15 @@
 //! `transmission::serve`, exposed (hidden from the docs) only so code
 //! outside the crate can reach them. Not part of the supported API.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::transmission::{self, TransmissionError};
+use super::workers::Shared;
 
 /// The TLS situation a handshake starts in (the server's TLS mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,5 +94,10 @@ where
         structured_replies,
         base_allocation: base_allocation && structured_replies,
     };
-    transmission::serve(stream, negotiated, stop_rx).await
+    // One set of workers for every call, as a server would share it.
+    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+    let shared = SHARED
+        .get_or_init(|| Arc::new(Shared::with_default_workers()))
+        .clone();
+    transmission::serve(stream, negotiated, stop_rx, shared).await
 }

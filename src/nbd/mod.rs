@@ -16,6 +16,7 @@
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
 //! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
 //! | `transmission.rs` | the request loop: validation, parallel device calls, the reply writer |
+//! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
@@ -81,14 +82,19 @@
 //! # Concurrency
 //!
 //! One tokio task per connection reads requests; every device call runs on
-//! the blocking pool (`spawn_blocking`), so many requests of one connection
-//! are served in parallel and answered in completion order, each reply
-//! matched by its cookie. Replies go through a channel to one writer task
+//! a fixed pool of worker threads (about one per core, at least two;
+//! `ENVOL_NBD_WORKERS` overrides the count, e.g. for a backing store that
+//! blocks on a slow disk) created once per [`Server`] and shared by all its connections, fed by a
+//! bounded job queue — so many requests of one connection are served in
+//! parallel and answered in completion order, each reply matched by its
+//! cookie, without a thread per request. READ/WRITE data lives in buffers
+//! from a server-wide pool (idle buffers capped at 64 MiB), reused without
+//! clearing. Replies go through a channel to one writer task
 //! per connection, so frames never interleave. A per-connection budget of
 //! [`IN_FLIGHT_BYTES`] bounds buffered payloads: when it is spent the
 //! reader simply stops reading, which pushes back on the client through
-//! TCP/Unix flow control. Connections share nothing but the `Arc`'d device,
-//! so a client that vanishes mid-request affects no one else (its pending
+//! TCP/Unix flow control. Connections share nothing but the `Arc`'d device
+//! and the server's workers and buffers, so a client that vanishes mid-request affects no one else (its pending
 //! device calls finish and their replies are dropped). All connections to an
 //! export call the same device, so a FLUSH on one covers writes made on all
 //! of them, which is why `CAN_MULTI_CONN` is advertised.
@@ -118,6 +124,7 @@ pub mod protocol;
 mod server;
 mod tls;
 mod transmission;
+mod workers;
 
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};

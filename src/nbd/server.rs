@@ -18,6 +18,7 @@ use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::{self, shutdown_requested};
+use super::workers::Shared;
 
 /// A client must finish option haggling (TLS handshake included) within
 /// this time by default; it bounds what a silent or slow client can hold
@@ -29,6 +30,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Server {
     exports: Arc<ExportSet>,
     config: Arc<ConnectionConfig>,
+    /// Worker threads and buffers, shared by every connection (and every
+    /// clone of this server); the threads stop when the last handle goes.
+    shared: Arc<Shared>,
 }
 
 /// What every connection needs besides the exports.
@@ -48,6 +52,7 @@ impl Server {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
             }),
+            shared: Arc::new(Shared::with_default_workers()),
         })
     }
 
@@ -109,7 +114,7 @@ impl Server {
                         next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = "unix");
                         connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), stop_rx.clone()).instrument(span),
+                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
                         );
                     }
                     Err(e) => accept_failed(e).await,
@@ -124,7 +129,7 @@ impl Server {
                         next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = %peer);
                         connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), stop_rx.clone()).instrument(span),
+                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
                         );
                     }
                     Err(e) => accept_failed(e).await,
@@ -338,6 +343,7 @@ async fn connection<S>(
     stream: S,
     exports: Arc<ExportSet>,
     config: Arc<ConnectionConfig>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -374,11 +380,11 @@ async fn connection<S>(
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
-            transmission::serve(stream, *n, stop).await
+            transmission::serve(stream, *n, stop, shared).await
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
-            transmission::serve(*stream, *n, stop).await
+            transmission::serve(*stream, *n, stop, shared).await
         }
         Attached::Closed => return,
     };

@@ -4,16 +4,21 @@
 //!            ┌──────────── reader (this task) ────────────┐
 //!  socket ──▶│ header → validate → (payload) → permit      │
 //!            └──────┬───────────────────────────┬──────────┘
-//!                   │ spawn_blocking(device op)  │ early error reply
+//!                   │ job queue (bounded)        │ early error reply
 //!                   ▼                            ▼
-//!             device call ──── Frame ───▶ mpsc ───▶ writer task ──▶ socket
+//!       worker: device call ── Frame ───▶ mpsc ───▶ writer task ──▶ socket
 //! ```
 //!
 //! * The reader is the only thing reading the socket; it reads a WRITE's
 //!   payload fully before reading the next header, so the byte stream never
 //!   loses its framing — even for requests it rejects.
 //! * Device calls are synchronous and may be slow (file I/O, crypto), so each
-//!   runs on tokio's blocking pool; independent requests proceed in parallel.
+//!   runs on the server's fixed pool of worker threads ([`Shared`]);
+//!   independent requests proceed in parallel. The reader waits only for
+//!   budget or for room in the job queue, never for a worker.
+//! * READ data and WRITE payloads live in buffers from the server's pool,
+//!   reused without clearing (each is overwritten before it is sent or
+//!   applied) and returned once the reply is written.
 //! * Each reply is encoded into one [`Frame`] and handed to a single writer
 //!   task, so frames never interleave on the wire.
 //! * Memory is bounded per connection by a semaphore of
@@ -38,6 +43,7 @@ use tracing::{debug, warn};
 
 use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
 use super::protocol::{self as p, Command, ProtocolError, REQUEST_HEADER_LEN, Request};
+use super::workers::{PooledBuf, Shared};
 use crate::volume::{Allocation, BlockDevice, BlockSizes};
 
 /// Per-connection cap on bytes buffered for in-flight requests.
@@ -83,7 +89,7 @@ enum End {
 /// frame is written is what bounds buffered memory.
 struct Frame {
     head: Vec<u8>,
-    data: Option<Vec<u8>>,
+    data: Option<PooledBuf>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -100,6 +106,7 @@ struct Context {
     structured: bool,
     base_allocation: bool,
     replies: mpsc::UnboundedSender<Frame>,
+    shared: Arc<Shared>,
 }
 
 impl Context {
@@ -114,7 +121,7 @@ impl Context {
         }
     }
 
-    fn send(&self, head: Vec<u8>, data: Option<Vec<u8>>, permit: Option<OwnedSemaphorePermit>) {
+    fn send(&self, head: Vec<u8>, data: Option<PooledBuf>, permit: Option<OwnedSemaphorePermit>) {
         // A send only fails once the writer is gone, i.e. the connection is
         // being torn down; the reply has nowhere to go then.
         let _ = self.replies.send(Frame {
@@ -134,6 +141,7 @@ pub(crate) async fn serve<S>(
     stream: S,
     negotiated: Negotiated,
     mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 ) -> Result<(), TransmissionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -155,6 +163,7 @@ where
         base_allocation: negotiated.base_allocation,
         device,
         replies: tx,
+        shared,
     });
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -167,7 +176,7 @@ where
             next = read_request(&mut reader, &ctx, &budget) => next,
         };
         match next {
-            Ok(Some(incoming)) => dispatch(&ctx, incoming),
+            Ok(Some(incoming)) => dispatch(&ctx, incoming).await,
             Ok(None) => break Ok(End::Client),
             Err(e) => break Err(e),
         }
@@ -196,7 +205,7 @@ where
 /// A parsed request, with its payload if it is a WRITE we accepted.
 struct Incoming {
     request: Request,
-    payload: Option<Vec<u8>>,
+    payload: Option<PooledBuf>,
     permit: Option<OwnedSemaphorePermit>,
     /// Set when validation failed: the request is answered with this errno
     /// and never reaches the device.
@@ -274,8 +283,9 @@ where
 
     let payload = if payload_len > 0 {
         // Bounded by the advertised maximum: validate() rejected more.
-        let mut buf = vec![0u8; payload_len as usize];
-        reader.read_exact(&mut buf).await?;
+        // Not cleared: the read overwrites every byte of it.
+        let mut buf = ctx.shared.buffers().take(payload_len as usize);
+        reader.read_exact(buf.as_mut_slice()).await?;
         Some(buf)
     } else {
         None
@@ -359,9 +369,9 @@ fn validate(ctx: &Context, r: &Request) -> Option<(u32, &'static str)> {
     None
 }
 
-/// Answers a rejected request at once, or runs an accepted one on the
-/// blocking pool.
-fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
+/// Answers a rejected request at once, or queues an accepted one for the
+/// server's workers (waiting while the queue is full).
+async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
     let Incoming {
         request,
         payload,
@@ -380,8 +390,9 @@ fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
         ctx.send_error(cookie, errno, message);
         return;
     }
-    let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || {
+    let job_ctx = ctx.clone();
+    let job = Box::new(move || {
+        let ctx = job_ctx;
         // A panicking device must not leave the client waiting forever for
         // this cookie: turn it into EIO.
         let outcome = catch_unwind(AssertUnwindSafe(|| execute(&ctx, &request, payload)));
@@ -406,23 +417,25 @@ fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
             }
         }
     });
+    ctx.shared.submit(job).await;
 }
 
 /// Performs one validated request on the device and encodes its reply.
 fn execute(
     ctx: &Context,
     r: &Request,
-    payload: Option<Vec<u8>>,
-) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    payload: Option<PooledBuf>,
+) -> io::Result<(Vec<u8>, Option<PooledBuf>)> {
     let fua = r.flags & p::CMD_FLAG_FUA != 0;
     let ok = || Ok((p::encode_simple_reply(r.cookie, 0).to_vec(), None));
     let dev = &*ctx.device;
     match r.command() {
         Command::Read => {
-            // Bounded by the maximum block size (validated).
-            let mut buf = vec![0u8; r.length as usize];
+            // Bounded by the maximum block size (validated). Not cleared:
+            // read_at fills every byte or fails (and then it is not sent).
+            let mut buf = ctx.shared.buffers().take(r.length as usize);
             if !buf.is_empty() {
-                dev.read_at(r.offset, &mut buf)?;
+                dev.read_at(r.offset, buf.as_mut_slice())?;
             }
             Ok(match (ctx.structured, buf.is_empty()) {
                 // An OFFSET_DATA chunk must carry at least one byte.
@@ -435,9 +448,8 @@ fn execute(
             })
         }
         Command::Write => {
-            let data = payload.unwrap_or_default();
-            if !data.is_empty() {
-                dev.write_at(r.offset, &data, fua)?;
+            if let Some(data) = payload.filter(|d| !d.is_empty()) {
+                dev.write_at(r.offset, data.as_slice(), fua)?;
             }
             ok()
         }
@@ -564,7 +576,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     out.write_all(&frame.head).await?;
     if let Some(data) = &frame.data {
-        out.write_all(data).await?;
+        out.write_all(data.as_slice()).await?;
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! The NBD layer speaks only this trait; the volume layer (superblock, sector
 //! cipher, backing store) implements it. Calls are synchronous and may block
-//! (file I/O, CPU-bound crypto): the async server runs them off the reactor
-//! (`tokio::task::spawn_blocking`), which also lets requests proceed in parallel.
+//! (file I/O, CPU-bound crypto): the async server runs them off the reactor,
+//! on its fixed pool of worker threads, which also lets requests proceed in
+//! parallel.
 //!
 //! Errors are `std::io::Error`; the NBD layer maps their kind/raw OS error to an
 //! NBD errno (EINVAL for out of range, ENOSPC, EIO, EPERM, ...).
@@ -40,6 +41,8 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn size(&self) -> u64;
     fn block_sizes(&self) -> BlockSizes;
     /// Read exactly `buf.len()` bytes at `offset`. Out of range: `InvalidInput`.
+    /// On success every byte of `buf` must have been written: the NBD layer
+    /// hands in reused buffers without clearing them.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Write all of `data` at `offset`; with `fua`, durable before returning.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
