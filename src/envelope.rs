@@ -9,7 +9,7 @@
 //! The plaintext data key exists only in zeroizing memory inside the open
 //! volume, never on disk.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -119,26 +119,17 @@ pub async fn create<K: KeyService>(
     }
     let uuid = Uuid::new_v4();
     let context = volume_encryption_context(&uuid);
-    let key_err = |action, error: KeyError| {
-        EnvelopeError::Key(Box::new(KeyFailure {
-            path: path.to_path_buf(),
-            action,
-            key: spec.key.to_string(),
-            hint: hint_for(&error, spec.key, &keys.describe()),
-            error,
-        }))
-    };
     let wrapped = keys
         .generate_wrapped_key(spec.key, &context, DATA_KEY_LEN)
         .await
-        .map_err(|e| key_err("generate a data key", e))?;
+        .map_err(|e| key_failure(path, "generate a data key", spec.key, e, keys))?;
     // Unwrap once to record the key check value: it lets every later attach
     // prove the key it got is this volume's key. It also proves, before any
     // data is written, that the creator can attach what it created.
     let plaintext = keys
         .unwrap_key(&wrapped.key_arn, &wrapped.blob, &context)
         .await
-        .map_err(|e| key_err("unwrap the new data key", e))?;
+        .map_err(|e| key_failure(path, "unwrap the new data key", spec.key, e, keys))?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
     drop(plaintext);
     let created = std::time::SystemTime::now()
@@ -165,31 +156,48 @@ pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
     Ok(volume::read_superblocks(&file))
 }
 
+/// Opens a volume file and reads its newest valid superblock.
+fn open_volume_file(path: &Path, write: bool) -> Result<(File, Superblock), EnvelopeError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|e| vol_err(path, e))?;
+    let sb = volume::read_superblocks(&file)
+        .best()
+        .map_err(|e| vol_err(path, e))?
+        .clone();
+    Ok((file, sb))
+}
+
+/// A refusal (or failure) of the key service, with the hint for the user.
+fn key_failure<K: KeyService>(
+    path: &Path,
+    action: &'static str,
+    key: &str,
+    error: KeyError,
+    keys: &K,
+) -> EnvelopeError {
+    EnvelopeError::Key(Box::new(KeyFailure {
+        path: path.to_path_buf(),
+        action,
+        key: key.to_string(),
+        hint: hint_for(&error, key, &keys.describe()),
+        error,
+    }))
+}
+
 /// Opens a volume for serving: unwraps its data key through `keys`.
 pub async fn attach<K: KeyService>(
     keys: &K,
     path: &Path,
     read_only: bool,
 ) -> Result<Volume, EnvelopeError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(|e| vol_err(path, e))?;
-    let set = volume::read_superblocks(&file);
-    let sb = set.best().map_err(|e| vol_err(path, e))?.clone();
+    let (file, sb) = open_volume_file(path, !read_only)?;
     let plaintext = keys
         .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
         .await
-        .map_err(|error| {
-            EnvelopeError::Key(Box::new(KeyFailure {
-                path: path.to_path_buf(),
-                action: "unwrap the data key",
-                key: sb.key_arn.clone(),
-                hint: hint_for(&error, &sb.key_arn, &keys.describe()),
-                error,
-            }))
-        })?;
+        .map_err(|e| key_failure(path, "unwrap the data key", &sb.key_arn, e, keys))?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
     drop(plaintext);
     let volume =
@@ -215,24 +223,9 @@ pub async fn rewrap<K: KeyService>(
     path: &Path,
     new_key: Option<&str>,
 ) -> Result<Rewrapped, EnvelopeError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| vol_err(path, e))?;
-    let set = volume::read_superblocks(&file);
-    let mut sb = set.best().map_err(|e| vol_err(path, e))?.clone();
+    let (file, mut sb) = open_volume_file(path, true)?;
     let old_key_arn = sb.key_arn.clone();
     let destination = new_key.unwrap_or(&old_key_arn).to_string();
-    let key_err = |action, key: &str, error: KeyError| {
-        EnvelopeError::Key(Box::new(KeyFailure {
-            path: path.to_path_buf(),
-            action,
-            key: key.to_string(),
-            hint: hint_for(&error, key, &keys.describe()),
-            error,
-        }))
-    };
     let wrapped = keys
         .rewrap_key(
             &old_key_arn,
@@ -241,15 +234,17 @@ pub async fn rewrap<K: KeyService>(
             &sb.encryption_context,
         )
         .await
-        .map_err(|e| key_err("re-wrap the data key", &destination, e))?;
+        .map_err(|e| key_failure(path, "re-wrap the data key", &destination, e, keys))?;
     let plaintext = keys
         .unwrap_key(&wrapped.key_arn, &wrapped.blob, &sb.encryption_context)
         .await
         .map_err(|e| {
-            key_err(
+            key_failure(
+                path,
                 "unwrap the re-wrapped data key (superblock unchanged)",
                 &wrapped.key_arn,
                 e,
+                keys,
             )
         })?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;

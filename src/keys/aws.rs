@@ -138,6 +138,21 @@ fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, K
     Ok(Some(client))
 }
 
+/// A reply's CiphertextBlob and KeyId as a `WrappedKey`; `requested` stands
+/// in for a KMS that does not echo the key's ARN.
+fn wrapped_key(
+    blob: Option<&Blob>,
+    key_id: Option<&str>,
+    requested: &str,
+) -> Result<WrappedKey, KeyError> {
+    let blob = blob
+        .ok_or_else(|| KeyError::from_code("InvalidResponse", "no CiphertextBlob in the reply"))?
+        .as_ref()
+        .to_vec();
+    let key_arn = key_id.unwrap_or(requested).to_string();
+    Ok(WrappedKey { blob, key_arn })
+}
+
 fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
     context
         .iter()
@@ -234,15 +249,7 @@ impl KeyService for AwsKeyClient {
             .send()
             .await
             .map_err(key_error)?;
-        let blob = out
-            .ciphertext_blob()
-            .ok_or_else(|| {
-                KeyError::from_code("InvalidResponse", "no CiphertextBlob in the reply")
-            })?
-            .as_ref()
-            .to_vec();
-        let key_arn = out.key_id().unwrap_or(key).to_string();
-        Ok(WrappedKey { blob, key_arn })
+        wrapped_key(out.ciphertext_blob(), out.key_id(), key)
     }
 
     async fn unwrap_key(
@@ -288,15 +295,7 @@ impl KeyService for AwsKeyClient {
             .send()
             .await
             .map_err(key_error)?;
-        let blob = out
-            .ciphertext_blob()
-            .ok_or_else(|| {
-                KeyError::from_code("InvalidResponse", "no CiphertextBlob in the reply")
-            })?
-            .as_ref()
-            .to_vec();
-        let key_arn = out.key_id().unwrap_or(destination).to_string();
-        Ok(WrappedKey { blob, key_arn })
+        wrapped_key(out.ciphertext_blob(), out.key_id(), destination)
     }
 
     fn describe(&self) -> String {

@@ -10,7 +10,7 @@ use super::super::clock::aws_timestamp;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::iam::Principal;
 use super::super::service::{AuditNote, Kms};
-use super::super::store::KeyRow;
+use super::super::store::{AliasRow, KeyRow};
 use super::{Context, decode_marker, encode_marker, page_limit};
 
 /// AWS's rules: `alias/` + 1-250 of `A-Za-z0-9/_-`, not `alias/aws/`.
@@ -38,6 +38,13 @@ fn validate_alias_name(name: &str) -> Result<(), KmsError> {
         ));
     }
     Ok(())
+}
+
+/// The alias named `name`, or AWS's NotFoundException for it.
+fn existing_alias(kms: &Kms, name: &str) -> Result<AliasRow, KmsError> {
+    kms.store.alias(name)?.ok_or_else(|| {
+        KmsError::not_found(format!("Alias '{}' is not found.", kms.alias_arn(name)))
+    })
 }
 
 /// An alias's target must be a key id or key ARN, never another alias.
@@ -97,12 +104,7 @@ pub(super) fn update_alias(
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
     validate_alias_name(&req.alias_name)?;
-    let alias = kms.store.alias(&req.alias_name)?.ok_or_else(|| {
-        KmsError::not_found(format!(
-            "Alias '{}' is not found.",
-            kms.alias_arn(&req.alias_name)
-        ))
-    })?;
+    let alias = existing_alias(kms, &req.alias_name)?;
     let new_key = resolve_target(kms, &req.target_key_id)?;
     note.key_arn = Some(new_key.arn.clone());
     // Moving an alias needs permission on both the old and the new key.
@@ -129,12 +131,7 @@ pub(super) fn delete_alias(
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
     validate_alias_name(&req.alias_name)?;
-    let alias = kms.store.alias(&req.alias_name)?.ok_or_else(|| {
-        KmsError::not_found(format!(
-            "Alias '{}' is not found.",
-            kms.alias_arn(&req.alias_name)
-        ))
-    })?;
+    let alias = existing_alias(kms, &req.alias_name)?;
     if let Some(key) = kms.store.key(&alias.key_id)? {
         note.key_arn = Some(key.arn.clone());
         kms.authorize(caller, &key, "kms:DeleteAlias", &Context::new())?;
