@@ -116,18 +116,21 @@
 //! never fully arrives is never applied (payloads are read in full before
 //! the device is called).
 
+mod commands;
 mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
 pub mod protocol;
 mod server;
+mod threaded;
 mod tls;
 mod transmission;
 mod workers;
 
+pub use commands::errno_of;
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
-pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, errno_of};
+pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};

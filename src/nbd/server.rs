@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::threaded::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::{self, shutdown_requested};
 use super::workers::Shared;
@@ -346,7 +347,7 @@ async fn connection<S>(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + IntoPlainSocket + Unpin + Send + 'static,
 {
     debug!("nbd client connected");
     let attached = tokio::select! {
@@ -380,7 +381,14 @@ async fn connection<S>(
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
-            transmission::serve(stream, *n, stop, shared).await
+            if threaded_transmission() {
+                match stream.into_plain_socket() {
+                    Ok(socket) => threaded::serve(socket, *n, stop, shared).await,
+                    Err(e) => Err(e.into()),
+                }
+            } else {
+                transmission::serve(stream, *n, stop, shared).await
+            }
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
@@ -392,6 +400,14 @@ async fn connection<S>(
         Ok(()) => info!("nbd client detached"),
         Err(e) => warn!(error = %e, "nbd connection ended with an error"),
     }
+}
+
+/// Plain connections are served by `threaded.rs` unless
+/// `ENVOL_NBD_TRANSMISSION=async` asks for the async loop that TLS
+/// connections use (for comparing the two; both are complete).
+fn threaded_transmission() -> bool {
+    static THREADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *THREADED.get_or_init(|| std::env::var("ENVOL_NBD_TRANSMISSION").map_or(true, |v| v != "async"))
 }
 
 fn attached_log(n: &Negotiated, tls: bool) {

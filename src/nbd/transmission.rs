@@ -41,25 +41,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
-use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
+use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
+use super::handshake::Negotiated;
 use super::protocol::{self as p, Command, ProtocolError, REQUEST_HEADER_LEN, Request};
 use super::workers::{PooledBuf, Shared};
-use crate::volume::{Allocation, BlockDevice, BlockSizes};
 
 /// Per-connection cap on bytes buffered for in-flight requests.
 pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
 /// What every request costs against [`IN_FLIGHT_BYTES`] on top of its
 /// buffer, so that a flood of zero-length requests is bounded too
 /// (at most 64 MiB / 4 KiB = 16384 in flight).
-const REQUEST_OVERHEAD: u32 = 4096;
+pub(super) const REQUEST_OVERHEAD: u32 = 4096;
 /// A WRITE whose payload we refuse is still read and discarded, to keep the
 /// stream in sync; beyond this size (and beyond the advertised maximum) we
 /// hard-disconnect instead, which the spec allows for payloads above 2^25.
-const DISCARD_LIMIT: u32 = 1 << 25;
-/// Most descriptors one BLOCK_STATUS reply carries (the spec suggests at
-/// most 2^20; fewer keeps each reply, and what a flood of them can buffer,
-/// small: 128 KiB). A client asks again for the rest, as it must anyway.
-const MAX_STATUS_DESCRIPTORS: usize = 1 << 14;
+pub(super) const DISCARD_LIMIT: u32 = 1 << 25;
 /// After server shutdown, how long in-flight replies may take to drain to a
 /// client before the connection is dropped anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -97,30 +93,12 @@ struct Frame {
 /// Its `replies` sender is the writer's lifeline: the writer finishes when
 /// the last `Arc<Context>` is gone.
 struct Context {
-    device: Arc<dyn BlockDevice>,
-    size: u64,
-    sizes: BlockSizes,
-    read_only: bool,
-    /// The device zeroes fast when allowed to punch (`NBD_CMD_FLAG_FAST_ZERO`).
-    fast_zero: bool,
-    structured: bool,
-    base_allocation: bool,
+    cmd: CommandContext,
     replies: mpsc::UnboundedSender<Frame>,
     shared: Arc<Shared>,
 }
 
 impl Context {
-    /// An error reply. With structured replies negotiated we must not use a
-    /// simple reply for READ and should prefer structured errors anyway,
-    /// since they carry a message for the user.
-    fn error_frame(&self, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
-        if self.structured {
-            p::encode_structured_error(cookie, errno, message)
-        } else {
-            p::encode_simple_reply(cookie, errno).to_vec()
-        }
-    }
-
     fn send(&self, head: Vec<u8>, data: Option<PooledBuf>, permit: Option<OwnedSemaphorePermit>) {
         // A send only fails once the writer is gone, i.e. the connection is
         // being torn down; the reply has nowhere to go then.
@@ -132,7 +110,7 @@ impl Context {
     }
 
     fn send_error(&self, cookie: u64, errno: u32, message: &str) {
-        self.send(self.error_frame(cookie, errno, message), None, None);
+        self.send(self.cmd.error_frame(cookie, errno, message), None, None);
     }
 }
 
@@ -153,15 +131,8 @@ where
         rx,
     ));
 
-    let device = negotiated.export.device.clone();
     let ctx = Arc::new(Context {
-        size: device.size(),
-        sizes: device.block_sizes(),
-        read_only: negotiated.export.is_read_only(),
-        fast_zero: device.fast_zero(),
-        structured: negotiated.structured_replies,
-        base_allocation: negotiated.base_allocation,
-        device,
+        cmd: CommandContext::for_negotiated(&negotiated, shared.buffers().clone()),
         replies: tx,
         shared,
     });
@@ -236,7 +207,7 @@ where
     if command == Command::Disc {
         return Ok(None);
     }
-    let rejected = validate(ctx, &request);
+    let rejected = ctx.cmd.validate(&request);
     let payload_len = if command == Command::Write {
         request.length
     } else {
@@ -244,7 +215,7 @@ where
     };
 
     if payload_len > 0 && rejected.is_some() {
-        if payload_len > DISCARD_LIMIT.max(ctx.sizes.maximum) {
+        if payload_len > DISCARD_LIMIT.max(ctx.cmd.sizes.maximum) {
             return Err(TransmissionError::PayloadTooLarge(payload_len));
         }
         let copied = tokio::io::copy(
@@ -284,7 +255,7 @@ where
     let payload = if payload_len > 0 {
         // Bounded by the advertised maximum: validate() rejected more.
         // Not cleared: the read overwrites every byte of it.
-        let mut buf = ctx.shared.buffers().take(payload_len as usize);
+        let mut buf = ctx.cmd.buffers.take(payload_len as usize);
         reader.read_exact(buf.as_mut_slice()).await?;
         Some(buf)
     } else {
@@ -296,77 +267,6 @@ where
         permit: Some(permit),
         rejected,
     }))
-}
-
-/// Checks a request against the export before anything touches the device.
-fn validate(ctx: &Context, r: &Request) -> Option<(u32, &'static str)> {
-    use Command::*;
-    let command = r.command();
-    let allowed_flags = match command {
-        Read if ctx.structured => p::CMD_FLAG_FUA | p::CMD_FLAG_DF,
-        WriteZeroes => p::CMD_FLAG_FUA | p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO,
-        BlockStatus => p::CMD_FLAG_FUA | p::CMD_FLAG_REQ_ONE,
-        // FUA is accepted on every command: the spec requires it once
-        // SEND_FUA is advertised, and it is harmless on the others.
-        _ => p::CMD_FLAG_FUA,
-    };
-    if let Unknown(_) = command {
-        return Some((p::EINVAL, "unknown command"));
-    }
-    if r.flags & !allowed_flags != 0 {
-        return Some((p::EINVAL, "command flag not valid for this command"));
-    }
-    if matches!(command, Write | Trim | WriteZeroes) && ctx.read_only {
-        return Some((p::EPERM, "export is read-only"));
-    }
-    if command == BlockStatus {
-        if !ctx.base_allocation {
-            return Some((p::EINVAL, "no metadata context was negotiated"));
-        }
-        if r.length == 0 {
-            return Some((p::EINVAL, "zero-length block status"));
-        }
-    }
-    if matches!(command, Read | Write) && r.length > ctx.sizes.maximum {
-        return Some((p::EINVAL, "request larger than the maximum block size"));
-    }
-    let in_range = matches!(
-        command,
-        Read | Write | Trim | Cache | WriteZeroes | BlockStatus
-    );
-    if in_range
-        && r.offset
-            .checked_add(u64::from(r.length))
-            .is_none_or(|end| end > ctx.size)
-    {
-        // The spec asks for ENOSPC on writes past the end and EINVAL on
-        // everything else.
-        return Some(if matches!(command, Write | WriteZeroes) {
-            (p::ENOSPC, "request beyond the end of the export")
-        } else {
-            (p::EINVAL, "request beyond the end of the export")
-        });
-    }
-    // Alignment to the advertised minimum is enforced for data transfers;
-    // TRIM may legitimately be rounded by the device instead.
-    // The minimum is a power of two (checked when the export set was
-    // built), so a mask tests alignment.
-    let mask = u64::from(ctx.sizes.minimum).saturating_sub(1);
-    if matches!(command, Read | Write | WriteZeroes)
-        && (r.offset & mask != 0 || u64::from(r.length) & mask != 0)
-    {
-        return Some((p::EINVAL, "request not aligned to the minimum block size"));
-    }
-    // FAST_ZERO: answer ENOTSUP at once, before touching anything, unless
-    // the zeroing can deallocate (NO_HOLE forbids that: the range would
-    // have to be written, which is no faster than a WRITE).
-    if command == WriteZeroes
-        && r.flags & p::CMD_FLAG_FAST_ZERO != 0
-        && (r.flags & p::CMD_FLAG_NO_HOLE != 0 || !ctx.fast_zero)
-    {
-        return Some((p::ENOTSUP, "fast zeroing is not possible for this request"));
-    }
-    None
 }
 
 /// Answers a rejected request at once, or queues an accepted one for the
@@ -395,14 +295,10 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
         let ctx = job_ctx;
         // A panicking device must not leave the client waiting forever for
         // this cookie: turn it into EIO.
-        let outcome = catch_unwind(AssertUnwindSafe(|| execute(&ctx, &request, payload)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.cmd.execute(&request, payload)));
         match outcome {
             Ok(Ok((head, data))) => ctx.send(head, data, permit),
-            Ok(Err(e)) => {
-                let errno = errno_of(&e);
-                debug!(cookie, kind = request.kind, errno, error = %e, "nbd request failed");
-                ctx.send(ctx.error_frame(cookie, errno, &e.to_string()), None, permit);
-            }
+            Ok(Err(e)) => ctx.send(ctx.cmd.failure_frame(&request, &e), None, permit),
             Err(_) => {
                 warn!(
                     cookie,
@@ -410,7 +306,7 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
                     "device panicked serving nbd request"
                 );
                 ctx.send(
-                    ctx.error_frame(cookie, p::EIO, "internal error"),
+                    ctx.cmd.error_frame(cookie, p::EIO, "internal error"),
                     None,
                     permit,
                 );
@@ -418,136 +314,6 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
         }
     });
     ctx.shared.submit(job).await;
-}
-
-/// Performs one validated request on the device and encodes its reply.
-fn execute(
-    ctx: &Context,
-    r: &Request,
-    payload: Option<PooledBuf>,
-) -> io::Result<(Vec<u8>, Option<PooledBuf>)> {
-    let fua = r.flags & p::CMD_FLAG_FUA != 0;
-    let ok = || Ok((p::encode_simple_reply(r.cookie, 0).to_vec(), None));
-    let dev = &*ctx.device;
-    match r.command() {
-        Command::Read => {
-            // Bounded by the maximum block size (validated). Not cleared:
-            // read_at fills every byte or fails (and then it is not sent).
-            let mut buf = ctx.shared.buffers().take(r.length as usize);
-            if !buf.is_empty() {
-                dev.read_at(r.offset, buf.as_mut_slice())?;
-            }
-            Ok(match (ctx.structured, buf.is_empty()) {
-                // An OFFSET_DATA chunk must carry at least one byte.
-                (true, true) => (p::encode_structured_none(r.cookie).to_vec(), None),
-                (true, false) => (
-                    p::encode_offset_data_header(r.cookie, r.offset, r.length),
-                    Some(buf),
-                ),
-                (false, _) => (p::encode_simple_reply(r.cookie, 0).to_vec(), Some(buf)),
-            })
-        }
-        Command::Write => {
-            if let Some(data) = payload.filter(|d| !d.is_empty()) {
-                dev.write_at(r.offset, data.as_slice(), fua)?;
-            }
-            ok()
-        }
-        Command::Flush => {
-            dev.flush()?;
-            ok()
-        }
-        Command::Trim => {
-            if r.length > 0 {
-                dev.trim(r.offset, u64::from(r.length))?;
-                if fua {
-                    dev.flush()?;
-                }
-            }
-            ok()
-        }
-        Command::WriteZeroes => {
-            if r.length > 0 {
-                let may_punch = r.flags & p::CMD_FLAG_NO_HOLE == 0;
-                dev.write_zeroes(r.offset, u64::from(r.length), may_punch)?;
-                if fua {
-                    dev.flush()?;
-                }
-            }
-            ok()
-        }
-        // A hint; the range was validated, there is no cache to warm.
-        Command::Cache => ok(),
-        Command::BlockStatus => {
-            // In range and non-zero (validated).
-            let runs = dev.block_status(r.offset, u64::from(r.length))?;
-            let req_one = r.flags & p::CMD_FLAG_REQ_ONE != 0;
-            let descriptors = status_descriptors(&runs, r.length, req_one);
-            Ok((
-                p::encode_block_status(r.cookie, BASE_ALLOCATION_ID, &descriptors),
-                None,
-            ))
-        }
-        // Filtered out by read_request / validate.
-        Command::Disc | Command::Unknown(_) => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-    }
-}
-
-/// Turns a device's allocation runs into `base:allocation` descriptors for
-/// a request of `length` bytes: zero-length runs dropped, everything
-/// clipped to the request (a device may not extend it), neighbours with
-/// the same status merged, at most [`MAX_STATUS_DESCRIPTORS`] (one with
-/// REQ_ONE). Never empty: a device that reports nothing usable gets the
-/// always-true answer "allocated, contents unknown" for the whole range.
-fn status_descriptors(runs: &[Allocation], length: u32, req_one: bool) -> Vec<(u32, u32)> {
-    let limit = if req_one { 1 } else { MAX_STATUS_DESCRIPTORS };
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    let mut left = length;
-    for run in runs {
-        if left == 0 {
-            break;
-        }
-        let len = u32::try_from(run.len).unwrap_or(u32::MAX).min(left);
-        if len == 0 {
-            continue;
-        }
-        let mut flags = 0;
-        if run.hole {
-            flags |= p::STATE_HOLE;
-        }
-        if run.zero {
-            flags |= p::STATE_ZERO;
-        }
-        left -= len;
-        let full = out.len() == limit;
-        match out.last_mut() {
-            Some((last_len, last_flags)) if *last_flags == flags => *last_len += len,
-            _ if full => break,
-            _ => out.push((len, flags)),
-        }
-    }
-    if out.is_empty() {
-        out.push((length, 0));
-    }
-    out
-}
-
-/// Maps a device error to the NBD error value clients understand.
-pub fn errno_of(e: &io::Error) -> u32 {
-    use io::ErrorKind::*;
-    const ENOSPC_RAW: i32 = 28;
-    const EFBIG_RAW: i32 = 27;
-    const EDQUOT_RAW: i32 = 122;
-    match e.kind() {
-        InvalidInput => p::EINVAL,
-        PermissionDenied | ReadOnlyFilesystem => p::EPERM,
-        // The spec asks for EDQUOT and EFBIG to be reported as ENOSPC.
-        StorageFull | QuotaExceeded | FileTooLarge => p::ENOSPC,
-        _ => match e.raw_os_error() {
-            Some(ENOSPC_RAW | EFBIG_RAW | EDQUOT_RAW) => p::ENOSPC,
-            _ => p::EIO,
-        },
-    }
 }
 
 /// The writer task: writes frames in arrival order, batching flushes.
@@ -617,56 +383,5 @@ fn is_disconnect(e: &io::Error) -> bool {
 pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(len: u64, hole: bool) -> Allocation {
-        Allocation {
-            len,
-            hole,
-            zero: hole,
-        }
-    }
-
-    #[test]
-    fn descriptors_merge_clip_and_never_come_back_empty() {
-        let runs = [
-            run(0, false),
-            run(4096, true),
-            run(4096, true),
-            run(8192, false),
-        ];
-        assert_eq!(
-            status_descriptors(&runs, 10000, false),
-            vec![(8192, p::STATE_HOLE | p::STATE_ZERO), (1808, 0)]
-        );
-        assert_eq!(
-            status_descriptors(&runs, 20000, true),
-            vec![(8192, p::STATE_HOLE | p::STATE_ZERO)]
-        );
-        // A run longer than u32 (or than asked) is clipped to the request.
-        assert_eq!(
-            status_descriptors(&[run(1 << 40, true)], 512, false),
-            vec![(512, 3)]
-        );
-        assert_eq!(status_descriptors(&[], 512, false), vec![(512, 0)]);
-        assert_eq!(
-            status_descriptors(&[run(0, true)], 512, true),
-            vec![(512, 0)]
-        );
-    }
-
-    #[test]
-    fn descriptors_are_capped() {
-        let runs: Vec<Allocation> = (0..MAX_STATUS_DESCRIPTORS + 10)
-            .map(|i| run(512, i % 2 == 0))
-            .collect();
-        let d = status_descriptors(&runs, u32::MAX, false);
-        assert_eq!(d.len(), MAX_STATUS_DESCRIPTORS);
-        assert!(d.iter().all(|&(len, _)| len == 512));
     }
 }

@@ -111,6 +111,16 @@ impl Shared {
         }
     }
 
+    /// Queues `job` from a thread outside the async runtime, blocking while
+    /// the queue is full.
+    pub(crate) fn submit_blocking(&self, job: Job) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.blocking_send(job) {
+            // No worker is left: run it here rather than leave a request
+            // unanswered.
+            job();
+        }
+    }
+
     pub(crate) fn buffers(&self) -> &Arc<BufferPool> {
         &self.buffers
     }

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
@@ -26,6 +27,15 @@ pub struct Extent {
 pub trait Backend: Send + Sync + 'static {
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Like [`read_at`](Self::read_at), but only if every byte is already
+    /// in memory (the page cache): `Ok(false)` when the read would have to
+    /// wait for storage, leaving `buf` unspecified. The default never knows,
+    /// so it always says `false`; callers then do a blocking `read_at`
+    /// where blocking is fine.
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let _ = (offset, buf);
+        Ok(false)
+    }
     /// Write all of `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Make every completed write durable (fdatasync for a file).
@@ -79,11 +89,17 @@ pub(crate) fn write_zero_range(
 #[derive(Debug)]
 pub struct FileBackend {
     file: File,
+    /// Cleared once the kernel or filesystem turns `RWF_NOWAIT` down, so
+    /// `try_read_at` stops asking.
+    nowait: AtomicBool,
 }
 
 impl FileBackend {
     pub fn new(file: File) -> Self {
-        FileBackend { file }
+        FileBackend {
+            file,
+            nowait: AtomicBool::new(true),
+        }
     }
 
     pub fn file(&self) -> &File {
@@ -113,6 +129,36 @@ impl FileBackend {
 impl Backend for FileBackend {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    /// `preadv2(RWF_NOWAIT)`: the kernel copies what the page cache holds
+    /// and answers EAGAIN (or a short count) instead of starting I/O.
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let want = buf.len();
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        loop {
+            let mut slices = [io::IoSliceMut::new(buf)];
+            return match rustix::io::preadv2(&self.file, &mut slices, offset, flags) {
+                // Short: partly cached, or the end of the file; the blocking
+                // read sorts out which.
+                Ok(n) => Ok(n == want),
+                Err(rustix::io::Errno::AGAIN) => Ok(false),
+                Err(rustix::io::Errno::INTR) => continue,
+                // Kernels before 4.14, or files that cannot do NOWAIT.
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NOSYS,
+                ) => {
+                    self.nowait.store(false, Ordering::Relaxed);
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -240,6 +286,11 @@ impl Backend for MemBackend {
         let r = Self::range(bytes.len(), offset, buf.len())?;
         buf.copy_from_slice(&bytes[r]);
         Ok(())
+    }
+
+    /// Memory never waits.
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        self.read_at(offset, buf).map(|()| true)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {

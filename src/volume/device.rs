@@ -44,6 +44,15 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// On success every byte of `buf` must have been written: the NBD layer
     /// hands in reused buffers without clearing them.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Like [`read_at`](Self::read_at) if that needs no waiting for
+    /// storage (the data is in memory); `Ok(false)`, with `buf` unspecified,
+    /// when it would. Lets the NBD server answer cached reads on the
+    /// connection's own thread instead of a worker's. The default says
+    /// `false` every time, which is always correct.
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let _ = (offset, buf);
+        Ok(false)
+    }
     /// Write all of `data` at `offset`; with `fua`, durable before returning.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
     /// Make every write that has returned durable.

@@ -220,6 +220,40 @@ impl Volume {
         Ok(())
     }
 
+    /// A plaintext read of any alignment, fetching ciphertext with `fetch`
+    /// (backend offset, buffer) — a blocking read, or a try that may say
+    /// `false` (then nothing is decrypted and `false` is returned).
+    fn read_with(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        fetch: impl FnOnce(u64, &mut [u8]) -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let ss = self.sector_size;
+        let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
+        if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
+            // Aligned: decrypt in the caller's buffer, no copy.
+            if !fetch(self.backend_offset(first), buf)? {
+                return Ok(false);
+            }
+            self.decrypt_stored(first, buf);
+            return Ok(true);
+        }
+        let mut pooled = self.buffers.take(self.len_usize(end_sector - first)?);
+        let sectors = pooled.as_mut_slice();
+        if !fetch(self.backend_offset(first), sectors)? {
+            return Ok(false);
+        }
+        self.decrypt_stored(first, sectors);
+        let skip = (offset - first * ss) as usize;
+        buf.copy_from_slice(&sectors[skip..skip + buf.len()]);
+        Ok(true)
+    }
+
     /// Sets bytes `[at, at+len)` of sector `sector` to zero by
     /// read-modify-write. The caller holds the range lock.
     fn zero_within_sector(&self, sector: u64, at: usize, len: usize) -> io::Result<()> {
@@ -289,22 +323,16 @@ impl BlockDevice for Volume {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let ss = self.sector_size;
-        let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
-        if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
-            // Aligned: decrypt in the caller's buffer, no copy.
-            return self.read_sectors(first, buf);
-        }
-        let mut pooled = self.buffers.take(self.len_usize(end_sector - first)?);
-        let sectors = pooled.as_mut_slice();
-        self.read_sectors(first, sectors)?;
-        let skip = (offset - first * ss) as usize;
-        buf.copy_from_slice(&sectors[skip..skip + buf.len()]);
-        Ok(())
+        self.read_with(offset, buf, |at, stored| {
+            self.backend.read_at(at, stored).map(|()| true)
+        })
+        .map(|_| ())
+    }
+
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        self.read_with(offset, buf, |at, stored| {
+            self.backend.try_read_at(at, stored)
+        })
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {

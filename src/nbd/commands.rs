@@ -1,0 +1,370 @@
+//! What each transmission command means, whatever carries the bytes:
+//! checking a request against the export, performing it on the device and
+//! encoding its reply. Both transmission loops — the async one
+//! (`transmission.rs`, for TLS and in-memory streams) and the threaded one
+//! for plain sockets (`threaded.rs`) — call only this to touch the device.
+
+use std::io;
+use std::sync::Arc;
+
+use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
+use super::protocol::{self as p, Command, Request};
+use super::workers::{BufferPool, PooledBuf};
+use crate::volume::{Allocation, BlockDevice, BlockSizes};
+
+/// Most descriptors one BLOCK_STATUS reply carries (the spec suggests at
+/// most 2^20; fewer keeps each reply, and what a flood of them can buffer,
+/// small: 128 KiB). A client asks again for the rest, as it must anyway.
+pub(crate) const MAX_STATUS_DESCRIPTORS: usize = 1 << 14;
+
+/// Largest READ or WRITE a connection's own thread may perform itself (see
+/// [`CommandContext::try_execute_inline`]): at this size the device call
+/// costs a few microseconds, less than waking a worker.
+pub(crate) const INLINE_MAX: u32 = 64 * 1024;
+
+/// A request's encoded reply: the header (simple reply, structured chunk
+/// header or whole structured reply) and, for READ, the data that follows.
+pub(crate) type Reply = (Vec<u8>, Option<PooledBuf>);
+
+/// What a connection knows about its export and the options it negotiated.
+pub(crate) struct CommandContext {
+    pub(crate) device: Arc<dyn BlockDevice>,
+    pub(crate) size: u64,
+    pub(crate) sizes: BlockSizes,
+    pub(crate) read_only: bool,
+    /// The device zeroes fast when allowed to punch (`NBD_CMD_FLAG_FAST_ZERO`).
+    pub(crate) fast_zero: bool,
+    pub(crate) structured: bool,
+    pub(crate) base_allocation: bool,
+    pub(crate) buffers: Arc<BufferPool>,
+}
+
+impl CommandContext {
+    pub(crate) fn for_negotiated(n: &Negotiated, buffers: Arc<BufferPool>) -> Self {
+        let device = n.export.device.clone();
+        Self {
+            size: device.size(),
+            sizes: device.block_sizes(),
+            fast_zero: device.fast_zero(),
+            read_only: n.export.is_read_only(),
+            structured: n.structured_replies,
+            base_allocation: n.base_allocation,
+            device,
+            buffers,
+        }
+    }
+
+    /// An error reply. With structured replies negotiated we must not use a
+    /// simple reply for READ and should prefer structured errors anyway,
+    /// since they carry a message for the user.
+    pub(crate) fn error_frame(&self, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+        if self.structured {
+            p::encode_structured_error(cookie, errno, message)
+        } else {
+            p::encode_simple_reply(cookie, errno).to_vec()
+        }
+    }
+
+    /// The reply to a request whose device call failed.
+    pub(crate) fn failure_frame(&self, r: &Request, e: &io::Error) -> Vec<u8> {
+        let errno = errno_of(e);
+        tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
+        self.error_frame(r.cookie, errno, &e.to_string())
+    }
+
+    /// Checks a request against the export before anything touches the device.
+    pub(crate) fn validate(&self, r: &Request) -> Option<(u32, &'static str)> {
+        use Command::*;
+        let command = r.command();
+        let allowed_flags = match command {
+            Read if self.structured => p::CMD_FLAG_FUA | p::CMD_FLAG_DF,
+            WriteZeroes => p::CMD_FLAG_FUA | p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO,
+            BlockStatus => p::CMD_FLAG_FUA | p::CMD_FLAG_REQ_ONE,
+            // FUA is accepted on every command: the spec requires it once
+            // SEND_FUA is advertised, and it is harmless on the others.
+            _ => p::CMD_FLAG_FUA,
+        };
+        if let Unknown(_) = command {
+            return Some((p::EINVAL, "unknown command"));
+        }
+        if r.flags & !allowed_flags != 0 {
+            return Some((p::EINVAL, "command flag not valid for this command"));
+        }
+        if matches!(command, Write | Trim | WriteZeroes) && self.read_only {
+            return Some((p::EPERM, "export is read-only"));
+        }
+        if command == BlockStatus {
+            if !self.base_allocation {
+                return Some((p::EINVAL, "no metadata context was negotiated"));
+            }
+            if r.length == 0 {
+                return Some((p::EINVAL, "zero-length block status"));
+            }
+        }
+        if matches!(command, Read | Write) && r.length > self.sizes.maximum {
+            return Some((p::EINVAL, "request larger than the maximum block size"));
+        }
+        let in_range = matches!(
+            command,
+            Read | Write | Trim | Cache | WriteZeroes | BlockStatus
+        );
+        if in_range
+            && r.offset
+                .checked_add(u64::from(r.length))
+                .is_none_or(|end| end > self.size)
+        {
+            // The spec asks for ENOSPC on writes past the end and EINVAL on
+            // everything else.
+            return Some(if matches!(command, Write | WriteZeroes) {
+                (p::ENOSPC, "request beyond the end of the export")
+            } else {
+                (p::EINVAL, "request beyond the end of the export")
+            });
+        }
+        // Alignment to the advertised minimum is enforced for data transfers;
+        // TRIM may legitimately be rounded by the device instead.
+        // The minimum is a power of two (checked when the export set was
+        // built), so a mask tests alignment.
+        let mask = u64::from(self.sizes.minimum).saturating_sub(1);
+        if matches!(command, Read | Write | WriteZeroes)
+            && (r.offset & mask != 0 || u64::from(r.length) & mask != 0)
+        {
+            return Some((p::EINVAL, "request not aligned to the minimum block size"));
+        }
+        // FAST_ZERO: answer ENOTSUP at once, before touching anything, unless
+        // the zeroing can deallocate (NO_HOLE forbids that: the range would
+        // have to be written, which is no faster than a WRITE).
+        if command == WriteZeroes
+            && r.flags & p::CMD_FLAG_FAST_ZERO != 0
+            && (r.flags & p::CMD_FLAG_NO_HOLE != 0 || !self.fast_zero)
+        {
+            return Some((p::ENOTSUP, "fast zeroing is not possible for this request"));
+        }
+        None
+    }
+
+    /// Performs a validated request right here if that cannot make the
+    /// caller wait for storage: a READ of at most [`INLINE_MAX`] bytes whose
+    /// data is all in memory (the device's
+    /// [`try_read_at`](BlockDevice::try_read_at)), or a WRITE of at most
+    /// [`INLINE_MAX`] bytes without FUA (it lands in the page cache). `None`
+    /// hands the request back, payload untouched, for a worker to
+    /// [`execute`](Self::execute) — everything that flushes, punches, seeks
+    /// or moves much data goes there.
+    ///
+    /// This is what lets a connection's own thread answer small cached
+    /// requests without waking a worker: the hand-off costs more than the
+    /// request.
+    pub(crate) fn try_execute_inline(
+        &self,
+        r: &Request,
+        payload: &mut Option<PooledBuf>,
+    ) -> Option<io::Result<Reply>> {
+        if r.length > INLINE_MAX || r.length == 0 {
+            return None;
+        }
+        match r.command() {
+            Command::Read => {
+                let mut buf = self.buffers.take(r.length as usize);
+                match self.device.try_read_at(r.offset, buf.as_mut_slice()) {
+                    Ok(true) => Some(Ok(self.read_reply(r, buf))),
+                    Ok(false) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Command::Write if r.flags & p::CMD_FLAG_FUA == 0 => {
+                let data = payload.take()?;
+                Some(
+                    self.device
+                        .write_at(r.offset, data.as_slice(), false)
+                        .map(|()| (p::encode_simple_reply(r.cookie, 0).to_vec(), None)),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// The reply carrying a READ's data.
+    fn read_reply(&self, r: &Request, buf: PooledBuf) -> Reply {
+        match (self.structured, buf.is_empty()) {
+            // An OFFSET_DATA chunk must carry at least one byte.
+            (true, true) => (p::encode_structured_none(r.cookie).to_vec(), None),
+            (true, false) => (
+                p::encode_offset_data_header(r.cookie, r.offset, r.length),
+                Some(buf),
+            ),
+            (false, _) => (p::encode_simple_reply(r.cookie, 0).to_vec(), Some(buf)),
+        }
+    }
+
+    /// Performs one validated request on the device and encodes its reply.
+    pub(crate) fn execute(&self, r: &Request, payload: Option<PooledBuf>) -> io::Result<Reply> {
+        let fua = r.flags & p::CMD_FLAG_FUA != 0;
+        let ok = || Ok((p::encode_simple_reply(r.cookie, 0).to_vec(), None));
+        let dev = &*self.device;
+        match r.command() {
+            Command::Read => {
+                // Bounded by the maximum block size (validated). Not cleared:
+                // read_at fills every byte or fails (and then it is not sent).
+                let mut buf = self.buffers.take(r.length as usize);
+                if !buf.is_empty() {
+                    dev.read_at(r.offset, buf.as_mut_slice())?;
+                }
+                Ok(self.read_reply(r, buf))
+            }
+            Command::Write => {
+                if let Some(data) = payload.filter(|d| !d.is_empty()) {
+                    dev.write_at(r.offset, data.as_slice(), fua)?;
+                }
+                ok()
+            }
+            Command::Flush => {
+                dev.flush()?;
+                ok()
+            }
+            Command::Trim => {
+                if r.length > 0 {
+                    dev.trim(r.offset, u64::from(r.length))?;
+                    if fua {
+                        dev.flush()?;
+                    }
+                }
+                ok()
+            }
+            Command::WriteZeroes => {
+                if r.length > 0 {
+                    let may_punch = r.flags & p::CMD_FLAG_NO_HOLE == 0;
+                    dev.write_zeroes(r.offset, u64::from(r.length), may_punch)?;
+                    if fua {
+                        dev.flush()?;
+                    }
+                }
+                ok()
+            }
+            // A hint; the range was validated, there is no cache to warm.
+            Command::Cache => ok(),
+            Command::BlockStatus => {
+                // In range and non-zero (validated).
+                let runs = dev.block_status(r.offset, u64::from(r.length))?;
+                let req_one = r.flags & p::CMD_FLAG_REQ_ONE != 0;
+                let descriptors = status_descriptors(&runs, r.length, req_one);
+                Ok((
+                    p::encode_block_status(r.cookie, BASE_ALLOCATION_ID, &descriptors),
+                    None,
+                ))
+            }
+            // Filtered out by read_request / validate.
+            Command::Disc | Command::Unknown(_) => {
+                Err(io::Error::from(io::ErrorKind::InvalidInput))
+            }
+        }
+    }
+}
+
+/// Turns a device's allocation runs into `base:allocation` descriptors for
+/// a request of `length` bytes: zero-length runs dropped, everything
+/// clipped to the request (a device may not extend it), neighbours with
+/// the same status merged, at most [`MAX_STATUS_DESCRIPTORS`] (one with
+/// REQ_ONE). Never empty: a device that reports nothing usable gets the
+/// always-true answer "allocated, contents unknown" for the whole range.
+fn status_descriptors(runs: &[Allocation], length: u32, req_one: bool) -> Vec<(u32, u32)> {
+    let limit = if req_one { 1 } else { MAX_STATUS_DESCRIPTORS };
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut left = length;
+    for run in runs {
+        if left == 0 {
+            break;
+        }
+        let len = u32::try_from(run.len).unwrap_or(u32::MAX).min(left);
+        if len == 0 {
+            continue;
+        }
+        let mut flags = 0;
+        if run.hole {
+            flags |= p::STATE_HOLE;
+        }
+        if run.zero {
+            flags |= p::STATE_ZERO;
+        }
+        left -= len;
+        let full = out.len() == limit;
+        match out.last_mut() {
+            Some((last_len, last_flags)) if *last_flags == flags => *last_len += len,
+            _ if full => break,
+            _ => out.push((len, flags)),
+        }
+    }
+    if out.is_empty() {
+        out.push((length, 0));
+    }
+    out
+}
+
+/// Maps a device error to the NBD error value clients understand.
+pub fn errno_of(e: &io::Error) -> u32 {
+    use io::ErrorKind::*;
+    const ENOSPC_RAW: i32 = 28;
+    const EFBIG_RAW: i32 = 27;
+    const EDQUOT_RAW: i32 = 122;
+    match e.kind() {
+        InvalidInput => p::EINVAL,
+        PermissionDenied | ReadOnlyFilesystem => p::EPERM,
+        // The spec asks for EDQUOT and EFBIG to be reported as ENOSPC.
+        StorageFull | QuotaExceeded | FileTooLarge => p::ENOSPC,
+        _ => match e.raw_os_error() {
+            Some(ENOSPC_RAW | EFBIG_RAW | EDQUOT_RAW) => p::ENOSPC,
+            _ => p::EIO,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(len: u64, hole: bool) -> Allocation {
+        Allocation {
+            len,
+            hole,
+            zero: hole,
+        }
+    }
+
+    #[test]
+    fn descriptors_merge_clip_and_never_come_back_empty() {
+        let runs = [
+            run(0, false),
+            run(4096, true),
+            run(4096, true),
+            run(8192, false),
+        ];
+        assert_eq!(
+            status_descriptors(&runs, 10000, false),
+            vec![(8192, p::STATE_HOLE | p::STATE_ZERO), (1808, 0)]
+        );
+        assert_eq!(
+            status_descriptors(&runs, 20000, true),
+            vec![(8192, p::STATE_HOLE | p::STATE_ZERO)]
+        );
+        // A run longer than u32 (or than asked) is clipped to the request.
+        assert_eq!(
+            status_descriptors(&[run(1 << 40, true)], 512, false),
+            vec![(512, 3)]
+        );
+        assert_eq!(status_descriptors(&[], 512, false), vec![(512, 0)]);
+        assert_eq!(
+            status_descriptors(&[run(0, true)], 512, true),
+            vec![(512, 0)]
+        );
+    }
+
+    #[test]
+    fn descriptors_are_capped() {
+        let runs: Vec<Allocation> = (0..MAX_STATUS_DESCRIPTORS + 10)
+            .map(|i| run(512, i % 2 == 0))
+            .collect();
+        let d = status_descriptors(&runs, u32::MAX, false);
+        assert_eq!(d.len(), MAX_STATUS_DESCRIPTORS);
+        assert!(d.iter().all(|&(len, _)| len == 512));
+    }
+}

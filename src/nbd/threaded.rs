@@ -1,0 +1,601 @@
+//! The transmission phase on a plain (non-TLS) socket, on blocking threads:
+//! the fast path, taken by every Unix-socket and TCP connection that did not
+//! start TLS.
+//!
+//! ```text
+//!            ┌───────────── reader thread (one per connection) ─────────────┐
+//!  socket ──▶│ header → validate → (payload) → budget                        │
+//!            │   small and cached? ── yes: device call here ──▶ reply batch ─┼─┐
+//!            │        │ no                                                   │ │
+//!            └────────┼──────────────────────────────────────────────────────┘ │
+//!                     ▼ job queue                                              │
+//!        server workers: device call ── reply ──▶ channel ◀────── batch ───────┘
+//!                                                   │
+//!                        writer thread: every ready reply in one writev ──▶ socket
+//! ```
+//!
+//! Why threads and not the async loop of `transmission.rs` (which TLS
+//! connections keep): on a few cores the cost of a small request is
+//! dominated by hand-offs between threads — the reactor waking a worker,
+//! the worker waking the writer — not by the device call, which for a
+//! cached 4 KiB read is a `preadv2` and a microsecond of AES. Here the
+//! reader answers such requests itself (`RWF_NOWAIT` makes sure it never
+//! waits for a disk: data not in the page cache goes to a worker), queues
+//! their replies in a batch, and hands the whole batch to the writer when it
+//! is about to block on the socket. Large and slow requests (flush, trim,
+//! zeroing, block status, anything over
+//! [`INLINE_MAX`](super::commands::INLINE_MAX)) still go to the
+//! server's shared workers, so one connection's big reads and writes run on
+//! every core and a slow disk never stalls its reader.
+//!
+//! The rules of `transmission.rs` hold unchanged: a WRITE's payload is read
+//! in full before the next header, so framing survives any rejection;
+//! memory is bounded per connection by [`IN_FLIGHT_BYTES`] (a request holds
+//! its share from before its payload is read until its reply is written,
+//! and the reader stops reading while the budget is spent — after handing
+//! its own batch on, so it never waits for itself); on DISC or EOF in-flight
+//! requests finish and their replies are written before the socket closes.
+//! Server shutdown stops the reader by shutting the socket's read side, and
+//! after [`SHUTDOWN_GRACE`] the write side too.
+
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
+use super::handshake::Negotiated;
+use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
+use super::transmission::{
+    DISCARD_LIMIT, IN_FLIGHT_BYTES, REQUEST_OVERHEAD, SHUTDOWN_GRACE, TransmissionError,
+    shutdown_requested,
+};
+use super::workers::{PooledBuf, Shared};
+
+/// The reader's socket buffer: many small requests per `recv`.
+const READ_BUFFER: usize = 256 * 1024;
+/// The reader hands its batch to the writer once it holds this many
+/// replies or bytes, even if more requests are waiting, so replies keep
+/// flowing while a long burst is being served.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 1 << 20;
+/// Replies per `writev` (two slices each; Linux takes at most 1024).
+const FRAMES_PER_WRITE: usize = 512;
+
+/// A connected plain stream socket, in blocking mode.
+#[derive(Debug)]
+pub(crate) enum PlainSocket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl PlainSocket {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.shutdown(how),
+            Self::Tcp(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Read for &PlainSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PlainSocket::Unix(s) => (&*s).read(buf),
+            PlainSocket::Tcp(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &PlainSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            PlainSocket::Unix(s) => (&*s).write(buf),
+            PlainSocket::Tcp(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            PlainSocket::Unix(s) => (&*s).write_vectored(bufs),
+            PlainSocket::Tcp(s) => (&*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reader's view of a shared socket.
+struct SocketReader(Arc<PlainSocket>);
+
+impl Read for SocketReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// A socket an async accept loop produced, taken over by blocking threads.
+pub(crate) trait IntoPlainSocket {
+    fn into_plain_socket(self) -> io::Result<PlainSocket>;
+}
+
+impl IntoPlainSocket for tokio::net::UnixStream {
+    fn into_plain_socket(self) -> io::Result<PlainSocket> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        widen_send_buffer(&s);
+        Ok(PlainSocket::Unix(s))
+    }
+}
+
+impl IntoPlainSocket for tokio::net::TcpStream {
+    fn into_plain_socket(self) -> io::Result<PlainSocket> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        widen_send_buffer(&s);
+        Ok(PlainSocket::Tcp(s))
+    }
+}
+
+/// Asks for a send buffer that holds a few large READ replies (the kernel
+/// caps it at `net.core.wmem_max`): with the default ~208 KiB the writer
+/// sleeps and is woken several times for every MiB it sends.
+fn widen_send_buffer(socket: impl std::os::fd::AsFd) {
+    const SEND_BUFFER: usize = 4 << 20;
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(socket, SEND_BUFFER) {
+        debug!(error = %e, "could not widen the socket send buffer");
+    }
+}
+
+/// Serves requests on `socket` until DISC, client close, error or server
+/// shutdown; the blocking work runs on this connection's own threads, and
+/// this future only waits for them (and for shutdown).
+pub(crate) async fn serve(
+    socket: PlainSocket,
+    negotiated: Negotiated,
+    mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) -> Result<(), TransmissionError> {
+    let control = socket.try_clone()?;
+    let (done_tx, mut done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("envol-nbd-conn".into())
+        .spawn(move || {
+            let _ = done_tx.send(serve_blocking(socket, negotiated, shared));
+        })?;
+    tokio::select! {
+        r = &mut done => return finished(r),
+        _ = shutdown_requested(&mut shutdown) => {}
+    }
+    // Stop reading; requests already read finish and are answered.
+    let _ = control.shutdown(Shutdown::Read);
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut done).await {
+        Ok(r) => finished(r),
+        Err(_) => {
+            warn!("nbd client did not take its replies within the shutdown grace period");
+            let _ = control.shutdown(Shutdown::Both);
+            finished(done.await)
+        }
+    }
+}
+
+fn finished(
+    r: Result<Result<(), TransmissionError>, oneshot::error::RecvError>,
+) -> Result<(), TransmissionError> {
+    r.unwrap_or_else(|_| Err(io::Error::other("nbd connection thread panicked").into()))
+}
+
+/// One reply, encoded, holding its share of the budget until written.
+struct Frame {
+    head: Vec<u8>,
+    data: Option<PooledBuf>,
+    _permit: Permit,
+}
+
+/// How the reader loop ended.
+enum End {
+    /// `NBD_CMD_DISC`, or the client closed its side (or the server shut
+    /// the read side down).
+    Client,
+    /// The writer stopped (client no longer reads, or a write failed).
+    WriterGone,
+}
+
+fn serve_blocking(
+    socket: PlainSocket,
+    negotiated: Negotiated,
+    shared: Arc<Shared>,
+) -> Result<(), TransmissionError> {
+    let socket = Arc::new(socket);
+    let (replies, rx) = mpsc::channel::<Vec<Frame>>();
+    let writer_gone = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let socket = socket.clone();
+        let gone = writer_gone.clone();
+        std::thread::Builder::new()
+            .name("envol-nbd-reply".into())
+            .spawn(move || {
+                let r = write_replies(&socket, &rx);
+                if r.is_err() {
+                    gone.store(true, Ordering::Release);
+                    // Wake the reader if it waits for the client.
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+                r
+            })?
+    };
+    let mut reader = Reader {
+        input: BufReader::with_capacity(READ_BUFFER, SocketReader(socket.clone())),
+        cmd: Arc::new(CommandContext::for_negotiated(
+            &negotiated,
+            shared.buffers().clone(),
+        )),
+        shared,
+        replies,
+        budget: Arc::new(Budget::new(IN_FLIGHT_BYTES)),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        writer_gone,
+    };
+    let ended = reader.run();
+    // Our sender goes; the writer ends once the workers' replies for this
+    // connection are written.
+    drop(reader);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("nbd reply writer panicked")));
+    let _ = socket.shutdown(Shutdown::Write);
+    match (ended, written) {
+        (Err(e), _) => Err(e),
+        (Ok(End::WriterGone), _) => Ok(()),
+        (Ok(End::Client), Err(e)) if !is_disconnect(&e) => Err(e.into()),
+        (Ok(End::Client), _) => Ok(()),
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+struct Reader {
+    input: BufReader<SocketReader>,
+    cmd: Arc<CommandContext>,
+    shared: Arc<Shared>,
+    replies: mpsc::Sender<Vec<Frame>>,
+    budget: Arc<Budget>,
+    /// Replies of requests answered on this thread, not yet handed on.
+    batch: Vec<Frame>,
+    batch_bytes: usize,
+    writer_gone: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(&mut self) -> Result<End, TransmissionError> {
+        let ended = loop {
+            if self.input.buffer().len() < REQUEST_HEADER_LEN {
+                // About to wait for the client: let it have what is ready.
+                self.hand_on();
+            }
+            if self.writer_gone.load(Ordering::Acquire) {
+                break Ok(End::WriterGone);
+            }
+            match self.serve_one() {
+                Ok(true) => {}
+                Ok(false) => break Ok(End::Client),
+                Err(e) => break Err(e),
+            }
+            if self.batch.len() >= BATCH_FRAMES || self.batch_bytes >= BATCH_BYTES {
+                self.hand_on();
+            }
+        };
+        self.hand_on();
+        ended
+    }
+
+    /// Reads and answers (or dispatches) one request; `false` once the
+    /// client is done.
+    fn serve_one(&mut self) -> Result<bool, TransmissionError> {
+        let mut header = [0u8; REQUEST_HEADER_LEN];
+        match self.input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                debug!("nbd client closed the connection without NBD_CMD_DISC");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let request = Request::parse(&header)?;
+        let command = request.command();
+        if command == Command::Disc {
+            return Ok(false);
+        }
+        let rejected = self.cmd.validate(&request);
+        let payload_len = if command == Command::Write {
+            request.length
+        } else {
+            0
+        };
+
+        if payload_len > 0 && rejected.is_some() {
+            if payload_len > DISCARD_LIMIT.max(self.cmd.sizes.maximum) {
+                return Err(TransmissionError::PayloadTooLarge(payload_len));
+            }
+            self.discard(u64::from(payload_len))?;
+        }
+
+        // READ buffers its data until the reply is written; WRITE its
+        // payload; BLOCK_STATUS up to its largest reply.
+        let buffered = match command {
+            _ if rejected.is_some() => 0,
+            Command::Read | Command::Write => request.length,
+            Command::BlockStatus => u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        let cost = buffered
+            .saturating_add(REQUEST_OVERHEAD)
+            .min(IN_FLIGHT_BYTES);
+        let permit = match self.budget.try_acquire(cost) {
+            Some(p) => p,
+            None => {
+                // Some of what is spent may sit in our own batch.
+                self.hand_on();
+                self.budget.acquire(cost)
+            }
+        };
+
+        if let Some((errno, message)) = rejected {
+            debug!(
+                cookie = request.cookie,
+                kind = request.kind,
+                errno,
+                message,
+                "nbd request rejected"
+            );
+            let head = self.cmd.error_frame(request.cookie, errno, message);
+            self.push(head, None, permit);
+            return Ok(true);
+        }
+
+        let mut payload = None;
+        if payload_len > 0 {
+            if self.input.buffer().len() < payload_len as usize {
+                self.hand_on();
+            }
+            // Bounded by the advertised maximum (validated). Not cleared:
+            // the read overwrites every byte of it.
+            let mut buf = self.cmd.buffers.take(payload_len as usize);
+            self.input.read_exact(buf.as_mut_slice())?;
+            payload = Some(buf);
+        }
+
+        let inline = catch_unwind(AssertUnwindSafe(|| {
+            self.cmd.try_execute_inline(&request, &mut payload)
+        }));
+        match inline {
+            Ok(Some(Ok((head, data)))) => self.push(head, data, permit),
+            Ok(Some(Err(e))) => {
+                let head = self.cmd.failure_frame(&request, &e);
+                self.push(head, None, permit);
+            }
+            Ok(None) => self.dispatch(request, payload, permit),
+            Err(_) => {
+                warn!(
+                    cookie = request.cookie,
+                    kind = request.kind,
+                    "device panicked serving nbd request"
+                );
+                let head = self
+                    .cmd
+                    .error_frame(request.cookie, p::EIO, "internal error");
+                self.push(head, None, permit);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads and drops `len` payload bytes of a refused WRITE.
+    fn discard(&mut self, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut (&mut self.input).take(len), &mut io::sink())?;
+        if copied < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, head: Vec<u8>, data: Option<PooledBuf>, permit: Permit) {
+        self.batch_bytes += head.len() + data.as_ref().map_or(0, |d| d.as_slice().len());
+        self.batch.push(Frame {
+            head,
+            data,
+            _permit: permit,
+        });
+    }
+
+    /// Gives the batch to the writer.
+    fn hand_on(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.batch_bytes = 0;
+        // Fails only once the writer is gone; the replies have nowhere to go.
+        let _ = self.replies.send(std::mem::take(&mut self.batch));
+    }
+
+    /// Queues a request for the server's workers (waiting while the queue is
+    /// full); the worker sends its reply to the writer.
+    fn dispatch(&mut self, request: Request, payload: Option<PooledBuf>, permit: Permit) {
+        let cmd = self.cmd.clone();
+        let replies = self.replies.clone();
+        self.shared.submit_blocking(Box::new(move || {
+            let cookie = request.cookie;
+            // A panicking device must not leave the client waiting forever
+            // for this cookie: turn it into EIO.
+            let outcome = catch_unwind(AssertUnwindSafe(|| cmd.execute(&request, payload)));
+            let (head, data) = match outcome {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => (cmd.failure_frame(&request, &e), None),
+                Err(_) => {
+                    warn!(
+                        cookie,
+                        kind = request.kind,
+                        "device panicked serving nbd request"
+                    );
+                    (cmd.error_frame(cookie, p::EIO, "internal error"), None)
+                }
+            };
+            let _ = replies.send(vec![Frame {
+                head,
+                data,
+                _permit: permit,
+            }]);
+        }));
+    }
+}
+
+/// The writer thread: writes every reply that is ready with as few
+/// `writev`s as possible, until every sender is gone.
+fn write_replies(socket: &PlainSocket, frames: &mpsc::Receiver<Vec<Frame>>) -> io::Result<()> {
+    let mut out = socket;
+    while let Ok(mut pending) = frames.recv() {
+        while let Ok(more) = frames.try_recv() {
+            pending.extend(more);
+        }
+        for chunk in pending.chunks(FRAMES_PER_WRITE) {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+            for f in chunk {
+                slices.push(IoSlice::new(&f.head));
+                if let Some(d) = &f.data {
+                    slices.push(IoSlice::new(d.as_slice()));
+                }
+            }
+            write_all_vectored(&mut out, &mut slices)?;
+        }
+        // `pending` drops here: buffers go back to the pool, budget is freed.
+    }
+    Ok(())
+}
+
+fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A connection's in-flight byte budget, for blocking threads.
+struct Budget {
+    left: Mutex<u32>,
+    freed: Condvar,
+}
+
+/// A share of a [`Budget`], given back when dropped.
+struct Permit {
+    budget: Arc<Budget>,
+    amount: u32,
+}
+
+impl Budget {
+    fn new(total: u32) -> Self {
+        Self {
+            left: Mutex::new(total),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, amount: u32) -> Option<Permit> {
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        (*left >= amount).then(|| {
+            *left -= amount;
+            Permit {
+                budget: self.clone(),
+                amount,
+            }
+        })
+    }
+
+    /// Waits until `amount` (at most the total) is free.
+    fn acquire(self: &Arc<Self>, amount: u32) -> Permit {
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        while *left < amount {
+            left = self.freed.wait(left).unwrap_or_else(|p| p.into_inner());
+        }
+        *left -= amount;
+        Permit {
+            budget: self.clone(),
+            amount,
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut left = self.budget.left.lock().unwrap_or_else(|p| p.into_inner());
+        *left += self.amount;
+        self.budget.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_waits_for_what_is_given_back() {
+        let budget = Arc::new(Budget::new(100));
+        let a = budget.try_acquire(60).expect("free");
+        assert!(budget.try_acquire(60).is_none());
+        let waiter = {
+            let budget = budget.clone();
+            std::thread::spawn(move || budget.acquire(100).amount)
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished());
+        drop(a);
+        assert_eq!(waiter.join().unwrap(), 100);
+        assert!(budget.try_acquire(100).is_some());
+    }
+
+    #[test]
+    fn vectored_writes_survive_short_writes() {
+        /// Takes at most 3 bytes per call.
+        struct Trickle(Vec<u8>);
+        impl Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(3);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let parts: [&[u8]; 4] = [b"head", b"", b"payload-bytes", b"x"];
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut out = Trickle(Vec::new());
+        write_all_vectored(&mut out, &mut slices).unwrap();
+        assert_eq!(out.0, b"headpayload-bytesx");
+    }
+}
