@@ -17,10 +17,12 @@ use crate::volume::{Allocation, BlockDevice, BlockSizes};
 /// small: 128 KiB). A client asks again for the rest, as it must anyway.
 pub(crate) const MAX_STATUS_DESCRIPTORS: usize = 1 << 14;
 
-/// Largest READ or WRITE a connection's own thread may perform itself (see
-/// [`CommandContext::try_execute_inline`]): at this size the device call
-/// costs a few microseconds, less than waking a worker.
-pub(crate) const INLINE_MAX: u32 = 64 * 1024;
+/// Largest WRITE a connection's own thread performs itself (see
+/// [`CommandContext::try_execute_inline`]). Small writes cost less than
+/// waking a worker; large ones are better off on a worker, where their
+/// encryption and page-cache copy overlap with the reader taking in the
+/// next payload (measured: 1 MiB writes inline ran ~20 % slower).
+pub(crate) const INLINE_WRITE_MAX: u32 = 64 * 1024;
 
 /// A request's encoded reply: the header (simple reply, structured chunk
 /// header or whole structured reply) and, for READ, the data that follows.
@@ -144,27 +146,26 @@ impl CommandContext {
     }
 
     /// Performs a validated request right here if that cannot make the
-    /// caller wait for storage: a READ of at most [`INLINE_MAX`] bytes whose
-    /// data is all in memory (the device's
-    /// [`try_read_at`](BlockDevice::try_read_at)), or a WRITE of at most
-    /// [`INLINE_MAX`] bytes without FUA (it lands in the page cache). `None`
-    /// hands the request back, payload untouched, for a worker to
-    /// [`execute`](Self::execute) — everything that flushes, punches, seeks
-    /// or moves much data goes there.
+    /// caller wait for storage: a READ whose data is all in memory (the
+    /// device's [`try_read_at`](BlockDevice::try_read_at)), or a WRITE of at
+    /// most [`INLINE_WRITE_MAX`] bytes without FUA (it lands in the page
+    /// cache), or a BLOCK_STATUS (a metadata lookup) or CACHE (nothing).
+    /// `None` hands the request back, payload untouched, for a worker to
+    /// [`execute`](Self::execute) — everything that flushes, punches,
+    /// zeroes or waits for a disk to read data goes there.
     ///
-    /// This is what lets a connection's own thread answer small cached
-    /// requests without waking a worker: the hand-off costs more than the
-    /// request.
+    /// This is what lets a connection's own thread answer cached requests
+    /// without waking a worker: for small requests the hand-off costs more
+    /// than the request, and a cached read of any size is fastest where the
+    /// data is decrypted in the cache it was just copied into (measured:
+    /// 1 MiB reads inline took ~35 % less CPU per GiB than on a worker).
     pub(crate) fn try_execute_inline(
         &self,
         r: &Request,
         payload: &mut Option<PooledBuf>,
     ) -> Option<io::Result<Reply>> {
-        if r.length > INLINE_MAX || r.length == 0 {
-            return None;
-        }
         match r.command() {
-            Command::Read => {
+            Command::Read if r.length > 0 => {
                 let mut buf = self.buffers.take(r.length as usize);
                 match self.device.try_read_at(r.offset, buf.as_mut_slice()) {
                     Ok(true) => Some(Ok(self.read_reply(r, buf))),
@@ -172,7 +173,7 @@ impl CommandContext {
                     Err(e) => Some(Err(e)),
                 }
             }
-            Command::Write if r.flags & p::CMD_FLAG_FUA == 0 => {
+            Command::Write if r.length <= INLINE_WRITE_MAX && r.flags & p::CMD_FLAG_FUA == 0 => {
                 let data = payload.take()?;
                 Some(
                     self.device
@@ -180,6 +181,11 @@ impl CommandContext {
                         .map(|()| (p::encode_simple_reply(r.cookie, 0).to_vec(), None)),
                 )
             }
+            // SEEK_DATA/SEEK_HOLE on the backing file: file-system metadata,
+            // cached once the file has been used at all; and CACHE does
+            // nothing. Copy tools ask for block status before nearly every
+            // read they issue, so a hand-off here costs a round trip each.
+            Command::BlockStatus | Command::Cache => Some(self.execute(r, None)),
             _ => None,
         }
     }
