@@ -39,7 +39,7 @@
 //! Server shutdown stops the reader by shutting the socket's read side, and
 //! after [`SHUTDOWN_GRACE`] the write side too.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -392,7 +392,7 @@ impl Reader {
             // Bounded by the advertised maximum (validated). Not cleared:
             // the read overwrites every byte of it.
             let mut buf = self.cmd.buffers.take(payload_len as usize);
-            self.input.read_exact(buf.as_mut_slice())?;
+            self.read_payload(buf.as_mut_slice())?;
             payload = Some(buf);
         }
 
@@ -419,6 +419,20 @@ impl Reader {
             }
         }
         Ok(true)
+    }
+
+    /// Fills `buf` with payload: first what the socket buffer holds, then
+    /// straight from the socket. (`BufReader::read_exact` would refill its
+    /// own buffer and copy every remaining byte a second time.)
+    fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let buffered = self.input.buffer();
+        let n = buffered.len().min(buf.len());
+        buf[..n].copy_from_slice(&buffered[..n]);
+        self.input.consume(n);
+        if n < buf.len() {
+            self.input.get_mut().read_exact(&mut buf[n..])?;
+        }
+        Ok(())
     }
 
     /// Reads and drops `len` payload bytes of a refused WRITE.
@@ -575,8 +589,15 @@ fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> i
 
 /// A connection's in-flight byte budget, for blocking threads.
 struct Budget {
-    left: Mutex<u32>,
+    state: Mutex<BudgetState>,
     freed: Condvar,
+}
+
+struct BudgetState {
+    left: u32,
+    /// Whether the reader waits: only then does giving back wake anyone
+    /// (a notify is a system call even with no one waiting).
+    waiting: bool,
 }
 
 /// A share of a [`Budget`], given back when dropped.
@@ -588,15 +609,22 @@ struct Permit {
 impl Budget {
     fn new(total: u32) -> Self {
         Self {
-            left: Mutex::new(total),
+            state: Mutex::new(BudgetState {
+                left: total,
+                waiting: false,
+            }),
             freed: Condvar::new(),
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn try_acquire(self: &Arc<Self>, amount: u32) -> Option<Permit> {
-        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
-        (*left >= amount).then(|| {
-            *left -= amount;
+        let mut state = self.lock();
+        (state.left >= amount).then(|| {
+            state.left -= amount;
             Permit {
                 budget: self.clone(),
                 amount,
@@ -604,13 +632,16 @@ impl Budget {
         })
     }
 
-    /// Waits until `amount` (at most the total) is free.
+    /// Waits until `amount` (at most the total) is free. Only the
+    /// connection's reader acquires, so there is at most one waiter.
     fn acquire(self: &Arc<Self>, amount: u32) -> Permit {
-        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
-        while *left < amount {
-            left = self.freed.wait(left).unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        while state.left < amount {
+            state.waiting = true;
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        *left -= amount;
+        state.waiting = false;
+        state.left -= amount;
         Permit {
             budget: self.clone(),
             amount,
@@ -620,9 +651,11 @@ impl Budget {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut left = self.budget.left.lock().unwrap_or_else(|p| p.into_inner());
-        *left += self.amount;
-        self.budget.freed.notify_one();
+        let mut state = self.budget.lock();
+        state.left += self.amount;
+        if state.waiting {
+            self.budget.freed.notify_one();
+        }
     }
 }
 
