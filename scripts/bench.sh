@@ -6,9 +6,10 @@
 #   defaults: -r 3 -t 15 -s 2048; PEERS default to every installed one of
 #   nbdkit-file nbdkit-luks qemu-luks nbd-server qemu-raw
 #
-# What it does: builds envol (release), lets `envol up --data TMP` create a throw-away
-# embedded KMS, a master key and a SIZE_MIB volume on first start (compare.sh restarts
-# the server every round; later starts re-attach through the same KMS), runs
+# What it does: builds envol (release), lets `envol up --data BENCH_DIR/envol-SIZE`
+# create a throw-away embedded KMS, a master key and a SIZE_MIB volume on first start
+# (kept for later runs, as compare.sh keeps the peers' images; compare.sh restarts
+# the server every round and later starts re-attach through the same KMS), runs
 # compare.sh, and writes the results table (images/bench-results.md) and a chart
 # (images/bench-chart.svg) from the run's log with scripts/bench_report.py.
 #
@@ -53,14 +54,19 @@ mkdir "$WORK/bin"
 cp "$ROOT/target/release/envol" "$WORK/bin/envol"
 ENVOL=$WORK/bin/envol
 OUT=${OUT:-$WORK/out}
-export ENVOL ENVOL_BENCH_DATA=$WORK/data
+# The throw-away KMS and volume live beside the peers' images in BENCH_DIR and,
+# like them, are made once per size and reused by later runs: every server
+# then starts from a file whose blocks are already allocated (a fresh sparse
+# file makes the first round's writes pay for block allocation).
+BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench}
+export ENVOL ENVOL_BENCH_DATA=$BENCH_DIR/envol-$SIZE_MIB
 # `envol up` serves export "default" on --socket; its TCP listener goes to an
 # ephemeral loopback port so it never collides with anything.
 export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0'
 export EXPORT=default
 
 echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench} \
+BENCH_DIR=$BENCH_DIR \
   "$COMPARE" -r "$ROUNDS" -t "$RT" -s "$SIZE_MIB" -o "$OUT" own "${PEERS[@]}"
 
 mkdir -p "$ROOT/images"

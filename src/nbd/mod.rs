@@ -15,14 +15,16 @@
 //! | `server.rs` | [`Listeners`] (Unix socket, TCP), the accept loop, per-connection lifecycle, graceful shutdown |
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
 //! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
-//! | `transmission.rs` | the request loop: validation, parallel device calls, the reply writer |
+//! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
+//! | `threaded.rs` | the request loop for plain sockets: a blocking reader per connection that answers cached requests itself, batched replies |
+//! | `transmission.rs` | the request loop on any async stream (TLS connections, in-memory tests): every device call on the workers |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
 //!
-//! Only `protocol.rs` knows byte layouts, and only `transmission.rs` calls
-//! the device.
+//! Only `protocol.rs` knows byte layouts, and only `commands.rs` calls the
+//! device.
 //!
 //! # Handshake
 //!
@@ -81,23 +83,38 @@
 //!
 //! # Concurrency
 //!
-//! One tokio task per connection reads requests; every device call runs on
-//! a fixed pool of worker threads (about one per core, at least two;
-//! `ENVOL_NBD_WORKERS` overrides the count, e.g. for a backing store that
-//! blocks on a slow disk) created once per [`Server`] and shared by all its connections, fed by a
-//! bounded job queue — so many requests of one connection are served in
-//! parallel and answered in completion order, each reply matched by its
-//! cookie, without a thread per request. READ/WRITE data lives in buffers
-//! from a server-wide pool (idle buffers capped at 64 MiB), reused without
-//! clearing. Replies go through a channel to one writer task
-//! per connection, so frames never interleave. A per-connection budget of
-//! [`IN_FLIGHT_BYTES`] bounds buffered payloads: when it is spent the
-//! reader simply stops reading, which pushes back on the client through
-//! TCP/Unix flow control. Connections share nothing but the `Arc`'d device
-//! and the server's workers and buffers, so a client that vanishes mid-request affects no one else (its pending
-//! device calls finish and their replies are dropped). All connections to an
-//! export call the same device, so a FLUSH on one covers writes made on all
-//! of them, which is why `CAN_MULTI_CONN` is advertised.
+//! Each server has a fixed pool of worker threads for device calls (about
+//! one per core, at least two; `ENVOL_NBD_WORKERS` overrides the count,
+//! e.g. for a backing store that blocks on a slow disk), fed by a bounded
+//! job queue, and a pool of request/reply buffers (idle buffers capped at
+//! 64 MiB) reused without clearing. Many requests of one connection are
+//! served in parallel and answered in completion order, each reply matched
+//! by its cookie.
+//!
+//! A plain connection (Unix socket or TCP without TLS) is handed, after
+//! its handshake, to two blocking threads of its own (`threaded.rs`): a
+//! reader that parses requests and performs the ones that cannot make it
+//! wait for a disk — READs whose data is in the page cache (`preadv2`
+//! with `RWF_NOWAIT`), WRITEs up to 64 KiB, BLOCK_STATUS — right there,
+//! and a writer for the replies of everything else, which runs on the
+//! workers. The reader writes its own batch of replies when it is about
+//! to wait for the client anyway; so a cached request costs no thread
+//! hand-off at all, which on a few cores is what small requests cost
+//! most. A TLS connection (whose stream cannot be shared by a reader and a
+//! writer thread) keeps the async loop of `transmission.rs`: one tokio
+//! task reads, every device call goes to the workers, one writer task
+//! sends. Either way frames never interleave, and a per-connection budget
+//! of [`IN_FLIGHT_BYTES`] bounds buffered payloads and replies: when it is
+//! spent the reader simply stops reading, which pushes back on the client
+//! through TCP/Unix flow control. `ENVOL_NBD_TRANSMISSION=async` serves
+//! plain connections with the async loop too, for comparison.
+//!
+//! Connections share nothing but the `Arc`'d device and the server's
+//! workers and buffers, so a client that vanishes mid-request affects no
+//! one else (its pending device calls finish and their replies are
+//! dropped). All connections to an export call the same device, so a FLUSH
+//! on one covers writes made on all of them, which is why `CAN_MULTI_CONN`
+//! is advertised.
 //!
 //! Shutdown: the future given to [`Server::serve`] resolving stops the
 //! accept loop; connections still negotiating are dropped; connections in

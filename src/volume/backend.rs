@@ -353,6 +353,32 @@ mod tests {
     }
 
     #[test]
+    fn file_try_read_serves_the_page_cache_only() {
+        let (_dir, b) = sparse_file(1 << 20);
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        b.write_at(4096, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        // Just written: in the page cache, unless this kernel or file
+        // system cannot do RWF_NOWAIT at all (then it never says yes).
+        if !b.try_read_at(4096, &mut back).unwrap() {
+            assert!(
+                !b.nowait.load(Ordering::Relaxed),
+                "a refused try must come from missing RWF_NOWAIT support"
+            );
+            return;
+        }
+        assert_eq!(back, data);
+        // Written back and dropped from the cache: the try must decline
+        // instead of waiting for the disk, and the blocking read still works.
+        b.flush().unwrap();
+        rustix::fs::fadvise(b.file(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        back.fill(0);
+        assert!(!b.try_read_at(4096, &mut back).unwrap());
+        b.read_at(4096, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
     fn file_backend_reports_holes_and_data() {
         let (_dir, b) = sparse_file(8 << 20);
         assert!(b.is_hole(0, 8 << 20).unwrap());

@@ -2,9 +2,11 @@
 //!
 //! The NBD layer speaks only this trait; the volume layer (superblock, sector
 //! cipher, backing store) implements it. Calls are synchronous and may block
-//! (file I/O, CPU-bound crypto): the async server runs them off the reactor,
-//! on its fixed pool of worker threads, which also lets requests proceed in
-//! parallel.
+//! (file I/O, CPU-bound crypto): the NBD server makes them on blocking
+//! threads, never on its async reactor — a connection's own reader thread
+//! for what cannot wait on a disk ([`BlockDevice::try_read_at`], small
+//! writes), its fixed pool of worker threads for the rest, which also lets
+//! requests proceed in parallel.
 //!
 //! Errors are `std::io::Error`; the NBD layer maps their kind/raw OS error to an
 //! NBD errno (EINVAL for out of range, ENOSPC, EIO, EPERM, ...).

@@ -477,6 +477,36 @@ mod tests {
     }
 
     #[test]
+    fn try_read_matches_read_at_for_any_alignment() {
+        for ss in [512u32, 4096] {
+            let key = DataKey::generate();
+            let sb = superblock(&key, ss);
+            let backend = MemBackend::new((DATA_OFFSET + SIZE) as usize);
+            let v = Volume::open(backend, &sb, key).unwrap();
+            v.write_at(0, &pattern(300_000, 7), false).unwrap();
+            for (off, len) in [
+                (0u64, 4096usize),
+                (1000, 5000),
+                (4095, 2),
+                (8192, 65536),
+                (77, 12293),
+            ] {
+                let mut tried = vec![0xeeu8; len];
+                assert!(
+                    v.try_read_at(off, &mut tried).unwrap(),
+                    "memory never waits"
+                );
+                assert_eq!(tried, read(&v, off, len), "ss {ss} at {off}+{len}");
+            }
+            let mut beyond = vec![0u8; 2];
+            assert_eq!(
+                v.try_read_at(SIZE - 1, &mut beyond).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+    }
+
+    #[test]
     fn new_volume_reads_zeros() {
         for ss in [512, 4096] {
             let fv = file_volume(ss);
