@@ -203,3 +203,58 @@ fn disc_closes_only_after_slow_in_flight_requests_are_answered() {
         );
     }
 }
+
+/// Server shutdown with busy connections: every request a client sent
+/// before the shutdown is answered, then the connection closes; a client
+/// that never reads its replies is cut off once the grace period is over,
+/// so shutdown always ends.
+#[test]
+fn shutdown_answers_what_was_sent_and_never_hangs() {
+    let disk = MemDevice::new(8 * MIB);
+    let pattern: Vec<u8> = (0..8 * MIB).map(|i| (i % 253) as u8).collect();
+    disk.fill(0, &pattern);
+    let server = TestServer::start(vec![export("disk", disk.clone())]);
+
+    // 64 MiB of replies it never reads: the server's writer stalls on it.
+    let mut deaf = attach(&server, "disk");
+    for i in 0..16u64 {
+        deaf.request(CMD_READ, 0, 1000 + i, 0, 4 * MIB as u32, &[]);
+    }
+    // 32 reads, pipelined; replies read only once shutdown has begun.
+    let mut busy = attach(&server, "disk");
+    const READS: u64 = 32;
+    for i in 0..READS {
+        busy.request(CMD_READ, 0, i, i * 65536, 65536, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stopper = std::thread::spawn(move || {
+        let t = Instant::now();
+        server.stop().unwrap();
+        t.elapsed()
+    });
+    let mut answered = std::collections::HashSet::new();
+    while let Some(reply) = busy.try_read_reply() {
+        let Reply::Simple { cookie, error: 0 } = reply else {
+            panic!("unexpected reply {reply:?}");
+        };
+        assert!(cookie < READS && answered.insert(cookie), "cookie {cookie}");
+        let at = cookie as usize * 65536;
+        assert_eq!(busy.read_data(65536), pattern[at..at + 65536]);
+    }
+    assert_eq!(
+        answered.len() as u64,
+        READS,
+        "every request sent was answered"
+    );
+
+    let took = stopper.join().unwrap();
+    assert!(
+        took < envol::nbd::SHUTDOWN_GRACE + Duration::from_secs(5),
+        "shutdown took {took:?}"
+    );
+    // Whatever reached the deaf client before the cut, it ends in EOF (not
+    // in the 20 s read timeout).
+    let drained = deaf.read_to_eof().expect("deaf connection closed");
+    assert!(drained <= 16 * (4 * MIB + 16), "{drained} bytes");
+}

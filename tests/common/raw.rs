@@ -169,9 +169,20 @@ impl Raw {
     /// Reads one reply header (and a structured chunk's payload). A simple
     /// READ reply's data must then be read by the caller with `read_data`.
     pub fn read_reply(&mut self) -> Reply {
+        self.try_read_reply()
+            .expect("connection closed before a reply")
+    }
+
+    /// Like `read_reply`, but `None` if the server closed the connection
+    /// where a reply would start.
+    pub fn try_read_reply(&mut self) -> Option<Reply> {
         let mut magic = [0u8; 4];
-        self.s.read_exact(&mut magic).unwrap();
-        match u32::from_be_bytes(magic) {
+        match self.s.read_exact(&mut magic) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => panic!("reading a reply: {e}"),
+        }
+        Some(match u32::from_be_bytes(magic) {
             0x67446698 => {
                 let mut h = [0u8; 12];
                 self.s.read_exact(&mut h).unwrap();
@@ -194,13 +205,20 @@ impl Raw {
                 }
             }
             other => panic!("bad reply magic {other:#x}"),
-        }
+        })
     }
 
     pub fn read_data(&mut self, len: usize) -> Vec<u8> {
         let mut d = vec![0; len];
         self.s.read_exact(&mut d).unwrap();
         d
+    }
+
+    /// Reads and drops everything up to EOF; the byte count, or the error
+    /// (such as the read timeout) that came first.
+    pub fn read_to_eof(&mut self) -> std::io::Result<usize> {
+        let mut rest = Vec::new();
+        self.s.read_to_end(&mut rest)
     }
 
     /// True once the server has closed the connection (EOF).
