@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# profile.sh - where envol's server spends its CPU under each benchmark workload:
+# serves a throw-away volume (as bench.sh does), runs each fio workload of
+# ../shared/bench/bench-nbd.sh and the nbdcopy round trip under `perf record`,
+# and prints the top symbols and the share of each server thread.
+#
+# usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP]
+#   defaults: -t 6 -s 2048 -n 12
+# Needs: perf (linux-perf), fio, jq, libnbd-bin; a kernel that lets root sample
+# (perf_event_paranoid <= 1 or root). Software clock sampling works in VMs
+# without hardware counters.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench/bench-nbd.sh}
+RT=6 SIZE_MIB=2048 TOP=12
+while getopts "t:s:n:h" o; do
+  case $o in
+    t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; n) TOP=$OPTARG ;;
+    *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  esac
+done
+for tool in perf fio nbdcopy; do
+  command -v "$tool" >/dev/null || { echo "profile.sh: $tool missing" >&2; exit 1; }
+done
+[[ -x $BENCH ]] || { echo "profile.sh: $BENCH not found (set BENCH=path/to/bench-nbd.sh)" >&2; exit 1; }
+
+[[ -n ${ENVOL_SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release --quiet --bin envol)
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/envol-profile.XXXXXX")
+SERVER=
+cleanup() { [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+cp "$ROOT/target/release/envol" "$WORK/envol"
+SOCK=$WORK/s.sock URI="nbd+unix:///default?socket=$WORK/s.sock"
+"$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 \
+  >"$WORK/up.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 600); do nbdinfo --size "$URI" >/dev/null 2>&1 && break; sleep 0.1; done
+head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$WORK/src.bin"
+nbdcopy "$WORK/src.bin" "$URI"  # every block allocated and cached, as in a benchmark's later rounds
+
+report() {  # LABEL PERF_DATA
+  echo "=== $1: top symbols (share of server CPU samples)"
+  perf report -i "$2" --no-children --sort symbol 2>/dev/null |
+    grep -E '^ +[0-9.]+%' | head -n "$TOP" | sed -E 's/ +- +- *$//; s/ {2,}/  /g'
+  echo "--- by thread"
+  perf report -i "$2" --no-children --sort comm 2>/dev/null | grep -E '^ +[0-9.]+%' | sed -E 's/ {2,}/  /g'
+}
+
+for w in seqwrite seqread randread randwrite; do
+  perf record -F 1999 -g -p "$SERVER" -o "$WORK/$w.data" -- sleep "$RT" >/dev/null 2>&1 &
+  rec=$!
+  "$BENCH" -t "$RT" -w "$w" -p "$SERVER" -l envol "$URI" | grep -v '^#'
+  wait "$rec" || true
+  report "$w" "$WORK/$w.data"
+done
+for d in in out; do
+  perf record -F 1999 -g -p "$SERVER" -o "$WORK/copy-$d.data" >/dev/null 2>&1 &
+  rec=$!
+  t0=$(date +%s.%N)
+  if [[ $d == in ]]; then nbdcopy "$WORK/src.bin" "$URI"; else nbdcopy "$URI" /dev/null; fi
+  echo "nbdcopy $d: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f s", b-a}')"
+  kill -INT "$rec"; wait "$rec" || true
+  report "nbdcopy $d" "$WORK/copy-$d.data"
+done
