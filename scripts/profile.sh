@@ -41,7 +41,7 @@ nbdcopy "$WORK/src.bin" "$URI"  # every block allocated and cached, as in a benc
 report() {  # LABEL PERF_DATA
   echo "=== $1: top symbols (share of server CPU samples)"
   perf report -i "$2" --no-children --sort symbol 2>/dev/null |
-    grep -E '^ +[0-9.]+%' | head -n "$TOP" | sed -E 's/ +- +- *$//; s/ {2,}/  /g'
+    grep -E '^ +[0-9.]+%' | awk -v n="$TOP" 'NR <= n' | sed -E 's/ +- +- *$//; s/ {2,}/  /g'
   echo "--- by thread"
   perf report -i "$2" --no-children --sort comm 2>/dev/null | grep -E '^ +[0-9.]+%' | sed -E 's/ {2,}/  /g'
 }
