@@ -2,7 +2,9 @@
 //! driven against a 256 KiB in-memory device over an in-memory pipe.
 //!
 //! Input: one configuration byte (bit 0 structured replies, bit 1
-//! base:allocation, bit 2 read-only, bit 3 minimum block size 512), then
+//! base:allocation, bit 2 read-only, bit 3 minimum block size 512, bit 4
+//! the threaded loop of plain sockets over a Unix socket pair instead of
+//! the async loop over an in-memory pipe), then
 //! the client's request stream as sent on the wire (seeds are captured
 //! from real clients).
 //!
@@ -33,9 +35,18 @@ fuzz_target!(|data: &[u8]| {
     let minimum = if config & 8 != 0 { 512 } else { 1 };
     let device = support::MemDevice::new(DEVICE_SIZE, minimum);
     let export = support::export("disk", device, config & 4 != 0);
-    let (_result, out) = support::runtime().block_on(support::drive(wire, |s| {
-        fuzzing::transmission(s, export, structured, base_allocation)
-    }));
+    let out = if config & 16 != 0 {
+        support::drive_blocking(wire, |s| {
+            fuzzing::threaded_transmission(s, export, structured, base_allocation)
+        })
+        .1
+    } else {
+        support::runtime()
+            .block_on(support::drive(wire, |s| {
+                fuzzing::transmission(s, export, structured, base_allocation)
+            }))
+            .1
+    };
     let (sent, complete, reused) = requests(wire);
     check_replies(&out, &sent, complete, &reused, structured);
 });

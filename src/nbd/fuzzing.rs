@@ -2,7 +2,8 @@
 //! on any in-memory stream, without listeners, sockets or timeouts.
 //!
 //! The fuzz targets in `fuzz/` (`nbd_handshake`, `nbd_requests`) drive the
-//! real state machines through these, over a `tokio::io::duplex` pipe. They
+//! real state machines through these, over a `tokio::io::duplex` pipe (or,
+//! for the threaded transmission loop, a Unix socket pair). They
 //! are thin wrappers over the crate-private `handshake::negotiate` and
 //! `transmission::serve`, exposed (hidden from the docs) only so code
 //! outside the crate can reach them. Not part of the supported API.
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::threaded::{self, PlainSocket};
 use super::transmission::{self, TransmissionError};
 use super::workers::Shared;
 
@@ -100,4 +102,26 @@ where
         .get_or_init(|| Arc::new(Shared::with_default_workers()))
         .clone();
     transmission::serve(stream, negotiated, stop_rx, shared).await
+}
+
+/// Runs the threaded transmission loop — the one plain Unix and TCP
+/// connections get — on `socket` (one end of a socket pair, say), as if
+/// the handshake had negotiated the given options, until DISC, the client
+/// closing its side, or an error. Blocks the calling thread.
+pub fn threaded_transmission(
+    socket: std::os::unix::net::UnixStream,
+    export: Export,
+    structured_replies: bool,
+    base_allocation: bool,
+) -> Result<(), TransmissionError> {
+    let negotiated = Negotiated {
+        export,
+        structured_replies,
+        base_allocation: base_allocation && structured_replies,
+    };
+    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+    let shared = SHARED
+        .get_or_init(|| Arc::new(Shared::with_default_workers()))
+        .clone();
+    threaded::serve_blocking(PlainSocket::Unix(socket), negotiated, shared)
 }

@@ -223,7 +223,7 @@ enum End {
     WriterGone,
 }
 
-fn serve_blocking(
+pub(super) fn serve_blocking(
     socket: PlainSocket,
     negotiated: Negotiated,
     shared: Arc<Shared>,
