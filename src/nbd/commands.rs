@@ -67,11 +67,42 @@ impl CommandContext {
         }
     }
 
-    /// The reply to a request whose device call failed.
-    pub(crate) fn failure_frame(&self, r: &Request, e: &io::Error) -> Vec<u8> {
-        let errno = errno_of(e);
-        tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
-        self.error_frame(r.cookie, errno, &e.to_string())
+    /// The reply to a request refused before it reached the device.
+    pub(crate) fn rejection_frame(&self, r: &Request, errno: u32, message: &str) -> Vec<u8> {
+        tracing::debug!(
+            cookie = r.cookie,
+            kind = r.kind,
+            errno,
+            message,
+            "nbd request rejected"
+        );
+        self.error_frame(r.cookie, errno, message)
+    }
+
+    /// The reply for a device call's outcome, as `catch_unwind` returns it:
+    /// its own reply, its error as an NBD error, or — a panicking device
+    /// must not leave the client waiting forever for this cookie — EIO.
+    pub(crate) fn settle(
+        &self,
+        r: &Request,
+        outcome: std::thread::Result<io::Result<Reply>>,
+    ) -> Reply {
+        match outcome {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                let errno = errno_of(&e);
+                tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
+                (self.error_frame(r.cookie, errno, &e.to_string()), None)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    cookie = r.cookie,
+                    kind = r.kind,
+                    "device panicked serving nbd request"
+                );
+                (self.error_frame(r.cookie, p::EIO, "internal error"), None)
+            }
+        }
     }
 
     /// Checks a request against the export before anything touches the device.

@@ -91,17 +91,27 @@ where
 {
     // Keep the sender alive so shutdown is never requested.
     let (_stop, stop_rx) = watch::channel(false);
-    let negotiated = Negotiated {
+    let negotiated = negotiated(export, structured_replies, base_allocation);
+    transmission::serve(stream, negotiated, stop_rx, shared()).await
+}
+
+/// What a handshake would have negotiated; `base_allocation` counts only
+/// with structured replies.
+fn negotiated(export: Export, structured_replies: bool, base_allocation: bool) -> Negotiated {
+    Negotiated {
         export,
         structured_replies,
         base_allocation: base_allocation && structured_replies,
-    };
-    // One set of workers for every call, as a server would share it.
+    }
+}
+
+/// One set of workers for every call of both loops, as a server would
+/// share it.
+fn shared() -> Arc<Shared> {
     static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-    let shared = SHARED
+    SHARED
         .get_or_init(|| Arc::new(Shared::with_default_workers()))
-        .clone();
-    transmission::serve(stream, negotiated, stop_rx, shared).await
+        .clone()
 }
 
 /// Runs the threaded transmission loop — the one plain Unix and TCP
@@ -114,14 +124,6 @@ pub fn threaded_transmission(
     structured_replies: bool,
     base_allocation: bool,
 ) -> Result<(), TransmissionError> {
-    let negotiated = Negotiated {
-        export,
-        structured_replies,
-        base_allocation: base_allocation && structured_replies,
-    };
-    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-    let shared = SHARED
-        .get_or_init(|| Arc::new(Shared::with_default_workers()))
-        .clone();
-    threaded::serve_blocking(PlainSocket::Unix(socket), negotiated, shared)
+    let negotiated = negotiated(export, structured_replies, base_allocation);
+    threaded::serve_blocking(PlainSocket::Unix(socket), negotiated, shared())
 }

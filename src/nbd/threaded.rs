@@ -50,12 +50,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
-use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
+use super::commands::CommandContext;
 use super::handshake::Negotiated;
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
-    DISCARD_LIMIT, IN_FLIGHT_BYTES, REQUEST_OVERHEAD, SHUTDOWN_GRACE, TransmissionError,
-    shutdown_requested,
+    Admission, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, shutdown_requested,
 };
 use super::workers::{Job, PooledBuf, Shared};
 
@@ -335,36 +334,19 @@ impl Reader {
             }
             Err(e) => return Err(e.into()),
         }
-        let request = Request::parse(&header)?;
-        let command = request.command();
-        if command == Command::Disc {
+        let Some(Admission {
+            request,
+            rejected,
+            payload_len,
+            cost,
+        }) = admit(&self.cmd, &header)?
+        else {
             return Ok(false);
-        }
-        let rejected = self.cmd.validate(&request);
-        let payload_len = if command == Command::Write {
-            request.length
-        } else {
-            0
         };
-
         if payload_len > 0 && rejected.is_some() {
-            if payload_len > DISCARD_LIMIT.max(self.cmd.sizes.maximum) {
-                return Err(TransmissionError::PayloadTooLarge(payload_len));
-            }
             self.discard(u64::from(payload_len))?;
         }
 
-        // READ buffers its data until the reply is written; WRITE its
-        // payload; BLOCK_STATUS up to its largest reply.
-        let buffered = match command {
-            _ if rejected.is_some() => 0,
-            Command::Read | Command::Write => request.length,
-            Command::BlockStatus => u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX),
-            _ => 0,
-        };
-        let cost = buffered
-            .saturating_add(REQUEST_OVERHEAD)
-            .min(IN_FLIGHT_BYTES);
         let permit = match self.budget.try_acquire(cost) {
             Some(p) => p,
             None => {
@@ -375,14 +357,7 @@ impl Reader {
         };
 
         if let Some((errno, message)) = rejected {
-            debug!(
-                cookie = request.cookie,
-                kind = request.kind,
-                errno,
-                message,
-                "nbd request rejected"
-            );
-            let head = self.cmd.error_frame(request.cookie, errno, message);
+            let head = self.cmd.rejection_frame(&request, errno, message);
             self.push(head, None, permit);
             return Ok(true);
         }
@@ -403,22 +378,14 @@ impl Reader {
             self.cmd.try_execute_inline(&request, &mut payload)
         }));
         match inline {
-            Ok(Some(Ok((head, data)))) => self.push(head, data, permit),
-            Ok(Some(Err(e))) => {
-                let head = self.cmd.failure_frame(&request, &e);
-                self.push(head, None, permit);
-            }
             Ok(None) => self.dispatch(request, payload, permit),
-            Err(_) => {
-                warn!(
-                    cookie = request.cookie,
-                    kind = request.kind,
-                    "device panicked serving nbd request"
-                );
-                let head = self
-                    .cmd
-                    .error_frame(request.cookie, p::EIO, "internal error");
-                self.push(head, None, permit);
+            Ok(Some(result)) => {
+                let (head, data) = self.cmd.settle(&request, Ok(result));
+                self.push(head, data, permit);
+            }
+            Err(panic) => {
+                let (head, data) = self.cmd.settle(&request, Err(panic));
+                self.push(head, data, permit);
             }
         }
         Ok(true)
@@ -484,22 +451,8 @@ impl Reader {
         let replies = self.replies.clone();
         let in_lane = request.command() == Command::Write && request.flags & p::CMD_FLAG_FUA == 0;
         let job: Job = Box::new(move || {
-            let cookie = request.cookie;
-            // A panicking device must not leave the client waiting forever
-            // for this cookie: turn it into EIO.
             let outcome = catch_unwind(AssertUnwindSafe(|| cmd.execute(&request, payload)));
-            let (head, data) = match outcome {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => (cmd.failure_frame(&request, &e), None),
-                Err(_) => {
-                    warn!(
-                        cookie,
-                        kind = request.kind,
-                        "device panicked serving nbd request"
-                    );
-                    (cmd.error_frame(cookie, p::EIO, "internal error"), None)
-                }
-            };
+            let (head, data) = cmd.settle(&request, outcome);
             let _ = replies.send(vec![Frame {
                 head,
                 data,

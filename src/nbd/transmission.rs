@@ -43,7 +43,7 @@ use tracing::{debug, warn};
 
 use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
 use super::handshake::Negotiated;
-use super::protocol::{self as p, Command, ProtocolError, REQUEST_HEADER_LEN, Request};
+use super::protocol::{Command, ProtocolError, REQUEST_HEADER_LEN, Request};
 use super::workers::{PooledBuf, Shared};
 
 /// Per-connection cap on bytes buffered for in-flight requests.
@@ -51,11 +51,11 @@ pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
 /// What every request costs against [`IN_FLIGHT_BYTES`] on top of its
 /// buffer, so that a flood of zero-length requests is bounded too
 /// (at most 64 MiB / 4 KiB = 16384 in flight).
-pub(super) const REQUEST_OVERHEAD: u32 = 4096;
+const REQUEST_OVERHEAD: u32 = 4096;
 /// A WRITE whose payload we refuse is still read and discarded, to keep the
 /// stream in sync; beyond this size (and beyond the advertised maximum) we
 /// hard-disconnect instead, which the spec allows for payloads above 2^25.
-pub(super) const DISCARD_LIMIT: u32 = 1 << 25;
+const DISCARD_LIMIT: u32 = 1 << 25;
 /// After server shutdown, how long in-flight replies may take to drain to a
 /// client before the connection is dropped anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -107,10 +107,6 @@ impl Context {
             data,
             _permit: permit,
         });
-    }
-
-    fn send_error(&self, cookie: u64, errno: u32, message: &str) {
-        self.send(self.cmd.error_frame(cookie, errno, message), None, None);
     }
 }
 
@@ -183,6 +179,59 @@ struct Incoming {
     rejected: Option<(u32, &'static str)>,
 }
 
+/// What one request header asks of a transmission loop, whichever loop
+/// reads it (this one or `threaded.rs`).
+pub(super) struct Admission {
+    pub(super) request: Request,
+    /// Set when validation failed: answered with this errno, never reaching
+    /// the device.
+    pub(super) rejected: Option<(u32, &'static str)>,
+    /// Payload bytes that follow the header (a WRITE's, even a refused one:
+    /// it must be read to keep the stream framed).
+    pub(super) payload_len: u32,
+    /// What the request holds of [`IN_FLIGHT_BYTES`] until its reply is
+    /// written: its buffer (READ data, WRITE payload, BLOCK_STATUS at its
+    /// largest reply) plus [`REQUEST_OVERHEAD`].
+    pub(super) cost: u32,
+}
+
+/// Parses and checks a request header. `Ok(None)` is `NBD_CMD_DISC`; a
+/// refused WRITE whose payload is too large even to discard ends the
+/// connection.
+pub(super) fn admit(
+    cmd: &CommandContext,
+    header: &[u8; REQUEST_HEADER_LEN],
+) -> Result<Option<Admission>, TransmissionError> {
+    let request = Request::parse(header)?;
+    let command = request.command();
+    if command == Command::Disc {
+        return Ok(None);
+    }
+    let rejected = cmd.validate(&request);
+    let payload_len = if command == Command::Write {
+        request.length
+    } else {
+        0
+    };
+    if payload_len > 0 && rejected.is_some() && payload_len > DISCARD_LIMIT.max(cmd.sizes.maximum) {
+        return Err(TransmissionError::PayloadTooLarge(payload_len));
+    }
+    let buffered = match command {
+        _ if rejected.is_some() => 0,
+        Command::Read | Command::Write => request.length,
+        Command::BlockStatus => u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX),
+        _ => 0,
+    };
+    Ok(Some(Admission {
+        request,
+        rejected,
+        payload_len,
+        cost: buffered
+            .saturating_add(REQUEST_OVERHEAD)
+            .min(IN_FLIGHT_BYTES),
+    }))
+}
+
 /// Reads the next request (header and payload). `Ok(None)` means the
 /// client is done: it sent DISC or closed the connection.
 async fn read_request<R>(
@@ -202,22 +251,17 @@ where
         }
         Err(e) => return Err(e.into()),
     }
-    let request = Request::parse(&header)?;
-    let command = request.command();
-    if command == Command::Disc {
+    let Some(Admission {
+        request,
+        rejected,
+        payload_len,
+        cost,
+    }) = admit(&ctx.cmd, &header)?
+    else {
         return Ok(None);
-    }
-    let rejected = ctx.cmd.validate(&request);
-    let payload_len = if command == Command::Write {
-        request.length
-    } else {
-        0
     };
 
     if payload_len > 0 && rejected.is_some() {
-        if payload_len > DISCARD_LIMIT.max(ctx.cmd.sizes.maximum) {
-            return Err(TransmissionError::PayloadTooLarge(payload_len));
-        }
         let copied = tokio::io::copy(
             &mut (&mut *reader).take(u64::from(payload_len)),
             &mut tokio::io::sink(),
@@ -234,18 +278,6 @@ where
         }));
     }
 
-    // READ buffers its data until the reply is written; WRITE its payload;
-    // BLOCK_STATUS up to its largest reply.
-    let buffered = match command {
-        Command::Read | Command::Write if rejected.is_none() => request.length,
-        Command::BlockStatus if rejected.is_none() => {
-            u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX)
-        }
-        _ => 0,
-    };
-    let cost = buffered
-        .saturating_add(REQUEST_OVERHEAD)
-        .min(IN_FLIGHT_BYTES);
     let permit = budget
         .clone()
         .acquire_many_owned(cost)
@@ -278,40 +310,17 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
         permit,
         rejected,
     } = incoming;
-    let cookie = request.cookie;
     if let Some((errno, message)) = rejected {
-        debug!(
-            cookie,
-            kind = request.kind,
-            errno,
-            message,
-            "nbd request rejected"
-        );
-        ctx.send_error(cookie, errno, message);
+        let head = ctx.cmd.rejection_frame(&request, errno, message);
+        ctx.send(head, None, None);
         return;
     }
     let job_ctx = ctx.clone();
     let job = Box::new(move || {
         let ctx = job_ctx;
-        // A panicking device must not leave the client waiting forever for
-        // this cookie: turn it into EIO.
         let outcome = catch_unwind(AssertUnwindSafe(|| ctx.cmd.execute(&request, payload)));
-        match outcome {
-            Ok(Ok((head, data))) => ctx.send(head, data, permit),
-            Ok(Err(e)) => ctx.send(ctx.cmd.failure_frame(&request, &e), None, permit),
-            Err(_) => {
-                warn!(
-                    cookie,
-                    kind = request.kind,
-                    "device panicked serving nbd request"
-                );
-                ctx.send(
-                    ctx.cmd.error_frame(cookie, p::EIO, "internal error"),
-                    None,
-                    permit,
-                );
-            }
-        }
+        let (head, data) = ctx.cmd.settle(&request, outcome);
+        ctx.send(head, data, permit);
     });
     ctx.shared.submit(job).await;
 }
