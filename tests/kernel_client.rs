@@ -1,5 +1,5 @@
-//! The Linux kernel's NBD client against `envol serve`: the shared harness
-//! `../shared/e2e/vm-nbd-check.sh` boots a throw-away QEMU guest whose
+//! The Linux kernel's NBD client against `envol serve`: the harness
+//! `tests/e2e/vm-nbd-check.sh` boots a throw-away QEMU guest whose
 //! `nbd-client` + `nbd.ko` attach the export, mkfs.ext4, mount, write,
 //! unmount, re-attach on a new connection, fsck and verify checksums.
 //!
@@ -20,10 +20,10 @@ use std::time::Instant;
 use common::volume::*;
 
 fn harness() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/e2e/vm-nbd-check.sh");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/vm-nbd-check.sh");
     assert!(
         script.is_file(),
-        "{} is missing: the kernel-client harness lives in the shared e2e directory",
+        "{} is missing: the kernel-client harness is part of the repository",
         script.display()
     );
     script

@@ -140,11 +140,11 @@ fn openssl_xts_decrypt(key: &[u8], sector_size: u32, first_sector: u64, data: &[
 
 fn e2e_script(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/e2e")
+        .join("tests/e2e")
         .join(name);
     assert!(
         p.is_file(),
-        "{} is missing: the e2e harness lives in shared/e2e beside the checkout",
+        "{} is missing: the e2e harness is part of the repository",
         p.display()
     );
     p
@@ -472,7 +472,7 @@ fn nbd_crate_reads_what_qemu_io_wrote() {
     server.stop();
 }
 
-/// (5a) shared/e2e/fuse-mount-check.sh (nbdfuse → loop → mkfs.ext4 → mount,
+/// (5a) tests/e2e/fuse-mount-check.sh (nbdfuse → loop → mkfs.ext4 → mount,
 /// write, re-attach, fsck, verify) passes against `envol serve`.
 #[test]
 fn fuse_mount_check_passes() {
