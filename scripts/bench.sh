@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench.sh - serve a throw-away encrypted envol volume and race it against the NBD
-# peers that are installed, with ../shared/bench/compare.sh (fio nbd engine + nbdcopy).
+# peers that are installed, with scripts/bench/compare.sh (fio nbd engine + nbdcopy).
 #
 # usage: scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [PEER...]
 #   defaults: -r 3 -t 15 -s 2048; PEERS default to every installed one of
@@ -17,7 +17,7 @@
 # Machines are noisy: read the ratios inside one run, not absolute numbers across runs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-COMPARE=${COMPARE:-$ROOT/../shared/bench/compare.sh}
+COMPARE=${COMPARE:-$ROOT/scripts/bench/compare.sh}
 ROUNDS=3 RT=15 SIZE_MIB=2048 OUT=
 while getopts "r:t:s:o:h" o; do
   case $o in

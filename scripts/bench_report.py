@@ -3,7 +3,7 @@
 
 usage: bench_report.py COMPARE_LOG [--markdown FILE] [--svg FILE] [--note TEXT]
 
-Reads the FIO and COPY lines that ../shared/bench/compare.sh writes (medians over
+Reads the FIO and COPY lines that scripts/bench/compare.sh writes (medians over
 rounds, as its summarize.py computes them), prints and writes a markdown table of
 absolute numbers plus envol's ratio to every peer, and draws an SVG bar chart of
 throughput relative to the plain nbdkit file server. Standard library only, so it

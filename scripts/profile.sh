@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # profile.sh - where envol's server spends its CPU under each benchmark workload:
 # serves a throw-away volume (as bench.sh does), runs each fio workload of
-# ../shared/bench/bench-nbd.sh and the nbdcopy round trip under `perf record`,
+# scripts/bench/bench-nbd.sh and the nbdcopy round trip under `perf record`,
 # and prints the top symbols and the share of each server thread.
 #
 # usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP]
@@ -11,7 +11,7 @@
 # without hardware counters.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench/bench-nbd.sh}
+BENCH=${BENCH:-$ROOT/scripts/bench/bench-nbd.sh}
 RT=6 SIZE_MIB=2048 TOP=12
 while getopts "t:s:n:h" o; do
   case $o in

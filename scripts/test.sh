@@ -19,10 +19,11 @@ packages=(
     fuse3           # fusermount3 for nbdfuse
     qemu-utils      # qemu-io, qemu-img
     e2fsprogs       # mkfs.ext4, e2fsck
-    fio             # ioengine=nbd integrity runs
+    fio             # ioengine=nbd integrity runs, the benchmark harness
+    jq              # the benchmark harness (bench_harness test)
     openssl         # test certificates
     libssl-dev pkg-config  # the openssl crate (benchmark's OpenSSL contender)
-    python3 dpkg    # the kernel-client harness
+    python3 dpkg    # the kernel-client harness (tests/e2e)
 )
 missing=()
 for p in "${packages[@]}"; do

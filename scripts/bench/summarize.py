@@ -1,0 +1,39 @@
+"""summarize.py COMPARE_LOG - the medians compare.sh prints at the end of a run.
+
+Reads the `## round`, `FIO` and `COPY` lines of compare.sh's log and prints, per
+server, the median over rounds of every fio column (bench-nbd.sh's output with a
+server PID: MiB/s, IOPS, p99 latency, fio CPU, machine busy %, server CPU % and
+server CPU ms per GiB) and of the nbdcopy round trip. Standard library only.
+"""
+import sys,re,statistics as st,collections
+log=sys.argv[1]
+fio=collections.defaultdict(list); cp=collections.defaultdict(list); mc={}
+order=[]
+for line in open(log):
+    p=line.split()
+    if line.startswith('## round'):
+        mc[p[4]]=p[7]
+        if p[4] not in order: order.append(p[4])
+    if line.startswith('FIO '):
+        _,r,srv,w,mib,iops,p99,ccpu,busy,scpu,sms=p
+        fio[(srv,w)].append(dict(mib=float(mib),iops=float(iops),p99=float(p99),ccpu=float(ccpu),busy=float(busy),scpu=float(scpu),sms=float(sms)))
+    if line.startswith('COPY '):
+        _,r,srv,d,*kv=p
+        cp[(srv,d)].append({k:float(v) for k,v in (x.split('=') for x in kv)})
+med=lambda xs:st.median(xs)
+print('fio (nbd engine, 1 connection), median of %d rounds'%max(len(v) for v in fio.values()))
+print(f'{"server":12} {"workload":10} {"MiB/s":>8} {"IOPS":>8} {"p99us":>7} {"srvCPU%":>7} {"srv ms/GiB":>10} {"fioCPU%":>7} {"busy%":>5}  MiB/s per round')
+for s in order:
+    for w in ['seqwrite','seqread','randread','randwrite']:
+        v=fio.get((s,w))
+        if not v: continue
+        g=lambda k:med([x[k] for x in v])
+        print(f'{s:12} {w:10} {g("mib"):8.0f} {g("iops"):8.0f} {g("p99"):7.0f} {g("scpu"):7.0f} {g("sms"):10.0f} {g("ccpu"):7.0f} {g("busy"):5.0f}  {[x["mib"] for x in v]}')
+print()
+print('nbdcopy round trip of the whole export, median: wall s, MiB/s, server CPU s, client CPU s; multi-conn advertised')
+for s in order:
+    for d in ['out','in']:
+        v=cp.get((s,d))
+        if not v: continue
+        g=lambda k:med([x[k] for x in v])
+        print(f'{s:12} {d:4} wall={g("wall_s"):6.2f}s {g("MiB/s"):6.0f} MiB/s srv_cpu={g("srv_cpu_s"):5.2f}s mc={mc[s]}  walls={[x["wall_s"] for x in v]}')

@@ -1,0 +1,163 @@
+//! The benchmark harness (`scripts/bench/`) keeps working.
+//!
+//! Runs `compare.sh` for one round of one second per workload against a
+//! small throw-away `envol up` (as `scripts/bench.sh` does, without the
+//! release build and the peers), then `scripts/bench_report.py` on its log,
+//! and checks that every piece ran and that every output parses: the fio
+//! lines of `bench-nbd.sh`, the nbdcopy round trip, `summarize.py`'s table,
+//! the README's markdown table and SVG chart. It never judges speed —
+//! speed is measured only by `scripts/bench.sh` — only that I/O happened.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::volume::{output_with_timeout, require_tool};
+
+const WORKLOADS: [&str; 4] = ["seqwrite", "seqread", "randread", "randwrite"];
+
+fn repo_file(path: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    assert!(p.is_file(), "{} is missing", p.display());
+    p
+}
+
+fn number(field: &str, line: &str) -> f64 {
+    field
+        .parse()
+        .unwrap_or_else(|_| panic!("{field:?} is not a number in {line:?}"))
+}
+
+#[test]
+fn compare_sh_runs_against_envol_up_and_its_output_parses() {
+    for (tool, package) in [
+        ("fio", "fio"),
+        ("jq", "jq"),
+        ("nbdinfo", "libnbd-bin"),
+        ("nbdcopy", "libnbd-bin"),
+        ("python3", "python3"),
+    ] {
+        require_tool(tool, package);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_file("scripts/bench/compare.sh"))
+        .args(["-r", "1", "-t", "1", "-s", "16", "-o"])
+        .arg(&out_dir)
+        .arg("own")
+        .env("BENCH_DIR", dir.path().join("bench"))
+        .env("ENVOL", env!("CARGO_BIN_EXE_envol"))
+        .env("ENVOL_BENCH_DATA", dir.path().join("envol-up"))
+        // The same server command as scripts/bench.sh.
+        .env(
+            "OWN_CMD",
+            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0"#,
+        )
+        .env("EXPORT", "default")
+        // Nothing `envol up` writes for its user lands in the real home.
+        .env("HOME", dir.path())
+        .env_remove("AWS_PROFILE");
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(180));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "compare.sh failed ({}):\n{text}",
+        out.status
+    );
+
+    // compare.log: one FIO line per workload (bench-nbd.sh's columns with a
+    // server PID), and the nbdcopy round trip in both directions.
+    let log_path = out_dir.join("compare.log");
+    let log = std::fs::read_to_string(&log_path).expect("compare.sh wrote compare.log");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("## round 1 server own pid ")),
+        "{log}"
+    );
+    for w in WORKLOADS {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("FIO r1 own {w} ")))
+            .unwrap_or_else(|| panic!("no FIO line for {w}:\n{log}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // FIO r1 label workload MiB/s IOPS p99_us fio_cpu% busy% srv_cpu% srv_ms/GiB
+        assert_eq!(fields.len(), 11, "{line}");
+        let values: Vec<f64> = fields[4..].iter().map(|f| number(f, line)).collect();
+        assert!(
+            values[0] > 0.0 && values[1] > 0.0,
+            "{w} moved no data: {line}"
+        );
+        assert!(values.iter().all(|v| *v >= 0.0), "{line}");
+    }
+    for direction in ["in", "out"] {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("COPY r1 own {direction} ")))
+            .unwrap_or_else(|| panic!("no COPY {direction} line:\n{log}"));
+        for key in ["wall_s", "MiB/s", "srv_cpu_s"] {
+            let value = line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+            assert!(number(value, line) >= 0.0, "{line}");
+        }
+    }
+
+    // summarize.py's medians: a row per workload and per copy direction.
+    let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("summary.txt");
+    for w in WORKLOADS {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq(["own", w])),
+            "no summary row for {w}:\n{summary}"
+        );
+    }
+    for direction in ["in", "out"] {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq(["own", direction])),
+            "no summary row for nbdcopy {direction}:\n{summary}"
+        );
+    }
+
+    // bench_report.py turns the log into the README's table and chart.
+    let markdown = dir.path().join("results.md");
+    let svg = dir.path().join("chart.svg");
+    let mut report = Command::new("python3");
+    report
+        .arg(repo_file("scripts/bench_report.py"))
+        .arg(&log_path)
+        .arg("--markdown")
+        .arg(&markdown)
+        .arg("--svg")
+        .arg(&svg)
+        .args(["--note", "bench harness test"]);
+    let out = output_with_timeout(&mut report, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "bench_report.py failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(&markdown).expect("results.md");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| **envol (AES-256-XTS)** |"))
+        .unwrap_or_else(|| panic!("no envol row in the table:\n{table}"));
+    // server + 7 columns, no empty cell.
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 8, "{row}");
+    assert!(!cells.contains(&"–"), "a column has no value: {row}");
+    let chart = std::fs::read_to_string(&svg).expect("chart.svg");
+    assert!(
+        chart.starts_with("<svg ") && chart.trim_end().ends_with("</svg>"),
+        "{chart}"
+    );
+    assert!(chart.contains("envol (AES-256-XTS)"), "{chart}");
+}
