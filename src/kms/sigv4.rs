@@ -110,6 +110,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::excerpt::excerpt;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The only signing algorithm accepted.
@@ -120,9 +122,6 @@ pub const TERMINATOR: &str = "aws4_request";
 
 /// How far the request time may be from `now`, either way, in seconds.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 15 * 60;
-
-/// The longest excerpt of client-supplied text echoed in an error message.
-const MAX_ECHO: usize = 64;
 
 /// Everything but the RFC 3986 unreserved characters is percent-encoded.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -224,19 +223,6 @@ fn invalid(msg: impl Into<String>) -> AuthError {
     AuthError::InvalidSignature(msg.into())
 }
 
-/// A bounded, printable excerpt of client-supplied text for an error message.
-fn echo(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_ECHO)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().nth(MAX_ECHO).is_some() {
-        out.push_str("...");
-    }
-    out
-}
-
 /// The values of every header named `name` (ASCII case-insensitive), in order.
 fn header_values<'h>(
     headers: &'h [(String, String)],
@@ -284,7 +270,7 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
     if algorithm != ALGORITHM {
         return Err(incomplete(format!(
             "Unsupported AWS 'algorithm': '{}'. The Authorization header must use {ALGORITHM}.",
-            echo(algorithm)
+            excerpt(algorithm)
         )));
     }
 
@@ -299,7 +285,7 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
         let Some((k, v)) = part.split_once('=') else {
             return Err(incomplete(format!(
                 "'{}' not a valid key=value pair (missing equal-sign) in Authorization header.",
-                echo(part)
+                excerpt(part)
             )));
         };
         let slot = match k.trim() {
@@ -311,7 +297,7 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
         if slot.is_some() {
             return Err(incomplete(format!(
                 "Authorization header contains '{}' more than once.",
-                echo(k.trim())
+                excerpt(k.trim())
             )));
         }
         *slot = Some(v.trim());
@@ -342,14 +328,14 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
     let [access_key_id, scope_date, region, service, terminator] = parts[..] else {
         return Err(incomplete(format!(
             "Credential '{}' is malformed; expecting \"<AccessKeyId>/YYYYMMDD/<region>/<service>/aws4_request\".",
-            echo(credential)
+            excerpt(credential)
         )));
     };
     if access_key_id.is_empty() || scope_date.is_empty() || region.is_empty() || service.is_empty()
     {
         return Err(incomplete(format!(
             "Credential '{}' is malformed; expecting \"<AccessKeyId>/YYYYMMDD/<region>/<service>/aws4_request\".",
-            echo(credential)
+            excerpt(credential)
         )));
     }
 
@@ -362,7 +348,7 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
         if !valid {
             return Err(incomplete(format!(
                 "SignedHeaders '{}' is malformed; expecting lowercase header names separated by ';'.",
-                echo(signed_headers)
+                excerpt(signed_headers)
             )));
         }
         names.push(name.to_ascii_lowercase());
@@ -412,7 +398,7 @@ fn request_time(headers: &[(String, String)]) -> Result<(DateTime<Utc>, DateSour
             .ok_or_else(|| {
                 incomplete(format!(
                     "Date must be in ISO-8601 'basic format'. Got '{}'. See http://en.wikipedia.org/wiki/ISO_8601",
-                    echo(v)
+                    excerpt(v)
                 ))
             });
     }
@@ -423,7 +409,7 @@ fn request_time(headers: &[(String, String)]) -> Result<(DateTime<Utc>, DateSour
             .map_err(|_| {
                 incomplete(format!(
                     "Date header '{}' is not a valid RFC 1123 date.",
-                    echo(v)
+                    excerpt(v)
                 ))
             });
     }
@@ -565,7 +551,7 @@ fn canonical_request(
         if values.is_empty() {
             return Err(invalid(format!(
                 "Header '{}' is listed in SignedHeaders but is not present in the request.",
-                echo(name)
+                excerpt(name)
             )));
         }
         out.push_str(name);
@@ -643,7 +629,7 @@ where
     if auth.scope_date != &amz_date[..8] {
         return Err(invalid(format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}', from '{}'.",
-            echo(auth.scope_date),
+            excerpt(auth.scope_date),
             &amz_date[..8],
             amz_date
         )));
@@ -651,7 +637,7 @@ where
     if auth.region != expected_region {
         return Err(invalid(format!(
             "Credential should be scoped to a valid region, not '{}'.",
-            echo(auth.region)
+            excerpt(auth.region)
         )));
     }
     if auth.service != expected_service {
@@ -662,7 +648,7 @@ where
     if auth.terminator != TERMINATOR {
         return Err(invalid(format!(
             "Credential should be scoped with a valid terminator: '{TERMINATOR}', not '{}'.",
-            echo(auth.terminator)
+            excerpt(auth.terminator)
         )));
     }
 

@@ -37,6 +37,8 @@
 
 use serde_json::{Map, Value, json};
 
+use super::super::excerpt::excerpt;
+
 /// The largest key policy accepted, in bytes (AWS's limit: 32 KiB).
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
 
@@ -441,20 +443,6 @@ fn parse_statement(v: &Value) -> Result<Statement, PolicyError> {
         not_resource,
         conditions,
     })
-}
-
-/// A bounded excerpt of policy text for an error message.
-fn excerpt(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut out: String = s
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().nth(MAX).is_some() {
-        out.push_str("...");
-    }
-    out
 }
 
 impl Policy {
