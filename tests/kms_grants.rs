@@ -6,15 +6,10 @@
 
 mod common;
 
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{GrantConstraints, GrantOperation};
-use common::KmsServer;
+use common::{KmsServer, create_key_arn, error_code};
 use serde_json::{Value, json};
-
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("<none>").to_string()
-}
 
 fn subset(pairs: &[(&str, &str)]) -> GrantConstraints {
     let mut b = GrantConstraints::builder();
@@ -53,7 +48,7 @@ async fn decrypt(
             assert_eq!(out.plaintext().unwrap().as_ref(), b"data key");
             Ok(())
         }
-        Err(e) => Err(code(&e)),
+        Err(e) => Err(error_code(&e)),
     }
 }
 
@@ -64,8 +59,7 @@ async fn grants_give_retire_and_revoke_access() {
     let alice = kms.client(&kms.add_user("alice"));
     let bob = kms.client(&kms.add_user("bob"));
     let (alice_arn, bob_arn) = (kms.user_arn("alice"), kms.user_arn("bob"));
-    let key = root.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let arn = create_key_arn(&root).await;
 
     let v1 = [("envol:volume", "v1")];
     let v1_more = [("envol:volume", "v1"), ("envol:host", "h")];
@@ -126,7 +120,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     // A malformed grant token is refused; a well-formed unknown one is not.
     assert_eq!(
         decrypt(&alice, &b1, &v1, Some("not a token!"))
@@ -170,7 +164,7 @@ async fn grants_give_retire_and_revoke_access() {
         .unwrap();
     assert!(filtered.grants().is_empty());
     let e = alice.list_grants().key_id(&arn).send().await.unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
 
     // ListRetirableGrants: bob sees what he may retire; alice may not look.
     let r = bob
@@ -186,7 +180,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
 
     // RetireGrant: not by the grantee (no RetireGrant operation), by the
     // retiring principal with the token.
@@ -196,7 +190,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     bob.retire_grant().grant_token(&token).send().await.unwrap();
     assert_eq!(
         decrypt(&alice, &b1, &v1, None).await.unwrap_err(),
@@ -208,7 +202,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "NotFoundException");
+    assert_eq!(error_code(&e), "NotFoundException");
 
     // RevokeGrant: needs kms:RevokeGrant by the key policy.
     let g = root
@@ -231,7 +225,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     root.revoke_grant()
         .key_id(&arn)
         .grant_id(&id2)
@@ -249,7 +243,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "InvalidGrantIdException");
+    assert_eq!(error_code(&e), "InvalidGrantIdException");
 
     // A grantee holding RetireGrant retires its own grant by key and id.
     let g = root
@@ -279,7 +273,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "ValidationException");
+    assert_eq!(error_code(&e), "ValidationException");
     let e = root
         .create_grant()
         .key_id(&arn)
@@ -289,7 +283,7 @@ async fn grants_give_retire_and_revoke_access() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "DryRunOperationException");
+    assert_eq!(error_code(&e), "DryRunOperationException");
     assert!(
         root.list_grants()
             .key_id(&arn)
@@ -308,8 +302,7 @@ async fn explicit_deny_beats_a_grant() {
     let root = kms.client(&kms.root);
     let alice = kms.client(&kms.add_user("alice"));
     let alice_arn = kms.user_arn("alice");
-    let key = root.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let arn = create_key_arn(&root).await;
     let blob = blob_for(&root, &arn, &[]).await;
     root.create_grant()
         .key_id(&arn)
@@ -355,8 +348,7 @@ async fn grants_made_through_a_grant_cannot_widen_it() {
     let alice = kms.client(&kms.add_user("alice"));
     let carol = kms.client(&kms.add_user("carol"));
     let (alice_arn, carol_arn) = (kms.user_arn("alice"), kms.user_arn("carol"));
-    let key = root.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let arn = create_key_arn(&root).await;
     root.create_grant()
         .key_id(&arn)
         .grantee_principal(&alice_arn)
@@ -397,7 +389,7 @@ async fn grants_made_through_a_grant_cannot_widen_it() {
             .send()
             .await
             .unwrap_err();
-        assert_eq!(code(&e), "AccessDeniedException");
+        assert_eq!(error_code(&e), "AccessDeniedException");
     }
 }
 

@@ -7,24 +7,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use chrono::{Duration, TimeZone, Utc};
-use common::KmsServer;
+use common::{KmsServer, call_as_root, create_key_arn, error_code};
+use envol::kms::Kms;
 use envol::kms::clock::ManualClock;
 use envol::kms::datadir::DataDir;
-use envol::kms::{Kms, RequestContext};
 use serde_json::{Value, json};
-
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("<none>").to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disable_enable_schedule_cancel_over_the_wire() {
     let kms = KmsServer::start();
     let c = kms.client(&kms.root);
-    let key = c.create_key().send().await.unwrap();
-    let arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let arn = create_key_arn(&c).await;
     let blob = c
         .encrypt()
         .key_id(&arn)
@@ -38,7 +32,10 @@ async fn disable_enable_schedule_cancel_over_the_wire() {
     let decrypt = || c.decrypt().ciphertext_blob(blob.clone()).send();
 
     c.disable_key().key_id(&arn).send().await.unwrap();
-    assert_eq!(code(&decrypt().await.unwrap_err()), "DisabledException");
+    assert_eq!(
+        error_code(&decrypt().await.unwrap_err()),
+        "DisabledException"
+    );
     let e = c
         .generate_data_key()
         .key_id(&arn)
@@ -46,7 +43,7 @@ async fn disable_enable_schedule_cancel_over_the_wire() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "DisabledException");
+    assert_eq!(error_code(&e), "DisabledException");
     let d = c.describe_key().key_id(&arn).send().await.unwrap();
     assert_eq!(
         d.key_metadata().unwrap().key_state().unwrap().as_str(),
@@ -64,7 +61,7 @@ async fn disable_enable_schedule_cancel_over_the_wire() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "ValidationException");
+    assert_eq!(error_code(&e), "ValidationException");
     let s = c
         .schedule_key_deletion()
         .key_id(&arn)
@@ -81,11 +78,11 @@ async fn disable_enable_schedule_cancel_over_the_wire() {
         "deletion date {when} vs {expected}"
     );
     assert_eq!(
-        code(&decrypt().await.unwrap_err()),
+        error_code(&decrypt().await.unwrap_err()),
         "KMSInvalidStateException"
     );
     let e = c.enable_key().key_id(&arn).send().await.unwrap_err();
-    assert_eq!(code(&e), "KMSInvalidStateException");
+    assert_eq!(error_code(&e), "KMSInvalidStateException");
     let d = c.describe_key().key_id(&arn).send().await.unwrap();
     assert!(d.key_metadata().unwrap().deletion_date().is_some());
 
@@ -100,16 +97,6 @@ async fn disable_enable_schedule_cancel_over_the_wire() {
     decrypt().await.expect("restored");
 }
 
-fn call(kms: &Kms, op: &str, body: Value) -> Result<Value, String> {
-    let ctx = RequestContext {
-        principal: kms.root_principal(),
-        request_id: "test".into(),
-        source: None,
-    };
-    kms.handle(&ctx, op, body.to_string().as_bytes())
-        .map_err(|e| e.kind.aws_type().to_string())
-}
-
 #[test]
 fn deletion_window_passes_and_the_key_is_shredded() {
     let tmp = tempfile::tempdir().unwrap();
@@ -118,16 +105,16 @@ fn deletion_window_passes_and_the_key_is_shredded() {
     let clock = Arc::new(ManualClock::new(start));
     let (kms, _) = Kms::init(&dir, "us-east-1", clock.clone()).unwrap();
 
-    let key = call(&kms, "CreateKey", json!({})).unwrap();
+    let key = call_as_root(&kms, "CreateKey", json!({})).unwrap();
     let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
-    call(
+    call_as_root(
         &kms,
         "CreateAlias",
         json!({"AliasName": "alias/doomed", "TargetKeyId": key_id}),
     )
     .unwrap();
     let ctx: BTreeMap<&str, &str> = [("envol:volume", "v")].into();
-    let blob = call(
+    let blob = call_as_root(
         &kms,
         "GenerateDataKeyWithoutPlaintext",
         json!({"KeyId": "alias/doomed", "NumberOfBytes": 64, "EncryptionContext": ctx}),
@@ -135,7 +122,7 @@ fn deletion_window_passes_and_the_key_is_shredded() {
     .unwrap()["CiphertextBlob"]
         .clone();
     let decrypt = |kms: &Kms| {
-        call(
+        call_as_root(
             kms,
             "Decrypt",
             json!({"CiphertextBlob": blob, "EncryptionContext": ctx}),
@@ -143,7 +130,7 @@ fn deletion_window_passes_and_the_key_is_shredded() {
     };
     decrypt(&kms).unwrap();
 
-    call(
+    call_as_root(
         &kms,
         "ScheduleKeyDeletion",
         json!({"KeyId": key_id, "PendingWindowInDays": 7}),
@@ -151,21 +138,21 @@ fn deletion_window_passes_and_the_key_is_shredded() {
     .unwrap();
     clock.advance(Duration::days(7) - Duration::seconds(1));
     assert_eq!(decrypt(&kms).unwrap_err(), "KMSInvalidStateException");
-    let d = call(&kms, "DescribeKey", json!({"KeyId": key_id})).unwrap();
+    let d = call_as_root(&kms, "DescribeKey", json!({"KeyId": key_id})).unwrap();
     assert_eq!(d["KeyMetadata"]["KeyState"], "PendingDeletion");
 
     clock.advance(Duration::seconds(1));
     // The window has passed: the key, its material and its alias are gone.
     assert_eq!(decrypt(&kms).unwrap_err(), "NotFoundException");
     assert_eq!(
-        call(&kms, "DescribeKey", json!({"KeyId": key_id})).unwrap_err(),
+        call_as_root(&kms, "DescribeKey", json!({"KeyId": key_id})).unwrap_err(),
         "NotFoundException"
     );
     assert_eq!(
-        call(&kms, "DescribeKey", json!({"KeyId": "alias/doomed"})).unwrap_err(),
+        call_as_root(&kms, "DescribeKey", json!({"KeyId": "alias/doomed"})).unwrap_err(),
         "NotFoundException"
     );
-    let aliases = call(&kms, "ListAliases", json!({})).unwrap();
+    let aliases = call_as_root(&kms, "ListAliases", json!({})).unwrap();
     assert_eq!(aliases["Aliases"].as_array().unwrap().len(), 0);
     assert_eq!(kms.check_integrity().unwrap(), 0, "no key versions remain");
     let audit = std::fs::read_to_string(dir.audit_log()).unwrap();
@@ -181,9 +168,10 @@ fn keys_past_their_window_are_destroyed_at_start_up() {
     let dir = DataDir::new(tmp.path().join("kms"));
     let start = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
     let (kms, _) = Kms::init(&dir, "us-east-1", Arc::new(ManualClock::new(start))).unwrap();
-    let doomed = call(&kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"].clone();
-    let kept = call(&kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"].clone();
-    call(
+    let doomed =
+        call_as_root(&kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"].clone();
+    let kept = call_as_root(&kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"].clone();
+    call_as_root(
         &kms,
         "ScheduleKeyDeletion",
         json!({"KeyId": doomed, "PendingWindowInDays": 30}),
@@ -198,7 +186,7 @@ fn keys_past_their_window_are_destroyed_at_start_up() {
         1,
         "only the kept key's version remains"
     );
-    let keys = call(&kms, "ListKeys", json!({})).unwrap();
+    let keys = call_as_root(&kms, "ListKeys", json!({})).unwrap();
     let ids: Vec<&Value> = keys["Keys"]
         .as_array()
         .unwrap()

@@ -8,25 +8,9 @@ mod common;
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::GrantOperation;
-use common::KmsServer;
+use common::{KmsServer, create_key_arn, error_code};
 use envol::kms::blob::parse_header;
 use serde_json::{Value, json};
-
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("<none>").to_string()
-}
-
-async fn new_key(c: &aws_sdk_kms::Client) -> String {
-    c.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string()
-}
 
 /// Adds an Allow statement for `user_arn` and `actions` to a key's policy.
 async fn allow(c: &aws_sdk_kms::Client, arn: &str, user_arn: &str, actions: &[&str]) {
@@ -57,8 +41,8 @@ async fn allow(c: &aws_sdk_kms::Client, arn: &str, user_arn: &str, actions: &[&s
 async fn re_encrypt_between_keys_and_contexts() {
     let kms = KmsServer::start();
     let root = kms.client(&kms.root);
-    let src = new_key(&root).await;
-    let dst = new_key(&root).await;
+    let src = create_key_arn(&root).await;
+    let dst = create_key_arn(&root).await;
     let blob = root
         .encrypt()
         .key_id(&src)
@@ -108,7 +92,7 @@ async fn re_encrypt_between_keys_and_contexts() {
         .await
         .unwrap_err();
     assert_eq!(
-        code(&e),
+        error_code(&e),
         "InvalidCiphertextException",
         "the new context binds"
     );
@@ -128,20 +112,20 @@ async fn re_encrypt_between_keys_and_contexts() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "InvalidCiphertextException");
+    assert_eq!(error_code(&e), "InvalidCiphertextException");
     let e = re().source_key_id(&dst).send().await.unwrap_err();
-    assert_eq!(code(&e), "IncorrectKeyException");
+    assert_eq!(error_code(&e), "IncorrectKeyException");
     re().source_key_id(&src)
         .send()
         .await
         .expect("matching SourceKeyId");
     let e = re().dry_run(true).send().await.unwrap_err();
-    assert_eq!(code(&e), "DryRunOperationException");
+    assert_eq!(error_code(&e), "DryRunOperationException");
 
     // A disabled destination refuses.
     root.disable_key().key_id(&dst).send().await.unwrap();
     let e = re().send().await.unwrap_err();
-    assert_eq!(code(&e), "DisabledException");
+    assert_eq!(error_code(&e), "DisabledException");
     root.enable_key().key_id(&dst).send().await.unwrap();
 
     // Permission split: ReEncryptFrom on the source alone is not enough.
@@ -158,7 +142,7 @@ async fn re_encrypt_between_keys_and_contexts() {
             .send()
     };
     let e = by_mover().await.unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     assert!(
         e.message().unwrap_or("").contains("kms:ReEncryptTo"),
         "names the missing permission: {:?}",
@@ -184,14 +168,14 @@ async fn re_encrypt_between_keys_and_contexts() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn re_encrypt_under_the_newest_version_after_rotations() {
     let kms = KmsServer::start();
     let root = kms.client(&kms.root);
-    let key = new_key(&root).await;
+    let key = create_key_arn(&root).await;
     let blob = root
         .generate_data_key_without_plaintext()
         .key_id(&key)

@@ -9,20 +9,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
 use chrono::{Duration, TimeZone, Utc};
-use common::KmsServer;
+use common::{KmsServer, call_as_root, create_key_arn, error_code};
+use envol::kms::Kms;
 use envol::kms::blob::parse_header;
 use envol::kms::clock::{Clock, ManualClock};
 use envol::kms::datadir::DataDir;
-use envol::kms::{Kms, RequestContext};
 use serde_json::{Value, json};
-
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("<none>").to_string()
-}
 
 fn version_of(blob: &[u8]) -> u32 {
     parse_header(blob).expect("a well-formed blob").key_version
@@ -32,16 +27,7 @@ fn version_of(blob: &[u8]) -> u32 {
 async fn on_demand_rotation_over_the_wire() {
     let kms = KmsServer::start();
     let c = kms.client(&kms.root);
-    let arn = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    let arn = create_key_arn(&c).await;
     let encrypt = |n: u8| {
         c.encrypt()
             .key_id(&arn)
@@ -82,7 +68,7 @@ async fn on_demand_rotation_over_the_wire() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "LimitExceededException");
+    assert_eq!(error_code(&e), "LimitExceededException");
 
     // Every blob, made under every version, still decrypts to its plaintext.
     for (i, b) in blobs.into_iter().enumerate() {
@@ -127,7 +113,7 @@ async fn on_demand_rotation_over_the_wire() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "ValidationException");
+    assert_eq!(error_code(&e), "ValidationException");
     c.enable_key_rotation().key_id(&arn).send().await.unwrap();
     let s = c
         .get_key_rotation_status()
@@ -161,24 +147,14 @@ async fn on_demand_rotation_over_the_wire() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "DisabledException");
+    assert_eq!(error_code(&e), "DisabledException");
     let e = c
         .enable_key_rotation()
         .key_id(&arn)
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "DisabledException");
-}
-
-fn call(kms: &Kms, op: &str, body: Value) -> Result<Value, String> {
-    let ctx = RequestContext {
-        principal: kms.root_principal(),
-        request_id: "test".into(),
-        source: None,
-    };
-    kms.handle(&ctx, op, body.to_string().as_bytes())
-        .map_err(|e| e.kind.aws_type().to_string())
+    assert_eq!(error_code(&e), "DisabledException");
 }
 
 fn blob_version(v: &Value) -> u32 {
@@ -211,7 +187,7 @@ fn core() -> Core {
 }
 
 fn new_key(kms: &Kms) -> String {
-    call(kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"]
+    call_as_root(kms, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"]
         .as_str()
         .unwrap()
         .to_string()
@@ -228,7 +204,7 @@ fn automatic_rotation_follows_the_injected_clock() {
     let key = new_key(&kms);
     let ctx: BTreeMap<&str, &str> = [("envol:volume", "v")].into();
     let gen_blob = |kms: &Kms| {
-        call(
+        call_as_root(
             kms,
             "GenerateDataKeyWithoutPlaintext",
             json!({"KeyId": key, "NumberOfBytes": 64, "EncryptionContext": ctx}),
@@ -237,7 +213,7 @@ fn automatic_rotation_follows_the_injected_clock() {
             .clone()
     };
     let decrypt = |kms: &Kms, blob: &Value| {
-        call(
+        call_as_root(
             kms,
             "Decrypt",
             json!({"CiphertextBlob": blob, "EncryptionContext": ctx}),
@@ -246,13 +222,13 @@ fn automatic_rotation_follows_the_injected_clock() {
     let old = gen_blob(&kms);
     assert_eq!(blob_version(&old), 1);
 
-    call(
+    call_as_root(
         &kms,
         "EnableKeyRotation",
         json!({"KeyId": key, "RotationPeriodInDays": 90}),
     )
     .unwrap();
-    let s = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let s = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(s["KeyRotationEnabled"], true);
     assert_eq!(s["RotationPeriodInDays"], 90);
     let start = clock.now().timestamp();
@@ -268,13 +244,13 @@ fn automatic_rotation_follows_the_injected_clock() {
     assert_eq!(blob_version(&newer), 2, "rotated when due; Encrypt uses it");
     decrypt(&kms, &old).expect("a version-1 blob still decrypts");
     decrypt(&kms, &newer).unwrap();
-    let s = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let s = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(
         s["NextRotationDate"].as_f64().unwrap() as i64,
         start + 180 * 86400,
         "the schedule moves on by one period"
     );
-    let r = call(&kms, "ListKeyRotations", json!({"KeyId": key})).unwrap();
+    let r = call_as_root(&kms, "ListKeyRotations", json!({"KeyId": key})).unwrap();
     let rotations = r["Rotations"].as_array().unwrap();
     assert_eq!(rotations.len(), 1);
     assert_eq!(rotations[0]["RotationType"], "AUTOMATIC");
@@ -284,14 +260,14 @@ fn automatic_rotation_follows_the_injected_clock() {
     );
 
     // Disabled: the schedule is kept but nothing rotates.
-    call(&kms, "DisableKey", json!({"KeyId": key})).unwrap();
+    call_as_root(&kms, "DisableKey", json!({"KeyId": key})).unwrap();
     clock.advance(Duration::days(200));
     assert!(kms.rotate_due_keys().unwrap().is_empty());
-    call(&kms, "EnableKey", json!({"KeyId": key})).unwrap();
+    call_as_root(&kms, "EnableKey", json!({"KeyId": key})).unwrap();
     // Re-enabled after the due date: one rotation at the next request, not two.
     let after = gen_blob(&kms);
     assert_eq!(blob_version(&after), 3);
-    let s = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let s = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(
         s["NextRotationDate"].as_f64().unwrap() as i64,
         clock.now().timestamp() + 90 * 86400
@@ -301,19 +277,19 @@ fn automatic_rotation_follows_the_injected_clock() {
     }
 
     // Pending deletion: reported as not rotating, and not rotated.
-    call(
+    call_as_root(
         &kms,
         "ScheduleKeyDeletion",
         json!({"KeyId": key, "PendingWindowInDays": 30}),
     )
     .unwrap();
-    let s = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let s = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(s["KeyRotationEnabled"], false);
     clock.advance(Duration::days(29));
     assert!(kms.rotate_due_keys().unwrap().is_empty());
     // Cancelled: the schedule comes back.
-    call(&kms, "CancelKeyDeletion", json!({"KeyId": key})).unwrap();
-    let s = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    call_as_root(&kms, "CancelKeyDeletion", json!({"KeyId": key})).unwrap();
+    let s = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(s["KeyRotationEnabled"], true);
 
     let audit = std::fs::read_to_string(dir.audit_log()).unwrap();
@@ -329,7 +305,7 @@ fn automatic_rotation_follows_the_injected_clock() {
 fn due_rotations_happen_at_start_up_and_survive_reopening() {
     let Core { _tmp, dir, kms, .. } = core();
     let key = new_key(&kms);
-    call(
+    call_as_root(
         &kms,
         "EnableKeyRotation",
         json!({"KeyId": key, "RotationPeriodInDays": 100}),
@@ -340,7 +316,7 @@ fn due_rotations_happen_at_start_up_and_survive_reopening() {
     let later = Arc::new(ManualClock::new(start + Duration::days(101)));
     let kms = Kms::open(&dir, later).unwrap();
     assert_eq!(kms.check_integrity().unwrap(), 2, "rotated while opening");
-    let r = call(&kms, "ListKeyRotations", json!({"KeyId": key})).unwrap();
+    let r = call_as_root(&kms, "ListKeyRotations", json!({"KeyId": key})).unwrap();
     assert_eq!(r["Rotations"].as_array().unwrap().len(), 1);
 }
 
@@ -351,28 +327,28 @@ fn on_demand_limit_is_configurable_and_leaves_the_schedule_alone() {
     } = core();
     kms.set_on_demand_rotation_limit(2);
     let key = new_key(&kms);
-    call(
+    call_as_root(
         &kms,
         "EnableKeyRotation",
         json!({"KeyId": key, "RotationPeriodInDays": 90}),
     )
     .unwrap();
-    let before = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let before = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     clock.advance(Duration::days(1));
-    call(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
-    call(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
+    call_as_root(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
+    call_as_root(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap();
     assert_eq!(
-        call(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap_err(),
+        call_as_root(&kms, "RotateKeyOnDemand", json!({"KeyId": key})).unwrap_err(),
         "LimitExceededException"
     );
-    let after = call(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
+    let after = call_as_root(&kms, "GetKeyRotationStatus", json!({"KeyId": key})).unwrap();
     assert_eq!(before["NextRotationDate"], after["NextRotationDate"]);
     // Automatic rotations do not count against the on-demand limit.
     clock.advance(Duration::days(90));
     assert_eq!(kms.rotate_due_keys().unwrap().len(), 1);
-    let r = call(&kms, "ListKeyRotations", json!({"KeyId": key, "Limit": 2})).unwrap();
+    let r = call_as_root(&kms, "ListKeyRotations", json!({"KeyId": key, "Limit": 2})).unwrap();
     assert_eq!(r["Truncated"], true);
-    let rest = call(
+    let rest = call_as_root(
         &kms,
         "ListKeyRotations",
         json!({"KeyId": key, "Marker": r["NextMarker"]}),
@@ -389,7 +365,7 @@ fn on_demand_limit_is_configurable_and_leaves_the_schedule_alone() {
     assert_eq!(rest["Rotations"][0]["KeyMaterialState"], "CURRENT");
     assert_eq!(r["Rotations"][0]["KeyMaterialState"], "NON_CURRENT");
     assert_eq!(
-        call(
+        call_as_root(
             &kms,
             "EnableKeyRotation",
             json!({"KeyId": key, "RotationPeriodInDays": 2561})
@@ -404,16 +380,7 @@ fn on_demand_limit_is_configurable_and_leaves_the_schedule_alone() {
 async fn envol_key_rotate_and_enable_rotation() {
     let kms = KmsServer::start();
     let c = kms.client(&kms.root);
-    let arn = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
+    let arn = create_key_arn(&c).await;
     let home = tempfile::tempdir().unwrap();
     let key_cmd = |args: &[&str]| {
         let mut cmd = common::envol();

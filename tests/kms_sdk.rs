@@ -8,17 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
-use common::{Creds, KmsServer, sdk_client};
+use common::{Creds, KmsServer, error_code, sdk_client};
 
 fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("<no code>").to_string()
 }
 
 async fn create_key_with_alias(client: &aws_sdk_kms::Client, alias: &str) -> String {
@@ -90,7 +86,7 @@ async fn data_key_round_trip_and_context_binding() {
         .send()
         .await
         .expect_err("Decrypt naming another key");
-    assert_eq!(code(&e), "IncorrectKeyException");
+    assert_eq!(error_code(&e), "IncorrectKeyException");
 
     for wrong in [
         ctx(&[("envol:volume", "1b4e28ba-2fa1-11d2-883f-0016a3cacaff")]),
@@ -104,7 +100,11 @@ async fn data_key_round_trip_and_context_binding() {
             .send()
             .await
             .expect_err("wrong context must fail");
-        assert_eq!(code(&e), "InvalidCiphertextException", "context {wrong:?}");
+        assert_eq!(
+            error_code(&e),
+            "InvalidCiphertextException",
+            "context {wrong:?}"
+        );
     }
 
     // Tampering with any part of the blob fails.
@@ -119,7 +119,7 @@ async fn data_key_round_trip_and_context_binding() {
             .send()
             .await
             .expect_err("tampered blob must fail");
-        let k = code(&e);
+        let k = error_code(&e);
         assert!(
             k == "InvalidCiphertextException" || k == "NotFoundException",
             "byte {i}: {k}"
@@ -148,7 +148,7 @@ async fn data_key_round_trip_and_context_binding() {
         .send()
         .await
         .expect_err("4097-byte plaintext");
-    assert_eq!(code(&e), "ValidationException");
+    assert_eq!(error_code(&e), "ValidationException");
 
     // GenerateDataKey returns a plaintext that decrypts from its blob.
     let gdk = root
@@ -206,7 +206,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect_err("user not in policy");
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     let msg = e.message().unwrap_or_default().to_string();
     assert!(msg.contains(&demo_arn), "{msg}");
     assert!(msg.contains("kms:Decrypt"), "{msg}");
@@ -217,7 +217,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect_err("describe not allowed either");
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
 
     // Allow the user to decrypt, only for this volume's context.
     let policy = serde_json::json!({
@@ -260,7 +260,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect_err("GenerateDataKey not granted");
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
 
     // An explicit Deny wins over the Allow.
     let mut with_deny = policy.clone();
@@ -285,7 +285,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect_err("explicit deny");
-    assert_eq!(code(&e), "AccessDeniedException");
+    assert_eq!(error_code(&e), "AccessDeniedException");
     assert!(e.message().unwrap_or_default().contains("explicit deny"));
 
     // A malformed policy is refused and the old one stays.
@@ -296,7 +296,7 @@ async fn key_policy_is_enforced() {
         .send()
         .await
         .expect_err("malformed policy");
-    assert_eq!(code(&e), "MalformedPolicyDocumentException");
+    assert_eq!(error_code(&e), "MalformedPolicyDocumentException");
 
     // The user cannot lock the root out: root may always PutKeyPolicy.
     let lockout = serde_json::json!({
@@ -333,7 +333,7 @@ async fn authentication_is_enforced() {
         .send()
         .await
         .expect_err("wrong secret");
-    assert_eq!(code(&e), "InvalidSignatureException");
+    assert_eq!(error_code(&e), "InvalidSignatureException");
 
     let unknown = Creds {
         access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
@@ -345,7 +345,7 @@ async fn authentication_is_enforced() {
         .send()
         .await
         .expect_err("unknown key id");
-    assert_eq!(code(&e), "UnrecognizedClientException");
+    assert_eq!(error_code(&e), "UnrecognizedClientException");
 
     let old = SystemTime::now() - Duration::from_secs(20 * 60);
     let e = sdk_client(&kms.endpoint, &kms.root, Some(old))
@@ -353,7 +353,7 @@ async fn authentication_is_enforced() {
         .send()
         .await
         .expect_err("20-minute-old signature");
-    assert_eq!(code(&e), "RequestExpired");
+    assert_eq!(error_code(&e), "RequestExpired");
 
     // A removed user's key stops working at once, while the server runs.
     let bob = kms.add_user("bob");
@@ -369,7 +369,7 @@ async fn authentication_is_enforced() {
         .send()
         .await
         .expect_err("removed user");
-    assert_eq!(code(&e), "UnrecognizedClientException");
+    assert_eq!(error_code(&e), "UnrecognizedClientException");
 
     // The server kept serving through all of that.
     good.list_keys().send().await.expect("still serving");
@@ -502,7 +502,7 @@ async fn listing_paginates_and_aliases_move() {
         .send()
         .await
         .expect_err("duplicate alias");
-    assert_eq!(code(&e), "AlreadyExistsException");
+    assert_eq!(error_code(&e), "AlreadyExistsException");
     let e = root
         .create_alias()
         .alias_name("alias/aws/reserved")
@@ -510,7 +510,7 @@ async fn listing_paginates_and_aliases_move() {
         .send()
         .await
         .expect_err("reserved alias");
-    assert_eq!(code(&e), "InvalidAliasNameException");
+    assert_eq!(error_code(&e), "InvalidAliasNameException");
     root.update_alias()
         .alias_name("alias/app")
         .target_key_id(&ids[1])
@@ -537,7 +537,7 @@ async fn listing_paginates_and_aliases_move() {
         .send()
         .await
         .expect_err("deleted alias");
-    assert_eq!(code(&e), "NotFoundException");
+    assert_eq!(error_code(&e), "NotFoundException");
     let e = root
         .describe_key()
         .key_id(format!(
@@ -548,5 +548,5 @@ async fn listing_paginates_and_aliases_move() {
         .send()
         .await
         .expect_err("missing key");
-    assert_eq!(code(&e), "NotFoundException");
+    assert_eq!(error_code(&e), "NotFoundException");
 }

@@ -1,7 +1,8 @@
-//! The KMS request path: headers + SigV4 + JSON body → response, as the
-//! HTTP layer (`kms/http.rs`) runs it: `sigv4::verify` with the service's
-//! credentials, the method/path/Content-Type/X-Amz-Target checks, then
-//! `Kms::handle(operation, body)` on one KMS per process (temp dir).
+//! The KMS request path: headers + SigV4 + JSON body → answer, through the
+//! very function the HTTP handler calls (`kms::http::request::respond`:
+//! body bound, `sigv4::verify` with the service's credentials, the
+//! method/path/Content-Type/X-Amz-Target checks, `Kms::handle`, AWS-shaped
+//! errors), on one KMS per process (temp dir).
 //!
 //! Input, as text:
 //!
@@ -21,8 +22,9 @@
 //! (context `{"purpose": "fuzz"}`).
 //!
 //! Invariants: no panic; a request not signed by the harness never
-//! authenticates; a response is a JSON object; an error has an AWS type
-//! and an HTTP status; no response or error message contains a secret
+//! authenticates (its answer is a body-bound or authentication error); an
+//! answer is a JSON object; an error has an HTTP status >= 400 and the same
+//! AWS type in `x-amzn-errortype` and `__type`; no answer contains a secret
 //! access key.
 #![no_main]
 
@@ -31,15 +33,15 @@ use std::sync::{Arc, OnceLock};
 use chrono::{TimeZone, Utc};
 use envol::kms::clock::ManualClock;
 use envol::kms::datadir::DataDir;
-use envol::kms::iam::{AccessKey, Principal};
-use envol::kms::sigv4::{self, SignedRequest, canonical_query, canonical_uri};
+use envol::kms::http::request::respond;
+use envol::kms::iam::AccessKey;
+use envol::kms::sigv4::{SignedRequest, canonical_query, canonical_uri};
 use envol::kms::{Kms, RequestContext};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
 const REGION: &str = "us-east-1";
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 struct World {
     kms: Kms,
@@ -249,10 +251,10 @@ fuzz_target!(|data: &[u8]| {
     let n = w
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if n % 10_000 == 9_999 {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&w.audit_log) {
-            let _ = f.set_len(0);
-        }
+    if n % 10_000 == 9_999
+        && let Ok(f) = std::fs::OpenOptions::new().write(true).open(&w.audit_log)
+    {
+        let _ = f.set_len(0);
     }
 
     let signed = SignedRequest {
@@ -262,81 +264,63 @@ fuzz_target!(|data: &[u8]| {
         headers: &r.headers,
         body: &r.body,
     };
-    let mut principal: Option<Principal> = None;
-    let verified = sigv4::verify(&signed, now, w.kms.region(), "kms", |akid| {
-        match w.kms.credentials(akid) {
-            Ok(Some((p, secret))) => {
-                principal = Some(p);
-                Some(secret)
-            }
-            _ => None,
-        }
-    });
-    let verified = match verified {
-        Ok(v) => v,
-        Err(e) => {
-            assert!(!e.aws_type().is_empty() && e.http_status() >= 400);
-            check_no_secret(w, e.message());
-            return;
-        }
-    };
-    assert!(
-        r.sign_as.is_some(),
-        "a request the harness did not sign authenticated as {verified:?}"
-    );
-    let principal = principal.expect("verified without a principal");
-
-    // The rest of http.rs's checks, then the core.
-    if r.method != "POST" || r.path != "/" {
-        return;
-    }
-    let content_type = r
-        .headers
-        .iter()
-        .find(|(n, _)| n == "content-type")
-        .map_or("", |(_, v)| v.as_str());
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !media.eq_ignore_ascii_case(CONTENT_TYPE)
-        && !media.eq_ignore_ascii_case("application/x-amz-json-1.0")
-    {
-        return;
-    }
-    let Some(operation) = r
+    let reply = respond(&w.kms, &signed, "fuzz", "fuzz");
+    // Keep the shared key usable, so later inputs reach the same code.
+    let operation = r
         .headers
         .iter()
         .find(|(n, _)| n == "x-amz-target")
         .and_then(|(_, v)| v.strip_prefix("TrentService."))
-        .filter(|op| {
-            !op.is_empty() && op.len() <= 64 && op.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
-    else {
-        return;
-    };
-    let ctx = RequestContext {
-        principal,
-        request_id: "fuzz".into(),
-        source: Some("fuzz".into()),
-    };
-    let result = w.kms.handle(&ctx, operation, &r.body);
-    // Keep the shared key usable, so later inputs reach the same code.
-    if matches!(
-        operation,
-        "ScheduleKeyDeletion" | "DisableKey" | "DeleteAlias" | "UpdateAlias"
-    ) {
+        .unwrap_or("");
+    if reply.status == 200
+        && matches!(
+            operation,
+            "ScheduleKeyDeletion" | "DisableKey" | "DeleteAlias" | "UpdateAlias"
+        )
+    {
         restore(w);
     }
-    match result {
-        Ok(value) => {
-            assert!(value.is_object(), "{operation} answered {value}");
-            check_no_secret(w, &value.to_string());
-        }
-        Err(e) => {
-            assert!(!e.kind.aws_type().is_empty());
-            assert!(e.kind.http_status() >= 400);
-            check_no_secret(w, &e.message);
-        }
+
+    let body: serde_json::Value = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", reply.body));
+    assert!(body.is_object(), "answer is not a JSON object: {body}");
+    check_no_secret(w, &reply.body);
+    for (_, value) in &reply.headers {
+        check_no_secret(w, value);
+    }
+    let error_type = reply
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "x-amzn-errortype")
+        .map(|(_, v)| v.as_str());
+    if reply.status == 200 {
+        assert!(error_type.is_none(), "a 200 answer with an error type");
+    } else {
+        assert!(reply.status >= 400, "status {}", reply.status);
+        let error_type = error_type.expect("an error answer without x-amzn-errortype");
+        assert!(!error_type.is_empty());
+        assert_eq!(body["__type"].as_str(), Some(error_type));
+    }
+    if r.sign_as.is_none() {
+        assert!(
+            error_type.is_some_and(|t| REFUSED_UNAUTHENTICATED.contains(&t)),
+            "a request the harness did not sign was answered {} {}",
+            reply.status,
+            reply.body
+        );
     }
 });
+
+/// The answers a request without a valid signature can get: refused at the
+/// body bound (checked first) or by authentication.
+const REFUSED_UNAUTHENTICATED: &[&str] = &[
+    "RequestEntityTooLargeException",
+    "MissingAuthenticationTokenException",
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "UnrecognizedClientException",
+    "RequestExpired",
+];
 
 /// Undoes what would starve later inputs: the fuzz key disabled, pending
 /// deletion, or without its alias.

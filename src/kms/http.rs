@@ -1,31 +1,27 @@
 //! The HTTP front door of the KMS: AWS's JSON 1.1 protocol over HTTP/1.1.
 //!
 //! `POST /` with `X-Amz-Target: TrentService.<Operation>` and a JSON body.
-//! This layer only bounds the body, verifies the SigV4 signature, maps the
-//! access key to a principal, and hands the operation to the service core;
-//! errors go back as `{"__type": ..., "message": ...}` with AWS's status.
+//! This file is the transport only: axum, TLS, reading the body up to its
+//! bound, and a blocking thread per request. What a request means (SigV4,
+//! access key → principal, the operation, AWS-shaped errors) is
+//! [`request::respond`], which the `kms_request` fuzz target calls too.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tokio::net::TcpListener;
 
-use super::error::{ErrorKind, KmsError};
-use super::service::{Kms, RequestContext};
-use super::sigv4::{self, AuthError, SignedRequest};
+use super::service::Kms;
+use super::sigv4::SignedRequest;
 use super::tls::{Peer, TlsListener};
 
-/// Largest request body accepted. AWS KMS requests are small: the biggest
-/// members are a 4 KiB plaintext, a 6 KiB ciphertext or a 32 KiB policy.
-pub const MAX_BODY: usize = 256 * 1024;
+pub mod request;
 
-const TARGET_PREFIX: &str = "TrentService.";
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+pub use request::{MAX_BODY, Reply};
 
 /// Builds the router for one service instance.
 pub fn router(kms: Arc<Kms>) -> Router {
@@ -78,51 +74,17 @@ pub async fn serve(
     result
 }
 
-fn error_response(request_id: &str, err: &KmsError) -> Response {
-    let status = StatusCode::from_u16(err.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = json!({ "__type": err.kind.aws_type(), "message": err.message }).to_string();
-    let mut resp = (status, body).into_response();
+/// Writes a [`Reply`] as an HTTP response.
+fn into_response(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = (status, reply.body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amzn-requestid", v);
-    }
-    h.insert(
-        "x-amzn-errortype",
-        HeaderValue::from_static(err.kind.aws_type()),
-    );
-    resp
-}
-
-fn ok_response(request_id: &str, body: serde_json::Value) -> Response {
-    let mut resp = (StatusCode::OK, body.to_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amzn-requestid", v);
+    for (name, value) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
     }
     resp
-}
-
-fn auth_error(e: &AuthError) -> KmsError {
-    let kind = match e {
-        AuthError::MissingAuthenticationToken(_) => ErrorKind::MissingAuthenticationToken,
-        AuthError::IncompleteSignature(_) => ErrorKind::IncompleteSignature,
-        AuthError::InvalidSignature(_) => ErrorKind::InvalidSignature,
-        AuthError::UnrecognizedClient(_) => ErrorKind::UnrecognizedClient,
-        AuthError::RequestExpired(_) => ErrorKind::RequestExpired,
-    };
-    KmsError::new(kind, e.message().to_string())
-}
-
-/// The operation named by X-Amz-Target, if the header is well formed.
-fn target_operation(headers: &HeaderMap) -> Option<String> {
-    let t = headers.get("x-amz-target")?.to_str().ok()?;
-    let op = t.strip_prefix(TARGET_PREFIX)?;
-    if op.is_empty() || op.len() > 64 || !op.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    Some(op.to_string())
 }
 
 async fn handle(
@@ -133,27 +95,6 @@ async fn handle(
     let request_id = uuid::Uuid::new_v4().to_string();
     let source = peer.to_string();
     let (parts, body) = req.into_parts();
-    let operation = target_operation(&parts.headers);
-    let op_name = operation.clone().unwrap_or_else(|| "-".into());
-
-    let reject = |kms: &Kms, err: KmsError| {
-        kms.audit_rejected(&request_id, Some(&source), &op_name, &err);
-        error_response(&request_id, &err)
-    };
-
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return reject(
-                &kms,
-                KmsError::new(
-                    ErrorKind::RequestEntityTooLarge,
-                    format!("request body exceeds {MAX_BODY} bytes"),
-                ),
-            );
-        }
-    };
-
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -164,82 +105,41 @@ async fn handle(
             )
         })
         .collect();
+
+    // Stop reading at the bound: a larger body is refused unread.
+    let body: Bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return into_response(request::refuse_oversized(
+                &kms,
+                &headers,
+                &request_id,
+                &source,
+            ));
+        }
+    };
+
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
 
     // Signature checks and the operation touch SQLite and do crypto: keep
     // them off the async workers.
-    let kms2 = kms.clone();
+    let worker_kms = kms.clone();
+    let worker_headers = headers.clone();
     let rid = request_id.clone();
     let src = source.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let reply = tokio::task::spawn_blocking(move || {
         let signed = SignedRequest {
             method: &method,
             path: &path,
             query: &query,
-            headers: &headers,
+            headers: &worker_headers,
             body: &body,
         };
-        let principal = std::cell::RefCell::new(None);
-        let lookup = |akid: &str| match kms2.credentials(akid) {
-            Ok(Some((p, secret))) => {
-                *principal.borrow_mut() = Some(p);
-                Some(secret)
-            }
-            _ => None,
-        };
-        let verified = sigv4::verify(&signed, kms2.clock().now(), kms2.region(), "kms", lookup);
-        if let Err(e) = verified {
-            return Err(auth_error(&e));
-        }
-        let Some(principal) = principal.into_inner() else {
-            return Err(KmsError::new(
-                ErrorKind::UnrecognizedClient,
-                "The security token included in the request is invalid.",
-            ));
-        };
-        if method != "POST" || path != "/" {
-            return Err(KmsError::new(
-                ErrorKind::UnknownOperation,
-                "requests must be POST / with an X-Amz-Target header",
-            ));
-        }
-        let content_type = headers
-            .iter()
-            .find(|(n, _)| n == "content-type")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        let media = content_type.split(';').next().unwrap_or("").trim();
-        if !media.eq_ignore_ascii_case(CONTENT_TYPE)
-            && !media.eq_ignore_ascii_case("application/x-amz-json-1.0")
-        {
-            return Err(KmsError::new(
-                ErrorKind::Serialization,
-                format!("Content-Type must be {CONTENT_TYPE}"),
-            ));
-        }
-        let Some(operation) = operation else {
-            return Err(KmsError::new(
-                ErrorKind::UnknownOperation,
-                "missing or malformed X-Amz-Target header (expected TrentService.<Operation>)",
-            ));
-        };
-        let ctx = RequestContext {
-            principal,
-            request_id: rid,
-            source: Some(src),
-        };
-        Ok(kms2.handle(&ctx, &operation, &body))
+        request::respond(&worker_kms, &signed, &rid, &src)
     })
-    .await;
-
-    match result {
-        Ok(Ok(Ok(value))) => ok_response(&request_id, value),
-        // The core audited it.
-        Ok(Ok(Err(e))) => error_response(&request_id, &e),
-        // Rejected before reaching the core.
-        Ok(Err(e)) => reject(&kms, e),
-        Err(_) => reject(&kms, KmsError::internal("request handler failed")),
-    }
+    .await
+    .unwrap_or_else(|_| request::refuse_internal(&kms, &headers, &request_id, &source));
+    into_response(reply)
 }

@@ -22,6 +22,7 @@ pub mod blob;
 pub mod clock;
 pub mod datadir;
 pub mod error;
+mod excerpt;
 pub mod grant;
 pub mod http;
 pub mod iam;

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use envol::kms::{Kms, RequestContext};
+
 pub const REGION: &str = "us-east-1";
 
 pub fn envol() -> Command {
@@ -198,4 +201,40 @@ pub fn sdk_client(
         b = b.time_source(aws_smithy_async::time::StaticTimeSource::new(t));
     }
     aws_sdk_kms::Client::from_conf(b.build())
+}
+
+/// Creates a key with CreateKey's defaults; returns its ARN.
+pub async fn create_key_arn(client: &aws_sdk_kms::Client) -> String {
+    client
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string()
+}
+
+/// The AWS error code of an SDK error (`<none>` if it has none), for
+/// asserting which error a request got.
+pub fn error_code<E: ProvideErrorMetadata>(e: &E) -> String {
+    e.code().unwrap_or("<none>").to_string()
+}
+
+/// Runs one operation on the service core (no HTTP) as the account root;
+/// an error becomes its AWS type.
+pub fn call_as_root(
+    kms: &Kms,
+    op: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let ctx = RequestContext {
+        principal: kms.root_principal(),
+        request_id: "test".into(),
+        source: None,
+    };
+    kms.handle(&ctx, op, body.to_string().as_bytes())
+        .map_err(|e| e.kind.aws_type().to_string())
 }
