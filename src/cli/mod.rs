@@ -68,10 +68,10 @@ pub enum Command {
     /// The master-key service: initialise, serve, manage users.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
-    /// Master keys in the KMS: create, list, describe, enable, disable, delete.
+    /// Master keys in the KMS: create, list, describe, enable, disable, rotate, delete.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Encrypted volume files: create, inspect.
+    /// Encrypted volume files: create, rewrap (move the data key to a new key version or key), inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
     /// Attach volumes through the KMS and serve them over NBD.
