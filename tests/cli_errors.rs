@@ -45,7 +45,13 @@ fn commands_against(fx: &Fixture, endpoint: &str) -> Vec<Command> {
     let sock = sock.to_str().unwrap();
     let mut all: Vec<Vec<&str>> = KEY_COMMANDS.iter().map(|c| c.to_vec()).collect();
     all.push(vec![
-        "volume", "create", new_vol, "--size", "4M", "--key", "alias/DemoKey",
+        "volume",
+        "create",
+        new_vol,
+        "--size",
+        "4M",
+        "--key",
+        "alias/DemoKey",
     ]);
     all.push(vec!["volume", "rewrap", &vol]);
     all.push(vec!["serve", &vol, "--socket", sock]);
@@ -89,7 +95,10 @@ fn without_credentials(home: &std::path::Path, args: &[&str]) -> Command {
         }
     }
     cmd.env("HOME", home)
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("nothing/credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.join("nothing/credentials"),
+        )
         .env("AWS_CONFIG_FILE", home.join("nothing/config"))
         .env_remove("ENVOL_LOG")
         .args(args);

@@ -56,7 +56,12 @@ fn every_key_subcommand_takes_json() {
         .iter()
         .filter(|(p, _)| p.starts_with("envol key ") && !p.starts_with("envol key help"))
         .collect();
-    assert_eq!(key_subs.len(), 9, "{:?}", key_subs.iter().map(|(p, _)| p).collect::<Vec<_>>());
+    assert_eq!(
+        key_subs.len(),
+        9,
+        "{:?}",
+        key_subs.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
     for (path, cmd) in key_subs {
         assert!(
             cmd.get_arguments().any(|a| a.get_long() == Some("json")),

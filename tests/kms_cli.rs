@@ -165,7 +165,11 @@ fn user_remove_removes_the_profile_user_add_wrote() {
     let alice = common::parse_creds(&out);
     let text = std::fs::read_to_string(&creds).unwrap();
     assert!(text.contains("[alice-prof]") && text.contains(&alice.access_key_id));
-    assert!(std::fs::read_to_string(&config).unwrap().contains("[profile alice-prof]"));
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("[profile alice-prof]")
+    );
 
     let mut remove = envol();
     remove
@@ -185,9 +189,15 @@ fn user_remove_removes_the_profile_user_add_wrote() {
     );
 
     // A user without a profile: removal still works, the files are untouched.
-    run_ok(envol().args(["kms", "user", "add", "bob", "--data"]).arg(&dir));
+    run_ok(
+        envol()
+            .args(["kms", "user", "add", "bob", "--data"])
+            .arg(&dir),
+    );
     let mut remove = envol();
-    remove.args(["kms", "user", "remove", "bob", "--data"]).arg(&dir);
+    remove
+        .args(["kms", "user", "remove", "bob", "--data"])
+        .arg(&dir);
     with_files(&mut remove);
     let out = run_ok(&mut remove);
     assert!(!out.contains("AWS profile"), "{out}");

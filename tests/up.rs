@@ -168,8 +168,16 @@ fn up_writes_a_profile_the_aws_cli_uses_and_never_prints_the_secret() {
         .to_string();
     assert_eq!(secret.len(), 40);
     assert!(!first.output.contains(&secret), "{}", first.output);
-    assert!(!first.output.contains("aws_secret_access_key"), "{}", first.output);
-    assert!(first.output.contains("--profile envol-up"), "{}", first.output);
+    assert!(
+        !first.output.contains("aws_secret_access_key"),
+        "{}",
+        first.output
+    );
+    assert!(
+        first.output.contains("--profile envol-up"),
+        "{}",
+        first.output
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(home.join(".aws/credentials"))
             .unwrap()
@@ -178,7 +186,10 @@ fn up_writes_a_profile_the_aws_cli_uses_and_never_prints_the_secret() {
     assert_eq!(mode & 0o777, 0o600);
     let config = std::fs::read_to_string(home.join(".aws/config")).unwrap();
     assert!(config.contains("[profile envol-up]"), "{config}");
-    assert!(config.contains("endpoint_url = http://127.0.0.1:"), "{config}");
+    assert!(
+        config.contains("endpoint_url = http://127.0.0.1:"),
+        "{config}"
+    );
     let id = default_key_listed(home);
     stop(first);
 
@@ -186,7 +197,11 @@ fn up_writes_a_profile_the_aws_cli_uses_and_never_prints_the_secret() {
     // and the rewritten profile follows the new endpoint.
     let second = start(&data, home);
     assert!(!second.output.contains(&secret), "{}", second.output);
-    assert!(!second.output.contains("aws_secret_access_key"), "{}", second.output);
+    assert!(
+        !second.output.contains("aws_secret_access_key"),
+        "{}",
+        second.output
+    );
     assert_eq!(default_key_listed(home), id);
     stop(second);
 }
@@ -197,23 +212,50 @@ fn up_refuses_a_busy_kms_port_in_one_line() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let out = envol()
-        .args(["up", "--size", "4M", "--listen", "127.0.0.1:0", "--kms-listen", &addr, "--data"])
+        .args([
+            "up",
+            "--size",
+            "4M",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-listen",
+            &addr,
+            "--data",
+        ])
         .arg(tmp.path().join("envol"))
         .env("HOME", tmp.path())
-        .env("AWS_SHARED_CREDENTIALS_FILE", tmp.path().join(".aws/credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            tmp.path().join(".aws/credentials"),
+        )
         .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(&addr) && stderr.contains("--kms-listen none"), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("--kms-listen none"),
+        "{stderr}"
+    );
     // With the API off, `up` runs and writes no profile.
     let mut child = envol()
-        .args(["up", "--size", "4M", "--listen", "127.0.0.1:0", "--kms-listen", "none", "--data"])
+        .args([
+            "up",
+            "--size",
+            "4M",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-listen",
+            "none",
+            "--data",
+        ])
         .arg(tmp.path().join("envol"))
         .env("HOME", tmp.path())
-        .env("AWS_SHARED_CREDENTIALS_FILE", tmp.path().join(".aws/credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            tmp.path().join(".aws/credentials"),
+        )
         .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -147,7 +147,9 @@ where
 {
     let error = client.explain(e);
     let hint = match error.kind {
-        KeyErrorKind::Credentials => format!(" (check the credentials used for {})", client.describe()),
+        KeyErrorKind::Credentials => {
+            format!(" (check the credentials used for {})", client.describe())
+        }
         _ => String::new(),
     };
     CliError(format!("{what} {key}: {error}{hint}"))

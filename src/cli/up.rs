@@ -23,12 +23,12 @@ use super::target::parse_size;
 use super::{CliError, CliResult, runtime, shutdown_signal};
 use crate::envelope::{self, NewVolume};
 use crate::keys::KeyErrorKind;
-use crate::keys::embedded::EmbeddedKeys;
 use crate::keys::aws::UP_PROFILE;
+use crate::keys::embedded::EmbeddedKeys;
 use crate::kms::clock::SystemClock;
+use crate::kms::datadir::DataDir;
 use crate::kms::iam::AccessKey;
 use crate::kms::{Kms, profile};
-use crate::kms::datadir::DataDir;
 use crate::nbd::Listeners;
 
 pub const DEFAULT_ALIAS: &str = "alias/envol-default";
@@ -134,8 +134,8 @@ fn write_root_profile(kms: &Kms, name: &str, endpoint: &str) -> CliResult {
         access_key_id: root,
         secret_access_key: secret,
     };
-    let written = profile::write_profile(name, &access, kms.region(), Some(endpoint))
-        .map_err(|e| {
+    let written =
+        profile::write_profile(name, &access, kms.region(), Some(endpoint)).map_err(|e| {
             CliError(format!(
                 "cannot write AWS profile {name}: {e} (or pass --kms-listen none)"
             ))

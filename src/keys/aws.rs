@@ -324,10 +324,15 @@ where
         SdkError::DispatchFailure(d) => {
             let cause = innermost(&err);
             if d.is_timeout() {
-                unreachable(format!("no connection within {KMS_CONNECT_TIMEOUT:?} ({cause})"))
+                unreachable(format!(
+                    "no connection within {KMS_CONNECT_TIMEOUT:?} ({cause})"
+                ))
             } else if d.is_io() {
                 unreachable(cause)
-            } else if error_chain(&err).to_ascii_lowercase().contains("credentials") {
+            } else if error_chain(&err)
+                .to_ascii_lowercase()
+                .contains("credentials")
+            {
                 KeyError {
                     kind: KeyErrorKind::Credentials,
                     code: None,
@@ -347,7 +352,10 @@ where
         SdkError::ResponseError(_) => KeyError {
             kind: KeyErrorKind::Other,
             code: None,
-            message: format!("{describe} sent an answer that is not an AWS KMS reply: {}", innermost(&err)),
+            message: format!(
+                "{describe} sent an answer that is not an AWS KMS reply: {}",
+                innermost(&err)
+            ),
         },
         _ => KeyError {
             kind: KeyErrorKind::Other,
