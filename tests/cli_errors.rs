@@ -94,7 +94,10 @@ fn without_credentials(home: &std::path::Path, args: &[&str]) -> Command {
             cmd.env_remove(k);
         }
     }
+    // On an EC2 instance with a role, that role would be credentials: say
+    // no to the metadata service as a user without credentials would.
     cmd.env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env(
             "AWS_SHARED_CREDENTIALS_FILE",
             home.join("nothing/credentials"),

@@ -176,7 +176,11 @@ fn credentials_chain(
 
 /// Whether this machine is an EC2 instance, from what the hypervisor tells
 /// the kernel (no network): DMI's vendor on Nitro, the Xen uuid before it.
+/// `AWS_EC2_METADATA_DISABLED=true` says no, as it does to the AWS tools.
 fn on_ec2() -> bool {
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     read("/sys/devices/virtual/dmi/id/sys_vendor").trim() == "Amazon EC2"
         || read("/sys/devices/virtual/dmi/id/board_vendor").trim() == "Amazon EC2"
