@@ -65,15 +65,21 @@ fn hint_for(error: &KeyError, key: &str, describe: &str) -> String {
     use crate::keys::KeyErrorKind::*;
     match error.kind {
         AccessDenied => " (the key policy does not allow this caller)".into(),
-        Disabled => format!(" (the key is disabled: enable it with `envol key enable {key}`)"),
+        // Hints say who can act, not what to type: the caller of `serve` is
+        // usually not allowed to manage the key.
+        Disabled => format!(
+            " (the key is disabled: ask a principal allowed kms:EnableKey on it to run `envol key enable {key}`)"
+        ),
         InvalidState => format!(
-            " (the key is pending deletion: `envol key cancel-deletion {key}` then `envol key enable {key}` restore it)"
+            " (the key is pending deletion: a principal allowed kms:CancelKeyDeletion and kms:EnableKey on it can restore it with `envol key cancel-deletion {key}`, then `envol key enable {key}`)"
         ),
         NotFound => " (the key does not exist, or was deleted: its volumes are unreadable)".into(),
         InvalidCiphertext => {
             " (the wrapped key does not belong to this volume, or the superblock was altered)"
                 .into()
         }
+        // The key client's message already names the KMS it could not reach.
+        Unreachable if error.message.contains(describe) => String::new(),
         Unreachable => format!(" (cannot reach {describe})"),
         Credentials => format!(" (check the credentials used for {describe})"),
         Other => String::new(),

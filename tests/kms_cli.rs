@@ -136,3 +136,70 @@ fn users_are_listed_added_and_removed() {
         "no user named alice",
     );
 }
+
+#[test]
+fn user_remove_removes_the_profile_user_add_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kms");
+    let creds = tmp.path().join("aws/credentials");
+    let config = tmp.path().join("aws/config");
+    std::fs::create_dir_all(tmp.path().join("aws")).unwrap();
+    // Someone's own profiles, which must survive.
+    std::fs::write(
+        &creds,
+        "# mine\n[keep]\naws_access_key_id = AKIAKEEPKEEPKEEPKEEP\naws_secret_access_key = x\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile keep]\nregion = eu-west-1\n").unwrap();
+    let with_files = |c: &mut Command| {
+        c.env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", &config);
+    };
+    run_ok(envol().args(["kms", "init", "--data"]).arg(&dir));
+    let mut add = envol();
+    add.args(["kms", "user", "add", "alice", "--profile", "alice-prof"])
+        .args(["--endpoint", "http://127.0.0.1:4599", "--data"])
+        .arg(&dir);
+    with_files(&mut add);
+    let out = run_ok(&mut add);
+    let alice = common::parse_creds(&out);
+    let text = std::fs::read_to_string(&creds).unwrap();
+    assert!(text.contains("[alice-prof]") && text.contains(&alice.access_key_id));
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("[profile alice-prof]")
+    );
+
+    let mut remove = envol();
+    remove
+        .args(["kms", "user", "remove", "alice", "--data"])
+        .arg(&dir);
+    with_files(&mut remove);
+    let out = run_ok(&mut remove);
+    assert!(out.contains("Removed AWS profile alice-prof"), "{out}");
+    let text = std::fs::read_to_string(&creds).unwrap();
+    assert_eq!(
+        text,
+        "# mine\n[keep]\naws_access_key_id = AKIAKEEPKEEPKEEPKEEP\naws_secret_access_key = x\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "[profile keep]\nregion = eu-west-1\n"
+    );
+
+    // A user without a profile: removal still works, the files are untouched.
+    run_ok(
+        envol()
+            .args(["kms", "user", "add", "bob", "--data"])
+            .arg(&dir),
+    );
+    let mut remove = envol();
+    remove
+        .args(["kms", "user", "remove", "bob", "--data"])
+        .arg(&dir);
+    with_files(&mut remove);
+    let out = run_ok(&mut remove);
+    assert!(!out.contains("AWS profile"), "{out}");
+    assert_eq!(std::fs::read_to_string(&creds).unwrap(), text);
+}

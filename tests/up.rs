@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::envol;
@@ -15,10 +16,24 @@ struct Up {
     output: String,
 }
 
-fn start(data: &std::path::Path) -> Up {
+/// `envol up` with its data in `data`, HOME and the AWS files in `home`, and
+/// both listeners on ephemeral loopback ports (tests run in parallel).
+fn start(data: &Path, home: &Path) -> Up {
     let mut child = envol()
-        .args(["up", "--size", "64M", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "up",
+            "--size",
+            "64M",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data)
+        .env("HOME", home)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws/credentials"))
+        .env("AWS_CONFIG_FILE", home.join(".aws/config"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -61,7 +76,7 @@ fn stop(mut up: Up) {
 fn up_creates_everything_once_and_reuses_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("envol");
-    let first = start(&data);
+    let first = start(&data, tmp.path());
     assert!(
         first
             .output
@@ -81,7 +96,7 @@ fn up_creates_everything_once_and_reuses_it() {
     );
     stop(first);
 
-    let second = start(&data);
+    let second = start(&data, tmp.path());
     assert!(
         !second.output.contains("Created"),
         "second run reuses: {}",
@@ -94,4 +109,172 @@ fn up_creates_everything_once_and_reuses_it() {
     assert_eq!(vol.len() as u64, (64 << 20) + (1 << 20));
     // The pattern went through the cipher: 100000 bytes of 0x5a are not on disk.
     assert!(!vol.windows(4096).any(|w| w.iter().all(|&b| b == 0x5a)));
+}
+
+/// The AWS CLI with only the profile files under `home` (no ambient AWS
+/// settings), as a newcomer would run it right after `envol up`.
+fn aws(home: &Path, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new("aws");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .args(["--profile", "envol-up", "--output", "json"])
+        .env("HOME", home)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws/credentials"))
+        .env("AWS_CONFIG_FILE", home.join(".aws/config"))
+        .output()
+        .expect("the AWS CLI (`aws`) must be installed: pip install awscli");
+    assert!(
+        out.status.success(),
+        "aws {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The default key's id, as `aws kms list-keys --profile envol-up` lists it.
+fn default_key_listed(home: &Path) -> String {
+    let key = aws(
+        home,
+        &["kms", "describe-key", "--key-id", "alias/envol-default"],
+    );
+    let id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let keys = aws(home, &["kms", "list-keys"]);
+    let listed: Vec<&str> = keys["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["KeyId"].as_str())
+        .collect();
+    assert!(listed.contains(&id.as_str()), "{id} not in {listed:?}");
+    id
+}
+
+#[test]
+fn up_writes_a_profile_the_aws_cli_uses_and_never_prints_the_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = home.join("envol");
+    let first = start(&data, home);
+    let credentials = std::fs::read_to_string(home.join(".aws/credentials")).unwrap();
+    let secret = credentials
+        .lines()
+        .find_map(|l| l.strip_prefix("aws_secret_access_key = "))
+        .unwrap_or_else(|| panic!("no secret in {credentials}"))
+        .to_string();
+    assert_eq!(secret.len(), 40);
+    assert!(!first.output.contains(&secret), "{}", first.output);
+    assert!(
+        !first.output.contains("aws_secret_access_key"),
+        "{}",
+        first.output
+    );
+    assert!(
+        first.output.contains("--profile envol-up"),
+        "{}",
+        first.output
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(home.join(".aws/credentials"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let config = std::fs::read_to_string(home.join(".aws/config")).unwrap();
+    assert!(config.contains("[profile envol-up]"), "{config}");
+    assert!(
+        config.contains("endpoint_url = http://127.0.0.1:"),
+        "{config}"
+    );
+    let id = default_key_listed(home);
+    stop(first);
+
+    // A second run (another ephemeral port): the secret is not printed again
+    // and the rewritten profile follows the new endpoint.
+    let second = start(&data, home);
+    assert!(!second.output.contains(&secret), "{}", second.output);
+    assert!(
+        !second.output.contains("aws_secret_access_key"),
+        "{}",
+        second.output
+    );
+    assert_eq!(default_key_listed(home), id);
+    stop(second);
+}
+
+#[test]
+fn up_refuses_a_busy_kms_port_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = envol()
+        .args([
+            "up",
+            "--size",
+            "4M",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-listen",
+            &addr,
+            "--data",
+        ])
+        .arg(tmp.path().join("envol"))
+        .env("HOME", tmp.path())
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            tmp.path().join(".aws/credentials"),
+        )
+        .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("--kms-listen none"),
+        "{stderr}"
+    );
+    // With the API off, `up` runs and writes no profile.
+    let mut child = envol()
+        .args([
+            "up",
+            "--size",
+            "4M",
+            "--listen",
+            "127.0.0.1:0",
+            "--kms-listen",
+            "none",
+            "--data",
+        ])
+        .arg(tmp.path().join("envol"))
+        .env("HOME", tmp.path())
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            tmp.path().join(".aws/credentials"),
+        )
+        .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut output = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        output.push_str(&line);
+        output.push('\n');
+        if line.starts_with("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    assert!(!output.contains("envol-up"), "{output}");
+    assert!(!tmp.path().join(".aws/credentials").exists());
+    stop(Up {
+        child,
+        uri: String::new(),
+        output,
+    });
 }

@@ -2,13 +2,32 @@
 //! do most, with the same endpoint/profile handling as the key client.
 //! Anything else: the AWS CLI works against the same endpoint.
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::types::KeyMetadata;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::target::KmsArgs;
 use super::{CliError, CliResult, runtime};
+use crate::keys::aws::AwsKeyClient;
+use crate::keys::{KeyErrorKind, KeyService};
+
+/// `--json`: print the result as one JSON object (or array, for `list`)
+/// instead of text, for scripts.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print the result as JSON (one object; an array for `list`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The key a command acts on.
+#[derive(Debug, Args, Clone)]
+pub struct KeyArg {
+    /// The key: key id, key ARN, alias/NAME or alias ARN.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -17,72 +36,90 @@ pub enum KeyCommand {
         /// Alias for the key: NAME or alias/NAME.
         #[arg(long)]
         alias: Option<String>,
+        /// Free-text description stored with the key.
         #[arg(long, default_value = "")]
         description: String,
         /// Users (NAME or IAM ARN) allowed to create and attach volumes with this key.
         #[arg(long = "allow", value_name = "USER")]
         allow: Vec<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// List keys with their aliases and states.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Show one key.
     Describe {
-        key: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Enable a disabled key.
     Enable {
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Disable a key: every volume under it stops attaching until it is enabled.
     Disable {
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Schedule a key's destruction after 7-30 days; then its volumes are unreadable forever.
     ScheduleDeletion {
-        key: String,
-        #[arg(long, default_value_t = 30)]
+        #[command(flatten)]
+        key: KeyArg,
+        /// Days until the key material is destroyed (7-30).
+        #[arg(long, default_value_t = 30, value_name = "N")]
         days: i32,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Cancel a scheduled deletion (the key stays disabled until enabled).
     CancelDeletion {
-        key: String,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Rotate a key now: new data keys are wrapped under fresh material; everything wrapped before still unwraps.
     Rotate {
-        key: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
     /// Rotate a key automatically every N days (90-2560).
     EnableRotation {
-        key: String,
-        #[arg(long = "period-days", default_value_t = 365)]
+        #[command(flatten)]
+        key: KeyArg,
+        /// Days between automatic rotations (90-2560).
+        #[arg(long = "period-days", default_value_t = 365, value_name = "N")]
         period_days: i32,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
@@ -97,7 +134,10 @@ const VOLUME_ACTIONS: &[&str] = &[
     "kms:ReEncryptTo",
 ];
 
+/// One line: what failed, on which key, and why (the KMS's error code and
+/// message, or why it could not be reached).
 fn sdk_err<E>(
+    client: &AwsKeyClient,
     what: &str,
     key: &str,
     e: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
@@ -105,18 +145,14 @@ fn sdk_err<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match (e.code(), e.message()) {
-        (Some(code), Some(msg)) => CliError(format!("{what} {key}: {code}: {msg}")),
-        (Some(code), None) => CliError(format!("{what} {key}: {code}")),
-        _ => CliError(format!(
-            "{what} {key}: {}",
-            DisplayErrorContext(&e)
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        )),
-    }
+    let error = client.explain(e);
+    let hint = match error.kind {
+        KeyErrorKind::Credentials => {
+            format!(" (check the credentials used for {})", client.describe())
+        }
+        _ => String::new(),
+    };
+    CliError(format!("{what} {key}: {error}{hint}"))
 }
 
 fn alias_name(a: &str) -> String {
@@ -175,7 +211,7 @@ pub fn run(cmd: KeyCommand) -> CliResult {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = crate::keys::aws::sdk_client(&kms_args.target())
+        let client = AwsKeyClient::new(&kms_args.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
         run_with(&client, cmd).await
@@ -193,22 +229,44 @@ async fn aliases_of(client: &aws_sdk_kms::Client, key_id: &str) -> Vec<String> {
     }
 }
 
-async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
+fn rfc3339(d: Option<&aws_sdk_kms::primitives::DateTime>) -> Option<String> {
+    d.and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
+        .map(|t| t.to_rfc3339())
+}
+
+/// The key's metadata after a state change, for `--json`.
+async fn describe_json(client: &AwsKeyClient, key: &str) -> Result<Value, CliError> {
+    let d = client
+        .sdk()
+        .describe_key()
+        .key_id(key)
+        .send()
+        .await
+        .map_err(|e| sdk_err(client, "cannot describe", key, e))?;
+    let m = d
+        .key_metadata()
+        .ok_or_else(|| CliError("DescribeKey returned no metadata".into()))?;
+    let aliases = aliases_of(client.sdk(), m.key_id()).await;
+    Ok(meta_json(m, &aliases))
+}
+
+async fn run_with(kms: &AwsKeyClient, cmd: KeyCommand) -> CliResult {
+    let client = kms.sdk();
     match cmd {
         KeyCommand::Create {
             alias,
             description,
             allow,
-            json,
+            out,
             ..
         } => {
-            let out = client
+            let created = client
                 .create_key()
                 .description(&description)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot create", "a key", e))?;
-            let meta = out
+                .map_err(|e| sdk_err(kms, "cannot create", "a key", e))?;
+            let meta = created
                 .key_metadata()
                 .ok_or_else(|| CliError("CreateKey returned no metadata".into()))?;
             let arn = meta.arn().unwrap_or_default().to_string();
@@ -220,7 +278,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                     .key_id(&arn)
                     .send()
                     .await
-                    .map_err(|e| sdk_err("cannot read the policy of", &arn, e))?;
+                    .map_err(|e| sdk_err(kms, "cannot read the policy of", &arn, e))?;
                 let mut doc: Value = serde_json::from_str(policy.policy().unwrap_or("{}"))
                     .map_err(|e| CliError(format!("the key policy of {arn} is not JSON: {e}")))?;
                 let users: Vec<String> = allow
@@ -251,7 +309,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                     .policy(doc.to_string())
                     .send()
                     .await
-                    .map_err(|e| sdk_err("cannot set the policy of", &arn, e))?;
+                    .map_err(|e| sdk_err(kms, "cannot set the policy of", &arn, e))?;
             }
             let mut aliases = Vec::new();
             if let Some(a) = alias {
@@ -262,10 +320,10 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                     .target_key_id(meta.key_id())
                     .send()
                     .await
-                    .map_err(|e| sdk_err("cannot create alias", &name, e))?;
+                    .map_err(|e| sdk_err(kms, "cannot create alias", &name, e))?;
                 aliases.push(name);
             }
-            if json {
+            if out.json {
                 say!("{}", meta_json(meta, &aliases));
             } else {
                 print_meta(meta, &aliases);
@@ -275,7 +333,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
             }
             Ok(())
         }
-        KeyCommand::List { json, .. } => {
+        KeyCommand::List { out, .. } => {
             let mut rows = Vec::new();
             let mut marker = None;
             loop {
@@ -284,7 +342,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                     .set_marker(marker.clone())
                     .send()
                     .await
-                    .map_err(|e| sdk_err("cannot list", "keys", e))?;
+                    .map_err(|e| sdk_err(kms, "cannot list", "keys", e))?;
                 for k in page.keys() {
                     let id = k.key_id().unwrap_or_default();
                     let aliases = aliases_of(client, id).await;
@@ -310,7 +368,7 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 }
                 marker = page.next_marker().map(str::to_string);
             }
-            if json {
+            if out.json {
                 let v: Vec<Value> = rows.iter().map(|(m, a)| meta_json(m, a)).collect();
                 say!("{}", Value::Array(v));
             } else {
@@ -325,86 +383,134 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
             }
             Ok(())
         }
-        KeyCommand::Describe { key, json, .. } => {
+        KeyCommand::Describe {
+            key: KeyArg { key },
+            out,
+            ..
+        } => {
             let d = client
                 .describe_key()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot describe", &key, e))?;
+                .map_err(|e| sdk_err(kms, "cannot describe", &key, e))?;
             let m = d
                 .key_metadata()
                 .ok_or_else(|| CliError("DescribeKey returned no metadata".into()))?;
             let aliases = aliases_of(client, m.key_id()).await;
-            if json {
+            if out.json {
                 say!("{}", meta_json(m, &aliases));
             } else {
                 print_meta(m, &aliases);
             }
             Ok(())
         }
-        KeyCommand::Enable { key, .. } => {
+        KeyCommand::Enable {
+            key: KeyArg { key },
+            out,
+            ..
+        } => {
             client
                 .enable_key()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot enable", &key, e))?;
-            say!("{key} is enabled.");
+                .map_err(|e| sdk_err(kms, "cannot enable", &key, e))?;
+            if out.json {
+                say!("{}", describe_json(kms, &key).await?);
+            } else {
+                say!("{key} is enabled.");
+            }
             Ok(())
         }
-        KeyCommand::Disable { key, .. } => {
+        KeyCommand::Disable {
+            key: KeyArg { key },
+            out,
+            ..
+        } => {
             client
                 .disable_key()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot disable", &key, e))?;
-            say!(
-                "{key} is disabled: volumes under it cannot attach until `envol key enable {key}`."
-            );
+                .map_err(|e| sdk_err(kms, "cannot disable", &key, e))?;
+            if out.json {
+                say!("{}", describe_json(kms, &key).await?);
+            } else {
+                say!(
+                    "{key} is disabled: volumes under it cannot attach until it is enabled again (kms:EnableKey: `envol key enable {key}`)."
+                );
+            }
             Ok(())
         }
-        KeyCommand::ScheduleDeletion { key, days, .. } => {
-            let out = client
+        KeyCommand::ScheduleDeletion {
+            key: KeyArg { key },
+            days,
+            out,
+            ..
+        } => {
+            let scheduled = client
                 .schedule_key_deletion()
                 .key_id(&key)
                 .pending_window_in_days(days)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot schedule the deletion of", &key, e))?;
-            let when = out
-                .deletion_date()
-                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default();
-            say!(
-                "{key} will be destroyed at {when}; every volume under it then becomes unreadable."
-            );
-            say!("Until then, `envol key cancel-deletion {key}` keeps it.");
+                .map_err(|e| sdk_err(kms, "cannot schedule the deletion of", &key, e))?;
+            let when = rfc3339(scheduled.deletion_date());
+            if out.json {
+                say!(
+                    "{}",
+                    json!({
+                        "KeyId": scheduled.key_id(),
+                        "KeyState": scheduled.key_state().map(|s| s.as_str()),
+                        "DeletionDate": scheduled.deletion_date().map(|d| d.secs()),
+                        "PendingWindowInDays": scheduled.pending_window_in_days(),
+                    })
+                );
+            } else {
+                say!(
+                    "{key} will be destroyed at {}; every volume under it then becomes unreadable.",
+                    when.as_deref().unwrap_or("(unknown)")
+                );
+                say!(
+                    "Until then, a principal allowed kms:CancelKeyDeletion keeps it: `envol key cancel-deletion {key}`."
+                );
+            }
             Ok(())
         }
-        KeyCommand::CancelDeletion { key, .. } => {
+        KeyCommand::CancelDeletion {
+            key: KeyArg { key },
+            out,
+            ..
+        } => {
             client
                 .cancel_key_deletion()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot cancel the deletion of", &key, e))?;
-            say!(
-                "{key} is no longer scheduled for deletion; it is disabled: `envol key enable {key}`."
-            );
+                .map_err(|e| sdk_err(kms, "cannot cancel the deletion of", &key, e))?;
+            if out.json {
+                say!("{}", describe_json(kms, &key).await?);
+            } else {
+                say!(
+                    "{key} is no longer scheduled for deletion; it stays disabled until enabled (kms:EnableKey: `envol key enable {key}`)."
+                );
+            }
             Ok(())
         }
-        KeyCommand::Rotate { key, json, .. } => {
-            let out = client
+        KeyCommand::Rotate {
+            key: KeyArg { key },
+            out,
+            ..
+        } => {
+            let rotated = client
                 .rotate_key_on_demand()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot rotate", &key, e))?;
-            let arn = out.key_id().unwrap_or(&key).to_string();
-            if json {
+                .map_err(|e| sdk_err(kms, "cannot rotate", &key, e))?;
+            let arn = rotated.key_id().unwrap_or(&key).to_string();
+            if out.json {
                 say!("{}", json!({ "KeyId": arn, "Rotated": true }));
             } else {
                 say!("{key} rotated: new data keys are wrapped under its new version.");
@@ -415,9 +521,9 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
             Ok(())
         }
         KeyCommand::EnableRotation {
-            key,
+            key: KeyArg { key },
             period_days,
-            json,
+            out,
             ..
         } => {
             client
@@ -426,18 +532,15 @@ async fn run_with(client: &aws_sdk_kms::Client, cmd: KeyCommand) -> CliResult {
                 .rotation_period_in_days(period_days)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot enable rotation of", &key, e))?;
+                .map_err(|e| sdk_err(kms, "cannot enable rotation of", &key, e))?;
             let status = client
                 .get_key_rotation_status()
                 .key_id(&key)
                 .send()
                 .await
-                .map_err(|e| sdk_err("cannot read the rotation status of", &key, e))?;
-            let next = status
-                .next_rotation_date()
-                .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0))
-                .map(|t| t.to_rfc3339());
-            if json {
+                .map_err(|e| sdk_err(kms, "cannot read the rotation status of", &key, e))?;
+            let next = rfc3339(status.next_rotation_date());
+            if out.json {
                 say!(
                     "{}",
                     json!({

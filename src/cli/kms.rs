@@ -72,6 +72,7 @@ pub enum KmsCommand {
 pub enum UserCommand {
     /// Add a user with a new access key (printed once).
     Add {
+        /// The user's name (1-64 of A-Z a-z 0-9 and +=,.@_-).
         name: String,
         #[command(flatten)]
         data: DataArg,
@@ -83,8 +84,9 @@ pub enum UserCommand {
         #[command(flatten)]
         data: DataArg,
     },
-    /// Remove a user and its access keys.
+    /// Remove a user, its access keys, and the AWS profiles holding them.
     Remove {
+        /// The user to remove.
         name: String,
         #[command(flatten)]
         data: DataArg,
@@ -111,11 +113,7 @@ pub fn run(cmd: KmsCommand) -> CliResult {
             profile,
         }) => user_add(data.data, &name, profile),
         KmsCommand::User(UserCommand::List { data }) => user_list(data.data),
-        KmsCommand::User(UserCommand::Remove { name, data }) => {
-            open(&data.data)?.remove_user(&name)?;
-            say!("Removed user {name} and its access keys.");
-            Ok(())
-        }
+        KmsCommand::User(UserCommand::Remove { name, data }) => user_remove(data.data, &name),
         KmsCommand::Check { data } => {
             let n = open(&data.data)?.check_integrity()?;
             say!("ok: {n} key versions unseal under the root key");
@@ -183,6 +181,29 @@ fn user_add(dir: PathBuf, name: &str, profile_args: ProfileArgs) -> CliResult {
     say!("Added user {}", principal.arn);
     print_access_key(principal.short(), &access);
     write_profile(&profile_args, &access, kms.region())
+}
+
+/// Removes the user, then the AWS profiles holding its access keys (those
+/// `user add --profile` wrote): they could only fail from now on.
+fn user_remove(dir: PathBuf, name: &str) -> CliResult {
+    let kms = open(&dir)?;
+    let key_ids: Vec<String> = kms
+        .list_principals()?
+        .into_iter()
+        .filter(|p| p.name == name)
+        .flat_map(|p| p.access_key_ids)
+        .collect();
+    kms.remove_user(name)?;
+    say!("Removed user {name} and its access keys.");
+    if key_ids.is_empty() {
+        return Ok(());
+    }
+    let removed = profile::remove_profiles_with_keys(&key_ids)
+        .map_err(|e| CliError(format!("removed user {name}, but not its AWS profile: {e}")))?;
+    for p in removed {
+        say!("Removed AWS profile {p} (it held {name}'s access key).");
+    }
+    Ok(())
 }
 
 fn user_list(dir: PathBuf) -> CliResult {

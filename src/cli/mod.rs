@@ -52,6 +52,10 @@ cli_error_from!(
 
 pub type CliResult = Result<(), CliError>;
 
+/// The log filter without `ENVOL_LOG`.
+pub const DEFAULT_LOG_FILTER: &str =
+    "warn,envol=info,aws_config=error,aws_runtime::env_config=error";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "envol",
@@ -68,10 +72,10 @@ pub enum Command {
     /// The master-key service: initialise, serve, manage users.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
-    /// Master keys in the KMS: create, list, describe, enable, disable, delete.
+    /// Master keys in the KMS: create, list, describe, enable, disable, rotate, delete.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Encrypted volume files: create, inspect.
+    /// Encrypted volume files: create, rewrap (move the data key to a new key version or key), inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
     /// Attach volumes through the KMS and serve them over NBD.
@@ -90,10 +94,15 @@ pub fn run(cli: Cli) -> CliResult {
     }
 }
 
-/// Logs go to stderr; `ENVOL_LOG` sets the filter (default `warn,envol=info`: our own news, only problems from dependencies).
+/// Logs go to stderr; `ENVOL_LOG` sets the filter.
+///
+/// The default, [`DEFAULT_LOG_FILTER`], is our own news and only problems
+/// from dependencies — except the AWS SDK's configuration warnings (a missing profile
+/// file, a provider that found nothing), which the key client reports itself
+/// as one line that says what to do (`keys::aws`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVOL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,envol=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -2,6 +2,14 @@
 //! a default master key, a default volume, served over NBD.
 //!
 //! A second run finds and reuses all of it.
+//!
+//! The KMS's AWS API is served on loopback too ([`DEFAULT_KMS_ADDR`]), and
+//! the account root's access key is written as an AWS profile
+//! ([`UP_PROFILE`] by default) whose `endpoint_url` is that listener, so
+//! `aws kms list-keys --profile envol-up` works right after `up`. The secret
+//! is never printed: the profile file (0600) is where it lives. Each run
+//! rewrites the profile from the KMS (the secret is sealed in its database),
+//! so it keeps working when the port changes or the file was edited.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,14 +23,41 @@ use super::target::parse_size;
 use super::{CliError, CliResult, runtime, shutdown_signal};
 use crate::envelope::{self, NewVolume};
 use crate::keys::KeyErrorKind;
+use crate::keys::aws::UP_PROFILE;
 use crate::keys::embedded::EmbeddedKeys;
-use crate::kms::Kms;
 use crate::kms::clock::SystemClock;
 use crate::kms::datadir::DataDir;
+use crate::kms::iam::AccessKey;
+use crate::kms::{Kms, profile};
 use crate::nbd::Listeners;
 
 pub const DEFAULT_ALIAS: &str = "alias/envol-default";
 const EXPORT: &str = "default";
+/// Where `up` serves its KMS's AWS API: loopback, next to `envol kms serve`'s
+/// 4599 so both can run at once.
+pub const DEFAULT_KMS_ADDR: &str = "127.0.0.1:4598";
+
+/// `--kms-listen`: an address, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_kms_listen(s: &str) -> Result<KmsListen, String> {
+    if s == "none" {
+        return Ok(KmsListen::Off);
+    }
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:4598, nor `none`"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve the KMS on {addr} without TLS: use a loopback address"
+        ));
+    }
+    Ok(KmsListen::At(addr))
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -38,9 +73,12 @@ pub struct UpArgs {
     /// TCP address to serve NBD on.
     #[arg(long, default_value = DEFAULT_NBD_ADDR, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Also serve the embedded KMS's AWS API here (loopback only), for the AWS CLI.
-    #[arg(long, value_name = "ADDR")]
-    pub kms_listen: Option<SocketAddr>,
+    /// Serve the embedded KMS's AWS API here (loopback only; port 0 picks a free one), or `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = DEFAULT_KMS_ADDR, value_parser = parse_kms_listen)]
+    pub kms_listen: KmsListen,
+    /// The AWS profile to write with the KMS's root credentials and endpoint (not written with --kms-listen none).
+    #[arg(long, value_name = "NAME", default_value = UP_PROFILE)]
+    pub profile: String,
 }
 
 fn default_data_dir() -> Result<PathBuf, CliError> {
@@ -63,24 +101,51 @@ fn private_dir(dir: &Path) -> CliResult {
         .map_err(|e| CliError(format!("{}: {e}", dir.display())))
 }
 
-/// Opens the embedded KMS, creating it on first run.
+/// Opens the embedded KMS, creating it on first run. Its root credentials
+/// are not printed: [`write_root_profile`] puts them where tools find them.
 fn open_kms(dir: &Path) -> Result<Arc<Kms>, CliError> {
     let data = DataDir::new(dir);
     if data.database().exists() {
         return Ok(Arc::new(Kms::open(&data, Arc::new(SystemClock))?));
     }
-    let (kms, access) = Kms::init(&data, "us-east-1", Arc::new(SystemClock))?;
-    say!("Created the embedded KMS in {}", dir.display());
+    let (kms, _root_access) = Kms::init(&data, "us-east-1", Arc::new(SystemClock))?;
     say!(
-        "  account {} — root access key (shown once):",
+        "Created the embedded KMS in {} (account {})",
+        dir.display(),
         kms.account_id()
     );
-    say!("  aws_access_key_id     = {}", access.access_key_id);
-    say!(
-        "  aws_secret_access_key = {}",
-        access.secret_access_key.as_str()
-    );
     Ok(Arc::new(kms))
+}
+
+/// Writes the account root's access key as AWS profile `name`, pointing at
+/// `endpoint`. The secret comes from the KMS's database (sealed under its
+/// root key), so every run can rewrite the profile without printing it.
+fn write_root_profile(kms: &Kms, name: &str, endpoint: &str) -> CliResult {
+    let root = kms
+        .list_principals()?
+        .into_iter()
+        .find(|p| p.name == crate::kms::iam::ROOT_NAME)
+        .and_then(|p| p.access_key_ids.into_iter().next())
+        .ok_or_else(|| CliError("the embedded KMS has no root access key".into()))?;
+    let (_, secret) = kms
+        .credentials(&root)?
+        .ok_or_else(|| CliError("the embedded KMS has no root access key".into()))?;
+    let access = AccessKey {
+        access_key_id: root,
+        secret_access_key: secret,
+    };
+    let written =
+        profile::write_profile(name, &access, kms.region(), Some(endpoint)).map_err(|e| {
+            CliError(format!(
+                "cannot write AWS profile {name}: {e} (or pass --kms-listen none)"
+            ))
+        })?;
+    say!(
+        "AWS profile {name} (the embedded KMS's root) is in {} and {}",
+        written.credentials_file.display(),
+        written.config_file.display()
+    );
+    Ok(())
 }
 
 /// Makes sure the default key and its alias exist.
@@ -144,6 +209,7 @@ fn print_how_to_attach(listeners: &Listeners, volume: &Path) {
 }
 
 pub fn run(args: UpArgs) -> CliResult {
+    profile::validate_profile_name(&args.profile).map_err(CliError)?;
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data_dir()?,
@@ -159,15 +225,17 @@ pub fn run(args: UpArgs) -> CliResult {
         .socket
         .clone()
         .unwrap_or_else(|| data.join("envol.sock"));
-    if let Some(addr) = args.kms_listen
-        && !addr.ip().is_loopback()
-    {
-        return Err(CliError(format!(
-            "refusing to serve the KMS on {addr} without TLS: use a loopback address"
-        )));
-    }
     let rt = runtime()?;
     rt.block_on(async move {
+        // Bind first: a busy port is refused before the volume is created.
+        let kms_listener = match args.kms_listen {
+            KmsListen::Off => None,
+            KmsListen::At(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CliError(format!(
+                    "cannot serve the embedded KMS's API on {addr}: {e} (another `envol up`?): pass --kms-listen ADDR, or --kms-listen none"
+                ))
+            })?),
+        };
         if !volume_path.exists() {
             let sb = envelope::create(
                 &keys,
@@ -182,13 +250,12 @@ pub fn run(args: UpArgs) -> CliResult {
             .await?;
             super::volume::print_created(&volume_path, &sb);
         }
-        if let Some(addr) = args.kms_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| CliError(format!("cannot listen on {addr}: {e}")))?;
+        if let Some(listener) = kms_listener {
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            write_root_profile(&kms, &args.profile, &endpoint)?;
             say!(
-                "The embedded KMS's AWS API is at http://{}",
-                listener.local_addr()?
+                "The embedded KMS's AWS API is at {endpoint}: aws kms list-keys --profile {}",
+                args.profile
             );
             let kms = kms.clone();
             let shutdown = shutdown_signal();

@@ -1,4 +1,4 @@
-//! `envol volume create | info`.
+//! `envol volume create | rewrap | info`.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,7 @@ use crate::volume::{Superblock, SuperblockError};
 pub enum VolumeCommand {
     /// Create an encrypted volume file whose data key is wrapped by a KMS key.
     Create {
+        /// The volume file to create.
         path: PathBuf,
         /// Size of the volume: bytes or K/M/G/T (binary), e.g. 10G.
         #[arg(long, value_parser = parse_size)]
@@ -33,6 +34,7 @@ pub enum VolumeCommand {
     },
     /// Re-wrap the data key under the newest version of its key, or under another key (data untouched).
     Rewrap {
+        /// The volume file whose data key to re-wrap.
         path: PathBuf,
         /// Move the volume to this key (default: stay on its key, newest version).
         #[arg(long)]
@@ -42,6 +44,7 @@ pub enum VolumeCommand {
     },
     /// Show a volume's superblock (no KMS call).
     Info {
+        /// The volume file.
         path: PathBuf,
         /// Print JSON.
         #[arg(long)]

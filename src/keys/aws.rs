@@ -4,8 +4,16 @@
 //! `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` / the profile's
 //! `endpoint_url`; `--profile` overrides `AWS_PROFILE`; credentials come from
 //! the environment, the shared credentials file
-//! (`AWS_SHARED_CREDENTIALS_FILE`) or any other provider the SDK knows. The
-//! same client therefore works against `envol kms serve` and real AWS KMS.
+//! (`AWS_SHARED_CREDENTIALS_FILE`) or any other provider of the SDK's default
+//! chain. The same client therefore works against `envol kms serve` and real
+//! AWS KMS.
+//!
+//! Two deliberate differences from the SDK's defaults, both so that a
+//! newcomer's mistake is one clear line rather than a stall and a screenful:
+//! the instance metadata service (IMDS) is asked for credentials only on EC2
+//! (detected locally) and never for the region (`--region`, `AWS_REGION`, the
+//! profile's `region`, else us-east-1); and the credentials are resolved once
+//! before the first request, so "none configured" is reported as such.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -46,20 +54,19 @@ pub struct AwsKeyClient {
     profile: Option<String>,
 }
 
-/// An SDK client configured from flags and the standard AWS sources.
-pub async fn sdk_client(target: &KmsTarget) -> Result<aws_sdk_kms::Client, KeyError> {
-    Ok(AwsKeyClient::new(target).await?.client)
-}
-
 impl AwsKeyClient {
     pub async fn new(target: &KmsTarget) -> Result<AwsKeyClient, KeyError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(p) = &target.profile {
             loader = loader.profile_name(p);
         }
-        if let Some(r) = &target.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
+        // Region and credentials come from the environment and the profile
+        // files only, never from the instance metadata service off EC2: a
+        // laptop without credentials used to probe 169.254.169.254, log three
+        // warnings and send a request toward real AWS.
+        loader = loader
+            .region(region_chain(target))
+            .credentials_provider(credentials_chain(target.profile.as_deref()));
         if let Some(e) = &target.endpoint {
             loader = loader.endpoint_url(e);
         }
@@ -86,24 +93,148 @@ impl AwsKeyClient {
                     .build(),
             );
         let shared = loader.load().await;
-        let mut builder = aws_sdk_kms::config::Builder::from(&shared);
-        if shared.region().is_none() {
-            builder = builder.region(aws_sdk_kms::config::Region::new(DEFAULT_REGION));
-        }
         let endpoint = target
             .endpoint
             .clone()
             .or_else(|| shared.endpoint_url().map(str::to_string));
+        let profile = target
+            .profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
+        check_credentials(&shared, profile.as_deref(), endpoint.as_deref()).await?;
+        let builder = aws_sdk_kms::config::Builder::from(&shared);
         Ok(AwsKeyClient {
             client: aws_sdk_kms::Client::from_conf(builder.build()),
             endpoint,
-            profile: target
-                .profile
-                .clone()
-                .or_else(|| std::env::var("AWS_PROFILE").ok()),
+            profile,
         })
     }
+
+    /// The SDK client, for calls beyond the [`KeyService`] ones (`envol key`).
+    pub fn sdk(&self) -> &aws_sdk_kms::Client {
+        &self.client
+    }
+
+    /// A failed SDK call as a one-line [`KeyError`] that names this KMS when
+    /// it could not be reached.
+    pub fn explain<E>(&self, err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>) -> KeyError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        key_error(err, &self.describe())
+    }
 }
+
+/// `--region`, then `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile's
+/// `region`, then [`DEFAULT_REGION`].
+fn region_chain(target: &KmsTarget) -> aws_config::meta::region::RegionProviderChain {
+    use aws_config::meta::region::RegionProviderChain;
+    let flag = target.region.clone().map(aws_config::Region::new);
+    let mut profile = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(p) = &target.profile {
+        profile = profile.profile_name(p);
+    }
+    RegionProviderChain::first_try(flag)
+        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+        .or_else(profile.build())
+        .or_else(DEFAULT_REGION)
+}
+
+/// The AWS default credential chain — environment, profile (static keys,
+/// SSO, assume-role, credential_process), web identity, ECS — and the EC2
+/// instance role only on EC2.
+fn credentials_chain(
+    profile: Option<&str>,
+) -> aws_config::meta::credentials::CredentialsProviderChain {
+    use aws_config::meta::credentials::CredentialsProviderChain;
+    let mut from_profile = aws_config::profile::ProfileFileCredentialsProvider::builder();
+    if let Some(p) = profile {
+        from_profile = from_profile.profile_name(p);
+    }
+    let chain = CredentialsProviderChain::first_try(
+        "Environment",
+        aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else("Profile", from_profile.build())
+    .or_else(
+        "WebIdentityToken",
+        aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder().build(),
+    )
+    .or_else(
+        "EcsContainer",
+        aws_config::ecs::EcsCredentialsProvider::builder().build(),
+    );
+    if on_ec2() {
+        chain.or_else(
+            "Ec2InstanceMetadata",
+            aws_config::imds::credentials::ImdsCredentialsProvider::builder().build(),
+        )
+    } else {
+        chain
+    }
+}
+
+/// Whether this machine is an EC2 instance, from what the hypervisor tells
+/// the kernel (no network): DMI's vendor on Nitro, the Xen uuid before it.
+/// `AWS_EC2_METADATA_DISABLED=true` says no, as it does to the AWS tools.
+fn on_ec2() -> bool {
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    read("/sys/devices/virtual/dmi/id/sys_vendor").trim() == "Amazon EC2"
+        || read("/sys/devices/virtual/dmi/id/board_vendor").trim() == "Amazon EC2"
+        || read("/sys/hypervisor/uuid").starts_with("ec2")
+}
+
+/// Resolves the credentials once before any request, so that having none is
+/// one line that says where to get them, not a failed call.
+async fn check_credentials(
+    shared: &aws_config::SdkConfig,
+    profile: Option<&str>,
+    endpoint: Option<&str>,
+) -> Result<(), KeyError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    use aws_credential_types::provider::error::CredentialsError;
+    let Some(provider) = shared.credentials_provider() else {
+        return Ok(());
+    };
+    let failed = |message: String| KeyError {
+        kind: KeyErrorKind::Credentials,
+        code: None,
+        message,
+    };
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(CredentialsError::CredentialsNotLoaded(_)) => {
+            let searched = match profile {
+                Some(p) => format!("no AWS credentials: none in the environment and none for profile {p}"),
+                None => "no AWS credentials: none in the environment (AWS_ACCESS_KEY_ID) and no default profile".to_string(),
+            };
+            let files = match crate::kms::profile::credentials_path() {
+                Ok(f) => format!(" in {}", f.display()),
+                Err(_) => String::new(),
+            };
+            let target = match endpoint {
+                Some(_) => String::new(),
+                None => "; no KMS endpoint is configured either, so requests would go to AWS KMS — point at envol's KMS with --endpoint URL or a profile's endpoint_url".to_string(),
+            };
+            Err(failed(format!(
+                "{searched}{files}: pass --profile NAME or set AWS_PROFILE (`envol up` writes profile {UP_PROFILE} for its KMS; `envol kms init|user add --profile NAME --endpoint URL` writes one for `envol kms serve`){target}"
+            )))
+        }
+        Err(e) => {
+            let what = match profile {
+                Some(p) => format!("cannot load the credentials of profile {p}"),
+                None => "cannot load AWS credentials".to_string(),
+            };
+            Err(failed(format!("{what}: {}", innermost(&e))))
+        }
+    }
+}
+
+/// The profile `envol up` writes for its embedded KMS.
+pub const UP_PROFILE: &str = "envol-up";
 
 /// `AWS_CA_BUNDLE`, as the AWS CLI and boto3 honour it: extra certificates
 /// (PEM) to trust besides the system's, e.g. a KMS's self-signed one.
@@ -160,11 +291,20 @@ fn to_hash_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
         .collect()
 }
 
-/// Turns an SDK error into a one-line, actionable `KeyError`.
-fn key_error<E>(err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>) -> KeyError
+/// Turns an SDK error into a one-line, actionable `KeyError`; `describe`
+/// names the KMS ("the KMS at http://...") for transport failures.
+fn key_error<E>(
+    err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+    describe: &str,
+) -> KeyError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let unreachable = |why: String| KeyError {
+        kind: KeyErrorKind::Unreachable,
+        code: None,
+        message: format!("cannot reach {describe}: {why}"),
+    };
     match &err {
         // An answer without an AWS error code (a proxy's or a load
         // balancer's 5xx, say) used to be reported as just "UnknownError".
@@ -177,7 +317,7 @@ where
                     KeyErrorKind::Other
                 },
                 code: None,
-                message: format!("the KMS answered HTTP {status} without an AWS error"),
+                message: format!("{describe} answered HTTP {status} without an AWS error"),
             }
         }
         SdkError::ServiceError(_) => {
@@ -186,30 +326,60 @@ where
             KeyError::from_code(&code, message)
         }
         SdkError::DispatchFailure(d) => {
-            let text = error_chain(&err);
-            let kind = if text.contains("credentials") || text.contains("Credentials") {
-                KeyErrorKind::Credentials
-            } else if d.is_io() || d.is_timeout() {
-                KeyErrorKind::Unreachable
+            let cause = innermost(&err);
+            if d.is_timeout() {
+                unreachable(format!(
+                    "no connection within {KMS_CONNECT_TIMEOUT:?} ({cause})"
+                ))
+            } else if d.is_io() {
+                unreachable(cause)
+            } else if error_chain(&err)
+                .to_ascii_lowercase()
+                .contains("credentials")
+            {
+                KeyError {
+                    kind: KeyErrorKind::Credentials,
+                    code: None,
+                    message: format!("cannot sign the request: {cause}"),
+                }
             } else {
-                KeyErrorKind::Other
-            };
-            KeyError {
-                kind,
-                code: None,
-                message: one_line(&text),
+                KeyError {
+                    kind: KeyErrorKind::Other,
+                    code: None,
+                    message: format!("cannot send the request to {describe}: {cause}"),
+                }
             }
         }
-        SdkError::TimeoutError(_) => KeyError {
-            kind: KeyErrorKind::Unreachable,
+        SdkError::TimeoutError(_) => unreachable(format!(
+            "no answer within {KMS_ATTEMPT_TIMEOUT:?} per attempt, {KMS_OPERATION_TIMEOUT:?} in all"
+        )),
+        SdkError::ResponseError(_) => KeyError {
+            kind: KeyErrorKind::Other,
             code: None,
-            message: "the KMS did not answer in time".into(),
+            message: format!(
+                "{describe} sent an answer that is not an AWS KMS reply: {}",
+                innermost(&err)
+            ),
         },
         _ => KeyError {
             kind: KeyErrorKind::Other,
             code: None,
             message: one_line(&error_chain(&err)),
         },
+    }
+}
+
+/// The deepest cause of an error, which is the one a person can act on
+/// ("Connection refused"), without the `(os error 111)` tail.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    let text = one_line(&last.to_string());
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
     }
 }
 
@@ -248,7 +418,7 @@ impl KeyService for AwsKeyClient {
             .set_encryption_context(Some(to_hash_map(context)))
             .send()
             .await
-            .map_err(key_error)?;
+            .map_err(|e| self.explain(e))?;
         wrapped_key(out.ciphertext_blob(), out.key_id(), key)
     }
 
@@ -266,7 +436,7 @@ impl KeyService for AwsKeyClient {
             .set_encryption_context(Some(to_hash_map(context)))
             .send()
             .await
-            .map_err(key_error)?;
+            .map_err(|e| self.explain(e))?;
         // The SDK's Blob does not zeroize; take the bytes out of it at once
         // into a zeroizing buffer.
         let mut out = out;
@@ -294,7 +464,7 @@ impl KeyService for AwsKeyClient {
             .set_destination_encryption_context(Some(to_hash_map(context)))
             .send()
             .await
-            .map_err(key_error)?;
+            .map_err(|e| self.explain(e))?;
         wrapped_key(out.ciphertext_blob(), out.key_id(), destination)
     }
 
