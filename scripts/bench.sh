@@ -62,7 +62,7 @@ BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench}
 export ENVOL ENVOL_BENCH_DATA=$BENCH_DIR/envol-$SIZE_MIB
 # `envol up` serves export "default" on --socket; its TCP listener goes to an
 # ephemeral loopback port so it never collides with anything.
-export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0'
+export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none'
 export EXPORT=default
 
 echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"

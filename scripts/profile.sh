@@ -31,7 +31,7 @@ cleanup() { [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm
 trap cleanup EXIT
 cp "$ROOT/target/release/envol" "$WORK/envol"
 SOCK=$WORK/s.sock URI="nbd+unix:///default?socket=$WORK/s.sock"
-"$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 \
+"$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none \
   >"$WORK/up.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 600); do nbdinfo --size "$URI" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -54,7 +54,7 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
         // The same server command as scripts/bench.sh.
         .env(
             "OWN_CMD",
-            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0"#,
+            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none"#,
         )
         .env("EXPORT", "default")
         // Nothing `envol up` writes for its user lands in the real home.
