@@ -7,8 +7,9 @@ use aws_sdk_kms::types::KeyMetadata;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::error::{CliError, CliResult};
+use super::runtime::runtime;
 use super::target::KmsArgs;
-use super::{CliError, CliResult, runtime};
 use crate::keys::aws::AwsKeyClient;
 use crate::keys::{KeyErrorKind, KeyService};
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, CliResult, runtime, shutdown_signal};
+use super::error::{CliError, CliResult};
+use super::runtime::{runtime, shutdown_signal};
 use crate::kms::clock::SystemClock;
 use crate::kms::datadir::DataDir;
 use crate::kms::iam::AccessKey;

@@ -11,8 +11,10 @@ macro_rules! say {
     }};
 }
 
+mod error;
 mod key;
 mod kms;
+mod runtime;
 mod serve;
 mod target;
 mod up;
@@ -20,41 +22,7 @@ mod volume;
 
 use clap::{Parser, Subcommand};
 
-/// A user-facing error: one line, printed as `envol: <message>`.
-#[derive(Debug)]
-pub struct CliError(pub String);
-
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // One line, whatever the source said.
-        f.write_str(&self.0.replace('\n', " "))
-    }
-}
-
-macro_rules! cli_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for CliError {
-            fn from(e: $t) -> Self {
-                CliError(e.to_string())
-            }
-        }
-    )*};
-}
-cli_error_from!(
-    std::io::Error,
-    String,
-    crate::kms::KmsError,
-    crate::kms::service::ServiceError,
-    crate::kms::datadir::DataDirError,
-    crate::envelope::EnvelopeError,
-    crate::nbd::ExportError
-);
-
-pub type CliResult = Result<(), CliError>;
-
-/// The log filter without `ENVOL_LOG`.
-pub const DEFAULT_LOG_FILTER: &str =
-    "warn,envol=info,aws_config=error,aws_runtime::env_config=error";
+pub use error::{CliError, CliResult};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +62,10 @@ pub fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// The log filter without `ENVOL_LOG`.
+pub const DEFAULT_LOG_FILTER: &str =
+    "warn,envol=info,aws_config=error,aws_runtime::env_config=error";
+
 /// Logs go to stderr; `ENVOL_LOG` sets the filter.
 ///
 /// The default, [`DEFAULT_LOG_FILTER`], is our own news and only problems
@@ -109,37 +81,4 @@ pub fn init_logging() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-}
-
-/// A multi-threaded runtime for the commands that serve.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
-}
-
-/// A future that resolves when SIGINT or SIGTERM arrives. The handlers are
-/// installed *now*, not when the future is first polled: a signal that
-/// arrives between "ready" being printed and serving starting must still mean
-/// a graceful shutdown, not the default action (death without a flush).
-/// Call it inside the runtime, before announcing readiness.
-pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            // Without signal handlers, fall back to Ctrl-C only.
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
 }

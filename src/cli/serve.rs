@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
+use super::error::{CliError, CliResult};
+use super::runtime::{runtime, shutdown_signal};
 use super::target::KmsArgs;
-use super::{CliError, CliResult, runtime, shutdown_signal};
 use crate::envelope;
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
+use super::error::{CliError, CliResult};
+use super::runtime::{runtime, shutdown_signal};
 use super::serve::{DEFAULT_NBD_ADDR, attach_all, serve_exports};
 use super::target::parse_size;
-use super::{CliError, CliResult, runtime, shutdown_signal};
 use crate::envelope::{self, NewVolume};
 use crate::keys::KeyErrorKind;
 use crate::keys::aws::UP_PROFILE;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::error::{CliError, CliResult};
+use super::runtime::runtime;
 use super::target::{KmsArgs, human_size, parse_size};
-use super::{CliError, CliResult, runtime};
 use crate::envelope::{self, NewVolume};
 use crate::keys::aws::AwsKeyClient;
 use crate::volume::{Superblock, SuperblockError};
