@@ -136,9 +136,21 @@ fn visit(socket: &Path) {
     let mut c = Raw::connect(s, 0b11);
     c.go("", &[]);
     c.request(CMD_WRITE, FLAG_FUA, 1, 0, 4096, &[0x5a; 4096]);
-    assert_eq!(c.read_reply(), Reply::Simple { cookie: 1, error: 0 });
+    assert_eq!(
+        c.read_reply(),
+        Reply::Simple {
+            cookie: 1,
+            error: 0
+        }
+    );
     c.request(CMD_READ, 0, 2, 0, 4096, &[]);
-    assert_eq!(c.read_reply(), Reply::Simple { cookie: 2, error: 0 });
+    assert_eq!(
+        c.read_reply(),
+        Reply::Simple {
+            cookie: 2,
+            error: 0
+        }
+    );
     assert_eq!(c.read_data(4096), vec![0x5a; 4096]);
     c.request(CMD_DISC, 0, 3, 0, 0, &[]);
     assert!(c.is_closed(), "DISC closes the connection");
@@ -159,10 +171,7 @@ fn idle_serve_stops_promptly_on_sigterm_and_sigint() {
 
     for signal in [Signal::TERM, Signal::INT] {
         let serve = Serve::start(&fx, &vol, &[]);
-        assert_prompt(
-            &format!("never used, {signal:?}"),
-            serve.stop_with(signal),
-        );
+        assert_prompt(&format!("never used, {signal:?}"), serve.stop_with(signal));
     }
 
     // Idle again after clients came and went, on either loop: their
@@ -176,6 +185,24 @@ fn idle_serve_stops_promptly_on_sigterm_and_sigint() {
                 &format!("after clients of the {transmission:?} loop left, {signal:?}"),
                 serve.stop_with(signal),
             );
+        }
+    }
+
+    // A client attached but idle (as the kernel's nbd-client sits between
+    // requests) has nothing in flight: it must not hold the exit up either,
+    // and it sees the connection close.
+    for transmission in [TransmissionLoop::Threaded, TransmissionLoop::Async] {
+        for signal in [Signal::TERM, Signal::INT] {
+            let serve = Serve::start(&fx, &vol, &transmission_args(transmission));
+            visit(&serve.socket);
+            let s = std::os::unix::net::UnixStream::connect(&serve.socket).expect("connect");
+            let mut idle = Raw::connect(s, 0b11);
+            idle.go("", &[]);
+            assert_prompt(
+                &format!("with an idle client on the {transmission:?} loop, {signal:?}"),
+                serve.stop_with(signal),
+            );
+            assert!(idle.is_closed(), "the idle client's connection was closed");
         }
     }
 }
