@@ -1,6 +1,7 @@
 //! The transmission phase on a plain (non-TLS) socket, on blocking threads:
 //! the fast path, taken by every Unix-socket and TCP connection that did not
-//! start TLS.
+//! start TLS (unless the server was given
+//! [`TransmissionLoop::Async`](super::TransmissionLoop)).
 //!
 //! ```text
 //!            ┌───────────── reader thread (one per connection) ─────────────┐
