@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::nbd::run_tool;
+use common::nbd::{run_tool, transmission_args};
 use common::raw::*;
 use common::volume::*;
+use envol::nbd::TransmissionLoop;
 
 const STATE_HOLE_ZERO: u64 = 3;
 const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
@@ -50,11 +51,10 @@ fn qemu_io(uri: &str, cmds: &[&str]) {
     );
 }
 
-#[test]
-fn nbdinfo_map_shows_holes_and_data_and_trim_makes_a_hole_again() {
+fn nbdinfo_map_shows_holes_and_data_and_trim_makes_a_hole_again(transmission: TransmissionLoop) {
     let fx = Fixture::new();
     let vol = fx.create_volume("map.envol", 64 * MIB, 4096);
-    let server = fx.serve(ADMIN, &vol);
+    let server = fx.serve_many(ADMIN, &[(&vol, None)], &transmission_args(transmission));
     let uri = server.uri("map").to_string();
 
     // A fresh volume is one hole that reads as zeros.
@@ -166,11 +166,10 @@ fn read(c: &mut Raw, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
     }
 }
 
-#[test]
-fn fast_zero_punches_or_fails_fast_without_writing() {
+fn fast_zero_punches_or_fails_fast_without_writing(transmission: TransmissionLoop) {
     let fx = Fixture::new();
     let vol = fx.create_volume("fz.envol", 8 * MIB, 4096);
-    let server = fx.serve(ADMIN, &vol);
+    let server = fx.serve_many(ADMIN, &[(&vol, None)], &transmission_args(transmission));
     let (mut c, flags) = attach_structured(&server, "fz");
     assert_ne!(flags & TFLAG_SEND_FAST_ZERO, 0, "SEND_FAST_ZERO advertised");
 
@@ -233,4 +232,11 @@ fn fast_zero_punches_or_fails_fast_without_writing() {
     }
     drop(c);
     server.stop();
+}
+
+// Each test on both loops a plain connection can get (`threaded::*`,
+// `async_loop::*`), chosen with `envol serve --transmission`.
+crate::on_every_transmission_loop! {
+    nbdinfo_map_shows_holes_and_data_and_trim_makes_a_hole_again,
+    fast_zero_punches_or_fails_fast_without_writing,
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use common::nbd::{MemDevice, TestServer, export, run_tool};
 use common::raw::*;
-use envol::nbd::Export;
+use envol::nbd::{Export, TransmissionLoop};
 use envol::volume::BlockSizes;
 use rand::RngCore;
 
@@ -27,8 +27,7 @@ fn two_exports(size: usize) -> (Arc<MemDevice>, Arc<MemDevice>, Vec<Export>) {
 
 // ------------------------------------------------------------ real clients
 
-#[test]
-fn nbdinfo_reports_size_block_sizes_and_lists_exports() {
+fn nbdinfo_reports_size_block_sizes_and_lists_exports(transmission: TransmissionLoop) {
     let disk = MemDevice::with_sizes(
         3 * MIB,
         BlockSizes {
@@ -37,13 +36,16 @@ fn nbdinfo_reports_size_block_sizes_and_lists_exports() {
             maximum: 4 * MIB as u32,
         },
     );
-    let server = TestServer::start(vec![
-        export("disk", disk),
-        Export {
-            read_only: true,
-            ..export("second", MemDevice::new(MIB))
-        },
-    ]);
+    let server = TestServer::start_on(
+        transmission,
+        vec![
+            export("disk", disk),
+            Export {
+                read_only: true,
+                ..export("second", MemDevice::new(MIB))
+            },
+        ],
+    );
 
     // The empty name is the default export: the first one.
     let out = run_tool("nbdinfo", &["--json", &server.uri("")]);
@@ -78,10 +80,9 @@ fn nbdinfo_reports_size_block_sizes_and_lists_exports() {
     assert_eq!(names, ["disk", "second"]);
 }
 
-#[test]
-fn tcp_listener_and_printed_uris_work() {
+fn tcp_listener_and_printed_uris_work(transmission: TransmissionLoop) {
     let (_, _, exports) = two_exports(2 * MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     assert_eq!(server.uris.len(), 2, "{:?}", server.uris);
     assert!(server.uris[1].starts_with("nbd://127.0.0.1:"));
     for uri in &server.uris {
@@ -105,10 +106,9 @@ fn tcp_listener_and_printed_uris_work() {
     );
 }
 
-#[test]
-fn nbdcopy_64mib_in_and_out_is_byte_identical() {
+fn nbdcopy_64mib_in_and_out_is_byte_identical(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(64 * MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     let dst = dir.path().join("dst.img");
@@ -123,10 +123,9 @@ fn nbdcopy_64mib_in_and_out_is_byte_identical() {
     assert!(std::fs::read(&dst).unwrap() == data, "copy back differs");
 }
 
-#[test]
-fn qemu_io_write_read_zero_discard() {
+fn qemu_io_write_read_zero_discard(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(4 * MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let uri = server.uri("disk");
     let qemu_io = |cmds: &[&str]| {
         let mut args = vec!["-f", "raw"];
@@ -164,10 +163,9 @@ fn qemu_io_write_read_zero_discard() {
     assert!(c[196608..196608 + 4096].iter().all(|&b| b == 0x22));
 }
 
-#[test]
-fn nbd_crate_client_writes_and_reads_back() {
+fn nbd_crate_client_writes_and_reads_back(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let mut stream = server.connect();
     let info = nbd::client::handshake(&mut stream, b"disk").unwrap();
     assert_eq!(info.size, MIB as u64);
@@ -196,10 +194,9 @@ fn attach(server: &TestServer, name: &str) -> (Raw, u64, u16) {
     (c, size, flags)
 }
 
-#[test]
-fn unknown_option_is_unsupported_and_handshake_continues() {
+fn unknown_option_is_unsupported_and_handshake_continues(transmission: TransmissionLoop) {
     let (_, _, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let mut c = Raw::connect(server.connect(), CLIENT_FLAGS);
     for unknown in [0x1234u32, OPT_STARTTLS, 4, 11] {
         let r = c.option(unknown, b"some data the server must skip");
@@ -280,10 +277,9 @@ fn bad_client_flags_and_unknown_export_name_disconnect() {
     assert!(c.is_closed());
 }
 
-#[test]
-fn export_name_honours_no_zeroes() {
+fn export_name_honours_no_zeroes(transmission: TransmissionLoop) {
     let (_, _, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     for (flags, reply_len) in [(CLIENT_FLAGS, 10), (1, 134)] {
         let mut c = Raw::connect(server.connect(), flags);
         c.send_option(OPT_EXPORT_NAME, b"ro");
@@ -308,11 +304,10 @@ fn export_name_honours_no_zeroes() {
     }
 }
 
-#[test]
-fn error_replies_keep_the_connection_usable() {
+fn error_replies_keep_the_connection_usable(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(MIB);
     disk.fill(0, &[7; 512]);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut c, size, _) = attach(&server, "disk");
 
     // Out-of-range READ: EINVAL, then the same connection still works.
@@ -425,10 +420,9 @@ fn error_replies_keep_the_connection_usable() {
     assert_eq!(c.read_data(4), b"abcd");
 }
 
-#[test]
-fn read_only_export_refuses_writes_with_eperm() {
+fn read_only_export_refuses_writes_with_eperm(transmission: TransmissionLoop) {
     let (_, ro, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut c, _, flags) = attach(&server, "ro");
     assert_ne!(flags & TFLAG_READ_ONLY, 0);
     c.request(CMD_WRITE, 0, 1, 0, 8, &[1; 8]);
@@ -467,10 +461,9 @@ fn read_only_export_refuses_writes_with_eperm() {
     assert!(ro.contents().iter().all(|&b| b == 0));
 }
 
-#[test]
-fn pipelined_requests_are_all_answered_with_matching_cookies() {
+fn pipelined_requests_are_all_answered_with_matching_cookies(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(4 * MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut c, _, _) = attach(&server, "disk");
     const N: u64 = 64;
     const LEN: usize = 16384;
@@ -514,10 +507,9 @@ fn pipelined_requests_are_all_answered_with_matching_cookies() {
     assert_eq!(disk.contents()[..LEN], block(0)[..]);
 }
 
-#[test]
-fn disc_closes_after_in_flight_replies() {
+fn disc_closes_after_in_flight_replies(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut c, _, _) = attach(&server, "disk");
     for i in 0..8u64 {
         c.request(CMD_WRITE, 0, i, i * 4096, 4096, &[0x5a; 4096]);
@@ -535,10 +527,9 @@ fn disc_closes_after_in_flight_replies() {
     assert!(disk.contents()[..8 * 4096].iter().all(|&b| b == 0x5a));
 }
 
-#[test]
-fn bad_request_magic_disconnects_without_affecting_others() {
+fn bad_request_magic_disconnects_without_affecting_others(transmission: TransmissionLoop) {
     let (_, _, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut good, _, _) = attach(&server, "disk");
     let (mut bad, _, _) = attach(&server, "disk");
     bad.s.write_all(&[0u8; 28]).unwrap();
@@ -568,11 +559,10 @@ fn bad_request_magic_disconnects_without_affecting_others() {
     assert_eq!(good.read_data(3), b"xyz");
 }
 
-#[test]
-fn structured_replies_block_status_and_zeroes() {
+fn structured_replies_block_status_and_zeroes(transmission: TransmissionLoop) {
     let (disk, _, exports) = two_exports(MIB);
     disk.fill(0, &[3; 8192]);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let mut c = Raw::connect(server.connect(), CLIENT_FLAGS);
     // SET_META_CONTEXT before structured replies: invalid.
     let r = c.option(
@@ -657,10 +647,9 @@ fn structured_replies_block_status_and_zeroes() {
     assert!(disk.contents()[4096..8192].iter().all(|&b| b == 3));
 }
 
-#[test]
-fn shutdown_flushes_devices() {
+fn shutdown_flushes_devices(transmission: TransmissionLoop) {
     let (disk, ro, exports) = two_exports(MIB);
-    let server = TestServer::start(exports);
+    let server = TestServer::start_on(transmission, exports);
     let (mut c, _, _) = attach(&server, "disk");
     c.request(CMD_WRITE, 0, 1, 0, 4, b"data");
     assert_eq!(
@@ -679,8 +668,7 @@ fn shutdown_flushes_devices() {
     assert!(!socket.exists(), "socket file is removed at shutdown");
 }
 
-#[test]
-fn oversized_write_is_refused_and_its_payload_skipped() {
+fn oversized_write_is_refused_and_its_payload_skipped(transmission: TransmissionLoop) {
     let small_max = MemDevice::with_sizes(
         4 * MIB,
         BlockSizes {
@@ -689,7 +677,7 @@ fn oversized_write_is_refused_and_its_payload_skipped() {
             maximum: MIB as u32,
         },
     );
-    let server = TestServer::start(vec![export("disk", small_max.clone())]);
+    let server = TestServer::start_on(transmission, vec![export("disk", small_max.clone())]);
     let (mut c, _, _) = attach(&server, "disk");
     // Above the advertised maximum but within 2^25: EINVAL, payload skipped.
     let big = vec![1u8; 2 * MIB];
@@ -713,4 +701,26 @@ fn oversized_write_is_refused_and_its_payload_skipped() {
     // Above 2^25 the spec lets the server treat it as denial of service.
     c.request(CMD_WRITE, 0, 3, 0, (32 * MIB + 1) as u32, &[]);
     assert!(c.is_closed());
+}
+
+// Every test that reaches the transmission phase runs on both loops a plain
+// connection can get (`threaded::*`, `async_loop::*`). Handshake-only tests
+// (`abort_is_acknowledged_then_closed` and
+// `bad_client_flags_and_unknown_export_name_disconnect`) run once: no loop is involved before transmission.
+crate::on_every_transmission_loop! {
+    nbdinfo_reports_size_block_sizes_and_lists_exports,
+    tcp_listener_and_printed_uris_work,
+    nbdcopy_64mib_in_and_out_is_byte_identical,
+    qemu_io_write_read_zero_discard,
+    nbd_crate_client_writes_and_reads_back,
+    unknown_option_is_unsupported_and_handshake_continues,
+    export_name_honours_no_zeroes,
+    error_replies_keep_the_connection_usable,
+    read_only_export_refuses_writes_with_eperm,
+    pipelined_requests_are_all_answered_with_matching_cookies,
+    disc_closes_after_in_flight_replies,
+    bad_request_magic_disconnects_without_affecting_others,
+    structured_replies_block_status_and_zeroes,
+    shutdown_flushes_devices,
+    oversized_write_is_refused_and_its_payload_skipped,
 }

@@ -23,8 +23,10 @@ use std::path::Path;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
+use common::nbd::transmission_args;
 use common::raw::*;
 use common::volume::{ADMIN, Fixture, MIB};
+use envol::nbd::TransmissionLoop;
 
 const SIZE: usize = 2 * MIB as usize;
 const CONNS: usize = 4;
@@ -320,12 +322,15 @@ fn run_case(socket: &Path, export: &str, case: &Case) -> Result<(), TestCaseErro
     Ok(())
 }
 
-#[test]
-fn concurrent_random_operations_match_the_model() {
+fn concurrent_random_operations_match_the_model(transmission: TransmissionLoop) {
     let fx = Fixture::new();
     let v512 = fx.create_volume("model512.vol", SIZE as u64, 512);
     let v4k = fx.create_volume("model4k.vol", SIZE as u64, 4096);
-    let server = fx.serve_many(ADMIN, &[(&v512, None), (&v4k, None)], &[]);
+    let server = fx.serve_many(
+        ADMIN,
+        &[(&v512, None), (&v4k, None)],
+        &transmission_args(transmission),
+    );
     let t = std::time::Instant::now();
     for vol in [&v512, &v4k] {
         let config = Config {
@@ -348,9 +353,15 @@ fn concurrent_random_operations_match_the_model() {
         }
     }
     eprintln!(
-        "{} cases x {CONNS} connections on 512- and 4096-byte sectors match the model ({:?})",
+        "{} cases x {CONNS} connections on 512- and 4096-byte sectors match the model ({transmission:?} loop, {:?})",
         CASES,
         t.elapsed()
     );
     server.stop();
+}
+
+// On both loops a plain connection can get (`threaded::*`, `async_loop::*`),
+// chosen with `envol serve --transmission`.
+crate::on_every_transmission_loop! {
+    concurrent_random_operations_match_the_model,
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::nbd::{MemDevice, TestServer, export};
 use common::raw::*;
-use envol::nbd::Server;
+use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::{BlockDevice, BlockSizes};
 
 const MIB: usize = 1024 * 1024;
@@ -72,10 +72,9 @@ fn handshake_timeout_drops_silent_and_stalled_clients() {
     still_serves(&server);
 }
 
-#[test]
-fn write_payload_cut_short_changes_nothing() {
+fn write_payload_cut_short_changes_nothing(transmission: TransmissionLoop) {
     let disk = MemDevice::new(MIB);
-    let server = TestServer::start(vec![export("disk", disk.clone())]);
+    let server = TestServer::start_on(transmission, vec![export("disk", disk.clone())]);
     let mut c = attach(&server, "disk");
     // 64 KiB announced, 1000 bytes sent, then the client's side closes.
     c.request(CMD_WRITE, 0, 1, 0, 65536, &[0x99; 1000]);
@@ -88,8 +87,9 @@ fn write_payload_cut_short_changes_nothing() {
     still_serves(&server);
 }
 
-#[test]
-fn unaligned_requests_get_einval_when_the_minimum_block_size_requires_it() {
+fn unaligned_requests_get_einval_when_the_minimum_block_size_requires_it(
+    transmission: TransmissionLoop,
+) {
     let disk = MemDevice::with_sizes(
         MIB,
         BlockSizes {
@@ -98,7 +98,7 @@ fn unaligned_requests_get_einval_when_the_minimum_block_size_requires_it() {
             maximum: MIB as u32,
         },
     );
-    let server = TestServer::start(vec![export("disk", disk.clone())]);
+    let server = TestServer::start_on(transmission, vec![export("disk", disk.clone())]);
     let mut c = attach(&server, "disk");
     c.request(CMD_READ, 0, 1, 512, 4096, &[]);
     err(&mut c, 1, EINVAL);
@@ -118,14 +118,13 @@ fn unaligned_requests_get_einval_when_the_minimum_block_size_requires_it() {
     still_serves(&server);
 }
 
-#[test]
-fn fast_zero_on_a_device_that_cannot_is_enotsup_and_writes_nothing() {
+fn fast_zero_on_a_device_that_cannot_is_enotsup_and_writes_nothing(transmission: TransmissionLoop) {
     let disk = MemDevice::new(MIB);
     disk.fill(0, &[5; 8192]);
     let ro = MemDevice::new(MIB);
     let mut ro_export = export("ro", ro);
     ro_export.read_only = true;
-    let server = TestServer::start(vec![export("disk", disk.clone()), ro_export]);
+    let server = TestServer::start_on(transmission, vec![export("disk", disk.clone()), ro_export]);
 
     let mut c = Raw::connect(server.connect(), CLIENT_FLAGS);
     let (_, flags, _) = c.go("disk", &[]);
@@ -175,12 +174,11 @@ impl BlockDevice for Slow {
     }
 }
 
-#[test]
-fn disc_closes_only_after_slow_in_flight_requests_are_answered() {
+fn disc_closes_only_after_slow_in_flight_requests_are_answered(transmission: TransmissionLoop) {
     let mem = MemDevice::new(MIB);
     let mut e = export("disk", mem.clone());
     e.device = Arc::new(Slow(mem.clone()));
-    let server = TestServer::start(vec![e]);
+    let server = TestServer::start_on(transmission, vec![e]);
     let mut c = attach(&server, "disk");
     for i in 0..4u64 {
         c.request(CMD_WRITE, 0, i, i * 4096, 4096, &[0xd0 + i as u8; 4096]);
@@ -208,12 +206,11 @@ fn disc_closes_only_after_slow_in_flight_requests_are_answered() {
 /// before the shutdown is answered, then the connection closes; a client
 /// that never reads its replies is cut off once the grace period is over,
 /// so shutdown always ends.
-#[test]
-fn shutdown_answers_what_was_sent_and_never_hangs() {
+fn shutdown_answers_what_was_sent_and_never_hangs(transmission: TransmissionLoop) {
     let disk = MemDevice::new(8 * MIB);
     let pattern: Vec<u8> = (0..8 * MIB).map(|i| (i % 253) as u8).collect();
     disk.fill(0, &pattern);
-    let server = TestServer::start(vec![export("disk", disk.clone())]);
+    let server = TestServer::start_on(transmission, vec![export("disk", disk.clone())]);
 
     // 64 MiB of replies it never reads: the server's writer stalls on it.
     let mut deaf = attach(&server, "disk");
@@ -257,4 +254,15 @@ fn shutdown_answers_what_was_sent_and_never_hangs() {
     // in the 20 s read timeout).
     let drained = deaf.read_to_eof().expect("deaf connection closed");
     assert!(drained <= 16 * (4 * MIB + 16), "{drained} bytes");
+}
+
+// Every test that reaches the transmission phase runs on both loops a plain
+// connection can get (`threaded::*`, `async_loop::*`). Handshake-only tests
+// (`handshake_timeout_drops_silent_and_stalled_clients`) run once: no loop is involved before transmission.
+crate::on_every_transmission_loop! {
+    write_payload_cut_short_changes_nothing,
+    unaligned_requests_get_einval_when_the_minimum_block_size_requires_it,
+    fast_zero_on_a_device_that_cannot_is_enotsup_and_writes_nothing,
+    disc_closes_only_after_slow_in_flight_requests_are_answered,
+    shutdown_answers_what_was_sent_and_never_hangs,
 }

@@ -12,7 +12,7 @@ use super::target::KmsArgs;
 use crate::envelope;
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
-use crate::nbd::{Export, Listeners, Server, TlsConfig, TlsMode};
+use crate::nbd::{Export, Listeners, Server, TlsConfig, TlsMode, TransmissionLoop};
 use crate::volume::Volume;
 
 /// The NBD port, as registered with IANA.
@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Which loop serves plain (non-TLS) connections: `threaded` (the fast path) or `async` (for comparison); TLS connections always use the async one.
+    #[arg(long, value_enum, value_name = "LOOP", default_value_t = TransmissionArg::Threaded)]
+    pub transmission: TransmissionArg,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -54,6 +57,21 @@ pub struct TlsArgs {
     /// does not start TLS; `optional` also serves plaintext clients.
     #[arg(long = "tls", value_enum, value_name = "MODE", requires = "tls_cert")]
     pub tls_mode: Option<TlsModeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransmissionArg {
+    Threaded,
+    Async,
+}
+
+impl From<TransmissionArg> for TransmissionLoop {
+    fn from(arg: TransmissionArg) -> Self {
+        match arg {
+            TransmissionArg::Threaded => TransmissionLoop::Threaded,
+            TransmissionArg::Async => TransmissionLoop::Async,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,7 +161,8 @@ pub fn run(args: ServeArgs) -> CliResult {
             }
         }
         let exports = attach_all(&keys, &volumes).await?;
-        serve_exports_tls(exports, args.socket.as_deref(), tcp, tls, |_| {}).await
+        let server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
+        serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}).await
     })
 }
 
@@ -184,20 +203,20 @@ pub(crate) async fn serve_exports(
     tcp: Option<SocketAddr>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
-    serve_exports_tls(exports, socket, tcp, None, on_ready).await
+    serve_with(Server::new(exports)?, socket, tcp, None, on_ready).await
 }
 
-/// [`serve_exports`], offering TLS when `tls` is given.
-pub(crate) async fn serve_exports_tls(
-    exports: Vec<Export>,
+/// [`serve_exports`] with a configured `server`, offering TLS when `tls`
+/// is given.
+async fn serve_with(
+    mut server: Server,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
     tls: Option<TlsConfig>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
     let shutdown = shutdown_signal();
-    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
-    let mut server = Server::new(exports)?;
+    let names: Vec<String> = server.exports().iter().map(|e| e.name.clone()).collect();
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }

@@ -1,8 +1,8 @@
 //! What each transmission command means, whatever carries the bytes:
 //! checking a request against the export, performing it on the device and
 //! encoding its reply. Both transmission loops — the async one
-//! (`transmission.rs`, for TLS and in-memory streams) and the threaded one
-//! for plain sockets (`threaded.rs`) — call only this to touch the device.
+//! (`async_loop.rs`, for TLS and in-memory streams) and the threaded one
+//! for plain sockets (`threaded_loop.rs`) — call only this to touch the device.
 
 use std::io;
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 //! The fuzz targets in `fuzz/` (`nbd_handshake`, `nbd_requests`) drive the
 //! real state machines through these, over a `tokio::io::duplex` pipe (or,
 //! for the threaded transmission loop, a Unix socket pair). They
-//! are thin wrappers over the crate-private `handshake::negotiate` and
-//! `transmission::serve`, exposed (hidden from the docs) only so code
+//! are thin wrappers over the crate-private `handshake::negotiate`,
+//! `async_loop::serve` and `threaded_loop::serve_blocking`, exposed (hidden from the docs) only so code
 //! outside the crate can reach them. Not part of the supported API.
 
 use std::sync::{Arc, OnceLock};
@@ -13,10 +13,11 @@ use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
-use super::threaded::{self, PlainSocket};
-use super::transmission::{self, TransmissionError};
+use super::threaded_loop::{self, PlainSocket};
+use super::transmission::TransmissionError;
 use super::workers::Shared;
 
 /// The TLS situation a handshake starts in (the server's TLS mode).
@@ -92,7 +93,7 @@ where
     // Keep the sender alive so shutdown is never requested.
     let (_stop, stop_rx) = watch::channel(false);
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    transmission::serve(stream, negotiated, stop_rx, shared()).await
+    async_loop::serve(stream, negotiated, stop_rx, shared()).await
 }
 
 /// What a handshake would have negotiated; `base_allocation` counts only
@@ -125,5 +126,5 @@ pub fn threaded_transmission(
     base_allocation: bool,
 ) -> Result<(), TransmissionError> {
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    threaded::serve_blocking(PlainSocket::Unix(socket), negotiated, shared())
+    threaded_loop::serve_blocking(PlainSocket::Unix(socket), negotiated, shared())
 }

@@ -15,16 +15,19 @@
 //! | `server.rs` | [`Listeners`] (Unix socket, TCP), the accept loop, per-connection lifecycle, graceful shutdown |
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
 //! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
+//! | `threaded_loop.rs` | the request loop for plain sockets: a blocking reader per connection that answers cached requests itself, batched replies |
+//! | `async_loop.rs` | the request loop on any async stream (TLS connections, plain ones on request, in-memory tests): every device call on the workers |
+//! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
-//! | `threaded.rs` | the request loop for plain sockets: a blocking reader per connection that answers cached requests itself, batched replies |
-//! | `transmission.rs` | the request loop on any async stream (TLS connections, in-memory tests): every device call on the workers |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
 //!
 //! Only `protocol.rs` knows byte layouts, and only `commands.rs` calls the
-//! device.
+//! device. Dependencies run one way: `server.rs` picks a loop; each loop
+//! uses `transmission.rs`, `commands.rs` and `workers.rs`; neither loop
+//! knows the other.
 //!
 //! # Handshake
 //!
@@ -92,7 +95,7 @@
 //! by its cookie.
 //!
 //! A plain connection (Unix socket or TCP without TLS) is handed, after
-//! its handshake, to two blocking threads of its own (`threaded.rs`): a
+//! its handshake, to two blocking threads of its own (`threaded_loop.rs`): a
 //! reader that parses requests and performs the ones that cannot make it
 //! wait for a disk — READs whose data is in the page cache (`preadv2`
 //! with `RWF_NOWAIT`), WRITEs up to 64 KiB, BLOCK_STATUS — right there,
@@ -101,13 +104,14 @@
 //! to wait for the client anyway; so a cached request costs no thread
 //! hand-off at all, which on a few cores is what small requests cost
 //! most. A TLS connection (whose stream cannot be shared by a reader and a
-//! writer thread) keeps the async loop of `transmission.rs`: one tokio
+//! writer thread) keeps the async loop of `async_loop.rs`: one tokio
 //! task reads, every device call goes to the workers, one writer task
 //! sends. Either way frames never interleave, and a per-connection budget
 //! of [`IN_FLIGHT_BYTES`] bounds buffered payloads and replies: when it is
 //! spent the reader simply stops reading, which pushes back on the client
-//! through TCP/Unix flow control. `ENVOL_NBD_TRANSMISSION=async` serves
-//! plain connections with the async loop too, for comparison.
+//! through TCP/Unix flow control. [`Server::with_transmission_loop`]
+//! (`envol serve --transmission async`) serves plain connections with the
+//! async loop too, for comparison; the conformance tests run against both.
 //!
 //! Connections share nothing but the `Arc`'d device and the server's
 //! workers and buffers, so a client that vanishes mid-request affects no
@@ -133,6 +137,7 @@
 //! never fully arrives is never applied (payloads are read in full before
 //! the device is called).
 
+mod async_loop;
 mod commands;
 mod export;
 #[doc(hidden)]
@@ -140,7 +145,7 @@ pub mod fuzzing;
 mod handshake;
 pub mod protocol;
 mod server;
-mod threaded;
+mod threaded_loop;
 mod tls;
 mod transmission;
 mod workers;
@@ -148,6 +153,6 @@ mod workers;
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
-pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, run};
+pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};

@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
-use super::threaded::{self, IntoPlainSocket};
+use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
-use super::transmission::{self, shutdown_requested};
+use super::transmission::shutdown_requested;
 use super::workers::Shared;
 
 /// A client must finish option haggling (TLS handshake included) within
@@ -36,11 +37,27 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// Which loop serves a plain (Unix socket, or TCP without TLS) connection
+/// once it is in transmission. TLS connections always get the async loop:
+/// a TLS stream cannot be shared by a reader and a writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransmissionLoop {
+    /// Blocking reader and writer threads per connection, cached requests
+    /// answered without a hand-off (`threaded_loop.rs`): the fast path.
+    #[default]
+    Threaded,
+    /// Tokio tasks, every device call on the workers (`async_loop.rs`), as
+    /// for TLS: for comparing the two, and for testing the async loop on
+    /// plain sockets.
+    Async,
+}
+
 /// What every connection needs besides the exports.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ConnectionConfig {
     tls: Option<TlsConfig>,
     handshake_timeout: Duration,
+    plain_loop: TransmissionLoop,
 }
 
 impl Server {
@@ -52,6 +69,7 @@ impl Server {
             config: Arc::new(ConnectionConfig {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
+                plain_loop: TransmissionLoop::default(),
             }),
             shared: Arc::new(Shared::with_default_workers()),
         })
@@ -68,11 +86,15 @@ impl Server {
         self.reconfigure(|c| c.handshake_timeout = timeout)
     }
 
+    /// Serves plain connections with `plain_loop` (default
+    /// [`TransmissionLoop::Threaded`]); TLS connections always use the
+    /// async loop.
+    pub fn with_transmission_loop(self, plain_loop: TransmissionLoop) -> Self {
+        self.reconfigure(|c| c.plain_loop = plain_loop)
+    }
+
     fn reconfigure(mut self, change: impl FnOnce(&mut ConnectionConfig)) -> Self {
-        let mut config = ConnectionConfig {
-            tls: self.config.tls.clone(),
-            handshake_timeout: self.config.handshake_timeout,
-        };
+        let mut config = ConnectionConfig::clone(&self.config);
         change(&mut config);
         self.config = Arc::new(config);
         self
@@ -381,18 +403,17 @@ async fn connection<S>(
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
-            if threaded_transmission() {
-                match stream.into_plain_socket() {
-                    Ok(socket) => threaded::serve(socket, *n, stop, shared).await,
+            match config.plain_loop {
+                TransmissionLoop::Threaded => match stream.into_plain_socket() {
+                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared).await,
                     Err(e) => Err(e.into()),
-                }
-            } else {
-                transmission::serve(stream, *n, stop, shared).await
+                },
+                TransmissionLoop::Async => async_loop::serve(stream, *n, stop, shared).await,
             }
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
-            transmission::serve(*stream, *n, stop, shared).await
+            async_loop::serve(*stream, *n, stop, shared).await
         }
         Attached::Closed => return,
     };
@@ -400,14 +421,6 @@ async fn connection<S>(
         Ok(()) => info!("nbd client detached"),
         Err(e) => warn!(error = %e, "nbd connection ended with an error"),
     }
-}
-
-/// Plain connections are served by `threaded.rs` unless
-/// `ENVOL_NBD_TRANSMISSION=async` asks for the async loop that TLS
-/// connections use (for comparing the two; both are complete).
-fn threaded_transmission() -> bool {
-    static THREADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *THREADED.get_or_init(|| std::env::var("ENVOL_NBD_TRANSMISSION").map_or(true, |v| v != "async"))
 }
 
 fn attached_log(n: &Negotiated, tls: bool) {

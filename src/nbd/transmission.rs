@@ -1,50 +1,24 @@
-//! The transmission phase: many requests in flight, replies out of order.
+//! The rules of the transmission phase, whichever loop schedules it: what a
+//! request header admits (and what a refused WRITE's payload costs to
+//! skip), the per-connection in-flight budget, the reply [`Frame`], how a
+//! connection's end is judged, and how long server shutdown waits for
+//! replies to drain.
 //!
-//! ```text
-//!            ┌──────────── reader (this task) ────────────┐
-//!  socket ──▶│ header → validate → (payload) → permit      │
-//!            └──────┬───────────────────────────┬──────────┘
-//!                   │ job queue (bounded)        │ early error reply
-//!                   ▼                            ▼
-//!       worker: device call ── Frame ───▶ mpsc ───▶ writer task ──▶ socket
-//! ```
-//!
-//! * The reader is the only thing reading the socket; it reads a WRITE's
-//!   payload fully before reading the next header, so the byte stream never
-//!   loses its framing — even for requests it rejects.
-//! * Device calls are synchronous and may be slow (file I/O, crypto), so each
-//!   runs on the server's fixed pool of worker threads ([`Shared`]);
-//!   independent requests proceed in parallel. The reader waits only for
-//!   budget or for room in the job queue, never for a worker.
-//! * READ data and WRITE payloads live in buffers from the server's pool,
-//!   reused without clearing (each is overwritten before it is sent or
-//!   applied) and returned once the reply is written.
-//! * Each reply is encoded into one [`Frame`] and handed to a single writer
-//!   task, so frames never interleave on the wire.
-//! * Memory is bounded per connection by a semaphore of
-//!   [`IN_FLIGHT_BYTES`] permits: a request holds permits for its buffer
-//!   (payload or read data) plus a fixed overhead from before its payload
-//!   is read until its reply has been written. A client that sends faster
-//!   than replies drain simply stops being read.
-//! * The reply channel closes when the reader and every in-flight request
-//!   have dropped their sender; the writer then flushes and shuts the socket
-//!   down. That is exactly the `NBD_CMD_DISC` rule: finish outstanding
-//!   requests, send their replies, close.
+//! Two loops apply these rules (see `mod.rs`): `threaded_loop.rs` on
+//! blocking threads for plain sockets, `async_loop.rs` on tokio tasks for
+//! TLS (and, as a server option, for plain sockets too). They differ only in
+//! how they schedule reading, device calls and writing; everything they must
+//! agree on lives here, and neither imports from the other.
 
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tracing::{debug, warn};
+use tokio::sync::watch;
 
 use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
-use super::handshake::Negotiated;
 use super::protocol::{Command, ProtocolError, REQUEST_HEADER_LEN, Request};
-use super::workers::{PooledBuf, Shared};
+use super::workers::PooledBuf;
 
 /// Per-connection cap on bytes buffered for in-flight requests.
 pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
@@ -71,116 +45,37 @@ pub enum TransmissionError {
     PayloadTooLarge(u32),
 }
 
-/// How the reader loop ended.
-enum End {
-    /// `NBD_CMD_DISC`, or the client closed its side.
+/// How a loop's reader stopped.
+pub(super) enum End {
+    /// `NBD_CMD_DISC`, or the client closed its side (for the threaded
+    /// loop, also the server shutting the read side down).
     Client,
-    /// The server is shutting down.
+    /// The server is shutting down (seen as such by the async loop).
     Shutdown,
     /// The writer stopped (client no longer reads, or a write failed).
     WriterGone,
 }
 
-/// One reply, encoded, ready for the writer. Holding the permit until the
-/// frame is written is what bounds buffered memory.
-struct Frame {
-    head: Vec<u8>,
-    data: Option<PooledBuf>,
-    _permit: Option<OwnedSemaphorePermit>,
+/// One reply, encoded, ready for the writer. `P` is the loop's share of
+/// the in-flight budget: holding it until the frame is written (or
+/// dropped) is what bounds buffered memory.
+pub(super) struct Frame<P> {
+    pub(super) head: Vec<u8>,
+    pub(super) data: Option<PooledBuf>,
+    pub(super) _permit: P,
 }
 
-/// What a request's device task needs, shared by the reader and all tasks.
-/// Its `replies` sender is the writer's lifeline: the writer finishes when
-/// the last `Arc<Context>` is gone.
-struct Context {
-    cmd: CommandContext,
-    replies: mpsc::UnboundedSender<Frame>,
-    shared: Arc<Shared>,
-}
-
-impl Context {
-    fn send(&self, head: Vec<u8>, data: Option<PooledBuf>, permit: Option<OwnedSemaphorePermit>) {
-        // A send only fails once the writer is gone, i.e. the connection is
-        // being torn down; the reply has nowhere to go then.
-        let _ = self.replies.send(Frame {
+impl<P> Frame<P> {
+    pub(super) fn new(head: Vec<u8>, data: Option<PooledBuf>, permit: P) -> Self {
+        Self {
             head,
             data,
             _permit: permit,
-        });
+        }
     }
 }
 
-/// Serves requests on `stream` until DISC, client close, error or shutdown.
-pub(crate) async fn serve<S>(
-    stream: S,
-    negotiated: Negotiated,
-    mut shutdown: watch::Receiver<bool>,
-    shared: Arc<Shared>,
-) -> Result<(), TransmissionError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (read_half, write_half) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut writer = tokio::spawn(write_replies(
-        BufWriter::with_capacity(256 * 1024, write_half),
-        rx,
-    ));
-
-    let ctx = Arc::new(Context {
-        cmd: CommandContext::for_negotiated(&negotiated, shared.buffers().clone()),
-        replies: tx,
-        shared,
-    });
-    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
-    let mut reader = BufReader::with_capacity(256 * 1024, read_half);
-
-    let ended = loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown_requested(&mut shutdown) => break Ok(End::Shutdown),
-            _ = ctx.replies.closed() => break Ok(End::WriterGone),
-            next = read_request(&mut reader, &ctx, &budget) => next,
-        };
-        match next {
-            Ok(Some(incoming)) => dispatch(&ctx, incoming).await,
-            Ok(None) => break Ok(End::Client),
-            Err(e) => break Err(e),
-        }
-    };
-    // Our sender goes; the writer drains what in-flight requests still send.
-    drop(ctx);
-    drop(reader);
-
-    let drained = match ended {
-        Ok(End::WriterGone) => {
-            writer.abort();
-            Ok(())
-        }
-        Ok(End::Shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
-        _ => {
-            tokio::select! {
-                r = &mut writer => joined(r),
-                _ = shutdown_requested(&mut shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
-            }
-        }
-    };
-    ended.map(|_| ())?;
-    drained
-}
-
-/// A parsed request, with its payload if it is a WRITE we accepted.
-struct Incoming {
-    request: Request,
-    payload: Option<PooledBuf>,
-    permit: Option<OwnedSemaphorePermit>,
-    /// Set when validation failed: the request is answered with this errno
-    /// and never reaches the device.
-    rejected: Option<(u32, &'static str)>,
-}
-
-/// What one request header asks of a transmission loop, whichever loop
-/// reads it (this one or `threaded.rs`).
+/// What one request header asks of a transmission loop.
 pub(super) struct Admission {
     pub(super) request: Request,
     /// Set when validation failed: answered with this errno, never reaching
@@ -193,6 +88,14 @@ pub(super) struct Admission {
     /// written: its buffer (READ data, WRITE payload, BLOCK_STATUS at its
     /// largest reply) plus [`REQUEST_OVERHEAD`].
     pub(super) cost: u32,
+}
+
+impl Admission {
+    /// Bytes of a refused WRITE's payload that must be read and dropped
+    /// before the next header; `None` when nothing is to be discarded.
+    pub(super) fn to_discard(&self) -> Option<u64> {
+        (self.payload_len > 0 && self.rejected.is_some()).then_some(u64::from(self.payload_len))
+    }
 }
 
 /// Parses and checks a request header. `Ok(None)` is `NBD_CMD_DISC`; a
@@ -232,155 +135,31 @@ pub(super) fn admit(
     }))
 }
 
-/// Reads the next request (header and payload). `Ok(None)` means the
-/// client is done: it sent DISC or closed the connection.
-async fn read_request<R>(
-    reader: &mut R,
-    ctx: &Context,
-    budget: &Arc<Semaphore>,
-) -> Result<Option<Incoming>, TransmissionError>
-where
-    R: AsyncRead + Unpin,
-{
-    let mut header = [0u8; REQUEST_HEADER_LEN];
-    match reader.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            debug!("nbd client closed the connection without NBD_CMD_DISC");
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let Some(Admission {
-        request,
-        rejected,
-        payload_len,
-        cost,
-    }) = admit(&ctx.cmd, &header)?
-    else {
-        return Ok(None);
-    };
-
-    if payload_len > 0 && rejected.is_some() {
-        let copied = tokio::io::copy(
-            &mut (&mut *reader).take(u64::from(payload_len)),
-            &mut tokio::io::sink(),
-        )
-        .await?;
-        if copied < u64::from(payload_len) {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-        }
-        return Ok(Some(Incoming {
-            request,
-            payload: None,
-            permit: None,
-            rejected,
-        }));
-    }
-
-    let permit = budget
-        .clone()
-        .acquire_many_owned(cost)
-        .await
-        .map_err(|_| io::Error::other("request budget closed"))?;
-
-    let payload = if payload_len > 0 {
-        // Bounded by the advertised maximum: validate() rejected more.
-        // Not cleared: the read overwrites every byte of it.
-        let mut buf = ctx.cmd.buffers.take(payload_len as usize);
-        reader.read_exact(buf.as_mut_slice()).await?;
-        Some(buf)
-    } else {
-        None
-    };
-    Ok(Some(Incoming {
-        request,
-        payload,
-        permit: Some(permit),
-        rejected,
-    }))
-}
-
-/// Answers a rejected request at once, or queues an accepted one for the
-/// server's workers (waiting while the queue is full).
-async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
-    let Incoming {
-        request,
-        payload,
-        permit,
-        rejected,
-    } = incoming;
-    if let Some((errno, message)) = rejected {
-        let head = ctx.cmd.rejection_frame(&request, errno, message);
-        ctx.send(head, None, None);
-        return;
-    }
-    let job_ctx = ctx.clone();
-    let job = Box::new(move || {
-        let ctx = job_ctx;
-        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.cmd.execute(&request, payload)));
-        let (head, data) = ctx.cmd.settle(&request, outcome);
-        ctx.send(head, data, permit);
-    });
-    ctx.shared.submit(job).await;
-}
-
-/// The writer task: writes frames in arrival order, batching flushes.
-async fn write_replies<W>(
-    mut out: BufWriter<W>,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
-) -> io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    while let Some(frame) = frames.recv().await {
-        write_frame(&mut out, frame).await?;
-        // Flush only when nothing else is ready, so bursts of small replies
-        // share a syscall.
-        while let Ok(frame) = frames.try_recv() {
-            write_frame(&mut out, frame).await?;
-        }
-        out.flush().await?;
-    }
-    out.shutdown().await
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(
-    out: &mut BufWriter<W>,
-    frame: Frame,
-) -> io::Result<()> {
-    out.write_all(&frame.head).await?;
-    if let Some(data) = &frame.data {
-        out.write_all(data.as_slice()).await?;
+/// Checks that discarding a refused payload read all of it: a client that
+/// closes mid-payload has broken the framing.
+pub(super) fn discarded(copied: u64, expected: u64) -> io::Result<()> {
+    if copied < expected {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
 }
 
-async fn drain_within(
-    writer: &mut tokio::task::JoinHandle<io::Result<()>>,
-    grace: Duration,
+/// Judges a finished connection from how its reader ended and what its
+/// writer reported: a reader error wins; a writer that stopped because the
+/// client went away (or stopped reading) is a normal end.
+pub(super) fn conclude(
+    ended: Result<End, TransmissionError>,
+    written: io::Result<()>,
 ) -> Result<(), TransmissionError> {
-    match tokio::time::timeout(grace, &mut *writer).await {
-        Ok(r) => joined(r),
-        Err(_) => {
-            warn!("nbd client did not take its replies within the shutdown grace period");
-            writer.abort();
-            Ok(())
-        }
+    match (ended?, written) {
+        (End::WriterGone, _) => Ok(()),
+        (End::Client | End::Shutdown, Err(e)) if !is_disconnect(&e) => Err(e.into()),
+        (End::Client | End::Shutdown, _) => Ok(()),
     }
 }
 
-fn joined(r: Result<io::Result<()>, tokio::task::JoinError>) -> Result<(), TransmissionError> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        // The client stopped reading or went away: nothing left to serve.
-        Ok(Err(e)) if is_disconnect(&e) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(io::Error::other(e).into()),
-    }
-}
-
-fn is_disconnect(e: &io::Error) -> bool {
+/// Whether a write failed only because the client is gone.
+pub(super) fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected

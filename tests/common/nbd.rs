@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use envol::nbd::{Export, Listeners, Server};
+use envol::nbd::{Export, Listeners, Server, TransmissionLoop};
 use envol::volume::{BlockDevice, BlockSizes};
 
 /// A byte-addressed device in memory, counting flushes.
@@ -123,6 +123,15 @@ impl TestServer {
         Self::start_server(Server::new(exports).unwrap())
     }
 
+    /// Serves plain connections with the given transmission loop.
+    pub fn start_on(transmission: TransmissionLoop, exports: Vec<Export>) -> Self {
+        Self::start_server(
+            Server::new(exports)
+                .unwrap()
+                .with_transmission_loop(transmission),
+        )
+    }
+
     /// Serves an already configured server (TLS, handshake timeout, ...).
     pub fn start_server(server: Server) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -189,6 +198,42 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// `envol serve` arguments selecting `transmission` for plain connections.
+/// (Its exhaustive match makes a new loop a compile error here: add it to
+/// [`on_every_transmission_loop!`] too.)
+pub fn transmission_args(transmission: TransmissionLoop) -> [&'static str; 2] {
+    match transmission {
+        TransmissionLoop::Threaded => ["--transmission", "threaded"],
+        TransmissionLoop::Async => ["--transmission", "async"],
+    }
+}
+
+/// Instantiates each named test — a `fn(TransmissionLoop)` in the calling
+/// file — once per loop that can serve a plain connection, as
+/// `threaded::NAME` and `async_loop::NAME`, so conformance holds for both
+/// and a failure names the loop.
+#[macro_export]
+macro_rules! on_every_transmission_loop {
+    ($($test:ident),+ $(,)?) => {
+        mod threaded {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(envol::nbd::TransmissionLoop::Threaded)
+                }
+            )+
+        }
+        mod async_loop {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(envol::nbd::TransmissionLoop::Async)
+                }
+            )+
+        }
+    };
 }
 
 /// Runs a real client tool. A missing tool FAILS the test with the package

@@ -1,6 +1,7 @@
 //! The transmission phase on a plain (non-TLS) socket, on blocking threads:
 //! the fast path, taken by every Unix-socket and TCP connection that did not
-//! start TLS.
+//! start TLS (unless the server was given
+//! [`TransmissionLoop::Async`](super::TransmissionLoop)).
 //!
 //! ```text
 //!            ┌───────────── reader thread (one per connection) ─────────────┐
@@ -14,7 +15,7 @@
 //!                        writer thread: every ready reply in one writev ──▶ socket
 //! ```
 //!
-//! Why threads and not the async loop of `transmission.rs` (which TLS
+//! Why threads and not the async loop of `async_loop.rs` (which TLS
 //! connections keep): on a few cores the cost of a small request is
 //! dominated by hand-offs between threads — the reactor waking a worker,
 //! the worker waking the writer — not by the device call, which for a
@@ -29,7 +30,7 @@
 //! stream of big writes is encrypted on other cores while the reader takes
 //! in the next payload.
 //!
-//! The rules of `transmission.rs` hold unchanged: a WRITE's payload is read
+//! The rules of `transmission.rs` hold as in the async loop: a WRITE's payload is read
 //! in full before the next header, so framing survives any rejection;
 //! memory is bounded per connection by [`IN_FLIGHT_BYTES`] (a request holds
 //! its share from before its payload is read until its reply is written,
@@ -54,7 +55,8 @@ use super::commands::CommandContext;
 use super::handshake::Negotiated;
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
-    Admission, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, shutdown_requested,
+    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
+    shutdown_requested,
 };
 use super::workers::{Job, PooledBuf, Shared};
 
@@ -206,21 +208,8 @@ fn finished(
     r.unwrap_or_else(|_| Err(io::Error::other("nbd connection thread panicked").into()))
 }
 
-/// One reply, encoded, holding its share of the budget until written.
-struct Frame {
-    head: Vec<u8>,
-    data: Option<PooledBuf>,
-    _permit: Permit,
-}
-
-/// How the reader loop ended.
-enum End {
-    /// `NBD_CMD_DISC`, or the client closed its side (or the server shut
-    /// the read side down).
-    Client,
-    /// The writer stopped (client no longer reads, or a write failed).
-    WriterGone,
-}
+/// A reply with its share of this connection's [`Budget`].
+type Frame = super::transmission::Frame<Permit>;
 
 pub(super) fn serve_blocking(
     socket: PlainSocket,
@@ -262,19 +251,7 @@ pub(super) fn serve_blocking(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("nbd reply writer panicked")));
     let _ = socket.shutdown(Shutdown::Write);
-    match (ended, written) {
-        (Err(e), _) => Err(e),
-        (Ok(End::WriterGone), _) => Ok(()),
-        (Ok(End::Client), Err(e)) if !is_disconnect(&e) => Err(e.into()),
-        (Ok(End::Client), _) => Ok(()),
-    }
-}
-
-fn is_disconnect(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
-    )
+    conclude(ended, written)
 }
 
 /// What the reader does after handing its batch on.
@@ -334,18 +311,18 @@ impl Reader {
             }
             Err(e) => return Err(e.into()),
         }
-        let Some(Admission {
+        let Some(admission) = admit(&self.cmd, &header)? else {
+            return Ok(false);
+        };
+        if let Some(len) = admission.to_discard() {
+            self.discard(len)?;
+        }
+        let Admission {
             request,
             rejected,
             payload_len,
             cost,
-        }) = admit(&self.cmd, &header)?
-        else {
-            return Ok(false);
-        };
-        if payload_len > 0 && rejected.is_some() {
-            self.discard(u64::from(payload_len))?;
-        }
+        } = admission;
 
         let permit = match self.budget.try_acquire(cost) {
             Some(p) => p,
@@ -408,19 +385,12 @@ impl Reader {
     /// Reads and drops `len` payload bytes of a refused WRITE.
     fn discard(&mut self, len: u64) -> io::Result<()> {
         let copied = io::copy(&mut (&mut self.input).take(len), &mut io::sink())?;
-        if copied < len {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(())
+        discarded(copied, len)
     }
 
     fn push(&mut self, head: Vec<u8>, data: Option<PooledBuf>, permit: Permit) {
         self.batch_bytes += head.len() + data.as_ref().map_or(0, |d| d.as_slice().len());
-        self.batch.push(Frame {
-            head,
-            data,
-            _permit: permit,
-        });
+        self.batch.push(Frame::new(head, data, permit));
     }
 
     /// Sends the batch. When this thread is about to wait anyway, or the
@@ -453,11 +423,7 @@ impl Reader {
         let job: Job = Box::new(move || {
             let outcome = catch_unwind(AssertUnwindSafe(|| cmd.execute(&request, payload)));
             let (head, data) = cmd.settle(&request, outcome);
-            let _ = replies.send(vec![Frame {
-                head,
-                data,
-                _permit: permit,
-            }]);
+            let _ = replies.send(vec![Frame::new(head, data, permit)]);
         });
         if in_lane {
             self.writes.submit(&self.shared, job);

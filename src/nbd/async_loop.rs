@@ -1,0 +1,278 @@
+//! The transmission phase on any async stream, on tokio tasks: every TLS
+//! connection, and plain ones when the server is told to
+//! ([`TransmissionLoop::Async`](super::TransmissionLoop)). Many requests in
+//! flight, replies out of order; the rules it applies (admission, budget,
+//! frames, how a connection ends) are `transmission.rs`'s.
+//!
+//! ```text
+//!            ┌──────────── reader (this task) ────────────┐
+//!  socket ──▶│ header → validate → (payload) → permit      │
+//!            └──────┬───────────────────────────┬──────────┘
+//!                   │ job queue (bounded)        │ early error reply
+//!                   ▼                            ▼
+//!       worker: device call ── Frame ───▶ mpsc ───▶ writer task ──▶ socket
+//! ```
+//!
+//! * The reader is the only thing reading the socket; it reads a WRITE's
+//!   payload fully before reading the next header, so the byte stream never
+//!   loses its framing — even for requests it rejects.
+//! * Device calls are synchronous and may be slow (file I/O, crypto), so each
+//!   runs on the server's fixed pool of worker threads ([`Shared`]);
+//!   independent requests proceed in parallel. The reader waits only for
+//!   budget or for room in the job queue, never for a worker.
+//! * READ data and WRITE payloads live in buffers from the server's pool,
+//!   reused without clearing (each is overwritten before it is sent or
+//!   applied) and returned once the reply is written.
+//! * Each reply is encoded into one [`Frame`] and handed to a single writer
+//!   task, so frames never interleave on the wire.
+//! * Memory is bounded per connection by a semaphore of
+//!   [`IN_FLIGHT_BYTES`] permits: a request holds permits for its buffer
+//!   (payload or read data) plus a fixed overhead from before its payload
+//!   is read until its reply has been written. A client that sends faster
+//!   than replies drain simply stops being read.
+//! * The reply channel closes when the reader and every in-flight request
+//!   have dropped their sender; the writer then flushes and shuts the socket
+//!   down. That is exactly the `NBD_CMD_DISC` rule: finish outstanding
+//!   requests, send their replies, close.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::{debug, warn};
+
+use super::commands::CommandContext;
+use super::handshake::Negotiated;
+use super::protocol::{REQUEST_HEADER_LEN, Request};
+use super::transmission::{
+    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
+    shutdown_requested,
+};
+use super::workers::{PooledBuf, Shared};
+
+/// A reply with its budget: rejected requests hold none.
+type Frame = super::transmission::Frame<Option<OwnedSemaphorePermit>>;
+
+/// What a request's device task needs, shared by the reader and all tasks.
+/// Its `replies` sender is the writer's lifeline: the writer finishes when
+/// the last `Arc<Context>` is gone.
+struct Context {
+    cmd: CommandContext,
+    replies: mpsc::UnboundedSender<Frame>,
+    shared: Arc<Shared>,
+}
+
+impl Context {
+    fn send(&self, head: Vec<u8>, data: Option<PooledBuf>, permit: Option<OwnedSemaphorePermit>) {
+        // A send only fails once the writer is gone, i.e. the connection is
+        // being torn down; the reply has nowhere to go then.
+        let _ = self.replies.send(Frame::new(head, data, permit));
+    }
+}
+
+/// Serves requests on `stream` until DISC, client close, error or shutdown.
+pub(crate) async fn serve<S>(
+    stream: S,
+    negotiated: Negotiated,
+    mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) -> Result<(), TransmissionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_replies(
+        BufWriter::with_capacity(256 * 1024, write_half),
+        rx,
+    ));
+
+    let ctx = Arc::new(Context {
+        cmd: CommandContext::for_negotiated(&negotiated, shared.buffers().clone()),
+        replies: tx,
+        shared,
+    });
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
+    let mut reader = BufReader::with_capacity(256 * 1024, read_half);
+
+    let ended = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown_requested(&mut shutdown) => break Ok(End::Shutdown),
+            _ = ctx.replies.closed() => break Ok(End::WriterGone),
+            next = read_request(&mut reader, &ctx, &budget) => next,
+        };
+        match next {
+            Ok(Some(incoming)) => dispatch(&ctx, incoming).await,
+            Ok(None) => break Ok(End::Client),
+            Err(e) => break Err(e),
+        }
+    };
+    // Our sender goes; the writer drains what in-flight requests still send.
+    drop(ctx);
+    drop(reader);
+
+    let written = match ended {
+        Ok(End::WriterGone) => {
+            writer.abort();
+            Ok(())
+        }
+        Ok(End::Shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
+        _ => {
+            tokio::select! {
+                r = &mut writer => joined(r),
+                _ = shutdown_requested(&mut shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
+            }
+        }
+    };
+    conclude(ended, written)
+}
+
+/// A parsed request, with its payload if it is a WRITE we accepted.
+struct Incoming {
+    request: Request,
+    payload: Option<PooledBuf>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Set when validation failed: the request is answered with this errno
+    /// and never reaches the device.
+    rejected: Option<(u32, &'static str)>,
+}
+
+/// Reads the next request (header and payload). `Ok(None)` means the
+/// client is done: it sent DISC or closed the connection.
+async fn read_request<R>(
+    reader: &mut R,
+    ctx: &Context,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<Incoming>, TransmissionError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!("nbd client closed the connection without NBD_CMD_DISC");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let Some(admission) = admit(&ctx.cmd, &header)? else {
+        return Ok(None);
+    };
+    if let Some(len) = admission.to_discard() {
+        let copied = tokio::io::copy(&mut (&mut *reader).take(len), &mut tokio::io::sink()).await?;
+        discarded(copied, len)?;
+        return Ok(Some(Incoming {
+            request: admission.request,
+            payload: None,
+            permit: None,
+            rejected: admission.rejected,
+        }));
+    }
+    let Admission {
+        request,
+        rejected,
+        payload_len,
+        cost,
+    } = admission;
+
+    let permit = budget
+        .clone()
+        .acquire_many_owned(cost)
+        .await
+        .map_err(|_| io::Error::other("request budget closed"))?;
+
+    let payload = if payload_len > 0 {
+        // Bounded by the advertised maximum: validate() rejected more.
+        // Not cleared: the read overwrites every byte of it.
+        let mut buf = ctx.cmd.buffers.take(payload_len as usize);
+        reader.read_exact(buf.as_mut_slice()).await?;
+        Some(buf)
+    } else {
+        None
+    };
+    Ok(Some(Incoming {
+        request,
+        payload,
+        permit: Some(permit),
+        rejected,
+    }))
+}
+
+/// Answers a rejected request at once, or queues an accepted one for the
+/// server's workers (waiting while the queue is full).
+async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
+    let Incoming {
+        request,
+        payload,
+        permit,
+        rejected,
+    } = incoming;
+    if let Some((errno, message)) = rejected {
+        let head = ctx.cmd.rejection_frame(&request, errno, message);
+        ctx.send(head, None, None);
+        return;
+    }
+    let job_ctx = ctx.clone();
+    let job = Box::new(move || {
+        let ctx = job_ctx;
+        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.cmd.execute(&request, payload)));
+        let (head, data) = ctx.cmd.settle(&request, outcome);
+        ctx.send(head, data, permit);
+    });
+    ctx.shared.submit(job).await;
+}
+
+/// The writer task: writes frames in arrival order, batching flushes.
+async fn write_replies<W>(
+    mut out: BufWriter<W>,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut out, frame).await?;
+        // Flush only when nothing else is ready, so bursts of small replies
+        // share a syscall.
+        while let Ok(frame) = frames.try_recv() {
+            write_frame(&mut out, frame).await?;
+        }
+        out.flush().await?;
+    }
+    out.shutdown().await
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut BufWriter<W>,
+    frame: Frame,
+) -> io::Result<()> {
+    out.write_all(&frame.head).await?;
+    if let Some(data) = &frame.data {
+        out.write_all(data.as_slice()).await?;
+    }
+    Ok(())
+}
+
+async fn drain_within(
+    writer: &mut tokio::task::JoinHandle<io::Result<()>>,
+    grace: Duration,
+) -> io::Result<()> {
+    match tokio::time::timeout(grace, &mut *writer).await {
+        Ok(r) => joined(r),
+        Err(_) => {
+            warn!("nbd client did not take its replies within the shutdown grace period");
+            writer.abort();
+            Ok(())
+        }
+    }
+}
+
+/// What the writer task reported; a panic in it is an error like any other.
+fn joined(r: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
+    r.unwrap_or_else(|e| Err(io::Error::other(e)))
+}
