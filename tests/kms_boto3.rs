@@ -52,3 +52,28 @@ fn boto3_demo_flow() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 demo flow: ok"));
 }
+
+/// Tags through boto3 (`tests/python/boto3_tags.py`), paged by boto3's own
+/// ListResourceTags paginator.
+#[test]
+fn boto3_tags() {
+    let kms = KmsServer::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/boto3_tags.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&kms.endpoint)
+        .arg(&kms.root.access_key_id)
+        .arg(&kms.root.secret)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "boto3 tags failed (is boto3 installed? pip install boto3):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 tags: ok"));
+}

@@ -15,6 +15,17 @@ use serde::Serialize;
 
 use super::datadir::open_private_append;
 
+/// What an operation tells the audit log beyond the request itself: the
+/// operation fills it in as it learns which key it acts on, and the
+/// dispatcher writes it, whatever the outcome.
+#[derive(Debug, Default)]
+pub struct AuditNote {
+    pub key_arn: Option<String>,
+    /// The second key of a two-key operation (ReEncrypt's destination).
+    pub destination_key_arn: Option<String>,
+    pub encryption_context: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct AuditRecord<'a> {
     pub time: String,

@@ -6,6 +6,7 @@
 //! access key → principal, the operation, AWS-shaped errors) is
 //! [`request::respond`], which the `kms_request` fuzz target calls too.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,8 +33,14 @@ pub fn router(kms: Arc<Kms>) -> Router {
 /// are looked for between requests.
 const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
-/// With a TLS configuration, every connection is HTTPS.
+/// How long requests still in flight when shutdown begins get to finish.
+/// Idle connections close at once; this bounds only a client that keeps a
+/// request open (half-sent, say), which must not hold the server up forever.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests (for
+/// at most `SHUTDOWN_GRACE`). With a TLS configuration, every connection is
+/// HTTPS.
 pub async fn serve(
     kms: Arc<Kms>,
     listener: TcpListener,
@@ -56,22 +63,52 @@ pub async fn serve(
             .await;
         }
     });
+    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = began_tx.send(());
+    };
     let app = router(kms).into_make_service_with_connect_info::<Peer>();
     let result = match tls {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+            within_grace(serving.into_future(), began).await
         }
         Some(config) => {
             let listener = TlsListener::new(listener, config)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+            within_grace(serving.into_future(), began).await
         }
     };
     sweeper.abort();
     result
+}
+
+/// Runs `serving` to its end, or until `SHUTDOWN_GRACE` after shutdown
+/// began, whichever is first. Connections left open then are dropped with
+/// the runtime; requests already inside the service core run to completion
+/// there (they are blocking tasks, which a runtime waits for).
+async fn within_grace(
+    serving: impl Future<Output = std::io::Result<()>>,
+    began: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let deadline = async move {
+        match began.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            // Serving ended without a shutdown: nothing to bound.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = serving => result,
+        () = deadline => {
+            tracing::warn!(
+                "KMS: closing connections still open {} s after shutdown began",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Writes a [`Reply`] as an HTTP response.

@@ -4,9 +4,13 @@
 //!
 //! - `http`: AWS JSON 1.1 over HTTP; bounds bodies, verifies SigV4
 //!   (`sigv4`), maps access keys to principals, renders AWS-shaped errors.
-//! - `service`: the transport-free core, `Kms::handle(request, op, body)`;
-//!   resolves keys, enforces key policies (`policy`), writes the audit log
-//!   (`audit`). `ops/` holds one file per family of operations.
+//! - `service`: the transport-free API, `Kms::handle(request, op, body)`:
+//!   dispatches to `ops/` (one file per family of operations) and writes
+//!   the audit log (`audit`).
+//! - `core`: the service's state and what every operation relies on:
+//!   resolving keys, authorizing by key policy (`policy`) and grants,
+//!   sealing key material, users. It knows nothing of operations.
+//! - `schedule`: the clock's work — deletion windows, then `rotation`.
 //! - `blob`: the ciphertext-blob format handed to clients.
 //! - `store` (SQLite), `seal` (root-key sealing at rest), `datadir` (files
 //!   and permissions), `iam` (account, principals, access keys).
@@ -14,22 +18,29 @@
 //!   count alongside the key policy in authorization.
 //! - `rotation`: new key versions, on demand and when automatic rotation
 //!   falls due.
+//! - `key_state`: Enabled, Disabled, PendingDeletion.
 //! - `clock`: injected time, so tests can expire signatures, pass deletion
 //!   windows and reach rotation dates without waiting.
+//!
+//! Dependencies run one way: `http` → `service` → `ops` → `schedule` /
+//! `rotation` → `core` → `store`; no module imports from one above it.
 
 pub mod audit;
 pub mod blob;
 pub mod clock;
+mod core;
 pub mod datadir;
 pub mod error;
 mod excerpt;
 pub mod grant;
 pub mod http;
 pub mod iam;
+pub mod key_state;
 mod ops;
 pub mod policy;
 pub mod profile;
 mod rotation;
+mod schedule;
 pub mod seal;
 pub mod service;
 pub mod sigv4;

@@ -9,7 +9,7 @@
 //! rotation date (automatic rotation), so a crash leaves either both or
 //! neither, and the version number is computed inside that transaction so
 //! two concurrent rotations cannot collide. Automatic rotation is driven by
-//! the injected clock from `Kms::sweep` (every request, start-up, and the
+//! the injected clock from `Kms::sweep` (`schedule.rs`: every request, start-up, and the
 //! server's periodic sweep). As in AWS, a disabled key or a key pending
 //! deletion keeps its schedule but is not rotated; once it is enabled again
 //! an overdue rotation happens at the next sweep.
@@ -18,11 +18,14 @@ use std::sync::atomic::Ordering;
 
 use zeroize::Zeroizing;
 
+use super::audit::AuditNote;
+use super::core::Kms;
 use super::error::{ErrorKind, KmsError};
-use super::service::{AuditNote, Kms};
+use super::key_state::KeyState;
 use super::store::{KeyRow, Store, VersionRow};
 
-const DAY_MS: i64 = 86_400_000;
+/// One day in the store's time unit (milliseconds).
+pub(super) const DAY_MS: i64 = 86_400_000;
 
 /// Why a version was made (ListKeyRotations' RotationType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +90,7 @@ impl Kms {
                     else {
                         return Ok(None);
                     };
-                    if key.state != "Enabled" || due > now {
+                    if key.state != KeyState::Enabled || due > now {
                         return Ok(None);
                     }
                     key.next_rotation_ms = Some(next_rotation_after(due, now, period));

@@ -15,6 +15,12 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::error::KmsError;
+use super::key_state::KeyState;
+
+/// The layout this build reads and writes, recorded as meta `schema_version`
+/// when a data directory is created. A database of another version is
+/// refused at open, before anything touches it.
+pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -92,7 +98,7 @@ pub struct KeyRow {
     pub description: String,
     pub key_usage: String,
     pub key_spec: String,
-    pub state: String,
+    pub state: KeyState,
     pub created_ms: i64,
     pub policy: String,
     pub deletion_date_ms: Option<i64>,
@@ -151,6 +157,34 @@ pub struct PrincipalRow {
     pub access_key_ids: Vec<String>,
 }
 
+/// A tag on a key, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    pub key: String,
+    pub value: String,
+}
+
+/// Why the database could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// SQLite refused (missing directory, corrupt file, ...).
+    Store(KmsError),
+    /// The database records a schema version this build does not read
+    Schema { found: String },
+}
+
+impl From<KmsError> for OpenError {
+    fn from(e: KmsError) -> Self {
+        OpenError::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Store(e.into())
+    }
+}
+
 /// The database handle. SQLite serialises writers anyway; one connection
 /// behind a mutex keeps the service simple and every operation short.
 pub struct Store {
@@ -158,8 +192,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Store, KmsError> {
+    /// Opens (creating if needed) the database at `path`. A database that
+    /// records a schema version other than `SCHEMA_VERSION` is refused
+    /// before the schema below is applied to it: a newer envol's tables are
+    /// never altered by an older one.
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -168,10 +205,38 @@ impl Store {
         // Deleted rows (a destroyed key's sealed material) are overwritten,
         // not left in free pages: crypto-shredding must shred.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        if let Some(found) = Self::recorded_schema_version(&conn)?
+            && found != SCHEMA_VERSION.to_string()
+        {
+            return Err(OpenError::Schema { found });
+        }
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// The `schema_version` meta value, if the database has one yet.
+    fn recorded_schema_version(conn: &Connection) -> Result<Option<String>, KmsError> {
+        let has_meta = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !has_meta {
+            return Ok(None);
+        }
+        let value: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -324,7 +389,7 @@ impl Store {
                 k.description,
                 k.key_usage,
                 k.key_spec,
-                k.state,
+                k.state.as_str(),
                 k.created_ms,
                 k.policy,
                 k.deletion_date_ms,
@@ -345,7 +410,7 @@ impl Store {
             params![
                 k.key_id,
                 k.description,
-                k.state,
+                k.state.as_str(),
                 k.policy,
                 k.deletion_date_ms,
                 k.rotation_period_days,
@@ -362,7 +427,16 @@ impl Store {
             description: r.get(2)?,
             key_usage: r.get(3)?,
             key_spec: r.get(4)?,
-            state: r.get(5)?,
+            state: {
+                let text: String = r.get(5)?;
+                text.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?
+            },
             created_ms: r.get(6)?,
             policy: r.get(7)?,
             deletion_date_ms: r.get(8)?,
@@ -495,6 +569,51 @@ impl Store {
         Ok(())
     }
 
+    /// Removes tags from a key; keys it does not have are ignored, as AWS.
+    pub fn delete_tags(
+        tx: &Transaction<'_>,
+        key_id: &str,
+        tag_keys: &[String],
+    ) -> Result<(), KmsError> {
+        for k in tag_keys {
+            tx.execute(
+                "DELETE FROM tags WHERE key_id = ?1 AND tag_key = ?2",
+                params![key_id, k],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// How many tags a key has (inside a transaction, to enforce the limit).
+    pub fn count_tags(tx: &Transaction<'_>, key_id: &str) -> Result<u64, KmsError> {
+        Ok(tx.query_row(
+            "SELECT COUNT(*) FROM tags WHERE key_id = ?1",
+            [key_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A key's tags in tag-key order, after `after`, at most `limit`.
+    pub fn list_tags(
+        &self,
+        key_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TagRow>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT tag_key, tag_value FROM tags WHERE key_id = ?1 AND tag_key > ?2
+             ORDER BY tag_key LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![key_id, after.unwrap_or(""), limit as i64], |r| {
+            Ok(TagRow {
+                key: r.get(0)?,
+                value: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     // ----- aliases -----
 
     pub fn alias(&self, name: &str) -> Result<Option<AliasRow>, KmsError> {
@@ -572,10 +691,11 @@ impl Store {
     /// Keys whose deletion window has passed at `now_ms`.
     pub fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<String>, KmsError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT key_id FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?1",
-        )?;
-        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
+        let mut stmt =
+            conn.prepare("SELECT key_id FROM keys WHERE state = ?1 AND deletion_date <= ?2")?;
+        let rows = stmt.query_map(params![KeyState::PendingDeletion.as_str(), now_ms], |r| {
+            r.get(0)
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -634,10 +754,10 @@ impl Store {
     pub fn keys_due_for_rotation(&self, now_ms: i64) -> Result<Vec<String>, KmsError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT key_id FROM keys WHERE state = 'Enabled'
-             AND rotation_period_days IS NOT NULL AND next_rotation <= ?1",
+            "SELECT key_id FROM keys WHERE state = ?1
+             AND rotation_period_days IS NOT NULL AND next_rotation <= ?2",
         )?;
-        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
+        let rows = stmt.query_map(params![KeyState::Enabled.as_str(), now_ms], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

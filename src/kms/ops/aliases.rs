@@ -6,12 +6,13 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::iam::Principal;
-use super::super::service::{AuditNote, Kms};
 use super::super::store::{AliasRow, KeyRow};
-use super::{Context, decode_marker, encode_marker, page_limit};
+use super::request::{EncryptionContext, decode_marker, encode_marker, page_limit};
 
 /// AWS's rules: `alias/` + 1-250 of `A-Za-z0-9/_-`, not `alias/aws/`.
 fn validate_alias_name(name: &str) -> Result<(), KmsError> {
@@ -73,7 +74,7 @@ pub(super) fn create_alias(
     validate_alias_name(&req.alias_name)?;
     let key = resolve_target(kms, &req.target_key_id)?;
     note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:CreateAlias", &Context::new())?;
+    kms.authorize(caller, &key, "kms:CreateAlias", &EncryptionContext::new())?;
     kms.require_not_pending_deletion(&key)?;
     if !kms
         .store
@@ -109,9 +110,19 @@ pub(super) fn update_alias(
     note.key_arn = Some(new_key.arn.clone());
     // Moving an alias needs permission on both the old and the new key.
     if let Some(old_key) = kms.store.key(&alias.key_id)? {
-        kms.authorize(caller, &old_key, "kms:UpdateAlias", &Context::new())?;
+        kms.authorize(
+            caller,
+            &old_key,
+            "kms:UpdateAlias",
+            &EncryptionContext::new(),
+        )?;
     }
-    kms.authorize(caller, &new_key, "kms:UpdateAlias", &Context::new())?;
+    kms.authorize(
+        caller,
+        &new_key,
+        "kms:UpdateAlias",
+        &EncryptionContext::new(),
+    )?;
     kms.require_not_pending_deletion(&new_key)?;
     kms.store
         .update_alias(&req.alias_name, &new_key.key_id, kms.now_ms())?;
@@ -134,7 +145,7 @@ pub(super) fn delete_alias(
     let alias = existing_alias(kms, &req.alias_name)?;
     if let Some(key) = kms.store.key(&alias.key_id)? {
         note.key_arn = Some(key.arn.clone());
-        kms.authorize(caller, &key, "kms:DeleteAlias", &Context::new())?;
+        kms.authorize(caller, &key, "kms:DeleteAlias", &EncryptionContext::new())?;
     }
     kms.store.delete_alias(&req.alias_name)?;
     Ok(json!({}))

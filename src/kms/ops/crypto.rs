@@ -12,13 +12,16 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use super::super::audit::AuditNote;
 use super::super::blob::{self, BlobHeader};
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant;
 use super::super::iam::Principal;
-use super::super::service::{AuditNote, Kms};
 use super::super::store::KeyRow;
-use super::{Blob, Context, b64, check_algorithm, check_context, dry_run_error};
+use super::request::{
+    Blob, EncryptionContext, authorized_key, b64, check_algorithm, check_context, dry_run_error,
+};
 
 /// AWS's limit for Encrypt's plaintext.
 const MAX_PLAINTEXT: usize = 4096;
@@ -28,7 +31,7 @@ const MAX_PLAINTEXT: usize = 4096;
 pub(crate) struct EncryptRequest {
     key_id: String,
     plaintext: Blob,
-    encryption_context: Context,
+    encryption_context: EncryptionContext,
     encryption_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
     dry_run: Option<bool>,
@@ -37,7 +40,7 @@ pub(crate) struct EncryptRequest {
 fn seal_with_newest(
     kms: &Kms,
     key_id: &str,
-    context: &Context,
+    context: &EncryptionContext,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, KmsError> {
     let (version, material) = kms.newest_material(key_id)?;
@@ -63,9 +66,14 @@ pub(super) fn encrypt(
     check_context(&req.encryption_context)?;
     grant::check_tokens(req.grant_tokens.as_deref())?;
     note.encryption_context = Some(req.encryption_context.clone());
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:Encrypt", &req.encryption_context)?;
+    let key = authorized_key(
+        kms,
+        caller,
+        &req.key_id,
+        "kms:Encrypt",
+        &req.encryption_context,
+        note,
+    )?;
     kms.require_enabled(&key)?;
     check_algorithm(req.encryption_algorithm.as_deref())?;
     let n = req.plaintext.0.len();
@@ -89,7 +97,7 @@ pub(super) fn encrypt(
 #[serde(rename_all = "PascalCase", default)]
 pub(crate) struct DecryptRequest {
     ciphertext_blob: Blob,
-    encryption_context: Context,
+    encryption_context: EncryptionContext,
     key_id: Option<String>,
     encryption_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
@@ -137,10 +145,10 @@ pub(super) fn decrypt(
 #[serde(rename_all = "PascalCase", default)]
 pub(crate) struct ReEncryptRequest {
     ciphertext_blob: Blob,
-    source_encryption_context: Context,
+    source_encryption_context: EncryptionContext,
     source_key_id: Option<String>,
     destination_key_id: String,
-    destination_encryption_context: Context,
+    destination_encryption_context: EncryptionContext,
     source_encryption_algorithm: Option<String>,
     destination_encryption_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
@@ -242,7 +250,7 @@ fn incorrect_key() -> KmsError {
 #[serde(rename_all = "PascalCase", default)]
 pub(crate) struct GenerateDataKeyRequest {
     key_id: String,
-    encryption_context: Context,
+    encryption_context: EncryptionContext,
     number_of_bytes: Option<i64>,
     key_spec: Option<String>,
     grant_tokens: Option<Vec<String>>,
@@ -280,14 +288,19 @@ pub(super) fn generate_data_key(
     check_context(&req.encryption_context)?;
     grant::check_tokens(req.grant_tokens.as_deref())?;
     note.encryption_context = Some(req.encryption_context.clone());
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
     let action = if with_plaintext {
         "kms:GenerateDataKey"
     } else {
         "kms:GenerateDataKeyWithoutPlaintext"
     };
-    kms.authorize(caller, &key, action, &req.encryption_context)?;
+    let key = authorized_key(
+        kms,
+        caller,
+        &req.key_id,
+        action,
+        &req.encryption_context,
+        note,
+    )?;
     kms.require_enabled(&key)?;
     let len = data_key_length(&req)?;
     if req.dry_run == Some(true) {

@@ -20,13 +20,17 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant::{self, Constraint, Constraints};
 use super::super::iam::{self, Principal};
-use super::super::service::{AuditNote, Kms};
 use super::super::store::{GrantFilter, GrantRow, KeyRow, Store};
-use super::{Context, decode_marker, dry_run_error, encode_marker, page_limit};
+use super::request::{
+    EncryptionContext, authorized_key_no_context, decode_marker, dry_run_error, encode_marker,
+    page_limit,
+};
 
 /// AWS's limit on grants per key.
 const MAX_GRANTS_PER_KEY: u64 = 50_000;
@@ -142,7 +146,7 @@ pub(super) fn create_grant(
         caller,
         &key,
         "kms:CreateGrant",
-        &Context::new(),
+        &EncryptionContext::new(),
         |parent_ops, parent_constraint| {
             operations.iter().all(|o| parent_ops.contains(o))
                 && constraint.at_least_as_strict_as(parent_constraint)
@@ -257,9 +261,7 @@ pub(super) fn list_grants(
     req: ListGrantsRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:ListGrants", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:ListGrants", note)?;
     if let Some(id) = &req.grant_id {
         validate_grant_id(id)?;
     }
@@ -407,9 +409,7 @@ pub(super) fn revoke_grant(
     req: RevokeGrantRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:RevokeGrant", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:RevokeGrant", note)?;
     validate_grant_id(&req.grant_id)?;
     let grant = kms
         .store

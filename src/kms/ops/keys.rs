@@ -3,14 +3,18 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant;
 use super::super::iam::Principal;
+use super::super::key_state::KeyState;
 use super::super::policy::{self, Policy};
-use super::super::service::{AuditNote, Kms};
 use super::super::store::{KeyRow, Store, VersionRow};
-use super::{Context, decode_marker, encode_marker, page_limit};
+use super::policies::check_lockout;
+use super::request::{authorized_key_no_context, decode_marker, encode_marker, page_limit};
+use super::tags::{Tag, store_tags, validate_tags};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
@@ -23,15 +27,7 @@ pub(crate) struct CreateKeyRequest {
     origin: Option<String>,
     multi_region: Option<bool>,
     tags: Option<Vec<Tag>>,
-    #[allow(dead_code)]
     bypass_policy_lockout_safety_check: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct Tag {
-    tag_key: String,
-    tag_value: String,
 }
 
 /// The KeyMetadata structure AWS returns from CreateKey and DescribeKey.
@@ -41,10 +37,10 @@ pub(super) fn key_metadata(kms: &Kms, k: &KeyRow) -> Value {
         "KeyId": k.key_id,
         "Arn": k.arn,
         "CreationDate": aws_timestamp(k.created_ms),
-        "Enabled": k.state == "Enabled",
+        "Enabled": k.state == KeyState::Enabled,
         "Description": k.description,
         "KeyUsage": k.key_usage,
-        "KeyState": k.state,
+        "KeyState": k.state.as_str(),
         "Origin": "AWS_KMS",
         "KeyManager": "CUSTOMER",
         "CustomerMasterKeySpec": k.key_spec,
@@ -109,41 +105,34 @@ pub(super) fn create_key(
             "Description must be at most 8192 characters",
         ));
     }
+    let key_id = uuid::Uuid::new_v4().to_string();
+    let arn = kms.key_arn(&key_id);
     let policy_text = match req.policy {
         Some(p) => {
-            Policy::parse(&p)
+            let parsed = Policy::parse(&p)
                 .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+            check_lockout(
+                kms,
+                caller,
+                &parsed,
+                &arn,
+                req.bypass_policy_lockout_safety_check,
+            )?;
             p
         }
         None => policy::default_key_policy(kms.account_id(), &caller.arn),
     };
     let tags = req.tags.unwrap_or_default();
-    for t in &tags {
-        if t.tag_key.is_empty()
-            || t.tag_key.chars().count() > 128
-            || t.tag_value.chars().count() > 256
-        {
-            return Err(KmsError::new(
-                ErrorKind::Validation,
-                "tag keys must be 1-128 characters and tag values at most 256",
-            ));
-        }
-        if t.tag_key.starts_with("aws:") {
-            return Err(KmsError::validation(
-                "tag keys starting with aws: are reserved",
-            ));
-        }
-    }
+    validate_tags(&tags)?;
 
-    let key_id = uuid::Uuid::new_v4().to_string();
     let now = kms.now_ms();
     let row = KeyRow {
         key_id: key_id.clone(),
-        arn: kms.key_arn(&key_id),
+        arn,
         description,
         key_usage: usage.to_string(),
         key_spec: spec.to_string(),
-        state: "Enabled".into(),
+        state: KeyState::Enabled,
         created_ms: now,
         policy: policy_text,
         deletion_date_ms: None,
@@ -163,10 +152,7 @@ pub(super) fn create_key(
     kms.store.transaction(|tx| {
         Store::insert_key(tx, &row)?;
         Store::insert_version(tx, &key_id, &version)?;
-        for t in &tags {
-            Store::insert_tag(tx, &key_id, &t.tag_key, &t.tag_value)?;
-        }
-        Ok(())
+        store_tags(tx, &key_id, &row.arn, &tags)
     })?;
     note.key_arn = Some(row.arn.clone());
     Ok(json!({ "KeyMetadata": key_metadata(kms, &row) }))
@@ -186,9 +172,7 @@ pub(super) fn describe_key(
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
     grant::check_tokens(req.grant_tokens.as_deref())?;
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:DescribeKey", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:DescribeKey", note)?;
     Ok(json!({ "KeyMetadata": key_metadata(kms, &key) }))
 }
 

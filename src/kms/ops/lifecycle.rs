@@ -1,48 +1,36 @@
-//! Key states: EnableKey, DisableKey, ScheduleKeyDeletion, CancelKeyDeletion.
-//!
-//! ```text
-//!   Enabled ──DisableKey──▶ Disabled ──EnableKey──▶ Enabled
-//!      │                       │
-//!      └──ScheduleKeyDeletion──┴──▶ PendingDeletion ──window passes──▶ destroyed
-//!                                        │
-//!                                        └──CancelKeyDeletion──▶ Disabled
-//! ```
+//! Key states: EnableKey, DisableKey, ScheduleKeyDeletion, CancelKeyDeletion
+//! (the state machine is drawn in `key_state.rs`).
 //!
 //! A disabled key refuses every cryptographic operation (DisabledException);
 //! a key pending deletion refuses them with KMSInvalidStateException. Once the
-//! window has passed, `Kms::destroy_due_keys` deletes the key's material,
+//! window has passed, `Kms::destroy_due_keys` (`schedule.rs`) deletes the key's material,
 //! versions and aliases: every ciphertext under it becomes undecryptable.
 
 use chrono::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
+use super::super::core::Kms;
+use super::super::core::pending_deletion;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::iam::Principal;
-use super::super::service::{AuditNote, Kms};
+use super::super::key_state::KeyState;
 use super::super::store::Store;
-use super::Context;
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct KeyIdRequest {
-    key_id: String,
-}
+use super::request::{KeyIdRequest, authorized_key_no_context};
 
 fn set_state(
     kms: &Kms,
     caller: &Principal,
     key_id: &str,
     action: &str,
-    state: &str,
+    state: KeyState,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let mut key = kms.resolve_key(key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, action, &Context::new())?;
+    let mut key = authorized_key_no_context(kms, caller, key_id, action, note)?;
     kms.require_not_pending_deletion(&key)?;
-    key.state = state.to_string();
+    key.state = state;
     kms.store.transaction(|tx| Store::update_key(tx, &key))?;
     Ok(json!({}))
 }
@@ -53,7 +41,14 @@ pub(super) fn enable_key(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    set_state(kms, caller, &req.key_id, "kms:EnableKey", "Enabled", note)
+    set_state(
+        kms,
+        caller,
+        &req.key_id,
+        "kms:EnableKey",
+        KeyState::Enabled,
+        note,
+    )
 }
 
 pub(super) fn disable_key(
@@ -62,7 +57,14 @@ pub(super) fn disable_key(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    set_state(kms, caller, &req.key_id, "kms:DisableKey", "Disabled", note)
+    set_state(
+        kms,
+        caller,
+        &req.key_id,
+        "kms:DisableKey",
+        KeyState::Disabled,
+        note,
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -84,23 +86,19 @@ pub(super) fn schedule_key_deletion(
             "1 validation error detected: Value '{days}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
         )));
     }
-    let mut key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:ScheduleKeyDeletion", &Context::new())?;
-    if key.state == "PendingDeletion" {
-        return Err(KmsError::new(
-            ErrorKind::InvalidState,
-            format!("{} is pending deletion.", key.arn),
-        ));
+    let mut key =
+        authorized_key_no_context(kms, caller, &req.key_id, "kms:ScheduleKeyDeletion", note)?;
+    if key.state == KeyState::PendingDeletion {
+        return Err(pending_deletion(&key));
     }
     let when = kms.clock().now() + Duration::days(days);
-    key.state = "PendingDeletion".into();
+    key.state = KeyState::PendingDeletion;
     key.deletion_date_ms = Some(when.timestamp_millis());
     kms.store.transaction(|tx| Store::update_key(tx, &key))?;
     Ok(json!({
         "KeyId": key.arn,
         "DeletionDate": aws_timestamp(when.timestamp_millis()),
-        "KeyState": "PendingDeletion",
+        "KeyState": KeyState::PendingDeletion.as_str(),
         "PendingWindowInDays": days,
     }))
 }
@@ -111,10 +109,9 @@ pub(super) fn cancel_key_deletion(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let mut key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:CancelKeyDeletion", &Context::new())?;
-    if key.state != "PendingDeletion" {
+    let mut key =
+        authorized_key_no_context(kms, caller, &req.key_id, "kms:CancelKeyDeletion", note)?;
+    if key.state != KeyState::PendingDeletion {
         return Err(KmsError::new(
             ErrorKind::InvalidState,
             format!("{} is not pending deletion.", key.arn),
@@ -122,7 +119,7 @@ pub(super) fn cancel_key_deletion(
     }
     // As AWS: a cancelled deletion leaves the key Disabled, so nothing
     // starts using it again by surprise.
-    key.state = "Disabled".into();
+    key.state = KeyState::Disabled;
     key.deletion_date_ms = None;
     kms.store.transaction(|tx| Store::update_key(tx, &key))?;
     Ok(json!({ "KeyId": key.arn }))

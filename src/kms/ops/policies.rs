@@ -3,12 +3,33 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::iam::Principal;
 use super::super::policy::Policy;
-use super::super::service::{AuditNote, Kms};
 use super::super::store::Store;
-use super::Context;
+use super::request::authorized_key_no_context;
+
+/// AWS's policy lock-out safety check: a new key policy under which the
+/// caller could no longer call PutKeyPolicy is refused, unless the caller
+/// says BypassPolicyLockoutSafetyCheck (and means it). envol's account root
+/// may always change a key policy, so for the root this always passes.
+pub(super) fn check_lockout(
+    kms: &Kms,
+    caller: &Principal,
+    new_policy: &Policy,
+    key_arn: &str,
+    bypass: Option<bool>,
+) -> Result<(), KmsError> {
+    if bypass == Some(true) || kms.could_put_key_policy(new_policy, caller, key_arn) {
+        return Ok(());
+    }
+    Err(KmsError::new(
+        ErrorKind::MalformedPolicyDocument,
+        "The new key policy will not allow you to update the key policy in the future.",
+    ))
+}
 
 /// Symmetric keys have exactly one policy, named "default".
 fn check_policy_name(name: Option<&str>) -> Result<(), KmsError> {
@@ -33,9 +54,7 @@ pub(super) fn get_key_policy(
     req: GetKeyPolicyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:GetKeyPolicy", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:GetKeyPolicy", note)?;
     check_policy_name(req.policy_name.as_deref())?;
     Ok(json!({ "Policy": key.policy, "PolicyName": "default" }))
 }
@@ -46,7 +65,6 @@ pub(crate) struct PutKeyPolicyRequest {
     key_id: String,
     policy_name: Option<String>,
     policy: String,
-    #[allow(dead_code)]
     bypass_policy_lockout_safety_check: Option<bool>,
 }
 
@@ -56,13 +74,18 @@ pub(super) fn put_key_policy(
     req: PutKeyPolicyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let mut key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:PutKeyPolicy", &Context::new())?;
+    let mut key = authorized_key_no_context(kms, caller, &req.key_id, "kms:PutKeyPolicy", note)?;
     check_policy_name(req.policy_name.as_deref())?;
     kms.require_not_pending_deletion(&key)?;
-    Policy::parse(&req.policy)
+    let parsed = Policy::parse(&req.policy)
         .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+    check_lockout(
+        kms,
+        caller,
+        &parsed,
+        &key.arn,
+        req.bypass_policy_lockout_safety_check,
+    )?;
     key.policy = req.policy;
     kms.store.transaction(|tx| Store::update_key(tx, &key))?;
     Ok(json!({}))

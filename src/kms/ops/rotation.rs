@@ -10,24 +10,21 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
+use super::super::core::Kms;
 use super::super::error::{ErrorKind, KmsError};
 use super::super::iam::Principal;
-use super::super::rotation::{RotationKind, next_rotation_after};
-use super::super::service::{AuditNote, Kms};
+use super::super::key_state::KeyState;
+use super::super::rotation::{DAY_MS, RotationKind, next_rotation_after};
 use super::super::store::Store;
-use super::{Context, decode_marker, encode_marker, page_limit};
+use super::request::{
+    KeyIdRequest, authorized_key_no_context, decode_marker, encode_marker, page_limit,
+};
 
 const DEFAULT_PERIOD_DAYS: i64 = 365;
 const MIN_PERIOD_DAYS: i64 = 90;
 const MAX_PERIOD_DAYS: i64 = 2560;
-const DAY_MS: i64 = 86_400_000;
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct KeyIdRequest {
-    key_id: String,
-}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
@@ -48,9 +45,8 @@ pub(super) fn enable_key_rotation(
             "1 validation error detected: Value '{period}' at 'rotationPeriodInDays' failed to satisfy constraint: Member must have value between {MIN_PERIOD_DAYS} and {MAX_PERIOD_DAYS}"
         )));
     }
-    let mut key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:EnableKeyRotation", &Context::new())?;
+    let mut key =
+        authorized_key_no_context(kms, caller, &req.key_id, "kms:EnableKeyRotation", note)?;
     kms.require_enabled(&key)?;
     let now = kms.now_ms();
     key.next_rotation_ms = Some(match (key.rotation_period_days, key.next_rotation_ms) {
@@ -74,9 +70,8 @@ pub(super) fn disable_key_rotation(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let mut key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:DisableKeyRotation", &Context::new())?;
+    let mut key =
+        authorized_key_no_context(kms, caller, &req.key_id, "kms:DisableKeyRotation", note)?;
     kms.require_enabled(&key)?;
     key.rotation_period_days = None;
     key.next_rotation_ms = None;
@@ -90,13 +85,12 @@ pub(super) fn get_key_rotation_status(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:GetKeyRotationStatus", &Context::new())?;
+    let key =
+        authorized_key_no_context(kms, caller, &req.key_id, "kms:GetKeyRotationStatus", note)?;
     // On-demand rotations here complete inside the request, so none is ever
     // in progress and OnDemandRotationStartDate is never reported.
     let mut out = json!({ "KeyId": key.arn, "KeyRotationEnabled": false });
-    if key.state != "PendingDeletion"
+    if key.state != KeyState::PendingDeletion
         && let (Some(period), Some(next)) = (key.rotation_period_days, key.next_rotation_ms)
     {
         out["KeyRotationEnabled"] = json!(true);
@@ -112,9 +106,7 @@ pub(super) fn rotate_key_on_demand(
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:RotateKeyOnDemand", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:RotateKeyOnDemand", note)?;
     kms.require_enabled(&key)?;
     kms.rotate(&key.key_id, RotationKind::OnDemand)?;
     Ok(json!({ "KeyId": key.arn }))
@@ -156,9 +148,7 @@ pub(super) fn list_key_rotations(
             .parse::<u32>()
             .map_err(|_| KmsError::new(ErrorKind::InvalidMarker, "Invalid marker"))?,
     };
-    let key = kms.resolve_key(&req.key_id)?;
-    note.key_arn = Some(key.arn.clone());
-    kms.authorize(caller, &key, "kms:ListKeyRotations", &Context::new())?;
+    let key = authorized_key_no_context(kms, caller, &req.key_id, "kms:ListKeyRotations", note)?;
     let newest = kms
         .store
         .newest_version(&key.key_id)?
