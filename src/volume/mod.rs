@@ -19,7 +19,8 @@
 //! Each superblock copy (≤ 64 KiB) holds magic, format version, a sequence
 //! number, the volume's fields (uuid, size, sector size, cipher, data offset,
 //! KMS key ARN, encryption context, wrapped data key, key check value,
-//! creation time) and a SHA-256 checksum; see [`superblock`] for the bytes.
+//! creation time) and a SHA-256 checksum; see [`superblock::format`] for the
+//! bytes and [`superblock::copies`] for the update.
 //!
 //! **Why two copies.** An update rewrites the copy with the older sequence
 //! number, syncs, then rewrites the other. A crash in the middle, or a bad
