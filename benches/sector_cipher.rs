@@ -6,6 +6,9 @@
 //! decimal units with `-- --noplot`; see `scripts/bench.sh` for the volume
 //! benchmark). OpenSSL is driven the way dm-crypt and qemu drive a sector
 //! cipher: one context keyed once, the IV (the plain64 tweak) reset per sector.
+//!
+//! `XtsEngineAes08` and `XtsModeCipher` exist only with envol's `testing`
+//! feature, which the dev-dependency on envol itself turns on for benches.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use envol::volume::{DataKey, SectorCipher, XtsEngine, XtsEngineAes08, XtsModeCipher};

@@ -1,6 +1,8 @@
 //! The `envol` command. Parsing and printing live in `cli/`; everything else
 //! is in the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

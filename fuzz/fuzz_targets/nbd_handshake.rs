@@ -32,12 +32,12 @@ fuzz_target!(|data: &[u8]| {
     let exports = vec![
         support::export(
             "default",
-            support::MemDevice::new(64 * 1024, minimum),
+            support::device(64 * 1024, minimum),
             false,
         ),
         support::export(
             "ro",
-            support::MemDevice::new(4096, minimum),
+            support::device(4096, minimum),
             config & 16 != 0,
         ),
     ];

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let structured = config & 1 != 0;
     let base_allocation = config & 2 != 0;
     let minimum = if config & 8 != 0 { 512 } else { 1 };
-    let device = support::MemDevice::new(DEVICE_SIZE, minimum);
+    let device = support::device(DEVICE_SIZE, minimum);
     let export = support::export("disk", device, config & 4 != 0);
     let out = if config & 16 != 0 {
         support::drive_blocking(wire, |s| {

@@ -1,77 +1,26 @@
-//! Shared by the NBD fuzz targets: an in-memory device (as in
-//! `tests/common/nbd.rs`), exports, a runtime, and a duplex-pipe driver.
+//! Shared by the NBD fuzz targets: the in-memory device (the one
+//! `tests/common/nbd.rs` uses), exports, a runtime, and a duplex-pipe driver.
 
-use std::io;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use envol::nbd::Export;
-use envol::volume::{BlockDevice, BlockSizes};
+use envol::volume::BlockSizes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-/// A byte-addressed device in memory.
-pub struct MemDevice {
-    data: RwLock<Vec<u8>>,
-    sizes: BlockSizes,
-}
+/// The in-memory device the server tests export too (every third 4 KiB
+/// block "uncached", so the threaded loop both answers reads itself and
+/// hands some to its workers).
+pub use envol::volume::testing::MemDevice;
 
-impl MemDevice {
-    pub fn new(size: usize, minimum: u32) -> Arc<Self> {
-        Arc::new(Self {
-            data: RwLock::new(vec![0; size]),
-            sizes: BlockSizes {
-                minimum,
-                preferred: 4096,
-                maximum: 32 * 1024 * 1024,
-            },
-        })
-    }
-
-    fn range(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<usize>> {
-        let size = self.data.read().unwrap().len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(offset as usize..end as usize),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "out of range")),
-        }
-    }
-}
-
-impl BlockDevice for MemDevice {
-    fn size(&self) -> u64 {
-        self.data.read().unwrap().len() as u64
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        self.sizes
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let r = self.range(offset, buf.len() as u64)?;
-        buf.copy_from_slice(&self.data.read().unwrap()[r]);
-        Ok(())
-    }
-    /// "Cached" but for every third 4 KiB block, so the threaded loop both
-    /// answers reads itself and hands some to its workers.
-    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        if (offset / 4096) % 3 == 2 {
-            return Ok(false);
-        }
-        self.read_at(offset, buf).map(|()| true)
-    }
-
-    fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> io::Result<()> {
-        let r = self.range(offset, data.len() as u64)?;
-        self.data.write().unwrap()[r].copy_from_slice(data);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.write_zeroes(offset, len, true)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, _may_punch: bool) -> io::Result<()> {
-        let r = self.range(offset, len)?;
-        self.data.write().unwrap()[r].fill(0);
-        Ok(())
-    }
+/// A device of `size` bytes whose smallest request granularity is `minimum`.
+pub fn device(size: usize, minimum: u32) -> Arc<MemDevice> {
+    MemDevice::with_sizes(
+        size,
+        BlockSizes {
+            minimum,
+            ..MemDevice::DEFAULT_SIZES
+        },
+    )
 }
 
 pub fn export(name: &str, device: Arc<MemDevice>, read_only: bool) -> Export {

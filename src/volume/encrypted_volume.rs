@@ -421,8 +421,8 @@ impl BlockDevice for Volume {
 mod tests {
     use super::*;
     use crate::volume::backend::{FileBackend, MemBackend};
-    use crate::volume::cipher::XtsModeCipher;
     use crate::volume::superblock::{DATA_OFFSET, create_volume_file, read_superblocks};
+    use crate::volume::xts_mode_cipher::XtsModeCipher;
     use std::os::unix::fs::MetadataExt;
 
     const SIZE: u64 = 4 << 20;

@@ -19,7 +19,8 @@
 //! Each superblock copy (≤ 64 KiB) holds magic, format version, a sequence
 //! number, the volume's fields (uuid, size, sector size, cipher, data offset,
 //! KMS key ARN, encryption context, wrapped data key, key check value,
-//! creation time) and a SHA-256 checksum; see [`superblock`] for the bytes.
+//! creation time) and a SHA-256 checksum; see [`superblock::format`] for the
+//! bytes and [`superblock::copies`] for the update.
 //!
 //! **Why two copies.** An update rewrites the copy with the older sequence
 //! number, syncs, then rewrites the other. A crash in the middle, or a bad
@@ -58,14 +59,21 @@ pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
 pub mod superblock;
-pub mod testing;
 pub mod xts_engine;
+
+// For tests, benchmarks and fuzzing only (`cfg(test)`, or the `testing`
+// feature that the dev-dependency on this crate and the fuzz crate turn on):
+// the release binary does not contain them.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod xts_mode_cipher;
 
 #[cfg(test)]
 mod ieee1619_vectors;
 
 pub use backend::{Backend, Extent, FileBackend, MemBackend};
-pub use cipher::{CIPHER_ID, CipherError, SectorCipher, XtsModeCipher};
+pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
@@ -74,4 +82,8 @@ pub use superblock::{
     read_superblocks, read_superblocks_from, volume_encryption_context, write_superblock,
     write_superblock_to,
 };
-pub use xts_engine::{XtsEngine, XtsEngineAes08};
+pub use xts_engine::XtsEngine;
+#[cfg(any(test, feature = "testing"))]
+pub use xts_engine::XtsEngineAes08;
+#[cfg(any(test, feature = "testing"))]
+pub use xts_mode_cipher::XtsModeCipher;

@@ -1,6 +1,6 @@
 //! The fast `aes-xts-plain64` engine: the sector cipher `Volume` uses.
 //!
-//! Same bytes as [`XtsModeCipher`](crate::volume::cipher::XtsModeCipher) (the
+//! Same bytes as the reference `xts_mode_cipher::XtsModeCipher` (the
 //! property tests below prove it), but shaped for throughput:
 //!
 //! - **Many blocks per AES call.** `xts-mode` hands the AES backend one block
@@ -21,9 +21,10 @@
 //!
 //! The AES implementation is a type parameter: [`XtsEngine`] (the default)
 //! uses the `aes` 0.9 crate, which picks VAES-512, VAES-256 or AES-NI at run
-//! time; [`XtsEngineAes08`] uses `aes` 0.8 (AES-NI, 8 blocks per batch), kept
-//! so the benchmark can show what the newer backend buys. Both hold only key
-//! schedules, which the `aes` crates wipe on drop (`zeroize` feature).
+//! time; `XtsEngineAes08` uses `aes` 0.8 (AES-NI, 8 blocks per batch), kept
+//! so the benchmark can show what the newer backend buys (compiled only for
+//! tests, benchmarks and fuzzing). Both hold only key schedules, which the
+//! `aes` crates wipe on drop (`zeroize` feature).
 //!
 //! No `unsafe`: blocks are `[u8; 16]` views from `as_chunks_mut`, handed to
 //! the crates through their safe slice conversions.
@@ -175,6 +176,9 @@ impl aes09::cipher::BlockCipherDecClosure for InBackend<'_, '_> {
     }
 }
 
+// `aes` 0.8 as an engine backend exists only to be compared with 0.9 in
+// the benchmark and the equivalence tests.
+#[cfg(any(test, feature = "testing"))]
 impl AesBlocks for aes::Aes256 {
     fn new(key: &[u8; 32]) -> Self {
         <aes::Aes256 as aes::cipher::KeyInit>::new(key.into())
@@ -203,7 +207,9 @@ pub struct XtsEngineOn<A: AesBlocks> {
 /// The default engine: `aes` 0.9 (VAES-512 / VAES-256 / AES-NI at run time).
 pub type XtsEngine = XtsEngineOn<aes09::Aes256>;
 
-/// The same engine on `aes` 0.8 (AES-NI only), for comparison.
+/// The same engine on `aes` 0.8 (AES-NI only), for comparison (tests,
+/// benchmarks and fuzzing only: `cfg(test)` or the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub type XtsEngineAes08 = XtsEngineOn<aes::Aes256>;
 
 /// `t · x` in GF(2^128) with XTS's little-endian bit order.
@@ -406,8 +412,8 @@ impl<A: AesBlocks> std::fmt::Debug for XtsEngineOn<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::cipher::XtsModeCipher;
     use crate::volume::ieee1619_vectors::{KEY, VECTORS};
+    use crate::volume::xts_mode_cipher::XtsModeCipher;
     use proptest::prelude::*;
 
     fn unhex(s: &str) -> Vec<u8> {

@@ -5,96 +5,14 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use envol::nbd::{Export, Listeners, Server, TransmissionLoop};
-use envol::volume::{BlockDevice, BlockSizes};
 
-/// A byte-addressed device in memory, counting flushes.
-pub struct MemDevice {
-    data: RwLock<Vec<u8>>,
-    sizes: BlockSizes,
-    pub flushes: AtomicUsize,
-}
-
-impl MemDevice {
-    pub fn new(size: usize) -> Arc<Self> {
-        Self::with_sizes(
-            size,
-            BlockSizes {
-                minimum: 1,
-                preferred: 4096,
-                maximum: 32 * 1024 * 1024,
-            },
-        )
-    }
-
-    pub fn with_sizes(size: usize, sizes: BlockSizes) -> Arc<Self> {
-        Arc::new(Self {
-            data: RwLock::new(vec![0; size]),
-            sizes,
-            flushes: AtomicUsize::new(0),
-        })
-    }
-
-    pub fn contents(&self) -> Vec<u8> {
-        self.data.read().unwrap().clone()
-    }
-
-    pub fn fill(&self, offset: usize, bytes: &[u8]) {
-        self.data.write().unwrap()[offset..offset + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn range(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<usize>> {
-        let size = self.data.read().unwrap().len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(offset as usize..end as usize),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "out of range")),
-        }
-    }
-}
-
-impl BlockDevice for MemDevice {
-    fn size(&self) -> u64 {
-        self.data.read().unwrap().len() as u64
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        self.sizes
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let r = self.range(offset, buf.len() as u64)?;
-        buf.copy_from_slice(&self.data.read().unwrap()[r]);
-        Ok(())
-    }
-    /// "Cached" everywhere but in every third 4 KiB block, so that the
-    /// server answers some reads on the connection's own thread and sends
-    /// the others to its workers, and tests cover both.
-    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        if (offset / 4096) % 3 == 2 {
-            return Ok(false);
-        }
-        self.read_at(offset, buf).map(|()| true)
-    }
-    fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> io::Result<()> {
-        let r = self.range(offset, data.len() as u64)?;
-        self.data.write().unwrap()[r].copy_from_slice(data);
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.write_zeroes(offset, len, true)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, _may_punch: bool) -> io::Result<()> {
-        let r = self.range(offset, len)?;
-        self.data.write().unwrap()[r].fill(0);
-        Ok(())
-    }
-}
+/// The in-memory device every server test exports (every third 4 KiB block
+/// "uncached", so reads take both the inline and the worker path).
+pub use envol::volume::testing::MemDevice;
 
 pub fn export(name: &str, device: Arc<MemDevice>) -> Export {
     Export {

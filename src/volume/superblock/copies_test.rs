@@ -1,0 +1,185 @@
+//! The two copies: picking the newest valid one, the crash-safe update
+//! (alternation, torn writes), creating a volume file, random damage.
+
+use super::*;
+use crate::volume::backend::MemBackend;
+use crate::volume::superblock::format::DATA_OFFSET;
+use crate::volume::superblock::test_sample::sample;
+use rand::{Rng, RngCore, SeedableRng};
+
+fn mem_volume(sb: &Superblock) -> MemBackend {
+    let b = MemBackend::new(2 << 20);
+    let bytes = padded(sb).unwrap();
+    b.write_at(PRIMARY_OFFSET, &bytes).unwrap();
+    b.write_at(SECONDARY_OFFSET, &bytes).unwrap();
+    b
+}
+
+#[test]
+fn corrupted_primary_opens_from_secondary() {
+    let b = mem_volume(&sample());
+    b.write_at(100, &[0xee; 8]).unwrap();
+    let set = read_superblocks_from(&b);
+    assert!(matches!(set.primary, Err(SuperblockError::BadChecksum)));
+    let (slot, best) = set.best_slot().unwrap();
+    assert_eq!(slot, Slot::Secondary);
+    assert_eq!(*best, sample());
+}
+
+#[test]
+fn both_corrupted_is_a_clear_error() {
+    let b = mem_volume(&sample());
+    b.write_at(100, &[0xee; 8]).unwrap();
+    b.write_at(SECONDARY_OFFSET, b"NOTENVOL").unwrap();
+    let err = read_superblocks_from(&b).best().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "both superblock copies are invalid: primary: bad checksum; secondary: bad magic (not an envol volume)"
+    );
+    // An empty (all-zero) device says so too.
+    let empty = MemBackend::new(1 << 20);
+    let msg = read_superblocks_from(&empty)
+        .best()
+        .unwrap_err()
+        .to_string();
+    assert!(msg.starts_with("both superblock copies are invalid: primary: bad magic"));
+    // A file too short for either copy: truncated, not a panic.
+    let tiny = MemBackend::new(10);
+    tiny.write_at(0, &sample().encode().unwrap()[..10]).unwrap();
+    let msg = read_superblocks_from(&tiny).best().unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "both superblock copies are invalid: primary: truncated; secondary: truncated"
+    );
+}
+
+#[test]
+fn higher_sequence_wins() {
+    let b = mem_volume(&sample());
+    let mut newer = sample();
+    newer.sequence = 9;
+    newer.key_arn = "arn:aws:kms:us-east-1:111122223333:key/other".into();
+    b.write_at(SECONDARY_OFFSET, &padded(&newer).unwrap())
+        .unwrap();
+    assert_eq!(*read_superblocks_from(&b).best().unwrap(), newer);
+}
+
+#[test]
+fn update_alternates_copies_and_keeps_both_equal() {
+    let b = mem_volume(&sample());
+    let mut sb = sample();
+    let mut firsts = Vec::new();
+    for round in 0..4u64 {
+        let before = read_superblocks_from(&b);
+        let expected_first = before.first_to_write(sb.sequence + 1);
+        firsts.push(expected_first);
+        sb.key_arn = format!("arn:aws:kms:us-east-1:111122223333:key/round-{round}");
+        write_superblock_to(&b, &mut sb).unwrap();
+        assert_eq!(sb.sequence, 2 + round);
+        let set = read_superblocks_from(&b);
+        assert_eq!(set.primary.as_ref().unwrap(), &sb);
+        assert_eq!(set.secondary.as_ref().unwrap(), &sb);
+    }
+    assert_eq!(
+        firsts,
+        vec![
+            Slot::Primary,
+            Slot::Secondary,
+            Slot::Primary,
+            Slot::Secondary
+        ]
+    );
+}
+
+#[test]
+fn torn_second_write_leaves_first_copy_with_new_sequence() {
+    let b = mem_volume(&sample());
+    let mut sb = sample();
+    sb.key_arn = "arn:aws:kms:us-east-1:111122223333:key/new".into();
+    write_superblock_steps(&b, &mut sb, true).unwrap();
+    assert_eq!(sb.sequence, 2);
+    // The crash tore the second copy: its first 100 bytes are new, the
+    // rest old. (Sequence 2 is even, so the primary went first.)
+    let new_bytes = sb.encode().unwrap();
+    b.write_at(SECONDARY_OFFSET, &new_bytes[..100]).unwrap();
+    let set = read_superblocks_from(&b);
+    assert!(set.secondary.is_err());
+    let (slot, best) = set.best_slot().unwrap();
+    assert_eq!(slot, Slot::Primary);
+    assert_eq!(best, &sb);
+    // The next update repairs the torn copy first and moves on.
+    let mut again = best.clone();
+    write_superblock_to(&b, &mut again).unwrap();
+    assert_eq!(again.sequence, 3);
+    let set = read_superblocks_from(&b);
+    assert_eq!(set.primary.unwrap().sequence, 3);
+    assert_eq!(set.secondary.unwrap().sequence, 3);
+}
+
+#[test]
+fn torn_first_write_leaves_old_copy() {
+    let b = mem_volume(&sample());
+    let mut sb = sample();
+    sb.key_arn = "arn:aws:kms:us-east-1:111122223333:key/new".into();
+    // Crash during the first write: the primary (first for sequence 2)
+    // is half new, half old.
+    let mut next = sb.clone();
+    next.sequence = 2;
+    b.write_at(PRIMARY_OFFSET, &next.encode().unwrap()[..150])
+        .unwrap();
+    let set = read_superblocks_from(&b);
+    let (slot, best) = set.best_slot().unwrap();
+    assert_eq!(slot, Slot::Secondary);
+    assert_eq!(*best, sample());
+}
+
+#[test]
+fn create_volume_file_layout_and_refusal() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol.envol");
+    let sb = sample();
+    let file = create_volume_file(&path, &sb, false).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), DATA_OFFSET + sb.size);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Sparse: only the two superblock copies are allocated.
+    assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+    let set = read_superblocks(&file);
+    assert_eq!(set.primary.as_ref().unwrap(), &sb);
+    assert_eq!(set.secondary.as_ref().unwrap(), &sb);
+    drop(file);
+
+    let err = create_volume_file(&path, &sb, false).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut smaller = sample();
+    smaller.size = 4096;
+    let file = create_volume_file(&path, &smaller, true).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), DATA_OFFSET + 4096);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let mut updated = read_superblocks(&file).best().unwrap().clone();
+    assert_eq!(updated, smaller);
+    write_superblock(&file, &mut updated).unwrap();
+    assert_eq!(read_superblocks(&file).best().unwrap().sequence, 2);
+}
+
+#[test]
+fn random_damage_to_both_copies_never_panics() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..200 {
+        let b = mem_volume(&sample());
+        for _ in 0..rng.gen_range(1..6) {
+            let at = rng.gen_range(0..(2 * COPY_SIZE as u64 - 8));
+            let mut junk = [0u8; 8];
+            rng.fill_bytes(&mut junk);
+            b.write_at(at, &junk).unwrap();
+        }
+        let set = read_superblocks_from(&b);
+        match set.best() {
+            Ok(sb) => assert_eq!(*sb, sample()),
+            Err(e) => assert!(e.to_string().starts_with("both superblock copies")),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The byte format of one superblock copy, and the rules its fields obey.
+//!
+//! A copy is at most `COPY_SIZE` bytes (zero-padded to it on disk; where
+//! the two copies live and how they are updated is [`super::copies`]):
+//!
+//! ```text
+//!  0  magic        8 bytes  "ENVOLSB\0"
+//!  8  version      u32      1
+//! 12  sequence     u64      bumped by every update
+//! 20  body length  u32      n
+//! 24  body         n bytes  the fields, in this order:
+//!       volume uuid        16 bytes
+//!       size               u64   bytes of the data area, a multiple of the sector size
+//!       sector size        u32   4096 or 512
+//!       cipher id          str   "aes-xts-plain64"
+//!       data offset        u64   1 MiB
+//!       KMS key ARN        str   as the KMS named it at wrap time
+//!       encryption context u32 count, then (str key, str value), keys ascending
+//!       wrapped data key   bytes opaque KMS ciphertext
+//!       key check value    32 bytes
+//!       creation time      u64   unix seconds
+//! 24+n  checksum     32 bytes SHA-256 of bytes 0 .. 24+n
+//! ```
+//!
+//! Integers are little endian; `str` and `bytes` are a u32 length then the
+//! bytes (`str` must be UTF-8). The decoder treats its input as hostile: every
+//! length is checked against what is left before anything is allocated, and
+//! every failure is a `SuperblockError`, never a panic.
+//!
+//! Nothing here touches a backend: encode and decode work on byte slices.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::volume::cipher::CIPHER_ID;
+use crate::volume::key::KEY_CHECK_LEN;
+
+pub const MAGIC: [u8; 8] = *b"ENVOLSB\0";
+pub const FORMAT_VERSION: u32 = 1;
+/// Room reserved for one copy, padding included.
+pub const COPY_SIZE: usize = 64 * 1024;
+/// Where the data area starts: past both copies, 1 MiB-aligned as dm-crypt
+/// and partitioning tools like it.
+pub const DATA_OFFSET: u64 = 1 << 20;
+/// The encryption-context key naming the volume a data key belongs to.
+pub const CONTEXT_VOLUME_KEY: &str = "envol:volume";
+
+const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+const CHECKSUM_LEN: usize = 32;
+const MAX_BODY_LEN: usize = COPY_SIZE - HEADER_LEN - CHECKSUM_LEN;
+
+/// Why a superblock copy cannot be used. Carries no secret: superblocks
+/// hold only the wrapped (encrypted) key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SuperblockError {
+    #[error("bad magic (not an envol volume)")]
+    BadMagic,
+    #[error("unsupported superblock format version {0}")]
+    UnsupportedVersion(u32),
+    #[error("bad checksum")]
+    BadChecksum,
+    #[error("truncated")]
+    Truncated,
+    #[error("unknown cipher {0:?} (only aes-xts-plain64 is supported)")]
+    UnknownCipher(String),
+    #[error("invalid superblock: {0}")]
+    Invalid(String),
+    #[error("both superblock copies are invalid: primary: {primary}; secondary: {secondary}")]
+    BothCopiesInvalid {
+        primary: Box<SuperblockError>,
+        secondary: Box<SuperblockError>,
+    },
+    #[error("{0}")]
+    Io(Arc<io::Error>),
+}
+
+impl From<io::Error> for SuperblockError {
+    fn from(e: io::Error) -> Self {
+        SuperblockError::Io(Arc::new(e))
+    }
+}
+
+fn invalid(why: impl Into<String>) -> SuperblockError {
+    SuperblockError::Invalid(why.into())
+}
+
+/// One decoded, validated superblock copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    /// Bumped by every update; the higher valid copy wins.
+    pub sequence: u64,
+    pub uuid: Uuid,
+    /// Size of the data area (what clients see), in bytes.
+    pub size: u64,
+    pub sector_size: u32,
+    pub cipher: String,
+    pub data_offset: u64,
+    pub key_arn: String,
+    pub encryption_context: BTreeMap<String, String>,
+    pub wrapped_key: Vec<u8>,
+    pub key_check: [u8; KEY_CHECK_LEN],
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// `{"envol:volume": "<uuid, hyphenated lowercase>"}`: the context every wrap
+/// of this volume's key uses, so a wrapped key moved to another volume's
+/// superblock does not unwrap there.
+pub fn volume_encryption_context(uuid: &Uuid) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        CONTEXT_VOLUME_KEY.to_string(),
+        uuid.hyphenated().to_string(),
+    )])
+}
+
+impl Superblock {
+    /// A superblock for a new volume: sequence 1, `aes-xts-plain64`, data at
+    /// `DATA_OFFSET`, the standard encryption context.
+    pub fn new(
+        uuid: Uuid,
+        size: u64,
+        sector_size: u32,
+        key_arn: String,
+        wrapped_key: Vec<u8>,
+        key_check: [u8; KEY_CHECK_LEN],
+        created: u64,
+    ) -> Result<Self, SuperblockError> {
+        let sb = Superblock {
+            sequence: 1,
+            uuid,
+            size,
+            sector_size,
+            cipher: CIPHER_ID.to_string(),
+            data_offset: DATA_OFFSET,
+            key_arn,
+            encryption_context: volume_encryption_context(&uuid),
+            wrapped_key,
+            key_check,
+            created,
+        };
+        sb.validate()?;
+        Ok(sb)
+    }
+
+    /// Bytes a file or device must have to hold this volume.
+    pub fn required_backend_size(&self) -> u64 {
+        self.data_offset.saturating_add(self.size)
+    }
+
+    /// The rules every superblock obeys, checked on decode and before encode
+    /// so that nothing is ever written that open would refuse.
+    pub fn validate(&self) -> Result<(), SuperblockError> {
+        if self.cipher != CIPHER_ID {
+            return Err(SuperblockError::UnknownCipher(self.cipher.clone()));
+        }
+        if self.sector_size != 512 && self.sector_size != 4096 {
+            return Err(invalid(format!(
+                "sector size {} (must be 512 or 4096)",
+                self.sector_size
+            )));
+        }
+        let sector = u64::from(self.sector_size);
+        if self.size == 0 || !self.size.is_multiple_of(sector) {
+            return Err(invalid(format!(
+                "size {} is not a positive multiple of the sector size {}",
+                self.size, self.sector_size
+            )));
+        }
+        if self.data_offset < DATA_OFFSET || !self.data_offset.is_multiple_of(4096) {
+            return Err(invalid(format!(
+                "data offset {} (must be at least {DATA_OFFSET} and 4096-aligned)",
+                self.data_offset
+            )));
+        }
+        if self.data_offset.checked_add(self.size).is_none() {
+            return Err(invalid("data offset + size overflows"));
+        }
+        if self.key_arn.is_empty() {
+            return Err(invalid("empty KMS key ARN"));
+        }
+        if self.wrapped_key.is_empty() {
+            return Err(invalid("empty wrapped data key"));
+        }
+        let expected = self.uuid.hyphenated().to_string();
+        if self.encryption_context.get(CONTEXT_VOLUME_KEY) != Some(&expected) {
+            return Err(invalid(format!(
+                "encryption context does not name this volume ({CONTEXT_VOLUME_KEY} = {expected})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// One copy's bytes (not padded). Fails if the superblock breaks a rule
+    /// or does not fit in `COPY_SIZE`.
+    pub fn encode(&self) -> Result<Vec<u8>, SuperblockError> {
+        self.validate()?;
+        let mut body = Vec::new();
+        body.extend_from_slice(self.uuid.as_bytes());
+        body.extend_from_slice(&self.size.to_le_bytes());
+        body.extend_from_slice(&self.sector_size.to_le_bytes());
+        put_bytes(&mut body, self.cipher.as_bytes())?;
+        body.extend_from_slice(&self.data_offset.to_le_bytes());
+        put_bytes(&mut body, self.key_arn.as_bytes())?;
+        put_len(&mut body, self.encryption_context.len())?;
+        for (k, v) in &self.encryption_context {
+            put_bytes(&mut body, k.as_bytes())?;
+            put_bytes(&mut body, v.as_bytes())?;
+        }
+        put_bytes(&mut body, &self.wrapped_key)?;
+        body.extend_from_slice(&self.key_check);
+        body.extend_from_slice(&self.created.to_le_bytes());
+        if body.len() > MAX_BODY_LEN {
+            return Err(invalid(format!(
+                "encoded superblock is {} bytes, more than fits in a {COPY_SIZE}-byte copy",
+                body.len() + HEADER_LEN + CHECKSUM_LEN
+            )));
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.sequence.to_le_bytes());
+        put_len(&mut out, body.len())?;
+        out.extend_from_slice(&body);
+        let checksum = Sha256::digest(&out);
+        out.extend_from_slice(&checksum);
+        Ok(out)
+    }
+
+    /// Decodes one copy from the start of `bytes` (trailing padding ignored).
+    pub fn decode(bytes: &[u8]) -> Result<Superblock, SuperblockError> {
+        let mut r = Reader::new(bytes);
+        if r.take(8)? != MAGIC {
+            return Err(SuperblockError::BadMagic);
+        }
+        // Version before checksum: a future format may checksum differently,
+        // and "unsupported version" is the useful message then.
+        let version = r.u32()?;
+        if version != FORMAT_VERSION {
+            return Err(SuperblockError::UnsupportedVersion(version));
+        }
+        let sequence = r.u64()?;
+        let body_len = r.u32()? as usize;
+        if body_len > MAX_BODY_LEN {
+            return Err(invalid(format!(
+                "body length {body_len} exceeds the {COPY_SIZE}-byte copy"
+            )));
+        }
+        let body = r.take(body_len)?;
+        let stored = r.take(CHECKSUM_LEN)?;
+        let computed = Sha256::digest(&bytes[..HEADER_LEN + body_len]);
+        if computed.as_slice() != stored {
+            return Err(SuperblockError::BadChecksum);
+        }
+        // The checksum matched, so a malformed body was written that way:
+        // report it as invalid rather than as truncation.
+        let sb = decode_body(sequence, body).map_err(|e| match e {
+            SuperblockError::Truncated => invalid("a field runs past the end of the body"),
+            other => other,
+        })?;
+        sb.validate()?;
+        Ok(sb)
+    }
+}
+
+fn decode_body(sequence: u64, body: &[u8]) -> Result<Superblock, SuperblockError> {
+    let mut r = Reader::new(body);
+    let uuid = Uuid::from_bytes(r.array::<16>()?);
+    let size = r.u64()?;
+    let sector_size = r.u32()?;
+    let cipher = r.string("cipher id")?;
+    let data_offset = r.u64()?;
+    let key_arn = r.string("key ARN")?;
+    let pairs = r.u32()?;
+    let mut encryption_context = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for _ in 0..pairs {
+        // Each pair takes at least 8 bytes, so a huge count runs out of
+        // input (Truncated) long before it costs anything.
+        let k = r.string("encryption context key")?;
+        let v = r.string("encryption context value")?;
+        if last.as_ref().is_some_and(|prev| *prev >= k) {
+            return Err(invalid("encryption context keys not strictly ascending"));
+        }
+        last = Some(k.clone());
+        encryption_context.insert(k, v);
+    }
+    let wrapped_key = r.bytes()?.to_vec();
+    let key_check = r.array::<KEY_CHECK_LEN>()?;
+    let created = r.u64()?;
+    if !r.is_empty() {
+        return Err(invalid("trailing bytes after the last field"));
+    }
+    Ok(Superblock {
+        sequence,
+        uuid,
+        size,
+        sector_size,
+        cipher,
+        data_offset,
+        key_arn,
+        encryption_context,
+        wrapped_key,
+        key_check,
+        created,
+    })
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), SuperblockError> {
+    let len = u32::try_from(len).map_err(|_| invalid("field too long"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), SuperblockError> {
+    put_len(out, bytes.len())?;
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A cursor over untrusted bytes: every read is bounds-checked.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { rest: bytes }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SuperblockError> {
+        if n > self.rest.len() {
+            return Err(SuperblockError::Truncated);
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SuperblockError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32, SuperblockError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, SuperblockError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], SuperblockError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, SuperblockError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| invalid(format!("{what} is not UTF-8")))
+    }
+}
+
+#[cfg(test)]
+#[path = "format_test.rs"]
+mod tests;
