@@ -45,6 +45,9 @@ cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
+echo "== no two files of src/ import from each other (scripts/import_cycles.py)"
+python3 scripts/import_cycles.py src
+
 echo "== fuzz smoke run: every fuzz target builds and runs 10 s (scripts/fuzz.sh)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
