@@ -226,5 +226,5 @@ pub fn create_volume_file(
 }
 
 #[cfg(test)]
-#[path = "copies_test.rs"]
+#[path = "copies_tests.rs"]
 mod tests;

@@ -370,5 +370,5 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-#[path = "format_test.rs"]
+#[path = "format_tests.rs"]
 mod tests;
