@@ -67,6 +67,30 @@ def expand(tree):
             out.append(prefix + e if e != 'self' else prefix.rstrip(':'))
     return out
 
+def reached(mp, children, segs, last_is_item):
+    """The file of the deepest module a path goes through, seen from module
+    `mp`, or None for a path into another crate. In a `use`, the last
+    segment may be a module itself; in code, it names an item."""
+    if segs[0] == 'crate':
+        base, segs = (), segs[1:]
+    elif segs[0] == 'super':
+        base = mp
+        while segs and segs[0] == 'super':
+            base, segs = base[:-1], segs[1:]
+    elif segs[0] == 'self':
+        base, segs = mp, segs[1:]
+    elif segs[0] in children:
+        base = mp
+    else:
+        return None
+    cur = base
+    for seg in (segs[:-1] if last_is_item else segs):
+        if cur + (seg,) not in files:
+            break
+        cur = cur + (seg,)
+    return cur if cur != mp and cur in files else None
+
+USE = r'^\s*(?:pub(?:\([^)]*\))?\s+)?use\s+([^;]+);'
 edges = defaultdict(set)
 for mp, p in files.items():
     if any(mp[:k] in test_mods for k in range(1, len(mp) + 1)):
@@ -76,44 +100,20 @@ for mp, p in files.items():
     m = re.search(r'#\[cfg\(test\)\]\s*mod\s+\w+\s*\{', src)
     if m: src = src[:m.start()]
     children = set(re.findall(r'^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;', src, re.M))
-    for u in re.finditer(r'^\s*(?:pub(?:\([^)]*\))?\s+)?use\s+([^;]+);', src, re.M):
-        for path in expand(u.group(1)):
-            segs = [s for s in path.split('::') if s]
-            if not segs: continue
-            if segs[0] == 'crate': base, segs = (), segs[1:]
-            elif segs[0] == 'super':
-                base = mp
-                while segs and segs[0] == 'super':
-                    base = base[:-1]; segs = segs[1:]
-            elif segs[0] == 'self': base, segs = mp, segs[1:]
-            elif segs[0] in children: base = mp
-            else: continue  # external crate
-            cur = base
-            for s in segs:
-                if cur + (s,) in files: cur = cur + (s,)
-                else: break
-            if cur != mp and cur in files:
-                edges[mp].add(cur)
+    paths = []
+    for u in re.finditer(USE, src, re.M):
+        paths += [([s for s in path.split('::') if s], False) for path in expand(u.group(1))]
     # paths written out in code (`kms::run(cmd)`, `crate::nbd::Export`,
     # `super::ops::dispatch`) take names just as a `use` does
-    body = re.sub(r'^\s*(?:pub(?:\([^)]*\))?\s+)?use\s+[^;]+;', '', src, flags=re.M)
+    body = re.sub(USE, '', src, flags=re.M)
     body = re.sub(r'"(?:\\.|[^"\\])*"', '""', body)
     for m in re.finditer(r'(?<![\w:])((?:crate|super|self|\w+)(?:::\w+)+)', body):
-        segs = m.group(1).split('::')
-        if segs[0] == 'crate': base, segs = (), segs[1:]
-        elif segs[0] == 'super':
-            base = mp
-            while segs and segs[0] == 'super':
-                base = base[:-1]; segs = segs[1:]
-        elif segs[0] == 'self': base, segs = mp, segs[1:]
-        elif segs[0] in children: base = mp
-        else: continue
-        cur = base
-        for s2 in segs[:-1]:
-            if cur + (s2,) in files: cur = cur + (s2,)
-            else: break
-        if cur != mp and cur in files:
-            edges[mp].add(cur)
+        paths.append((m.group(1).split('::'), True))
+    for segs, last_is_item in paths:
+        if segs:
+            target = reached(mp, children, segs, last_is_item)
+            if target is not None:
+                edges[mp].add(target)
 
 # Tarjan SCC
 index, low, stack, on, sccs, n = {}, {}, [], set(), [], [0]
