@@ -44,8 +44,14 @@ fn the_check_finds_circles() {
     // Two siblings around a loop of three, one edge a written-out path.
     write("kms/mod.rs", "pub mod a;\npub mod b;\npub mod c;\n");
     write("kms/a.rs", "use super::b::B;\npub struct A;\n");
-    write("kms/b.rs", "pub struct B;\nfn f() { let _ = crate::kms::c::C; }\n");
-    write("kms/c.rs", "use crate::kms::a::{A, self as _};\npub struct C;\n");
+    write(
+        "kms/b.rs",
+        "pub struct B;\nfn f() { let _ = crate::kms::c::C; }\n",
+    );
+    write(
+        "kms/c.rs",
+        "use crate::kms::a::{A, self as _};\npub struct C;\n",
+    );
     // One-way dependencies and a test module that imports back: no circle.
     write("nbd/mod.rs", "mod x;\nmod y;\npub use x::X;\n");
     write("nbd/x.rs", "use super::y::Y;\npub struct X(Y);\n");
@@ -57,7 +63,13 @@ fn the_check_finds_circles() {
     let (ok, text) = check(src);
     assert!(!ok, "circles not found:\n{text}");
     assert!(text.contains("2 circle(s)"), "{text}");
-    for f in ["cli/mod.rs", "cli/serve.rs", "kms/a.rs", "kms/b.rs", "kms/c.rs"] {
+    for f in [
+        "cli/mod.rs",
+        "cli/serve.rs",
+        "kms/a.rs",
+        "kms/b.rs",
+        "kms/c.rs",
+    ] {
         assert!(text.contains(f), "{f} missing from:\n{text}");
     }
     assert!(!text.contains("nbd/"), "a one-way tree reported:\n{text}");
