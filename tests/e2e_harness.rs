@@ -15,15 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tools::{e2e_file, require_fuse_harness_tools};
 use common::volume::{output_with_timeout, require_tool};
-
-fn e2e_file(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(name);
-    assert!(p.is_file(), "{} is missing", p.display());
-    p
-}
 
 /// A running `faulty-nbd-server.py`, killed on drop.
 struct FaultyServer {
@@ -80,15 +73,7 @@ impl Drop for FaultyServer {
 
 /// Runs `fuse-mount-check.sh` against `server` with a small payload.
 fn fuse_mount_check(server: &FaultyServer, work_base: &Path) -> (Output, String) {
-    for (tool, package) in [
-        ("nbdfuse", "libnbd-bin"),
-        ("fusermount3", "fuse3"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("e2fsck", "e2fsprogs"),
-        ("losetup", "mount"),
-    ] {
-        require_tool(tool, package);
-    }
+    require_fuse_harness_tools();
     let mut cmd = Command::new("bash");
     cmd.arg(e2e_file("fuse-mount-check.sh"))
         .arg(&server.socket)

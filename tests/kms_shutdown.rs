@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{envol, parse_creds, run_ok, sdk_client};
+use common::{envol, parse_creds, run_ok, sdk_client, spawn_kms_serve};
 
 /// The bound asserted for an idle server (the goal is 200 ms).
 const IDLE_BOUND: Duration = Duration::from_secs(1);
@@ -37,22 +37,7 @@ fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("kms");
     let root = parse_creds(&run_ok(envol().args(["kms", "init", "--data"]).arg(&data)));
-    let mut child = envol()
-        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .env("ENVOL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn envol kms serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("serve printed nothing").unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {first:?}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
+    let (child, url) = spawn_kms_serve(&data);
     Server {
         _dir: dir,
         child,

@@ -16,16 +16,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use common::kms::{Creds, envol, parse_creds, sdk_client};
+use common::kms::{Creds, envol, parse_creds, sdk_client, spawn_kms_serve};
 use common::raw::{CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA, Raw};
 use common::volume::{ADMIN, Fixture, MIB};
 
@@ -320,22 +320,7 @@ struct KmsProcess {
 }
 
 fn start_kms(data: &std::path::Path) -> KmsProcess {
-    let mut child = envol()
-        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("ENVOL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn envol kms serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("kms serve printed nothing").unwrap();
-    let endpoint = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {first:?}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
+    let (child, endpoint) = spawn_kms_serve(data);
     KmsProcess { child, endpoint }
 }
 

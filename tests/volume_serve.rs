@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nbd::run_tool;
+use common::tools::{e2e_file, require_fuse_harness_tools};
 use common::volume::*;
 use rand::RngCore;
 
@@ -138,32 +139,12 @@ fn openssl_xts_decrypt(key: &[u8], sector_size: u32, first_sector: u64, data: &[
     out.stdout
 }
 
-fn e2e_script(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: the e2e harness is part of the repository",
-        p.display()
-    );
-    p
-}
-
 /// Runs `fuse-mount-check.sh SOCKET EXPORT`; fails the test unless it
 /// passes. Returns its output.
 fn fuse_mount_check(socket: &Path, export: &str, work_base: &Path, keep: bool) -> String {
-    for (tool, package) in [
-        ("nbdfuse", "libnbd-bin"),
-        ("fusermount3", "fuse3"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("e2fsck", "e2fsprogs"),
-        ("losetup", "mount"),
-    ] {
-        require_tool(tool, package);
-    }
+    require_fuse_harness_tools();
     let mut cmd = Command::new("bash");
-    cmd.arg(e2e_script("fuse-mount-check.sh"))
+    cmd.arg(e2e_file("fuse-mount-check.sh"))
         .arg(socket)
         .arg(export)
         // The script's own defaults (BIG_MB=50): the volumes are 128 MiB.

@@ -51,6 +51,31 @@ pub fn parse_creds(stdout: &str) -> Creds {
     }
 }
 
+/// Starts `envol kms serve` on `data` (an initialised data directory) on a
+/// free loopback port; returns the process and its `http://` endpoint, read
+/// from the line it prints when ready. Its stdout keeps being drained so the
+/// server never blocks on a full pipe.
+pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
+    let mut child = envol()
+        .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("ENVOL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn envol kms serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("kms serve printed nothing").unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
 /// A KMS data directory with a running `envol kms serve`.
 pub struct KmsServer {
     pub dir: tempfile::TempDir,
@@ -93,25 +118,8 @@ impl KmsServer {
     }
 
     fn spawn(&mut self) {
-        let mut child = envol()
-            .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(self.data())
-            .env("ENVOL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn envol kms serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("serve printed nothing").unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {first:?}"))
-            .to_string();
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        self.endpoint = url;
+        let (child, endpoint) = spawn_kms_serve(&self.data());
+        self.endpoint = endpoint;
         self.child = Some(child);
     }
 

@@ -1,6 +1,9 @@
 //! Running real client tools from tests.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::volume::require_tool;
 
 /// `qemu-io -f raw -c CMD... URI`; fails the test on any error or a pattern
 /// mismatch (qemu-io exits 0 even then, so its output is checked too).
@@ -20,4 +23,31 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) {
         out.status.success() && !text.contains("Pattern verification failed"),
         "qemu-io {cmds:?} on {uri}:\n{text}"
     );
+}
+
+/// A file of the end-to-end harness in `tests/e2e/` (part of the repository).
+pub fn e2e_file(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: the e2e harness is part of the repository",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test, naming the package, unless every tool that
+/// `tests/e2e/fuse-mount-check.sh` runs is installed.
+pub fn require_fuse_harness_tools() {
+    for (tool, package) in [
+        ("nbdfuse", "libnbd-bin"),
+        ("fusermount3", "fuse3"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("e2fsck", "e2fsprogs"),
+        ("losetup", "mount"),
+    ] {
+        require_tool(tool, package);
+    }
 }
