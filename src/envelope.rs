@@ -6,18 +6,21 @@
 //! superblock. `attach` reads the superblock, has the key service unwrap the
 //! data key (the KMS decides, by key policy, whether this caller may),
 //! checks it against the superblock's key check value, and opens the volume.
+//! Attaching locks the volume first (one writer, or any number of readers;
+//! see `volume::attachment`), and a read-write attach rewrites a superblock
+//! copy found invalid from the valid one.
 //! The plaintext data key exists only in zeroizing memory inside the open
 //! volume, never on disk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
 use crate::volume::{
-    self, DATA_KEY_LEN, DataKey, FileBackend, Superblock, SuperblockSet, Volume,
-    volume_encryption_context,
+    self, AttachMode, Backend, DATA_KEY_LEN, DataKey, FileBackend, Superblock, SuperblockSet,
+    Volume, volume_encryption_context,
 };
 
 /// Why a volume could not be created or attached. One line each, naming the
@@ -58,6 +61,17 @@ fn vol_err(path: &Path, message: impl std::fmt::Display) -> EnvelopeError {
     EnvelopeError::Volume {
         path: path.to_path_buf(),
         message: message.to_string(),
+    }
+}
+
+/// Puts what was being done in front of a volume error's message.
+fn with_action(e: EnvelopeError, action: &str) -> EnvelopeError {
+    match e {
+        EnvelopeError::Volume { path, message } => EnvelopeError::Volume {
+            path,
+            message: format!("{action}: {message}"),
+        },
+        other => other,
     }
 }
 
@@ -123,6 +137,14 @@ pub async fn create<K: KeyService>(
             "already exists: refusing to overwrite it (use --force)",
         ));
     }
+    if spec.force && path.exists() {
+        // An attached volume is refused before the KMS is asked for anything
+        // (`create_volume_file` checks again, holding the lock as it writes).
+        let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
+        FileBackend::new(file)
+            .lock_attachment(AttachMode::ReadWrite)
+            .map_err(|e| with_action(vol_err(path, e), "refusing to overwrite it"))?;
+    }
     let uuid = Uuid::new_v4();
     let context = volume_encryption_context(&uuid);
     let wrapped = keys
@@ -152,28 +174,93 @@ pub async fn create<K: KeyService>(
         created,
     )
     .map_err(|e| vol_err(path, e))?;
-    volume::create_volume_file(path, &sb, spec.force).map_err(|e| vol_err(path, e))?;
+    volume::create_volume_file(path, &sb, spec.force).map_err(|e| match spec.force {
+        true => with_action(vol_err(path, e), "refusing to overwrite it"),
+        false => vol_err(path, e),
+    })?;
     Ok(sb)
 }
 
-/// Reads both superblock copies of a volume file (no KMS involved).
+/// Reads both superblock copies of a volume file (no KMS involved). Takes
+/// no attachment lock: it changes nothing, so it works on an attached
+/// volume too (and cannot get in the way of an attach).
 pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
     let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
     Ok(volume::read_superblocks(&file))
 }
 
-/// Opens a volume file and reads its newest valid superblock.
-fn open_volume_file(path: &Path, write: bool) -> Result<(File, Superblock), EnvelopeError> {
+/// A volume file opened and locked for an attachment in `mode`, with both
+/// superblock copies as read under the lock, and the newest valid one.
+struct OpenedFile {
+    backend: FileBackend,
+    copies: SuperblockSet,
+    superblock: Superblock,
+}
+
+/// Opens a volume file, locks it for `mode` (the lock lives as long as the
+/// returned backend), then reads its superblock copies: under the lock, so
+/// no other writer is in the middle of updating them.
+fn open_volume_file(path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
     let file = OpenOptions::new()
         .read(true)
-        .write(write)
+        .write(mode == AttachMode::ReadWrite)
         .open(path)
         .map_err(|e| vol_err(path, e))?;
-    let sb = volume::read_superblocks(&file)
-        .best()
-        .map_err(|e| vol_err(path, e))?
-        .clone();
-    Ok((file, sb))
+    let backend = FileBackend::new(file);
+    backend
+        .lock_attachment(mode)
+        .map_err(|e| vol_err(path, e))?;
+    let copies = volume::read_superblocks_from(&backend);
+    let superblock = copies.best().map_err(|e| vol_err(path, e))?.clone();
+    Ok(OpenedFile {
+        backend,
+        copies,
+        superblock,
+    })
+}
+
+/// One copy invalid, the other valid: a writer rewrites the invalid one
+/// from the valid one (crash-safely), a reader only says so. Returns the
+/// superblock to use. The valid copy has already proved itself by
+/// unwrapping to the key its key check value names.
+fn repair_damaged_copy(path: &Path, opened: &OpenedFile, mode: AttachMode) -> Superblock {
+    let Some((slot, why)) = opened.copies.damaged() else {
+        return opened.superblock.clone();
+    };
+    if mode == AttachMode::ReadOnly {
+        tracing::warn!(
+            "{}: superblock {slot} is invalid ({why}); attached read-only from the other copy, not repaired (a read-write attach repairs it)",
+            path.display()
+        );
+        return opened.superblock.clone();
+    }
+    tracing::warn!(
+        "{}: superblock {slot} is invalid ({why}); rewriting it from the other copy",
+        path.display()
+    );
+    match volume::repair_superblock_to(&opened.backend, &opened.copies) {
+        Ok(Some(sb)) => {
+            tracing::info!(
+                "{}: superblock repaired: both copies valid at sequence {}",
+                path.display(),
+                sb.sequence
+            );
+            sb
+        }
+        Ok(None) => opened.superblock.clone(),
+        // The valid copy is still there (the update never overwrites it
+        // before the other is synced): serve from it, and say so.
+        Err(e) => {
+            tracing::warn!(
+                "{}: could not repair the superblock {slot}: {e}; serving from the other copy",
+                path.display()
+            );
+            volume::read_superblocks_from(&opened.backend)
+                .best()
+                .cloned()
+                .unwrap_or_else(|_| opened.superblock.clone())
+        }
+    }
 }
 
 /// A refusal (or failure) of the key service, with the hint for the user.
@@ -193,21 +280,34 @@ fn key_failure<K: KeyService>(
     }))
 }
 
-/// Opens a volume for serving: unwraps its data key through `keys`.
+/// Opens a volume for serving: locks it (exclusively unless `read_only`;
+/// refused, naming the holder, when another attachment conflicts), unwraps
+/// its data key through `keys`, and repairs an invalid superblock copy if
+/// attaching read-write. The lock lasts as long as the returned volume.
 pub async fn attach<K: KeyService>(
     keys: &K,
     path: &Path,
     read_only: bool,
 ) -> Result<Volume, EnvelopeError> {
-    let (file, sb) = open_volume_file(path, !read_only)?;
+    let mode = if read_only {
+        AttachMode::ReadOnly
+    } else {
+        AttachMode::ReadWrite
+    };
+    let opened = open_volume_file(path, mode)?;
+    let sb = &opened.superblock;
     let plaintext = keys
         .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
         .await
         .map_err(|e| key_failure(path, "unwrap the data key", &sb.key_arn, e, keys))?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
     drop(plaintext);
-    let volume =
-        Volume::open(FileBackend::new(file), &sb, data_key).map_err(|e| vol_err(path, e))?;
+    // Repair only from a copy whose key proved to be the volume's key.
+    if !data_key.verify_check(&sb.uuid, &sb.key_check) {
+        return Err(vol_err(path, volume::VolumeError::WrongKey));
+    }
+    let sb = repair_damaged_copy(path, &opened, mode);
+    let volume = Volume::open(opened.backend, &sb, data_key).map_err(|e| vol_err(path, e))?;
     Ok(volume.with_read_only(read_only))
 }
 
@@ -229,7 +329,9 @@ pub async fn rewrap<K: KeyService>(
     path: &Path,
     new_key: Option<&str>,
 ) -> Result<Rewrapped, EnvelopeError> {
-    let (file, mut sb) = open_volume_file(path, true)?;
+    let opened = open_volume_file(path, AttachMode::ReadWrite)
+        .map_err(|e| with_action(e, "cannot re-wrap"))?;
+    let mut sb = opened.superblock;
     let old_key_arn = sb.key_arn.clone();
     let destination = new_key.unwrap_or(&old_key_arn).to_string();
     let wrapped = keys
@@ -263,7 +365,7 @@ pub async fn rewrap<K: KeyService>(
     }
     sb.key_arn = wrapped.key_arn;
     sb.wrapped_key = wrapped.blob;
-    volume::write_superblock(&file, &mut sb).map_err(|e| vol_err(path, e))?;
+    volume::write_superblock_to(&opened.backend, &mut sb).map_err(|e| vol_err(path, e))?;
     Ok(Rewrapped {
         old_key_arn,
         superblock: sb,

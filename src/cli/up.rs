@@ -228,7 +228,21 @@ pub fn run(args: UpArgs) -> CliResult {
         .unwrap_or_else(|| data.join("envol.sock"));
     let rt = runtime()?;
     rt.block_on(async move {
-        // Bind first: a busy port is refused before the volume is created.
+        let default_volume = [super::serve::VolumeArg {
+            path: volume_path.clone(),
+            name: EXPORT.to_string(),
+            read_only: false,
+        }];
+        // A volume that exists is attached (and so locked) before anything
+        // is bound, written or served: a second `up` on this data directory
+        // is refused here, naming the first, not by a busy port, and before
+        // it rewrites the profile.
+        let attached = match volume_path.exists() {
+            true => Some(attach_all(&keys, &default_volume).await?),
+            false => None,
+        };
+        // Then bind: on a first run, a busy port is refused before the
+        // volume is created.
         let kms_listener = match args.kms_listen {
             KmsListen::Off => None,
             KmsListen::At(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -237,20 +251,24 @@ pub fn run(args: UpArgs) -> CliResult {
                 ))
             })?),
         };
-        if !volume_path.exists() {
-            let sb = envelope::create(
-                &keys,
-                NewVolume {
-                    path: &volume_path,
-                    size: args.size,
-                    sector_size: 4096,
-                    key: &key_arn,
-                    force: false,
-                },
-            )
-            .await?;
-            super::volume::print_created(&volume_path, &sb);
-        }
+        let exports = match attached {
+            Some(exports) => exports,
+            None => {
+                let sb = envelope::create(
+                    &keys,
+                    NewVolume {
+                        path: &volume_path,
+                        size: args.size,
+                        sector_size: 4096,
+                        key: &key_arn,
+                        force: false,
+                    },
+                )
+                .await?;
+                super::volume::print_created(&volume_path, &sb);
+                attach_all(&keys, &default_volume).await?
+            }
+        };
         if let Some(listener) = kms_listener {
             let endpoint = format!("http://{}", listener.local_addr()?);
             write_root_profile(&kms, &args.profile, &endpoint)?;
@@ -266,15 +284,6 @@ pub fn run(args: UpArgs) -> CliResult {
                 }
             });
         }
-        let exports = attach_all(
-            &keys,
-            &[super::serve::VolumeArg {
-                path: volume_path.clone(),
-                name: EXPORT.to_string(),
-                read_only: false,
-            }],
-        )
-        .await?;
         serve_exports(exports, Some(&socket), Some(args.listen), |l| {
             print_how_to_attach(l, &volume_path)
         })

@@ -10,7 +10,7 @@ use super::runtime::runtime;
 use super::target::{KmsArgs, human_size, parse_size};
 use crate::envelope::{self, NewVolume};
 use crate::keys::aws::AwsKeyClient;
-use crate::volume::{Superblock, SuperblockError};
+use crate::volume::{Slot, Superblock, SuperblockError};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -43,7 +43,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         kms: KmsArgs,
     },
-    /// Show a volume's superblock (no KMS call).
+    /// Show a volume's superblock and both of its copies (no KMS call, no lock: works on an attached volume).
     Info {
         /// The volume file.
         path: PathBuf,
@@ -138,10 +138,14 @@ fn rfc3339(secs: u64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-fn copy_json(c: &Result<Superblock, SuperblockError>) -> serde_json::Value {
+fn copy_json(slot: Slot, c: &Result<Superblock, SuperblockError>) -> serde_json::Value {
     match c {
-        Ok(sb) => json!({"valid": true, "sequence": sb.sequence, "error": null}),
-        Err(e) => json!({"valid": false, "sequence": null, "error": e.to_string()}),
+        Ok(sb) => {
+            json!({"offset": slot.offset(), "valid": true, "sequence": sb.sequence, "error": null})
+        }
+        Err(e) => {
+            json!({"offset": slot.offset(), "valid": false, "sequence": null, "error": e.to_string()})
+        }
     }
 }
 
@@ -173,8 +177,8 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
             "wrapped_key": wrapped,
             "created": rfc3339(sb.created),
             "superblocks": {
-                "primary": copy_json(&set.primary),
-                "secondary": copy_json(&set.secondary),
+                "primary": copy_json(Slot::Primary, &set.primary),
+                "secondary": copy_json(Slot::Secondary, &set.secondary),
             },
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -198,7 +202,18 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
     say!("  context:     {}", ctx.join(", "));
     say!("  wrapped key: {wrapped}");
     say!("  created:     {}", rfc3339(sb.created));
-    say!("  superblocks: primary {}", copy_text(&set.primary));
-    say!("               secondary {}", copy_text(&set.secondary));
+    say!(
+        "  superblocks: primary (offset 0) {}",
+        copy_text(&set.primary)
+    );
+    say!(
+        "               secondary (offset 64 KiB) {}",
+        copy_text(&set.secondary)
+    );
+    if let Some((slot, _)) = set.damaged() {
+        say!(
+            "  warning:     the {slot} is invalid; the next read-write attach (`envol serve`) rewrites it from the other copy"
+        );
+    }
     Ok(())
 }

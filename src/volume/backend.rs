@@ -1,7 +1,7 @@
 //! Storage backends: where a volume's bytes (superblock and ciphertext) live.
 //!
 //! The trait is deliberately small — positional read and write, flush, punch,
-//! size, and an allocation query — so a file, a block device, or later a
+//! size, an allocation query, and the attachment lock — so a file, a block device, or later a
 //! remote store fits behind it. Every method takes `&self` and no backend
 //! holds a lock across I/O: the volume above runs many requests at once and
 //! does its own (range) locking where it needs it.
@@ -13,6 +13,8 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
+
+use crate::volume::attachment::{self, AttachMode, AttachmentError};
 
 /// A byte range of the backend and whether it is a hole (reads as zeros
 /// without occupying storage) or data.
@@ -58,6 +60,13 @@ pub trait Backend: Send + Sync + 'static {
             }]
         })
     }
+    /// Claims the store for an attachment in `mode`, for as long as this
+    /// backend lives: one read-write attachment, or any number of
+    /// read-only ones, never both. Refused at once (never waits) with the
+    /// holder named where the store can tell. Every backend decides how: a
+    /// file takes an `flock` ([`attachment`](crate::volume::attachment)); a
+    /// network store would take its own exclusive lock.
+    fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError>;
     /// Whether all of `[offset, offset+len)` is a hole.
     fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         Ok(self.extents(offset, len)?.iter().all(|e| e.hole))
@@ -163,6 +172,13 @@ impl Backend for FileBackend {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+
+    /// `flock` on this backend's open file description: released when the
+    /// backend (and every clone of its descriptor) is dropped, or the
+    /// process dies.
+    fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError> {
+        attachment::lock_attachment(&self.file, mode)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -301,6 +317,11 @@ impl Backend for MemBackend {
     }
 
     fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Memory belongs to this process alone: no other attachment can reach it.
+    fn lock_attachment(&self, _mode: AttachMode) -> Result<(), AttachmentError> {
         Ok(())
     }
 

@@ -45,12 +45,20 @@
 //! Contents stay confidential; the usage pattern does not. Filling the data
 //! area with random bytes at creation hides it, for those who need that.
 //!
+//! # Attachments
+//!
+//! A volume has one writer at a time: every backend claims its store for an
+//! attachment ([`Backend::lock_attachment`]) — exclusively for a read-write
+//! one, shared for a read-only one. A file does it with `flock`
+//! ([`attachment`]), which the kernel drops when the process dies.
+//!
 //! # Concurrency
 //!
 //! No lock covers the whole volume. Reads take none; each write holds only
 //! its own sector range (see [`range_lock`]) so that the read-modify-write of
 //! a partial sector never loses a concurrent update to the same sector.
 
+pub mod attachment;
 pub mod backend;
 pub mod buffer_pool;
 pub mod cipher;
@@ -72,15 +80,16 @@ pub mod xts_mode_cipher;
 #[cfg(test)]
 mod ieee1619_vectors;
 
+pub use attachment::{AttachMode, AttachmentError, Holder};
 pub use backend::{Backend, Extent, FileBackend, MemBackend};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
-    COPY_SIZE, DATA_OFFSET, Superblock, SuperblockError, SuperblockSet, create_volume_file,
-    read_superblocks, read_superblocks_from, volume_encryption_context, write_superblock,
-    write_superblock_to,
+    COPY_SIZE, DATA_OFFSET, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
+    read_superblocks, read_superblocks_from, repair_superblock_to, volume_encryption_context,
+    write_superblock, write_superblock_to,
 };
 pub use xts_engine::XtsEngine;
 #[cfg(any(test, feature = "testing"))]

@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::volume::attachment::{AttachMode, lock_attachment};
 use crate::volume::backend::{Backend, FileBackend};
 use crate::volume::superblock::format::{COPY_SIZE, Superblock, SuperblockError};
 
@@ -44,6 +45,16 @@ impl Slot {
     }
 }
 
+/// `primary copy (offset 0)`: which copy, and where to look at it.
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Primary => f.write_str("primary copy (offset 0)"),
+            Slot::Secondary => f.write_str("secondary copy (offset 64 KiB)"),
+        }
+    }
+}
+
 /// Both copies as read, each decoded on its own.
 #[derive(Debug, Clone)]
 pub struct SuperblockSet {
@@ -68,6 +79,17 @@ impl SuperblockSet {
                 primary: Box::new(p.clone()),
                 secondary: Box::new(s.clone()),
             }),
+        }
+    }
+
+    /// The one invalid copy beside a valid one, and why it is invalid:
+    /// what [`repair_superblock_to`] rewrites. `None` when both are valid,
+    /// or both invalid (nothing to repair from).
+    pub fn damaged(&self) -> Option<(Slot, &SuperblockError)> {
+        match (&self.primary, &self.secondary) {
+            (Err(e), Ok(_)) => Some((Slot::Primary, e)),
+            (Ok(_), Err(e)) => Some((Slot::Secondary, e)),
+            _ => None,
         }
     }
 
@@ -144,6 +166,24 @@ pub fn write_superblock_to(
     write_superblock_steps(backend, sb, false)
 }
 
+/// Rewrites the invalid copy of `set` (as read from `backend`) from the
+/// valid one, through the same crash-safe update as every other change:
+/// the invalid copy first, sync, then the valid one, both with the next
+/// sequence number. A power loss at any point leaves the valid copy or a
+/// newer one. Returns the superblock now on disk, or `None` when there was
+/// nothing to repair. The caller must hold the attachment exclusively.
+pub fn repair_superblock_to(
+    backend: &dyn Backend,
+    set: &SuperblockSet,
+) -> Result<Option<Superblock>, SuperblockError> {
+    if set.damaged().is_none() {
+        return Ok(None);
+    }
+    let mut sb = set.best()?.clone();
+    write_superblock_to(backend, &mut sb)?;
+    Ok(Some(sb))
+}
+
 /// `write_superblock_to` on a volume file or device.
 pub fn write_superblock(file: &File, sb: &mut Superblock) -> Result<(), SuperblockError> {
     write_superblock_to(&FileBackend::new(file.try_clone()?), sb)
@@ -179,7 +219,8 @@ fn write_superblock_steps(
 }
 
 /// Creates a new volume file: refuses an existing path unless `force` (then
-/// truncates it), mode 0600, both copies written with `sb`'s sequence, the
+/// truncates it, unless it is attached: the file is locked for a read-write
+/// attachment before anything is written), mode 0600, both copies written with `sb`'s sequence, the
 /// data area left sparse by `set_len`, file and directory entry synced.
 pub fn create_volume_file(
     path: &Path,
@@ -190,7 +231,9 @@ pub fn create_volume_file(
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).mode(0o600);
     if force {
-        options.create(true).truncate(true);
+        // Not `truncate` here: an attached volume must be refused before
+        // its first byte is lost, so the lock comes before the truncation.
+        options.create(true);
     } else {
         options.create_new(true);
     }
@@ -204,7 +247,14 @@ pub fn create_volume_file(
             e.into()
         }
     })?;
+    // Held until the caller drops the file: nobody attaches a half-written
+    // volume either.
+    lock_attachment(&file, AttachMode::ReadWrite).map_err(io::Error::from)?;
     if force {
+        // A block device cannot be truncated (O_TRUNC ignores it too).
+        if file.metadata()?.is_file() {
+            file.set_len(0)?;
+        }
         // An overwritten file keeps its old mode; a volume file is 0600.
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;

@@ -183,3 +183,130 @@ fn random_damage_to_both_copies_never_panics() {
         }
     }
 }
+
+#[test]
+fn damaged_names_the_one_invalid_copy() {
+    let b = mem_volume(&sample());
+    assert!(read_superblocks_from(&b).damaged().is_none());
+    b.write_at(SECONDARY_OFFSET + 100, &[0xee; 8]).unwrap();
+    let set = read_superblocks_from(&b);
+    let (slot, why) = set.damaged().unwrap();
+    assert_eq!(slot, Slot::Secondary);
+    assert_eq!(why.to_string(), "bad checksum");
+    assert_eq!(slot.to_string(), "secondary copy (offset 64 KiB)");
+    assert_eq!(Slot::Primary.to_string(), "primary copy (offset 0)");
+    // Both bad: nothing to repair from.
+    b.write_at(100, &[0xee; 8]).unwrap();
+    assert!(read_superblocks_from(&b).damaged().is_none());
+}
+
+#[test]
+fn repair_rewrites_each_invalid_copy_from_the_valid_one() {
+    for (bad, good) in [
+        (PRIMARY_OFFSET, SECONDARY_OFFSET),
+        (SECONDARY_OFFSET, PRIMARY_OFFSET),
+    ] {
+        let b = mem_volume(&sample());
+        b.write_at(bad, b"NOTENVOL").unwrap();
+        let good_before = {
+            let mut v = vec![0u8; COPY_SIZE];
+            b.read_at(good, &mut v).unwrap();
+            v
+        };
+        let set = read_superblocks_from(&b);
+        let repaired = repair_superblock_to(&b, &set).unwrap().unwrap();
+        let mut expected = sample();
+        expected.sequence = sample().sequence + 1;
+        assert_eq!(repaired, expected);
+        let after = read_superblocks_from(&b);
+        assert_eq!(after.primary.as_ref().unwrap(), &expected, "bad at {bad}");
+        assert_eq!(after.secondary.as_ref().unwrap(), &expected, "bad at {bad}");
+        assert_ne!(good_before, padded(&expected).unwrap());
+        // Nothing left to repair: no write at all.
+        assert!(repair_superblock_to(&b, &after).unwrap().is_none());
+        assert_eq!(read_superblocks_from(&b).best().unwrap().sequence, 2);
+    }
+}
+
+/// A repair cut off by power loss at every mutating operation it makes
+/// (two writes, two flushes), with every way the crash backend can lose
+/// what was unsynced: the superblock always opens with the volume's fields,
+/// and the next repair leaves both copies valid.
+#[test]
+fn repair_interrupted_by_power_loss_still_opens() {
+    use crate::volume::testing::{CrashBackend, PowerLoss};
+    let mut cases = 0;
+    for bad in [PRIMARY_OFFSET, SECONDARY_OFFSET] {
+        for crash_at in 0..4u64 {
+            for how in [
+                PowerLoss::DropUnsynced,
+                PowerLoss::TearLast { seed: crash_at },
+                PowerLoss::TearLast {
+                    seed: 100 + crash_at,
+                },
+                PowerLoss::Reorder { seed: 7 + crash_at },
+                PowerLoss::Reorder {
+                    seed: 70 + crash_at,
+                },
+            ] {
+                let b = CrashBackend::new(2 << 20, 512);
+                let bytes = padded(&sample()).unwrap();
+                b.write_at(PRIMARY_OFFSET, &bytes).unwrap();
+                b.write_at(SECONDARY_OFFSET, &bytes).unwrap();
+                // One copy torn by an earlier crash (half of it garbage).
+                b.write_at(bad + 256, &vec![0x5a; 1024]).unwrap();
+                b.flush().unwrap();
+                let set = read_superblocks_from(&b);
+                assert!(set.damaged().is_some());
+                b.crash_after(crash_at);
+                let result = repair_superblock_to(&b, &set);
+                assert!(result.is_err(), "power went at op {crash_at}: must fail");
+                let image = b.power_loss(how);
+                let restarted = CrashBackend::from_image(image, 512);
+                let set = read_superblocks_from(&restarted);
+                let best = set
+                    .best()
+                    .unwrap_or_else(|e| panic!("bad {bad}, crash {crash_at}, {how:?}: {e}"));
+                let mut fields = best.clone();
+                fields.sequence = sample().sequence;
+                assert_eq!(fields, sample(), "bad {bad}, crash {crash_at}, {how:?}");
+                assert!(best.sequence <= sample().sequence + 1);
+                // Attaching again finishes the job.
+                repair_superblock_to(&restarted, &set).unwrap();
+                let set = read_superblocks_from(&restarted);
+                assert!(set.primary.is_ok() && set.secondary.is_ok());
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 40);
+}
+
+#[test]
+fn create_with_force_refuses_an_attached_volume_and_keeps_it() {
+    use crate::volume::attachment::{AttachMode, lock_attachment};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol.envol");
+    drop(create_volume_file(&path, &sample(), false).unwrap());
+    let before = std::fs::read(&path).unwrap();
+    for mode in [AttachMode::ReadOnly, AttachMode::ReadWrite] {
+        let attached = std::fs::File::open(&path).unwrap();
+        lock_attachment(&attached, mode).unwrap();
+        let mut other = sample();
+        other.size = 4096;
+        let err = create_volume_file(&path, &other, true).unwrap_err();
+        assert!(err.to_string().starts_with("already attached"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{mode:?}");
+    }
+    // Detached: overwriting is allowed again.
+    let mut other = sample();
+    other.size = 4096;
+    drop(create_volume_file(&path, &other, true).unwrap());
+    assert_eq!(
+        read_superblocks(&std::fs::File::open(&path).unwrap())
+            .best()
+            .unwrap()
+            .size,
+        4096
+    );
+}

@@ -8,7 +8,8 @@
 //!   Pure: bytes in, [`Superblock`] or [`SuperblockError`] out.
 //! * [`copies`]: the two copies on a backend — reading both and picking the
 //!   newest valid one, the crash-safe update that rewrites them one at a
-//!   time with a sync between, and creating a new volume file.
+//!   time with a sync between (and repairs an invalid copy from the valid
+//!   one), and creating a new volume file.
 
 pub mod copies;
 pub mod format;
@@ -18,7 +19,7 @@ mod test_sample;
 
 pub use copies::{
     PRIMARY_OFFSET, SECONDARY_OFFSET, Slot, SuperblockSet, create_volume_file, read_superblocks,
-    read_superblocks_from, write_superblock, write_superblock_to,
+    read_superblocks_from, repair_superblock_to, write_superblock, write_superblock_to,
 };
 pub use format::{
     CONTEXT_VOLUME_KEY, COPY_SIZE, DATA_OFFSET, FORMAT_VERSION, MAGIC, Superblock, SuperblockError,

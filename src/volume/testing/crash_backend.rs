@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use crate::volume::attachment::{AttachMode, AttachmentError};
 use crate::volume::backend::Backend;
 
 /// What survives a power loss of a [`CrashBackend`].
@@ -236,6 +237,11 @@ impl Backend for CrashBackend {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.state().current.len() as u64)
+    }
+
+    /// A simulated disk inside one test: nobody else can attach it.
+    fn lock_attachment(&self, _mode: AttachMode) -> Result<(), AttachmentError> {
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::volume::attachment::{AttachMode, AttachmentError};
 use crate::volume::backend::{Backend, Extent};
 
 /// Which backend call a [`Fault`] hits.
@@ -113,6 +114,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
 
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+
+    fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError> {
+        self.inner.lock_attachment(mode)
     }
 
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
