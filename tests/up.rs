@@ -278,3 +278,59 @@ fn up_refuses_a_busy_kms_port_in_one_line() {
         output,
     });
 }
+
+/// Two `envol up` on one data directory: the second is refused in one line
+/// naming the first's pid, before it binds or rewrites the profile; the
+/// first keeps serving.
+#[test]
+fn second_up_on_the_same_data_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("envol");
+    let first = start(&data, tmp.path());
+    let config = std::fs::read_to_string(tmp.path().join(".aws/config")).unwrap();
+    let out = common::volume::output_with_timeout(
+        envol()
+            .args([
+                "up",
+                "--size",
+                "64M",
+                "--listen",
+                "127.0.0.1:0",
+                "--kms-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(&data)
+            .env("HOME", tmp.path())
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                tmp.path().join(".aws/credentials"),
+            )
+            .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
+            .env_remove("ENVOL_LOG"),
+        std::time::Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second up ran: {stderr}");
+    common::volume::assert_one_clean_line("second up", &stderr);
+    assert!(
+        stderr.contains(&format!(
+            "already attached read-write by pid {} (",
+            first.child.id()
+        )) && stderr.contains("default.vol")
+            && stderr.contains(" up "),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nbd+unix://"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join(".aws/config")).unwrap(),
+        config,
+        "the refused up rewrote the profile"
+    );
+    qemu_io(&first.uri, &["write -P 0x21 0 4k", "read -P 0x21 0 4k"]);
+    stop(first);
+}
