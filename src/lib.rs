@@ -21,7 +21,8 @@
 //!   │     │  BlockDevice (volume/device.rs): read/write/trim/zero/flush
 //!   │     ▼
 //!   │   volume/    superblock (two copies), sector cipher (XTS), range
-//!   │              locks for read-modify-write, storage backend trait
+//!   │              locks for read-modify-write, storage backend trait,
+//!   │              the attachment lock (one writer per volume)
 //!   │
 //!   ├── envelope   where a volume meets its master key: create (wrap a new
 //!   │              data key), attach (unwrap, check, open)

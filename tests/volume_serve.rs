@@ -747,6 +747,13 @@ fn corrupted_superblocks() {
         ]),
     );
     server.stop();
+    // That read-write attach rewrote the primary from the secondary
+    // (tests/volume_attach.rs tests the repair): damage it again.
+    assert_eq!(
+        fx.info_json(&vol.path)["superblocks"]["primary"]["valid"],
+        true
+    );
+    flip(40, 200);
 
     flip(SECONDARY_COPY + 40, 200);
     let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", vol.path.to_str().unwrap()]));
