@@ -189,34 +189,56 @@ pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
     Ok(volume::read_superblocks(&file))
 }
 
-/// A volume file opened and locked for an attachment in `mode`, with both
-/// superblock copies as read under the lock, and the newest valid one.
+/// A volume file opened for an attachment in `mode`, with both superblock
+/// copies as last read, and the newest valid one.
 struct OpenedFile {
     backend: FileBackend,
     copies: SuperblockSet,
     superblock: Superblock,
 }
 
-/// Opens a volume file, locks it for `mode` (the lock lives as long as the
-/// returned backend), then reads its superblock copies: under the lock, so
-/// no other writer is in the middle of updating them.
-fn open_volume_file(path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(mode == AttachMode::ReadWrite)
-        .open(path)
-        .map_err(|e| vol_err(path, e))?;
-    let backend = FileBackend::new(file);
-    backend
-        .lock_attachment(mode)
-        .map_err(|e| vol_err(path, e))?;
-    let copies = volume::read_superblocks_from(&backend);
+impl OpenedFile {
+    /// Opens a volume file (read-write unless `mode` is read-only) and
+    /// reads its superblock copies. Not locked yet: see [`Self::lock`].
+    fn open(path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(mode == AttachMode::ReadWrite)
+            .open(path)
+            .map_err(|e| vol_err(path, e))?;
+        let backend = FileBackend::new(file);
+        let (copies, superblock) = read_copies(path, &backend)?;
+        Ok(OpenedFile {
+            backend,
+            copies,
+            superblock,
+        })
+    }
+
+    /// Locks the file for an attachment in `mode` (refused, naming the
+    /// holder, when another attachment conflicts; the lock lives as long as
+    /// the backend), then reads the superblock copies again: under the
+    /// lock, no other writer is in the middle of updating them.
+    fn lock(self, path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
+        self.backend
+            .lock_attachment(mode)
+            .map_err(|e| vol_err(path, e))?;
+        let (copies, superblock) = read_copies(path, &self.backend)?;
+        Ok(OpenedFile {
+            backend: self.backend,
+            copies,
+            superblock,
+        })
+    }
+}
+
+fn read_copies(
+    path: &Path,
+    backend: &FileBackend,
+) -> Result<(SuperblockSet, Superblock), EnvelopeError> {
+    let copies = volume::read_superblocks_from(backend);
     let superblock = copies.best().map_err(|e| vol_err(path, e))?.clone();
-    Ok(OpenedFile {
-        backend,
-        copies,
-        superblock,
-    })
+    Ok((copies, superblock))
 }
 
 /// One copy invalid, the other valid: a writer rewrites the invalid one
@@ -280,10 +302,11 @@ fn key_failure<K: KeyService>(
     }))
 }
 
-/// Opens a volume for serving: locks it (exclusively unless `read_only`;
-/// refused, naming the holder, when another attachment conflicts), unwraps
-/// its data key through `keys`, and repairs an invalid superblock copy if
-/// attaching read-write. The lock lasts as long as the returned volume.
+/// Opens a volume for serving: unwraps its data key through `keys`, locks
+/// the volume (exclusively unless `read_only`; refused, naming the holder,
+/// when another attachment conflicts), and repairs an invalid superblock
+/// copy if attaching read-write. The lock lasts as long as the returned
+/// volume.
 pub async fn attach<K: KeyService>(
     keys: &K,
     path: &Path,
@@ -294,18 +317,34 @@ pub async fn attach<K: KeyService>(
     } else {
         AttachMode::ReadWrite
     };
-    let opened = open_volume_file(path, mode)?;
-    let sb = &opened.superblock;
+    // The key policy decides first, as AWS authorizes before it looks at
+    // state: a caller it refuses learns nothing of who has the volume
+    // attached. So the superblock is read, and the key unwrapped, before
+    // the lock; under the lock the superblock is read again and must be the
+    // same volume with the same key.
+    let unlocked = OpenedFile::open(path, mode)?;
+    let sb = &unlocked.superblock;
     let plaintext = keys
         .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
         .await
         .map_err(|e| key_failure(path, "unwrap the data key", &sb.key_arn, e, keys))?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
     drop(plaintext);
-    // Repair only from a copy whose key proved to be the volume's key.
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
         return Err(vol_err(path, volume::VolumeError::WrongKey));
     }
+    let uuid = sb.uuid;
+    let opened = unlocked.lock(path, mode)?;
+    // A re-wrap in between changes the wrapped key, not the data key; a
+    // `create --force` in between is another volume.
+    let now = &opened.superblock;
+    if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
+        return Err(vol_err(
+            path,
+            "the volume was replaced while it was being attached: try again",
+        ));
+    }
+    // Repair only from a copy whose key proved to be the volume's key.
     let sb = repair_damaged_copy(path, &opened, mode);
     let volume = Volume::open(opened.backend, &sb, data_key).map_err(|e| vol_err(path, e))?;
     Ok(volume.with_read_only(read_only))
@@ -329,7 +368,10 @@ pub async fn rewrap<K: KeyService>(
     path: &Path,
     new_key: Option<&str>,
 ) -> Result<Rewrapped, EnvelopeError> {
-    let opened = open_volume_file(path, AttachMode::ReadWrite)
+    // A writer that reads, changes and writes the superblock: locked
+    // before the read that the change is based on.
+    let opened = OpenedFile::open(path, AttachMode::ReadWrite)?
+        .lock(path, AttachMode::ReadWrite)
         .map_err(|e| with_action(e, "cannot re-wrap"))?;
     let mut sb = opened.superblock;
     let old_key_arn = sb.key_arn.clone();

@@ -134,6 +134,15 @@ fn second_writer_refused_until_the_first_is_killed() {
     assert_names_holder("second serve", &stderr, &vol, "read-write", &[holder]);
     assert!(stderr.contains("one writer at a time"), "{stderr}");
 
+    // The key policy decides first: a caller it refuses is told so, and
+    // not who has the volume attached.
+    fx.add_user("stranger");
+    let out = fx.serve_refused("stranger", &vol);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_clean_line("serve by a stranger", &stderr);
+    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+    assert!(!stderr.contains("attached"), "{stderr}");
+
     let stderr = serve_read_only_refused(&fx, &vol);
     assert_names_holder("read-only serve", &stderr, &vol, "read-write", &[holder]);
 
