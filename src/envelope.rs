@@ -413,3 +413,7 @@ pub async fn rewrap<K: KeyService>(
         superblock: sb,
     })
 }
+
+#[cfg(test)]
+#[path = "envelope_tests.rs"]
+mod tests;
