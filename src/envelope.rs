@@ -189,6 +189,13 @@ pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
     Ok(volume::read_superblocks(&file))
 }
 
+/// Who has a volume file attached, as `/proc/locks` shows it (best effort,
+/// no lock taken: empty when nobody, or when `/proc` does not say).
+pub fn attached_by(path: &Path) -> Result<Vec<volume::Holder>, EnvelopeError> {
+    let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
+    Ok(volume::attachment::holders(&file))
+}
+
 /// A volume file opened for an attachment in `mode`, with both superblock
 /// copies as last read, and the newest valid one.
 struct OpenedFile {

@@ -169,8 +169,17 @@ fn second_writer_refused_until_the_first_is_killed() {
     assert!(stderr.contains("refusing to overwrite it"), "{stderr}");
     assert!(vol.read_raw() == before, "create --force changed the file");
 
-    // `volume info` takes no lock: it works on an attached volume.
-    assert_eq!(fx.info_json(&vol.path)["uuid"], vol.uuid.as_str());
+    // `volume info` takes no lock: it works on an attached volume, and
+    // says who has it.
+    let info = fx.info_json(&vol.path);
+    assert_eq!(info["uuid"], vol.uuid.as_str());
+    assert_eq!(info["attached_by"][0]["pid"], holder, "{info}");
+    assert_eq!(info["attached_by"][0]["read_only"], false, "{info}");
+    let text = run_ok(&mut fx.envol(&["volume", "info", vol.path.to_str().unwrap()]));
+    assert!(
+        text.contains(&format!("attached:    read-write by pid {holder} (")),
+        "{text}"
+    );
 
     // kill -9: the kernel drops the lock with the process.
     let killed = Instant::now();
@@ -184,6 +193,8 @@ fn second_writer_refused_until_the_first_is_killed() {
     qemu_io(second.first_uri(), &["read -P 0x5e 0 64k"]);
     drop(first);
     second.stop();
+    let info = fx.info_json(&vol.path);
+    assert_eq!(info["attached_by"], serde_json::json!([]), "{info}");
 }
 
 #[test]
@@ -195,6 +206,20 @@ fn readers_share_and_keep_writers_out() {
     qemu_io_read_only(a.first_uri(), "read -P 0 0 64k");
     qemu_io_read_only(b.first_uri(), "read -P 0 0 64k");
     let readers = [a.pid(), b.pid()];
+    let info = fx.info_json(&vol.path);
+    let mut listed: Vec<u64> = info["attached_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert_eq!(h["read_only"], true, "{info}");
+            h["pid"].as_u64().unwrap()
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<u64> = readers.iter().map(|&p| u64::from(p)).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "{info}");
 
     let out = fx.serve_refused(ADMIN, &vol);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -10,7 +10,7 @@ use super::runtime::runtime;
 use super::target::{KmsArgs, human_size, parse_size};
 use crate::envelope::{self, NewVolume};
 use crate::keys::aws::AwsKeyClient;
-use crate::volume::{Slot, Superblock, SuperblockError};
+use crate::volume::{AttachMode, Slot, Superblock, SuperblockError};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -43,7 +43,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         kms: KmsArgs,
     },
-    /// Show a volume's superblock and both of its copies (no KMS call, no lock: works on an attached volume).
+    /// Show a volume's superblock, both of its copies, and who has it attached (no KMS call, no lock).
     Info {
         /// The volume file.
         path: PathBuf,
@@ -159,6 +159,7 @@ fn copy_text(c: &Result<Superblock, SuperblockError>) -> String {
 fn info(path: &std::path::Path, as_json: bool) -> CliResult {
     use base64::Engine;
     let set = envelope::inspect(path)?;
+    let holders = envelope::attached_by(path)?;
     let sb = set
         .best()
         .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
@@ -180,6 +181,11 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
                 "primary": copy_json(Slot::Primary, &set.primary),
                 "secondary": copy_json(Slot::Secondary, &set.secondary),
             },
+            "attached_by": holders.iter().map(|h| json!({
+                "pid": h.pid,
+                "read_only": h.mode == AttachMode::ReadOnly,
+                "command": h.command,
+            })).collect::<Vec<_>>(),
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -210,6 +216,19 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
         "               secondary (offset 64 KiB) {}",
         copy_text(&set.secondary)
     );
+    if holders.is_empty() {
+        say!("  attached:    no");
+    }
+    for h in &holders {
+        let mode = match h.mode {
+            AttachMode::ReadOnly => "read-only",
+            AttachMode::ReadWrite => "read-write",
+        };
+        match &h.command {
+            Some(command) => say!("  attached:    {mode} by pid {} ({command})", h.pid),
+            None => say!("  attached:    {mode} by pid {}", h.pid),
+        }
+    }
     if let Some((slot, _)) = set.damaged() {
         say!(
             "  warning:     the {slot} is invalid; the next read-write attach (`envol serve`) rewrites it from the other copy"
