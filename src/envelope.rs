@@ -6,9 +6,9 @@
 //! superblock. `attach` reads the superblock, has the key service unwrap the
 //! data key (the KMS decides, by key policy, whether this caller may),
 //! checks it against the superblock's key check value, and opens the volume.
-//! Attaching locks the volume first (one writer, or any number of readers;
-//! see `volume::attachment`), and a read-write attach rewrites a superblock
-//! copy found invalid from the valid one.
+//! Once the key service has agreed, attaching locks the volume (one writer,
+//! or any number of readers; see `volume::attachment`), and a read-write
+//! attach rewrites a superblock copy found invalid from the valid one.
 //! The plaintext data key exists only in zeroizing memory inside the open
 //! volume, never on disk.
 
