@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::kms::{create_key_arn, parse_creds, sdk_client};
 use common::tools::qemu_io;
-use common::volume::require_tool;
+use common::volume::{ADMIN, Fixture, MIB, VolumeServer, require_tool};
 
 const NOBODY: u32 = 65534;
 /// How long a server may take to start or to stop.
@@ -447,4 +447,41 @@ fn sandbox_reader(sandbox: &Sandbox, path: &str) -> std::process::Output {
         .stderr(Stdio::piped())
         .output()
         .unwrap()
+}
+
+/// `envol serve` (data keys from a separate KMS through the AWS SDK) holds
+/// each attached volume's XTS key schedules in a locked, dump-excluded page.
+/// It runs as the test's user: the non-dumpable check is the `up` test's.
+#[test]
+fn serve_keeps_each_volumes_key_schedules_locked_out_of_dumps() {
+    let fx = Fixture::new();
+    let a = fx.create_volume("a.img", 4 * MIB, 4096);
+    let b = fx.create_volume("b.img", 4 * MIB, 512);
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.envol(&[
+        "serve",
+        a.path.to_str().unwrap(),
+        b.path.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    cmd.env("AWS_ENDPOINT_URL_KMS", &fx.kms.endpoint)
+        .env("AWS_PROFILE", ADMIN);
+    let server = VolumeServer::spawn(&mut cmd, socket, &["a".into(), "b".into()]);
+    let seen = observe(server.pid());
+    let page_kb = rustix::param::page_size() as u64 / 1024;
+    assert!(
+        seen.dump_excluded_and_locked_kb >= 2 * page_kb,
+        "two volumes, two locked dump-excluded key pages: {seen:?}"
+    );
+    qemu_io(
+        server.uri("b"),
+        &["write -P 0x11 512 4096", "read -P 0x11 512 4096"],
+    );
+    assert!(
+        !server.stderr().contains(MLOCK_WARNING),
+        "{}",
+        server.stderr()
+    );
+    server.stop();
 }
