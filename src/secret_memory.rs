@@ -55,6 +55,7 @@ pub fn protect_process() -> std::io::Result<()> {
 /// `envol`'s own diagnostics; the warning itself is printed once).
 static MLOCK_FAILURES: AtomicUsize = AtomicUsize::new(0);
 static MLOCK_WARNING: Once = Once::new();
+static MADVISE_WARNING: Once = Once::new();
 
 /// How many secret pages could not be locked in memory so far.
 pub fn mlock_failures() -> usize {
@@ -112,7 +113,9 @@ impl<T> LockedBox<T> {
         // Failure leaves the pages dumpable but usable; the kernel has
         // supported MADV_DONTDUMP since 3.4, so it does not fail in practice.
         if let Err(e) = unsafe { rustix::mm::madvise(addr, len, Advice::LinuxDontDump) } {
-            tracing::warn!("cannot exclude key memory from core dumps (madvise: {e})");
+            MADVISE_WARNING.call_once(|| {
+                tracing::warn!("cannot exclude key memory from core dumps (madvise: {e})");
+            });
         }
         // SAFETY: the same mapping; locking changes residency, not contents.
         if let Err(e) = unsafe { rustix::mm::mlock(addr, len) } {

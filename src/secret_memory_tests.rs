@@ -6,26 +6,30 @@ use std::sync::Arc;
 
 use super::*;
 
-/// The `VmFlags` of the mapping that starts at `addr`, from /proc/self/smaps.
-fn vm_flags_of_mapping_at(addr: usize) -> Vec<String> {
+/// The `VmFlags` of the mapping that holds `addr`, from /proc/self/smaps.
+/// (Holds, not starts at: the kernel merges neighbouring mappings whose
+/// flags are equal, such as two boxes made by tests running in parallel.)
+fn vm_flags_of_mapping_holding(addr: usize) -> Vec<String> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
-    let start = format!("{addr:x}-");
     let mut in_mapping = false;
     for line in smaps.lines() {
         // A mapping's header starts with its range ("7f12a000-7f12b000 rw-p …");
         // its fields ("Size:", "VmFlags:", …) follow.
         if let Some(range) = line.split_whitespace().next()
-            && range.contains('-')
-            && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            && let Some((start, end)) = range.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
         {
-            in_mapping = range.starts_with(&start);
+            in_mapping = (start..end).contains(&addr);
             continue;
         }
         if in_mapping && let Some(flags) = line.strip_prefix("VmFlags:") {
             return flags.split_whitespace().map(str::to_string).collect();
         }
     }
-    panic!("no mapping starts at {addr:#x} in /proc/self/smaps");
+    panic!("no mapping holds {addr:#x} in /proc/self/smaps");
 }
 
 #[test]
@@ -63,7 +67,7 @@ fn a_value_larger_than_a_page_gets_whole_pages() {
 fn the_kernel_reports_the_page_dump_excluded_and_locked() {
     let before = mlock_failures();
     let key = LockedBox::new([9u8; 32]);
-    let flags = vm_flags_of_mapping_at(&*key as *const _ as usize);
+    let flags = vm_flags_of_mapping_holding(&*key as *const _ as usize);
     assert!(
         flags.iter().any(|f| f == "dd"),
         "no MADV_DONTDUMP (dd): {flags:?}"
