@@ -125,7 +125,18 @@ impl Sandbox {
 struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
+    /// Taken by `stop`.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A test that fails half-way leaves no server behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Server {
@@ -151,7 +162,7 @@ impl Server {
         Server {
             child,
             lines,
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
@@ -172,7 +183,11 @@ impl Server {
                 Err(_) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!("server not ready in {DEADLINE:?}; stdout: {seen:?}");
+                    let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default());
+                    panic!(
+                        "server not ready in {DEADLINE:?}; stdout: {seen:?}; stderr: {}",
+                        stderr.unwrap_or_default()
+                    );
                 }
             }
         }
@@ -195,12 +210,11 @@ impl Server {
                 break status;
             }
             if Instant::now() > end {
-                let _ = self.child.kill();
                 panic!("server did not stop within {DEADLINE:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stderr = self.stderr.join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
         assert!(status.success(), "server exited with {status}: {stderr}");
         stderr
     }
