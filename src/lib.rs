@@ -33,6 +33,9 @@
 //!   └── kms/       the master-key service: AWS KMS JSON API over HTTP with
 //!                  SigV4, key policies, ciphertext blobs, sealed SQLite
 //!                  store, audit log; `Kms::handle` is its transport-free core
+//!
+//!  secret_memory   below volume/ and kms/ alike: locked, dump-excluded
+//!                  pages for keys (`LockedBox`), the non-dumpable process
 //! ```
 //!
 //! The NBD layer does not know about XTS, the volume layer does not know
