@@ -2,12 +2,11 @@
 //!
 //! A `DataKey` exists only in a valid shape: 64 bytes whose two halves differ
 //! (XTS with equal data and tweak keys loses its security proof, and IEEE 1619
-//! and the Linux kernel reject it). The bytes live in a
-//! [`LockedBox`]: a page of their own,
-//! locked in memory where the system allows, excluded from core dumps and
-//! wiped on drop; moving a `DataKey` moves only the pointer. The AES key
-//! schedules derived from it (just as secret) get the same treatment in the
-//! XTS engine.
+//! and the Linux kernel reject it). The bytes live in a [`LockedBox`]: a page
+//! of their own, locked in memory where the system allows, excluded from core
+//! dumps and wiped on drop; moving a `DataKey` moves only the pointer. The AES
+//! key schedules derived from it (just as secret) get the same treatment in
+//! the XTS engine.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
