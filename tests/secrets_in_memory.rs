@@ -342,6 +342,7 @@ fn up_is_non_dumpable_and_keeps_its_keys_locked_out_of_dumps() {
     let sandbox = Sandbox::new();
     let (server, uri) = start_up(&sandbox, None);
     let seen = observe(server.pid());
+    eprintln!("observed: {seen:?}");
     assert_ne!(
         seen.uid, 0,
         "the server must run unprivileged here: {seen:?}"
@@ -383,6 +384,7 @@ fn up_with_no_lockable_memory_warns_once_and_serves() {
     let sandbox = Sandbox::new();
     let (server, uri) = start_up(&sandbox, Some(0));
     let seen = observe(server.pid());
+    eprintln!("observed: {seen:?}");
     assert_eq!(seen.locked_kb, 0, "{seen:?}");
     assert_eq!(seen.environ_owner, 0, "still non-dumpable: {seen:?}");
     let page_kb = rustix::param::page_size() as u64 / 1024;
@@ -432,6 +434,7 @@ fn kms_serve_with_no_lockable_memory_warns_once_and_answers() {
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .to_string();
     let seen = observe(server.pid());
+    eprintln!("observed: {seen:?}");
     assert_eq!(seen.environ_owner, 0, "non-dumpable: {seen:?}");
     assert_eq!(seen.locked_kb, 0, "{seen:?}");
     // The root key and its key schedule: dump-excluded though not locked.
@@ -510,6 +513,7 @@ fn serve_keeps_each_volumes_key_schedules_locked_out_of_dumps() {
         .env("AWS_PROFILE", ADMIN);
     let server = VolumeServer::spawn(&mut cmd, socket, &["a".into(), "b".into()]);
     let seen = observe(server.pid());
+    eprintln!("observed: {seen:?}");
     let page_kb = rustix::param::page_size() as u64 / 1024;
     assert!(seen.locked_kb >= 2 * page_kb, "{seen:?}");
     if let Some(pages) = &seen.pages {
