@@ -14,7 +14,7 @@
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::secret_memory::LockedBox;
 
@@ -112,27 +112,25 @@ impl RootKey {
         purpose: &str,
         sealed: &[u8],
     ) -> Result<KeyMaterial, UnsealError> {
-        let mut out = LockedBox::new([0u8; 32]);
-        if sealed.len() != 12 + out.len() + 16 {
+        const LEN: usize = 32;
+        if sealed.len() != 12 + LEN + 16 {
             return Err(UnsealError);
         }
         let (nonce, rest) = sealed.split_at(12);
-        let (ciphertext, tag) = rest.split_at(out.len());
+        let (ciphertext, tag) = rest.split_at(LEN);
+        let mut out = LockedBox::new([0u8; LEN]);
         out.copy_from_slice(ciphertext);
-        // aes-gcm checks the tag before decrypting: on failure `out` still
-        // holds ciphertext, wiped anyway when it drops.
-        match self.cipher.decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            purpose.as_bytes(),
-            out.as_mut_slice(),
-            Tag::from_slice(tag),
-        ) {
-            Ok(()) => Ok(out),
-            Err(_) => {
-                out.zeroize();
-                Err(UnsealError)
-            }
-        }
+        // aes-gcm checks the tag before it decrypts: on failure `out` holds
+        // only ciphertext (and is wiped when it drops, like any LockedBox).
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                purpose.as_bytes(),
+                out.as_mut_slice(),
+                Tag::from_slice(tag),
+            )
+            .map(|()| out)
+            .map_err(|_| UnsealError)
     }
 }
 
