@@ -51,8 +51,8 @@ pub fn protect_process() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// How many `mlock` calls failed in this process (for the tests and for
-/// `envol`'s own diagnostics; the warning itself is printed once).
+/// How many `mlock` calls failed in this process (the warning itself is
+/// printed once).
 static MLOCK_FAILURES: AtomicUsize = AtomicUsize::new(0);
 static MLOCK_WARNING: Once = Once::new();
 static MADVISE_WARNING: Once = Once::new();
