@@ -24,6 +24,7 @@ packages=(
     openssl         # test certificates
     libssl-dev pkg-config  # the openssl crate (benchmark's OpenSSL contender)
     python3 dpkg    # the kernel-client harness (tests/e2e)
+    util-linux      # setpriv, prlimit (tests/secrets_in_memory.rs; essential, listed for clarity)
 )
 missing=()
 for p in "${packages[@]}"; do

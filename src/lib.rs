@@ -34,6 +34,9 @@
 //!   └── kms/       the master-key service: AWS KMS JSON API over HTTP with
 //!                  SigV4, key policies, ciphertext blobs, sealed SQLite
 //!                  store, audit log; `Kms::handle` is its transport-free core
+//!
+//!  secret_memory   below volume/ and kms/ alike: locked, dump-excluded
+//!                  pages for keys (`LockedBox`), the non-dumpable process
 //! ```
 //!
 //! The NBD layer does not know about XTS, the volume layer does not know
@@ -44,20 +47,29 @@
 //! ## Where secrets live
 //!
 //! - Master-key material: only inside the KMS, sealed at rest under the
-//!   root key (`kms/seal.rs`), unsealed per operation into zeroizing memory.
+//!   root key (`kms/seal.rs`), unsealed per operation into a locked page.
 //! - Data keys: on disk only wrapped; in memory only inside an open
-//!   `volume::Volume` (zeroizing types), dropped on detach and exit.
+//!   `volume::Volume` (the key and the XTS engine's AES key schedules, each
+//!   in a locked page), wiped on detach and exit.
 //! - Access-key secrets: sealed in the KMS store; printed once at creation.
 //!
+//! "Locked page": `secret_memory::LockedBox`, a page of its own that is
+//! `mlock`ed (never swapped, where `ulimit -l` allows), excluded from core
+//! dumps (`MADV_DONTDUMP`) and wiped on drop; and every envol process marks
+//! itself non-dumpable at start (`secret_memory::protect_process`).
 //! Nothing secret is logged, audited or put in an error message.
 
-// No unsafe code anywhere in the crate. (An FFI module, when one arrives,
-// turns this into `deny` here and one `allow` on that module.)
-#![forbid(unsafe_code)]
+// No unsafe code anywhere in the crate but `secret_memory` (locked,
+// dump-excluded pages for keys: mmap, mlock and madvise are `unsafe` in
+// rustix), which is the one `allow` below. `deny` rather than `forbid` only
+// so that allow can exist; the binary (main.rs) still forbids it.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod envelope;
 pub mod keys;
 pub mod kms;
 pub mod nbd;
+#[allow(unsafe_code)]
+pub mod secret_memory;
 pub mod volume;

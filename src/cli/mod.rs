@@ -53,6 +53,12 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> CliResult {
+    // Before any command touches a key: no core dump, no reading of this
+    // process's memory by other processes of the same user. Every command,
+    // since nearly all of them hold a secret at some point (a data key, the
+    // KMS root key, master-key material, an access-key secret).
+    crate::secret_memory::protect_process()
+        .map_err(|e| CliError(format!("cannot mark the process non-dumpable: {e}")))?;
     match cli.command {
         Command::Kms(cmd) => kms::run(cmd),
         Command::Key(cmd) => key::run(cmd),

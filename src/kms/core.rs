@@ -23,7 +23,7 @@ use super::grant::{self, Constraint};
 use super::iam::{self, AccessKey, Principal};
 use super::key_state::KeyState;
 use super::policy::{AccessRequest, Decision, Policy};
-use super::seal::{self, RootKey};
+use super::seal::{self, KeyMaterial, RootKey};
 use super::store::{self, KeyRow, PrincipalRow, SCHEMA_VERSION, Store};
 
 /// Why the service could not be opened or initialised.
@@ -495,7 +495,7 @@ impl Kms {
         &self,
         key_id: &str,
         version: u32,
-    ) -> Result<Option<Zeroizing<[u8; 32]>>, KmsError> {
+    ) -> Result<Option<KeyMaterial>, KmsError> {
         let Some(row) = self.store.version(key_id, version)? else {
             return Ok(None);
         };
@@ -504,10 +504,7 @@ impl Kms {
     }
 
     /// The newest version of a key and its material.
-    pub(super) fn newest_material(
-        &self,
-        key_id: &str,
-    ) -> Result<(u32, Zeroizing<[u8; 32]>), KmsError> {
+    pub(super) fn newest_material(&self, key_id: &str) -> Result<(u32, KeyMaterial), KmsError> {
         let row = self
             .store
             .newest_version(key_id)?
@@ -521,19 +518,12 @@ impl Kms {
         key_id: &str,
         version: u32,
         sealed: &[u8],
-    ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
-        let plain = self
-            .root_key
-            .unseal(&seal::material_purpose(key_id, version), sealed)
-            .map_err(|e| KmsError::internal(format!("key {key_id} version {version}: {e}")))?;
-        let mut out = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(KmsError::internal(format!(
-                "key {key_id} version {version}: material has the wrong length"
-            )));
-        }
-        out.copy_from_slice(&plain);
-        Ok(out)
+    ) -> Result<KeyMaterial, KmsError> {
+        // A wrong length fails like a wrong tag: both mean a store that was
+        // not written by this root key.
+        self.root_key
+            .unseal_material(&seal::material_purpose(key_id, version), sealed)
+            .map_err(|e| KmsError::internal(format!("key {key_id} version {version}: {e}")))
     }
 
     /// Seals fresh material for a new key version.

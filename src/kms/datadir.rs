@@ -16,9 +16,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
-
 use super::seal::RootKey;
+use crate::secret_memory::LockedBox;
 
 pub const ROOT_KEY_FILE: &str = "root.key";
 pub const DATABASE_FILE: &str = "kms.db";
@@ -123,11 +122,14 @@ impl DataDir {
             return Err(DataDirError::MissingRootKey(path));
         }
         check_private(&path)?;
-        let mut bytes = Zeroizing::new(Vec::new());
-        fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
+        // Straight into a locked page, one byte more than a key so that a
+        // longer file is noticed: a growing Vec would leave stale copies of
+        // the key in freed heap.
+        let mut bytes = LockedBox::new([0u8; 33]);
+        let len = fs::File::open(&path)
+            .and_then(|mut f| read_up_to(&mut f, bytes.as_mut_slice()))
             .map_err(io_err(&path))?;
-        RootKey::from_bytes(&bytes).ok_or(DataDirError::MalformedRootKey(path))
+        RootKey::from_bytes(&bytes[..len]).ok_or(DataDirError::MalformedRootKey(path))
     }
 }
 
@@ -154,4 +156,18 @@ pub fn open_private_append(path: &Path) -> std::io::Result<fs::File> {
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+/// Reads until `buf` is full or the file ends; returns how many bytes came.
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }

@@ -16,8 +16,6 @@
 
 use std::sync::atomic::Ordering;
 
-use zeroize::Zeroizing;
-
 use super::audit::AuditNote;
 use super::core::Kms;
 use super::error::{ErrorKind, KmsError};
@@ -73,8 +71,7 @@ impl Kms {
     /// new version, or `None` if an automatic rotation was no longer due.
     pub(super) fn rotate(&self, key_id: &str, kind: RotationKind) -> Result<Option<u32>, KmsError> {
         let now = self.now_ms();
-        let mut material = Zeroizing::new([0u8; 32]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, material.as_mut());
+        let material = super::seal::generate_material();
         let limit = self.on_demand_rotation_limit();
         self.store.transaction(|tx| {
             let Some(mut key) = Store::key_in(tx, key_id)? else {

@@ -2,21 +2,19 @@
 //!
 //! A `DataKey` exists only in a valid shape: 64 bytes whose two halves differ
 //! (XTS with equal data and tweak keys loses its security proof, and IEEE 1619
-//! and the Linux kernel reject it). The bytes live in a boxed `Zeroizing`
-//! buffer: boxed so that moving a `DataKey` around never leaves copies on the
-//! stack, zeroizing so that dropping it wipes them.
-//!
-//! Not done: the bytes are not `mlock`ed. Every well-kept crate that does it
-//! either needs `unsafe` at the call site (`rustix::mm::mlock`, `memsec`) or
-//! pins only this buffer while the AES key schedules derived from it (which are
-//! just as secret) stay unlocked; disabling core dumps and swap for the server
-//! process is the effective measure and belongs to the server's start-up.
+//! and the Linux kernel reject it). The bytes live in a [`LockedBox`]: a page
+//! of their own, locked in memory where the system allows, excluded from core
+//! dumps and wiped on drop; moving a `DataKey` moves only the pointer. The AES
+//! key schedules derived from it (just as secret) get the same treatment in
+//! the XTS engine.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+use crate::secret_memory::LockedBox;
 
 /// Length of an `aes-xts-plain64` key: two AES-256 keys.
 pub const DATA_KEY_LEN: usize = 64;
@@ -39,7 +37,7 @@ pub enum KeyError {
 
 /// The plaintext data key of one volume.
 #[derive(Clone)]
-pub struct DataKey(Box<Zeroizing<[u8; DATA_KEY_LEN]>>);
+pub struct DataKey(LockedBox<[u8; DATA_KEY_LEN]>);
 
 impl DataKey {
     /// Takes a key as returned by the KMS (`Plaintext` of Decrypt or
@@ -48,7 +46,7 @@ impl DataKey {
         if bytes.len() != DATA_KEY_LEN {
             return Err(KeyError::WrongLength(bytes.len()));
         }
-        let mut key = Box::new(Zeroizing::new([0u8; DATA_KEY_LEN]));
+        let mut key = LockedBox::new([0u8; DATA_KEY_LEN]);
         key.copy_from_slice(bytes);
         let (data_half, tweak_half) = key.split_at(DATA_KEY_LEN / 2);
         // Constant time: how far two halves of a key agree is itself a leak.

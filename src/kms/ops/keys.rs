@@ -140,8 +140,7 @@ pub(super) fn create_key(
         next_rotation_ms: None,
         creator: caller.arn.clone(),
     };
-    let mut material = zeroize::Zeroizing::new([0u8; 32]);
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, material.as_mut());
+    let material = crate::kms::seal::generate_material();
     let version = VersionRow {
         version: 1,
         sealed_material: kms.seal_material(&key_id, 1, &material),
