@@ -143,6 +143,7 @@ mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+mod limits;
 pub mod protocol;
 mod server;
 mod threaded_loop;
@@ -153,6 +154,7 @@ mod workers;
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
+pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};

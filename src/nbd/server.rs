@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::limits::{ConnectionLimits, Limits, ensure_descriptors};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::shutdown_requested;
@@ -58,6 +59,7 @@ struct ConnectionConfig {
     tls: Option<TlsConfig>,
     handshake_timeout: Duration,
     plain_loop: TransmissionLoop,
+    limits: Limits,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
                 plain_loop: TransmissionLoop::default(),
+                limits: Limits::default(),
             }),
             shared: Arc::new(Shared::with_default_workers()),
         })
@@ -91,6 +94,31 @@ impl Server {
     /// async loop.
     pub fn with_transmission_loop(self, plain_loop: TransmissionLoop) -> Self {
         self.reconfigure(|c| c.plain_loop = plain_loop)
+    }
+
+    /// Caps the bytes buffered for in-flight requests across all
+    /// connections (default [`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES));
+    /// requests beyond it wait their turn. Each connection's own
+    /// [`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES) still applies.
+    pub fn with_max_inflight(self, bytes: u64) -> Self {
+        self.reconfigure(|c| c.limits.max_inflight = bytes)
+    }
+
+    /// Caps the connections served at once on each listener (default
+    /// [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS), at least 1): more are
+    /// closed as soon as they are accepted, with a log line. The Unix
+    /// socket and TCP are counted apart, so strangers on TCP cannot lock
+    /// the socket's owner out.
+    pub fn with_max_connections(self, connections: usize) -> Self {
+        self.reconfigure(|c| c.limits.max_connections = connections.max(1))
+    }
+
+    /// Replaces [`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT): how long a
+    /// request that has started arriving may take to arrive in full, and a
+    /// reply may wait for the client to take any of it, before the
+    /// connection is closed.
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        self.reconfigure(|c| c.limits.request_timeout = timeout)
     }
 
     fn reconfigure(mut self, change: impl FnOnce(&mut ConnectionConfig)) -> Self {
@@ -128,6 +156,29 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
+        let limits = self.config.limits;
+        let transmission = ConnectionLimits::new(&limits);
+        // Each listener has its own count, so TCP strangers cannot take the
+        // places of the Unix socket's owner.
+        let listening =
+            usize::from(listeners.unix.is_some()) + usize::from(listeners.tcp.is_some());
+        if let Some(limit) = ensure_descriptors(limits.max_connections * listening, 64) {
+            warn!(
+                descriptor_limit = limit,
+                max_connections = limits.max_connections,
+                "the open-file limit is below what the connection cap needs: raise `ulimit -n` or lower --max-connections"
+            );
+        }
+        let unix_places = Arc::new(Semaphore::new(limits.max_connections));
+        let tcp_places = Arc::new(Semaphore::new(limits.max_connections));
+        let context = |place| ConnectionContext {
+            exports: self.exports.clone(),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            limits: transmission.clone(),
+            stop: stop_rx.clone(),
+            _place: place,
+        };
 
         loop {
             tokio::select! {
@@ -135,25 +186,29 @@ impl Server {
                 accepted = accept_unix(listeners.unix.as_ref()) => match accepted {
                     Ok(stream) => {
                         next_id += 1;
+                        let Some(place) = take_place(&unix_places, "unix", limits.max_connections) else {
+                            drop(stream);
+                            continue;
+                        };
                         let span = info_span!("nbd_conn", id = next_id, peer = "unix");
-                        connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
-                        );
+                        connections.spawn(connection(stream, context(place)).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 accepted = accept_tcp(listeners.tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
+                        next_id += 1;
+                        let Some(place) = take_place(&tcp_places, &peer.to_string(), limits.max_connections) else {
+                            drop(stream);
+                            continue;
+                        };
                         // NBD replies are latency-bound; the spec asks for
                         // TCP_NODELAY on both ends.
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(error = %e, "could not set TCP_NODELAY");
                         }
-                        next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = %peer);
-                        connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
-                        );
+                        connections.spawn(connection(stream, context(place)).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -359,18 +414,46 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One client connection: handshake (bounded in time, abandoned on
-/// shutdown), then transmission. Never returns an error: a connection's
-/// failure is its own and is logged here.
-async fn connection<S>(
-    stream: S,
+/// Takes one of a listener's places for a new connection, or says why
+/// the connection is refused.
+fn take_place(places: &Arc<Semaphore>, peer: &str, cap: usize) -> Option<OwnedSemaphorePermit> {
+    let place = places.clone().try_acquire_owned().ok();
+    if place.is_none() {
+        warn!(
+            peer,
+            max_connections = cap,
+            "nbd connection refused: the listener is at its connection cap"
+        );
+    }
+    place
+}
+
+/// Everything a connection task holds besides its stream; its place on
+/// the listener is given back when the task ends.
+struct ConnectionContext {
     exports: Arc<ExportSet>,
     config: Arc<ConnectionConfig>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) where
+    limits: ConnectionLimits,
+    stop: watch::Receiver<bool>,
+    _place: OwnedSemaphorePermit,
+}
+
+/// One client connection: handshake (bounded in time, abandoned on
+/// shutdown), then transmission. Never returns an error: a connection's
+/// failure is its own and is logged here.
+async fn connection<S>(stream: S, context: ConnectionContext)
+where
     S: AsyncRead + AsyncWrite + IntoPlainSocket + Unpin + Send + 'static,
 {
+    let ConnectionContext {
+        exports,
+        config,
+        shared,
+        limits,
+        mut stop,
+        _place,
+    } = context;
     debug!("nbd client connected");
     let attached = tokio::select! {
         r = tokio::time::timeout(config.handshake_timeout, handshake(stream, &exports, &config)) => r,
@@ -405,15 +488,17 @@ async fn connection<S>(
             attached_log(&n, false);
             match config.plain_loop {
                 TransmissionLoop::Threaded => match stream.into_plain_socket() {
-                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared).await,
+                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared, limits).await,
                     Err(e) => Err(e.into()),
                 },
-                TransmissionLoop::Async => async_loop::serve(stream, *n, stop, shared).await,
+                TransmissionLoop::Async => {
+                    async_loop::serve(stream, *n, stop, shared, limits).await
+                }
             }
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
-            async_loop::serve(*stream, *n, stop, shared).await
+            async_loop::serve(*stream, *n, stop, shared, limits).await
         }
         Attached::Closed => return,
     };
