@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -169,8 +169,8 @@ impl Server {
                 "the open-file limit is below what the connection cap needs: raise `ulimit -n` or lower --max-connections"
             );
         }
-        let unix_places = Arc::new(Semaphore::new(limits.max_connections));
-        let tcp_places = Arc::new(Semaphore::new(limits.max_connections));
+        let mut unix_places = Places::new(limits.max_connections, "unix");
+        let mut tcp_places = Places::new(limits.max_connections, "tcp");
         let context = |place| ConnectionContext {
             exports: self.exports.clone(),
             config: self.config.clone(),
@@ -186,7 +186,7 @@ impl Server {
                 accepted = accept_unix(listeners.unix.as_ref()) => match accepted {
                     Ok(stream) => {
                         next_id += 1;
-                        let Some(place) = take_place(&unix_places, "unix", limits.max_connections) else {
+                        let Some(place) = unix_places.take("unix") else {
                             drop(stream);
                             continue;
                         };
@@ -198,7 +198,7 @@ impl Server {
                 accepted = accept_tcp(listeners.tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
                         next_id += 1;
-                        let Some(place) = take_place(&tcp_places, &peer.to_string(), limits.max_connections) else {
+                        let Some(place) = tcp_places.take(&peer.to_string()) else {
                             drop(stream);
                             continue;
                         };
@@ -414,18 +414,50 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Takes one of a listener's places for a new connection, or says why
-/// the connection is refused.
-fn take_place(places: &Arc<Semaphore>, peer: &str, cap: usize) -> Option<OwnedSemaphorePermit> {
-    let place = places.clone().try_acquire_owned().ok();
-    if place.is_none() {
-        warn!(
-            peer,
-            max_connections = cap,
-            "nbd connection refused: the listener is at its connection cap"
-        );
+/// A listener's places for connections, and its log of refusals: the
+/// first refusal is logged at once, later ones at most once a second with
+/// their count, so a flood of connections cannot flood the log.
+struct Places {
+    free: Arc<Semaphore>,
+    cap: usize,
+    listener: &'static str,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Places {
+    fn new(cap: usize, listener: &'static str) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(cap)),
+            cap,
+            listener,
+            last_logged: None,
+            unlogged: 0,
+        }
     }
-    place
+
+    /// One place for a new connection, or `None` (logged) at the cap.
+    fn take(&mut self, peer: &str) -> Option<OwnedSemaphorePermit> {
+        if let Ok(place) = self.free.clone().try_acquire_owned() {
+            return Some(place);
+        }
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            warn!(
+                listener = self.listener,
+                peer,
+                refused = self.unlogged,
+                max_connections = self.cap,
+                "nbd connection refused: the listener is at its connection cap"
+            );
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        None
+    }
 }
 
 /// Everything a connection task holds besides its stream; its place on
