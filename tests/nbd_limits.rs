@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use common::nbd::{MemDevice, TestServer, export, run_tool, transmission_args};
 use common::raw::*;
+use common::tls::Pki;
 use common::volume::{
     ADMIN, Fixture, MIB, VolumeServer, assert_one_clean_line, output_with_timeout,
 };
-use envol::nbd::{Server, TransmissionLoop};
+use envol::nbd::{Server, TlsConfig, TlsMode, TransmissionLoop};
 
 fn attach_unix(socket: &Path, name: &str) -> Raw {
     let mut c = Raw::connect(UnixStream::connect(socket).unwrap(), 0b11);
@@ -434,16 +435,107 @@ fn plaintext_nbd_beyond_loopback_is_refused_before_any_key_is_asked_for() {
     assert!(!data.exists(), "a refused up created {}", data.display());
 }
 
+/// `nbdinfo --list --json URI`: each export's description.
+fn listed_descriptions(uri: &str) -> Vec<String> {
+    let out = run_tool("nbdinfo", &["--list", "--json", uri]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["exports"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no exports listed: {json}"))
+        .iter()
+        .map(|e| e["description"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn tls_uri(socket: &Path, certs: &Path) -> String {
+    format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        socket.display(),
+        certs.display()
+    )
+}
+
+/// The certified description goes to clients with a verified client
+/// certificate only: not to plaintext clients, nor to TLS clients of a
+/// server that verifies none.
+#[test]
+fn certified_descriptions_go_only_to_verified_client_certificates() {
+    let pki = Pki::new();
+    for client_ca in [None, Some(pki.ca_cert.as_path())] {
+        let tls = TlsConfig::from_pem_files(
+            &pki.server_cert,
+            &pki.server_key,
+            client_ca,
+            TlsMode::Optional,
+        )
+        .unwrap();
+        let server = TestServer::start_server(
+            Server::new(vec![export("d", MemDevice::new(MIB as usize))])
+                .unwrap()
+                .with_tls(tls)
+                .with_certified_description("d", "for certified eyes".into())
+                .unwrap(),
+        );
+        let plain = listed_descriptions(&server.uri("d"));
+        assert_eq!(plain, ["test export d"], "plaintext client");
+        match client_ca {
+            None => {
+                let anonymous = listed_descriptions(&tls_uri(&server.socket, &pki.client_anon));
+                assert_eq!(
+                    anonymous,
+                    ["test export d"],
+                    "TLS without a client certificate"
+                );
+            }
+            Some(_) => {
+                let certified = listed_descriptions(&tls_uri(&server.socket, &pki.client_auth));
+                assert_eq!(
+                    certified,
+                    ["for certified eyes"],
+                    "verified client certificate"
+                );
+            }
+        }
+        server.stop().unwrap();
+    }
+    // Only for an export that exists, and only a valid NBD string.
+    let server = || Server::new(vec![export("d", MemDevice::new(4096))]).unwrap();
+    assert!(
+        server()
+            .with_certified_description("e", "x".into())
+            .is_err()
+    );
+    assert!(
+        server()
+            .with_certified_description("d", "nul\0".into())
+            .is_err()
+    );
+}
+
 #[test]
 fn insecure_plaintext_starts_with_a_warning_and_lists_no_uuid_or_key() {
+    let pki = Pki::new();
     let fx = Fixture::new();
     let vol = fx.create_volume("open.vol", 8 * MIB, 512);
     let port = free_port("0.0.0.0");
     let listen = format!("0.0.0.0:{port}");
+    // Optional TLS serves plaintext clients too: still --insecure-plaintext.
     let server = fx.serve_many(
         ADMIN,
         &[(&vol, None)],
-        &["--listen", &listen, "--insecure-plaintext"],
+        &[
+            "--listen",
+            &listen,
+            "--insecure-plaintext",
+            "--tls-cert",
+            pki.server_cert.to_str().unwrap(),
+            "--tls-key",
+            pki.server_key.to_str().unwrap(),
+            "--tls-ca",
+            pki.ca_cert.to_str().unwrap(),
+            "--tls",
+            "optional",
+        ],
     );
     let warning = server
         .stderr()
@@ -485,10 +577,14 @@ fn insecure_plaintext_starts_with_a_warning_and_lists_no_uuid_or_key() {
     reveals("NBD_INFO_DESCRIPTION", &description);
     // And as a real client shows it, over TCP.
     let uri = format!("nbd://127.0.0.1:{port}/");
-    let listed = run_tool("nbdinfo", &["--list", "--json", &uri]);
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.contains("envol volume"), "{listed}");
-    reveals("nbdinfo --list", &listed);
+    let listed = listed_descriptions(&uri);
+    assert_eq!(listed, ["envol volume (aes-xts-plain64, 512-byte sectors)"]);
+    reveals("nbdinfo --list", &listed[0]);
+    // A client with a verified certificate is told which volume and key.
+    let certified = listed_descriptions(&tls_uri(&server.socket, &pki.client_auth));
+    for s in [vol.uuid.as_str(), fx.key_arn.as_str()] {
+        assert!(certified[0].contains(s), "{certified:?} lacks {s}");
+    }
     drop(c);
     server.stop();
 }

@@ -248,19 +248,25 @@ pub fn run(args: ServeArgs) -> CliResult {
                 v.read_only = true;
             }
         }
-        let exports = attach_all(&keys, &volumes).await?;
-        let server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
+        let (exports, certified) = attach_all(&keys, &volumes).await?;
+        let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
+        for (name, description) in certified {
+            server = server.with_certified_description(&name, description)?;
+        }
         let server = args.limits.apply(server);
         serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}).await
     })
 }
 
 /// Attaches every volume (all or nothing: a refusal stops before any listener opens).
+/// Returns the exports, and for each export (by name) the description that
+/// clients authenticated by a TLS client certificate see.
 pub(crate) async fn attach_all<K: KeyService>(
     keys: &K,
     volumes: &[VolumeArg],
-) -> Result<Vec<Export>, CliError> {
+) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
     let mut exports = Vec::new();
+    let mut certified = Vec::new();
     for VolumeArg {
         path,
         name,
@@ -271,11 +277,19 @@ pub(crate) async fn attach_all<K: KeyService>(
         let volume: Volume = envelope::attach(keys, path, read_only).await?;
         let sb = volume.superblock();
         // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
-        // neither the volume's uuid nor its key: `envol volume info` does.
+        // neither the volume's uuid nor its key; only a client with a
+        // verified TLS client certificate is told those.
         let description = format!(
             "envol volume ({}, {}-byte sectors)",
             sb.cipher, sb.sector_size
         );
+        certified.push((
+            name.clone(),
+            format!(
+                "envol volume {} ({}, {}-byte sectors, key {})",
+                sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
+            ),
+        ));
         tracing::info!("attached {} as export {name:?}", path.display());
         exports.push(Export {
             name: name.clone(),
@@ -284,7 +298,7 @@ pub(crate) async fn attach_all<K: KeyService>(
             read_only,
         });
     }
-    Ok(exports)
+    Ok((exports, certified))
 }
 
 /// Binds, prints where to connect, and serves until SIGINT/SIGTERM.

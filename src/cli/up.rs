@@ -270,7 +270,9 @@ pub fn run(args: UpArgs) -> CliResult {
                 }
             });
         }
-        let exports = attach_all(
+        // `up` serves no TLS, so no client is ever shown the certified
+        // descriptions.
+        let (exports, _certified) = attach_all(
             &keys,
             &[super::serve::VolumeArg {
                 path: volume_path.clone(),

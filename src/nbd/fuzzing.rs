@@ -63,7 +63,7 @@ where
         TlsState::Offered { required } => {
             handshake::negotiate(stream, &exports, Tls::Offered { required }).await
         }
-        TlsState::Active => handshake::negotiate_over_tls(stream, &exports, false).await,
+        TlsState::Active => handshake::negotiate_over_tls(stream, &exports, false, false).await,
     };
     Ok(result.map(|outcome| match outcome {
         HandshakeOutcome::Transmission(n) => Outcome::Transmission {

@@ -128,6 +128,22 @@ impl Server {
         self
     }
 
+    /// Shows `description` as export `name`'s description (in
+    /// `NBD_OPT_LIST`, `INFO` and `GO`) to clients that authenticated with a
+    /// TLS client certificate the server verified ([`TlsConfig`] with a
+    /// client CA); everyone else sees the export's own description. For
+    /// details a stranger should not learn, such as a volume's key.
+    pub fn with_certified_description(
+        mut self,
+        name: &str,
+        description: String,
+    ) -> Result<Self, ExportError> {
+        let mut exports = ExportSet::clone(&self.exports);
+        exports.set_certified_description(name, description)?;
+        self.exports = Arc::new(exports);
+        Ok(self)
+    }
+
     /// Whether clients must start TLS before anything else.
     pub fn tls_required(&self) -> bool {
         self.config
@@ -598,7 +614,10 @@ where
         .await
         .map_err(HandshakeFailure::Tls)?;
     debug!("nbd TLS established");
-    match handshake::negotiate_over_tls(&mut stream, exports, no_zeroes).await? {
+    // With a client CA configured, rustls has verified any certificate
+    // the client presented (and refused the handshake otherwise).
+    let certified = stream.get_ref().1.peer_certificates().is_some();
+    match handshake::negotiate_over_tls(&mut stream, exports, no_zeroes, certified).await? {
         HandshakeOutcome::Transmission(n) => Ok(Attached::Tls(Box::new(stream), n)),
         // Not offered over TLS; a client that aborts is done either way.
         HandshakeOutcome::Closed | HandshakeOutcome::StartTls { .. } => Ok(Attached::Closed),
