@@ -105,7 +105,7 @@ fn pipelined_reads_from_many_connections_stay_under_the_server_cap(transmission:
     let fx = Fixture::new();
     let vol = fx.create_volume("many.vol", 64 * MIB, 4096);
     let cap = format!("{CAP_MIB}MiB");
-    let mut extra = vec!["--max-inflight", &cap, "--request-timeout", "4s"];
+    let mut extra = vec!["--max-inflight", &cap, "--request-timeout", "2s"];
     extra.extend(transmission_args(transmission));
     let server = fx.serve_many(ADMIN, &[(&vol, None)], &extra);
     let name = vol.export();
@@ -146,7 +146,7 @@ fn pipelined_reads_from_many_connections_stay_under_the_server_cap(transmission:
 
     // Meanwhile a clean client still negotiates (nbdinfo) and reads: its
     // read waits at most until the stalled clients are cut off at the
-    // request deadline (4 s here), which gives their budget back.
+    // request deadline (2 s here), which gives their budget back.
     let info = run_tool("nbdinfo", &["--json", server.uri(&name)]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["exports"][0]["export-size"], 64 * MIB, "{info}");
@@ -265,6 +265,28 @@ fn connections_beyond_the_cap_are_refused_and_the_owner_still_gets_in() {
     let mut owner = attach_unix(&server.socket, &name);
     assert_eq!(read(&mut owner, 1, 0, 4096), vec![0; 4096]);
     run_tool("nbdinfo", &[server.uri(&name)]);
+
+    // The Unix socket has its own cap, too: the owner and 15 more fill it.
+    let greeted = |mut s: &UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).is_ok()
+    };
+    // (nbdinfo's place comes back once the server has seen it leave.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut unix: Vec<UnixStream> = (0..CAP)
+            .map(|_| UnixStream::connect(&server.socket).unwrap())
+            .collect();
+        let served = unix.iter().filter(|s| greeted(s)).count();
+        assert!(served < CAP, "{served} served beside the owner");
+        if served == CAP - 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {served} Unix places free");
+        drop(unix);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A place given back is a place a new TCP client can take.
     drop(held.pop());
