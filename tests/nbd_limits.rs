@@ -275,7 +275,7 @@ fn connections_beyond_the_cap_are_refused_and_the_owner_still_gets_in() {
     // (nbdinfo's place comes back once the server has seen it leave.)
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut unix: Vec<UnixStream> = (0..CAP)
+        let unix: Vec<UnixStream> = (0..CAP)
             .map(|_| UnixStream::connect(&server.socket).unwrap())
             .collect();
         let served = unix.iter().filter(|s| greeted(s)).count();
