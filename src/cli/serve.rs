@@ -3,16 +3,20 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use super::error::{CliError, CliResult};
 use super::runtime::{runtime, shutdown_signal};
-use super::target::KmsArgs;
+use super::target::{KmsArgs, parse_size};
 use crate::envelope;
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
-use crate::nbd::{Export, Listeners, Server, TlsConfig, TlsMode, TransmissionLoop};
+use crate::nbd::{
+    Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
+    TransmissionLoop,
+};
 use crate::volume::Volume;
 
 /// The NBD port, as registered with IANA.
@@ -38,7 +42,88 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub kms: KmsArgs,
+}
+
+/// What a stranger can hold of the NBD server.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Bytes buffered for in-flight requests across all connections (each connection also has its own 64 MiB); requests beyond wait their turn.
+    #[arg(long, value_name = "SIZE", default_value_t = MAX_INFLIGHT_BYTES, value_parser = parse_size)]
+    pub max_inflight: u64,
+    /// Connections served at once per listener (Unix socket and TCP counted apart); more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS, value_parser = parse_connections)]
+    pub max_connections: usize,
+    /// A request that has started arriving must arrive in full within this time, and a reply must be taken within it; else the connection is closed (idle connections are never closed). E.g. 30s, 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Allow plaintext NBD (no TLS) on a non-loopback address: anyone who can reach it can read and write the decrypted volume.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl LimitArgs {
+    pub(crate) fn apply(&self, server: Server) -> Server {
+        server
+            .with_max_inflight(self.max_inflight)
+            .with_max_connections(self.max_connections)
+            .with_request_timeout(self.request_timeout)
+    }
+
+    /// Refuses plaintext NBD on a non-loopback address unless the operator
+    /// said `--insecure-plaintext` (then warns). `tls_required`: every
+    /// client must start TLS, so nothing is served in the clear.
+    pub(crate) fn check_plaintext(
+        &self,
+        tcp: Option<SocketAddr>,
+        tls_required: bool,
+    ) -> Result<(), CliError> {
+        let Some(addr) = tcp.filter(|a| !a.ip().is_loopback() && !tls_required) else {
+            return Ok(());
+        };
+        if !self.insecure_plaintext {
+            return Err(CliError(format!(
+                "refusing to serve plaintext NBD on {addr}, which is not a loopback address: anyone who can reach it could read and write the decrypted volume; use --tls-cert/--tls-key (TLS required), a loopback address or --socket, or pass --insecure-plaintext"
+            )));
+        }
+        tracing::warn!(
+            "serving plaintext NBD on {addr} (--insecure-plaintext): anyone who can reach it can read and write the decrypted volume"
+        );
+        Ok(())
+    }
+}
+
+/// A connection cap: a positive number.
+fn parse_connections(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("invalid connection count {s:?}: use a positive number"))
+}
+
+/// `30s`, `500ms`, `2m`, or a number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (number, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(format!("invalid duration {s:?}: use e.g. 30s, 500ms or 2m")),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 30s, 500ms or 2m (at most a day)"))
 }
 
 /// NBD over TLS (NBD_OPT_STARTTLS).
@@ -147,9 +232,12 @@ pub fn run(args: ServeArgs) -> CliResult {
         ),
         (_, tcp) => tcp,
     };
-    // Before the KMS is asked for anything: a bad certificate is a usage
-    // error, and no key should be unwrapped for a server that cannot start.
+    // Before the KMS is asked for anything: a bad certificate or a refused
+    // address is a usage error, and no key should be unwrapped for a
+    // server that cannot start.
     let tls = args.tls.config()?;
+    let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
+    args.limits.check_plaintext(tcp, tls_required)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let keys = AwsKeyClient::new(&args.kms.target())
@@ -160,18 +248,25 @@ pub fn run(args: ServeArgs) -> CliResult {
                 v.read_only = true;
             }
         }
-        let exports = attach_all(&keys, &volumes).await?;
-        let server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
+        let (exports, certified) = attach_all(&keys, &volumes).await?;
+        let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
+        for (name, description) in certified {
+            server = server.with_certified_description(&name, description)?;
+        }
+        let server = args.limits.apply(server);
         serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}).await
     })
 }
 
 /// Attaches every volume (all or nothing: a refusal stops before any listener opens).
+/// Returns the exports, and for each export (by name) the description that
+/// clients authenticated by a TLS client certificate see.
 pub(crate) async fn attach_all<K: KeyService>(
     keys: &K,
     volumes: &[VolumeArg],
-) -> Result<Vec<Export>, CliError> {
+) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
     let mut exports = Vec::new();
+    let mut certified = Vec::new();
     for VolumeArg {
         path,
         name,
@@ -181,10 +276,20 @@ pub(crate) async fn attach_all<K: KeyService>(
         let read_only = *read_only;
         let volume: Volume = envelope::attach(keys, path, read_only).await?;
         let sb = volume.superblock();
+        // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
+        // neither the volume's uuid nor its key; only a client with a
+        // verified TLS client certificate is told those.
         let description = format!(
-            "envol volume {} ({}, {}-byte sectors, key {})",
-            sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
+            "envol volume ({}, {}-byte sectors)",
+            sb.cipher, sb.sector_size
         );
+        certified.push((
+            name.clone(),
+            format!(
+                "envol volume {} ({}, {}-byte sectors, key {})",
+                sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
+            ),
+        ));
         tracing::info!("attached {} as export {name:?}", path.display());
         exports.push(Export {
             name: name.clone(),
@@ -193,17 +298,19 @@ pub(crate) async fn attach_all<K: KeyService>(
             read_only,
         });
     }
-    Ok(exports)
+    Ok((exports, certified))
 }
 
 /// Binds, prints where to connect, and serves until SIGINT/SIGTERM.
 pub(crate) async fn serve_exports(
     exports: Vec<Export>,
+    limits: &LimitArgs,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
-    serve_with(Server::new(exports)?, socket, tcp, None, on_ready).await
+    let server = limits.apply(Server::new(exports)?);
+    serve_with(server, socket, tcp, None, on_ready).await
 }
 
 /// [`serve_exports`] with a configured `server`, offering TLS when `tls`
@@ -244,4 +351,27 @@ async fn serve_with(
         .map_err(|e| CliError(format!("while shutting down: {e}")))?;
     tracing::info!("stopped; data keys dropped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_connections, parse_duration};
+    use crate::nbd::REQUEST_TIMEOUT;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        // The flag's default, written as text in its declaration.
+        assert_eq!(parse_duration("30s"), Ok(REQUEST_TIMEOUT));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "0", "-1s", "1h", "abc", "1e9", "2d", "NaNs"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_connections("16"), Ok(16));
+        assert!(parse_connections("0").is_err());
+        assert!(parse_connections("-1").is_err());
+    }
 }

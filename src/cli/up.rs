@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::error::{CliError, CliResult};
 use super::runtime::{runtime, shutdown_signal};
-use super::serve::{DEFAULT_NBD_ADDR, attach_all, serve_exports};
+use super::serve::{DEFAULT_NBD_ADDR, LimitArgs, attach_all, serve_exports};
 use super::target::parse_size;
 use crate::envelope::{self, NewVolume};
 use crate::keys::KeyErrorKind;
@@ -80,6 +80,8 @@ pub struct UpArgs {
     /// The AWS profile to write with the KMS's root credentials and endpoint (not written with --kms-listen none).
     #[arg(long, value_name = "NAME", default_value = UP_PROFILE)]
     pub profile: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn default_data_dir() -> Result<PathBuf, CliError> {
@@ -211,6 +213,8 @@ fn print_how_to_attach(listeners: &Listeners, volume: &Path) {
 
 pub fn run(args: UpArgs) -> CliResult {
     profile::validate_profile_name(&args.profile).map_err(CliError)?;
+    // `up` serves no TLS: plaintext beyond loopback only when asked for.
+    args.limits.check_plaintext(Some(args.listen), false)?;
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data_dir()?,
@@ -251,7 +255,7 @@ pub fn run(args: UpArgs) -> CliResult {
                 ))
             })?),
         };
-        let exports = match attached {
+        let (exports, _certified) = match attached {
             Some(exports) => exports,
             None => {
                 let sb = envelope::create(
@@ -284,7 +288,9 @@ pub fn run(args: UpArgs) -> CliResult {
                 }
             });
         }
-        serve_exports(exports, Some(&socket), Some(args.listen), |l| {
+        // `up` serves no TLS, so no client is ever shown the certified
+        // descriptions.
+        serve_exports(exports, &args.limits, Some(&socket), Some(args.listen), |l| {
             print_how_to_attach(l, &volume_path)
         })
         .await

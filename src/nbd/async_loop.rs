@@ -37,15 +37,22 @@
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    BufWriter,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, warn};
 
 use super::commands::CommandContext;
 use super::handshake::Negotiated;
+use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{REQUEST_HEADER_LEN, Request};
 use super::transmission::{
     Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
@@ -53,8 +60,9 @@ use super::transmission::{
 };
 use super::workers::{PooledBuf, Shared};
 
-/// A reply with its budget: rejected requests hold none.
-type Frame = super::transmission::Frame<Option<OwnedSemaphorePermit>>;
+/// A reply with its share of this connection's budget and of the server's:
+/// rejected requests hold none.
+type Frame = super::transmission::Frame<Option<(OwnedSemaphorePermit, ServerPermit)>>;
 
 /// What a request's device task needs, shared by the reader and all tasks.
 /// Its `replies` sender is the writer's lifeline: the writer finishes when
@@ -63,10 +71,16 @@ struct Context {
     cmd: CommandContext,
     replies: mpsc::UnboundedSender<Frame>,
     shared: Arc<Shared>,
+    limits: ConnectionLimits,
 }
 
 impl Context {
-    fn send(&self, head: Vec<u8>, data: Option<PooledBuf>, permit: Option<OwnedSemaphorePermit>) {
+    fn send(
+        &self,
+        head: Vec<u8>,
+        data: Option<PooledBuf>,
+        permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
+    ) {
         // A send only fails once the writer is gone, i.e. the connection is
         // being torn down; the reply has nowhere to go then.
         let _ = self.replies.send(Frame::new(head, data, permit));
@@ -79,6 +93,7 @@ pub(crate) async fn serve<S>(
     negotiated: Negotiated,
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    limits: ConnectionLimits,
 ) -> Result<(), TransmissionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -86,7 +101,10 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut writer = tokio::spawn(write_replies(
-        BufWriter::with_capacity(256 * 1024, write_half),
+        BufWriter::with_capacity(
+            256 * 1024,
+            StallLimit::new(write_half, limits.request_timeout),
+        ),
         rx,
     ));
 
@@ -94,6 +112,7 @@ where
         cmd: CommandContext::for_negotiated(&negotiated, shared.buffers().clone()),
         replies: tx,
         shared,
+        limits,
     });
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -116,10 +135,8 @@ where
     drop(reader);
 
     let written = match ended {
-        Ok(End::WriterGone) => {
-            writer.abort();
-            Ok(())
-        }
+        // The writer has ended (its receiver is gone): learn why.
+        Ok(End::WriterGone) => joined(writer.await),
         Ok(End::Shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
         _ => {
             tokio::select! {
@@ -135,7 +152,7 @@ where
 struct Incoming {
     request: Request,
     payload: Option<PooledBuf>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
     /// Set when validation failed: the request is answered with this errno
     /// and never reaches the device.
     rejected: Option<(u32, &'static str)>,
@@ -143,28 +160,42 @@ struct Incoming {
 
 /// Reads the next request (header and payload). `Ok(None)` means the
 /// client is done: it sent DISC or closed the connection.
+///
+/// Waiting for a request's first byte takes as long as the client likes;
+/// from there the rest of its header (and a refused payload) must arrive
+/// within the request deadline, and an accepted payload within the
+/// deadline from when we are ready for it (after waiting for budget).
 async fn read_request<R>(
     reader: &mut R,
     ctx: &Context,
     budget: &Arc<Semaphore>,
 ) -> Result<Option<Incoming>, TransmissionError>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
 {
+    if reader.fill_buf().await?.is_empty() {
+        debug!("nbd client closed the connection without NBD_CMD_DISC");
+        return Ok(None);
+    }
+    let deadline = ctx.limits.request_timeout;
     let mut header = [0u8; REQUEST_HEADER_LEN];
-    match reader.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            debug!("nbd client closed the connection without NBD_CMD_DISC");
+    match timeout(deadline, reader.read_exact(&mut header)).await {
+        Err(_) => return Err(TransmissionError::Stalled),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!("nbd client closed the connection in the middle of a request header");
             return Ok(None);
         }
-        Err(e) => return Err(e.into()),
+        Ok(Err(e)) => return Err(e.into()),
     }
     let Some(admission) = admit(&ctx.cmd, &header)? else {
         return Ok(None);
     };
     if let Some(len) = admission.to_discard() {
-        let copied = tokio::io::copy(&mut (&mut *reader).take(len), &mut tokio::io::sink()).await?;
+        let (mut rest, mut sink) = ((&mut *reader).take(len), tokio::io::sink());
+        let copied = timeout(deadline, tokio::io::copy(&mut rest, &mut sink))
+            .await
+            .map_err(|_| TransmissionError::Stalled)??;
         discarded(copied, len)?;
         return Ok(Some(Incoming {
             request: admission.request,
@@ -180,17 +211,20 @@ where
         cost,
     } = admission;
 
-    let permit = budget
+    let own = budget
         .clone()
         .acquire_many_owned(cost)
         .await
         .map_err(|_| io::Error::other("request budget closed"))?;
+    let permit = (own, ctx.limits.budget.acquire(cost).await);
 
     let payload = if payload_len > 0 {
         // Bounded by the advertised maximum: validate() rejected more.
         // Not cleared: the read overwrites every byte of it.
         let mut buf = ctx.cmd.buffers.take(payload_len as usize);
-        reader.read_exact(buf.as_mut_slice()).await?;
+        timeout(deadline, reader.read_exact(buf.as_mut_slice()))
+            .await
+            .map_err(|_| TransmissionError::Stalled)??;
         Some(buf)
     } else {
         None
@@ -269,6 +303,67 @@ async fn drain_within(
             writer.abort();
             Ok(())
         }
+    }
+}
+
+/// A writer that fails with `TimedOut` once a write (or flush) has made no
+/// progress for `limit`: a client that stops taking its replies gives its
+/// share of the budgets back instead of holding it for ever.
+struct StallLimit<W> {
+    inner: W,
+    limit: Duration,
+    /// Armed when the inner writer last returned `Pending`.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl<W> StallLimit<W> {
+    fn new(inner: W, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// Passes `poll` through, timing how long it stays `Pending`.
+    fn guard<T>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+        ready!(self.timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallLimit<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.guard(cx, poll)
     }
 }
 

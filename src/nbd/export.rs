@@ -46,6 +46,8 @@ pub enum ExportError {
     BadName(String),
     #[error("description of export {0:?} is longer than 4096 bytes or contains NUL")]
     BadDescription(String),
+    #[error("no export named {0:?}")]
+    UnknownExport(String),
     #[error("export {name:?} has invalid block sizes {sizes:?}: {reason}")]
     BadBlockSizes {
         name: String,
@@ -55,9 +57,12 @@ pub enum ExportError {
 }
 
 /// The validated, immutable list of exports shared by every connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ExportSet {
     exports: Vec<Export>,
+    /// By export index: what clients authenticated by a TLS client
+    /// certificate are shown instead of the export's own description.
+    certified_descriptions: Vec<Option<String>>,
 }
 
 impl ExportSet {
@@ -83,7 +88,41 @@ impl ExportSet {
                 }
             })?;
         }
-        Ok(Self { exports })
+        Ok(Self {
+            certified_descriptions: vec![None; exports.len()],
+            exports,
+        })
+    }
+
+    /// Sets what clients with a verified TLS client certificate see as the
+    /// description of export `name`.
+    pub(crate) fn set_certified_description(
+        &mut self,
+        name: &str,
+        description: String,
+    ) -> Result<(), ExportError> {
+        let Some(i) = self.exports.iter().position(|e| e.name == name) else {
+            return Err(ExportError::UnknownExport(name.to_string()));
+        };
+        if !valid_string(&description) {
+            return Err(ExportError::BadDescription(name.to_string()));
+        }
+        self.certified_descriptions[i] = Some(description);
+        Ok(())
+    }
+
+    /// The description of `export` (one of ours) as a client sees it:
+    /// `certified` clients (verified TLS client certificate) get the
+    /// certified description where there is one.
+    pub(crate) fn description<'a>(&'a self, export: &'a Export, certified: bool) -> &'a str {
+        let certified_text = || {
+            let i = self.exports.iter().position(|e| e.name == export.name)?;
+            self.certified_descriptions[i].as_deref()
+        };
+        match certified.then(certified_text).flatten() {
+            Some(text) => text,
+            None => &export.description,
+        }
     }
 
     pub(crate) fn all(&self) -> &[Export] {

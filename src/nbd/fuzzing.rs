@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::limits::{ConnectionLimits, Limits};
 use super::threaded_loop::{self, PlainSocket};
 use super::transmission::TransmissionError;
 use super::workers::Shared;
@@ -62,7 +63,7 @@ where
         TlsState::Offered { required } => {
             handshake::negotiate(stream, &exports, Tls::Offered { required }).await
         }
-        TlsState::Active => handshake::negotiate_over_tls(stream, &exports, false).await,
+        TlsState::Active => handshake::negotiate_over_tls(stream, &exports, false, false).await,
     };
     Ok(result.map(|outcome| match outcome {
         HandshakeOutcome::Transmission(n) => Outcome::Transmission {
@@ -93,7 +94,7 @@ where
     // Keep the sender alive so shutdown is never requested.
     let (_stop, stop_rx) = watch::channel(false);
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    async_loop::serve(stream, negotiated, stop_rx, shared()).await
+    async_loop::serve(stream, negotiated, stop_rx, shared(), limits()).await
 }
 
 /// What a handshake would have negotiated; `base_allocation` counts only
@@ -115,6 +116,15 @@ fn shared() -> Arc<Shared> {
         .clone()
 }
 
+/// The default limits, with one server-wide budget for every call, as a
+/// server would share it.
+fn limits() -> ConnectionLimits {
+    static LIMITS: OnceLock<ConnectionLimits> = OnceLock::new();
+    LIMITS
+        .get_or_init(|| ConnectionLimits::new(&Limits::default()))
+        .clone()
+}
+
 /// Runs the threaded transmission loop — the one plain Unix and TCP
 /// connections get — on `socket` (one end of a socket pair, say), as if
 /// the handshake had negotiated the given options, until DISC, the client
@@ -126,5 +136,5 @@ pub fn threaded_transmission(
     base_allocation: bool,
 ) -> Result<(), TransmissionError> {
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    threaded_loop::serve_blocking(PlainSocket::Unix(socket), negotiated, shared())
+    threaded_loop::serve_blocking(PlainSocket::Unix(socket), negotiated, shared(), limits())
 }

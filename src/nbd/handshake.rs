@@ -109,6 +109,9 @@ enum State {
 /// Per-connection option state changed by stateful options.
 struct Options {
     tls: Tls,
+    /// The client presented a TLS client certificate the server verified:
+    /// it may see the exports' certified descriptions.
+    certified: bool,
     no_zeroes: bool,
     structured_replies: bool,
     /// Last `NBD_OPT_SET_META_CONTEXT`: the export it named and whether it
@@ -126,6 +129,7 @@ impl Options {
     fn new(tls: Tls, no_zeroes: bool) -> Self {
         Self {
             tls,
+            certified: false,
             no_zeroes,
             structured_replies: false,
             meta_context: None,
@@ -147,16 +151,20 @@ where
 
 /// Continues option haggling on a stream that has just completed the TLS
 /// handshake after STARTTLS: no greeting, nothing remembered from before
-/// but the client's handshake flags.
+/// but the client's handshake flags. `certified`: the client presented a
+/// certificate the TLS layer verified.
 pub(crate) async fn negotiate_over_tls<S>(
     stream: &mut S,
     exports: &ExportSet,
     no_zeroes: bool,
+    certified: bool,
 ) -> Result<HandshakeOutcome, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let state = State::Haggling(Options::new(Tls::Active, no_zeroes));
+    let mut options = Options::new(Tls::Active, no_zeroes);
+    options.certified = certified;
+    let state = State::Haggling(options);
     run(stream, exports, state, Tls::Active).await
 }
 
@@ -272,7 +280,8 @@ where
             }
             let mut out = Vec::new();
             for e in exports.all() {
-                let server = p::encode_rep_server(&e.name, &e.description);
+                let description = exports.description(e, options.certified);
+                let server = p::encode_rep_server(&e.name, description);
                 out.extend(p::encode_option_reply(option, p::REP_SERVER, &server));
             }
             out.extend(p::encode_option_reply(option, p::REP_ACK, &[]));
@@ -378,11 +387,9 @@ where
     if wants(p::INFO_NAME) {
         info(p::encode_info_string(p::INFO_NAME, &export.name));
     }
-    if wants(p::INFO_DESCRIPTION) && !export.description.is_empty() {
-        info(p::encode_info_string(
-            p::INFO_DESCRIPTION,
-            &export.description,
-        ));
+    let description = exports.description(export, options.certified);
+    if wants(p::INFO_DESCRIPTION) && !description.is_empty() {
+        info(p::encode_info_string(p::INFO_DESCRIPTION, description));
     }
     // Sent on GO even unasked: a client that ignores it is no worse off, and
     // one that understands it learns the preferred size (the spec lets a

@@ -20,6 +20,7 @@
 //! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
+//! | `limits.rs` | what a stranger can hold: the limits' defaults, the server-wide in-flight budget both loops draw on, the open-file limit the connection caps need |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
@@ -109,9 +110,24 @@
 //! sends. Either way frames never interleave, and a per-connection budget
 //! of [`IN_FLIGHT_BYTES`] bounds buffered payloads and replies: when it is
 //! spent the reader simply stops reading, which pushes back on the client
-//! through TCP/Unix flow control. [`Server::with_transmission_loop`]
+//! through TCP/Unix flow control. On top of that, a server-wide budget
+//! ([`MAX_INFLIGHT_BYTES`], [`Server::with_max_inflight`]) bounds what all
+//! connections together buffer: a request waits its turn for it, first
+//! come first served. [`Server::with_transmission_loop`]
 //! (`envol serve --transmission async`) serves plain connections with the
 //! async loop too, for comparison; the conformance tests run against both.
+//!
+//! # Limits
+//!
+//! Besides the budgets: each listener serves at most [`MAX_CONNECTIONS`]
+//! connections ([`Server::with_max_connections`]; the Unix socket and TCP
+//! counted apart, so TCP strangers cannot lock the socket's owner out), and
+//! closes more right after accept. A request that has started arriving must
+//! arrive in full within [`REQUEST_TIMEOUT`]
+//! ([`Server::with_request_timeout`]), and a reply the client takes none of
+//! for that long ends the connection, which gives its budget back; an idle
+//! connection between requests is never timed out. With the threaded
+//! loop's two threads per connection, threads are bounded by twice the cap.
 //!
 //! Connections share nothing but the `Arc`'d device and the server's
 //! workers and buffers, so a client that vanishes mid-request affects no
@@ -143,6 +159,7 @@ mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+mod limits;
 pub mod protocol;
 mod server;
 mod threaded_loop;
@@ -153,6 +170,7 @@ mod workers;
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
+pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};

@@ -6,17 +6,18 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
+use super::limits::{ConnectionLimits, Limits, ensure_descriptors};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::shutdown_requested;
@@ -58,6 +59,7 @@ struct ConnectionConfig {
     tls: Option<TlsConfig>,
     handshake_timeout: Duration,
     plain_loop: TransmissionLoop,
+    limits: Limits,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
                 plain_loop: TransmissionLoop::default(),
+                limits: Limits::default(),
             }),
             shared: Arc::new(Shared::with_default_workers()),
         })
@@ -93,11 +96,52 @@ impl Server {
         self.reconfigure(|c| c.plain_loop = plain_loop)
     }
 
+    /// Caps the bytes buffered for in-flight requests across all
+    /// connections (default [`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES));
+    /// requests beyond it wait their turn. Each connection's own
+    /// [`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES) still applies.
+    pub fn with_max_inflight(self, bytes: u64) -> Self {
+        self.reconfigure(|c| c.limits.max_inflight = bytes)
+    }
+
+    /// Caps the connections served at once on each listener (default
+    /// [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS), at least 1): more are
+    /// closed as soon as they are accepted, with a log line. The Unix
+    /// socket and TCP are counted apart, so strangers on TCP cannot lock
+    /// the socket's owner out.
+    pub fn with_max_connections(self, connections: usize) -> Self {
+        self.reconfigure(|c| c.limits.max_connections = connections.max(1))
+    }
+
+    /// Replaces [`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT): how long a
+    /// request that has started arriving may take to arrive in full, and a
+    /// reply may wait for the client to take any of it, before the
+    /// connection is closed.
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        self.reconfigure(|c| c.limits.request_timeout = timeout)
+    }
+
     fn reconfigure(mut self, change: impl FnOnce(&mut ConnectionConfig)) -> Self {
         let mut config = ConnectionConfig::clone(&self.config);
         change(&mut config);
         self.config = Arc::new(config);
         self
+    }
+
+    /// Shows `description` as export `name`'s description (in
+    /// `NBD_OPT_LIST`, `INFO` and `GO`) to clients that authenticated with a
+    /// TLS client certificate the server verified ([`TlsConfig`] with a
+    /// client CA); everyone else sees the export's own description. For
+    /// details a stranger should not learn, such as a volume's key.
+    pub fn with_certified_description(
+        mut self,
+        name: &str,
+        description: String,
+    ) -> Result<Self, ExportError> {
+        let mut exports = ExportSet::clone(&self.exports);
+        exports.set_certified_description(name, description)?;
+        self.exports = Arc::new(exports);
+        Ok(self)
     }
 
     /// Whether clients must start TLS before anything else.
@@ -128,6 +172,29 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
+        let limits = self.config.limits;
+        let transmission = ConnectionLimits::new(&limits);
+        // Each listener has its own count, so TCP strangers cannot take the
+        // places of the Unix socket's owner.
+        let listening =
+            usize::from(listeners.unix.is_some()) + usize::from(listeners.tcp.is_some());
+        if let Some(limit) = ensure_descriptors(limits.max_connections * listening, 64) {
+            warn!(
+                descriptor_limit = limit,
+                max_connections = limits.max_connections,
+                "the open-file limit is below what the connection cap needs: raise `ulimit -n` or lower --max-connections"
+            );
+        }
+        let mut unix_places = Places::new(limits.max_connections, "unix");
+        let mut tcp_places = Places::new(limits.max_connections, "tcp");
+        let context = |place| ConnectionContext {
+            exports: self.exports.clone(),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            limits: transmission.clone(),
+            stop: stop_rx.clone(),
+            _place: place,
+        };
 
         loop {
             tokio::select! {
@@ -135,25 +202,29 @@ impl Server {
                 accepted = accept_unix(listeners.unix.as_ref()) => match accepted {
                     Ok(stream) => {
                         next_id += 1;
+                        let Some(place) = unix_places.take("unix") else {
+                            drop(stream);
+                            continue;
+                        };
                         let span = info_span!("nbd_conn", id = next_id, peer = "unix");
-                        connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
-                        );
+                        connections.spawn(connection(stream, context(place)).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 accepted = accept_tcp(listeners.tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
+                        next_id += 1;
+                        let Some(place) = tcp_places.take(&peer.to_string()) else {
+                            drop(stream);
+                            continue;
+                        };
                         // NBD replies are latency-bound; the spec asks for
                         // TCP_NODELAY on both ends.
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(error = %e, "could not set TCP_NODELAY");
                         }
-                        next_id += 1;
                         let span = info_span!("nbd_conn", id = next_id, peer = %peer);
-                        connections.spawn(
-                            connection(stream, self.exports.clone(), self.config.clone(), self.shared.clone(), stop_rx.clone()).instrument(span),
-                        );
+                        connections.spawn(connection(stream, context(place)).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -359,18 +430,78 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One client connection: handshake (bounded in time, abandoned on
-/// shutdown), then transmission. Never returns an error: a connection's
-/// failure is its own and is logged here.
-async fn connection<S>(
-    stream: S,
+/// A listener's places for connections, and its log of refusals: the
+/// first refusal is logged at once, later ones at most once a second with
+/// their count, so a flood of connections cannot flood the log.
+struct Places {
+    free: Arc<Semaphore>,
+    cap: usize,
+    listener: &'static str,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Places {
+    fn new(cap: usize, listener: &'static str) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(cap)),
+            cap,
+            listener,
+            last_logged: None,
+            unlogged: 0,
+        }
+    }
+
+    /// One place for a new connection, or `None` (logged) at the cap.
+    fn take(&mut self, peer: &str) -> Option<OwnedSemaphorePermit> {
+        if let Ok(place) = self.free.clone().try_acquire_owned() {
+            return Some(place);
+        }
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            warn!(
+                listener = self.listener,
+                peer,
+                refused = self.unlogged,
+                max_connections = self.cap,
+                "nbd connection refused: the listener is at its connection cap"
+            );
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        None
+    }
+}
+
+/// Everything a connection task holds besides its stream; its place on
+/// the listener is given back when the task ends.
+struct ConnectionContext {
     exports: Arc<ExportSet>,
     config: Arc<ConnectionConfig>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) where
+    limits: ConnectionLimits,
+    stop: watch::Receiver<bool>,
+    _place: OwnedSemaphorePermit,
+}
+
+/// One client connection: handshake (bounded in time, abandoned on
+/// shutdown), then transmission. Never returns an error: a connection's
+/// failure is its own and is logged here.
+async fn connection<S>(stream: S, context: ConnectionContext)
+where
     S: AsyncRead + AsyncWrite + IntoPlainSocket + Unpin + Send + 'static,
 {
+    let ConnectionContext {
+        exports,
+        config,
+        shared,
+        limits,
+        mut stop,
+        _place,
+    } = context;
     debug!("nbd client connected");
     let attached = tokio::select! {
         r = tokio::time::timeout(config.handshake_timeout, handshake(stream, &exports, &config)) => r,
@@ -405,15 +536,17 @@ async fn connection<S>(
             attached_log(&n, false);
             match config.plain_loop {
                 TransmissionLoop::Threaded => match stream.into_plain_socket() {
-                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared).await,
+                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared, limits).await,
                     Err(e) => Err(e.into()),
                 },
-                TransmissionLoop::Async => async_loop::serve(stream, *n, stop, shared).await,
+                TransmissionLoop::Async => {
+                    async_loop::serve(stream, *n, stop, shared, limits).await
+                }
             }
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
-            async_loop::serve(*stream, *n, stop, shared).await
+            async_loop::serve(*stream, *n, stop, shared, limits).await
         }
         Attached::Closed => return,
     };
@@ -481,7 +614,10 @@ where
         .await
         .map_err(HandshakeFailure::Tls)?;
     debug!("nbd TLS established");
-    match handshake::negotiate_over_tls(&mut stream, exports, no_zeroes).await? {
+    // With a client CA configured, rustls has verified any certificate
+    // the client presented (and refused the handshake otherwise).
+    let certified = stream.get_ref().1.peer_certificates().is_some();
+    match handshake::negotiate_over_tls(&mut stream, exports, no_zeroes, certified).await? {
         HandshakeOutcome::Transmission(n) => Ok(Attached::Tls(Box::new(stream), n)),
         // Not offered over TLS; a client that aborts is done either way.
         HandshakeOutcome::Closed | HandshakeOutcome::StartTls { .. } => Ok(Attached::Closed),

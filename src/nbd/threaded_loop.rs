@@ -47,16 +47,18 @@ use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
 use super::commands::CommandContext;
 use super::handshake::Negotiated;
+use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
     Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
-    shutdown_requested,
+    is_stall, shutdown_requested,
 };
 use super::workers::{Job, PooledBuf, Shared};
 
@@ -97,6 +99,24 @@ impl PlainSocket {
             Self::Tcp(s) => s.shutdown(how),
         }
     }
+
+    /// `SO_RCVTIMEO`: a blocking read that gets nothing for this long
+    /// fails with `WouldBlock`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.set_read_timeout(timeout),
+            Self::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// `SO_SNDTIMEO`: a blocking write that can send nothing for this long
+    /// fails with `WouldBlock`.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.set_write_timeout(timeout),
+            Self::Tcp(s) => s.set_write_timeout(timeout),
+        }
+    }
 }
 
 impl Read for &PlainSocket {
@@ -128,12 +148,46 @@ impl Write for &PlainSocket {
     }
 }
 
-/// The reader's view of a shared socket.
-struct SocketReader(Arc<PlainSocket>);
+/// The reader's view of a shared socket, with the deadline of the request
+/// being read: while one is set, every blocking read is bounded by what is
+/// left of it (`SO_RCVTIMEO`, changed only when it must be, so requests
+/// served from the buffer cost no system call); between requests reads
+/// wait as long as the client likes.
+struct SocketReader {
+    socket: Arc<PlainSocket>,
+    deadline: Option<Instant>,
+    /// Whether `SO_RCVTIMEO` is set on the socket now.
+    timeout_set: bool,
+}
+
+impl SocketReader {
+    fn new(socket: Arc<PlainSocket>) -> Self {
+        Self {
+            socket,
+            deadline: None,
+            timeout_set: false,
+        }
+    }
+}
 
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        match self.deadline {
+            None if self.timeout_set => {
+                self.socket.set_read_timeout(None)?;
+                self.timeout_set = false;
+            }
+            None => {}
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                self.socket.set_read_timeout(Some(left))?;
+                self.timeout_set = true;
+            }
+        }
+        (&*self.socket).read(buf)
     }
 }
 
@@ -178,13 +232,14 @@ pub(crate) async fn serve(
     negotiated: Negotiated,
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    limits: ConnectionLimits,
 ) -> Result<(), TransmissionError> {
     let control = socket.try_clone()?;
     let (done_tx, mut done) = oneshot::channel();
     std::thread::Builder::new()
         .name("envol-nbd-conn".into())
         .spawn(move || {
-            let _ = done_tx.send(serve_blocking(socket, negotiated, shared));
+            let _ = done_tx.send(serve_blocking(socket, negotiated, shared, limits));
         })?;
     tokio::select! {
         r = &mut done => return finished(r),
@@ -208,20 +263,26 @@ fn finished(
     r.unwrap_or_else(|_| Err(io::Error::other("nbd connection thread panicked").into()))
 }
 
-/// A reply with its share of this connection's [`Budget`].
-type Frame = super::transmission::Frame<Permit>;
+/// A reply with its share of this connection's [`Budget`] and of the
+/// server's.
+type Frame = super::transmission::Frame<(Permit, ServerPermit)>;
 
 pub(super) fn serve_blocking(
     socket: PlainSocket,
     negotiated: Negotiated,
     shared: Arc<Shared>,
+    limits: ConnectionLimits,
 ) -> Result<(), TransmissionError> {
+    // A reply the client takes nothing of for this long ends the
+    // connection (and gives its budget back to everyone else).
+    socket.set_write_timeout(Some(limits.request_timeout))?;
     let socket = Arc::new(socket);
     let (replies, rx) = mpsc::channel::<Vec<Frame>>();
     let output = Arc::new(ReplyOutput {
         socket: socket.clone(),
         lock: Mutex::new(()),
         failed: AtomicBool::new(false),
+        stalled: AtomicBool::new(false),
     });
     let writer = {
         let output = output.clone();
@@ -230,7 +291,7 @@ pub(super) fn serve_blocking(
             .spawn(move || write_replies(&output, &rx))?
     };
     let mut reader = Reader {
-        input: BufReader::with_capacity(READ_BUFFER, SocketReader(socket.clone())),
+        input: BufReader::with_capacity(READ_BUFFER, SocketReader::new(socket.clone())),
         cmd: Arc::new(CommandContext::for_negotiated(
             &negotiated,
             shared.buffers().clone(),
@@ -238,18 +299,23 @@ pub(super) fn serve_blocking(
         shared,
         replies,
         budget: Arc::new(Budget::new(IN_FLIGHT_BYTES)),
+        limits,
         batch: Vec::new(),
         batch_bytes: 0,
-        output,
+        output: output.clone(),
         writes: Arc::new(WriteLane::default()),
     };
     let ended = reader.run();
     // Our sender goes; the writer ends once the workers' replies for this
     // connection are written.
     drop(reader);
-    let written = writer
+    let mut written = writer
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("nbd reply writer panicked")));
+    if output.stalled.load(Ordering::Acquire) {
+        // The reader may have met the stall on a batch of its own.
+        written = Err(io::ErrorKind::TimedOut.into());
+    }
     let _ = socket.shutdown(Shutdown::Write);
     conclude(ended, written)
 }
@@ -269,6 +335,7 @@ struct Reader {
     shared: Arc<Shared>,
     replies: mpsc::Sender<Vec<Frame>>,
     budget: Arc<Budget>,
+    limits: ConnectionLimits,
     /// Replies of requests answered on this thread, not yet handed on.
     batch: Vec<Frame>,
     batch_bytes: usize,
@@ -302,20 +369,36 @@ impl Reader {
     /// Reads and answers (or dispatches) one request; `false` once the
     /// client is done.
     fn serve_one(&mut self) -> Result<bool, TransmissionError> {
+        if self.input.buffer().is_empty() {
+            // Between requests: wait as long as the client likes.
+            self.input.get_mut().deadline = None;
+            if self
+                .input
+                .fill_buf()
+                .map_err(TransmissionError::from_io)?
+                .is_empty()
+            {
+                debug!("nbd client closed the connection without NBD_CMD_DISC");
+                return Ok(false);
+            }
+        }
+        // A request has started arriving: the rest of its header (and a
+        // refused payload) must follow within the deadline.
+        self.start_deadline();
         let mut header = [0u8; REQUEST_HEADER_LEN];
         match self.input.read_exact(&mut header) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                debug!("nbd client closed the connection without NBD_CMD_DISC");
+                debug!("nbd client closed the connection in the middle of a request header");
                 return Ok(false);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(TransmissionError::from_io(e)),
         }
         let Some(admission) = admit(&self.cmd, &header)? else {
             return Ok(false);
         };
         if let Some(len) = admission.to_discard() {
-            self.discard(len)?;
+            self.discard(len).map_err(TransmissionError::from_io)?;
         }
         let Admission {
             request,
@@ -324,14 +407,7 @@ impl Reader {
             cost,
         } = admission;
 
-        let permit = match self.budget.try_acquire(cost) {
-            Some(p) => p,
-            None => {
-                // Some of what is spent may sit in our own batch.
-                self.hand_on(Next::Wait);
-                self.budget.acquire(cost)
-            }
-        };
+        let permit = self.acquire(cost);
 
         if let Some((errno, message)) = rejected {
             let head = self.cmd.rejection_frame(&request, errno, message);
@@ -347,7 +423,11 @@ impl Reader {
             // Bounded by the advertised maximum (validated). Not cleared:
             // the read overwrites every byte of it.
             let mut buf = self.cmd.buffers.take(payload_len as usize);
-            self.read_payload(buf.as_mut_slice())?;
+            // The payload's deadline starts once we are ready for it: the
+            // client is not to blame for our wait for budget.
+            self.start_deadline();
+            self.read_payload(buf.as_mut_slice())
+                .map_err(TransmissionError::from_io)?;
             payload = Some(buf);
         }
 
@@ -366,6 +446,27 @@ impl Reader {
             }
         }
         Ok(true)
+    }
+
+    fn start_deadline(&mut self) {
+        self.input.get_mut().deadline = Some(Instant::now() + self.limits.request_timeout);
+    }
+
+    /// Takes `cost` of this connection's budget and of the server's. When
+    /// either is spent, the batch goes out first (some of what is spent may
+    /// sit in it), then the reader waits: for its own budget, then in line
+    /// for the server's.
+    fn acquire(&mut self, cost: u32) -> (Permit, ServerPermit) {
+        if let Some(own) = self.budget.try_acquire(cost) {
+            if let Some(server) = self.limits.budget.try_acquire(cost) {
+                return (own, server);
+            }
+            self.hand_on(Next::Wait);
+            return (own, self.limits.budget.acquire_blocking(cost));
+        }
+        self.hand_on(Next::Wait);
+        let own = self.budget.acquire(cost);
+        (own, self.limits.budget.acquire_blocking(cost))
     }
 
     /// Fills `buf` with payload: first what the socket buffer holds, then
@@ -388,7 +489,7 @@ impl Reader {
         discarded(copied, len)
     }
 
-    fn push(&mut self, head: Vec<u8>, data: Option<PooledBuf>, permit: Permit) {
+    fn push(&mut self, head: Vec<u8>, data: Option<PooledBuf>, permit: (Permit, ServerPermit)) {
         self.batch_bytes += head.len() + data.as_ref().map_or(0, |d| d.as_slice().len());
         self.batch.push(Frame::new(head, data, permit));
     }
@@ -416,7 +517,12 @@ impl Reader {
 
     /// Queues a request for the server's workers (waiting while the queue is
     /// full); the worker sends its reply to the writer.
-    fn dispatch(&mut self, request: Request, payload: Option<PooledBuf>, permit: Permit) {
+    fn dispatch(
+        &mut self,
+        request: Request,
+        payload: Option<PooledBuf>,
+        permit: (Permit, ServerPermit),
+    ) {
         let cmd = self.cmd.clone();
         let replies = self.replies.clone();
         let in_lane = request.command() == Command::Write && request.flags & p::CMD_FLAG_FUA == 0;
@@ -502,6 +608,9 @@ struct ReplyOutput {
     /// Set by the first failed write (client gone or not reading); from
     /// then on replies are dropped and the reader stops.
     failed: AtomicBool,
+    /// The failure was the client taking nothing within the request
+    /// deadline (`SO_SNDTIMEO`), not the client leaving.
+    stalled: AtomicBool,
 }
 
 impl ReplyOutput {
@@ -536,7 +645,10 @@ impl ReplyOutput {
             }
             write_all_vectored(&mut out, &mut slices)
         });
-        if written.is_err() {
+        if let Err(e) = &written {
+            if is_stall(e) {
+                self.stalled.store(true, Ordering::Release);
+            }
             self.failed.store(true, Ordering::Release);
             let _ = self.socket.shutdown(Shutdown::Both);
         }

@@ -43,6 +43,33 @@ pub enum TransmissionError {
     Protocol(#[from] ProtocolError),
     #[error("write payload of {0} bytes exceeds what this server accepts")]
     PayloadTooLarge(u32),
+    /// A request started arriving and did not finish within the deadline,
+    /// or a reply waited that long for the client to take any of it.
+    #[error(
+        "closed: the client stalled past the request deadline in the middle of a request or reply"
+    )]
+    Stalled,
+}
+
+impl TransmissionError {
+    /// The error an I/O failure becomes: a read or write that timed out on
+    /// the request deadline is the client stalling, anything else is I/O.
+    pub(super) fn from_io(e: io::Error) -> Self {
+        if is_stall(&e) {
+            Self::Stalled
+        } else {
+            Self::Io(e)
+        }
+    }
+}
+
+/// Whether an I/O error is a deadline running out (`SO_RCVTIMEO` and
+/// `SO_SNDTIMEO` report `EAGAIN`; the async loop's timers `TimedOut`).
+pub(super) fn is_stall(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// How a loop's reader stopped.
@@ -145,13 +172,15 @@ pub(super) fn discarded(copied: u64, expected: u64) -> io::Result<()> {
 }
 
 /// Judges a finished connection from how its reader ended and what its
-/// writer reported: a reader error wins; a writer that stopped because the
-/// client went away (or stopped reading) is a normal end.
+/// writer reported: a reader error wins; then a writer that gave up on a
+/// client that took nothing within the request deadline; a writer that
+/// stopped because the client went away is a normal end.
 pub(super) fn conclude(
     ended: Result<End, TransmissionError>,
     written: io::Result<()>,
 ) -> Result<(), TransmissionError> {
     match (ended?, written) {
+        (_, Err(e)) if is_stall(&e) => Err(TransmissionError::Stalled),
         (End::WriterGone, _) => Ok(()),
         (End::Client | End::Shutdown, Err(e)) if !is_disconnect(&e) => Err(e.into()),
         (End::Client | End::Shutdown, _) => Ok(()),
