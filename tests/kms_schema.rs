@@ -119,5 +119,5 @@ fn a_missing_or_unreadable_schema_version_is_refused() {
     let err = one_line_error(&serve_refused(&dir));
     assert!(err.contains(&dir.display().to_string()), "{err}");
     assert!(err.contains("schema version \"none\""), "{err}");
-    assert!(err.contains("version 1"), "{err}");
+    assert!(err.contains("version 2"), "{err}");
 }

@@ -41,7 +41,7 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     #[error(
-        "KMS data directory {}: its database has schema version {found:?}, but this envol reads only version {supported}; use the envol that wrote it (or a newer one)",
+        "KMS data directory {}: its database has schema version {found:?}, but this envol reads only version {supported} (and upgrades version 1 to it); use the envol that wrote it (or a newer one)",
         dir.display()
     )]
     Schema {
