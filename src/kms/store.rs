@@ -232,9 +232,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. A database that
-    /// records a schema version other than `SCHEMA_VERSION` is refused
-    /// before the schema below is applied to it: a newer envol's tables are
-    /// never altered by an older one.
+    /// records a schema version other than `SCHEMA_VERSION` (or version 1,
+    /// which gets version 2's columns here and their values from the core's
+    /// migration) is refused before the schema below is applied to it: a
+    /// newer envol's tables are never altered by an older one.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
