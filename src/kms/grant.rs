@@ -21,7 +21,11 @@
 //! context, and envol used to store it as *no constraint at all* — a grant
 //! meant to be narrow that allowed every context. Refusing it leaves no
 //! reading to get wrong. A stored constraint that is empty (written by
-//! hand, or by a future bug) is unreadable and matches nothing.
+//! hand, or by a future bug) is unreadable and matches nothing. (Grants an
+//! older envol made with `{}` were stored with no constraint at all, the
+//! same row as a grant made without one: nothing tells them apart, so
+//! schema migration cannot narrow them; `ListGrants` shows them without
+//! `Constraints`, and they should be revoked and re-made.)
 
 use std::collections::BTreeMap;
 
