@@ -96,6 +96,27 @@ def refusals(endpoint, akid, secret, account):
     )
     assert kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"] == before
 
+    # A user of the account that does not exist cannot be named: nothing is
+    # bound to a name waiting for a user to be created under it.
+    nobody = f"arn:aws:iam::{account}:user/nosuch"
+    naming_nobody = json.dumps(
+        {
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": root_arn}, "Action": "kms:*", "Resource": "*"},
+                {"Effect": "Allow", "Principal": {"AWS": nobody}, "Action": "kms:*", "Resource": "*"},
+            ]
+        }
+    )
+    expect(
+        "MalformedPolicyDocumentException",
+        lambda: kms.put_key_policy(KeyId=key, PolicyName="default", Policy=naming_nobody),
+    )
+    expect(
+        "ValidationException",
+        lambda: kms.create_grant(KeyId=key, GranteePrincipal=nobody, Operations=["Decrypt"]),
+    )
+    assert kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"] == before
+
     # alias/aws/ is reserved in any case.
     kms.create_alias(AliasName="alias/mine", TargetKeyId=key)
     for name in ("alias/AWS/x", "alias/aws/x", "alias/Aws/ebs"):
