@@ -65,14 +65,14 @@ fn a_newer_schema_is_refused_before_it_is_touched() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, b"1");
+    assert_eq!(version, b"2");
     run_ok(envol().args(["kms", "user", "list", "--data"]).arg(&dir));
 
     // A "newer envol" bumps the version and drops a table this build has.
     {
         let c = db(&dir);
         c.execute(
-            "UPDATE meta SET value = CAST('2' AS BLOB) WHERE name = 'schema_version'",
+            "UPDATE meta SET value = CAST('3' AS BLOB) WHERE name = 'schema_version'",
             [],
         )
         .unwrap();
@@ -83,8 +83,8 @@ fn a_newer_schema_is_refused_before_it_is_touched() {
 
     let err = one_line_error(&serve_refused(&dir));
     assert!(err.contains(&dir.display().to_string()), "{err}");
-    assert!(err.contains("schema version \"2\""), "{err}");
-    assert!(err.contains("version 1"), "{err}");
+    assert!(err.contains("schema version \"3\""), "{err}");
+    assert!(err.contains("version 2"), "{err}");
 
     // Every command that opens the directory refuses it the same way.
     let out = envol()
@@ -119,5 +119,5 @@ fn a_missing_or_unreadable_schema_version_is_refused() {
     let err = one_line_error(&serve_refused(&dir));
     assert!(err.contains(&dir.display().to_string()), "{err}");
     assert!(err.contains("schema version \"none\""), "{err}");
-    assert!(err.contains("version 1"), "{err}");
+    assert!(err.contains("version 2"), "{err}");
 }

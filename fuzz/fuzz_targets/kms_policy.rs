@@ -64,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
     let own_account = principal.split(':').nth(4).unwrap_or("");
     requests.push(AccessRequest {
         principal_arn: principal,
+        principal_id: principal,
+        secure_transport: doc.len() % 2 == 0,
         account_id: ACCOUNT,
         caller_account: own_account,
         action,
@@ -80,7 +82,18 @@ fuzz_target!(|data: &[u8]| {
         policy.statement_ids(),
         policy.named_principals(),
     );
+    // Bound to ids (as the service evaluates it): every ARN to itself, so
+    // the requests above (whose id is their ARN) see the same decisions.
+    let bound = policy.clone().bind(
+        policy
+            .arn_principals()
+            .iter()
+            .map(|a| (a.to_string(), a.to_string()))
+            .collect(),
+    );
     let decisions: Vec<Decision> = requests.iter().map(|r| policy.evaluate(r)).collect();
+    let bound_decisions: Vec<Decision> = requests.iter().map(|r| bound.evaluate(r)).collect();
+    assert_eq!(decisions, bound_decisions, "binding each ARN to itself changed a decision");
     let again: Vec<Decision> = requests.iter().map(|r| policy.evaluate(r)).collect();
     assert_eq!(decisions, again, "evaluation is not deterministic");
 
@@ -109,6 +122,8 @@ fn request<'a>(
 ) -> AccessRequest<'a> {
     AccessRequest {
         principal_arn: principal,
+        principal_id: principal,
+        secure_transport: false,
         account_id: ACCOUNT,
         caller_account: principal.split(':').nth(4).unwrap_or(""),
         action,

@@ -264,7 +264,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &r.headers,
         body: &r.body,
     };
-    let reply = respond(&w.kms, &signed, "fuzz", "fuzz");
+    let reply = respond(&w.kms, &signed, "fuzz", "fuzz", false);
     // Keep the shared key usable, so later inputs reach the same code.
     let operation = r
         .headers

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::error::{CliError, CliResult};
+use super::key::JsonFlag;
 use super::runtime::{runtime, shutdown_signal};
 use crate::kms::clock::SystemClock;
 use crate::kms::datadir::DataDir;
@@ -80,10 +81,13 @@ pub enum UserCommand {
         #[command(flatten)]
         profile: ProfileArgs,
     },
-    /// List users and their access key ids.
+    /// List principals: name, unique id (`AIDA…`; the account id for the
+    /// root), ARN and access key ids.
     List {
         #[command(flatten)]
         data: DataArg,
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Remove a user, its access keys, and the AWS profiles holding them.
     Remove {
@@ -113,7 +117,7 @@ pub fn run(cmd: KmsCommand) -> CliResult {
             data,
             profile,
         }) => user_add(data.data, &name, profile),
-        KmsCommand::User(UserCommand::List { data }) => user_list(data.data),
+        KmsCommand::User(UserCommand::List { data, out }) => user_list(data.data, out),
         KmsCommand::User(UserCommand::Remove { name, data }) => user_remove(data.data, &name),
         KmsCommand::Check { data } => {
             let n = open(&data.data)?.check_integrity()?;
@@ -207,10 +211,32 @@ fn user_remove(dir: PathBuf, name: &str) -> CliResult {
     Ok(())
 }
 
-fn user_list(dir: PathBuf) -> CliResult {
+fn user_list(dir: PathBuf, out: JsonFlag) -> CliResult {
     let kms = open(&dir)?;
-    for p in kms.list_principals()? {
-        say!("{}\t{}\t{}", p.name, p.arn, p.access_key_ids.join(","));
+    let principals = kms.list_principals()?;
+    if out.json {
+        let list: Vec<serde_json::Value> = principals
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "UserName": p.name,
+                    "UserId": p.id,
+                    "Arn": p.arn,
+                    "AccessKeyIds": p.access_key_ids,
+                })
+            })
+            .collect();
+        say!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    for p in principals {
+        say!(
+            "{}\t{}\t{}\t{}",
+            p.name,
+            p.id,
+            p.arn,
+            p.access_key_ids.join(",")
+        );
     }
     Ok(())
 }

@@ -18,7 +18,11 @@ pub struct EmbeddedKeys {
 
 impl EmbeddedKeys {
     pub fn as_root(kms: Arc<Kms>) -> Self {
-        let principal = kms.root_principal();
+        let mut principal = kms.root_principal();
+        // No network between this caller and the KMS: nothing for TLS to
+        // protect, so a key policy's `aws:SecureTransport` deny (meant for
+        // plain HTTP) does not lock `envol up` out of its own keys.
+        principal.secure_transport = true;
         EmbeddedKeys { kms, principal }
     }
 

@@ -24,7 +24,9 @@ use super::iam::{self, AccessKey, Principal};
 use super::key_state::KeyState;
 use super::policy::{AccessRequest, Decision, Policy};
 use super::seal::{self, KeyMaterial, RootKey};
-use super::store::{self, KeyRow, PrincipalRow, SCHEMA_VERSION, Store};
+use super::store::{
+    self, KeyRow, PrincipalRow, SCHEMA_VERSION, SCHEMA_VERSION_UNIQUE_IDS_MISSING, Store,
+};
 
 /// Why the service could not be opened or initialised.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,7 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     #[error(
-        "KMS data directory {}: its database has schema version {found:?}, but this envol reads only version {supported}; use the envol that wrote it (or a newer one)",
+        "KMS data directory {}: its database has schema version {found:?}, but this envol reads only version {supported} (and upgrades version 1 to it); use the envol that wrote it (or a newer one)",
         dir.display()
     )]
     Schema {
@@ -112,7 +114,13 @@ impl Kms {
                 "root_key_canary",
                 &root_key.seal(seal::CANARY_PURPOSE, b"envol"),
             )?;
-            Store::insert_principal(tx, iam::ROOT_NAME, &iam::root_arn(&account_id), now)?;
+            Store::insert_principal(
+                tx,
+                iam::ROOT_NAME,
+                &account_id,
+                &iam::root_arn(&account_id),
+                now,
+            )?;
             Store::insert_access_key(
                 tx,
                 &access.access_key_id,
@@ -152,13 +160,13 @@ impl Kms {
             .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
         // Every directory envol ever initialised records its version; one
         // without it was not written by envol as we know it.
-        if store.meta_string("schema_version")?.is_none() {
+        let Some(version) = store.meta_string("schema_version")? else {
             return Err(ServiceError::Schema {
                 dir: dir.root.clone(),
                 found: "none".into(),
                 supported: SCHEMA_VERSION,
             });
-        }
+        };
         if root_key.unseal(seal::CANARY_PURPOSE, &canary).is_err() {
             return Err(DataDirError::WrongRootKey(dir.root_key_path()).into());
         }
@@ -168,6 +176,9 @@ impl Kms {
         let region = store
             .meta_string("region")?
             .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        if version == SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string() {
+            migrate_to_unique_ids(&store, &account_id)?;
+        }
         restrict_db_files(dir);
         let audit = open_audit(dir)?;
         Ok(Kms {
@@ -211,8 +222,9 @@ impl Kms {
         let arn = iam::user_arn(&self.account_id, name);
         let access = iam::generate_access_key();
         let now = self.now_ms();
-        self.store.transaction(|tx| {
-            Store::insert_principal(tx, name, &arn, now)?;
+        let id = self.store.transaction(|tx| {
+            let id = new_user_id(tx)?;
+            Store::insert_principal(tx, name, &id, &arn, now)?;
             Store::insert_access_key(
                 tx,
                 &access.access_key_id,
@@ -222,12 +234,15 @@ impl Kms {
                     access.secret_access_key.as_bytes(),
                 ),
                 now,
-            )
+            )?;
+            Ok(id)
         })?;
         Ok((
             Principal {
                 arn,
                 account_id: self.account_id.clone(),
+                id,
+                secure_transport: false,
             },
             access,
         ))
@@ -250,7 +265,7 @@ impl Kms {
         &self,
         access_key_id: &str,
     ) -> Result<Option<(Principal, Zeroizing<String>)>, KmsError> {
-        let Some((arn, sealed)) = self.store.access_key(access_key_id)? else {
+        let Some((arn, id, sealed)) = self.store.access_key(access_key_id)? else {
             return Ok(None);
         };
         let secret = self
@@ -262,6 +277,8 @@ impl Kms {
             Principal {
                 arn,
                 account_id: self.account_id.clone(),
+                id,
+                secure_transport: false,
             },
             secret,
         )))
@@ -379,9 +396,12 @@ impl Kms {
             return Ok(());
         }
         let policy = Policy::parse(&key.policy)
-            .map_err(|e| KmsError::internal(format!("stored key policy unreadable: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("stored key policy unreadable: {e}")))?
+            .bind(key.policy_principals.clone());
         let decision = policy.evaluate(&AccessRequest {
             principal_arn: &caller.arn,
+            principal_id: &caller.id,
+            secure_transport: caller.secure_transport,
             account_id: &self.account_id,
             caller_account: &caller.account_id,
             action,
@@ -418,8 +438,44 @@ impl Kms {
         caller.is_root() && caller.account_id == self.account_id
     }
 
+    /// Binds a policy about to be put to the unique ids of the principals
+    /// it names (see `policy::document`): returns the bindings to store
+    /// with it. Naming a user of this account that does not exist is
+    /// refused, as AWS refuses a policy with an invalid principal; ARNs of
+    /// other accounts, roles and the like bind to nothing (envol has no such
+    /// principals) and so match nobody.
+    pub(super) fn bind_policy_principals(
+        &self,
+        policy: &Policy,
+    ) -> Result<BTreeMap<String, String>, KmsError> {
+        let mut bindings = BTreeMap::new();
+        for arn in policy.arn_principals() {
+            match self.store.principal_id_by_arn(arn)? {
+                Some(id) => {
+                    bindings.insert(arn.to_string(), id);
+                }
+                None if iam::user_name_in_arn(&self.account_id, arn).is_some() => {
+                    return Err(KmsError::new(
+                        ErrorKind::MalformedPolicyDocument,
+                        format!(
+                            "Policy contains a statement with one or more invalid principals: no user {} exists.",
+                            super::excerpt::excerpt(arn)
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+        Ok(bindings)
+    }
+
+    /// The unique id of the principal with this ARN now, if there is one.
+    pub(super) fn principal_id(&self, arn: &str) -> Result<Option<String>, KmsError> {
+        self.store.principal_id_by_arn(arn)
+    }
+
     /// Whether `caller` could still change the policy of key `key_arn` if
-    /// `policy` were its key policy: AWS's policy lock-out safety check.
+    /// `policy` (bound) were its key policy: AWS's policy lock-out safety check.
     /// Grants cannot carry PutKeyPolicy, so only the policy counts — and
     /// the account root, which may always repair a key policy.
     pub(super) fn could_put_key_policy(
@@ -434,6 +490,8 @@ impl Kms {
         let no_context = BTreeMap::new();
         policy.evaluate(&AccessRequest {
             principal_arn: &caller.arn,
+            principal_id: &caller.id,
+            secure_transport: caller.secure_transport,
             account_id: &self.account_id,
             caller_account: &caller.account_id,
             action: PUT_KEY_POLICY,
@@ -457,7 +515,7 @@ impl Kms {
         if caller.account_id != self.account_id {
             return Ok(false);
         }
-        for g in self.store.grants_for(&key.key_id, &caller.arn)? {
+        for g in self.store.grants_for(&key.key_id, &caller.id)? {
             let operations: Vec<String> = serde_json::from_str(&g.operations)
                 .map_err(|e| KmsError::internal(format!("stored grant unreadable: {e}")))?;
             let constraint = Constraint::from_json(g.constraints.as_deref())?;
@@ -549,6 +607,63 @@ pub(super) fn pending_deletion(key: &KeyRow) -> KmsError {
         ErrorKind::InvalidState,
         format!("{} is pending deletion.", key.arn),
     )
+}
+
+/// A unique id for a new user: never one a principal has now. (Ids of
+/// removed principals are not remembered; at 88 random bits a repeat is
+/// not a practical concern, and a repeat still only matches a principal
+/// that was bound under it.)
+fn new_user_id(tx: &rusqlite::Transaction<'_>) -> Result<String, KmsError> {
+    for _ in 0..8 {
+        let id = iam::generate_user_id();
+        if !Store::principal_id_taken(tx, &id)? {
+            return Ok(id);
+        }
+    }
+    Err(KmsError::internal("could not find an unused principal id"))
+}
+
+/// Schema version 1 → 2: every principal gets its unique id (the root the
+/// account id, users a new `AIDA…` id), every key policy is bound to the
+/// ids of the principals it names as they are now, and every grant to its
+/// grantee's and retiring principal's ids. All in one transaction, which
+/// re-reads the version first: two processes opening the directory at once
+/// migrate it once.
+fn migrate_to_unique_ids(store: &Store, account_id: &str) -> Result<(), KmsError> {
+    store.transaction(|tx| {
+        let version = Store::meta_in(tx, "schema_version")?;
+        if version.as_deref() != Some(SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string().as_str()) {
+            return Ok(());
+        }
+        for (name, _arn) in Store::principals_without_id(tx)? {
+            let id = if name == iam::ROOT_NAME {
+                account_id.to_string()
+            } else {
+                new_user_id(tx)?
+            };
+            Store::set_principal_id(tx, &name, &id)?;
+        }
+        for (key_id, text) in Store::key_policies(tx)? {
+            let mut bindings = BTreeMap::new();
+            match Policy::parse(&text) {
+                Ok(policy) => {
+                    for arn in policy.arn_principals() {
+                        if let Some(id) = Store::principal_id_by_arn_in(tx, arn)? {
+                            bindings.insert(arn.to_string(), id);
+                        }
+                    }
+                }
+                // Unreadable now (duplicate keys, say): authorization
+                // refuses it until the account root puts a new policy.
+                Err(e) => tracing::warn!(
+                    "key {key_id}: its key policy is no longer accepted ({e}); requests on the key fail until the account root puts a new one"
+                ),
+            }
+            Store::set_policy_principals(tx, &key_id, &bindings)?;
+        }
+        Store::bind_grants_to_principal_ids(tx)?;
+        Store::set_meta(tx, "schema_version", SCHEMA_VERSION.to_string().as_bytes())
+    })
 }
 
 fn open_store(dir: &DataDir) -> Result<Store, ServiceError> {

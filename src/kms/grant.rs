@@ -14,6 +14,18 @@
 //! Matching follows AWS: constraints apply only to operations that take an
 //! encryption context; in a constraint the context *keys* compare
 //! case-insensitively and the values case-sensitively.
+//!
+//! An empty constraint map (`"EncryptionContextEquals": {}`) is refused
+//! with ValidationException. AWS's API reference does not say what it
+//! means; read literally, "equals {}" would admit only requests without a
+//! context, and envol used to store it as *no constraint at all* — a grant
+//! meant to be narrow that allowed every context. Refusing it leaves no
+//! reading to get wrong. A stored constraint that is empty (written by
+//! hand, or by a future bug) is unreadable and matches nothing. (Grants an
+//! older envol made with `{}` were stored with no constraint at all, the
+//! same row as a grant made without one: nothing tells them apart, so
+//! schema migration cannot narrow them; `ListGrants` shows them without
+//! `Constraints`, and they should be revoked and re-made.)
 
 use std::collections::BTreeMap;
 
@@ -50,7 +62,7 @@ const UNCONSTRAINED: &[&str] = &["DescribeKey", "RetireGrant", "CreateGrant", "G
 const MAX_CONSTRAINT_PAIRS: usize = 8;
 const MAX_CONSTRAINT_VALUE: usize = 384;
 
-/// GrantConstraints, exactly one of the two members (an empty map counts as absent).
+/// GrantConstraints: at most one of the two members, and not an empty map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Constraints {
@@ -78,14 +90,18 @@ fn fold(ctx: &BTreeMap<String, String>) -> BTreeMap<String, &str> {
 impl Constraints {
     /// Validates a CreateGrant request's constraints and returns the effective one.
     pub fn validate(&self) -> Result<Constraint, KmsError> {
-        let eq = self
-            .encryption_context_equals
-            .clone()
-            .filter(|m| !m.is_empty());
-        let sub = self
-            .encryption_context_subset
-            .clone()
-            .filter(|m| !m.is_empty());
+        let eq = self.encryption_context_equals.clone();
+        let sub = self.encryption_context_subset.clone();
+        for (member, m) in [
+            ("encryptionContextEquals", &eq),
+            ("encryptionContextSubset", &sub),
+        ] {
+            if m.as_ref().is_some_and(BTreeMap::is_empty) {
+                return Err(KmsError::validation(format!(
+                    "1 validation error detected: Value at 'constraints.{member}' failed to satisfy constraint: Member must have at least 1 entry (an empty constraint would constrain nothing)"
+                )));
+            }
+        }
         for m in eq.iter().chain(sub.iter()) {
             if m.len() > MAX_CONSTRAINT_PAIRS {
                 return Err(KmsError::validation(format!(
@@ -127,14 +143,18 @@ impl Constraint {
         serde_json::to_string(&c).ok()
     }
 
-    /// Reads a stored constraint; unreadable means "matches nothing".
+    /// Reads a stored constraint. One that does not parse or would not be
+    /// accepted today (an empty map, say) is an error: the grant it belongs
+    /// to authorizes nothing.
     pub fn from_json(text: Option<&str>) -> Result<Constraint, KmsError> {
         let Some(text) = text else {
             return Ok(Constraint::None);
         };
         let c: Constraints = serde_json::from_str(text)
             .map_err(|e| KmsError::internal(format!("stored grant constraint unreadable: {e}")))?;
-        c.validate()
+        c.validate().map_err(|e| {
+            KmsError::internal(format!("stored grant constraint invalid: {}", e.message))
+        })
     }
 
     /// Does a request's encryption context satisfy this constraint?
@@ -294,6 +314,34 @@ mod tests {
         assert!(eq.matches(&ctx(&[("a", "1")])));
         assert!(!eq.matches(&ctx(&[("a", "1"), ("b", "2")])));
         assert!(Constraint::None.matches(&ctx(&[("q", "r")])));
+    }
+
+    #[test]
+    fn empty_constraints_are_refused_not_dropped() {
+        let empty_equals = Constraints {
+            encryption_context_equals: Some(BTreeMap::new()),
+            encryption_context_subset: None,
+        };
+        let empty_subset = Constraints {
+            encryption_context_equals: None,
+            encryption_context_subset: Some(BTreeMap::new()),
+        };
+        for c in [&empty_equals, &empty_subset] {
+            assert_eq!(c.validate().unwrap_err().kind, ErrorKind::Validation);
+        }
+        // No member at all is no constraint, as before.
+        assert_eq!(Constraints::default().validate().unwrap(), Constraint::None);
+        // Stored empty constraints are unreadable: the grant matches nothing.
+        for text in [
+            r#"{"EncryptionContextEquals":{}}"#,
+            r#"{"EncryptionContextSubset":{}}"#,
+        ] {
+            assert_eq!(
+                Constraint::from_json(Some(text)).unwrap_err().kind,
+                ErrorKind::Internal
+            );
+        }
+        assert_eq!(Constraint::from_json(None).unwrap(), Constraint::None);
     }
 
     #[test]

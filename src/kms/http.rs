@@ -126,11 +126,11 @@ fn into_response(reply: Reply) -> Response {
 
 async fn handle(
     State(kms): State<Arc<Kms>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let source = peer.to_string();
+    let source = peer.addr.to_string();
     let (parts, body) = req.into_parts();
     let headers: Vec<(String, String)> = parts
         .headers
@@ -174,7 +174,7 @@ async fn handle(
             headers: &worker_headers,
             body: &body,
         };
-        request::respond(&worker_kms, &signed, &rid, &src)
+        request::respond(&worker_kms, &signed, &rid, &src, peer.over_tls)
     })
     .await
     .unwrap_or_else(|_| request::refuse_internal(&kms, &headers, &request_id, &source));

@@ -5,6 +5,14 @@
 //! `arn:aws:iam::<account>:user/<name>`. Access key ids look like AWS's
 //! (`AKIA` + 16 base-32 characters) so tools that sanity-check them accept
 //! ours; secrets are 40 characters of base64 alphabet, as AWS's are.
+//!
+//! Every principal also has a unique id, given once at creation and never
+//! reused: `AIDA` + 17 upper-case letters and digits for a user (AWS's form
+//! for IAM users), the account id for the root (as STS reports the root).
+//! Key policies and grants name principals by ARN, as AWS shows them, but
+//! are bound to these ids when they are put; authorization matches on the
+//! id, so a user removed and re-created under the same name (same ARN, new
+//! id) inherits nothing of the old one's.
 
 use rand::Rng;
 use rand::rngs::OsRng;
@@ -13,18 +21,27 @@ use zeroize::Zeroizing;
 /// The name under which the account's root principal is stored.
 pub const ROOT_NAME: &str = "root";
 
-/// An authenticated caller.
+/// An authenticated caller: who it is, and how its request reached us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub arn: String,
     pub account_id: String,
+    /// The unique id (see the module documentation).
+    pub id: String,
+    /// Whether the request came over TLS (the `aws:SecureTransport`
+    /// condition key). The HTTP front door sets it per connection; a
+    /// principal as the store returns it has `false` until then.
+    pub secure_transport: bool,
 }
 
 impl Principal {
+    /// The account root. Its unique id is the account id.
     pub fn root(account_id: &str) -> Self {
         Principal {
             arn: root_arn(account_id),
             account_id: account_id.to_string(),
+            id: account_id.to_string(),
+            secure_transport: false,
         }
     }
     pub fn is_root(&self) -> bool {
@@ -70,6 +87,37 @@ pub fn generate_account_id() -> String {
         s.push(char::from(b'0' + rng.gen_range(0..10u8)));
     }
     s
+}
+
+/// The prefix of a user's unique id, as AWS's IAM users have.
+pub const USER_ID_PREFIX: &str = "AIDA";
+const USER_ID_RANDOM_CHARS: usize = 17;
+
+/// A new user's unique id: `AIDA` + 17 random upper-case letters and digits
+/// (about 88 bits: collisions are checked for anyway, at insertion).
+pub fn generate_user_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = OsRng;
+    let mut id = String::from(USER_ID_PREFIX);
+    for _ in 0..USER_ID_RANDOM_CHARS {
+        id.push(char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+    }
+    id
+}
+
+/// Whether `s` has the shape of a user's unique id.
+pub fn is_user_id(s: &str) -> bool {
+    s.len() == USER_ID_PREFIX.len() + USER_ID_RANDOM_CHARS
+        && s.starts_with(USER_ID_PREFIX)
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// The user name in an ARN of one of `account_id`'s users, if it is one.
+pub fn user_name_in_arn<'a>(account_id: &str, arn: &'a str) -> Option<&'a str> {
+    arn.strip_prefix("arn:aws:iam::")?
+        .strip_prefix(account_id)?
+        .strip_prefix(":user/")
 }
 
 pub fn generate_access_key() -> AccessKey {
@@ -127,7 +175,23 @@ mod tests {
         let p = Principal {
             arn: user_arn("123456789012", "bob"),
             account_id: "123456789012".into(),
+            id: generate_user_id(),
+            secure_transport: false,
         };
+        assert!(is_user_id(&p.id), "{}", p.id);
+        assert_ne!(p.id, generate_user_id());
+        assert!(!is_user_id("AIDAshort"));
+        assert_eq!(
+            user_name_in_arn("123456789012", &p.arn),
+            Some("bob"),
+            "a user of the account"
+        );
+        assert_eq!(user_name_in_arn("999999999999", &p.arn), None);
+        assert_eq!(
+            user_name_in_arn("123456789012", &root_arn("123456789012")),
+            None
+        );
+        assert_eq!(Principal::root("123456789012").id, "123456789012");
         assert_eq!(p.short(), "user/bob");
         assert!(Principal::root("123456789012").is_root());
     }

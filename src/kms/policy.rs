@@ -10,6 +10,7 @@
 
 pub mod document;
 pub mod evaluate;
+mod strict_json;
 
 pub use document::{MAX_POLICY_BYTES, Policy, PolicyError, default_key_policy};
 pub use evaluate::{AccessRequest, Decision};

@@ -8,6 +8,7 @@
 //! user add` while the server runs) may write concurrently: WAL plus a busy
 //! timeout make that safe.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +21,19 @@ use super::key_state::KeyState;
 /// The layout this build reads and writes, recorded as meta `schema_version`
 /// when a data directory is created. A database of another version is
 /// refused at open, before anything touches it.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 added unique principal ids (`principals.id`), the ids a key
+/// policy's principals were bound to when it was put
+/// (`keys.policy_principals`) and the ids of a grant's grantee and retiring
+/// principal (`grants.grantee_id`, `grants.retiring_id`): authorization
+/// matches on those ids, so a user removed and re-created under the same name
+/// is a different principal. A version-1 database gets the columns at open
+/// ([`Store::open`]) and their values from the core's migration, which then
+/// records version 2.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The one older layout this build upgrades in place.
+pub const SCHEMA_VERSION_UNIQUE_IDS_MISSING: u32 = 1;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -90,6 +103,20 @@ CREATE INDEX IF NOT EXISTS grants_by_key_grantee ON grants(key_id, grantee);
 CREATE INDEX IF NOT EXISTS grants_by_retiring ON grants(retiring);
 "#;
 
+/// Schema version 2's columns, added to version-1 tables (SQLite cannot add
+/// a NOT NULL or UNIQUE column to a table with rows: uniqueness is an index,
+/// and the migration fills every row before it records version 2).
+const UNIQUE_ID_COLUMNS: &[(&str, &str)] = &[
+    ("principals", "id TEXT"),
+    ("keys", "policy_principals TEXT"),
+    ("grants", "grantee_id TEXT"),
+    ("grants", "retiring_id TEXT"),
+];
+const UNIQUE_ID_INDEXES: &str = r#"
+CREATE UNIQUE INDEX IF NOT EXISTS principals_by_id ON principals(id);
+CREATE INDEX IF NOT EXISTS grants_by_key_grantee_id ON grants(key_id, grantee_id);
+"#;
+
 /// A master key's metadata (its material lives in `key_versions`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
@@ -105,6 +132,9 @@ pub struct KeyRow {
     pub rotation_period_days: Option<i64>,
     pub next_rotation_ms: Option<i64>,
     pub creator: String,
+    /// The unique id each principal ARN in `policy` named when the policy
+    /// was put (ARN → id); the policy matches callers by these ids.
+    pub policy_principals: BTreeMap<String, String>,
 }
 
 /// One version of a master key's material, still sealed.
@@ -130,6 +160,11 @@ pub struct GrantRow {
     pub constraints: Option<String>,
     pub issuing_account: String,
     pub created_ms: i64,
+    /// The grantee's unique id when the grant was made (`None`: the grantee
+    /// was no principal of this KMS, and the grant authorizes nobody).
+    pub grantee_id: Option<String>,
+    /// The retiring principal's unique id, likewise.
+    pub retiring_id: Option<String>,
 }
 
 /// Which grants a listing wants.
@@ -139,6 +174,8 @@ pub struct GrantFilter<'a> {
     pub grant_id: Option<&'a str>,
     pub grantee: Option<&'a str>,
     pub retiring: Option<&'a str>,
+    pub grantee_id: Option<&'a str>,
+    pub retiring_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +189,8 @@ pub struct AliasRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrincipalRow {
     pub name: String,
+    /// The unique id (`AIDA…` for users, the account id for the root).
+    pub id: String,
     pub arn: String,
     pub created_ms: i64,
     pub access_key_ids: Vec<String>,
@@ -193,11 +232,12 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. A database that
-    /// records a schema version other than `SCHEMA_VERSION` is refused
-    /// before the schema below is applied to it: a newer envol's tables are
-    /// never altered by an older one.
+    /// records a schema version other than `SCHEMA_VERSION` (or version 1,
+    /// which gets version 2's columns here and their values from the core's
+    /// migration) is refused before the schema below is applied to it: a
+    /// newer envol's tables are never altered by an older one.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -207,13 +247,38 @@ impl Store {
         conn.pragma_update(None, "secure_delete", "ON")?;
         if let Some(found) = Self::recorded_schema_version(&conn)?
             && found != SCHEMA_VERSION.to_string()
+            && found != SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string()
         {
             return Err(OpenError::Schema { found });
         }
         conn.execute_batch(SCHEMA)?;
+        Self::add_unique_id_columns(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Adds version 2's columns where they are missing (a new database, or
+    /// one written by version 1), in one transaction.
+    fn add_unique_id_columns(conn: &mut Connection) -> Result<(), KmsError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (table, column) in UNIQUE_ID_COLUMNS {
+            let name = column.split(' ').next().unwrap_or(column);
+            let present = tx
+                .query_row(
+                    &format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !present {
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+            }
+        }
+        tx.execute_batch(UNIQUE_ID_INDEXES)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The `schema_version` meta value, if the database has one yet.
@@ -274,6 +339,16 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// A meta value as text, inside a transaction.
+    pub fn meta_in(tx: &Transaction<'_>, name: &str) -> Result<Option<String>, KmsError> {
+        let value: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     pub fn set_meta(tx: &Transaction<'_>, name: &str, value: &[u8]) -> Result<(), KmsError> {
         tx.execute(
             "INSERT INTO meta(name, value) VALUES (?1, ?2)
@@ -288,12 +363,91 @@ impl Store {
     pub fn insert_principal(
         tx: &Transaction<'_>,
         name: &str,
+        id: &str,
         arn: &str,
         now_ms: i64,
     ) -> Result<(), KmsError> {
         tx.execute(
-            "INSERT INTO principals(name, arn, created) VALUES (?1, ?2, ?3)",
-            params![name, arn, now_ms],
+            "INSERT INTO principals(name, id, arn, created) VALUES (?1, ?2, ?3, ?4)",
+            params![name, id, arn, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a unique id is taken (by a principal that exists now).
+    pub fn principal_id_taken(tx: &Transaction<'_>, id: &str) -> Result<bool, KmsError> {
+        Ok(tx
+            .query_row("SELECT 1 FROM principals WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The unique id of the principal with this ARN, if it exists.
+    pub fn principal_id_by_arn(&self, arn: &str) -> Result<Option<String>, KmsError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id FROM principals WHERE arn = ?1", [arn], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    // ----- the version 1 → 2 migration (unique ids) -----
+
+    /// Principals without a unique id yet: (name, arn).
+    pub fn principals_without_id(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, KmsError> {
+        let mut stmt = tx.prepare("SELECT name, arn FROM principals WHERE id IS NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_principal_id(tx: &Transaction<'_>, name: &str, id: &str) -> Result<(), KmsError> {
+        tx.execute(
+            "UPDATE principals SET id = ?2 WHERE name = ?1",
+            params![name, id],
+        )?;
+        Ok(())
+    }
+
+    /// Every key's id and policy text, inside a transaction.
+    pub fn key_policies(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, KmsError> {
+        let mut stmt = tx.prepare("SELECT key_id, policy FROM keys ORDER BY key_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The unique id of the principal with this ARN, inside a transaction.
+    pub fn principal_id_by_arn_in(
+        tx: &Transaction<'_>,
+        arn: &str,
+    ) -> Result<Option<String>, KmsError> {
+        Ok(tx
+            .query_row("SELECT id FROM principals WHERE arn = ?1", [arn], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_policy_principals(
+        tx: &Transaction<'_>,
+        key_id: &str,
+        bindings: &BTreeMap<String, String>,
+    ) -> Result<(), KmsError> {
+        tx.execute(
+            "UPDATE keys SET policy_principals = ?2 WHERE key_id = ?1",
+            params![key_id, bindings_json(bindings)],
+        )?;
+        Ok(())
+    }
+
+    /// Binds every grant to the ids of its grantee and retiring principal
+    /// as they exist now (no such principal: no id, and the grant matches
+    /// nobody).
+    pub fn bind_grants_to_principal_ids(tx: &Transaction<'_>) -> Result<(), KmsError> {
+        tx.execute_batch(
+            "UPDATE grants SET
+                grantee_id = (SELECT id FROM principals WHERE arn = grants.grantee),
+                retiring_id = (SELECT id FROM principals WHERE arn = grants.retiring)",
         )?;
         Ok(())
     }
@@ -334,7 +488,7 @@ impl Store {
     pub fn list_principals(&self) -> Result<Vec<PrincipalRow>, KmsError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT p.name, p.arn, p.created, a.access_key_id
+            "SELECT p.name, p.arn, p.created, a.access_key_id, p.id
              FROM principals p LEFT JOIN access_keys a ON a.principal = p.name
              ORDER BY p.created, p.name, a.created",
         )?;
@@ -345,14 +499,16 @@ impl Store {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         for row in rows {
-            let (name, arn, created_ms, akid) = row?;
+            let (name, arn, created_ms, akid, id) = row?;
             match out.last_mut() {
                 Some(last) if last.name == name => last.access_key_ids.extend(akid),
                 _ => out.push(PrincipalRow {
                     name,
+                    id: id.unwrap_or_default(),
                     arn,
                     created_ms,
                     access_key_ids: akid.into_iter().collect(),
@@ -362,16 +518,21 @@ impl Store {
         Ok(out)
     }
 
-    /// The principal ARN and sealed secret behind an access key id.
-    pub fn access_key(&self, access_key_id: &str) -> Result<Option<(String, Vec<u8>)>, KmsError> {
+    /// The principal (ARN, unique id) and sealed secret behind an access
+    /// key id. A principal without an id (a version-1 database not yet
+    /// migrated) has none: it cannot authenticate.
+    pub fn access_key(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<(String, String, Vec<u8>)>, KmsError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT p.arn, a.sealed_secret FROM access_keys a
+                "SELECT p.arn, p.id, a.sealed_secret FROM access_keys a
                  JOIN principals p ON p.name = a.principal
-                 WHERE a.access_key_id = ?1",
+                 WHERE a.access_key_id = ?1 AND p.id IS NOT NULL",
                 [access_key_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?)
     }
@@ -381,8 +542,9 @@ impl Store {
     pub fn insert_key(tx: &Transaction<'_>, k: &KeyRow) -> Result<(), KmsError> {
         tx.execute(
             "INSERT INTO keys(key_id, arn, description, key_usage, key_spec, state, created,
-                              policy, deletion_date, rotation_period_days, next_rotation, creator)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                              policy, deletion_date, rotation_period_days, next_rotation, creator,
+                              policy_principals)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 k.key_id,
                 k.arn,
@@ -395,7 +557,8 @@ impl Store {
                 k.deletion_date_ms,
                 k.rotation_period_days,
                 k.next_rotation_ms,
-                k.creator
+                k.creator,
+                bindings_json(&k.policy_principals)
             ],
         )?;
         Ok(())
@@ -405,7 +568,7 @@ impl Store {
     pub fn update_key(tx: &Transaction<'_>, k: &KeyRow) -> Result<(), KmsError> {
         tx.execute(
             "UPDATE keys SET description = ?2, state = ?3, policy = ?4, deletion_date = ?5,
-                    rotation_period_days = ?6, next_rotation = ?7
+                    rotation_period_days = ?6, next_rotation = ?7, policy_principals = ?8
              WHERE key_id = ?1",
             params![
                 k.key_id,
@@ -414,7 +577,8 @@ impl Store {
                 k.policy,
                 k.deletion_date_ms,
                 k.rotation_period_days,
-                k.next_rotation_ms
+                k.next_rotation_ms,
+                bindings_json(&k.policy_principals)
             ],
         )?;
         Ok(())
@@ -443,10 +607,25 @@ impl Store {
             rotation_period_days: r.get(9)?,
             next_rotation_ms: r.get(10)?,
             creator: r.get(11)?,
+            policy_principals: {
+                // NULL before the version-2 migration bound the policy:
+                // no bindings, so its ARNs match nobody until then.
+                let text: Option<String> = r.get(12)?;
+                match text {
+                    None => BTreeMap::new(),
+                    Some(t) => serde_json::from_str(&t).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            12,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
+                }
+            },
         })
     }
 
-    const KEY_COLUMNS: &'static str = "key_id, arn, description, key_usage, key_spec, state, created, policy, deletion_date, rotation_period_days, next_rotation, creator";
+    const KEY_COLUMNS: &'static str = "key_id, arn, description, key_usage, key_spec, state, created, policy, deletion_date, rotation_period_days, next_rotation, creator, policy_principals";
 
     pub fn key(&self, key_id: &str) -> Result<Option<KeyRow>, KmsError> {
         let sql = format!("SELECT {} FROM keys WHERE key_id = ?1", Self::KEY_COLUMNS);
@@ -763,7 +942,7 @@ impl Store {
 
     // ----- grants -----
 
-    const GRANT_COLUMNS: &'static str = "seq, grant_id, key_id, name, grantee, retiring, operations, constraints, issuing_account, created";
+    const GRANT_COLUMNS: &'static str = "seq, grant_id, key_id, name, grantee, retiring, operations, constraints, issuing_account, created, grantee_id, retiring_id";
 
     fn grant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
         Ok(GrantRow {
@@ -777,6 +956,8 @@ impl Store {
             constraints: r.get(7)?,
             issuing_account: r.get(8)?,
             created_ms: r.get(9)?,
+            grantee_id: r.get(10)?,
+            retiring_id: r.get(11)?,
         })
     }
 
@@ -784,8 +965,8 @@ impl Store {
     pub fn insert_grant(tx: &Transaction<'_>, g: &GrantRow) -> Result<(), KmsError> {
         tx.execute(
             "INSERT INTO grants(grant_id, key_id, name, grantee, retiring, operations,
-                                constraints, issuing_account, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                constraints, issuing_account, created, grantee_id, retiring_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 g.grant_id,
                 g.key_id,
@@ -795,7 +976,9 @@ impl Store {
                 g.operations,
                 g.constraints,
                 g.issuing_account,
-                g.created_ms
+                g.created_ms,
+                g.grantee_id,
+                g.retiring_id
             ],
         )?;
         Ok(())
@@ -812,6 +995,7 @@ impl Store {
             "SELECT {} FROM grants
              WHERE seq > ?1 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR grant_id = ?3)
                AND (?4 IS NULL OR grantee = ?4) AND (?5 IS NULL OR retiring = ?5)
+               AND (?7 IS NULL OR grantee_id = ?7) AND (?8 IS NULL OR retiring_id = ?8)
              ORDER BY seq LIMIT ?6",
             Self::GRANT_COLUMNS
         );
@@ -824,19 +1008,23 @@ impl Store {
                 filter.grant_id,
                 filter.grantee,
                 filter.retiring,
-                limit as i64
+                limit as i64,
+                filter.grantee_id,
+                filter.retiring_id
             ],
             Self::grant_from_row,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every grant on `key_id` for `grantee`: what authorization consults.
-    pub fn grants_for(&self, key_id: &str, grantee: &str) -> Result<Vec<GrantRow>, KmsError> {
+    /// Every grant on `key_id` for the principal with unique id
+    /// `grantee_id`: what authorization consults. (Not by ARN: a grant made
+    /// for a user removed since names a principal that no longer exists.)
+    pub fn grants_for(&self, key_id: &str, grantee_id: &str) -> Result<Vec<GrantRow>, KmsError> {
         self.list_grants(
             GrantFilter {
                 key_id: Some(key_id),
-                grantee: Some(grantee),
+                grantee_id: Some(grantee_id),
                 ..GrantFilter::default()
             },
             0,
@@ -878,4 +1066,9 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// A key policy's principal bindings as stored: a JSON object ARN → id.
+fn bindings_json(bindings: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(bindings).unwrap_or_else(|_| "{}".to_string())
 }

@@ -56,9 +56,29 @@ pub fn parse_creds(stdout: &str) -> Creds {
 /// from the line it prints when ready. Its stdout keeps being drained so the
 /// server never blocks on a full pipe.
 pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
+    spawn_kms_serve_with(data, &[], "http://")
+}
+
+/// As [`spawn_kms_serve`], over TLS with the certificate `kms init
+/// --self-signed-cert` made in `data`; returns the `https://` endpoint
+/// (clients trust it through `data/tls/cert.pem`).
+pub fn spawn_kms_serve_tls(data: &Path) -> (Child, String) {
+    let cert = data.join("tls/cert.pem");
+    let key = data.join("tls/key.pem");
+    let args = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    spawn_kms_serve_with(data, &args, "https://")
+}
+
+fn spawn_kms_serve_with(data: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> (Child, String) {
     let mut child = envol()
         .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(extra)
         .env("ENVOL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -69,7 +89,7 @@ pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
     let first = lines.next().expect("kms serve printed nothing").unwrap();
     let url = first
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with(scheme))
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .to_string();
     std::thread::spawn(move || for _ in lines {});

@@ -60,12 +60,20 @@ impl Reply {
 
 /// Answers one request. `request.headers` carry lowercase names; the body
 /// is refused past [`MAX_BODY`]. `request_id` names the request in the
-/// answer and the audit log; `source` is the peer's address.
+/// answer and the audit log; `source` is the peer's address;
+/// `secure_transport` says whether the request came over TLS (the
+/// `aws:SecureTransport` condition key).
 ///
 /// Blocking: verification and the operation touch SQLite and do crypto, so
 /// an async caller runs this on a blocking thread.
-pub fn respond(kms: &Kms, request: &SignedRequest<'_>, request_id: &str, source: &str) -> Reply {
-    match answer(kms, request, request_id, source) {
+pub fn respond(
+    kms: &Kms,
+    request: &SignedRequest<'_>,
+    request_id: &str,
+    source: &str,
+    secure_transport: bool,
+) -> Reply {
+    match answer(kms, request, request_id, source, secure_transport) {
         Ok(value) => Reply::ok(request_id, &value),
         // The core audited it.
         Err(Refusal::Core(e)) => Reply::error(request_id, &e),
@@ -108,6 +116,7 @@ fn answer(
     request: &SignedRequest<'_>,
     request_id: &str,
     source: &str,
+    secure_transport: bool,
 ) -> Result<serde_json::Value, Refusal> {
     if request.body.len() > MAX_BODY {
         return Err(Refusal::Early(body_too_large()));
@@ -124,7 +133,7 @@ fn answer(
     if let Err(e) = verified {
         return Err(Refusal::Early(auth_error(&e)));
     }
-    let Some(principal) = principal.into_inner() else {
+    let Some(mut principal) = principal.into_inner() else {
         return Err(Refusal::Early(KmsError::new(
             ErrorKind::UnrecognizedClient,
             "The security token included in the request is invalid.",
@@ -152,6 +161,7 @@ fn answer(
             "missing or malformed X-Amz-Target header (expected TrentService.<Operation>)",
         )));
     };
+    principal.secure_transport = secure_transport;
     let ctx = RequestContext {
         principal,
         request_id: request_id.to_string(),

@@ -14,7 +14,9 @@ use super::super::iam::Principal;
 use super::super::store::{AliasRow, KeyRow};
 use super::request::{EncryptionContext, decode_marker, encode_marker, page_limit};
 
-/// AWS's rules: `alias/` + 1-250 of `A-Za-z0-9/_-`, not `alias/aws/`.
+/// AWS's rules: `alias/` + 1-250 of `A-Za-z0-9/_-`, not `alias/aws/` in
+/// any case (`alias/AWS/x` too): that prefix is AWS-managed keys', and AWS
+/// refuses it with NotAuthorizedException.
 fn validate_alias_name(name: &str) -> Result<(), KmsError> {
     let Some(rest) = name.strip_prefix("alias/") else {
         return Err(KmsError::validation(format!(
@@ -32,10 +34,13 @@ fn validate_alias_name(name: &str) -> Result<(), KmsError> {
             format!("Alias name {name:?} must be alias/ followed by 1-250 of A-Z a-z 0-9 / _ -"),
         ));
     }
-    if rest.starts_with("aws/") {
+    if rest
+        .get(..4)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws/"))
+    {
         return Err(KmsError::new(
-            ErrorKind::InvalidAliasName,
-            "Aliases that begin with alias/aws/ are reserved.",
+            ErrorKind::NotAuthorized,
+            "Cannot create, update or delete an alias with the prefix 'alias/aws/' (any case): it is reserved for AWS managed keys.",
         ));
     }
     Ok(())

@@ -14,6 +14,10 @@
 //! - ListRetirableGrants is account-level (an IAM permission in AWS): a
 //!   principal may list the grants it can retire; the root may list anyone's.
 //!
+//! A grant names its grantee and retiring principal by ARN (ListGrants shows
+//! them so) but is bound to their unique ids when it is made: it serves
+//! only those principals, not a user re-created later under the same name.
+//!
 //! Grants take effect at once (AWS's are eventually consistent; grant
 //! tokens bridge the gap there, and are accepted and validated here).
 
@@ -81,6 +85,21 @@ fn operations_of(g: &GrantRow) -> Result<Vec<String>, KmsError> {
         .map_err(|e| KmsError::internal(format!("stored grant unreadable: {e}")))
 }
 
+/// The unique id of the principal `arn` names, for binding a grant to it.
+/// A user of this account that does not exist is refused (a grant for it
+/// could serve nobody but a user created later under that name); any other
+/// principal (another account's, a service) binds to nothing and the grant
+/// serves nobody, as before.
+fn bind_principal(kms: &Kms, member: &str, arn: &str) -> Result<Option<String>, KmsError> {
+    let id = kms.principal_id(arn)?;
+    if id.is_none() && iam::user_name_in_arn(kms.account_id(), arn).is_some() {
+        return Err(KmsError::validation(format!(
+            "1 validation error detected: Value at '{member}' names no existing user: {arn}"
+        )));
+    }
+    Ok(id)
+}
+
 fn grant_not_found(grant_id: &str) -> KmsError {
     KmsError::not_found(format!("Grant ID {grant_id} not found"))
 }
@@ -138,6 +157,11 @@ pub(super) fn create_grant(
     }
     let operations = grant::validate_operations(&req.operations)?;
     let constraint = req.constraints.unwrap_or_default().validate()?;
+    let grantee_id = bind_principal(kms, "granteePrincipal", &req.grantee_principal)?;
+    let retiring_id = match &req.retiring_principal {
+        Some(r) => bind_principal(kms, "retiringPrincipal", r)?,
+        None => None,
+    };
 
     let key = kms.resolve_key(&req.key_id)?;
     note.key_arn = Some(key.arn.clone());
@@ -169,6 +193,8 @@ pub(super) fn create_grant(
         constraints: constraint.to_json(),
         issuing_account: iam::root_arn(kms.account_id()),
         created_ms: kms.now_ms(),
+        grantee_id,
+        retiring_id,
     };
     // A named grant that already exists with the same parameters is returned
     // again rather than duplicated (AWS's idempotent CreateGrant).
@@ -202,12 +228,21 @@ fn find_same(
     operations: &[String],
     constraint: &Constraint,
 ) -> Result<Option<String>, KmsError> {
-    for g in kms.store.grants_for(&key.key_id, &row.grantee)? {
+    let same_grantee = GrantFilter {
+        key_id: Some(&key.key_id),
+        grantee: Some(&row.grantee),
+        ..GrantFilter::default()
+    };
+    for g in kms.store.list_grants(same_grantee, 0, usize::MAX >> 1)? {
         let mut a = operations_of(&g)?;
         let mut b = operations.to_vec();
         a.sort();
         b.sort();
+        // Same principals, not merely the same names: a grant for a user
+        // since re-created is not this one.
         if g.name == row.name
+            && g.grantee_id == row.grantee_id
+            && g.retiring_id == row.retiring_id
             && g.retiring == row.retiring
             && a == b
             && Constraint::from_json(g.constraints.as_deref())? == *constraint
@@ -274,7 +309,7 @@ pub(super) fn list_grants(
             key_id: Some(&key.key_id),
             grant_id: req.grant_id.as_deref(),
             grantee: req.grantee_principal.as_deref(),
-            retiring: None,
+            ..GrantFilter::default()
         },
         req.limit,
         req.marker.as_deref(),
@@ -305,10 +340,13 @@ pub(super) fn list_retirable_grants(
             ),
         ));
     }
+    // A user lists the grants retirable by *it*: not those made for an
+    // earlier user of the same name.
     page(
         kms,
         GrantFilter {
             retiring: Some(&req.retiring_principal),
+            retiring_id: (!is_root).then_some(caller.id.as_str()),
             ..GrantFilter::default()
         },
         req.limit,
@@ -374,9 +412,11 @@ pub(super) fn retire_grant(
     };
     note.key_arn = Some(kms.key_arn(&grant.key_id));
     let is_root = caller.is_root() && caller.account_id == kms.account_id();
-    let is_retiring = grant.retiring.as_deref() == Some(caller.arn.as_str());
-    let is_grantee_with_retire =
-        grant.grantee == caller.arn && operations_of(&grant)?.iter().any(|o| o == "RetireGrant");
+    let is_retiring = grant.retiring.as_deref() == Some(caller.arn.as_str())
+        && grant.retiring_id.as_deref() == Some(caller.id.as_str());
+    let is_grantee_with_retire = grant.grantee == caller.arn
+        && grant.grantee_id.as_deref() == Some(caller.id.as_str())
+        && operations_of(&grant)?.iter().any(|o| o == "RetireGrant");
     if !(is_root || is_retiring || is_grantee_with_retire) {
         return Err(KmsError::new(
             ErrorKind::AccessDenied,

@@ -108,20 +108,21 @@ pub(super) fn create_key(
     let key_id = uuid::Uuid::new_v4().to_string();
     let arn = kms.key_arn(&key_id);
     let policy_text = match req.policy {
-        Some(p) => {
-            let parsed = Policy::parse(&p)
-                .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
-            check_lockout(
-                kms,
-                caller,
-                &parsed,
-                &arn,
-                req.bypass_policy_lockout_safety_check,
-            )?;
-            p
-        }
+        Some(p) => p,
         None => policy::default_key_policy(kms.account_id(), &caller.arn),
     };
+    // The policy is bound to the ids of the principals it names now (the
+    // default policy: the creator's), and checked under that binding.
+    let parsed = Policy::parse(&policy_text)
+        .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+    let policy_principals = kms.bind_policy_principals(&parsed)?;
+    check_lockout(
+        kms,
+        caller,
+        &parsed.bind(policy_principals.clone()),
+        &arn,
+        req.bypass_policy_lockout_safety_check,
+    )?;
     let tags = req.tags.unwrap_or_default();
     validate_tags(&tags)?;
 
@@ -139,6 +140,7 @@ pub(super) fn create_key(
         rotation_period_days: None,
         next_rotation_ms: None,
         creator: caller.arn.clone(),
+        policy_principals,
     };
     let material = crate::kms::seal::generate_material();
     let version = VersionRow {

@@ -79,14 +79,18 @@ pub(super) fn put_key_policy(
     kms.require_not_pending_deletion(&key)?;
     let parsed = Policy::parse(&req.policy)
         .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+    // Bound to the ids its principals have now: a user re-created later
+    // under a name the policy uses is another principal.
+    let policy_principals = kms.bind_policy_principals(&parsed)?;
     check_lockout(
         kms,
         caller,
-        &parsed,
+        &parsed.bind(policy_principals.clone()),
         &key.arn,
         req.bypass_policy_lockout_safety_check,
     )?;
     key.policy = req.policy;
+    key.policy_principals = policy_principals;
     kms.store.transaction(|tx| Store::update_key(tx, &key))?;
     Ok(json!({}))
 }

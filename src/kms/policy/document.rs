@@ -32,12 +32,27 @@
 //!   `Null`) may carry the `IfExists` suffix and the `ForAllValues:` or
 //!   `ForAnyValue:` prefix. Any other operator is rejected.
 //!
+//! * No object anywhere in the document may repeat a key (`serde_json`
+//!   would keep the last, while `GetKeyPolicy` shows the text with both).
+//!
+//! # Principal ids
+//!
+//! A parsed policy names principals by ARN. The service *binds* it
+//! ([`Policy::bind`]) to the unique ids those principals had when the
+//! policy was put; a bound policy's ARN entries match only a caller with
+//! that ARN **and** that id, and an ARN without a binding matches nobody.
+//! (An unbound policy, as `parse` returns it, matches ARNs alone: the
+//! service never evaluates one.)
+//!
 //! Everything rejected is a [`PolicyError::Malformed`], which the service
 //! returns as `MalformedPolicyDocumentException` with the message.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
 use super::super::excerpt::excerpt;
+use super::strict_json;
 
 /// The largest key policy accepted, in bytes (AWS's limit: 32 KiB).
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
@@ -131,6 +146,8 @@ pub(super) struct Condition {
 pub struct Policy {
     version: Option<String>,
     pub(super) statements: Vec<Statement>,
+    /// ARN → unique id, once bound (see the module documentation).
+    pub(super) bindings: Option<BTreeMap<String, String>>,
 }
 
 fn string_or_list(v: &Value, what: &str) -> Result<Vec<String>, PolicyError> {
@@ -454,7 +471,7 @@ impl Policy {
                 json.len()
             )));
         }
-        let doc: Value = serde_json::from_str(json)
+        let doc: Value = strict_json::parse(json)
             .map_err(|e| malformed(format!("Policy is not valid JSON: {e}.")))?;
         let Value::Object(map) = doc else {
             return Err(malformed("Policy is not a JSON object."));
@@ -506,7 +523,32 @@ impl Policy {
         Ok(Policy {
             version,
             statements,
+            bindings: None,
         })
+    }
+
+    /// The policy bound to principal ids: `bindings` maps each ARN the
+    /// policy names to the unique id of the principal it named when the
+    /// policy was put. ARNs missing from it match nobody.
+    pub fn bind(mut self, bindings: BTreeMap<String, String>) -> Policy {
+        self.bindings = Some(bindings);
+        self
+    }
+
+    /// The principal ARNs the policy names one by one (not `"*"`, not
+    /// accounts or account roots, not service principals): the ones to bind.
+    pub fn arn_principals(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for st in &self.statements {
+            for p in &st.principals {
+                if let PrincipalEntry::Arn(a) = p
+                    && !out.contains(&a.as_str())
+                {
+                    out.push(a);
+                }
+            }
+        }
+        out
     }
 
     /// The policy's `Version`, if it has one.

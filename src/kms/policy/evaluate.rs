@@ -16,6 +16,8 @@
 //! | `kms:CallerAccount`, `aws:PrincipalAccount` | the caller's account id |
 //! | `aws:PrincipalArn` | the caller's ARN |
 //! | `aws:ResourceAccount` | the key's account id |
+//! | `aws:userid` | the caller's unique id (`AIDA…`; the account id for the root) |
+//! | `aws:SecureTransport` | `true` if the request came over TLS, else `false` (Bool) |
 //!
 //! Any other key (e.g. `kms:ViaService`, `aws:SourceIp`) is *absent*.
 //!
@@ -43,7 +45,10 @@
 //! # Principals
 //!
 //! `"*"` (or `{"AWS": "*"}`) matches every authenticated caller. An ARN
-//! matches that exact principal ARN. `arn:aws:iam::<account>:root`, or the
+//! matches that exact principal ARN — in a bound policy (as the service
+//! always evaluates) only if the caller also has the unique id the ARN was
+//! bound to when the policy was put, so a user re-created under an old
+//! name matches none of the old one's statements. `arn:aws:iam::<account>:root`, or the
 //! bare `<account>` id, matches **only that account's root principal**
 //! (`arn:aws:iam::<account>:root`). This deviates from AWS, where naming the
 //! account delegates to the account's IAM policies (so any IAM user with an
@@ -80,6 +85,10 @@ pub enum Decision {
 pub struct AccessRequest<'a> {
     /// The caller, e.g. `arn:aws:iam::111122223333:user/alice` or `arn:aws:iam::111122223333:root`.
     pub principal_arn: &'a str,
+    /// The caller's unique id (`AIDA…`, or the account id for the root).
+    pub principal_id: &'a str,
+    /// Whether the request came over TLS (`aws:SecureTransport`).
+    pub secure_transport: bool,
     /// The key's account id.
     pub account_id: &'a str,
     /// The caller's account id.
@@ -119,11 +128,18 @@ pub(super) fn glob(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
-fn principal_matches(entry: &PrincipalEntry, req: &AccessRequest<'_>) -> bool {
+fn principal_matches(
+    entry: &PrincipalEntry,
+    req: &AccessRequest<'_>,
+    bindings: Option<&BTreeMap<String, String>>,
+) -> bool {
     match entry {
         PrincipalEntry::Any => true,
         PrincipalEntry::Account(acct) => root_arn_account(req.principal_arn) == Some(acct.as_str()),
-        PrincipalEntry::Arn(arn) => arn == req.principal_arn,
+        PrincipalEntry::Arn(arn) => {
+            arn == req.principal_arn
+                && bindings.is_none_or(|b| b.get(arn).is_some_and(|id| id == req.principal_id))
+        }
         PrincipalEntry::Foreign => false,
     }
 }
@@ -150,6 +166,8 @@ fn key_values(key: &str, req: &AccessRequest<'_>) -> Option<Vec<String>> {
         "kms:calleraccount" | "aws:principalaccount" => Some(vec![req.caller_account.to_string()]),
         "aws:principalarn" => Some(vec![req.principal_arn.to_string()]),
         "aws:resourceaccount" => Some(vec![req.account_id.to_string()]),
+        "aws:userid" => Some(vec![req.principal_id.to_string()]),
+        "aws:securetransport" => Some(vec![req.secure_transport.to_string()]),
         _ => None,
     }
 }
@@ -197,8 +215,15 @@ fn entry_matches(
 }
 
 impl Statement {
-    fn applies(&self, req: &AccessRequest<'_>) -> bool {
-        let principal = self.principals.iter().any(|p| principal_matches(p, req));
+    fn applies(
+        &self,
+        req: &AccessRequest<'_>,
+        bindings: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        let principal = self
+            .principals
+            .iter()
+            .any(|p| principal_matches(p, req, bindings));
         if principal == self.not_principal {
             return false;
         }
@@ -224,7 +249,7 @@ impl Policy {
     pub fn evaluate(&self, req: &AccessRequest<'_>) -> Decision {
         let mut allowed = false;
         for st in &self.statements {
-            if st.applies(req) {
+            if st.applies(req, self.bindings.as_ref()) {
                 match st.effect {
                     Effect::Deny => return Decision::ExplicitDeny,
                     Effect::Allow => allowed = true,

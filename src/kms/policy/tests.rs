@@ -26,6 +26,9 @@ fn req<'a>(
     let caller_account = principal.split(':').nth(4).unwrap_or(ACCT);
     AccessRequest {
         principal_arn: principal,
+        // Unbound policies (all but the binding tests') ignore the id.
+        principal_id: principal,
+        secure_transport: false,
         account_id: ACCT,
         caller_account,
         action,
@@ -486,8 +489,9 @@ fn multiple_keys_and_operators_all_must_match() {
         r#"{{"StringEquals":{{"{VOL}":"vol-1","kms:EncryptionContext:tier":"gold"}},
                  "StringEquals":{{"{VOL}":"vol-1"}}}}"#
     );
-    // (Duplicate JSON key: the last one wins in serde_json; still valid.)
-    let _ = cond(&c, &[("envol:volume", "vol-1")]);
+    // A duplicate JSON key (the operator, here) makes the policy malformed:
+    // serde_json would silently keep the last one.
+    assert!(malformed_msg(&cond_policy(&c)).contains("duplicate key 'StringEquals'"));
     let c =
         format!(r#"{{"StringEquals":{{"{VOL}":"vol-1","kms:EncryptionContext:tier":"gold"}}}}"#);
     assert_eq!(
@@ -774,4 +778,125 @@ fn garbage_never_panics() {
         "]".repeat(20_000)
     );
     assert!(Policy::parse(&deep).is_err());
+}
+
+// ---- duplicate keys -----------------------------------------------------
+
+#[test]
+fn duplicate_keys_anywhere_are_malformed() {
+    let cases = [
+        // Top level.
+        r#"{"Version":"2012-10-17","Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}}"#,
+        // In a statement: the reader sees Deny, serde_json would keep Allow.
+        r#"{"Statement":[{"Effect":"Deny","Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}]}"#,
+        // In a principal.
+        r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/bob","AWS":"*"},"Action":"*","Resource":"*"}]}"#,
+        // In a condition block, and between condition operators.
+        r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:a":"1","kms:EncryptionContext:a":"2"}}}]}"#,
+        r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"},"Bool":{"aws:SecureTransport":"false"}}}]}"#,
+    ];
+    for doc in cases {
+        let m = malformed_msg(doc);
+        assert!(m.contains("duplicate key"), "{m}");
+    }
+    // The same keys in different objects are not duplicates.
+    let ok = r#"{"Statement":[{"Sid":"a","Effect":"Allow","Principal":"*","Action":"*","Resource":"*"},{"Sid":"b","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*"}]}"#;
+    assert!(Policy::parse(ok).is_ok());
+}
+
+// ---- principal ids ------------------------------------------------------
+
+fn req_as<'a>(
+    principal: &'a str,
+    id: &'a str,
+    action: &'a str,
+    ec: &'a BTreeMap<String, String>,
+) -> AccessRequest<'a> {
+    AccessRequest {
+        principal_id: id,
+        ..req(principal, action, ec)
+    }
+}
+
+fn bindings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    ctx(pairs)
+}
+
+#[test]
+fn bound_policies_match_the_principal_id_not_just_the_arn() {
+    let doc = format!(
+        r#"{{"Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"{ROOT}"}},"Action":"kms:*","Resource":"*"}},
+            {{"Effect":"Allow","Principal":{{"AWS":["{ALICE}","{BOB}"]}},"Action":"kms:Decrypt","Resource":"*"}}]}}"#
+    );
+    let parsed = Policy::parse(&doc).unwrap();
+    assert_eq!(parsed.arn_principals(), [ALICE, BOB], "roots are not bound");
+    let old_alice = "AIDAOLDALICE000000000";
+    let new_alice = "AIDANEWALICE000000000";
+    let bound = parsed.bind(bindings(&[(ALICE, old_alice)]));
+    let ec = ctx(&[]);
+    assert_eq!(
+        bound.evaluate(&req_as(ALICE, old_alice, "kms:Decrypt", &ec)),
+        Allow
+    );
+    // Same ARN, another principal: a user re-created under the old name.
+    assert_eq!(
+        bound.evaluate(&req_as(ALICE, new_alice, "kms:Decrypt", &ec)),
+        ImplicitDeny
+    );
+    // The old id under another ARN is not alice either.
+    assert_eq!(
+        bound.evaluate(&req_as(BOB, old_alice, "kms:Decrypt", &ec)),
+        ImplicitDeny
+    );
+    // An ARN without a binding (bob did not exist when it was put) matches nobody.
+    assert_eq!(
+        bound.evaluate(&req_as(BOB, "AIDABOB00000000000000", "kms:Decrypt", &ec)),
+        ImplicitDeny
+    );
+    // The root matches by account, bound or not.
+    assert_eq!(
+        bound.evaluate(&req_as(ROOT, ACCT, "kms:Decrypt", &ec)),
+        Allow
+    );
+    // aws:userid is the caller's unique id.
+    let by_id = cond_policy(&format!(
+        r#"{{"StringEquals":{{"aws:userid":"{old_alice}"}}}}"#
+    ));
+    let p = Policy::parse(&by_id).unwrap();
+    assert_eq!(
+        p.evaluate(&req_as(ALICE, old_alice, "kms:Decrypt", &ec)),
+        Allow
+    );
+    assert_eq!(
+        p.evaluate(&req_as(ALICE, new_alice, "kms:Decrypt", &ec)),
+        ImplicitDeny
+    );
+}
+
+// ---- aws:SecureTransport -------------------------------------------------
+
+#[test]
+fn secure_transport_is_true_only_over_tls() {
+    let doc = r#"{"Statement":[
+        {"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"},
+        {"Effect":"Deny","Principal":"*","Action":"*","Resource":"*",
+         "Condition":{"Bool":{"aws:SecureTransport":"false"}}}]}"#;
+    let p = Policy::parse(doc).unwrap();
+    let ec = ctx(&[]);
+    let plain = req(ALICE, "kms:Decrypt", &ec);
+    let tls = AccessRequest {
+        secure_transport: true,
+        ..plain
+    };
+    assert_eq!(p.evaluate(&plain), ExplicitDeny);
+    assert_eq!(p.evaluate(&tls), Allow);
+    // The key name is case-insensitive, the Bool value too.
+    let allow_tls = cond_policy(r#"{"Bool":{"AWS:securetransport":"TRUE"}}"#);
+    let p = Policy::parse(&allow_tls).unwrap();
+    assert_eq!(p.evaluate(&plain), ImplicitDeny);
+    assert_eq!(p.evaluate(&tls), Allow);
+    // It is always present: Null says so.
+    let present = cond_policy(r#"{"Null":{"aws:SecureTransport":"false"}}"#);
+    assert_eq!(Policy::parse(&present).unwrap().evaluate(&plain), Allow);
 }
