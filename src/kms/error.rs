@@ -39,6 +39,8 @@ pub enum ErrorKind {
     UnrecognizedClient,
     RequestExpired,
     RequestEntityTooLarge,
+    /// The body stopped arriving before its deadline (`--body-timeout`).
+    RequestTimeout,
 }
 
 impl ErrorKind {
@@ -74,6 +76,7 @@ impl ErrorKind {
             UnrecognizedClient => "UnrecognizedClientException",
             RequestExpired => "RequestExpired",
             RequestEntityTooLarge => "RequestEntityTooLargeException",
+            RequestTimeout => "RequestTimeoutException",
         }
     }
 
@@ -84,6 +87,7 @@ impl ErrorKind {
             Internal => 500,
             MissingAuthenticationToken => 403,
             RequestEntityTooLarge => 413,
+            RequestTimeout => 408,
             DryRunOperation => 412,
             _ => 400,
         }

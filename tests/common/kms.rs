@@ -56,12 +56,20 @@ pub fn parse_creds(stdout: &str) -> Creds {
 /// from the line it prints when ready. Its stdout keeps being drained so the
 /// server never blocks on a full pipe.
 pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
+    spawn_kms_serve_with(data, &[], Stdio::inherit())
+}
+
+/// [`spawn_kms_serve`] with more arguments (limits, `--tls-cert`, ...) and
+/// somewhere for its log (stderr) to go; the endpoint is `http://` or
+/// `https://`.
+pub fn spawn_kms_serve_with(data: &Path, extra: &[&str], stderr: Stdio) -> (Child, String) {
     let mut child = envol()
         .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(extra)
         .env("ENVOL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn envol kms serve");
     let stdout = child.stdout.take().unwrap();
@@ -69,7 +77,7 @@ pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
     let first = lines.next().expect("kms serve printed nothing").unwrap();
     let url = first
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .to_string();
     std::thread::spawn(move || for _ in lines {});
