@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use common::{Creds, envol, parse_creds, run_ok, sdk_client, spawn_kms_serve_with};
 
 /// The deadlines the tests run with (the defaults are 10/10/60 s).
-const HEADER: &str = "1";
-const BODY: &str = "1";
-const IDLE: &str = "3";
+const HEADER: &str = "2";
+const BODY: &str = "2";
+const IDLE: &str = "4";
 /// Longest a test waits for a close that is due after about one deadline.
 const CLOSE_WITHIN: Duration = Duration::from_secs(8);
 
@@ -180,9 +180,13 @@ fn half_sent_requests_are_closed_at_their_deadlines_and_clean_clients_are_served
 
     // Meanwhile a real client is served.
     list_keys_ok(&server.url, &server.root);
-    assert!(start.elapsed() < Duration::from_secs(1), "served at once");
-
     let header = Duration::from_secs_f64(HEADER.parse().unwrap());
+    assert!(
+        start.elapsed() < header,
+        "served while the half-sent requests were still open: {:?}",
+        start.elapsed()
+    );
+
     for s in halves.iter_mut() {
         let (_, took) = read_until_closed(s, start);
         assert_closed_near("half a header", took, header);
@@ -303,27 +307,45 @@ fn over_tls_handshakes_and_half_sent_requests_are_closed_at_their_deadlines() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let one = Duration::from_secs(1);
+    let secs = |s: &str| Duration::from_secs_f64(s.parse().unwrap());
     let (_, took) = read_until_closed(&mut no_handshake, start);
-    assert_closed_near("no TLS handshake", took, one);
+    assert_closed_near("no TLS handshake", took, Duration::from_secs(1));
     for t in halves.iter_mut() {
         let (_, took) = read_until_closed(t, start);
-        assert_closed_near("half a header over TLS", took, one);
+        assert_closed_near("half a header over TLS", took, secs(HEADER));
     }
     let (answer, took) = read_until_closed(&mut half_body, start);
-    assert_closed_near("half a body over TLS", took, one);
+    assert_closed_near("half a body over TLS", took, secs(BODY));
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// Waits (bounded) until the server holds `n` more descriptors than `base`.
+fn await_fds(server: &Server, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.open_fds() < at_least && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.open_fds() >= at_least, "connections accepted");
+}
+
+fn cap_log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("--max-connections"))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
-fn connections_beyond_the_cap_are_closed_at_accept_and_logged_once() {
+fn at_the_cap_the_oldest_half_sent_connection_makes_room_and_clean_clients_get_in() {
     const CAP: usize = 8;
     let log = tempfile::NamedTempFile::new().unwrap();
     let server = Server::start(
+        // A long header deadline: only eviction frees a slot here.
         &[
             "--max-connections",
             &CAP.to_string(),
-            // Long deadlines: the held connections keep their slots.
             "--header-timeout",
             "60",
         ],
@@ -331,23 +353,91 @@ fn connections_beyond_the_cap_are_closed_at_accept_and_logged_once() {
         Stdio::from(log.reopen().unwrap()),
     );
     let addr = server.addr();
-    let fds_before = server.open_fds();
-    let mut held: Vec<TcpStream> = (0..CAP).map(|_| connect(&addr)).collect();
-    // Let the accept loop take them all before the extras arrive.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.open_fds() < fds_before + CAP && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let base = server.open_fds();
+    let start = Instant::now();
+    // 208 half-sent requests, one after another: the cap's worth is held
+    // at any moment, each newcomer closing the oldest.
+    let mut peak = 0;
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for i in 0..CAP + 200 {
+        let mut s = connect(&addr);
+        s.write_all(HALF_HEADER).unwrap();
+        conns.push(s);
+        if i + 1 == CAP {
+            await_fds(&server, base + CAP);
+        }
+        peak = peak.max(server.open_fds());
     }
     assert!(
-        server.open_fds() >= fds_before + CAP,
-        "the cap's worth accepted"
+        peak <= base + CAP + 2,
+        "descriptors held: {peak}, expected at most {} + 2",
+        base + CAP
     );
+    // All but the newest CAP were closed, long before the header deadline.
+    let newest = conns.split_off(200);
+    for s in conns.iter_mut() {
+        let (got, took) = read_until_closed(s, start);
+        assert!(got.is_empty(), "closed without an answer: {got}");
+        assert!(took < Duration::from_secs(20), "evicted promptly: {took:?}");
+    }
+    for s in &newest {
+        s.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let still_open =
+            matches!((&*s).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(still_open, "the newest {CAP} keep their slots");
+    }
+    // A clean client is served at once, the flood notwithstanding.
+    list_keys_ok(&server.url, &server.root);
 
-    // 200 more: each closed at once, and the server's descriptors stay at
-    // the cap.
+    // Logged once per interval with counts, not once per connection.
+    let lines = cap_log_lines(log.path());
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "1-2 lines, got {lines:?}"
+    );
+    assert!(
+        lines[0].contains("closed 1 idle or half-sent connection(s)"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn when_every_slot_is_handling_a_request_newcomers_are_refused_at_accept() {
+    const CAP: usize = 4;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = Server::start(
+        &[
+            "--max-connections",
+            &CAP.to_string(),
+            "--body-timeout",
+            "60",
+        ],
+        false,
+        Stdio::from(log.reopen().unwrap()),
+    );
+    let addr = server.addr();
+    let base = server.open_fds();
+    // CAP requests whose header is in and whose body is half sent: the
+    // server is handling each (it asked for the body: 100 Continue).
+    let mut held: Vec<TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(
+                b"POST / HTTP/1.1\r\nHost: kms\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n",
+            )
+            .unwrap();
+            let mut got = [0u8; 25];
+            s.read_exact(&mut got).unwrap();
+            assert!(got.starts_with(b"HTTP/1.1 100 Continue"), "{got:?}");
+            s.write_all(b"{\"Limit\":").unwrap();
+            s
+        })
+        .collect();
     let start = Instant::now();
     let mut peak = 0;
-    for _ in 0..200 {
+    for _ in 0..50 {
         let mut extra = connect(&addr);
         let (got, _) = read_until_closed(&mut extra, start);
         assert!(got.is_empty(), "refused without an answer: {got}");
@@ -358,19 +448,14 @@ fn connections_beyond_the_cap_are_closed_at_accept_and_logged_once() {
         "refusals are immediate: {:?}",
         start.elapsed()
     );
-    assert!(
-        peak <= fds_before + CAP + 2,
-        "descriptors held: {peak}, expected at most {} + 2",
-        fds_before + CAP
-    );
-
-    // At the cap a clean client gets nowhere; once a slot frees, it is served.
+    assert!(peak <= base + CAP + 2, "descriptors held: {peak}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = sdk_client(&server.url, &server.root, None);
     assert!(
         rt.block_on(client.list_keys().send()).is_err(),
         "a client beyond the cap is refused"
     );
+    // A slot frees when one of them goes; the clean client gets in.
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -380,19 +465,12 @@ fn connections_beyond_the_cap_are_closed_at_accept_and_logged_once() {
             Err(e) => panic!("still refused after a slot freed: {e:?}"),
         }
     }
-
-    // One log line per interval, with the count, not one per refusal.
-    let text = std::fs::read_to_string(log.path()).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("--max-connections"))
-        .collect();
+    let lines = cap_log_lines(log.path());
     assert!(
         !lines.is_empty() && lines.len() <= 2,
-        "refusals logged in 1-2 lines, got {}:\n{text}",
-        lines.len()
+        "1-2 lines, got {lines:?}"
     );
-    assert!(lines[0].contains("refused 1 connection"), "{}", lines[0]);
+    assert!(lines[0].contains("refused 1 connection(s)"), "{}", lines[0]);
 }
 
 /// Sends `request` on a keep-alive connection and reads one response;

@@ -2,14 +2,19 @@
 //! deadline, both before any byte of HTTP.
 //!
 //! A connection takes a slot at accept and gives it back when it closes. At
-//! the cap, a new connection is closed at once — refused by us, at a number
-//! the operator chose, never by the process running out of descriptors —
-//! and logged at most once per [`REFUSAL_LOG_INTERVAL`], with a count. The
-//! slots a stranger can take are each bounded in time (handshake, header,
-//! idle deadlines), so a flood holds the KMS for at most one deadline.
+//! the cap, the connection that has gone longest without a request in
+//! progress (mid-handshake, half a header, idle) is closed to make room: a
+//! flood of half-sent requests evicts its own oldest members, and a real
+//! client, which sends its request at once, still gets in. Only when every
+//! slot is handling a request is the newcomer closed at once — refused by
+//! us, at a number the operator chose, never by the process running out of
+//! descriptors. Both are logged at most once per [`REFUSAL_LOG_INTERVAL`],
+//! with counts. The cap is also held under the process's descriptor limit
+//! (see [`capped_to_descriptors`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::connection;
+use super::connection::{self, Tracker};
 use super::limits::Limits;
 
 /// At most one "connection refused" line per this interval.
@@ -29,6 +34,10 @@ pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long to pause after a failed accept (EMFILE and friends) instead of
 /// spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long the accept loop waits for an evicted connection to give its
+/// slot back before refusing the newcomer after all.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
 /// Accepts connections until `stop` resolves, serving each in its own task
 /// and registering it with `graceful` so shutdown can wait for it.
@@ -40,7 +49,9 @@ pub(super) async fn accept_until(
     graceful: &GracefulShutdown,
     stop: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let cap = capped_to_descriptors(limits.max_connections);
+    let slots = Arc::new(Semaphore::new(cap));
+    let open = Arc::new(OpenConnections::default());
     let acceptor = tls.map(TlsAcceptor::from);
     let mut refusals = Refusals::default();
     let mut stop = std::pin::pin!(stop);
@@ -56,25 +67,121 @@ pub(super) async fn accept_until(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            refusals.refused(peer, limits.max_connections);
-            continue;
-        };
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                None => connection::serve(stream, peer, app, limits, watcher).await,
-                Some(acceptor) => {
-                    if let Some(tls) = handshake(&acceptor, stream, peer, &limits).await {
-                        connection::serve(tls, peer, app, limits, watcher).await;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // At the cap: make room by closing the connection that has
+                // gone longest without a request in progress. A real client
+                // sends its header at once, so what goes is a stranger's
+                // half-sent request or an idle pooled connection (whose
+                // client reconnects) — never a request being handled.
+                let evicted = open.evict_oldest();
+                let freed = if evicted {
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                refusals.at_cap(peer, cap, evicted, freed.is_some());
+                match freed {
+                    Some(slot) => slot,
+                    None => {
+                        drop(stream);
+                        continue;
                     }
                 }
             }
+        };
+        let tracker = Tracker::new();
+        let id = open.insert(tracker.clone());
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => connection::serve(stream, peer, app, limits, watcher, tracker).await,
+                Some(acceptor) => {
+                    let handshaken = tokio::select! {
+                        tls = handshake(&acceptor, stream, peer, &limits) => tls,
+                        () = tracker.evicted() => None,
+                    };
+                    if let Some(tls) = handshaken {
+                        connection::serve(tls, peer, app, limits, watcher, tracker).await;
+                    }
+                }
+            }
+            open.remove(id);
             drop(slot);
         });
+    }
+}
+
+/// Descriptors kept for everything but KMS connections (the database, the
+/// audit log, the runtime, in `envol up` the NBD server).
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// `requested`, lowered (with a warning) to what the process's descriptor
+/// limit leaves after [`RESERVED_DESCRIPTORS`]: a cap the process cannot
+/// reach would let the limit refuse connections instead — and with them
+/// the database's own files.
+fn capped_to_descriptors(requested: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let Some(limit) = limit else {
+        return requested;
+    };
+    let room =
+        usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX);
+    if requested > room {
+        tracing::warn!(
+            "KMS: --max-connections {requested} lowered to {room}: the descriptor limit (ulimit -n) is {limit}, and {RESERVED_DESCRIPTORS} are kept for the rest of the process"
+        );
+        return room;
+    }
+    requested
+}
+
+/// The connections being served, for eviction at the cap.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    next_id: std::sync::atomic::AtomicU64,
+    trackers: Mutex<HashMap<u64, Arc<Tracker>>>,
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracker>>> {
+        self.trackers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, tracker: Arc<Tracker>) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, tracker);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Evicts the connection longest without a request in progress; false
+    /// if every connection is handling one.
+    fn evict_oldest(&self) -> bool {
+        let open = self.lock();
+        let oldest = open
+            .values()
+            .filter_map(|t| t.evictable_since().map(|since| (since, t)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, tracker)) => {
+                tracker.evict();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -101,16 +208,20 @@ async fn handshake(
     }
 }
 
-/// Connections refused at the cap since the last log line.
+/// What happened at the cap since the last log line about it.
 #[derive(Debug, Default)]
 struct Refusals {
     last_logged: Option<Instant>,
-    unlogged: u64,
+    evicted: u64,
+    refused: u64,
 }
 
 impl Refusals {
-    fn refused(&mut self, peer: SocketAddr, cap: usize) {
-        self.unlogged += 1;
+    /// Notes one connection that arrived at the cap: whether an older one
+    /// was evicted for it, and whether it got a slot.
+    fn at_cap(&mut self, peer: SocketAddr, cap: usize, evicted: bool, admitted: bool) {
+        self.evicted += u64::from(evicted);
+        self.refused += u64::from(!admitted);
         let now = Instant::now();
         if self
             .last_logged
@@ -119,10 +230,12 @@ impl Refusals {
             return;
         }
         tracing::warn!(
-            "KMS: {cap} connections open (--max-connections): refused {} connection(s) since the last such line, the latest from {peer}",
-            self.unlogged
+            "KMS: {cap} connections open (--max-connections): since the last such line, closed {} idle or half-sent connection(s) to make room and refused {} connection(s) (the latest from {peer})",
+            self.evicted,
+            self.refused
         );
         self.last_logged = Some(now);
-        self.unlogged = 0;
+        self.evicted = 0;
+        self.refused = 0;
     }
 }

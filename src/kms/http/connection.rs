@@ -16,8 +16,10 @@
 //!          (idle_timeout)
 //! ```
 //!
-//! A watchdog task sleeps to the current state's deadline and closes the
-//! connection when it passes with the state unchanged.
+//! A watchdog sleeps to the current state's deadline and closes the
+//! connection when it passes with the state unchanged. At the connection
+//! cap, the accept loop may also evict a connection that is not handling
+//! a request (`accept`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -54,21 +56,49 @@ enum Phase {
 enum Expired {
     Header,
     Idle,
+    /// The accept loop needed its slot (see `accept`).
+    Evicted,
 }
 
-/// The phase, shared by the reader, the service and the watchdog.
+/// The phase, shared by the reader, the service, the watchdog and the
+/// accept loop (which may evict a connection that is not handling a
+/// request).
 #[derive(Debug)]
-struct Tracker {
+pub(super) struct Tracker {
     phase: Mutex<Phase>,
+    evict: tokio::sync::Notify,
 }
 
 impl Tracker {
-    fn new() -> Arc<Tracker> {
+    /// A tracker for a connection accepted now.
+    pub(super) fn new() -> Arc<Tracker> {
         Arc::new(Tracker {
             phase: Mutex::new(Phase::AwaitingHeader {
                 since: Instant::now(),
             }),
+            evict: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Since when the connection has held its slot without a request in
+    /// progress (handshaking, awaiting a header, or idle); `None` while it
+    /// is handling one, which is never cut short.
+    pub(super) fn evictable_since(&self) -> Option<Instant> {
+        match self.get() {
+            Phase::AwaitingHeader { since } | Phase::Idle { since } => Some(since),
+            Phase::Handling => None,
+        }
+    }
+
+    /// Asks the connection to close (it does unless it has just started
+    /// handling a request).
+    pub(super) fn evict(&self) {
+        self.evict.notify_one();
+    }
+
+    /// Resolves once [`Tracker::evict`] was called.
+    pub(super) async fn evicted(&self) {
+        self.evict.notified().await;
     }
 
     fn set(&self, update: impl FnOnce(Phase) -> Phase) {
@@ -102,8 +132,28 @@ impl Tracker {
         });
     }
 
-    /// Resolves when the current phase outlives its bound.
+    /// Resolves when the current phase outlives its bound, or the
+    /// connection is evicted while not handling a request.
     async fn expired(&self, limits: &Limits) -> Expired {
+        loop {
+            let evicted = async {
+                self.evicted().await;
+                self.evictable_since().is_some()
+            };
+            tokio::select! {
+                still_evictable = evicted => {
+                    if still_evictable {
+                        return Expired::Evicted;
+                    }
+                    continue;
+                }
+                why = self.overdue(limits) => return why,
+            }
+        }
+    }
+
+    /// Resolves when the current phase outlives its deadline.
+    async fn overdue(&self, limits: &Limits) -> Expired {
         loop {
             let (deadline, why) = match self.get() {
                 Phase::AwaitingHeader { since } => (since + limits.header_timeout, Expired::Header),
@@ -172,16 +222,17 @@ pub struct BodyDeadline(pub Duration);
 
 /// Serves HTTP/1.1 requests on `io` with `app` until the client closes, a
 /// deadline passes, or graceful shutdown (through `watcher`) ends it.
+/// `tracker` was made at accept.
 pub(super) async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
     app: Router,
     limits: Limits,
     watcher: Watcher,
+    tracker: Arc<Tracker>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tracker = Tracker::new();
     let io = Watched {
         inner: io,
         tracker: tracker.clone(),
@@ -220,6 +271,9 @@ pub(super) async fn serve<IO>(
             Expired::Idle => tracing::debug!(
                 "KMS: closing the connection from {peer}: idle for {:?}",
                 limits.idle_timeout
+            ),
+            Expired::Evicted => tracing::debug!(
+                "KMS: closing the connection from {peer}: at --max-connections, and it was the longest without a request"
             ),
         },
     }
