@@ -92,9 +92,19 @@ pub const UNAUTHENTICATED_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_SUMMARY_SOURCES: usize = 16;
 
 /// The summary line of unauthenticated failures counted in one interval.
+/// It carries a request line's fields too (the last request counted, no
+/// principal, no key), so every line of the log has the same core shape.
 #[derive(Debug, Serialize)]
 struct UnauthenticatedSummary<'a> {
     time: &'a str,
+    request_id: &'a str,
+    principal: Option<&'a str>,
+    source: Option<&'a str>,
+    operation: &'static str,
+    key: Option<&'a str>,
+    /// `"unauthenticated-summary"`.
+    outcome: &'static str,
+    error: Option<&'a str>,
     summary: &'static str,
     /// The time of the first failure counted.
     since: &'a str,
@@ -112,6 +122,7 @@ struct Tally {
     interval_began: Option<Instant>,
     count: u64,
     since: Option<String>,
+    last_request_id: String,
     errors: BTreeMap<String, u64>,
     sources: BTreeMap<String, u64>,
 }
@@ -120,6 +131,8 @@ impl Tally {
     fn count(&mut self, rec: &AuditRecord<'_>) {
         self.count += 1;
         self.since.get_or_insert_with(|| rec.time.clone());
+        self.last_request_id.clear();
+        self.last_request_id.push_str(rec.request_id);
         *self
             .errors
             .entry(rec.error.unwrap_or("-").to_string())
@@ -147,6 +160,13 @@ impl Tally {
         let since = self.since.take().unwrap_or_default();
         let line = serde_json::to_vec(&UnauthenticatedSummary {
             time,
+            request_id: &self.last_request_id,
+            principal: None,
+            source: None,
+            operation: "-",
+            key: None,
+            outcome: "unauthenticated-summary",
+            error: None,
             summary: "unauthenticated requests refused",
             since: &since,
             count: self.count,
