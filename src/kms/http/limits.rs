@@ -56,7 +56,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         return Err(format!("{s:?}: must be more than 0 seconds"));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?}: too many seconds"))
