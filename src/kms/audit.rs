@@ -310,3 +310,7 @@ impl AuditLog {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "audit_tests.rs"]
+mod tests;

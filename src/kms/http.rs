@@ -115,6 +115,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// Marks a response as the connection's last: after a body that was not
+/// read whole, what is left of it would be read as the next request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// Writes a [`Reply`] as an HTTP response.
 fn into_response(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -157,21 +166,19 @@ async fn handle(
     let reading = axum::body::to_bytes(Body::new(body), MAX_BODY);
     let body: Bytes = match tokio::time::timeout(deadline, reading).await {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return into_response(request::refuse_oversized(
-                &kms,
-                &headers,
-                &request_id,
-                &source,
-            ));
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            let reply = if inner.is::<http_body_util::LengthLimitError>() {
+                request::refuse_oversized(&kms, &headers, &request_id, &source)
+            } else {
+                // The client went away mid-body, or sent broken chunking.
+                request::refuse_unreadable_body(&kms, &headers, &request_id, &source, &inner)
+            };
+            return closing(into_response(reply));
         }
         Err(_) => {
             let reply = request::refuse_slow_body(&kms, &headers, &request_id, &source, deadline);
-            let mut response = into_response(reply);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return response;
+            return closing(into_response(reply));
         }
     };
 

@@ -69,3 +69,7 @@ pub fn parse_max_connections(s: &str) -> Result<usize, String> {
         _ => Err(format!("{s:?}: expected a whole number of at least 1")),
     }
 }
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;

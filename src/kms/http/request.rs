@@ -87,6 +87,22 @@ pub fn refuse_oversized(
     refuse_unauthenticated(kms, headers, request_id, source, &body_too_large())
 }
 
+/// Answers a request whose body could not be read (the client went away
+/// mid-body, or its chunked encoding was broken).
+pub fn refuse_unreadable_body(
+    kms: &Kms,
+    headers: &[(String, String)],
+    request_id: &str,
+    source: &str,
+    error: &dyn std::fmt::Display,
+) -> Reply {
+    let err = KmsError::new(
+        ErrorKind::Serialization,
+        format!("the request body could not be read: {error}"),
+    );
+    refuse_unauthenticated(kms, headers, request_id, source, &err)
+}
+
 /// Answers a request whose body did not arrive whole within `deadline` (a
 /// transport stops waiting there and closes the connection).
 pub fn refuse_slow_body(
