@@ -637,3 +637,78 @@ fn the_audit_log_rotates_by_size_and_keeps_n_files() {
         "the CreateKey of {last} is in audit.log"
     );
 }
+
+#[test]
+fn envol_up_applies_the_same_limits_to_its_embedded_kms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("envol");
+    let mut child = envol()
+        .args(["up", "--size", "16M", "--listen", "127.0.0.1:0"])
+        .args(["--kms-listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--kms-max-connections", "4", "--kms-header-timeout", "3"])
+        .args(["--audit-max-size", "4K", "--audit-keep", "1"])
+        .env("HOME", tmp.path())
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            tmp.path().join("credentials"),
+        )
+        .env("AWS_CONFIG_FILE", tmp.path().join("config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(|w| w.trim_end_matches(':').to_string())
+        })
+        .expect("up names its KMS endpoint");
+    std::thread::spawn(move || for _ in lines {});
+    let addr = url.trim_start_matches("http://").to_string();
+
+    // Five half-sent requests on a cap of four: the oldest is evicted at
+    // once, the rest closed at the 3 s header deadline.
+    let start = Instant::now();
+    let mut halves: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(HALF_HEADER).unwrap();
+            s
+        })
+        .collect();
+    let (_, took) = read_until_closed(&mut halves[0], start);
+    assert!(took < Duration::from_millis(2500), "evicted: {took:?}");
+    for s in &mut halves[1..] {
+        let (_, took) = read_until_closed(s, start);
+        assert_closed_near("half a header (up)", took, Duration::from_secs(3));
+    }
+
+    // The audit log rotates at 4 KiB and keeps one old file.
+    let creds = parse_creds(&std::fs::read_to_string(tmp.path().join("credentials")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = sdk_client(&url, &creds, None);
+    for _ in 0..40 {
+        rt.block_on(client.list_keys().send()).unwrap();
+    }
+    let kms_dir = data.join("kms");
+    for f in ["audit.log", "audit.log.1"] {
+        let len = std::fs::metadata(kms_dir.join(f)).unwrap().len();
+        assert!(len <= 4096, "{f}: {len} bytes");
+    }
+    assert!(!kms_dir.join("audit.log.2").exists());
+}
