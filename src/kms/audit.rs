@@ -203,12 +203,30 @@ impl Writer {
     /// Appends one line, rotating first if it would not fit.
     fn append(&mut self, mut line: Vec<u8>) -> std::io::Result<()> {
         line.push(b'\n');
+        self.follow_path()?;
         // The file's own length, not a count of ours: the CLI appends too.
         let len = self.file.metadata()?.len();
         if len > 0 && len + line.len() as u64 > self.rotation.max_bytes {
             self.rotate()?;
         }
         self.file.write_all(&line)
+    }
+
+    /// Reopens `audit.log` if another process (a CLI command doing the
+    /// scheduled key work) rotated it away from under this one, so lines
+    /// keep going to the current file, not to `audit.log.1`.
+    fn follow_path(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata()?;
+        let current = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if current.is_none_or(|m| m.dev() != ours.dev() || m.ino() != ours.ino()) {
+            self.file = open_private_append(&self.path)?;
+        }
+        Ok(())
     }
 
     /// `audit.log` → `audit.log.1` → … → `audit.log.<keep>` (dropped past

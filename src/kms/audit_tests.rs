@@ -123,3 +123,30 @@ fn a_summary_names_at_most_sixteen_sources() {
     assert_eq!(tally.sources["other"], 40 - MAX_SUMMARY_SOURCES as u64);
     assert_eq!(tally.count, 40);
 }
+
+#[test]
+fn a_rotation_by_another_process_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let server = AuditLog::open(&path).unwrap();
+    let cli = AuditLog::open(&path).unwrap();
+    server.record(&record("t", "before", None)).unwrap();
+    // The other process rotates: its next line starts a new audit.log.
+    cli.set_rotation(Rotation {
+        max_bytes: MIN_MAX_BYTES,
+        keep: 1,
+    });
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&vec![b' '; MIN_MAX_BYTES as usize])
+        .unwrap();
+    cli.record(&record("t", "cli", None)).unwrap();
+    server.record(&record("t", "after", None)).unwrap();
+    let ids: Vec<String> = lines(&path)
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["cli", "after"]);
+}
