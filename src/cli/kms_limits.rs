@@ -26,7 +26,7 @@ fn parse_audit_size(s: &str) -> Result<u64, String> {
 /// `envol kms serve`'s bounds on clients and on the audit log.
 #[derive(Debug, Args)]
 pub struct ServeLimitArgs {
-    /// Most connections served at once (TLS handshakes included); more are closed at accept.
+    /// Most connections served at once (TLS handshakes included); at the cap the one longest idle or half-sent makes room, else a newcomer is closed.
     #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub max_connections: usize,
     /// Seconds a connection has to send a whole request header, from connect or from the request's first byte.
@@ -71,7 +71,7 @@ impl ServeLimitArgs {
 /// `envol up`'s bounds on its embedded KMS listener and audit log.
 #[derive(Debug, Args)]
 pub struct UpKmsLimitArgs {
-    /// Most connections the KMS listener serves at once; more are closed at accept.
+    /// Most connections the KMS listener serves at once; at the cap the one longest idle or half-sent makes room, else a newcomer is closed.
     #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub kms_max_connections: usize,
     /// Seconds a KMS connection has to send a whole request header.
