@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::error::{CliError, CliResult};
 use super::key::JsonFlag;
+use super::kms_limits::ServeLimitArgs;
 use super::runtime::{runtime, shutdown_signal};
 use crate::kms::clock::SystemClock;
 use crate::kms::datadir::DataDir;
@@ -59,6 +60,8 @@ pub enum KmsCommand {
         /// The certificate's private key (PEM).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        limits: ServeLimitArgs,
     },
     /// Manage IAM-style users and their access keys.
     #[command(subcommand)]
@@ -111,7 +114,8 @@ pub fn run(cmd: KmsCommand) -> CliResult {
             listen,
             tls_cert,
             tls_key,
-        } => serve(data.data, listen, tls_cert.zip(tls_key)),
+            limits,
+        } => serve(data.data, listen, tls_cert.zip(tls_key), &limits),
         KmsCommand::User(UserCommand::Add {
             name,
             data,
@@ -241,7 +245,12 @@ fn user_list(dir: PathBuf, out: JsonFlag) -> CliResult {
     Ok(())
 }
 
-fn serve(dir: PathBuf, listen: SocketAddr, tls: Option<(PathBuf, PathBuf)>) -> CliResult {
+fn serve(
+    dir: PathBuf,
+    listen: SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    limit_args: &ServeLimitArgs,
+) -> CliResult {
     if !listen.ip().is_loopback() && tls.is_none() {
         return Err(CliError(format!(
             "refusing to serve the KMS on {listen} without TLS: listen on a loopback address (127.0.0.1) or pass --tls-cert and --tls-key"
@@ -257,6 +266,8 @@ fn serve(dir: PathBuf, listen: SocketAddr, tls: Option<(PathBuf, PathBuf)>) -> C
         "http"
     };
     let kms = Arc::new(open(&dir)?);
+    kms.set_audit_rotation(limit_args.rotation());
+    let limits = limit_args.limits();
     let rt = runtime()?;
     rt.block_on(async move {
         let shutdown = shutdown_signal();
@@ -275,7 +286,7 @@ fn serve(dir: PathBuf, listen: SocketAddr, tls: Option<(PathBuf, PathBuf)>) -> C
         // Tests and scripts read the address from stdout: don't buffer it.
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::serve(kms, listener, tls_config, shutdown).await?;
+        http::serve(kms, listener, tls_config, limits, shutdown).await?;
         tracing::info!("KMS stopped");
         Ok(())
     })

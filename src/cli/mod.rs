@@ -14,6 +14,7 @@ macro_rules! say {
 mod error;
 mod key;
 mod kms;
+mod kms_limits;
 mod runtime;
 mod serve;
 mod target;

@@ -19,6 +19,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::error::{CliError, CliResult};
+use super::kms_limits::UpKmsLimitArgs;
 use super::runtime::{runtime, shutdown_signal};
 use super::serve::{DEFAULT_NBD_ADDR, LimitArgs, attach_all, serve_exports};
 use super::target::parse_size;
@@ -82,6 +83,8 @@ pub struct UpArgs {
     pub profile: String,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub kms_limits: UpKmsLimitArgs,
 }
 
 fn default_data_dir() -> Result<PathBuf, CliError> {
@@ -221,6 +224,7 @@ pub fn run(args: UpArgs) -> CliResult {
     };
     private_dir(&data)?;
     let kms = open_kms(&data.join("kms"))?;
+    kms.set_audit_rotation(args.kms_limits.rotation());
     let keys = EmbeddedKeys::as_root(kms.clone());
     let key_arn = ensure_default_key(&keys)?;
     let volumes_dir = data.join("volumes");
@@ -282,8 +286,9 @@ pub fn run(args: UpArgs) -> CliResult {
             );
             let kms = kms.clone();
             let shutdown = shutdown_signal();
+            let limits = args.kms_limits.limits();
             tokio::spawn(async move {
-                if let Err(e) = crate::kms::http::serve(kms, listener, None, shutdown).await {
+                if let Err(e) = crate::kms::http::serve(kms, listener, None, limits, shutdown).await {
                     tracing::error!("embedded KMS API stopped: {e}");
                 }
             });

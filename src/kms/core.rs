@@ -284,6 +284,12 @@ impl Kms {
         )))
     }
 
+    /// The audit log, for what the service writes besides one line per
+    /// request (unauthenticated summaries) and for its rotation bounds.
+    pub(super) fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// Writes one audit line. A failure to audit is logged, not hidden, and
     /// does not undo the operation it describes (that has already happened).
     pub(super) fn audit(

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     UnrecognizedClient,
     RequestExpired,
     RequestEntityTooLarge,
+    /// The body stopped arriving before its deadline (`--body-timeout`).
+    RequestTimeout,
 }
 
 impl ErrorKind {
@@ -76,6 +78,7 @@ impl ErrorKind {
             UnrecognizedClient => "UnrecognizedClientException",
             RequestExpired => "RequestExpired",
             RequestEntityTooLarge => "RequestEntityTooLargeException",
+            RequestTimeout => "RequestTimeoutException",
         }
     }
 
@@ -86,6 +89,7 @@ impl ErrorKind {
             Internal => 500,
             MissingAuthenticationToken => 403,
             RequestEntityTooLarge => 413,
+            RequestTimeout => 408,
             DryRunOperation => 412,
             _ => 400,
         }

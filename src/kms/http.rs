@@ -2,26 +2,35 @@
 //!
 //! `POST /` with `X-Amz-Target: TrentService.<Operation>` and a JSON body.
 //! This file is the transport only: axum, TLS, reading the body up to its
-//! bound, and a blocking thread per request. What a request means (SigV4,
+//! bound and deadline, and a blocking thread per request. The accept loop
+//! (connection cap, TLS handshakes) is `accept`; one connection's deadlines
+//! are `connection`; their bounds are `limits`. What a request means (SigV4,
 //! access key → principal, the operation, AWS-shaped errors) is
 //! [`request::respond`], which the `kms_request` fuzz target calls too.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::service::Kms;
 use super::sigv4::SignedRequest;
-use super::tls::{Peer, TlsListener};
+use super::tls::Peer;
 
+mod accept;
+mod connection;
+pub mod limits;
 pub mod request;
 
+pub use accept::REFUSAL_LOG_INTERVAL;
+pub use connection::BodyDeadline;
+pub use limits::Limits;
 pub use request::{MAX_BODY, Reply};
 
 /// Builds the router for one service instance.
@@ -33,6 +42,10 @@ pub fn router(kms: Arc<Kms>) -> Router {
 /// are looked for between requests.
 const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often the unauthenticated-failure summary is looked at (it is
+/// written once per `audit::UNAUTHENTICATED_SUMMARY_INTERVAL`).
+const AUDIT_SUMMARY_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long requests still in flight when shutdown begins get to finish.
 /// Idle connections close at once; this bounds only a client that keeps a
 /// request open (half-sent, say), which must not hold the server up forever.
@@ -40,11 +53,13 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests (for
 /// at most `SHUTDOWN_GRACE`). With a TLS configuration, every connection is
-/// HTTPS.
+/// HTTPS. `limits` bound what a client may hold: connections, and how long
+/// each may take over its handshake, header and body or sit idle.
 pub async fn serve(
     kms: Arc<Kms>,
     listener: TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Requests sweep too, but an idle KMS must still destroy and rotate keys
@@ -63,52 +78,50 @@ pub async fn serve(
             .await;
         }
     });
-    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = began_tx.send(());
-    };
-    let app = router(kms).into_make_service_with_connect_info::<Peer>();
-    let result = match tls {
-        None => {
-            let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-            within_grace(serving.into_future(), began).await
+    // Unauthenticated failures are counted into a summary line (kms/audit.rs);
+    // write it when its interval is over even if no request comes to do it.
+    let summary_kms = kms.clone();
+    let summariser = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(AUDIT_SUMMARY_CHECK);
+        loop {
+            tick.tick().await;
+            let k = summary_kms.clone();
+            let _ = tokio::task::spawn_blocking(move || k.flush_audit_summary(false)).await;
         }
-        Some(config) => {
-            let listener = TlsListener::new(listener, config)?;
-            let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-            within_grace(serving.into_future(), began).await
-        }
-    };
+    });
+    let graceful = GracefulShutdown::new();
+    accept::accept_until(
+        listener,
+        tls,
+        router(kms.clone()),
+        limits,
+        &graceful,
+        shutdown,
+    )
+    .await;
+    // Idle connections close at once; requests in flight get the grace.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "KMS: closing connections still open {} s after shutdown began",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
     sweeper.abort();
-    result
+    summariser.abort();
+    kms.flush_audit_summary(true);
+    Ok(())
 }
 
-/// Runs `serving` to its end, or until `SHUTDOWN_GRACE` after shutdown
-/// began, whichever is first. Connections left open then are dropped with
-/// the runtime; requests already inside the service core run to completion
-/// there (they are blocking tasks, which a runtime waits for).
-async fn within_grace(
-    serving: impl Future<Output = std::io::Result<()>>,
-    began: tokio::sync::oneshot::Receiver<()>,
-) -> std::io::Result<()> {
-    let deadline = async move {
-        match began.await {
-            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
-            // Serving ended without a shutdown: nothing to bound.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = serving => result,
-        () = deadline => {
-            tracing::warn!(
-                "KMS: closing connections still open {} s after shutdown began",
-                SHUTDOWN_GRACE.as_secs()
-            );
-            Ok(())
-        }
-    }
+/// Marks a response as the connection's last: after a body that was not
+/// read whole, what is left of it would be read as the next request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Writes a [`Reply`] as an HTTP response.
@@ -143,16 +156,29 @@ async fn handle(
         })
         .collect();
 
-    // Stop reading at the bound: a larger body is refused unread.
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
-        Ok(b) => b,
+    // Stop reading at the bound: a larger body is refused unread. A body
+    // that stops arriving is refused at its deadline, and the connection
+    // closed (what is left of the body would be read as the next request).
+    let deadline = parts
+        .extensions
+        .get::<BodyDeadline>()
+        .map_or(limits::DEFAULT_BODY_TIMEOUT, |d| d.0);
+    let reading = axum::body::to_bytes(Body::new(body), MAX_BODY);
+    let body: Bytes = match tokio::time::timeout(deadline, reading).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            let reply = if inner.is::<http_body_util::LengthLimitError>() {
+                request::refuse_oversized(&kms, &headers, &request_id, &source)
+            } else {
+                // The client went away mid-body, or sent broken chunking.
+                request::refuse_unreadable_body(&kms, &headers, &request_id, &source, &inner)
+            };
+            return closing(into_response(reply));
+        }
         Err(_) => {
-            return into_response(request::refuse_oversized(
-                &kms,
-                &headers,
-                &request_id,
-                &source,
-            ));
+            let reply = request::refuse_slow_body(&kms, &headers, &request_id, &source, deadline);
+            return closing(into_response(reply));
         }
     };
 

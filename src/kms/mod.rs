@@ -2,11 +2,13 @@
 //!
 //! Layers, top to bottom:
 //!
-//! - `http`: AWS JSON 1.1 over HTTP; bounds bodies, verifies SigV4
+//! - `http`: AWS JSON 1.1 over HTTP; bounds connections, TLS handshakes,
+//!   headers, bodies and idle time (`http/limits.rs`), verifies SigV4
 //!   (`sigv4`), maps access keys to principals, renders AWS-shaped errors.
 //! - `service`: the transport-free API, `Kms::handle(request, op, body)`:
 //!   dispatches to `ops/` (one file per family of operations) and writes
-//!   the audit log (`audit`).
+//!   the audit log (`audit`: rotated by size, unauthenticated failures
+//!   counted into summary lines).
 //! - `core`: the service's state and what every operation relies on:
 //!   resolving keys, authorizing by key policy (`policy`) and grants,
 //!   sealing key material, users. It knows nothing of operations.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::audit::AuditNote;
+use chrono::SecondsFormat;
+
+use super::audit::{AuditNote, AuditRecord, Rotation};
 use super::clock::Clock;
 use super::datadir::DataDir;
 use super::error::KmsError;
@@ -82,5 +84,57 @@ impl Kms {
             &AuditNote::default(),
             Some(error.kind.aws_type()),
         );
+    }
+
+    /// Audits a request refused before anyone was authenticated (bad or
+    /// missing signature, unknown access key, oversized or stalled body).
+    /// These cost a stranger nothing, so they are rate-limited in the log:
+    /// the first of each interval is written, the rest counted into a
+    /// summary line (see `audit`).
+    pub fn audit_unauthenticated(
+        &self,
+        request_id: &str,
+        source: Option<&str>,
+        operation: &str,
+        error: &KmsError,
+    ) {
+        let rec = AuditRecord {
+            time: self.audit_time(),
+            request_id,
+            principal: None,
+            source,
+            operation,
+            key: None,
+            destination_key: None,
+            encryption_context: None,
+            outcome: "failure",
+            error: Some(error.kind.aws_type()),
+        };
+        if let Err(e) = self.audit_log().record_unauthenticated(&rec) {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    /// Writes the summary of unauthenticated failures counted so far: when
+    /// their interval is over, or at once with `now_regardless` (shutdown).
+    pub fn flush_audit_summary(&self, now_regardless: bool) {
+        let time = self.audit_time();
+        if let Err(e) = self
+            .audit_log()
+            .flush_unauthenticated(&time, now_regardless)
+        {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    /// Sets when the audit log rotates (`--audit-max-size`, `--audit-keep`).
+    pub fn set_audit_rotation(&self, rotation: Rotation) {
+        self.audit_log().set_rotation(rotation);
+    }
+
+    fn audit_time(&self) -> String {
+        self.clock()
+            .now()
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }

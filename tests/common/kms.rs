@@ -56,7 +56,7 @@ pub fn parse_creds(stdout: &str) -> Creds {
 /// from the line it prints when ready. Its stdout keeps being drained so the
 /// server never blocks on a full pipe.
 pub fn spawn_kms_serve(data: &Path) -> (Child, String) {
-    spawn_kms_serve_with(data, &[], "http://")
+    spawn_kms_serve_with(data, &[], Stdio::inherit())
 }
 
 /// As [`spawn_kms_serve`], over TLS with the certificate `kms init
@@ -66,22 +66,25 @@ pub fn spawn_kms_serve_tls(data: &Path) -> (Child, String) {
     let cert = data.join("tls/cert.pem");
     let key = data.join("tls/key.pem");
     let args = [
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
+        "--tls-cert",
+        cert.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 path"),
     ];
-    spawn_kms_serve_with(data, &args, "https://")
+    spawn_kms_serve_with(data, &args, Stdio::inherit())
 }
 
-fn spawn_kms_serve_with(data: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -> (Child, String) {
+/// [`spawn_kms_serve`] with more arguments (limits, `--tls-cert`, ...) and
+/// somewhere for its log (stderr) to go; the endpoint is `http://` or
+/// `https://`.
+pub fn spawn_kms_serve_with(data: &Path, extra: &[&str], stderr: Stdio) -> (Child, String) {
     let mut child = envol()
         .args(["kms", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
         .env("ENVOL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn envol kms serve");
     let stdout = child.stdout.take().unwrap();
@@ -89,7 +92,7 @@ fn spawn_kms_serve_with(data: &Path, extra: &[&std::ffi::OsStr], scheme: &str) -
     let first = lines.next().expect("kms serve printed nothing").unwrap();
     let url = first
         .split_whitespace()
-        .find(|w| w.starts_with(scheme))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .to_string();
     std::thread::spawn(move || for _ in lines {});

@@ -78,6 +78,9 @@ pub fn respond(
         // The core audited it.
         Err(Refusal::Core(e)) => Reply::error(request_id, &e),
         Err(Refusal::Early(e)) => refuse(kms, request.headers, request_id, source, &e),
+        Err(Refusal::Unauthenticated(e)) => {
+            refuse_unauthenticated(kms, request.headers, request_id, source, &e)
+        }
     }
 }
 
@@ -89,7 +92,42 @@ pub fn refuse_oversized(
     request_id: &str,
     source: &str,
 ) -> Reply {
-    refuse(kms, headers, request_id, source, &body_too_large())
+    refuse_unauthenticated(kms, headers, request_id, source, &body_too_large())
+}
+
+/// Answers a request whose body could not be read (the client went away
+/// mid-body, or its chunked encoding was broken).
+pub fn refuse_unreadable_body(
+    kms: &Kms,
+    headers: &[(String, String)],
+    request_id: &str,
+    source: &str,
+    error: &dyn std::fmt::Display,
+) -> Reply {
+    let err = KmsError::new(
+        ErrorKind::Serialization,
+        format!("the request body could not be read: {error}"),
+    );
+    refuse_unauthenticated(kms, headers, request_id, source, &err)
+}
+
+/// Answers a request whose body did not arrive whole within `deadline` (a
+/// transport stops waiting there and closes the connection).
+pub fn refuse_slow_body(
+    kms: &Kms,
+    headers: &[(String, String)],
+    request_id: &str,
+    source: &str,
+    deadline: std::time::Duration,
+) -> Reply {
+    let err = KmsError::new(
+        ErrorKind::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs_f64()
+        ),
+    );
+    refuse_unauthenticated(kms, headers, request_id, source, &err)
 }
 
 /// Answers a request whose handling failed outright (the thread running
@@ -104,9 +142,11 @@ pub fn refuse_internal(
     refuse(kms, headers, request_id, source, &err)
 }
 
-/// Why a request got no result: refused before the core (audited here), or
+/// Why a request got no result: refused before anyone was authenticated
+/// (audited here, rate-limited), refused before the core (audited here), or
 /// by the core (which audits its own).
 enum Refusal {
+    Unauthenticated(KmsError),
     Early(KmsError),
     Core(KmsError),
 }
@@ -119,7 +159,7 @@ fn answer(
     secure_transport: bool,
 ) -> Result<serde_json::Value, Refusal> {
     if request.body.len() > MAX_BODY {
-        return Err(Refusal::Early(body_too_large()));
+        return Err(Refusal::Unauthenticated(body_too_large()));
     }
     let principal = std::cell::RefCell::new(None);
     let lookup = |akid: &str| match kms.credentials(akid) {
@@ -131,10 +171,10 @@ fn answer(
     };
     let verified = sigv4::verify(request, kms.clock().now(), kms.region(), "kms", lookup);
     if let Err(e) = verified {
-        return Err(Refusal::Early(auth_error(&e)));
+        return Err(Refusal::Unauthenticated(auth_error(&e)));
     }
     let Some(mut principal) = principal.into_inner() else {
-        return Err(Refusal::Early(KmsError::new(
+        return Err(Refusal::Unauthenticated(KmsError::new(
             ErrorKind::UnrecognizedClient,
             "The security token included in the request is invalid.",
         )));
@@ -181,6 +221,20 @@ fn refuse(
 ) -> Reply {
     let operation = target_operation(headers).unwrap_or("-");
     kms.audit_rejected(request_id, Some(source), operation, err);
+    Reply::error(request_id, err)
+}
+
+/// Audits a request refused before authentication (counted, not each
+/// written: see `kms/audit.rs`), and renders the error.
+fn refuse_unauthenticated(
+    kms: &Kms,
+    headers: &[(String, String)],
+    request_id: &str,
+    source: &str,
+    err: &KmsError,
+) -> Reply {
+    let operation = target_operation(headers).unwrap_or("-");
+    kms.audit_unauthenticated(request_id, Some(source), operation, err);
     Reply::error(request_id, err)
 }
 

@@ -1,0 +1,75 @@
+//! What a stranger may hold of the KMS's HTTP front door, and for how long.
+//!
+//! Nothing here needs authentication to use up: a TCP connection, a TLS
+//! handshake, half a header and half a body all come before SigV4. So each
+//! is bounded — by count (connections) or by time (every other state a
+//! connection can sit in) — and each bound is a flag of `envol kms serve`
+//! and `envol up`.
+
+use std::time::Duration;
+
+/// The bounds of one KMS HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once (TLS handshakes included); more are closed
+    /// as soon as they are accepted.
+    pub max_connections: usize,
+    /// From a connection's start, or from the first byte of a request after
+    /// an idle spell, to the end of that request's header.
+    pub header_timeout: Duration,
+    /// From the end of a request's header to the end of its body.
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// From accept to the end of the TLS handshake (HTTPS only).
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Default `--max-connections`: well under the usual 1024-descriptor soft
+/// limit, far above what the AWS SDKs and CLI open (a handful each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default `--header-timeout`: a real client sends its header in one write.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--body-timeout`: bodies are at most 256 KiB.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--idle-timeout`: longer than the SDKs' idle pools keep a
+/// connection (20 s for aws-smithy), so a client reuses its connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--tls-handshake-timeout`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Parses a flag's duration: seconds, fractions allowed (`10`, `0.5`).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("{s:?}: must be more than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?}: too many seconds"))
+}
+
+/// Parses `--max-connections`: at least 1.
+pub fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: expected a whole number of at least 1")),
+    }
+}
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;
