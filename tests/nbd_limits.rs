@@ -219,7 +219,7 @@ fn attach_tcp(addr: SocketAddr, name: &str) -> Option<TcpStream> {
 #[test]
 fn connections_beyond_the_cap_are_refused_and_the_owner_still_gets_in() {
     const CAP: usize = 16;
-    const STRANGERS: usize = 100;
+    const STRANGERS: usize = 1000;
     let fx = Fixture::new();
     let vol = fx.create_volume("cap.vol", 8 * MIB, 4096);
     let addr: SocketAddr = ([127, 0, 0, 1], free_port("127.0.0.1")).into();
