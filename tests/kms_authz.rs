@@ -9,7 +9,10 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::{Creds, KmsServer, envol, parse_creds, run_ok, spawn_kms_serve, spawn_kms_serve_tls};
+use common::{
+    Creds, KmsServer, envol, parse_account, parse_creds, run_ok, spawn_kms_serve,
+    spawn_kms_serve_tls,
+};
 
 /// Runs one phase of the boto3 script; it must print `marker`.
 fn boto3(args: &[&str], marker: &str) {
@@ -139,14 +142,7 @@ fn secure_transport_deny_applies_to_plain_http_only() {
             .arg(&data),
     );
     let root = parse_creds(&out);
-    let account = out
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("account:")
-                .map(|s| s.trim().to_string())
-        })
-        .expect("account id printed");
+    let account = parse_account(&out);
     // One data directory served twice: over TLS and over plain HTTP.
     let (tls, https) = spawn_kms_serve_tls(&data);
     let mut servers = Servers(vec![tls]);

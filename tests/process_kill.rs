@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use common::kms::{Creds, envol, parse_creds, sdk_client, spawn_kms_serve};
+use common::kms::{Creds, envol, parse_account, parse_creds, sdk_client, spawn_kms_serve};
 use common::raw::{CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA, Raw};
 use common::volume::{ADMIN, Fixture, MIB};
 
@@ -447,14 +447,7 @@ fn kill_9_of_kms_serve_keeps_every_acknowledged_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     let root = parse_creds(&String::from_utf8_lossy(&out.stdout));
-    let account = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("account:")
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap();
+    let account = parse_account(&String::from_utf8_lossy(&out.stdout));
     let out = envol()
         .args(["kms", "user", "add", "grantee", "--data"])
         .arg(&data)

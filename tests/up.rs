@@ -16,24 +16,31 @@ struct Up {
     output: String,
 }
 
-/// `envol up` with its data in `data`, HOME and the AWS files in `home`, and
-/// both listeners on ephemeral loopback ports (tests run in parallel).
+/// The `envol up` command line: data in `data`, HOME and the AWS files in
+/// `home`, both listeners on ephemeral loopback ports (tests run in
+/// parallel).
+fn up_command(data: &Path, home: &Path) -> Command {
+    let mut c = envol();
+    c.args([
+        "up",
+        "--size",
+        "64M",
+        "--listen",
+        "127.0.0.1:0",
+        "--kms-listen",
+        "127.0.0.1:0",
+        "--data",
+    ])
+    .arg(data)
+    .env("HOME", home)
+    .env("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws/credentials"))
+    .env("AWS_CONFIG_FILE", home.join(".aws/config"));
+    c
+}
+
+/// [`up_command`], started; returns once it prints where it serves.
 fn start(data: &Path, home: &Path) -> Up {
-    let mut child = envol()
-        .args([
-            "up",
-            "--size",
-            "64M",
-            "--listen",
-            "127.0.0.1:0",
-            "--kms-listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data)
-        .env("HOME", home)
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws/credentials"))
-        .env("AWS_CONFIG_FILE", home.join(".aws/config"))
+    let mut child = up_command(data, home)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -289,25 +296,7 @@ fn second_up_on_the_same_data_directory_is_refused() {
     let first = start(&data, tmp.path());
     let config = std::fs::read_to_string(tmp.path().join(".aws/config")).unwrap();
     let out = common::volume::output_with_timeout(
-        envol()
-            .args([
-                "up",
-                "--size",
-                "64M",
-                "--listen",
-                "127.0.0.1:0",
-                "--kms-listen",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(&data)
-            .env("HOME", tmp.path())
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                tmp.path().join(".aws/credentials"),
-            )
-            .env("AWS_CONFIG_FILE", tmp.path().join(".aws/config"))
-            .env_remove("ENVOL_LOG"),
+        up_command(&data, tmp.path()).env_remove("ENVOL_LOG"),
         std::time::Duration::from_secs(60),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::tools::qemu_io;
+use common::tools::{qemu_io, qemu_io_with};
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, output_with_timeout, run_fails,
     run_ok,
@@ -22,16 +22,7 @@ use envol::volume::attachment::{AttachMode, lock_attachment};
 
 /// `qemu-io -r`: a read-only export refuses a read-write open.
 fn qemu_io_read_only(uri: &str, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-r", "-f", "raw", "-c", cmd, uri])
-        .output()
-        .expect("qemu-io must be installed (Debian package qemu-utils)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("Pattern verification failed"),
-        "qemu-io -r {cmd:?} on {uri}:\n{text}"
-    );
+    qemu_io_with(&["-r"], uri, &[cmd]);
 }
 
 /// `envol serve PATH:ro` on a fresh socket.

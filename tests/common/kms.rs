@@ -51,6 +51,18 @@ pub fn parse_creds(stdout: &str) -> Creds {
     }
 }
 
+/// The account id `envol kms init` prints (`account: 123456789012`).
+pub fn parse_account(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("account:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no account id in output:\n{stdout}"))
+}
+
 /// Starts `envol kms serve` on `data` (an initialised data directory) on a
 /// free loopback port; returns the process and its `http://` endpoint, read
 /// from the line it prints when ready. Its stdout keeps being drained so the
@@ -117,14 +129,7 @@ impl KmsServer {
                 .arg(data_path(dir.path())),
         );
         let root = parse_creds(&out);
-        let account_id = out
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("account:")
-                    .map(|s| s.trim().to_string())
-            })
-            .expect("account id printed");
+        let account_id = parse_account(&out);
         let mut s = KmsServer {
             dir,
             root,

@@ -8,8 +8,13 @@ use super::volume::require_tool;
 /// `qemu-io -f raw -c CMD... URI`; fails the test on any error or a pattern
 /// mismatch (qemu-io exits 0 even then, so its output is checked too).
 pub fn qemu_io(uri: &str, cmds: &[&str]) {
+    qemu_io_with(&[], uri, cmds);
+}
+
+/// [`qemu_io`] with more qemu-io options (`-r`: open read-only).
+pub fn qemu_io_with(options: &[&str], uri: &str, cmds: &[&str]) {
     let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
+    c.args(options).args(["-f", "raw"]);
     for cmd in cmds {
         c.args(["-c", cmd]);
     }
@@ -21,7 +26,7 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && !text.contains("Pattern verification failed"),
-        "qemu-io {cmds:?} on {uri}:\n{text}"
+        "qemu-io {options:?} {cmds:?} on {uri}:\n{text}"
     );
 }
 

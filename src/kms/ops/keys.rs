@@ -10,9 +10,9 @@ use super::super::error::{ErrorKind, KmsError};
 use super::super::grant;
 use super::super::iam::Principal;
 use super::super::key_state::KeyState;
-use super::super::policy::{self, Policy};
+use super::super::policy;
 use super::super::store::{KeyRow, Store, VersionRow};
-use super::policies::check_lockout;
+use super::policies::accepted_policy;
 use super::request::{authorized_key_no_context, decode_marker, encode_marker, page_limit};
 use super::tags::{Tag, store_tags, validate_tags};
 
@@ -111,15 +111,12 @@ pub(super) fn create_key(
         Some(p) => p,
         None => policy::default_key_policy(kms.account_id(), &caller.arn),
     };
-    // The policy is bound to the ids of the principals it names now (the
-    // default policy: the creator's), and checked under that binding.
-    let parsed = Policy::parse(&policy_text)
-        .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
-    let policy_principals = kms.bind_policy_principals(&parsed)?;
-    check_lockout(
+    // Bound to the ids of the principals it names now (the default policy:
+    // the creator's).
+    let policy_principals = accepted_policy(
         kms,
         caller,
-        &parsed.bind(policy_principals.clone()),
+        &policy_text,
         &arn,
         req.bypass_policy_lockout_safety_check,
     )?;

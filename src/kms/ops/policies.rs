@@ -1,5 +1,7 @@
 //! GetKeyPolicy, PutKeyPolicy.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -11,19 +13,28 @@ use super::super::policy::Policy;
 use super::super::store::Store;
 use super::request::authorized_key_no_context;
 
-/// AWS's policy lock-out safety check: a new key policy under which the
-/// caller could no longer call PutKeyPolicy is refused, unless the caller
-/// says BypassPolicyLockoutSafetyCheck (and means it). envol's account root
-/// may always change a key policy, so for the root this always passes.
-pub(super) fn check_lockout(
+/// A key policy as CreateKey and PutKeyPolicy accept it: parsed (malformed
+/// JSON, duplicate keys and unknown principals refused), bound to the ids its
+/// principals have now — a user re-created later under a name the policy
+/// uses is another principal — and passed through AWS's lock-out safety
+/// check: a new key policy under which the caller could no longer call
+/// PutKeyPolicy is refused, unless the caller says
+/// BypassPolicyLockoutSafetyCheck (and means it). envol's account root may
+/// always change a key policy, so for the root the check always passes.
+/// Returns the principal bindings to store beside the policy text.
+pub(super) fn accepted_policy(
     kms: &Kms,
     caller: &Principal,
-    new_policy: &Policy,
+    policy_text: &str,
     key_arn: &str,
     bypass: Option<bool>,
-) -> Result<(), KmsError> {
-    if bypass == Some(true) || kms.could_put_key_policy(new_policy, caller, key_arn) {
-        return Ok(());
+) -> Result<BTreeMap<String, String>, KmsError> {
+    let parsed = Policy::parse(policy_text)
+        .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
+    let principals = kms.bind_policy_principals(&parsed)?;
+    let bound = parsed.bind(principals.clone());
+    if bypass == Some(true) || kms.could_put_key_policy(&bound, caller, key_arn) {
+        return Ok(principals);
     }
     Err(KmsError::new(
         ErrorKind::MalformedPolicyDocument,
@@ -77,15 +88,10 @@ pub(super) fn put_key_policy(
     let mut key = authorized_key_no_context(kms, caller, &req.key_id, "kms:PutKeyPolicy", note)?;
     check_policy_name(req.policy_name.as_deref())?;
     kms.require_not_pending_deletion(&key)?;
-    let parsed = Policy::parse(&req.policy)
-        .map_err(|e| KmsError::new(ErrorKind::MalformedPolicyDocument, e.to_string()))?;
-    // Bound to the ids its principals have now: a user re-created later
-    // under a name the policy uses is another principal.
-    let policy_principals = kms.bind_policy_principals(&parsed)?;
-    check_lockout(
+    let policy_principals = accepted_policy(
         kms,
         caller,
-        &parsed.bind(policy_principals.clone()),
+        &req.policy,
         &key.arn,
         req.bypass_policy_lockout_safety_check,
     )?;
