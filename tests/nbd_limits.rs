@@ -8,6 +8,8 @@
 //! * connections beyond the cap (`--max-connections`) are closed at
 //!   accept; threads and descriptors stay bounded; the owner's Unix-socket
 //!   client still gets in;
+//! * TCP connections holding the whole TCP in-flight budget do not make the
+//!   owner's Unix-socket client wait: each listener has its own;
 //! * a request that stops half-way (header, or WRITE payload) and a client
 //!   that takes no replies are closed after the request deadline
 //!   (`--request-timeout`); an idle connection is not; nothing of a cut
@@ -398,10 +400,128 @@ fn a_client_that_takes_no_replies_is_closed_after_the_deadline(transmission: Tra
     server.stop().unwrap();
 }
 
+// ---------------------------------------------------------------------------
+// Budgets per listener: TCP strangers cannot starve the owner
+
+/// Sends a 4 KiB READ on a TCP connection in transmission.
+fn send_tcp_read(s: &mut TcpStream, cookie: u64) {
+    s.write_all(&read_request(cookie, 0, 4096)).unwrap();
+}
+
+/// The reply to a 4 KiB READ if one starts arriving within `wait`; then
+/// checks it (simple, no error, `cookie`, zeroes).
+fn tcp_read_reply(s: &mut TcpStream, cookie: u64, wait: Duration) -> Option<()> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut first = [0u8; 1];
+    match s.peek(&mut first) {
+        Ok(n) => assert!(n > 0, "the server closed the connection"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return None;
+        }
+        Err(e) => panic!("reading a reply: {e}"),
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = [0u8; 16 + 4096];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..4], 0x67446698u32.to_be_bytes(), "simple reply");
+    assert_eq!(reply[4..8], [0; 4], "error");
+    assert_eq!(reply[8..16], cookie.to_be_bytes(), "cookie");
+    assert!(reply[16..].iter().all(|&b| b == 0), "data");
+    Some(())
+}
+
+/// Four TCP connections pipeline 64 × 1 MiB reads and take none of the
+/// replies: once socket buffers are full they hold the whole TCP in-flight
+/// budget (a fresh TCP client's read waits, which the test checks), and
+/// with a two-minute request deadline they are not cut off. The owner on
+/// the Unix socket draws on a budget of its own and is served at once.
+fn tcp_strangers_holding_their_budget_cannot_starve_the_unix_owner(transmission: TransmissionLoop) {
+    const BUDGET: u64 = 8 * MIB;
+    const STRANGERS: usize = 4;
+    const READS_EACH: u64 = 64;
+    let server = TestServer::start_server(
+        Server::new(vec![export("d", MemDevice::new(8 * MIB as usize))])
+            .unwrap()
+            .with_transmission_loop(transmission)
+            .with_max_inflight(BUDGET)
+            // Long: no stranger is cut off while the test runs.
+            .with_request_timeout(Duration::from_secs(120)),
+    );
+    let mut owner = attach_unix(&server.socket, "d");
+    let burst = Instant::now();
+    let strangers: Vec<TcpStream> = (0..STRANGERS)
+        .map(|_| {
+            let mut s = attach_tcp(server.tcp, "d").expect("a place on TCP");
+            let mut burst = Vec::new();
+            for i in 0..READS_EACH {
+                burst.extend(read_request(i, (i % 8) * MIB, MIB as u32));
+            }
+            s.write_all(&burst).unwrap();
+            s
+        })
+        .collect();
+
+    // A probe on TCP is answered until the strangers hold the whole TCP
+    // budget; from then on its read waits.
+    let mut probe = attach_tcp(server.tcp, "d").expect("a place on TCP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut cookie = 0;
+    let held_after = loop {
+        cookie += 1;
+        send_tcp_read(&mut probe, cookie);
+        if tcp_read_reply(&mut probe, cookie, Duration::from_millis(500)).is_none() {
+            break burst.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the strangers never held the TCP budget ({transmission:?})"
+        );
+    };
+
+    // The owner is served at once: a small read and one half the budget.
+    let t = Instant::now();
+    assert_eq!(read(&mut owner, 1, 0, 4096), vec![0; 4096]);
+    assert_eq!(
+        read(&mut owner, 2, 0, 4 * MIB as u32),
+        vec![0; 4 * MIB as usize]
+    );
+    let owner_took = t.elapsed();
+    // The TCP budget was still held meanwhile.
+    assert!(
+        tcp_read_reply(&mut probe, cookie, Duration::from_millis(200)).is_none(),
+        "the probe's read was answered while the strangers held the budget"
+    );
+    eprintln!(
+        "{STRANGERS} TCP strangers holding the {} MiB TCP budget ({transmission:?}, held {:?} after the burst): the Unix-socket owner's 4 KiB + 4 MiB reads took {owner_took:?}; a TCP probe's read waited",
+        BUDGET / MIB,
+        held_after,
+    );
+    assert!(
+        owner_took < Duration::from_secs(5),
+        "the owner waited {owner_took:?}"
+    );
+
+    // The strangers leave: their budget comes back, and the probe's read
+    // is answered.
+    drop(strangers);
+    assert!(
+        tcp_read_reply(&mut probe, cookie, Duration::from_secs(20)).is_some(),
+        "the probe's read was never answered after the strangers left"
+    );
+    drop((probe, owner));
+    server.stop().unwrap();
+}
+
 on_every_transmission_loop!(
     pipelined_reads_from_many_connections_stay_under_the_server_cap,
     half_sent_requests_are_closed_after_the_deadline,
     a_client_that_takes_no_replies_is_closed_after_the_deadline,
+    tcp_strangers_holding_their_budget_cannot_starve_the_unix_owner,
 );
 
 // ---------------------------------------------------------------------------

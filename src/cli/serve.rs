@@ -50,7 +50,7 @@ pub struct ServeArgs {
 /// What a stranger can hold of the NBD server.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Bytes buffered for in-flight requests across all connections (each connection also has its own 64 MiB); requests beyond wait their turn.
+    /// Bytes buffered for in-flight requests across all connections of each listener (Unix socket and TCP each have their own; each connection also has its own 64 MiB); requests beyond wait their turn.
     #[arg(long, value_name = "SIZE", default_value_t = MAX_INFLIGHT_BYTES, value_parser = parse_size)]
     pub max_inflight: u64,
     /// Connections served at once per listener (Unix socket and TCP counted apart); more are closed at accept.

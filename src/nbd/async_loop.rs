@@ -60,7 +60,7 @@ use super::transmission::{
 };
 use super::workers::{PooledBuf, Shared};
 
-/// A reply with its share of this connection's budget and of the server's:
+/// A reply with its share of this connection's budget and of its listener's:
 /// rejected requests hold none.
 type Frame = super::transmission::Frame<Option<(OwnedSemaphorePermit, ServerPermit)>>;
 

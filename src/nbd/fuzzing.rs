@@ -116,8 +116,8 @@ fn shared() -> Arc<Shared> {
         .clone()
 }
 
-/// The default limits, with one server-wide budget for every call, as a
-/// server would share it.
+/// The default limits, with one in-flight budget for every call, as a
+/// listener's connections share it.
 fn limits() -> ConnectionLimits {
     static LIMITS: OnceLock<ConnectionLimits> = OnceLock::new();
     LIMITS

@@ -1,11 +1,14 @@
 //! What a stranger can hold of a server: the limits every connection is
-//! served under, and the server-wide in-flight budget both transmission
+//! served under, and the listener-wide in-flight budget both transmission
 //! loops draw on.
 //!
 //! * [`MAX_INFLIGHT_BYTES`]: bytes buffered for in-flight requests across
-//!   all connections (on top of each connection's own
+//!   all connections of one listener (on top of each connection's own
 //!   [`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES)). Requests wait for it;
-//!   nothing fails.
+//!   nothing fails. The Unix socket and TCP each have a budget of their
+//!   own, as each has its own connection count: TCP strangers that hold
+//!   theirs (a client taking a few bytes of replies now and then is never
+//!   cut off) cannot make the socket's owner wait.
 //! * [`MAX_CONNECTIONS`]: connections per listener (Unix socket, TCP); more
 //!   are closed at accept. Counting each listener apart keeps the owner's
 //!   Unix-socket client in when TCP strangers fill their share.
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Default server-wide cap on bytes buffered for in-flight requests.
+/// Default cap, per listener, on bytes buffered for in-flight requests.
 pub const MAX_INFLIGHT_BYTES: u64 = 256 * 1024 * 1024;
 /// Default cap on connections per listener. With the threaded loop's two
 /// threads and two descriptors per connection, 256 per listener is at most
@@ -60,6 +63,8 @@ pub(crate) struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// Limits with a budget of their own: one per listener, shared by its
+    /// connections (clones share it).
     pub(crate) fn new(limits: &Limits) -> Self {
         Self {
             budget: Arc::new(ServerBudget::new(limits.max_inflight)),
@@ -68,7 +73,7 @@ impl ConnectionLimits {
     }
 }
 
-/// The server-wide in-flight budget: a fair (first come, first served)
+/// A listener's in-flight budget: a fair (first come, first served)
 /// semaphore of bytes, taken by async tasks and blocking threads alike.
 /// A request asks for at most the whole budget, so the largest one still
 /// proceeds once the others have drained.

@@ -20,7 +20,7 @@
 //! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
-//! | `limits.rs` | what a stranger can hold: the limits' defaults, the server-wide in-flight budget both loops draw on, the open-file limit the connection caps need |
+//! | `limits.rs` | what a stranger can hold: the limits' defaults, the listeners' in-flight budgets both loops draw on, the open-file limit the connection caps need |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
@@ -110,10 +110,11 @@
 //! sends. Either way frames never interleave, and a per-connection budget
 //! of [`IN_FLIGHT_BYTES`] bounds buffered payloads and replies: when it is
 //! spent the reader simply stops reading, which pushes back on the client
-//! through TCP/Unix flow control. On top of that, a server-wide budget
+//! through TCP/Unix flow control. On top of that, a budget per listener
 //! ([`MAX_INFLIGHT_BYTES`], [`Server::with_max_inflight`]) bounds what all
-//! connections together buffer: a request waits its turn for it, first
-//! come first served. [`Server::with_transmission_loop`]
+//! of its connections together buffer: a request waits its turn for it,
+//! first come first served. The Unix socket and TCP have one each, so
+//! strangers holding the TCP budget cannot make the socket's owner wait. [`Server::with_transmission_loop`]
 //! (`envol serve --transmission async`) serves plain connections with the
 //! async loop too, for comparison; the conformance tests run against both.
 //!

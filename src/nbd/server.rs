@@ -97,9 +97,13 @@ impl Server {
     }
 
     /// Caps the bytes buffered for in-flight requests across all
-    /// connections (default [`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES));
-    /// requests beyond it wait their turn. Each connection's own
-    /// [`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES) still applies.
+    /// connections of each listener (default
+    /// [`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES) for the Unix
+    /// socket, as much again for TCP); requests beyond it wait their turn.
+    /// The listeners' budgets are apart, as their connection caps are, so
+    /// TCP strangers holding theirs cannot starve the socket's owner. Each
+    /// connection's own [`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES) still
+    /// applies.
     pub fn with_max_inflight(self, bytes: u64) -> Self {
         self.reconfigure(|c| c.limits.max_inflight = bytes)
     }
@@ -173,7 +177,13 @@ impl Server {
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
         let limits = self.config.limits;
-        let transmission = ConnectionLimits::new(&limits);
+        // Each listener has its own in-flight budget, as it has its own
+        // connection count: however much of the TCP budget strangers hold
+        // (a reply stalls only if it is taken by nobody, so a client taking
+        // a trickle keeps its share for ever), the Unix socket's owner
+        // draws on a budget of its own.
+        let unix_transmission = ConnectionLimits::new(&limits);
+        let tcp_transmission = ConnectionLimits::new(&limits);
         // Each listener has its own count, so TCP strangers cannot take the
         // places of the Unix socket's owner.
         let listening =
@@ -187,7 +197,7 @@ impl Server {
         }
         let mut unix_places = Places::new(limits.max_connections, "unix");
         let mut tcp_places = Places::new(limits.max_connections, "tcp");
-        let context = |place| ConnectionContext {
+        let context = |place, transmission: &ConnectionLimits| ConnectionContext {
             exports: self.exports.clone(),
             config: self.config.clone(),
             shared: self.shared.clone(),
@@ -207,7 +217,8 @@ impl Server {
                             continue;
                         };
                         let span = info_span!("nbd_conn", id = next_id, peer = "unix");
-                        connections.spawn(connection(stream, context(place)).instrument(span));
+                        let context = context(place, &unix_transmission);
+                        connections.spawn(connection(stream, context).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -224,7 +235,8 @@ impl Server {
                             debug!(error = %e, "could not set TCP_NODELAY");
                         }
                         let span = info_span!("nbd_conn", id = next_id, peer = %peer);
-                        connections.spawn(connection(stream, context(place)).instrument(span));
+                        let context = context(place, &tcp_transmission);
+                        connections.spawn(connection(stream, context).instrument(span));
                     }
                     Err(e) => accept_failed(e).await,
                 },

@@ -263,8 +263,8 @@ fn finished(
     r.unwrap_or_else(|_| Err(io::Error::other("nbd connection thread panicked").into()))
 }
 
-/// A reply with its share of this connection's [`Budget`] and of the
-/// server's.
+/// A reply with its share of this connection's [`Budget`] and of its
+/// listener's.
 type Frame = super::transmission::Frame<(Permit, ServerPermit)>;
 
 pub(super) fn serve_blocking(
@@ -452,10 +452,10 @@ impl Reader {
         self.input.get_mut().deadline = Some(Instant::now() + self.limits.request_timeout);
     }
 
-    /// Takes `cost` of this connection's budget and of the server's. When
+    /// Takes `cost` of this connection's budget and of its listener's. When
     /// either is spent, the batch goes out first (some of what is spent may
     /// sit in it), then the reader waits: for its own budget, then in line
-    /// for the server's.
+    /// for the listener's.
     fn acquire(&mut self, cost: u32) -> (Permit, ServerPermit) {
         if let Some(own) = self.budget.try_acquire(cost) {
             if let Some(server) = self.limits.budget.try_acquire(cost) {
