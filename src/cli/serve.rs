@@ -56,7 +56,7 @@ pub struct LimitArgs {
     /// Connections served at once per listener (Unix socket and TCP counted apart); more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS, value_parser = parse_connections)]
     pub max_connections: usize,
-    /// A request that has started arriving must arrive in full within this time, and a reply must be taken within it; else the connection is closed (idle connections are never closed). E.g. 30s, 500ms.
+    /// A request that has started arriving may not stall this long (threaded loop: no bytes; async loop: not complete), nor a reply go untaken; else the connection is closed (idle connections are never closed). E.g. 30s, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Allow plaintext NBD (no TLS) on a non-loopback address: anyone who can reach it can read and write the decrypted volume.

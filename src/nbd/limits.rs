@@ -13,8 +13,9 @@
 //!   are closed at accept. Counting each listener apart keeps the owner's
 //!   Unix-socket client in when TCP strangers fill their share.
 //! * [`REQUEST_TIMEOUT`]: how long a request that has started arriving may
-//!   take to arrive in full, and how long a reply may wait for the client
-//!   to take any of it. An idle connection between requests is never timed
+//!   stall (threaded loop: no bytes for that long; async loop: not complete
+//!   within it), and how long a reply may wait for the client to take any
+//!   of it. An idle connection between requests is never timed
 //!   out.
 
 use std::future::Future;

@@ -123,8 +123,9 @@
 //! Besides the budgets: each listener serves at most [`MAX_CONNECTIONS`]
 //! connections ([`Server::with_max_connections`]; the Unix socket and TCP
 //! counted apart, so TCP strangers cannot lock the socket's owner out), and
-//! closes more right after accept. A request that has started arriving must
-//! arrive in full within [`REQUEST_TIMEOUT`]
+//! closes more right after accept. A request that has started arriving may
+//! not stall for [`REQUEST_TIMEOUT`] (threaded loop: no bytes for that
+//! long; async loop: not complete within it)
 //! ([`Server::with_request_timeout`]), and a reply the client takes none of
 //! for that long ends the connection, which gives its budget back; an idle
 //! connection between requests is never timed out. With the threaded

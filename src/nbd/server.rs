@@ -118,7 +118,8 @@ impl Server {
     }
 
     /// Replaces [`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT): how long a
-    /// request that has started arriving may take to arrive in full, and a
+    /// request that has started arriving may stall (the threaded loop: no
+    /// bytes for that long; the async loop: not complete within it), and a
     /// reply may wait for the client to take any of it, before the
     /// connection is closed.
     pub fn with_request_timeout(self, timeout: Duration) -> Self {

@@ -47,7 +47,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
@@ -148,45 +148,18 @@ impl Write for &PlainSocket {
     }
 }
 
-/// The reader's view of a shared socket, with the deadline of the request
-/// being read: while one is set, every blocking read is bounded by what is
-/// left of it (`SO_RCVTIMEO`, changed only when it must be, so requests
-/// served from the buffer cost no system call); between requests reads
-/// wait as long as the client likes.
+/// The reader's view of a shared socket. `SO_RCVTIMEO` is set once, to the
+/// request deadline, so a read that gets nothing for that long fails with
+/// `WouldBlock`: mid-request that is the client stalling (the same "no
+/// progress for the deadline" as `SO_SNDTIMEO` on the write side); between
+/// requests [`Reader::wait_for_request`] just waits again. No system call
+/// beyond the reads themselves.
 struct SocketReader {
     socket: Arc<PlainSocket>,
-    deadline: Option<Instant>,
-    /// Whether `SO_RCVTIMEO` is set on the socket now.
-    timeout_set: bool,
-}
-
-impl SocketReader {
-    fn new(socket: Arc<PlainSocket>) -> Self {
-        Self {
-            socket,
-            deadline: None,
-            timeout_set: false,
-        }
-    }
 }
 
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.deadline {
-            None if self.timeout_set => {
-                self.socket.set_read_timeout(None)?;
-                self.timeout_set = false;
-            }
-            None => {}
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                self.socket.set_read_timeout(Some(left))?;
-                self.timeout_set = true;
-            }
-        }
         (&*self.socket).read(buf)
     }
 }
@@ -274,8 +247,11 @@ pub(super) fn serve_blocking(
     limits: ConnectionLimits,
 ) -> Result<(), TransmissionError> {
     // A reply the client takes nothing of for this long ends the
-    // connection (and gives its budget back to everyone else).
+    // connection (and gives its budget back to everyone else); so does a
+    // request that stops arriving half-way. Set once: no system call per
+    // read or write.
     socket.set_write_timeout(Some(limits.request_timeout))?;
+    socket.set_read_timeout(Some(limits.request_timeout))?;
     let socket = Arc::new(socket);
     let (replies, rx) = mpsc::channel::<Vec<Frame>>();
     let output = Arc::new(ReplyOutput {
@@ -291,7 +267,12 @@ pub(super) fn serve_blocking(
             .spawn(move || write_replies(&output, &rx))?
     };
     let mut reader = Reader {
-        input: BufReader::with_capacity(READ_BUFFER, SocketReader::new(socket.clone())),
+        input: BufReader::with_capacity(
+            READ_BUFFER,
+            SocketReader {
+                socket: socket.clone(),
+            },
+        ),
         cmd: Arc::new(CommandContext::for_negotiated(
             &negotiated,
             shared.buffers().clone(),
@@ -369,22 +350,12 @@ impl Reader {
     /// Reads and answers (or dispatches) one request; `false` once the
     /// client is done.
     fn serve_one(&mut self) -> Result<bool, TransmissionError> {
-        if self.input.buffer().is_empty() {
-            // Between requests: wait as long as the client likes.
-            self.input.get_mut().deadline = None;
-            if self
-                .input
-                .fill_buf()
-                .map_err(TransmissionError::from_io)?
-                .is_empty()
-            {
-                debug!("nbd client closed the connection without NBD_CMD_DISC");
-                return Ok(false);
-            }
+        if self.input.buffer().is_empty() && !self.wait_for_request()? {
+            debug!("nbd client closed the connection without NBD_CMD_DISC");
+            return Ok(false);
         }
-        // A request has started arriving: the rest of its header (and a
-        // refused payload) must follow within the deadline.
-        self.start_deadline();
+        // A request has started arriving: from here every read that gets
+        // nothing for the deadline ends the connection.
         let mut header = [0u8; REQUEST_HEADER_LEN];
         match self.input.read_exact(&mut header) {
             Ok(()) => {}
@@ -421,11 +392,10 @@ impl Reader {
                 self.hand_on(Next::Wait);
             }
             // Bounded by the advertised maximum (validated). Not cleared:
-            // the read overwrites every byte of it.
+            // the read overwrites every byte of it. (Our wait for budget
+            // above counts against no deadline: only a read that gets
+            // nothing does.)
             let mut buf = self.cmd.buffers.take(payload_len as usize);
-            // The payload's deadline starts once we are ready for it: the
-            // client is not to blame for our wait for budget.
-            self.start_deadline();
             self.read_payload(buf.as_mut_slice())
                 .map_err(TransmissionError::from_io)?;
             payload = Some(buf);
@@ -448,8 +418,17 @@ impl Reader {
         Ok(true)
     }
 
-    fn start_deadline(&mut self) {
-        self.input.get_mut().deadline = Some(Instant::now() + self.limits.request_timeout);
+    /// Between requests: waits, as long as the client likes, for the next
+    /// request's first bytes (the read timeout only wakes us to wait
+    /// again). `false` once the client has closed.
+    fn wait_for_request(&mut self) -> Result<bool, TransmissionError> {
+        loop {
+            match self.input.fill_buf() {
+                Ok(buffered) => return Ok(!buffered.is_empty()),
+                Err(e) if is_stall(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TransmissionError::from_io(e)),
+            }
+        }
     }
 
     /// Takes `cost` of this connection's budget and of its listener's. When

@@ -43,8 +43,10 @@ pub enum TransmissionError {
     Protocol(#[from] ProtocolError),
     #[error("write payload of {0} bytes exceeds what this server accepts")]
     PayloadTooLarge(u32),
-    /// A request started arriving and did not finish within the deadline,
-    /// or a reply waited that long for the client to take any of it.
+    /// A request started arriving and stalled past the deadline (the
+    /// threaded loop: no bytes for that long; the async loop: not complete
+    /// within it), or a reply waited that long for the client to take any
+    /// of it.
     #[error(
         "closed: the client stalled past the request deadline in the middle of a request or reply"
     )]
