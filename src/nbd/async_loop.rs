@@ -19,17 +19,29 @@
 //! * Device calls are synchronous and may be slow (file I/O, crypto), so each
 //!   runs on the server's fixed pool of worker threads ([`Shared`]);
 //!   independent requests proceed in parallel. The reader waits only for
-//!   budget or for room in the job queue, never for a worker.
+//!   budget (its own or its listener's) or for room in the job queue,
+//!   never for a worker.
 //! * READ data and WRITE payloads live in buffers from the server's pool,
 //!   reused without clearing (each is overwritten before it is sent or
 //!   applied) and returned once the reply is written.
 //! * Each reply is encoded into one [`Frame`] and handed to a single writer
 //!   task, so frames never interleave on the wire.
-//! * Memory is bounded per connection by a semaphore of
-//!   [`IN_FLIGHT_BYTES`] permits: a request holds permits for its buffer
-//!   (payload or read data) plus a fixed overhead from before its payload
-//!   is read until its reply has been written. A client that sends faster
-//!   than replies drain simply stops being read.
+//! * Memory is bounded twice: per connection by a semaphore of
+//!   [`IN_FLIGHT_BYTES`] permits, and across the listener's connections by
+//!   its in-flight budget (`limits.rs`: a fair semaphore, shared with the
+//!   threaded loop's connections on the same listener). A request holds
+//!   permits of both for its buffer (payload or read data) plus a fixed
+//!   overhead from before its payload is read until its reply has been
+//!   written. A client that sends faster than replies drain simply stops
+//!   being read; a request may also wait its turn on the listener's budget
+//!   while other connections' replies drain.
+//! * The request deadline: once a request's first byte is in, its header
+//!   (and a refused payload) must be complete within it, and an accepted
+//!   payload within it from when the budgets are granted (timers around the
+//!   reads). The writer goes through a [`StallLimit`]: a write or flush
+//!   that makes no progress for that long fails. Either way the connection
+//!   ends as [`Stalled`](TransmissionError::Stalled) and gives its budgets
+//!   back. A connection idle between requests is never timed out.
 //! * The reply channel closes when the reader and every in-flight request
 //!   have dropped their sender; the writer then flushes and shuts the socket
 //!   down. That is exactly the `NBD_CMD_DISC` rule: finish outstanding

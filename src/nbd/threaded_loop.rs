@@ -30,15 +30,28 @@
 //! stream of big writes is encrypted on other cores while the reader takes
 //! in the next payload.
 //!
-//! The rules of `transmission.rs` hold as in the async loop: a WRITE's payload is read
-//! in full before the next header, so framing survives any rejection;
-//! memory is bounded per connection by [`IN_FLIGHT_BYTES`] (a request holds
-//! its share from before its payload is read until its reply is written,
-//! and the reader stops reading while the budget is spent — after handing
-//! its own batch on, so it never waits for itself); on DISC or EOF in-flight
-//! requests finish and their replies are written before the socket closes.
-//! Server shutdown stops the reader by shutting the socket's read side, and
-//! after [`SHUTDOWN_GRACE`] the write side too.
+//! The rules of `transmission.rs` hold as in the async loop: a WRITE's
+//! payload is read in full before the next header, so framing survives any
+//! rejection; on DISC or EOF in-flight requests finish and their replies
+//! are written before the socket closes.
+//!
+//! Memory is bounded twice: per connection by [`IN_FLIGHT_BYTES`], and
+//! across the listener's connections by its in-flight budget (`limits.rs`).
+//! A request holds its share of both from before its payload is read until
+//! its reply is written. When either is spent the reader stops reading:
+//! first it hands its own batch on (some of what is spent may sit in it, so
+//! it never waits for itself), then it waits for its own budget, then,
+//! parked, in line for the listener's — there it may wait for other
+//! connections' replies to drain.
+//!
+//! The request deadline is two socket options, set once per connection: a
+//! read that gets nothing for that long in the middle of a request
+//! (`SO_RCVTIMEO`), or a reply write that can send nothing for that long
+//! (`SO_SNDTIMEO`), ends the connection as
+//! [`Stalled`](TransmissionError::Stalled), which gives its budgets back.
+//! Between requests a read that times out just waits again: an idle
+//! connection is never closed. Server shutdown stops the reader by shutting
+//! the socket's read side, and after [`SHUTDOWN_GRACE`] the write side too.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};

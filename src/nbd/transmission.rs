@@ -1,8 +1,11 @@
 //! The rules of the transmission phase, whichever loop schedules it: what a
 //! request header admits (and what a refused WRITE's payload costs to
 //! skip), the per-connection in-flight budget, the reply [`Frame`], how a
-//! connection's end is judged, and how long server shutdown waits for
-//! replies to drain.
+//! connection's end is judged — including
+//! [`Stalled`](TransmissionError::Stalled), a request or reply that ran
+//! past the request deadline, told apart from other I/O errors by
+//! [`is_stall`] — and how long server shutdown waits for replies to drain.
+//! (The listener-wide budget and the deadlines' values are `limits.rs`'s.)
 //!
 //! Two loops apply these rules (see `mod.rs`): `threaded_loop.rs` on
 //! blocking threads for plain sockets, `async_loop.rs` on tokio tasks for
