@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use common::nbd::{MemDevice, TestServer, export, run_tool, transmission_args};
 use common::raw::*;
 use common::tls::Pki;
+use common::tools::{soft_open_file_limit, with_open_file_limit};
 use common::volume::{
     ADMIN, Fixture, MIB, VolumeServer, assert_one_clean_line, output_with_timeout,
 };
@@ -302,6 +303,34 @@ fn connections_beyond_the_cap_are_refused_and_the_owner_still_gets_in() {
     };
     drop((again, held, owner));
     server.stop();
+}
+
+/// `envol serve` raises its soft open-file limit at start to what its
+/// connection caps need — two descriptors per connection on each listener,
+/// plus 64 — within the hard limit, and warns when the hard limit is lower.
+#[test]
+fn serve_raises_the_open_file_limit_its_connection_caps_need() {
+    let fx = Fixture::new();
+    let vol = fx.create_volume("fds.vol", 8 * MIB, 4096);
+    // Unix socket and TCP, 100 places each: 2 × 2 × 100 + 64.
+    const NEEDED: u64 = 464;
+    for (hard, soft, warned) in [(4096, NEEDED, false), (300, 300, true)] {
+        let socket = fx.fresh_socket_path();
+        let serve = fx.serve_command(
+            ADMIN,
+            &[(&vol, None)],
+            &socket,
+            &["--listen", "127.0.0.1:0", "--max-connections", "100"],
+        );
+        let mut cmd = with_open_file_limit(&serve, 200, hard);
+        let server = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
+        let got = soft_open_file_limit(server.pid());
+        let warning = server.stderr().contains("open-file limit is below");
+        eprintln!("soft open-file limit 200, hard {hard}: raised to {got}, warned: {warning}");
+        assert_eq!(got, soft, "hard limit {hard}");
+        assert_eq!(warning, warned, "hard limit {hard}:\n{}", server.stderr());
+        server.stop();
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::envol;
-use common::tools::qemu_io;
+use common::tools::{qemu_io, soft_open_file_limit, with_open_file_limit};
 
 struct Up {
     child: Child,
@@ -322,4 +322,46 @@ fn second_up_on_the_same_data_directory_is_refused() {
     );
     qemu_io(&first.uri, &["write -P 0x21 0 4k", "read -P 0x21 0 4k"]);
     stop(first);
+}
+
+/// `up` raises the soft open-file limit once, at start, to what both its
+/// servers need — the NBD socket and TCP listeners at the default 256
+/// places each (two descriptors per connection), the embedded KMS's 512
+/// connections, and 64 more — before the KMS sizes its connection cap by
+/// that limit, so the KMS keeps its 512 (it lowers its cap, with a
+/// warning, when the limit leaves no room for it).
+#[test]
+fn up_raises_the_open_file_limit_for_nbd_and_the_kms_before_either_serves() {
+    const NEEDED: u64 = 2 * 2 * 256 + 512 + 64;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("envol");
+    let log = tmp.path().join("up.log");
+    let mut child = with_open_file_limit(&up_command(&data, tmp.path()), 200, 4096)
+        .env_remove("ENVOL_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ready = false;
+    for line in lines.map_while(Result::ok) {
+        if line.starts_with("Stop with Ctrl-C") {
+            ready = true;
+            break;
+        }
+    }
+    let soft = ready.then(|| soft_open_file_limit(child.id()));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(ready && status.success(), "envol up: {status}\n{stderr}");
+    eprintln!("envol up under a soft open-file limit of 200: raised to {soft:?}");
+    assert_eq!(soft, Some(NEEDED), "{stderr}");
+    assert!(
+        !stderr.contains("lowered") && !stderr.contains("open-file limit is below"),
+        "{stderr}"
+    );
 }

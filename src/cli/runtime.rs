@@ -1,5 +1,5 @@
-//! What the serving commands share at run time: the async runtime and the
-//! shutdown signal.
+//! What the serving commands share at run time: the async runtime, the
+//! shutdown signal, and the open-file limit their connection caps need.
 
 use super::error::CliError;
 
@@ -34,4 +34,26 @@ pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             }
         }
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to `needed` if it is lower (up to the
+/// hard limit). Returns the limit that applies when it is still too low,
+/// for the caller to warn about. Once, at start-up, before anything sizes
+/// itself by the limit (the KMS's connection cap does): the one place in
+/// the process that changes it.
+pub(crate) fn raise_open_file_limit(needed: u64) -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current?;
+    if current >= needed {
+        return None;
+    }
+    let raised = limit.maximum.map_or(needed, |max| max.min(needed));
+    if raised > current {
+        limit.current = Some(raised);
+        if setrlimit(Resource::Nofile, limit).is_ok() {
+            return (raised < needed).then_some(raised);
+        }
+    }
+    Some(current)
 }

@@ -8,19 +8,23 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::error::{CliError, CliResult};
-use super::runtime::{runtime, shutdown_signal};
+use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
 use crate::envelope;
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
 use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
-    TransmissionLoop,
+    TransmissionLoop, descriptors_needed,
 };
 use crate::volume::Volume;
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
+
+/// Descriptors kept, beyond the connection caps, for everything else the
+/// process opens (volumes, the runtime, logs).
+const SPARE_DESCRIPTORS: u64 = 64;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -65,6 +69,25 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// At start-up, before anything else sizes itself by the open-file
+    /// limit: raises it to what `listeners` NBD listeners at
+    /// `--max-connections` need, plus `others` (in `envol up`, the
+    /// embedded KMS's connections) and a spare; warns if the hard limit
+    /// does not allow that.
+    pub(crate) fn ensure_descriptors(&self, listeners: usize, others: u64) {
+        let needed = descriptors_needed(self.max_connections, listeners)
+            .saturating_add(others)
+            .saturating_add(SPARE_DESCRIPTORS);
+        if let Some(limit) = raise_open_file_limit(needed) {
+            tracing::warn!(
+                descriptor_limit = limit,
+                needed,
+                max_connections = self.max_connections,
+                "the open-file limit is below what the connection caps need: raise `ulimit -n` or lower --max-connections"
+            );
+        }
+    }
+
     pub(crate) fn apply(&self, server: Server) -> Server {
         server
             .with_max_inflight(self.max_inflight)
@@ -238,6 +261,8 @@ pub fn run(args: ServeArgs) -> CliResult {
     let tls = args.tls.config()?;
     let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
     args.limits.check_plaintext(tcp, tls_required)?;
+    let listeners = usize::from(args.socket.is_some()) + usize::from(tcp.is_some());
+    args.limits.ensure_descriptors(listeners, 0);
     let rt = runtime()?;
     rt.block_on(async move {
         let keys = AwsKeyClient::new(&args.kms.target())

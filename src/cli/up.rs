@@ -218,6 +218,14 @@ pub fn run(args: UpArgs) -> CliResult {
     profile::validate_profile_name(&args.profile).map_err(CliError)?;
     // `up` serves no TLS: plaintext beyond loopback only when asked for.
     args.limits.check_plaintext(Some(args.listen), false)?;
+    // One open-file limit for the whole process, raised once, before the
+    // embedded KMS sizes its connection cap by it: the NBD socket and TCP
+    // listeners, and the KMS's connections.
+    let kms_connections = match args.kms_listen {
+        KmsListen::Off => 0,
+        KmsListen::At(_) => args.kms_limits.kms_max_connections as u64,
+    };
+    args.limits.ensure_descriptors(2, kms_connections);
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data_dir()?,

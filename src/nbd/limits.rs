@@ -154,26 +154,16 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Makes sure the process may open the descriptors `connections` need
-/// (two each, plus `spare`): raises the soft `RLIMIT_NOFILE` up to the hard
-/// limit if needed. Returns the limit that applies when it is still too
-/// low, for the caller to warn about.
-pub(crate) fn ensure_descriptors(connections: usize, spare: u64) -> Option<u64> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let needed = (connections as u64).saturating_mul(2).saturating_add(spare);
-    let mut limit = getrlimit(Resource::Nofile);
-    let current = limit.current?;
-    if current >= needed {
-        return None;
-    }
-    let raised = limit.maximum.map_or(needed, |max| max.min(needed));
-    if raised > current {
-        limit.current = Some(raised);
-        if setrlimit(Resource::Nofile, limit).is_ok() {
-            return (raised < needed).then_some(raised);
-        }
-    }
-    Some(current)
+/// The descriptors a server can hold at once for connections in
+/// transmission: two per connection (the threaded loop's socket and its
+/// clone for the writer) on each of `listeners` listeners capped at
+/// `max_connections`. For the caller that owns the process (the CLI) to
+/// size `RLIMIT_NOFILE` by at start-up: the library never changes process
+/// limits, as other servers in the same process budget against them too.
+pub fn descriptors_needed(max_connections: usize, listeners: usize) -> u64 {
+    (max_connections as u64)
+        .saturating_mul(listeners as u64)
+        .saturating_mul(2)
 }
 
 #[cfg(test)]

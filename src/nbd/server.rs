@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
-use super::limits::{ConnectionLimits, Limits, ensure_descriptors};
+use super::limits::{ConnectionLimits, Limits};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::shutdown_requested;
@@ -112,7 +112,10 @@ impl Server {
     /// [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS), at least 1): more are
     /// closed as soon as they are accepted, with a log line. The Unix
     /// socket and TCP are counted apart, so strangers on TCP cannot lock
-    /// the socket's owner out.
+    /// the socket's owner out. The process must be allowed the descriptors
+    /// the caps need ([`descriptors_needed`](super::descriptors_needed));
+    /// the server does not change `RLIMIT_NOFILE` itself (`envol serve`
+    /// and `envol up` raise it at start).
     pub fn with_max_connections(self, connections: usize) -> Self {
         self.reconfigure(|c| c.limits.max_connections = connections.max(1))
     }
@@ -187,15 +190,6 @@ impl Server {
         let tcp_transmission = ConnectionLimits::new(&limits);
         // Each listener has its own count, so TCP strangers cannot take the
         // places of the Unix socket's owner.
-        let listening =
-            usize::from(listeners.unix.is_some()) + usize::from(listeners.tcp.is_some());
-        if let Some(limit) = ensure_descriptors(limits.max_connections * listening, 64) {
-            warn!(
-                descriptor_limit = limit,
-                max_connections = limits.max_connections,
-                "the open-file limit is below what the connection cap needs: raise `ulimit -n` or lower --max-connections"
-            );
-        }
         let mut unix_places = Places::new(limits.max_connections, "unix");
         let mut tcp_places = Places::new(limits.max_connections, "tcp");
         let context = |place, transmission: &ConnectionLimits| ConnectionContext {

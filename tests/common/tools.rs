@@ -56,3 +56,40 @@ pub fn require_fuse_harness_tools() {
         require_tool(tool, package);
     }
 }
+
+/// `cmd` (program, arguments, environment, directory) run under
+/// `prlimit --nofile=SOFT:HARD`. prlimit execs the command, so the child's
+/// pid is the command's.
+pub fn with_open_file_limit(cmd: &Command, soft: u64, hard: u64) -> Command {
+    let prlimit = require_tool("prlimit", "util-linux");
+    let mut wrapped = Command::new(prlimit);
+    wrapped
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+/// The soft open-file limit of process `pid`, from `/proc/PID/limits`.
+pub fn soft_open_file_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in /proc/{pid}/limits:\n{limits}"));
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable: {line}"))
+}
