@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
+use super::super::core::{Binding, Kms};
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant::{self, Constraint, Constraints};
 use super::super::iam::{self, Principal};
@@ -91,13 +91,13 @@ fn operations_of(g: &GrantRow) -> Result<Vec<String>, KmsError> {
 /// principal (another account's, a service) binds to nothing and the grant
 /// serves nobody, as before.
 fn bind_principal(kms: &Kms, member: &str, arn: &str) -> Result<Option<String>, KmsError> {
-    let id = kms.principal_id(arn)?;
-    if id.is_none() && iam::user_name_in_arn(kms.account_id(), arn).is_some() {
-        return Err(KmsError::validation(format!(
+    match kms.bind_principal(arn)? {
+        Binding::Id(id) => Ok(Some(id)),
+        Binding::Nobody => Ok(None),
+        Binding::MissingUser => Err(KmsError::validation(format!(
             "1 validation error detected: Value at '{member}' names no existing user: {arn}"
-        )));
+        ))),
     }
-    Ok(id)
 }
 
 fn grant_not_found(grant_id: &str) -> KmsError {
