@@ -246,7 +246,6 @@ impl Kms {
                 arn,
                 account_id: self.account_id.clone(),
                 id,
-                secure_transport: false,
             },
             access,
         ))
@@ -282,7 +281,6 @@ impl Kms {
                 arn,
                 account_id: self.account_id.clone(),
                 id,
-                secure_transport: false,
             },
             secret,
         )))
@@ -383,7 +381,7 @@ impl Kms {
     /// on the key for the caller whose constraint the context satisfies.
     pub(super) fn authorize(
         &self,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key: &KeyRow,
         action: &str,
         context: &BTreeMap<String, String>,
@@ -395,25 +393,25 @@ impl Kms {
     /// (CreateGrant through a grant may not widen that grant).
     pub(super) fn authorize_with(
         &self,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key: &KeyRow,
         action: &str,
         context: &BTreeMap<String, String>,
         grant_ok: impl Fn(&[String], &Constraint) -> bool,
     ) -> Result<(), KmsError> {
         // Lock-out safety: the account root can always repair a key policy.
-        if action == PUT_KEY_POLICY && self.is_account_root(caller) {
+        if action == PUT_KEY_POLICY && self.is_account_root(caller.principal) {
             return Ok(());
         }
         let policy = Policy::parse(&key.policy)
             .map_err(|e| KmsError::internal(format!("stored key policy unreadable: {e}")))?
             .bind(key.policy_principals.clone());
         let decision = policy.evaluate(&AccessRequest {
-            principal_arn: &caller.arn,
-            principal_id: &caller.id,
+            principal_arn: &caller.principal.arn,
+            principal_id: &caller.principal.id,
             secure_transport: caller.secure_transport,
             account_id: &self.account_id,
-            caller_account: &caller.account_id,
+            caller_account: &caller.principal.account_id,
             action,
             resource_arn: &key.arn,
             encryption_context: context,
@@ -425,18 +423,18 @@ impl Kms {
                 ErrorKind::AccessDenied,
                 format!(
                     "User: {} is not authorized to perform: {} on resource: {} with an explicit deny in a resource-based policy",
-                    caller.arn, action, key.arn
+                    caller.principal.arn, action, key.arn
                 ),
             )),
             Decision::ImplicitDeny => {
-                if self.grant_allows(caller, key, action, context, grant_ok)? {
+                if self.grant_allows(caller.principal, key, action, context, grant_ok)? {
                     return Ok(());
                 }
                 Err(KmsError::new(
                     ErrorKind::AccessDenied,
                     format!(
                         "User: {} is not authorized to perform: {} on resource: {} because no resource-based policy allows the {} action",
-                        caller.arn, action, key.arn, action
+                        caller.principal.arn, action, key.arn, action
                     ),
                 ))
             }
@@ -501,19 +499,19 @@ impl Kms {
     pub(super) fn could_put_key_policy(
         &self,
         policy: &Policy,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key_arn: &str,
     ) -> bool {
-        if self.is_account_root(caller) {
+        if self.is_account_root(caller.principal) {
             return true;
         }
         let no_context = BTreeMap::new();
         policy.evaluate(&AccessRequest {
-            principal_arn: &caller.arn,
-            principal_id: &caller.id,
+            principal_arn: &caller.principal.arn,
+            principal_id: &caller.principal.id,
             secure_transport: caller.secure_transport,
             account_id: &self.account_id,
-            caller_account: &caller.account_id,
+            caller_account: &caller.principal.account_id,
             action: PUT_KEY_POLICY,
             resource_arn: key_arn,
             encryption_context: &no_context,
@@ -641,6 +639,18 @@ fn new_user_id(tx: &rusqlite::Transaction<'_>) -> Result<String, KmsError> {
         }
     }
     Err(KmsError::internal("could not find an unused principal id"))
+}
+
+/// The caller of one request as authorization sees it: who (the
+/// authenticated principal) and how the request reached us, which is a fact
+/// about the transport, not the identity (`RequestContext` carries it from
+/// the front door).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub principal: &'a Principal,
+    /// Whether the request came over TLS (the `aws:SecureTransport`
+    /// condition key).
+    pub secure_transport: bool,
 }
 
 /// What an ARN named by a policy or grant binds to (`Kms::bind_principal`).
