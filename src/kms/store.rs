@@ -235,7 +235,8 @@ impl Store {
     /// records a schema version other than `SCHEMA_VERSION` (or version 1,
     /// which gets version 2's columns here and their values from the core's
     /// migration) is refused before the schema below is applied to it: a
-    /// newer envol's tables are never altered by an older one.
+    /// newer envol's tables are never altered by an older one. Opening a
+    /// current database writes nothing.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -245,14 +246,23 @@ impl Store {
         // Deleted rows (a destroyed key's sealed material) are overwritten,
         // not left in free pages: crypto-shredding must shred.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        if let Some(found) = Self::recorded_schema_version(&conn)?
-            && found != SCHEMA_VERSION.to_string()
-            && found != SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string()
+        let recorded = Self::recorded_schema_version(&conn)?;
+        if let Some(found) = &recorded
+            && *found != SCHEMA_VERSION.to_string()
+            && *found != SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string()
         {
-            return Err(OpenError::Schema { found });
+            return Err(OpenError::Schema {
+                found: found.clone(),
+            });
         }
         conn.execute_batch(SCHEMA)?;
-        Self::add_unique_id_columns(&mut conn)?;
+        // Only a new database or a version-1 one lacks version 2's columns.
+        // A current one is left alone: adding them takes the write lock,
+        // which every open (read-only commands too) would otherwise contend
+        // for with a running server.
+        if recorded.as_deref() != Some(SCHEMA_VERSION.to_string().as_str()) {
+            Self::add_unique_id_columns(&mut conn)?;
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
