@@ -50,26 +50,6 @@ impl Default for Limits {
     }
 }
 
-/// Parses a flag's duration: seconds, fractions allowed (`10`, `0.5`).
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(format!("{s:?}: must be more than 0 seconds"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?}: too many seconds"))
-}
-
-/// Parses `--max-connections`: at least 1.
-pub fn parse_max_connections(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?}: expected a whole number of at least 1")),
-    }
-}
-
 #[cfg(test)]
 #[path = "limits_tests.rs"]
 mod tests;
