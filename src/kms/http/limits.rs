@@ -3,8 +3,11 @@
 //! Nothing here needs authentication to use up: a TCP connection, a TLS
 //! handshake, half a header and half a body all come before SigV4. So each
 //! is bounded — by count (connections) or by time (every other state a
-//! connection can sit in) — and each bound is a flag of `envol kms serve`
-//! and `envol up`.
+//! connection can sit in). Each bound is a flag of `envol kms serve`
+//! (`src/cli/kms_limits.rs`); `envol up` takes the same with a `--kms-`
+//! prefix, except the TLS handshake's (its KMS listener has no TLS), which
+//! keeps its default. The flags are parsed in the CLI; this module takes
+//! `Duration`s.
 
 use std::time::Duration;
 
