@@ -9,8 +9,10 @@
 //! Once the key service has agreed, attaching locks the volume (one writer,
 //! or any number of readers; see `volume::attachment`), and a read-write
 //! attach rewrites a superblock copy found invalid from the valid one.
-//! The plaintext data key exists only in zeroizing memory inside the open
-//! volume, never on disk.
+//! The plaintext data key is never on disk: it lives in a locked page
+//! (`volume::DataKey`, a `secret_memory::LockedBox`: mlocked, left out of
+//! core dumps, wiped on drop) inside the open volume, and before that only
+//! for a moment in the key service's zeroizing reply buffer.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};

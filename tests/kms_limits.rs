@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{Creds, envol, parse_creds, run_ok, sdk_client, spawn_kms_serve_with};
 
-/// The deadlines the tests run with (the defaults are 10/10/60 s).
+/// The deadlines the tests run with (the defaults are 10/10/60 s), as bare
+/// seconds (the form these flags took before they took units: still valid).
 const HEADER: &str = "2";
 const BODY: &str = "2";
 const IDLE: &str = "4";
@@ -646,7 +647,7 @@ fn envol_up_applies_the_same_limits_to_its_embedded_kms() {
         .args(["up", "--size", "16M", "--listen", "127.0.0.1:0"])
         .args(["--kms-listen", "127.0.0.1:0", "--data"])
         .arg(&data)
-        .args(["--kms-max-connections", "4", "--kms-header-timeout", "3"])
+        .args(["--kms-max-connections", "4", "--kms-header-timeout", "3s"])
         .args(["--audit-max-size", "4K", "--audit-keep", "1"])
         .env("HOME", tmp.path())
         .env(

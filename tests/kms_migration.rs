@@ -55,6 +55,7 @@ fn call(kms: &Kms, principal: &Principal, op: &str, body: Value) -> Result<Value
         principal: principal.clone(),
         request_id: "migration-test".into(),
         source: None,
+        secure_transport: false,
     };
     kms.handle(&ctx, op, body.to_string().as_bytes())
         .map_err(|e| e.kind.aws_type().to_string())

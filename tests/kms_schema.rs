@@ -121,3 +121,37 @@ fn a_missing_or_unreadable_schema_version_is_refused() {
     assert!(err.contains("schema version \"none\""), "{err}");
     assert!(err.contains("version 2"), "{err}");
 }
+
+/// Opening a current database takes no write lock: a read-only command
+/// (`kms user list`) runs while another process holds the write lock (as a
+/// server in the middle of a write does), instead of waiting out the busy
+/// timeout (10 s) and failing with "database is locked".
+#[test]
+fn a_current_database_opens_without_taking_the_write_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kms");
+    init(&dir);
+    let writer = db(&dir);
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let out = common::volume::output_with_timeout(
+        envol().args(["kms", "user", "list", "--data"]).arg(&dir),
+        std::time::Duration::from_secs(8),
+    );
+    let took = started.elapsed();
+    writer.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        out.status.success(),
+        "kms user list failed while another process held the write lock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "kms user list waited {took:?} for the write lock"
+    );
+}

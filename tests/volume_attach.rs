@@ -308,6 +308,12 @@ fn corrupt_superblock_copy_is_repaired_by_the_next_writable_attach() {
         assert_eq!(info["uuid"], vol.uuid.as_str());
         let text = run_ok(&mut fx.envol(&["volume", "info", vol.path.to_str().unwrap()]));
         assert!(!text.contains("INVALID"), "{text}");
+        for copy in ["primary copy (offset 0)", "secondary copy (offset 64 KiB)"] {
+            assert!(
+                text.contains(&format!("{copy} valid (sequence {sequence})")),
+                "volume info names each copy as the repair warnings do:\n{text}"
+            );
+        }
 
         // Healthy now: the next attach writes nothing and warns of nothing.
         let before = vol.read_raw();

@@ -86,9 +86,9 @@ fuzz_target!(|data: &[u8]| {
     // the requests above (whose id is their ARN) see the same decisions.
     let bound = policy.clone().bind(
         policy
-            .arn_principals()
-            .iter()
-            .map(|a| (a.to_string(), a.to_string()))
+            .named_principals()
+            .into_iter()
+            .map(|a| (a.clone(), a))
             .collect(),
     );
     let decisions: Vec<Decision> = requests.iter().map(|r| policy.evaluate(r)).collect();

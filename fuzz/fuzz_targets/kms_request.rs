@@ -77,6 +77,7 @@ fn world() -> &'static World {
             principal: kms.root_principal(),
             request_id: "fuzz-setup".into(),
             source: None,
+            secure_transport: false,
         };
         let created = kms
             .handle(&ctx, "CreateKey", br#"{"Description": "fuzz"}"#)
@@ -329,6 +330,7 @@ fn restore(w: &World) {
         principal: w.kms.root_principal(),
         request_id: "fuzz-restore".into(),
         source: None,
+        secure_transport: false,
     };
     let key = format!(r#"{{"KeyId": "{}"}}"#, w.key_id);
     let _ = w.kms.handle(&ctx, "CancelKeyDeletion", key.as_bytes());

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::parse::{parse_connections, parse_duration};
 use super::target::parse_size;
 use crate::kms::audit::{self, Rotation};
-use crate::kms::http::limits::{self, Limits, parse_max_connections, parse_seconds};
+use crate::kms::http::limits::{self, Limits};
 
 /// `--audit-max-size`: a size (`64M`), at least a few lines' worth.
 fn parse_audit_size(s: &str) -> Result<u64, String> {
@@ -27,19 +28,19 @@ fn parse_audit_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 pub struct ServeLimitArgs {
     /// Most connections served at once (TLS handshakes included); at the cap the one longest idle or half-sent makes room, else a newcomer is closed.
-    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_connections)]
     pub max_connections: usize,
-    /// Seconds a connection has to send a whole request header, from connect or from the request's first byte.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time a connection has to send a whole request header, from connect or from the request's first byte (e.g. 10s, 500ms; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
-    /// Seconds a request has to send its whole body once its header is in.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time a request has to send its whole body once its header is in.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
-    /// Seconds a keep-alive connection may sit idle between requests.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    /// Time a keep-alive connection may sit idle between requests.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Seconds a client has to finish the TLS handshake (with --tls-cert).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time a client has to finish the TLS handshake (with --tls-cert).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
     /// Rotate the audit log when a file would grow past this size (K/M/G suffixes).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_audit_size)]
@@ -72,16 +73,16 @@ impl ServeLimitArgs {
 #[derive(Debug, Args)]
 pub struct UpKmsLimitArgs {
     /// Most connections the KMS listener serves at once; at the cap the one longest idle or half-sent makes room, else a newcomer is closed.
-    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_connections)]
     pub kms_max_connections: usize,
-    /// Seconds a KMS connection has to send a whole request header.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time a KMS connection has to send a whole request header (e.g. 10s, 500ms; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub kms_header_timeout: Duration,
-    /// Seconds a KMS request has to send its whole body once its header is in.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time a KMS request has to send its whole body once its header is in.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub kms_body_timeout: Duration,
-    /// Seconds a keep-alive KMS connection may sit idle between requests.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    /// Time a keep-alive KMS connection may sit idle between requests.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub kms_idle_timeout: Duration,
     /// Rotate the KMS audit log when a file would grow past this size (K/M/G suffixes).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_audit_size)]

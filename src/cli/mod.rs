@@ -15,6 +15,7 @@ mod error;
 mod key;
 mod kms;
 mod kms_limits;
+mod parse;
 mod runtime;
 mod serve;
 mod target;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::error::{CliError, CliResult};
+use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
 use crate::envelope;
@@ -116,37 +117,6 @@ impl LimitArgs {
         );
         Ok(())
     }
-}
-
-/// A connection cap: a positive number.
-fn parse_connections(s: &str) -> Result<usize, String> {
-    s.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("invalid connection count {s:?}: use a positive number"))
-}
-
-/// `30s`, `500ms`, `2m`, or a number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (number, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => return Err(format!("invalid duration {s:?}: use e.g. 30s, 500ms or 2m")),
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * scale)
-        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 86_400.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 30s, 500ms or 2m (at most a day)"))
 }
 
 /// NBD over TLS (NBD_OPT_STARTTLS).
@@ -376,27 +346,4 @@ async fn serve_with(
         .map_err(|e| CliError(format!("while shutting down: {e}")))?;
     tracing::info!("stopped; data keys dropped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse_connections, parse_duration};
-    use crate::nbd::REQUEST_TIMEOUT;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_parse_with_units_and_refuse_nonsense() {
-        // The flag's default, written as text in its declaration.
-        assert_eq!(parse_duration("30s"), Ok(REQUEST_TIMEOUT));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "0", "-1s", "1h", "abc", "1e9", "2d", "NaNs"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-        assert_eq!(parse_connections("16"), Ok(16));
-        assert!(parse_connections("0").is_err());
-        assert!(parse_connections("-1").is_err());
-    }
 }

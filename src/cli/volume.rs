@@ -209,21 +209,20 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
     say!("  wrapped key: {wrapped}");
     say!("  created:     {}", rfc3339(sb.created));
     say!(
-        "  superblocks: primary (offset 0) {}",
+        "  superblocks: {} {}",
+        Slot::Primary,
         copy_text(&set.primary)
     );
     say!(
-        "               secondary (offset 64 KiB) {}",
+        "               {} {}",
+        Slot::Secondary,
         copy_text(&set.secondary)
     );
     if holders.is_empty() {
         say!("  attached:    no");
     }
     for h in &holders {
-        let mode = match h.mode {
-            AttachMode::ReadOnly => "read-only",
-            AttachMode::ReadWrite => "read-write",
-        };
+        let mode = h.mode.describe();
         match &h.command {
             Some(command) => say!("  attached:    {mode} by pid {} ({command})", h.pid),
             None => say!("  attached:    {mode} by pid {}", h.pid),

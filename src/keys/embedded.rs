@@ -18,11 +18,7 @@ pub struct EmbeddedKeys {
 
 impl EmbeddedKeys {
     pub fn as_root(kms: Arc<Kms>) -> Self {
-        let mut principal = kms.root_principal();
-        // No network between this caller and the KMS: nothing for TLS to
-        // protect, so a key policy's `aws:SecureTransport` deny (meant for
-        // plain HTTP) does not lock `envol up` out of its own keys.
-        principal.secure_transport = true;
+        let principal = kms.root_principal();
         EmbeddedKeys { kms, principal }
     }
 
@@ -36,6 +32,10 @@ impl EmbeddedKeys {
             principal: self.principal.clone(),
             request_id: uuid::Uuid::new_v4().to_string(),
             source: Some("in-process".into()),
+            // No network between this caller and the KMS: nothing for TLS
+            // to protect, so a key policy's `aws:SecureTransport` deny (meant
+            // for plain HTTP) does not lock `envol up` out of its own keys.
+            secure_transport: true,
         };
         self.kms
             .handle(&ctx, operation, body.to_string().as_bytes())

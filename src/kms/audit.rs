@@ -203,9 +203,8 @@ impl Writer {
     /// Appends one line, rotating first if it would not fit.
     fn append(&mut self, mut line: Vec<u8>) -> std::io::Result<()> {
         line.push(b'\n');
-        self.follow_path()?;
         // The file's own length, not a count of ours: the CLI appends too.
-        let len = self.file.metadata()?.len();
+        let len = self.follow_path()?;
         if len > 0 && len + line.len() as u64 > self.rotation.max_bytes {
             self.rotate()?;
         }
@@ -214,8 +213,10 @@ impl Writer {
 
     /// Reopens `audit.log` if another process (a CLI command doing the
     /// scheduled key work) rotated it away from under this one, so lines
-    /// keep going to the current file, not to `audit.log.1`.
-    fn follow_path(&mut self) -> std::io::Result<()> {
+    /// keep going to the current file, not to `audit.log.1`. Returns the
+    /// length of the file lines now go to (from the same `fstat` that
+    /// identifies it: one line costs one `fstat` and one `stat`).
+    fn follow_path(&mut self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let ours = self.file.metadata()?;
         let current = match std::fs::metadata(&self.path) {
@@ -225,8 +226,9 @@ impl Writer {
         };
         if current.is_none_or(|m| m.dev() != ours.dev() || m.ino() != ours.ino()) {
             self.file = open_private_append(&self.path)?;
+            return Ok(self.file.metadata()?.len());
         }
-        Ok(())
+        Ok(ours.len())
     }
 
     /// `audit.log` → `audit.log.1` → … → `audit.log.<keep>` (dropped past
@@ -296,13 +298,15 @@ impl AuditLog {
     /// the first of its interval (after the previous interval's summary),
     /// otherwise only counted.
     pub fn record_unauthenticated(&self, rec: &AuditRecord<'_>) -> std::io::Result<()> {
-        let line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
         let now = Instant::now();
         let mut w = self.writer();
         if !w.unauthenticated.interval_over(now) {
             w.unauthenticated.count(rec);
             return Ok(());
         }
+        // Serialised only now: a flood is nearly all counted, not written,
+        // and counting must stay cheap.
+        let line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
         w.unauthenticated.interval_began = Some(now);
         if let Some(summary) = w.unauthenticated.take_summary(&rec.time) {
             w.append(summary)?;

@@ -22,6 +22,7 @@ use super::error::{ErrorKind, KmsError};
 use super::grant::{self, Constraint};
 use super::iam::{self, AccessKey, Principal};
 use super::key_state::KeyState;
+use super::policy::document::root_arn_account;
 use super::policy::{AccessRequest, Decision, Policy};
 use super::seal::{self, KeyMaterial, RootKey};
 use super::store::{
@@ -155,12 +156,18 @@ impl Kms {
     pub(super) fn load(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Kms, ServiceError> {
         let root_key = dir.open()?;
         let store = open_store(dir)?;
-        let canary = store
-            .meta("root_key_canary")?
-            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        let (canary, version, account_id, region) = store.read(|c| {
+            Ok((
+                Store::meta(c, "root_key_canary")?,
+                Store::meta_string(c, "schema_version")?,
+                Store::meta_string(c, "account_id")?,
+                Store::meta_string(c, "region")?,
+            ))
+        })?;
+        let canary = canary.ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
         // Every directory envol ever initialised records its version; one
         // without it was not written by envol as we know it.
-        let Some(version) = store.meta_string("schema_version")? else {
+        let Some(version) = version else {
             return Err(ServiceError::Schema {
                 dir: dir.root.clone(),
                 found: "none".into(),
@@ -170,12 +177,9 @@ impl Kms {
         if root_key.unseal(seal::CANARY_PURPOSE, &canary).is_err() {
             return Err(DataDirError::WrongRootKey(dir.root_key_path()).into());
         }
-        let account_id = store
-            .meta_string("account_id")?
-            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
-        let region = store
-            .meta_string("region")?
-            .ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        let account_id =
+            account_id.ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
+        let region = region.ok_or_else(|| DataDirError::NotInitialised(dir.root.clone()))?;
         if version == SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string() {
             migrate_to_unique_ids(&store, &account_id)?;
         }
@@ -242,7 +246,6 @@ impl Kms {
                 arn,
                 account_id: self.account_id.clone(),
                 id,
-                secure_transport: false,
             },
             access,
         ))
@@ -278,7 +281,6 @@ impl Kms {
                 arn,
                 account_id: self.account_id.clone(),
                 id,
-                secure_transport: false,
             },
             secret,
         )))
@@ -379,7 +381,7 @@ impl Kms {
     /// on the key for the caller whose constraint the context satisfies.
     pub(super) fn authorize(
         &self,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key: &KeyRow,
         action: &str,
         context: &BTreeMap<String, String>,
@@ -391,25 +393,25 @@ impl Kms {
     /// (CreateGrant through a grant may not widen that grant).
     pub(super) fn authorize_with(
         &self,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key: &KeyRow,
         action: &str,
         context: &BTreeMap<String, String>,
         grant_ok: impl Fn(&[String], &Constraint) -> bool,
     ) -> Result<(), KmsError> {
         // Lock-out safety: the account root can always repair a key policy.
-        if action == PUT_KEY_POLICY && self.is_account_root(caller) {
+        if action == PUT_KEY_POLICY && self.is_account_root(caller.principal) {
             return Ok(());
         }
         let policy = Policy::parse(&key.policy)
             .map_err(|e| KmsError::internal(format!("stored key policy unreadable: {e}")))?
             .bind(key.policy_principals.clone());
         let decision = policy.evaluate(&AccessRequest {
-            principal_arn: &caller.arn,
-            principal_id: &caller.id,
+            principal_arn: &caller.principal.arn,
+            principal_id: &caller.principal.id,
             secure_transport: caller.secure_transport,
             account_id: &self.account_id,
-            caller_account: &caller.account_id,
+            caller_account: &caller.principal.account_id,
             action,
             resource_arn: &key.arn,
             encryption_context: context,
@@ -421,18 +423,18 @@ impl Kms {
                 ErrorKind::AccessDenied,
                 format!(
                     "User: {} is not authorized to perform: {} on resource: {} with an explicit deny in a resource-based policy",
-                    caller.arn, action, key.arn
+                    caller.principal.arn, action, key.arn
                 ),
             )),
             Decision::ImplicitDeny => {
-                if self.grant_allows(caller, key, action, context, grant_ok)? {
+                if self.grant_allows(caller.principal, key, action, context, grant_ok)? {
                     return Ok(());
                 }
                 Err(KmsError::new(
                     ErrorKind::AccessDenied,
                     format!(
                         "User: {} is not authorized to perform: {} on resource: {} because no resource-based policy allows the {} action",
-                        caller.arn, action, key.arn, action
+                        caller.principal.arn, action, key.arn, action
                     ),
                 ))
             }
@@ -455,29 +457,39 @@ impl Kms {
         policy: &Policy,
     ) -> Result<BTreeMap<String, String>, KmsError> {
         let mut bindings = BTreeMap::new();
-        for arn in policy.arn_principals() {
-            match self.store.principal_id_by_arn(arn)? {
-                Some(id) => {
-                    bindings.insert(arn.to_string(), id);
+        for arn in principals_to_bind(policy) {
+            match self.bind_principal(&arn)? {
+                Binding::Id(id) => {
+                    bindings.insert(arn, id);
                 }
-                None if iam::user_name_in_arn(&self.account_id, arn).is_some() => {
+                Binding::MissingUser => {
                     return Err(KmsError::new(
                         ErrorKind::MalformedPolicyDocument,
                         format!(
                             "Policy contains a statement with one or more invalid principals: no user {} exists.",
-                            super::excerpt::excerpt(arn)
+                            super::excerpt::excerpt(&arn)
                         ),
                     ));
                 }
-                None => {}
+                Binding::Nobody => {}
             }
         }
         Ok(bindings)
     }
 
-    /// The unique id of the principal with this ARN now, if there is one.
-    pub(super) fn principal_id(&self, arn: &str) -> Result<Option<String>, KmsError> {
-        self.store.principal_id_by_arn(arn)
+    /// What `arn` (named by a policy or grant being put) binds to now. A
+    /// missing user is reported, not refused: each caller refuses it with
+    /// the error its operation gives.
+    pub(super) fn bind_principal(&self, arn: &str) -> Result<Binding, KmsError> {
+        Ok(
+            match self.store.read(|c| Store::principal_id_by_arn(c, arn))? {
+                Some(id) => Binding::Id(id),
+                None if iam::user_name_in_arn(&self.account_id, arn).is_some() => {
+                    Binding::MissingUser
+                }
+                None => Binding::Nobody,
+            },
+        )
     }
 
     /// Whether `caller` could still change the policy of key `key_arn` if
@@ -487,19 +499,19 @@ impl Kms {
     pub(super) fn could_put_key_policy(
         &self,
         policy: &Policy,
-        caller: &Principal,
+        caller: &Caller<'_>,
         key_arn: &str,
     ) -> bool {
-        if self.is_account_root(caller) {
+        if self.is_account_root(caller.principal) {
             return true;
         }
         let no_context = BTreeMap::new();
         policy.evaluate(&AccessRequest {
-            principal_arn: &caller.arn,
-            principal_id: &caller.id,
+            principal_arn: &caller.principal.arn,
+            principal_id: &caller.principal.id,
             secure_transport: caller.secure_transport,
             account_id: &self.account_id,
-            caller_account: &caller.account_id,
+            caller_account: &caller.principal.account_id,
             action: PUT_KEY_POLICY,
             resource_arn: key_arn,
             encryption_context: &no_context,
@@ -629,6 +641,38 @@ fn new_user_id(tx: &rusqlite::Transaction<'_>) -> Result<String, KmsError> {
     Err(KmsError::internal("could not find an unused principal id"))
 }
 
+/// The caller of one request as authorization sees it: who (the
+/// authenticated principal) and how the request reached us, which is a fact
+/// about the transport, not the identity (`RequestContext` carries it from
+/// the front door).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub principal: &'a Principal,
+    /// Whether the request came over TLS (the `aws:SecureTransport`
+    /// condition key).
+    pub secure_transport: bool,
+}
+
+/// What an ARN named by a policy or grant binds to (`Kms::bind_principal`).
+pub(super) enum Binding {
+    /// The unique id of the principal it names now.
+    Id(String),
+    /// Nothing: another account's principal, a role, a service (envol has
+    /// no such principals), so it matches nobody.
+    Nobody,
+    /// A user of this account that does not exist.
+    MissingUser,
+}
+
+/// The principals of `policy` to bind to ids: every one it names but the
+/// account roots, which match by account id (the root's id) and need none.
+fn principals_to_bind(policy: &Policy) -> impl Iterator<Item = String> {
+    policy
+        .named_principals()
+        .into_iter()
+        .filter(|arn| root_arn_account(arn).is_none())
+}
+
 /// Schema version 1 → 2: every principal gets its unique id (the root the
 /// account id, users a new `AIDA…` id), every key policy is bound to the
 /// ids of the principals it names as they are now, and every grant to its
@@ -637,7 +681,7 @@ fn new_user_id(tx: &rusqlite::Transaction<'_>) -> Result<String, KmsError> {
 /// migrate it once.
 fn migrate_to_unique_ids(store: &Store, account_id: &str) -> Result<(), KmsError> {
     store.transaction(|tx| {
-        let version = Store::meta_in(tx, "schema_version")?;
+        let version = Store::meta_string(tx, "schema_version")?;
         if version.as_deref() != Some(SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string().as_str()) {
             return Ok(());
         }
@@ -653,9 +697,9 @@ fn migrate_to_unique_ids(store: &Store, account_id: &str) -> Result<(), KmsError
             let mut bindings = BTreeMap::new();
             match Policy::parse(&text) {
                 Ok(policy) => {
-                    for arn in policy.arn_principals() {
-                        if let Some(id) = Store::principal_id_by_arn_in(tx, arn)? {
-                            bindings.insert(arn.to_string(), id);
+                    for arn in principals_to_bind(&policy) {
+                        if let Some(id) = Store::principal_id_by_arn(tx, &arn)? {
+                            bindings.insert(arn, id);
                         }
                     }
                 }

@@ -21,17 +21,13 @@ use zeroize::Zeroizing;
 /// The name under which the account's root principal is stored.
 pub const ROOT_NAME: &str = "root";
 
-/// An authenticated caller: who it is, and how its request reached us.
+/// An authenticated identity: the account root or a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub arn: String,
     pub account_id: String,
     /// The unique id (see the module documentation).
     pub id: String,
-    /// Whether the request came over TLS (the `aws:SecureTransport`
-    /// condition key). The HTTP front door sets it per connection; a
-    /// principal as the store returns it has `false` until then.
-    pub secure_transport: bool,
 }
 
 impl Principal {
@@ -41,7 +37,6 @@ impl Principal {
             arn: root_arn(account_id),
             account_id: account_id.to_string(),
             id: account_id.to_string(),
-            secure_transport: false,
         }
     }
     pub fn is_root(&self) -> bool {
@@ -176,7 +171,6 @@ mod tests {
             arn: user_arn("123456789012", "bob"),
             account_id: "123456789012".into(),
             id: generate_user_id(),
-            secure_transport: false,
         };
         assert!(is_user_id(&p.id), "{}", p.id);
         assert_ne!(p.id, generate_user_id());

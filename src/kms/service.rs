@@ -22,14 +22,20 @@ use super::error::KmsError;
 use super::iam::Principal;
 use super::ops;
 
+use super::core::Caller;
 pub use super::core::{DEFAULT_ON_DEMAND_ROTATION_LIMIT, Kms, ServiceError, validate_region};
 
-/// Who is asking, and where from: the HTTP layer fills this in after SigV4.
+/// Who is asking, where from and how: the HTTP layer fills this in after
+/// SigV4.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub principal: Principal,
     pub request_id: String,
     pub source: Option<String>,
+    /// Whether the request came over TLS (the `aws:SecureTransport`
+    /// condition key): a fact about the transport, set by whoever received
+    /// the request.
+    pub secure_transport: bool,
 }
 
 impl Kms {
@@ -55,7 +61,11 @@ impl Kms {
             tracing::error!("scheduled key work: {e}");
         }
         let mut note = AuditNote::default();
-        let result = ops::dispatch(self, &request.principal, operation, body, &mut note);
+        let caller = Caller {
+            principal: &request.principal,
+            secure_transport: request.secure_transport,
+        };
+        let result = ops::dispatch(self, &caller, operation, body, &mut note);
         self.audit(
             &request.request_id,
             Some(&request.principal.arn),

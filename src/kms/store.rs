@@ -235,7 +235,8 @@ impl Store {
     /// records a schema version other than `SCHEMA_VERSION` (or version 1,
     /// which gets version 2's columns here and their values from the core's
     /// migration) is refused before the schema below is applied to it: a
-    /// newer envol's tables are never altered by an older one.
+    /// newer envol's tables are never altered by an older one. Opening a
+    /// current database writes nothing.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -245,14 +246,23 @@ impl Store {
         // Deleted rows (a destroyed key's sealed material) are overwritten,
         // not left in free pages: crypto-shredding must shred.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        if let Some(found) = Self::recorded_schema_version(&conn)?
-            && found != SCHEMA_VERSION.to_string()
-            && found != SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string()
+        let recorded = Self::recorded_schema_version(&conn)?;
+        if let Some(found) = &recorded
+            && *found != SCHEMA_VERSION.to_string()
+            && *found != SCHEMA_VERSION_UNIQUE_IDS_MISSING.to_string()
         {
-            return Err(OpenError::Schema { found });
+            return Err(OpenError::Schema {
+                found: found.clone(),
+            });
         }
         conn.execute_batch(SCHEMA)?;
-        Self::add_unique_id_columns(&mut conn)?;
+        // Only a new database or a version-1 one lacks version 2's columns.
+        // A current one is left alone: adding them takes the write lock,
+        // which every open (read-only commands too) would otherwise contend
+        // for with a running server.
+        if recorded.as_deref() != Some(SCHEMA_VERSION.to_string().as_str()) {
+            Self::add_unique_id_columns(&mut conn)?;
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -322,31 +332,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `f` on the connection outside any explicit transaction (each
+    /// statement is its own): for reads, which need no write lock.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        f(&self.conn())
+    }
+
     // ----- meta -----
 
-    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, KmsError> {
-        Ok(self
-            .conn()
+    /// A meta value. Takes a connection so that one query serves both a
+    /// plain read (`Store::read`) and a transaction (which derefs to one).
+    pub fn meta(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>, KmsError> {
+        Ok(conn
             .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
                 r.get(0)
             })
             .optional()?)
     }
 
-    pub fn meta_string(&self, name: &str) -> Result<Option<String>, KmsError> {
-        Ok(self
-            .meta(name)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// A meta value as text, inside a transaction.
-    pub fn meta_in(tx: &Transaction<'_>, name: &str) -> Result<Option<String>, KmsError> {
-        let value: Option<Vec<u8>> = tx
-            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    /// A meta value as text.
+    pub fn meta_string(conn: &Connection, name: &str) -> Result<Option<String>, KmsError> {
+        Ok(Self::meta(conn, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn set_meta(tx: &Transaction<'_>, name: &str, value: &[u8]) -> Result<(), KmsError> {
@@ -383,9 +392,8 @@ impl Store {
     }
 
     /// The unique id of the principal with this ARN, if it exists.
-    pub fn principal_id_by_arn(&self, arn: &str) -> Result<Option<String>, KmsError> {
-        Ok(self
-            .conn()
+    pub fn principal_id_by_arn(conn: &Connection, arn: &str) -> Result<Option<String>, KmsError> {
+        Ok(conn
             .query_row("SELECT id FROM principals WHERE arn = ?1", [arn], |r| {
                 r.get(0)
             })
@@ -414,18 +422,6 @@ impl Store {
         let mut stmt = tx.prepare("SELECT key_id, policy FROM keys ORDER BY key_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The unique id of the principal with this ARN, inside a transaction.
-    pub fn principal_id_by_arn_in(
-        tx: &Transaction<'_>,
-        arn: &str,
-    ) -> Result<Option<String>, KmsError> {
-        Ok(tx
-            .query_row("SELECT id FROM principals WHERE arn = ?1", [arn], |r| {
-                r.get(0)
-            })
-            .optional()?)
     }
 
     pub fn set_policy_principals(

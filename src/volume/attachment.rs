@@ -37,7 +37,8 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn describe(self) -> &'static str {
+    /// `read-only` or `read-write`, as messages and `volume info` say it.
+    pub fn describe(self) -> &'static str {
         match self {
             AttachMode::ReadOnly => "read-only",
             AttachMode::ReadWrite => "read-write",

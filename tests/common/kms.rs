@@ -270,6 +270,7 @@ pub fn call_as_root(
         principal: kms.root_principal(),
         request_id: "test".into(),
         source: None,
+        secure_transport: false,
     };
     kms.handle(&ctx, op, body.to_string().as_bytes())
         .map_err(|e| e.kind.aws_type().to_string())

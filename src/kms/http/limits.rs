@@ -3,8 +3,11 @@
 //! Nothing here needs authentication to use up: a TCP connection, a TLS
 //! handshake, half a header and half a body all come before SigV4. So each
 //! is bounded — by count (connections) or by time (every other state a
-//! connection can sit in) — and each bound is a flag of `envol kms serve`
-//! and `envol up`.
+//! connection can sit in). Each bound is a flag of `envol kms serve`
+//! (`src/cli/kms_limits.rs`); `envol up` takes the same with a `--kms-`
+//! prefix, except the TLS handshake's (its KMS listener has no TLS), which
+//! keeps its default. The flags are parsed in the CLI; this module takes
+//! `Duration`s.
 
 use std::time::Duration;
 
@@ -47,26 +50,6 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
-    }
-}
-
-/// Parses a flag's duration: seconds, fractions allowed (`10`, `0.5`).
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(format!("{s:?}: must be more than 0 seconds"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?}: too many seconds"))
-}
-
-/// Parses `--max-connections`: at least 1.
-pub fn parse_max_connections(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?}: expected a whole number of at least 1")),
     }
 }
 

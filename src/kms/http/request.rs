@@ -173,7 +173,7 @@ fn answer(
     if let Err(e) = verified {
         return Err(Refusal::Unauthenticated(auth_error(&e)));
     }
-    let Some(mut principal) = principal.into_inner() else {
+    let Some(principal) = principal.into_inner() else {
         return Err(Refusal::Unauthenticated(KmsError::new(
             ErrorKind::UnrecognizedClient,
             "The security token included in the request is invalid.",
@@ -201,11 +201,11 @@ fn answer(
             "missing or malformed X-Amz-Target header (expected TrentService.<Operation>)",
         )));
     };
-    principal.secure_transport = secure_transport;
     let ctx = RequestContext {
         principal,
         request_id: request_id.to_string(),
         source: Some(source.to_string()),
+        secure_transport,
     };
     kms.handle(&ctx, operation, request.body)
         .map_err(Refusal::Core)

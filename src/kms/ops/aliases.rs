@@ -8,9 +8,8 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::store::{AliasRow, KeyRow};
 use super::request::{EncryptionContext, decode_marker, encode_marker, page_limit};
 
@@ -72,7 +71,7 @@ pub(crate) struct CreateAliasRequest {
 
 pub(super) fn create_alias(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: CreateAliasRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -105,7 +104,7 @@ pub(crate) struct UpdateAliasRequest {
 
 pub(super) fn update_alias(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: UpdateAliasRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -142,7 +141,7 @@ pub(crate) struct DeleteAliasRequest {
 
 pub(super) fn delete_alias(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: DeleteAliasRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -168,7 +167,7 @@ pub(crate) struct ListAliasesRequest {
 /// account (envol has no IAM policies to restrict it).
 pub(super) fn list_aliases(
     kms: &Kms,
-    _caller: &Principal,
+    _caller: &Caller<'_>,
     req: ListAliasesRequest,
 ) -> Result<Value, KmsError> {
     let limit = page_limit(req.limit)?;

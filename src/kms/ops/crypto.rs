@@ -14,10 +14,9 @@ use zeroize::Zeroizing;
 
 use super::super::audit::AuditNote;
 use super::super::blob::{self, BlobHeader};
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant;
-use super::super::iam::Principal;
 use super::super::store::KeyRow;
 use super::request::{
     Blob, EncryptionContext, authorized_key, b64, check_algorithm, check_context, dry_run_error,
@@ -59,7 +58,7 @@ fn seal_with_newest(
 
 pub(super) fn encrypt(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: EncryptRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -106,7 +105,7 @@ pub(crate) struct DecryptRequest {
 
 pub(super) fn decrypt(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: DecryptRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -162,7 +161,7 @@ pub(crate) struct ReEncryptRequest {
 /// plaintext exists only inside this function, in zeroized memory.
 pub(super) fn re_encrypt(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ReEncryptRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -280,7 +279,7 @@ fn data_key_length(req: &GenerateDataKeyRequest) -> Result<usize, KmsError> {
 
 pub(super) fn generate_data_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: GenerateDataKeyRequest,
     note: &mut AuditNote,
     with_plaintext: bool,

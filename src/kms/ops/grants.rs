@@ -26,10 +26,10 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
+use super::super::core::{Binding, Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant::{self, Constraint, Constraints};
-use super::super::iam::{self, Principal};
+use super::super::iam;
 use super::super::store::{GrantFilter, GrantRow, KeyRow, Store};
 use super::request::{
     EncryptionContext, authorized_key_no_context, decode_marker, dry_run_error, encode_marker,
@@ -91,13 +91,13 @@ fn operations_of(g: &GrantRow) -> Result<Vec<String>, KmsError> {
 /// principal (another account's, a service) binds to nothing and the grant
 /// serves nobody, as before.
 fn bind_principal(kms: &Kms, member: &str, arn: &str) -> Result<Option<String>, KmsError> {
-    let id = kms.principal_id(arn)?;
-    if id.is_none() && iam::user_name_in_arn(kms.account_id(), arn).is_some() {
-        return Err(KmsError::validation(format!(
+    match kms.bind_principal(arn)? {
+        Binding::Id(id) => Ok(Some(id)),
+        Binding::Nobody => Ok(None),
+        Binding::MissingUser => Err(KmsError::validation(format!(
             "1 validation error detected: Value at '{member}' names no existing user: {arn}"
-        )));
+        ))),
     }
-    Ok(id)
 }
 
 fn grant_not_found(grant_id: &str) -> KmsError {
@@ -143,7 +143,7 @@ pub(crate) struct CreateGrantRequest {
 
 pub(super) fn create_grant(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: CreateGrantRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -292,7 +292,7 @@ pub(crate) struct ListGrantsRequest {
 
 pub(super) fn list_grants(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ListGrantsRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -326,17 +326,17 @@ pub(crate) struct ListRetirableGrantsRequest {
 
 pub(super) fn list_retirable_grants(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ListRetirableGrantsRequest,
 ) -> Result<Value, KmsError> {
     validate_principal("retiringPrincipal", &req.retiring_principal)?;
-    let is_root = caller.is_root() && caller.account_id == kms.account_id();
-    if !is_root && caller.arn != req.retiring_principal {
+    let is_root = kms.is_account_root(caller.principal);
+    if !is_root && caller.principal.arn != req.retiring_principal {
         return Err(KmsError::new(
             ErrorKind::AccessDenied,
             format!(
                 "User: {} is not authorized to perform: kms:ListRetirableGrants for retiring principal {}",
-                caller.arn, req.retiring_principal
+                caller.principal.arn, req.retiring_principal
             ),
         ));
     }
@@ -346,7 +346,7 @@ pub(super) fn list_retirable_grants(
         kms,
         GrantFilter {
             retiring: Some(&req.retiring_principal),
-            retiring_id: (!is_root).then_some(caller.id.as_str()),
+            retiring_id: (!is_root).then_some(caller.principal.id.as_str()),
             ..GrantFilter::default()
         },
         req.limit,
@@ -365,7 +365,7 @@ pub(crate) struct RetireGrantRequest {
 
 pub(super) fn retire_grant(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: RetireGrantRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -411,18 +411,18 @@ pub(super) fn retire_grant(
         }
     };
     note.key_arn = Some(kms.key_arn(&grant.key_id));
-    let is_root = caller.is_root() && caller.account_id == kms.account_id();
-    let is_retiring = grant.retiring.as_deref() == Some(caller.arn.as_str())
-        && grant.retiring_id.as_deref() == Some(caller.id.as_str());
-    let is_grantee_with_retire = grant.grantee == caller.arn
-        && grant.grantee_id.as_deref() == Some(caller.id.as_str())
+    let is_root = kms.is_account_root(caller.principal);
+    let is_retiring = grant.retiring.as_deref() == Some(caller.principal.arn.as_str())
+        && grant.retiring_id.as_deref() == Some(caller.principal.id.as_str());
+    let is_grantee_with_retire = grant.grantee == caller.principal.arn
+        && grant.grantee_id.as_deref() == Some(caller.principal.id.as_str())
         && operations_of(&grant)?.iter().any(|o| o == "RetireGrant");
     if !(is_root || is_retiring || is_grantee_with_retire) {
         return Err(KmsError::new(
             ErrorKind::AccessDenied,
             format!(
                 "User: {} is not authorized to perform: kms:RetireGrant on grant {}: only its retiring principal, a grantee holding RetireGrant, or the account root may",
-                caller.arn, grant.grant_id
+                caller.principal.arn, grant.grant_id
             ),
         ));
     }
@@ -445,7 +445,7 @@ pub(crate) struct RevokeGrantRequest {
 
 pub(super) fn revoke_grant(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: RevokeGrantRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {

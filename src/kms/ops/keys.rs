@@ -5,10 +5,9 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
 use super::super::grant;
-use super::super::iam::Principal;
 use super::super::key_state::KeyState;
 use super::super::policy;
 use super::super::store::{KeyRow, Store, VersionRow};
@@ -56,7 +55,7 @@ pub(super) fn key_metadata(kms: &Kms, k: &KeyRow) -> Value {
 
 pub(super) fn create_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: CreateKeyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -109,7 +108,7 @@ pub(super) fn create_key(
     let arn = kms.key_arn(&key_id);
     let policy_text = match req.policy {
         Some(p) => p,
-        None => policy::default_key_policy(kms.account_id(), &caller.arn),
+        None => policy::default_key_policy(kms.account_id(), &caller.principal.arn),
     };
     // Bound to the ids of the principals it names now (the default policy:
     // the creator's).
@@ -136,7 +135,7 @@ pub(super) fn create_key(
         deletion_date_ms: None,
         rotation_period_days: None,
         next_rotation_ms: None,
-        creator: caller.arn.clone(),
+        creator: caller.principal.arn.clone(),
         policy_principals,
     };
     let material = crate::kms::seal::generate_material();
@@ -165,7 +164,7 @@ pub(crate) struct DescribeKeyRequest {
 
 pub(super) fn describe_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: DescribeKeyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -185,7 +184,7 @@ pub(crate) struct ListKeysRequest {
 /// authenticated principal of the account may list key ids (not use them).
 pub(super) fn list_keys(
     kms: &Kms,
-    _caller: &Principal,
+    _caller: &Caller<'_>,
     req: ListKeysRequest,
 ) -> Result<Value, KmsError> {
     let limit = page_limit(req.limit)?;

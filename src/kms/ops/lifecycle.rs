@@ -12,17 +12,16 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
 use super::super::core::pending_deletion;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::key_state::KeyState;
 use super::super::store::Store;
 use super::request::{KeyIdRequest, authorized_key_no_context};
 
 fn set_state(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     key_id: &str,
     action: &str,
     state: KeyState,
@@ -37,7 +36,7 @@ fn set_state(
 
 pub(super) fn enable_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -53,7 +52,7 @@ pub(super) fn enable_key(
 
 pub(super) fn disable_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -76,7 +75,7 @@ pub(crate) struct ScheduleKeyDeletionRequest {
 
 pub(super) fn schedule_key_deletion(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ScheduleKeyDeletionRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -105,7 +104,7 @@ pub(super) fn schedule_key_deletion(
 
 pub(super) fn cancel_key_deletion(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {

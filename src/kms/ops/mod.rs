@@ -22,9 +22,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::audit::AuditNote;
-use super::core::Kms;
+use super::core::{Caller, Kms};
 use super::error::{ErrorKind, KmsError};
-use super::iam::Principal;
 
 /// Operations AWS KMS has that envol does not implement (yet): they answer
 /// UnsupportedOperationException rather than "unknown operation".
@@ -55,7 +54,7 @@ const NOT_IMPLEMENTED: &[&str] = &[
 /// Runs `operation` for `caller`; what it learns for the audit log goes to `note`.
 pub(super) fn dispatch(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     operation: &str,
     body: &[u8],
     note: &mut AuditNote,

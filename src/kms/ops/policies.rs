@@ -6,9 +6,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::policy::Policy;
 use super::super::store::Store;
 use super::request::authorized_key_no_context;
@@ -24,7 +23,7 @@ use super::request::authorized_key_no_context;
 /// Returns the principal bindings to store beside the policy text.
 pub(super) fn accepted_policy(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     policy_text: &str,
     key_arn: &str,
     bypass: Option<bool>,
@@ -61,7 +60,7 @@ pub(crate) struct GetKeyPolicyRequest {
 
 pub(super) fn get_key_policy(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: GetKeyPolicyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -81,7 +80,7 @@ pub(crate) struct PutKeyPolicyRequest {
 
 pub(super) fn put_key_policy(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: PutKeyPolicyRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {

@@ -10,9 +10,8 @@ use serde::{Deserialize, Deserializer};
 use zeroize::Zeroizing;
 
 use super::super::audit::AuditNote;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::store::KeyRow;
 
 /// The request of operations that take only a KeyId (EnableKey, DisableKey,
@@ -30,7 +29,7 @@ pub(crate) struct KeyIdRequest {
 /// nothing more about the key.
 pub(super) fn authorized_key(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     key_ref: &str,
     action: &str,
     context: &EncryptionContext,
@@ -45,7 +44,7 @@ pub(super) fn authorized_key(
 /// `authorized_key` for actions that see no encryption context.
 pub(super) fn authorized_key_no_context(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     key_ref: &str,
     action: &str,
     note: &mut AuditNote,

@@ -12,9 +12,8 @@ use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
 use super::super::clock::aws_timestamp;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::key_state::KeyState;
 use super::super::rotation::{DAY_MS, RotationKind, next_rotation_after};
 use super::super::store::Store;
@@ -35,7 +34,7 @@ pub(crate) struct EnableKeyRotationRequest {
 
 pub(super) fn enable_key_rotation(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: EnableKeyRotationRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -66,7 +65,7 @@ pub(super) fn enable_key_rotation(
 
 pub(super) fn disable_key_rotation(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -81,7 +80,7 @@ pub(super) fn disable_key_rotation(
 
 pub(super) fn get_key_rotation_status(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -102,7 +101,7 @@ pub(super) fn get_key_rotation_status(
 
 pub(super) fn rotate_key_on_demand(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: KeyIdRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -123,7 +122,7 @@ pub(crate) struct ListKeyRotationsRequest {
 
 pub(super) fn list_key_rotations(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ListKeyRotationsRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {

@@ -12,9 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::audit::AuditNote;
-use super::super::core::Kms;
+use super::super::core::{Caller, Kms};
 use super::super::error::{ErrorKind, KmsError};
-use super::super::iam::Principal;
 use super::super::store::Store;
 use super::request::{authorized_key_no_context, decode_marker, encode_marker};
 
@@ -100,7 +99,7 @@ pub(crate) struct TagResourceRequest {
 
 pub(super) fn tag_resource(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: TagResourceRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -126,7 +125,7 @@ pub(crate) struct UntagResourceRequest {
 
 pub(super) fn untag_resource(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: UntagResourceRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {
@@ -155,7 +154,7 @@ pub(crate) struct ListResourceTagsRequest {
 
 pub(super) fn list_resource_tags(
     kms: &Kms,
-    caller: &Principal,
+    caller: &Caller<'_>,
     req: ListResourceTagsRequest,
     note: &mut AuditNote,
 ) -> Result<Value, KmsError> {

@@ -173,7 +173,7 @@ fn is_account_id(s: &str) -> bool {
 }
 
 /// `arn:<partition>:iam::<account>:root` → the account id.
-pub(super) fn root_arn_account(arn: &str) -> Option<&str> {
+pub fn root_arn_account(arn: &str) -> Option<&str> {
     let rest = arn.strip_prefix("arn:")?;
     let mut parts = rest.splitn(5, ':');
     let _partition = parts.next()?;
@@ -533,22 +533,6 @@ impl Policy {
     pub fn bind(mut self, bindings: BTreeMap<String, String>) -> Policy {
         self.bindings = Some(bindings);
         self
-    }
-
-    /// The principal ARNs the policy names one by one (not `"*"`, not
-    /// accounts or account roots, not service principals): the ones to bind.
-    pub fn arn_principals(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for st in &self.statements {
-            for p in &st.principals {
-                if let PrincipalEntry::Arn(a) = p
-                    && !out.contains(&a.as_str())
-                {
-                    out.push(a);
-                }
-            }
-        }
-        out
     }
 
     /// The policy's `Version`, if it has one.
