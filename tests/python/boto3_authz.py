@@ -19,29 +19,9 @@ import base64
 import json
 import sys
 
-import boto3
-from botocore.exceptions import ClientError
+from boto3_kms import client, error_code
 
 CONTEXT = {"envol:volume": "vol-1"}
-
-
-def client(endpoint, akid, secret, verify=None):
-    return boto3.client(
-        "kms",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=akid,
-        aws_secret_access_key=secret,
-        verify=verify,
-    )
-
-
-def error_code(call):
-    try:
-        call()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("the call should have failed")
 
 
 def expect(code, call):

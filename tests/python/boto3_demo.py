@@ -10,7 +10,8 @@ import os
 import sys
 
 import boto3
-from botocore.exceptions import ClientError
+
+from boto3_kms import error_code
 
 endpoint, creds, config = sys.argv[1:4]
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = creds
@@ -19,14 +20,6 @@ os.environ["AWS_CONFIG_FILE"] = config
 
 def kms(profile):
     return boto3.Session(profile_name=profile).client("kms", endpoint_url=endpoint)
-
-
-def error_code(call):
-    try:
-        call()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("the call should have failed")
 
 
 root, admin, demo = kms("envol-root"), kms("myadmin"), kms("S3DemoUser")

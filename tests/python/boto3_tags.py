@@ -8,25 +8,10 @@ Exits non-zero (with a traceback) on the first deviation.
 
 import sys
 
-import boto3
-from botocore.exceptions import ClientError
+from boto3_kms import client, error_code
 
 endpoint, akid, secret = sys.argv[1:4]
-kms = boto3.client(
-    "kms",
-    endpoint_url=endpoint,
-    region_name="us-east-1",
-    aws_access_key_id=akid,
-    aws_secret_access_key=secret,
-)
-
-
-def error_code(call):
-    try:
-        call()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("the call should have failed")
+kms = client(endpoint, akid, secret)
 
 
 def tags_of(key_id, page_size):
