@@ -25,8 +25,62 @@ pub struct Extent {
     pub hole: bool,
 }
 
+/// A byte buffer whose ownership travels with a started operation
+/// ([`Backend::start_read`], [`Backend::start_write`]) and comes back with
+/// its outcome: an asynchronous store (librbd) reads into or writes from it
+/// after the call has returned, so it cannot be a borrowed slice.
+pub trait IoBuffer: Send + 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl IoBuffer for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// An owned buffer of a started operation.
+pub type IoBuf = Box<dyn IoBuffer>;
+
+/// Receives a started read's or write's buffer back with its outcome,
+/// exactly once, on any thread — for an asynchronous backend, one of its
+/// callback threads, so it must not block there.
+pub type IoDone = Box<dyn FnOnce(IoBuf, io::Result<()>) + Send + 'static>;
+
+/// Receives a started flush's outcome, exactly once, on any thread.
+pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
+
 /// A fixed-size, byte-addressed store.
 pub trait Backend: Send + Sync + 'static {
+    /// Whether [`start_read`](Self::start_read),
+    /// [`start_write`](Self::start_write) and
+    /// [`start_flush`](Self::start_flush) return at once and complete
+    /// later (a network store with its own queue, where a request takes
+    /// milliseconds and many must be in flight). `false` (the default):
+    /// they run the blocking call on the caller's thread.
+    fn is_asynchronous(&self) -> bool {
+        false
+    }
+    /// Starts reading `buf.bytes().len()` bytes at `offset` into `buf`;
+    /// `done` gets the buffer back with the outcome.
+    fn start_read(&self, offset: u64, mut buf: IoBuf, done: IoDone) {
+        let result = self.read_at(offset, buf.bytes_mut());
+        done(buf, result)
+    }
+    /// Starts writing all of `data` at `offset`; `done` gets the buffer
+    /// back with the outcome.
+    fn start_write(&self, offset: u64, data: IoBuf, done: IoDone) {
+        let result = self.write_at(offset, data.bytes());
+        done(data, result)
+    }
+    /// Starts a flush of every write completed before the call.
+    fn start_flush(&self, done: FlushDone) {
+        done(self.flush())
+    }
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Like [`read_at`](Self::read_at), but only if every byte is already

@@ -66,6 +66,7 @@ pub mod device;
 pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
+pub mod rbd;
 pub mod superblock;
 pub mod xts_engine;
 
@@ -81,7 +82,7 @@ pub mod xts_mode_cipher;
 mod ieee1619_vectors;
 
 pub use attachment::{AttachMode, AttachmentError, Holder};
-pub use backend::{Backend, Extent, FileBackend, MemBackend};
+pub use backend::{Backend, Extent, FileBackend, FlushDone, IoBuf, IoBuffer, IoDone, MemBackend};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
