@@ -282,6 +282,7 @@ fn a_second_writer_is_refused_naming_the_holder() {
     );
     let started = Instant::now();
     let err = b.lock_attachment(AttachMode::ReadWrite).unwrap_err();
+    eprintln!("refused after {:?}", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refused at once"
