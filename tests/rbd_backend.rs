@@ -116,6 +116,16 @@ fn create_refuses_an_existing_image_unless_forced() {
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "Ceph pool \"no-such-pool\" does not exist");
+    // A configuration file that is not there: one line naming it.
+    let bad = CephOptions {
+        conf: Some("/nonexistent/ceph.conf".into()),
+        ..Default::default()
+    };
+    let err = RbdBackend::exists(&bad, &addr).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/ceph.conf") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 /// Starts `count` writes of 64 KiB through `start_write` before any is
@@ -595,4 +605,49 @@ fn a_stalled_osd_fails_requests_within_the_deadline() {
     b.read_at(0, &mut back).unwrap();
     assert!(back[..4096].iter().all(|&x| x == 7));
     assert!(back[8192..].iter().all(|&x| x == 9));
+}
+
+/// No monitor answers: connecting fails after the operation deadline with
+/// one line, instead of librados's 300 s mount timeout.
+#[test]
+fn an_unreachable_cluster_fails_within_the_deadline() {
+    let _cluster = shared_cluster();
+    let ceph = Ceph::from_env();
+    let tmp = tempfile::tempdir().unwrap();
+    // The test cluster's configuration and keyring, with monitors where
+    // nothing listens.
+    let conf = std::fs::read_to_string(&ceph.conf).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("mon host") {
+                "mon host = [v2:127.0.0.1:9,v1:127.0.0.1:9]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let path = tmp.path().join("ceph.conf");
+    std::fs::write(&path, conf).unwrap();
+    let options = CephOptions {
+        conf: Some(path.clone()),
+        op_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = RbdBackend::exists(&options, &RbdAddress::parse("rbd/x").unwrap()).unwrap_err();
+    let waited = started.elapsed();
+    let line = err.to_string();
+    eprintln!("after {waited:?}: {line}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        line.starts_with("connecting to Ceph as client.admin"),
+        "{line}"
+    );
+    assert!(
+        line.contains(path.to_str().unwrap()) && !line.contains('\n'),
+        "{line}"
+    );
 }
