@@ -409,7 +409,21 @@ fn hold_lock_until_killed(spec: &str) {
     )
     .unwrap();
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
-    println!("holding as {}", b.client_address());
+    // One flushed write, then acknowledged writes that are never flushed
+    // (after a first flush a writeback cache would be free to hold them).
+    b.write_at(0, &[0x5au8; 4096]).unwrap();
+    b.flush().unwrap();
+    b.write_at(4096, &[0xa5u8; 4096]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    b.start_write(
+        8192,
+        Box::new(vec![0x3cu8; 4096]),
+        Box::new(move |_, r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    println!("ready {}", b.client_address());
     std::thread::sleep(Duration::from_secs(120));
     panic!("not killed in time");
 }
@@ -431,19 +445,24 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
             "--nocapture",
         ])
         .env("ENVOL_TEST_RBD_HOLDER", img.spec())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Its "ready" line, or end of file if it failed.
+    let mut ready = String::new();
+    while !ready.starts_with("ready ") {
+        ready.clear();
+        let n = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert!(n > 0, "the holder child failed before it was ready");
+    }
+    let holder = ready["ready ".len()..].trim().to_string();
+    assert_eq!(attached_by(&ceph, &addr).unwrap(), vec![holder.clone()]);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let holder = loop {
-        if let Some(h) = attached_by(&ceph, &addr).unwrap().pop() {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the child never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    };
     assert!(matches!(
         b.take_over(TakeOver::IfHolderDead),
         Err(RbdError::HolderAlive { .. })
@@ -475,6 +494,20 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     assert_eq!(broken, Some(holder.clone()));
     assert!(img.ceph.blocklist().contains(&holder));
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    // Every write the dead holder had acknowledged is in the image, flushed
+    // or not: librbd's default cache policy (writearound) acknowledges a
+    // write once the OSD has it.
+    let mut back = vec![0u8; 12288];
+    b.read_at(0, &mut back).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 0x5a));
+    assert!(
+        back[4096..8192].iter().all(|&x| x == 0xa5),
+        "unflushed sync write lost"
+    );
+    assert!(
+        back[8192..].iter().all(|&x| x == 0x3c),
+        "unflushed aio write lost"
+    );
     b.write_at(0, &[5u8; 4096]).unwrap();
 }
 
