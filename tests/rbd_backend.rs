@@ -684,3 +684,125 @@ fn an_unreachable_cluster_fails_within_the_deadline() {
         "{line}"
     );
 }
+
+/// The child half of the next test: holds the lock and keeps writing
+/// 0xEE over the first block; exits with status 3 when fenced.
+fn write_until_fenced(spec: &str) {
+    let ceph = Ceph::from_env();
+    let b = RbdBackend::open(
+        &options(&ceph),
+        &RbdAddress::parse(spec).unwrap(),
+        AttachMode::ReadWrite,
+    )
+    .unwrap();
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.on_fenced(Box::new(|| {
+        println!("fenced");
+        std::process::exit(3);
+    }));
+    println!("ready {}", b.client_address());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
+            println!("write failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never fenced");
+}
+
+/// A holder paused (SIGSTOP) long enough for its watch to expire is taken
+/// over without --force; when it resumes, its writes are refused, it is
+/// told (and exits), and nothing it wrote after the break is in the image.
+#[test]
+fn a_paused_holder_is_fenced_when_it_resumes() {
+    let _cluster = shared_cluster();
+    if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
+        return write_until_fenced(&spec);
+    }
+    let img = TestImage::new("paused");
+    let ceph = options(&img.ceph);
+    let addr = address(&img);
+    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_paused_holder_is_fenced_when_it_resumes",
+            "--nocapture",
+        ])
+        .env("ENVOL_TEST_RBD_WRITER", img.spec())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ready ") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the writer child failed before it was ready");
+    }
+    let holder = line["ready ".len()..].trim().to_string();
+    let pid = child.id().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let resume = Resume(pid.clone());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let broken = loop {
+        match b.take_over(TakeOver::IfHolderDead) {
+            Ok(broken) => break broken,
+            Err(RbdError::HolderAlive { .. }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the paused holder's watch never expired"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(broken, Some(holder));
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.write_at(0, &[0x77u8; 4096]).unwrap();
+    b.flush().unwrap();
+    drop(resume);
+    let resumed = Instant::now();
+    // The child is told and exits by itself.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if resumed.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the fenced writer did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    eprintln!(
+        "exited {:?} after {:?}: {rest:?}",
+        status,
+        resumed.elapsed()
+    );
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("fenced"), "{rest}");
+    let mut back = vec![0u8; 4096];
+    b.read_at(0, &mut back).unwrap();
+    assert!(
+        back.iter().all(|&x| x == 0x77),
+        "a write of the fenced holder landed"
+    );
+}
