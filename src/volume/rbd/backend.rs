@@ -20,8 +20,8 @@ const FEATURES: u64 = ffi::FEATURE_LAYERING
     | ffi::FEATURE_OBJECT_MAP
     | ffi::FEATURE_FAST_DIFF;
 
-/// Largest byte count handed to one synchronous librbd call (its return
-/// value is a byte count).
+/// Largest byte count handed to one synchronous librbd call: its return
+/// value is that byte count, kept well inside 32 bits.
 const MAX_CALL: u64 = 1 << 30;
 
 /// How often an attached writer checks, locally, that it still holds the
@@ -51,10 +51,9 @@ pub struct RbdBackend {
     /// Shared with the fence watch (a `Weak`), never with I/O callbacks.
     image: Arc<ffi::Image>,
     address: RbdAddress,
-    /// Opened with librbd's read-only open: then the cluster to ask for
-    /// the lock's owners through a connection of its own (librbd answers
-    /// only through a read-write open, and one made through the read-only
-    /// image's connection says EINVAL too).
+    /// Opened with librbd's read-only open, which has no lock state
+    /// (`rbd_lock_get_owners` says EINVAL): then the cluster to ask for
+    /// the lock's owners, through a short read-write open of its own.
     read_only: Option<CephOptions>,
     fence: Arc<FenceState>,
 }
