@@ -102,6 +102,15 @@ fn create_refuses_an_existing_image_unless_forced() {
     );
     let b = RbdBackend::create(&ceph, &addr, 12 * MIB, true).unwrap();
     assert_eq!(b.size().unwrap(), 12 * MIB);
+    // Forced reuse of an image another server has attached: refused, naming it.
+    let err = RbdBackend::create(&ceph, &addr, 8 * MIB, true).unwrap_err();
+    assert!(
+        matches!(&err, RbdError::InUse { holders, .. } if *holders == vec![b.client_address().to_string()]),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(b.client_address()), "{err}");
+    assert_eq!(b.size().unwrap(), 12 * MIB, "not resized under its writer");
+    drop(b);
     // Missing pool and image: one clear line each.
     let missing = RbdAddress::parse(&format!("{}/no-such-image-here", img.pool)).unwrap();
     let err = RbdBackend::open(&ceph, &missing, AttachMode::ReadWrite).unwrap_err();

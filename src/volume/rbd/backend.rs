@@ -130,7 +130,8 @@ impl RbdBackend {
     /// Creates the image with `size` bytes (features layering,
     /// exclusive-lock, object-map, fast-diff) and opens it read-write.
     /// An existing image is refused unless `force` (then it is reused:
-    /// resized to `size`, its superblocks overwritten by the caller).
+    /// attached read-write — refused while another server is — resized
+    /// to `size`, its superblocks overwritten by the caller).
     pub fn create(
         ceph: &CephOptions,
         address: &RbdAddress,
@@ -142,11 +143,27 @@ impl RbdBackend {
             Ok(()) => {}
             Err(17) if !force => return Err(RbdError::Exists(address.to_string())),
             Err(17) => {
-                let image = cluster::open_image(&ioctx, address, false)?;
-                image
+                // Reused only by its one writer: the lock first (refused,
+                // naming the holder, while another server has it), then
+                // the resize, which needs it.
+                let backend = Self::wrap(cluster::open_image(&ioctx, address, false)?, address)?;
+                backend
+                    .lock_attachment(AttachMode::ReadWrite)
+                    .map_err(|e| match e {
+                        AttachmentError::InUseByClient { holders, .. } => RbdError::InUse {
+                            image: address.to_string(),
+                            holders,
+                        },
+                        other => RbdError::Ceph {
+                            what: format!("attaching {address}"),
+                            source: other.into(),
+                        },
+                    })?;
+                backend
+                    .image
                     .resize(size)
                     .map_err(|errno| RbdError::ceph(format!("resizing {address}"), errno))?;
-                return Self::wrap(image, address);
+                return Ok(backend);
             }
             Err(errno) => return Err(RbdError::ceph(format!("creating {address}"), errno)),
         }
