@@ -535,7 +535,13 @@ fn absent_librbd_is_one_line() {
     }
     let mut hide = String::new();
     for lib in ["librbd.so.1", "librados.so.2"] {
-        let out = Command::new("ldconfig").arg("-p").output().unwrap();
+        // ldconfig lives in /sbin, which a non-login PATH may lack.
+        let ldconfig = if std::path::Path::new("/sbin/ldconfig").exists() {
+            "/sbin/ldconfig"
+        } else {
+            "ldconfig"
+        };
+        let out = Command::new(ldconfig).arg("-p").output().unwrap();
         let listing = String::from_utf8_lossy(&out.stdout).to_string();
         let path = listing
             .lines()
