@@ -27,6 +27,17 @@ fn shared_cluster() -> std::sync::RwLockReadGuard<'static, ()> {
     CLUSTER.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A child process that is killed when the test ends, passed or failed, so
+/// it never outlives the test holding an image.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn options(ceph: &Ceph) -> CephOptions {
     CephOptions {
         conf: Some(ceph.conf.clone()),
@@ -447,23 +458,25 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     let ceph = options(&img.ceph);
     let addr = address(&img);
     drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "take_over_if_holder_dead_waits_for_its_watch_to_expire",
-            "--nocapture",
-        ])
-        .env("ENVOL_TEST_RBD_HOLDER", img.spec())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "take_over_if_holder_dead_waits_for_its_watch_to_expire",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_HOLDER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Its "ready" line, or end of file if it failed.
     let mut ready = String::new();
     while !ready.starts_with("ready ") {
         ready.clear();
         let n = std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
             &mut ready,
         )
         .unwrap();
@@ -476,8 +489,8 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
         b.take_over(TakeOver::IfHolderDead),
         Err(RbdError::HolderAlive { .. })
     ));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let killed = Instant::now();
     // Dead, but its lock stays until someone takes over: a plain attach is
     // still refused, naming it.
@@ -739,18 +752,20 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
     let ceph = options(&img.ceph);
     let addr = address(&img);
     drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_paused_holder_is_fenced_when_it_resumes",
-            "--nocapture",
-        ])
-        .env("ENVOL_TEST_RBD_WRITER", img.spec())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_paused_holder_is_fenced_when_it_resumes",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_WRITER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("ready ") {
         line.clear();
@@ -758,7 +773,7 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
         assert!(n > 0, "the writer child failed before it was ready");
     }
     let holder = line["ready ".len()..].trim().to_string();
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     struct Resume(String);
     impl Drop for Resume {
         fn drop(&mut self) {
@@ -796,11 +811,11 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
     let resumed = Instant::now();
     // The child is told and exits by itself.
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         if resumed.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("the fenced writer did not exit");
         }
         std::thread::sleep(Duration::from_millis(50));
