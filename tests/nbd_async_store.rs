@@ -28,8 +28,7 @@ use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::testing::MemDevice;
 use envol::volume::testing::{Fault, FaultOp, FaultyBackend, LatencyBackend};
 use envol::volume::{
-    Backend, BlockDevice, BlockSizes, DATA_OFFSET, DataKey, IoBuf, IoDone, MemBackend, Superblock,
-    Volume,
+    Backend, BlockDevice, BlockSizes, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume,
 };
 
 const CLIENT_FLAGS: u32 = 0b11;
