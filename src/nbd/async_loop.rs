@@ -21,6 +21,9 @@
 //!   independent requests proceed in parallel. The reader waits only for
 //!   budget (its own or its listener's) or for room in the job queue,
 //!   never for a worker.
+//! * On an asynchronous device READ and FLUSH are started by the reader
+//!   and WRITE by a worker, and the device's completion sends the reply
+//!   (see `CommandContext::start`): no thread waits for the store.
 //! * READ data and WRITE payloads live in buffers from the server's pool,
 //!   reused without clearing (each is overwritten before it is sent or
 //!   applied) and returned once the reply is written.
@@ -62,10 +65,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, warn};
 
-use super::commands::CommandContext;
+use super::commands::{CommandContext, Reply, ReplyData};
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
-use super::protocol::{REQUEST_HEADER_LEN, Request};
+use super::protocol::{Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
     Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
     shutdown_requested,
@@ -90,7 +93,7 @@ impl Context {
     fn send(
         &self,
         head: Vec<u8>,
-        data: Option<PooledBuf>,
+        data: Option<ReplyData>,
         permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
     ) {
         // A send only fails once the writer is gone, i.e. the connection is
@@ -261,6 +264,21 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
     if let Some((errno, message)) = rejected {
         let head = ctx.cmd.rejection_frame(&request, errno, message);
         ctx.send(head, None, None);
+        return;
+    }
+    if ctx.cmd.is_started(&request) {
+        // As in the threaded loop: READ and FLUSH are started right here
+        // (the device returns at once), a WRITE — encryption, CPU work — on
+        // a worker; the device's completion sends the reply.
+        let reply_ctx = ctx.clone();
+        let send = move |(head, data): Reply| reply_ctx.send(head, data, permit);
+        if request.command() == Command::Write {
+            let job_ctx = ctx.clone();
+            let job = Box::new(move || job_ctx.cmd.start(&request, payload, send));
+            ctx.shared.submit(job).await;
+        } else {
+            ctx.cmd.start(&request, payload, send);
+        }
         return;
     }
     let job_ctx = ctx.clone();
