@@ -22,8 +22,8 @@ use common::ceph::Ceph;
 use common::nbd::run_tool;
 use common::tools::qemu_io;
 use common::volume::{
-    ADMIN, DATA_OFFSET, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, output_with_timeout,
-    require_tool, run_fails,
+    ADMIN, DATA_OFFSET, Fixture, KEY_ALIAS, MIB, Vol, VolumeServer, assert_one_clean_line,
+    output_with_timeout, require_tool, run_fails,
 };
 use rand::RngCore;
 
@@ -110,7 +110,10 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
 
     let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &address]));
     assert!(info.starts_with(&format!("volume {address}\n")), "{info}");
-    assert!(info.contains(&format!("  uuid:        {}", vol.uuid)), "{info}");
+    assert!(
+        info.contains(&format!("  uuid:        {}", vol.uuid)),
+        "{info}"
+    );
     assert!(info.contains("  cipher:      aes-xts-plain64"), "{info}");
     assert!(info.contains("  attached:    no"), "{info}");
     // The image is exactly the file layout's size: superblocks, then data.
@@ -127,7 +130,10 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     }
     nbd_write(&fx, &uri, &data, "in.bin");
     let back = nbd_read(&fx, &uri, "out.bin");
-    assert!(back[..data.len()] == data[..], "nbdcopy read back different bytes");
+    assert!(
+        back[..data.len()] == data[..],
+        "nbdcopy read back different bytes"
+    );
     assert!(back[data.len()..].iter().all(|&b| b == 0));
 
     // While served, info names the writer by its Ceph client.
@@ -138,7 +144,11 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     );
     let json = fx.info_json(&vol.path);
     assert_eq!(json["path"], address.as_str());
-    assert_eq!(json["attached_by"].as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(
+        json["attached_by"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
     server.stop();
 
     // Every RADOS object of the image: ciphertext only.
@@ -152,8 +162,14 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
         let file = dir.join(object);
         ceph.rados(&["-p", &vol_pool(&vol), "get", object, file.to_str().unwrap()]);
         let bytes = std::fs::read(&file).unwrap();
-        assert!(!find(&bytes, marker), "plaintext marker in RADOS object {object}");
-        assert!(!find(&bytes, &data[4096..4096 + 64]), "plaintext in {object}");
+        assert!(
+            !find(&bytes, marker),
+            "plaintext marker in RADOS object {object}"
+        );
+        assert!(
+            !find(&bytes, &data[4096..4096 + 64]),
+            "plaintext in {object}"
+        );
     }
     ceph.remove_image(&spec(&vol));
 }
@@ -186,14 +202,20 @@ fn rbd_export_and_import_are_volume_files() {
     let key = fx.unwrap_data_key(&vol);
     let start = DATA_OFFSET as usize;
     let plain = openssl_decrypt(&key, 4096, &raw[start..start + data.len()]);
-    assert!(plain == data, "OpenSSL decrypted something else from rbd export");
+    assert!(
+        plain == data,
+        "OpenSSL decrypted something else from rbd export"
+    );
     let file_vol = Vol {
         path: exported,
         ..vol.clone()
     };
     let server = fx.serve(ADMIN, &file_vol);
     let back = nbd_read(&fx, server.first_uri(), "file.bin");
-    assert!(back[..data.len()] == data[..], "serve FILE of rbd export differs");
+    assert!(
+        back[..data.len()] == data[..],
+        "serve FILE of rbd export differs"
+    );
     server.stop();
 
     // File -> image.
@@ -203,14 +225,21 @@ fn rbd_export_and_import_are_volume_files() {
     nbd_write(&fx, server.first_uri(), &other, "other.bin");
     server.stop();
     let (pool, image) = ceph.unique_image("import");
-    ceph.rbd(&["import", file.path.to_str().unwrap(), &format!("{pool}/{image}")]);
+    ceph.rbd(&[
+        "import",
+        file.path.to_str().unwrap(),
+        &format!("{pool}/{image}"),
+    ]);
     let imported = Vol {
         path: format!("rbd:{pool}/{image}").into(),
         ..file.clone()
     };
     let server = fx.serve(ADMIN, &imported);
     let back = nbd_read(&fx, server.first_uri(), "imported.bin");
-    assert!(back[..other.len()] == other[..], "serve rbd: of rbd import differs");
+    assert!(
+        back[..other.len()] == other[..],
+        "serve rbd: of rbd import differs"
+    );
     server.stop();
     ceph.remove_image(&spec(&vol));
     ceph.remove_image(&format!("{pool}/{image}"));
@@ -331,7 +360,46 @@ fn one_writer_and_take_over_fences_the_old_server() {
     let refused = fx.serve_refused(ADMIN, &vol);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_one_clean_line("second writer", &stderr);
-    assert!(stderr.contains(&address) && stderr.contains(&holder), "{stderr}");
+    assert!(
+        stderr.contains(&address) && stderr.contains(&holder),
+        "{stderr}"
+    );
+    // Nor does a re-wrap or a forced re-create get past the writer.
+    let (_, stderr) = run_fails(&mut fx.envol_as(ADMIN, &["volume", "rewrap", &address]));
+    assert_one_clean_line("rewrap of an attached image", &stderr);
+    assert!(
+        stderr.contains("cannot re-wrap") && stderr.contains(&holder),
+        "{stderr}"
+    );
+    let create = |force: bool| {
+        let mut args = vec![
+            "volume", "create", &address, "--size", "1M", "--key", KEY_ALIAS,
+        ];
+        if force {
+            args.push("--force");
+        }
+        run_fails(&mut fx.envol_as(ADMIN, &args)).1
+    };
+    let stderr = create(false);
+    assert_one_clean_line("create of an existing image", &stderr);
+    assert!(
+        stderr.contains("already exists: refusing to overwrite it (use --force)"),
+        "{stderr}"
+    );
+    let stderr = create(true);
+    assert_one_clean_line("create --force of an attached image", &stderr);
+    assert!(
+        stderr.contains("refusing to overwrite it") && stderr.contains(&holder),
+        "{stderr}"
+    );
+
+    // A caller the key policy refuses learns nothing of the holder.
+    fx.add_user("stranger");
+    let refused = fx.serve_refused("stranger", &vol);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("serve by a stranger", &stderr);
+    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+    assert!(!stderr.contains(&holder), "{stderr}");
     let ro = Vol {
         path: format!("{address}:ro").into(),
         ..vol.clone()
@@ -346,17 +414,15 @@ fn one_writer_and_take_over_fences_the_old_server() {
     let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over"]);
     let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "took over from a live holder: {stderr}");
+    assert!(
+        !out.status.success(),
+        "took over from a live holder: {stderr}"
+    );
     assert_one_clean_line("take-over of a live holder", &stderr);
     assert!(stderr.contains(&holder), "{stderr}");
 
     let socket = fx.fresh_socket_path();
-    let mut cmd = fx.serve_command(
-        ADMIN,
-        &[(&vol, None)],
-        &socket,
-        &["--take-over", "--force"],
-    );
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over", "--force"]);
     let second = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
     // The old server's next write fails; it exits with one line.
     let late = vec![0xeeu8; 4096];
@@ -380,6 +446,11 @@ fn one_writer_and_take_over_fences_the_old_server() {
     let back = nbd_read(&fx, second.first_uri(), "after.bin");
     assert!(back[..before.len()] == before[..], "acknowledged data lost");
     second.stop();
+    let out = common::volume::run_ok(&mut fx.envol_as(ADMIN, &["volume", "rewrap", &address]));
+    assert!(
+        out.contains(&format!("Re-wrapped the data key of {address}")),
+        "{out}"
+    );
     ceph.remove_image(&spec(&vol));
 }
 
@@ -397,7 +468,9 @@ fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
             let (_, stderr) = run_fails(&mut fx.envol(&args));
             assert_one_clean_line(bad, &stderr);
             assert!(
-                stderr.contains(&format!("{bad:?} is not an RBD address: expected rbd:POOL/IMAGE")),
+                stderr.contains(&format!(
+                    "{bad:?} is not an RBD address: expected rbd:POOL/IMAGE"
+                )),
                 "{stderr}"
             );
         }
@@ -406,7 +479,10 @@ fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
     let missing = format!("rbd:{pool}/{image}");
     let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", &missing]));
     assert_one_clean_line("missing image", &stderr);
-    assert!(stderr.starts_with(&format!("envol: {missing}: ")), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("envol: {missing}: ")),
+        "{stderr}"
+    );
 
     let file = fx.create_volume("plain.vol", MIB, 4096);
     let socket = fx.fresh_socket_path();
