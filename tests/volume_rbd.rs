@@ -153,11 +153,23 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     );
     server.stop();
 
-    // Every RADOS object of the image: ciphertext only.
+    // Every RADOS object of the image (data, header, object map, id):
+    // ciphertext only.
     let prefix = rbd_info["block_name_prefix"].as_str().unwrap().to_string();
+    let id = prefix.trim_start_matches("rbd_data.").to_string();
+    let name_object = format!("rbd_id.{}", image.image);
     let listing = String::from_utf8(rados(ceph, &["-p", &image.pool, "ls"])).unwrap();
-    let objects: Vec<&str> = listing.lines().filter(|o| o.starts_with(&prefix)).collect();
-    assert!(objects.len() >= 2, "{prefix}: {listing}");
+    let objects: Vec<&str> = listing
+        .lines()
+        .filter(|o| {
+            o.ends_with(&format!(".{id}")) || o.contains(&format!(".{id}.")) || *o == name_object
+        })
+        .collect();
+    assert!(
+        objects.iter().filter(|o| o.starts_with(&prefix)).count() >= 3,
+        "{prefix}: {listing}"
+    );
+    eprintln!("{} RADOS objects of the image checked", objects.len());
     let dir = fx.path("objects");
     std::fs::create_dir(&dir).unwrap();
     for object in &objects {
@@ -426,6 +438,7 @@ fn one_writer_and_take_over_fences_the_old_server() {
     let late = vec![0xeeu8; 4096];
     let late_file = fx.path("late.bin");
     std::fs::write(&late_file, &late).unwrap();
+    let fenced_at = std::time::Instant::now();
     let _ = Command::new("nbdcopy")
         .args([late_file.to_str().unwrap(), first.first_uri()])
         .output();
@@ -433,6 +446,10 @@ fn one_writer_and_take_over_fences_the_old_server() {
         .wait_exit(FENCED_EXIT)
         .expect("the fenced server did not exit");
     assert!(!status.success(), "the fenced server exited 0");
+    eprintln!(
+        "the fenced server exited {:?} after its late write was sent",
+        fenced_at.elapsed()
+    );
     let said = first.stderr();
     eprintln!("the fenced server said:\n{said}");
     // Beside its INFO log of attaches, one line: why it exits.
