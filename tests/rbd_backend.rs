@@ -19,6 +19,25 @@ use envol::volume::rbd::{
 
 const MIB: u64 = 1 << 20;
 
+/// Tests share one cluster; the one that pauses its OSD takes this for
+/// writing, every other test for reading, so no other test sees the pause.
+static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_cluster() -> std::sync::RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process that is killed when the test ends, passed or failed, so
+/// it never outlives the test holding an image.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn options(ceph: &Ceph) -> CephOptions {
     CephOptions {
         conf: Some(ceph.conf.clone()),
@@ -38,6 +57,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn create_open_read_write_flush_round_trip() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("roundtrip");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -80,6 +100,7 @@ fn create_open_read_write_flush_round_trip() {
 
 #[test]
 fn create_refuses_an_existing_image_unless_forced() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("exists");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -92,6 +113,15 @@ fn create_refuses_an_existing_image_unless_forced() {
     );
     let b = RbdBackend::create(&ceph, &addr, 12 * MIB, true).unwrap();
     assert_eq!(b.size().unwrap(), 12 * MIB);
+    // Forced reuse of an image another server has attached: refused, naming it.
+    let err = RbdBackend::create(&ceph, &addr, 8 * MIB, true).unwrap_err();
+    assert!(
+        matches!(&err, RbdError::InUse { holders, .. } if *holders == vec![b.client_address().to_string()]),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(b.client_address()), "{err}");
+    assert_eq!(b.size().unwrap(), 12 * MIB, "not resized under its writer");
+    drop(b);
     // Missing pool and image: one clear line each.
     let missing = RbdAddress::parse(&format!("{}/no-such-image-here", img.pool)).unwrap();
     let err = RbdBackend::open(&ceph, &missing, AttachMode::ReadWrite).unwrap_err();
@@ -106,12 +136,23 @@ fn create_refuses_an_existing_image_unless_forced() {
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "Ceph pool \"no-such-pool\" does not exist");
+    // A configuration file that is not there: one line naming it.
+    let bad = CephOptions {
+        conf: Some("/nonexistent/ceph.conf".into()),
+        ..Default::default()
+    };
+    let err = RbdBackend::exists(&bad, &addr).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/ceph.conf") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 /// Starts `count` writes of 64 KiB through `start_write` before any is
 /// waited for, then reads them all back through `start_read`.
 #[test]
 fn aio_keeps_many_requests_in_flight() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("aio");
     let ceph = options(&img.ceph);
     let b = RbdBackend::create(&ceph, &address(&img), 64 * MIB, false).unwrap();
@@ -203,6 +244,7 @@ fn aio_keeps_many_requests_in_flight() {
 
 #[test]
 fn punched_ranges_read_zeros_and_extents_follow_writes() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("zeros");
     let ceph = options(&img.ceph);
     let b = RbdBackend::create(&ceph, &address(&img), 32 * MIB, false).unwrap();
@@ -254,6 +296,7 @@ fn punched_ranges_read_zeros_and_extents_follow_writes() {
 
 #[test]
 fn a_second_writer_is_refused_naming_the_holder() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("twowriters");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -269,6 +312,7 @@ fn a_second_writer_is_refused_naming_the_holder() {
     );
     let started = Instant::now();
     let err = b.lock_attachment(AttachMode::ReadWrite).unwrap_err();
+    eprintln!("refused after {:?}", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refused at once"
@@ -310,6 +354,7 @@ fn a_second_writer_is_refused_naming_the_holder() {
 
 #[test]
 fn a_forced_take_over_fences_the_old_writer() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("fence");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -384,13 +429,28 @@ fn hold_lock_until_killed(spec: &str) {
     )
     .unwrap();
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
-    println!("holding as {}", b.client_address());
+    // One flushed write, then acknowledged writes that are never flushed
+    // (after a first flush a writeback cache would be free to hold them).
+    b.write_at(0, &[0x5au8; 4096]).unwrap();
+    b.flush().unwrap();
+    b.write_at(4096, &[0xa5u8; 4096]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    b.start_write(
+        8192,
+        Box::new(vec![0x3cu8; 4096]),
+        Box::new(move |_, r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    println!("ready {}", b.client_address());
     std::thread::sleep(Duration::from_secs(120));
     panic!("not killed in time");
 }
 
 #[test]
 fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
+    let _cluster = shared_cluster();
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_HOLDER") {
         return hold_lock_until_killed(&spec);
     }
@@ -398,32 +458,39 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     let ceph = options(&img.ceph);
     let addr = address(&img);
     drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "take_over_if_holder_dead_waits_for_its_watch_to_expire",
-            "--nocapture",
-        ])
-        .env("ENVOL_TEST_RBD_HOLDER", img.spec())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "take_over_if_holder_dead_waits_for_its_watch_to_expire",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_HOLDER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Its "ready" line, or end of file if it failed.
+    let mut ready = String::new();
+    while !ready.starts_with("ready ") {
+        ready.clear();
+        let n = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
         .unwrap();
+        assert!(n > 0, "the holder child failed before it was ready");
+    }
+    let holder = ready["ready ".len()..].trim().to_string();
+    assert_eq!(attached_by(&ceph, &addr).unwrap(), vec![holder.clone()]);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let holder = loop {
-        if let Some(h) = attached_by(&ceph, &addr).unwrap().pop() {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the child never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    };
     assert!(matches!(
         b.take_over(TakeOver::IfHolderDead),
         Err(RbdError::HolderAlive { .. })
     ));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let killed = Instant::now();
     // Dead, but its lock stays until someone takes over: a plain attach is
     // still refused, naming it.
@@ -449,6 +516,20 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     assert_eq!(broken, Some(holder.clone()));
     assert!(img.ceph.blocklist().contains(&holder));
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    // Every write the dead holder had acknowledged is in the image, flushed
+    // or not: librbd's default cache policy (writearound) acknowledges a
+    // write once the OSD has it.
+    let mut back = vec![0u8; 12288];
+    b.read_at(0, &mut back).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 0x5a));
+    assert!(
+        back[4096..8192].iter().all(|&x| x == 0xa5),
+        "unflushed sync write lost"
+    );
+    assert!(
+        back[8192..].iter().all(|&x| x == 0x3c),
+        "unflushed aio write lost"
+    );
     b.write_at(0, &[5u8; 4096]).unwrap();
 }
 
@@ -467,7 +548,13 @@ fn absent_librbd_is_one_line() {
     }
     let mut hide = String::new();
     for lib in ["librbd.so.1", "librados.so.2"] {
-        let out = Command::new("ldconfig").arg("-p").output().unwrap();
+        // ldconfig lives in /sbin, which a non-login PATH may lack.
+        let ldconfig = if std::path::Path::new("/sbin/ldconfig").exists() {
+            "/sbin/ldconfig"
+        } else {
+            "ldconfig"
+        };
+        let out = Command::new(ldconfig).arg("-p").output().unwrap();
         let listing = String::from_utf8_lossy(&out.stdout).to_string();
         let path = listing
             .lines()
@@ -504,6 +591,7 @@ fn absent_librbd_is_one_line() {
 /// exit instead of lingering): `on_fenced` runs within seconds.
 #[test]
 fn an_idle_fenced_writer_is_told() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("idlefence");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -524,4 +612,227 @@ fn an_idle_fenced_writer_is_told() {
     assert!(a.is_fenced());
     assert!(rx.try_recv().is_err(), "told once");
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+}
+
+/// An OSD that stops answering makes requests fail with ETIMEDOUT after
+/// the configured deadline instead of hanging; once it answers again the
+/// same backend serves on.
+#[test]
+fn a_stalled_osd_fails_requests_within_the_deadline() {
+    let _cluster = CLUSTER.write().unwrap_or_else(|e| e.into_inner());
+    let img = TestImage::new("stall");
+    let ceph = CephOptions {
+        op_timeout: Some(Duration::from_secs(2)),
+        ..options(&img.ceph)
+    };
+    let b = RbdBackend::create(&ceph, &address(&img), 8 * MIB, false).unwrap();
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.write_at(0, &[7u8; 4096]).unwrap();
+    let osd = img.ceph.osd_pid().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &osd])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let resume = Resume(osd);
+    let started = Instant::now();
+    let err = b.write_at(8192, &[8u8; 4096]).unwrap_err();
+    let waited = started.elapsed();
+    drop(resume);
+    eprintln!("failed after {waited:?}: {err}");
+    assert_eq!(err.raw_os_error(), Some(110), "ETIMEDOUT: {err}");
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Resumed: the same backend reads and writes again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.write_at(8192, &[9u8; 4096]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never resumed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let mut back = vec![0u8; 12288];
+    b.read_at(0, &mut back).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 7));
+    assert!(back[8192..].iter().all(|&x| x == 9));
+}
+
+/// No monitor answers: connecting fails after the operation deadline with
+/// one line, instead of librados's 300 s mount timeout.
+#[test]
+fn an_unreachable_cluster_fails_within_the_deadline() {
+    let _cluster = shared_cluster();
+    let ceph = Ceph::from_env();
+    let tmp = tempfile::tempdir().unwrap();
+    // The test cluster's configuration and keyring, with monitors where
+    // nothing listens.
+    let conf = std::fs::read_to_string(&ceph.conf).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("mon host") {
+                "mon host = [v2:127.0.0.1:9,v1:127.0.0.1:9]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let path = tmp.path().join("ceph.conf");
+    std::fs::write(&path, conf).unwrap();
+    let options = CephOptions {
+        conf: Some(path.clone()),
+        op_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = RbdBackend::exists(&options, &RbdAddress::parse("rbd/x").unwrap()).unwrap_err();
+    let waited = started.elapsed();
+    let line = err.to_string();
+    eprintln!("after {waited:?}: {line}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        line.starts_with("connecting to Ceph as client.admin"),
+        "{line}"
+    );
+    assert!(
+        line.contains(path.to_str().unwrap()) && !line.contains('\n'),
+        "{line}"
+    );
+}
+
+/// The child half of the next test: holds the lock and keeps writing
+/// 0xEE over the first block; exits with status 3 when fenced.
+fn write_until_fenced(spec: &str) {
+    let ceph = Ceph::from_env();
+    let b = RbdBackend::open(
+        &options(&ceph),
+        &RbdAddress::parse(spec).unwrap(),
+        AttachMode::ReadWrite,
+    )
+    .unwrap();
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.on_fenced(Box::new(|| {
+        println!("fenced");
+        std::process::exit(3);
+    }));
+    println!("ready {}", b.client_address());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
+            println!("write failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never fenced");
+}
+
+/// A holder paused (SIGSTOP) long enough for its watch to expire is taken
+/// over without --force; when it resumes, its writes are refused, it is
+/// told (and exits), and nothing it wrote after the break is in the image.
+#[test]
+fn a_paused_holder_is_fenced_when_it_resumes() {
+    let _cluster = shared_cluster();
+    if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
+        return write_until_fenced(&spec);
+    }
+    let img = TestImage::new("paused");
+    let ceph = options(&img.ceph);
+    let addr = address(&img);
+    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_paused_holder_is_fenced_when_it_resumes",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_WRITER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ready ") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the writer child failed before it was ready");
+    }
+    let holder = line["ready ".len()..].trim().to_string();
+    let pid = child.0.id().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let resume = Resume(pid.clone());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let broken = loop {
+        match b.take_over(TakeOver::IfHolderDead) {
+            Ok(broken) => break broken,
+            Err(RbdError::HolderAlive { .. }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the paused holder's watch never expired"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(broken, Some(holder));
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.write_at(0, &[0x77u8; 4096]).unwrap();
+    b.flush().unwrap();
+    drop(resume);
+    let resumed = Instant::now();
+    // The child is told and exits by itself.
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if resumed.elapsed() > Duration::from_secs(20) {
+            let _ = child.0.kill();
+            panic!("the fenced writer did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    eprintln!(
+        "exited {:?} after {:?}: {rest:?}",
+        status,
+        resumed.elapsed()
+    );
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("fenced"), "{rest}");
+    let mut back = vec![0u8; 4096];
+    b.read_at(0, &mut back).unwrap();
+    assert!(
+        back.iter().all(|&x| x == 0x77),
+        "a write of the fenced holder landed"
+    );
 }

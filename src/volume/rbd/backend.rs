@@ -20,8 +20,8 @@ const FEATURES: u64 = ffi::FEATURE_LAYERING
     | ffi::FEATURE_OBJECT_MAP
     | ffi::FEATURE_FAST_DIFF;
 
-/// Largest byte count handed to one synchronous librbd call (its return
-/// value is a byte count).
+/// Largest byte count handed to one synchronous librbd call: its return
+/// value is that byte count, kept well inside 32 bits.
 const MAX_CALL: u64 = 1 << 30;
 
 /// How often an attached writer checks, locally, that it still holds the
@@ -40,15 +40,20 @@ pub enum TakeOver {
     Force,
 }
 
-/// One open RBD image.
+/// One open RBD image, through a Ceph client (librados connection) of its
+/// own.
+///
+/// Attach read-write with [`lock_attachment`](Backend::lock_attachment)
+/// before the first write: without it librbd takes the exclusive lock by
+/// itself at the first write, in its automatic mode (hands it to whoever
+/// asks, breaks a dead holder's lock unasked).
 pub struct RbdBackend {
     /// Shared with the fence watch (a `Weak`), never with I/O callbacks.
     image: Arc<ffi::Image>,
     address: RbdAddress,
-    /// Opened with librbd's read-only open: then the cluster to ask for
-    /// the lock's owners through a connection of its own (librbd answers
-    /// only through a read-write open, and one made through the read-only
-    /// image's connection says EINVAL too).
+    /// Opened with librbd's read-only open, which has no lock state
+    /// (`rbd_lock_get_owners` says EINVAL): then the cluster to ask for
+    /// the lock's owners, through a short read-write open of its own.
     read_only: Option<CephOptions>,
     fence: Arc<FenceState>,
 }
@@ -69,6 +74,8 @@ struct FenceState {
     client: String,
     fenced: AtomicBool,
     on_fenced: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Whether the fence watch thread runs.
+    watching: AtomicBool,
 }
 
 impl FenceState {
@@ -123,7 +130,8 @@ impl RbdBackend {
     /// Creates the image with `size` bytes (features layering,
     /// exclusive-lock, object-map, fast-diff) and opens it read-write.
     /// An existing image is refused unless `force` (then it is reused:
-    /// resized to `size`, its superblocks overwritten by the caller).
+    /// attached read-write — refused while another server is — resized
+    /// to `size`, its superblocks overwritten by the caller).
     pub fn create(
         ceph: &CephOptions,
         address: &RbdAddress,
@@ -135,11 +143,27 @@ impl RbdBackend {
             Ok(()) => {}
             Err(17) if !force => return Err(RbdError::Exists(address.to_string())),
             Err(17) => {
-                let image = cluster::open_image(&ioctx, address, false)?;
-                image
+                // Reused only by its one writer: the lock first (refused,
+                // naming the holder, while another server has it), then
+                // the resize, which needs it.
+                let backend = Self::wrap(cluster::open_image(&ioctx, address, false)?, address)?;
+                backend
+                    .lock_attachment(AttachMode::ReadWrite)
+                    .map_err(|e| match e {
+                        AttachmentError::InUseByClient { holders, .. } => RbdError::InUse {
+                            image: address.to_string(),
+                            holders,
+                        },
+                        other => RbdError::Ceph {
+                            what: format!("attaching {address}"),
+                            source: other.into(),
+                        },
+                    })?;
+                backend
+                    .image
                     .resize(size)
                     .map_err(|errno| RbdError::ceph(format!("resizing {address}"), errno))?;
-                return Self::wrap(image, address);
+                return Ok(backend);
             }
             Err(errno) => return Err(RbdError::ceph(format!("creating {address}"), errno)),
         }
@@ -182,6 +206,7 @@ impl RbdBackend {
                 client,
                 fenced: AtomicBool::new(false),
                 on_fenced: Mutex::new(None),
+                watching: AtomicBool::new(false),
             }),
         })
     }
@@ -199,7 +224,11 @@ impl RbdBackend {
 
     /// Runs `f` once, the first time an operation finds this client
     /// fenced (blocklisted by a take-over) — at once if one already has.
-    /// The server exits on it: nothing it writes can reach the image.
+    /// The server exits on it: nothing it writes can reach the image. `f`
+    /// runs on whichever thread noticed (a librbd callback thread, the
+    /// fence watch, a request's): it should only signal (a channel, a
+    /// flag), and must not call `on_fenced` itself. A later call replaces
+    /// an earlier `f`.
     pub fn on_fenced(&self, f: Box<dyn Fn() + Send + Sync>) {
         let Ok(mut slot) = self.fence.on_fenced.lock() else {
             return;
@@ -266,6 +295,9 @@ impl RbdBackend {
     /// is dropped. Best effort: a thread that cannot start leaves fencing
     /// to be found by the next request.
     fn watch_for_fencing(&self) {
+        if self.fence.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let image = Arc::downgrade(&self.image);
         let fence = self.fence.clone();
         let _ = std::thread::Builder::new()
@@ -335,6 +367,9 @@ impl Backend for RbdBackend {
 
     fn start_read(&self, offset: u64, buf: IoBuf, done: IoDone) {
         let expected = buf.bytes().len();
+        if expected == 0 {
+            return done(buf, Ok(()));
+        }
         let fence = self.fence.clone();
         self.image.start_read(
             offset,
@@ -345,6 +380,9 @@ impl Backend for RbdBackend {
 
     fn start_write(&self, offset: u64, data: IoBuf, done: IoDone) {
         let expected = data.bytes().len();
+        if expected == 0 {
+            return done(data, Ok(()));
+        }
         let fence = self.fence.clone();
         // A finished aio write returns 0, not a byte count.
         self.image.start_write(
