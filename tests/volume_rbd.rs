@@ -153,6 +153,27 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     );
     server.stop();
 
+    // Read-only, once the writer is gone: the same bytes, and no writes.
+    let reader = fx.serve_many(ADMIN, &[(&vol, None)], &["--read-only"]);
+    let back = nbd_read(&fx, reader.first_uri(), "ro.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "the :ro serve read other bytes"
+    );
+    let refused = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4096", reader.first_uri()])
+        .output()
+        .expect("qemu-io must be installed (Debian package qemu-utils)");
+    let said = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    // The export says read-only, so qemu will not even open it to write.
+    assert!(
+        !refused.status.success() && said.contains("Permission denied"),
+        "a read-only export was opened for writing: {said}"
+    );
+    assert!(!said.contains("wrote"), "{said}");
+    reader.stop();
+
     // Every RADOS object of the image (data, header, object map, id):
     // ciphertext only.
     let prefix = rbd_info["block_name_prefix"].as_str().unwrap().to_string();
@@ -470,6 +491,24 @@ fn one_writer_and_take_over_fences_the_old_server() {
         out.contains(&format!("Re-wrapped the data key of {address}")),
         "{out}"
     );
+    // Unattached, --force makes a new volume of the image: a new key, and
+    // the old ciphertext zeroed.
+    let out = common::volume::run_ok(&mut fx.envol_as(
+        ADMIN,
+        &[
+            "volume", "create", &address, "--size", "4M", "--key", KEY_ALIAS, "--force",
+        ],
+    ));
+    assert_ne!(common::volume::parse_uuid(&out), vol.uuid, "{out}");
+    let renewed = Vol {
+        size: 4 * MIB,
+        ..vol.clone()
+    };
+    let server = fx.serve(ADMIN, &renewed);
+    let back = nbd_read(&fx, server.first_uri(), "renewed.bin");
+    assert_eq!(back.len() as u64, 4 * MIB);
+    assert!(back.iter().all(|&b| b == 0), "create --force left old data");
+    server.stop();
 }
 
 /// Bad addresses, a missing image, and a take-over of a file are refused
