@@ -512,6 +512,66 @@ fn one_writer_and_take_over_fences_the_old_server() {
     server.stop();
 }
 
+/// A server killed with `kill -9` keeps the image's lock: a plain `serve`
+/// is refused naming it. Once Ceph sees it gone (its watch expired: 5 s on
+/// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
+/// volume without --force, and every write the dead server acknowledged is
+/// there.
+#[test]
+fn take_over_after_the_holder_died() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (image, vol) = rbd_volume(&fx, "dead", 8 * MIB);
+    let mut first = fx.serve(ADMIN, &vol);
+    let data = random_bytes(2 * MIB as usize);
+    nbd_write(&fx, first.first_uri(), &data, "in.bin");
+    let _ = Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status();
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+
+    let refused = fx.serve_refused(ADMIN, &vol);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("serve beside a dead holder", &stderr);
+    assert!(
+        stderr.contains("already attached read-write by Ceph client"),
+        "{stderr}"
+    );
+
+    // Ceph's view of the holder: its watch on the image, until it expires.
+    let dead_at = std::time::Instant::now();
+    loop {
+        let status: serde_json::Value = serde_json::from_slice(&rbd(
+            &image.ceph,
+            &["status", "--format", "json", &image.spec()],
+        ))
+        .unwrap();
+        if status["watchers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            dead_at.elapsed() < Duration::from_secs(90),
+            "the dead server's watch did not expire: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "the dead holder's watch expired after {:?}",
+        dead_at.elapsed()
+    );
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over"]);
+    let second = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
+    let back = nbd_read(&fx, second.first_uri(), "back.bin");
+    assert!(back[..data.len()] == data[..], "acknowledged writes lost");
+    assert!(
+        second.stderr().contains("took the volume over from"),
+        "{}",
+        second.stderr()
+    );
+    second.stop();
+}
+
 /// Bad addresses, a missing image, and a take-over of a file are refused
 /// with one line naming what was wrong.
 #[test]
