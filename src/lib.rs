@@ -21,11 +21,16 @@
 //!   │     │  BlockDevice (volume/device.rs): read/write/trim/zero/flush
 //!   │     ▼
 //!   │   volume/    superblock (two copies), sector cipher (XTS), range
-//!   │              locks for read-modify-write, storage backend trait,
-//!   │              the attachment lock (one writer per volume)
+//!   │              locks for read-modify-write, the attachment lock (one
+//!   │              writer per volume), the storage backend trait and its
+//!   │              backends: a file (`backend.rs`), a Ceph RBD image
+//!   │              (`rbd/`: librbd loaded at run time, aio, exclusive lock,
+//!   │              take-over with blocklisting)
 //!   │
-//!   ├── envelope   where a volume meets its master key: create (wrap a new
-//!   │              data key), attach (unwrap, check, open)
+//!   ├── envelope/  where a volume meets its master key: create (wrap a new
+//!   │              data key), attach (unwrap, check, open); `store.rs`
+//!   │              turns a volume address (a path or `rbd:POOL/IMAGE`)
+//!   │              into a backend
 //!   │     │  KeyService (keys/mod.rs): generate wrapped key, unwrap key
 //!   │     ▼
 //!   │   keys/      key client: the official aws-sdk-kms (any AWS-KMS
@@ -39,8 +44,10 @@
 //!                  pages for keys (`LockedBox`), the non-dumpable process
 //! ```
 //!
-//! The NBD layer does not know about XTS, the volume layer does not know
-//! about NBD or the KMS, and the KMS does not know about volumes: it wraps
+//! The NBD layer does not know about XTS or where the bytes live (a file,
+//! or RBD: a device may complete requests later, from another thread —
+//! `BlockDevice::start_*` — so that many are in flight in librbd), the
+//! volume layer does not know about NBD or the KMS, and the KMS does not know about volumes: it wraps
 //! and unwraps opaque data keys bound to an encryption context
 //! (`{"envol:volume": "<uuid>"}`), exactly as AWS KMS does for EBS.
 //!

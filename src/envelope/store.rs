@@ -143,5 +143,5 @@ impl Store {
 }
 
 #[cfg(test)]
-#[path = "envelope_store_tests.rs"]
+#[path = "store_tests.rs"]
 mod tests;

@@ -27,7 +27,6 @@ use crate::volume::{
     SuperblockSet, Volume, volume_encryption_context,
 };
 
-#[path = "envelope_store.rs"]
 pub mod store;
 
 pub use store::{RBD_PREFIX, Store, VolumeAddress};
@@ -582,5 +581,4 @@ pub async fn rewrap<K: KeyService>(
 }
 
 #[cfg(test)]
-#[path = "envelope_tests.rs"]
 mod tests;
