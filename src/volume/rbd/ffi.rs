@@ -32,8 +32,8 @@ type IoCtxT = *mut c_void;
 type ImageT = *mut c_void;
 type CompletionT = *mut c_void;
 type ImageOptionsT = *mut c_void;
-type CompletionCallback = extern "C" fn(CompletionT, *mut c_void);
-type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+type CompletionCallback = unsafe extern "C" fn(CompletionT, *mut c_void);
+type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 
 /// `rbd_lock_mode_t`.
 const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
@@ -80,6 +80,7 @@ struct Api {
         unsafe extern "C" fn(IoCtxT, *const c_char, *mut ImageT, *const c_char) -> c_int,
     rbd_close: unsafe extern "C" fn(ImageT) -> c_int,
     rbd_get_size: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
+    rbd_get_features: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
     rbd_resize: unsafe extern "C" fn(ImageT, u64) -> c_int,
     rbd_read: unsafe extern "C" fn(ImageT, u64, usize, *mut c_char) -> isize,
     rbd_write: unsafe extern "C" fn(ImageT, u64, usize, *const c_char) -> isize,
@@ -168,6 +169,7 @@ fn load() -> Result<Api, NotInstalled> {
         rbd_open_read_only: sym!(rbd, rbd_open_read_only),
         rbd_close: sym!(rbd, rbd_close),
         rbd_get_size: sym!(rbd, rbd_get_size),
+        rbd_get_features: sym!(rbd, rbd_get_features),
         rbd_resize: sym!(rbd, rbd_resize),
         rbd_read: sym!(rbd, rbd_read),
         rbd_write: sym!(rbd, rbd_write),
@@ -251,9 +253,11 @@ pub enum ConnectStep {
 }
 
 impl Rados {
-    /// Creates a handle for client `client.<id>`, reads `conf` (or
-    /// librados's default search when `None`), applies `settings` and
-    /// connects.
+    /// Creates a handle for client `client.<id>`, applies `settings`,
+    /// reads `conf` (or librados's default search when `None`), applies
+    /// `settings` again (over whatever the file says) and connects.
+    /// Applied before reading too so that options such as
+    /// `log_to_stderr = false` already hold while the file is parsed.
     pub fn connect(
         id: &str,
         conf: Option<&str>,
@@ -270,6 +274,7 @@ impl Rados {
             .map_err(fail(ConnectStep::Setup))?;
         // From here on `rados` shuts the handle down on every error path.
         let rados = Rados { handle, api };
+        rados.set(settings).map_err(fail(ConnectStep::Setup))?;
         let conf_c = conf
             .map(c_string)
             .transpose()
@@ -283,18 +288,23 @@ impl Rados {
             )
         })
         .map_err(fail(ConnectStep::ReadConf))?;
-        for (option, value) in settings {
-            let option_c = c_string(option).map_err(fail(ConnectStep::Setup))?;
-            let value_c = c_string(value).map_err(fail(ConnectStep::Setup))?;
-            // SAFETY: valid handle, NUL-terminated strings copied by librados.
-            check(unsafe {
-                (api.rados_conf_set)(rados.handle, option_c.as_ptr(), value_c.as_ptr())
-            })
-            .map_err(fail(ConnectStep::Setup))?;
-        }
+        rados.set(settings).map_err(fail(ConnectStep::Setup))?;
         // SAFETY: valid, configured handle.
         check(unsafe { (api.rados_connect)(rados.handle) }).map_err(fail(ConnectStep::Connect))?;
         Ok(rados)
+    }
+
+    /// Sets configuration options (before connecting).
+    fn set(&self, settings: &[(&str, String)]) -> Result<(), i32> {
+        for (option, value) in settings {
+            let option_c = c_string(option)?;
+            let value_c = c_string(value)?;
+            // SAFETY: valid handle, NUL-terminated strings copied by librados.
+            check(unsafe {
+                (self.api.rados_conf_set)(self.handle, option_c.as_ptr(), value_c.as_ptr())
+            })?;
+        }
+        Ok(())
     }
 
     /// This client's address, as Ceph names it in locks, watches and the
