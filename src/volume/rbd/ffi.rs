@@ -331,9 +331,66 @@ impl Rados {
 
 impl Drop for Rados {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let rados = Rados {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                api: self.api,
+            };
+            return drop_elsewhere(rados);
+        }
         // SAFETY: the handle was created by rados_create2 and every I/O
         // context and image holds an `Arc<Rados>`, so none is left.
         unsafe { (self.api.rados_shutdown)(self.handle) }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is running an aio completion callback
+    /// (`aio_complete`), i.e. is one of librbd's own threads.
+    static IN_AIO_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn in_aio_callback() -> bool {
+    IN_AIO_CALLBACK.with(|flag| flag.get())
+}
+
+/// Sets [`IN_AIO_CALLBACK`] for its life.
+struct InAioCallback;
+
+impl InAioCallback {
+    fn enter() -> InAioCallback {
+        IN_AIO_CALLBACK.with(|flag| flag.set(true));
+        InAioCallback
+    }
+}
+
+impl Drop for InAioCallback {
+    fn drop(&mut self) {
+        IN_AIO_CALLBACK.with(|flag| flag.set(false));
+    }
+}
+
+/// Drops `handle` on a thread of its own. Closing an image or shutting
+/// down a cluster handle waits for librbd's callbacks to finish; run on
+/// librbd's callback thread (a completion dropped the last owner) it
+/// would wait for itself for ever. If no thread can be started the handle
+/// is leaked: a lost close is better than a hung server.
+fn drop_elsewhere<T: Send + 'static>(handle: T) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(handle)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rbd-close".into())
+        .spawn(move || {
+            let handle = theirs.lock().ok().and_then(|mut h| h.take());
+            drop(handle)
+        });
+    if spawned.is_err()
+        && let Ok(mut handle) = slot.lock()
+    {
+        std::mem::forget(handle.take());
     }
 }
 
@@ -401,6 +458,16 @@ impl IoCtx {
 
 impl Drop for IoCtx {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let ioctx = IoCtx {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                rados: self.rados.clone(),
+            };
+            return drop_elsewhere(ioctx);
+        }
         // SAFETY: created by rados_ioctx_create; every image holds an
         // `Arc<IoCtx>`, so none is left.
         unsafe { (self.rados.api.rados_ioctx_destroy)(self.handle) }
@@ -448,7 +515,15 @@ impl AioDone {
 }
 
 /// librbd's completion callback, run on one of librbd's threads.
-extern "C" fn aio_complete(completion: CompletionT, arg: *mut c_void) {
+///
+/// # Safety
+/// Only librbd calls it, once per completion created by `Image::start`,
+/// with that completion and the context pointer given there.
+unsafe extern "C" fn aio_complete(completion: CompletionT, arg: *mut c_void) {
+    // Declared first, so it is dropped last: everything the callback
+    // drops (the `done` closure may own the last handle of the image) is
+    // dropped while the flag is set, and closed off this thread.
+    let _in_callback = InAioCallback::enter();
     // SAFETY: `arg` is the `Box<AioContext>` leaked by `Image::start`, and
     // librbd calls this exactly once per completion, so the box is
     // reclaimed exactly once.
@@ -495,6 +570,14 @@ impl Image {
     /// The cluster handle this image was opened through.
     pub fn rados(&self) -> &Arc<Rados> {
         &self.ioctx.rados
+    }
+
+    /// The image's `RBD_FEATURE_*` bits.
+    pub fn features(&self) -> Result<u64, i32> {
+        let mut features = 0u64;
+        // SAFETY: open image, valid out-pointer.
+        check(unsafe { (self.api().rbd_get_features)(self.handle, &mut features) })?;
+        Ok(features)
     }
 
     pub fn size(&self) -> Result<u64, i32> {
@@ -588,7 +671,12 @@ impl Image {
             return fail(context, r);
         }
         // The buffer's bytes live on the heap, owned by the context, which
-        // is neither moved nor touched until librbd calls back.
+        // is neither moved nor touched until librbd calls back. This trusts
+        // the `IoBuffer` implementation (safe code) to return the same,
+        // stable slice each time: `bytes_mut` is called once here, and the
+        // buffer is not touched again until librbd is done with the
+        // pointer, so an implementation that moved its storage on a later
+        // call could not invalidate it.
         // SAFETY: `context` is the live box created above; nothing else
         // accesses it until the callback.
         let (ptr, len) = match unsafe { &mut (*context).done } {
@@ -732,7 +820,10 @@ impl Image {
         len: u64,
         whole_object: bool,
     ) -> Result<Vec<(u64, u64)>, i32> {
-        extern "C" fn collect(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
+        /// # Safety
+        /// Only `rbd_diff_iterate2` calls it, during the call below, with
+        /// the argument given there.
+        unsafe extern "C" fn collect(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
             // SAFETY: `arg` is the `&mut Vec` passed below, alive for the
             // whole synchronous rbd_diff_iterate2 call; librbd calls back
             // only during that call and one extent at a time.
@@ -763,6 +854,16 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let image = Image {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                ioctx: self.ioctx.clone(),
+            };
+            return drop_elsewhere(image);
+        }
         // SAFETY: opened by rbd_open*; closed once. librbd waits for the
         // image's outstanding aio and releases a held lock.
         unsafe { (self.api().rbd_close)(self.handle) };
