@@ -16,8 +16,12 @@ use super::ffi;
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a client fenced by a take-over stays on Ceph's blocklist:
-/// ten years (see `connect`).
-pub(super) const BLOCKLIST_EXPIRE_SECS: u64 = 10 * 365 * 24 * 3600;
+/// ten years, i.e. for as long as that server may be alive. OSDs do not
+/// check the lock on data writes, so the blocklist is the fence: with the
+/// monitors' default (one hour) a holder paused for longer would write
+/// into the new owner's image when it resumes. See `RbdBackend::take_over`
+/// for why librbd's own `rbd_blocklist_expire_seconds` is not used.
+pub(super) const BLOCKLIST_EXPIRE_SECS: u32 = 10 * 365 * 24 * 3600;
 
 /// Which Ceph cluster, as which client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,14 +74,6 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         ("err_to_stderr", "false".to_string()),
         ("log_to_file", "false".to_string()),
         ("log_file", String::new()),
-        // A take-over's `rbd_lock_break` blocklists the old holder for
-        // this long (0 would mean the monitors' default, one hour). OSDs
-        // do not check the lock on data writes, so the blocklist is the
-        // fence: a holder paused for longer than it lasts would write
-        // into the new owner's image when it resumes. Ten years is
-        // "never" for any server that may still be alive.
-        ("rbd_blocklist_on_break_lock", "true".to_string()),
-        ("rbd_blocklist_expire_seconds", BLOCKLIST_EXPIRE_SECS.to_string()),
     ];
     match ffi::Rados::connect(ceph.client_id(), conf, &settings) {
         Ok(rados) => Ok(Arc::new(rados)),

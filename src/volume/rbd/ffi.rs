@@ -67,6 +67,7 @@ struct Api {
     rados_connect: unsafe extern "C" fn(RadosT) -> c_int,
     rados_shutdown: unsafe extern "C" fn(RadosT),
     rados_getaddrs: unsafe extern "C" fn(RadosT, *mut *mut c_char) -> c_int,
+    rados_blocklist_add: unsafe extern "C" fn(RadosT, *mut c_char, u32) -> c_int,
     rados_ioctx_create: unsafe extern "C" fn(RadosT, *const c_char, *mut IoCtxT) -> c_int,
     rados_ioctx_destroy: unsafe extern "C" fn(IoCtxT),
 
@@ -98,7 +99,6 @@ struct Api {
         unsafe extern "C" fn(ImageT, *mut c_int, *mut *mut c_char, *mut usize) -> c_int,
     rbd_lock_get_owners_cleanup: unsafe extern "C" fn(*mut *mut c_char, usize),
     rbd_lock_break: unsafe extern "C" fn(ImageT, c_int, *const c_char) -> c_int,
-    rbd_is_exclusive_lock_owner: unsafe extern "C" fn(ImageT, *mut c_int) -> c_int,
     rbd_watchers_list: unsafe extern "C" fn(ImageT, *mut ImageWatcher, *mut usize) -> c_int,
     rbd_watchers_list_cleanup: unsafe extern "C" fn(*mut ImageWatcher, usize),
     rbd_diff_iterate2: unsafe extern "C" fn(
@@ -158,6 +158,7 @@ fn load() -> Result<Api, NotInstalled> {
         rados_connect: sym!(rados, rados_connect),
         rados_shutdown: sym!(rados, rados_shutdown),
         rados_getaddrs: sym!(rados, rados_getaddrs),
+        rados_blocklist_add: sym!(rados, rados_blocklist_add),
         rados_ioctx_create: sym!(rados, rados_ioctx_create),
         rados_ioctx_destroy: sym!(rados, rados_ioctx_destroy),
         rbd_image_options_create: sym!(rbd, rbd_image_options_create),
@@ -185,7 +186,6 @@ fn load() -> Result<Api, NotInstalled> {
         rbd_lock_get_owners: sym!(rbd, rbd_lock_get_owners),
         rbd_lock_get_owners_cleanup: sym!(rbd, rbd_lock_get_owners_cleanup),
         rbd_lock_break: sym!(rbd, rbd_lock_break),
-        rbd_is_exclusive_lock_owner: sym!(rbd, rbd_is_exclusive_lock_owner),
         rbd_watchers_list: sym!(rbd, rbd_watchers_list),
         rbd_watchers_list_cleanup: sym!(rbd, rbd_watchers_list_cleanup),
         rbd_diff_iterate2: sym!(rbd, rbd_diff_iterate2),
@@ -305,6 +305,22 @@ impl Rados {
             })?;
         }
         Ok(())
+    }
+
+    /// Adds `client` (an address as locks and watchers name it) to the
+    /// cluster's blocklist for `expire_seconds` (0: the monitors'
+    /// default); an existing entry gets the new expiry.
+    pub fn blocklist_add(&self, client: &str, expire_seconds: u32) -> Result<(), i32> {
+        let client_c = c_string(client)?;
+        // SAFETY: connected handle; the address is NUL-terminated and only
+        // read (the C prototype lacks `const`), and outlives the call.
+        check(unsafe {
+            (self.api.rados_blocklist_add)(
+                self.handle,
+                client_c.as_ptr().cast_mut(),
+                expire_seconds,
+            )
+        })
     }
 
     /// This client's address, as Ceph names it in locks, watches and the
@@ -717,13 +733,6 @@ impl Image {
         check(unsafe { (self.api().rbd_lock_acquire)(self.handle, RBD_LOCK_MODE_EXCLUSIVE) })
     }
 
-    pub fn is_lock_owner(&self) -> Result<bool, i32> {
-        let mut owner: c_int = 0;
-        // SAFETY: open image, valid out-pointer.
-        check(unsafe { (self.api().rbd_is_exclusive_lock_owner)(self.handle, &mut owner) })?;
-        Ok(owner != 0)
-    }
-
     /// The exclusive lock's owners (client addresses); empty when unlocked.
     /// EINVAL on a read-only open (librbd has no exclusive-lock state
     /// there).
@@ -823,7 +832,12 @@ impl Image {
         /// # Safety
         /// Only `rbd_diff_iterate2` calls it, during the call below, with
         /// the argument given there.
-        unsafe extern "C" fn collect(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
+        unsafe extern "C" fn collect(
+            offset: u64,
+            len: usize,
+            exists: c_int,
+            arg: *mut c_void,
+        ) -> c_int {
             // SAFETY: `arg` is the `&mut Vec` passed below, alive for the
             // whole synchronous rbd_diff_iterate2 call; librbd calls back
             // only during that call and one extent at a time.
