@@ -15,6 +15,14 @@ use super::ffi;
 /// `rados_mon_op_timeout` and `client_mount_timeout`.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client fenced by a take-over stays on Ceph's blocklist:
+/// ten years, i.e. for as long as that server may be alive. OSDs do not
+/// check the lock on data writes, so the blocklist is the fence: with the
+/// monitors' default (one hour) a holder paused for longer would write
+/// into the new owner's image when it resumes. See `RbdBackend::take_over`
+/// for why librbd's own `rbd_blocklist_expire_seconds` is not used.
+pub(super) const BLOCKLIST_EXPIRE_SECS: u32 = 10 * 365 * 24 * 3600;
+
 /// Which Ceph cluster, as which client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CephOptions {
@@ -59,6 +67,13 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         ("rados_osd_op_timeout", timeout.clone()),
         ("rados_mon_op_timeout", timeout.clone()),
         ("client_mount_timeout", timeout),
+        // librados logs to stderr by itself (a failed connect prints
+        // several lines of its own); envol reports every failure as one
+        // line of its own instead.
+        ("log_to_stderr", "false".to_string()),
+        ("err_to_stderr", "false".to_string()),
+        ("log_to_file", "false".to_string()),
+        ("log_file", String::new()),
     ];
     match ffi::Rados::connect(ceph.client_id(), conf, &settings) {
         Ok(rados) => Ok(Arc::new(rados)),

@@ -32,8 +32,8 @@ type IoCtxT = *mut c_void;
 type ImageT = *mut c_void;
 type CompletionT = *mut c_void;
 type ImageOptionsT = *mut c_void;
-type CompletionCallback = extern "C" fn(CompletionT, *mut c_void);
-type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+type CompletionCallback = unsafe extern "C" fn(CompletionT, *mut c_void);
+type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 
 /// `rbd_lock_mode_t`.
 const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
@@ -67,6 +67,7 @@ struct Api {
     rados_connect: unsafe extern "C" fn(RadosT) -> c_int,
     rados_shutdown: unsafe extern "C" fn(RadosT),
     rados_getaddrs: unsafe extern "C" fn(RadosT, *mut *mut c_char) -> c_int,
+    rados_blocklist_add: unsafe extern "C" fn(RadosT, *mut c_char, u32) -> c_int,
     rados_ioctx_create: unsafe extern "C" fn(RadosT, *const c_char, *mut IoCtxT) -> c_int,
     rados_ioctx_destroy: unsafe extern "C" fn(IoCtxT),
 
@@ -80,6 +81,7 @@ struct Api {
         unsafe extern "C" fn(IoCtxT, *const c_char, *mut ImageT, *const c_char) -> c_int,
     rbd_close: unsafe extern "C" fn(ImageT) -> c_int,
     rbd_get_size: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
+    rbd_get_features: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
     rbd_resize: unsafe extern "C" fn(ImageT, u64) -> c_int,
     rbd_read: unsafe extern "C" fn(ImageT, u64, usize, *mut c_char) -> isize,
     rbd_write: unsafe extern "C" fn(ImageT, u64, usize, *const c_char) -> isize,
@@ -97,7 +99,6 @@ struct Api {
         unsafe extern "C" fn(ImageT, *mut c_int, *mut *mut c_char, *mut usize) -> c_int,
     rbd_lock_get_owners_cleanup: unsafe extern "C" fn(*mut *mut c_char, usize),
     rbd_lock_break: unsafe extern "C" fn(ImageT, c_int, *const c_char) -> c_int,
-    rbd_is_exclusive_lock_owner: unsafe extern "C" fn(ImageT, *mut c_int) -> c_int,
     rbd_watchers_list: unsafe extern "C" fn(ImageT, *mut ImageWatcher, *mut usize) -> c_int,
     rbd_watchers_list_cleanup: unsafe extern "C" fn(*mut ImageWatcher, usize),
     rbd_diff_iterate2: unsafe extern "C" fn(
@@ -157,6 +158,7 @@ fn load() -> Result<Api, NotInstalled> {
         rados_connect: sym!(rados, rados_connect),
         rados_shutdown: sym!(rados, rados_shutdown),
         rados_getaddrs: sym!(rados, rados_getaddrs),
+        rados_blocklist_add: sym!(rados, rados_blocklist_add),
         rados_ioctx_create: sym!(rados, rados_ioctx_create),
         rados_ioctx_destroy: sym!(rados, rados_ioctx_destroy),
         rbd_image_options_create: sym!(rbd, rbd_image_options_create),
@@ -168,6 +170,7 @@ fn load() -> Result<Api, NotInstalled> {
         rbd_open_read_only: sym!(rbd, rbd_open_read_only),
         rbd_close: sym!(rbd, rbd_close),
         rbd_get_size: sym!(rbd, rbd_get_size),
+        rbd_get_features: sym!(rbd, rbd_get_features),
         rbd_resize: sym!(rbd, rbd_resize),
         rbd_read: sym!(rbd, rbd_read),
         rbd_write: sym!(rbd, rbd_write),
@@ -183,7 +186,6 @@ fn load() -> Result<Api, NotInstalled> {
         rbd_lock_get_owners: sym!(rbd, rbd_lock_get_owners),
         rbd_lock_get_owners_cleanup: sym!(rbd, rbd_lock_get_owners_cleanup),
         rbd_lock_break: sym!(rbd, rbd_lock_break),
-        rbd_is_exclusive_lock_owner: sym!(rbd, rbd_is_exclusive_lock_owner),
         rbd_watchers_list: sym!(rbd, rbd_watchers_list),
         rbd_watchers_list_cleanup: sym!(rbd, rbd_watchers_list_cleanup),
         rbd_diff_iterate2: sym!(rbd, rbd_diff_iterate2),
@@ -251,9 +253,11 @@ pub enum ConnectStep {
 }
 
 impl Rados {
-    /// Creates a handle for client `client.<id>`, reads `conf` (or
-    /// librados's default search when `None`), applies `settings` and
-    /// connects.
+    /// Creates a handle for client `client.<id>`, applies `settings`,
+    /// reads `conf` (or librados's default search when `None`), applies
+    /// `settings` again (over whatever the file says) and connects.
+    /// Applied before reading too so that options such as
+    /// `log_to_stderr = false` already hold while the file is parsed.
     pub fn connect(
         id: &str,
         conf: Option<&str>,
@@ -270,6 +274,7 @@ impl Rados {
             .map_err(fail(ConnectStep::Setup))?;
         // From here on `rados` shuts the handle down on every error path.
         let rados = Rados { handle, api };
+        rados.set(settings).map_err(fail(ConnectStep::Setup))?;
         let conf_c = conf
             .map(c_string)
             .transpose()
@@ -283,18 +288,39 @@ impl Rados {
             )
         })
         .map_err(fail(ConnectStep::ReadConf))?;
-        for (option, value) in settings {
-            let option_c = c_string(option).map_err(fail(ConnectStep::Setup))?;
-            let value_c = c_string(value).map_err(fail(ConnectStep::Setup))?;
-            // SAFETY: valid handle, NUL-terminated strings copied by librados.
-            check(unsafe {
-                (api.rados_conf_set)(rados.handle, option_c.as_ptr(), value_c.as_ptr())
-            })
-            .map_err(fail(ConnectStep::Setup))?;
-        }
+        rados.set(settings).map_err(fail(ConnectStep::Setup))?;
         // SAFETY: valid, configured handle.
         check(unsafe { (api.rados_connect)(rados.handle) }).map_err(fail(ConnectStep::Connect))?;
         Ok(rados)
+    }
+
+    /// Sets configuration options (before connecting).
+    fn set(&self, settings: &[(&str, String)]) -> Result<(), i32> {
+        for (option, value) in settings {
+            let option_c = c_string(option)?;
+            let value_c = c_string(value)?;
+            // SAFETY: valid handle, NUL-terminated strings copied by librados.
+            check(unsafe {
+                (self.api.rados_conf_set)(self.handle, option_c.as_ptr(), value_c.as_ptr())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Adds `client` (an address as locks and watchers name it) to the
+    /// cluster's blocklist for `expire_seconds` (0: the monitors'
+    /// default); an existing entry gets the new expiry.
+    pub fn blocklist_add(&self, client: &str, expire_seconds: u32) -> Result<(), i32> {
+        let client_c = c_string(client)?;
+        // SAFETY: connected handle; the address is NUL-terminated and only
+        // read (the C prototype lacks `const`), and outlives the call.
+        check(unsafe {
+            (self.api.rados_blocklist_add)(
+                self.handle,
+                client_c.as_ptr().cast_mut(),
+                expire_seconds,
+            )
+        })
     }
 
     /// This client's address, as Ceph names it in locks, watches and the
@@ -321,9 +347,66 @@ impl Rados {
 
 impl Drop for Rados {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let rados = Rados {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                api: self.api,
+            };
+            return drop_elsewhere(rados);
+        }
         // SAFETY: the handle was created by rados_create2 and every I/O
         // context and image holds an `Arc<Rados>`, so none is left.
         unsafe { (self.api.rados_shutdown)(self.handle) }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is running an aio completion callback
+    /// (`aio_complete`), i.e. is one of librbd's own threads.
+    static IN_AIO_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn in_aio_callback() -> bool {
+    IN_AIO_CALLBACK.with(|flag| flag.get())
+}
+
+/// Sets [`IN_AIO_CALLBACK`] for its life.
+struct InAioCallback;
+
+impl InAioCallback {
+    fn enter() -> InAioCallback {
+        IN_AIO_CALLBACK.with(|flag| flag.set(true));
+        InAioCallback
+    }
+}
+
+impl Drop for InAioCallback {
+    fn drop(&mut self) {
+        IN_AIO_CALLBACK.with(|flag| flag.set(false));
+    }
+}
+
+/// Drops `handle` on a thread of its own. Closing an image or shutting
+/// down a cluster handle waits for librbd's callbacks to finish; run on
+/// librbd's callback thread (a completion dropped the last owner) it
+/// would wait for itself for ever. If no thread can be started the handle
+/// is leaked: a lost close is better than a hung server.
+fn drop_elsewhere<T: Send + 'static>(handle: T) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(handle)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rbd-close".into())
+        .spawn(move || {
+            let handle = theirs.lock().ok().and_then(|mut h| h.take());
+            drop(handle)
+        });
+    if spawned.is_err()
+        && let Ok(mut handle) = slot.lock()
+    {
+        std::mem::forget(handle.take());
     }
 }
 
@@ -391,6 +474,16 @@ impl IoCtx {
 
 impl Drop for IoCtx {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let ioctx = IoCtx {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                rados: self.rados.clone(),
+            };
+            return drop_elsewhere(ioctx);
+        }
         // SAFETY: created by rados_ioctx_create; every image holds an
         // `Arc<IoCtx>`, so none is left.
         unsafe { (self.rados.api.rados_ioctx_destroy)(self.handle) }
@@ -438,7 +531,15 @@ impl AioDone {
 }
 
 /// librbd's completion callback, run on one of librbd's threads.
-extern "C" fn aio_complete(completion: CompletionT, arg: *mut c_void) {
+///
+/// # Safety
+/// Only librbd calls it, once per completion created by `Image::start`,
+/// with that completion and the context pointer given there.
+unsafe extern "C" fn aio_complete(completion: CompletionT, arg: *mut c_void) {
+    // Declared first, so it is dropped last: everything the callback
+    // drops (the `done` closure may own the last handle of the image) is
+    // dropped while the flag is set, and closed off this thread.
+    let _in_callback = InAioCallback::enter();
     // SAFETY: `arg` is the `Box<AioContext>` leaked by `Image::start`, and
     // librbd calls this exactly once per completion, so the box is
     // reclaimed exactly once.
@@ -485,6 +586,14 @@ impl Image {
     /// The cluster handle this image was opened through.
     pub fn rados(&self) -> &Arc<Rados> {
         &self.ioctx.rados
+    }
+
+    /// The image's `RBD_FEATURE_*` bits.
+    pub fn features(&self) -> Result<u64, i32> {
+        let mut features = 0u64;
+        // SAFETY: open image, valid out-pointer.
+        check(unsafe { (self.api().rbd_get_features)(self.handle, &mut features) })?;
+        Ok(features)
     }
 
     pub fn size(&self) -> Result<u64, i32> {
@@ -578,7 +687,12 @@ impl Image {
             return fail(context, r);
         }
         // The buffer's bytes live on the heap, owned by the context, which
-        // is neither moved nor touched until librbd calls back.
+        // is neither moved nor touched until librbd calls back. This trusts
+        // the `IoBuffer` implementation (safe code) to return the same,
+        // stable slice each time: `bytes_mut` is called once here, and the
+        // buffer is not touched again until librbd is done with the
+        // pointer, so an implementation that moved its storage on a later
+        // call could not invalidate it.
         // SAFETY: `context` is the live box created above; nothing else
         // accesses it until the callback.
         let (ptr, len) = match unsafe { &mut (*context).done } {
@@ -617,13 +731,6 @@ impl Image {
     pub fn lock_acquire(&self) -> Result<(), i32> {
         // SAFETY: open image.
         check(unsafe { (self.api().rbd_lock_acquire)(self.handle, RBD_LOCK_MODE_EXCLUSIVE) })
-    }
-
-    pub fn is_lock_owner(&self) -> Result<bool, i32> {
-        let mut owner: c_int = 0;
-        // SAFETY: open image, valid out-pointer.
-        check(unsafe { (self.api().rbd_is_exclusive_lock_owner)(self.handle, &mut owner) })?;
-        Ok(owner != 0)
     }
 
     /// The exclusive lock's owners (client addresses); empty when unlocked.
@@ -722,7 +829,15 @@ impl Image {
         len: u64,
         whole_object: bool,
     ) -> Result<Vec<(u64, u64)>, i32> {
-        extern "C" fn collect(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
+        /// # Safety
+        /// Only `rbd_diff_iterate2` calls it, during the call below, with
+        /// the argument given there.
+        unsafe extern "C" fn collect(
+            offset: u64,
+            len: usize,
+            exists: c_int,
+            arg: *mut c_void,
+        ) -> c_int {
             // SAFETY: `arg` is the `&mut Vec` passed below, alive for the
             // whole synchronous rbd_diff_iterate2 call; librbd calls back
             // only during that call and one extent at a time.
@@ -753,6 +868,16 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        if self.handle.is_null() {
+            return;
+        }
+        if in_aio_callback() {
+            let image = Image {
+                handle: std::mem::replace(&mut self.handle, std::ptr::null_mut()),
+                ioctx: self.ioctx.clone(),
+            };
+            return drop_elsewhere(image);
+        }
         // SAFETY: opened by rbd_open*; closed once. librbd waits for the
         // image's outstanding aio and releases a held lock.
         unsafe { (self.api().rbd_close)(self.handle) };
