@@ -549,7 +549,15 @@ unsafe extern "C" fn aio_complete(completion: CompletionT, arg: *mut c_void) {
     let result = unsafe { (context.api.rbd_aio_get_return_value)(completion) };
     // SAFETY: as above.
     unsafe { (context.api.rbd_aio_release)(completion) };
-    context.done.finish(result)
+    // A panic must not unwind into librbd's C++ (Rust aborts the whole
+    // process there, every export with it). Caught here, the closure's
+    // captures are dropped by the unwind, and the NBD layer's reply guard
+    // among them answers its client with EIO.
+    let done = context.done;
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done.finish(result))).is_err()
+    {
+        tracing::error!("a librbd completion panicked; its request was answered with EIO");
+    }
 }
 
 /// What to start.
