@@ -67,6 +67,14 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         ("rados_osd_op_timeout", timeout.clone()),
         ("rados_mon_op_timeout", timeout.clone()),
         ("client_mount_timeout", timeout),
+        // librbd's client cache off, whatever ceph.conf says: with it on
+        // (Ceph's default: write-back after the first FLUSH) librbd
+        // completes a write once it is in this process's memory, so a
+        // failover would lose acknowledged writes not yet flushed, and a
+        // fenced server that resumes could still acknowledge writes that
+        // never land. With it off, an acknowledged write is in the cluster
+        // (tests/rbd_failover.rs fails with the default and passes so).
+        ("rbd_cache", "false".to_string()),
         // librados logs to stderr by itself (a failed connect prints
         // several lines of its own); envol reports every failure as one
         // line of its own instead.
