@@ -592,6 +592,51 @@ fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
             );
         }
     }
+    // Taken too literally, each of these would be an image that "does not
+    // exist"; they are refused as what they are, before Ceph or the KMS.
+    for (bad, says) in [
+        (
+            "rbd:p/img:ro=name",
+            "ambiguous volume argument: expected rbd:POOL/IMAGE[=NAME][:ro]",
+        ),
+        (
+            "rbd:p/img=a=b",
+            "ambiguous volume argument: expected rbd:POOL/IMAGE[=NAME][:ro]",
+        ),
+        ("rbd:p/img@snap", "snapshots are not volumes"),
+    ] {
+        let (_, stderr) =
+            run_fails(&mut fx.envol(&["serve", bad, "--socket", "/nonexistent/s.sock"]));
+        assert_one_clean_line(bad, &stderr);
+        assert!(stderr.starts_with(&format!("envol: {bad}: ")), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    // A reader takes nobody's place: refused before the KMS is reached
+    // (this process has no KMS to reach).
+    for args in [
+        vec![
+            "serve",
+            "rbd:p/img:ro",
+            "--take-over",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
+        vec![
+            "serve",
+            "rbd:p/img",
+            "--read-only",
+            "--take-over",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
+    ] {
+        let (_, stderr) = run_fails(&mut fx.envol(&args));
+        assert_one_clean_line("read-only take-over", &stderr);
+        assert!(
+            stderr.contains("--take-over is for read-write attachments"),
+            "{stderr}"
+        );
+    }
     let missing = format!("rbd:{}", TestImage::new("missing").spec());
     let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", &missing]));
     assert_one_clean_line("missing image", &stderr);

@@ -204,6 +204,7 @@ pub(crate) fn split_volume_arg(arg: &str, ceph: &CephArgs) -> Result<VolumeArg, 
         Some(rest) if !rest.is_empty() => (rest, true),
         _ => (arg, false),
     };
+    check_rbd_spec(arg, spec)?;
     let (volume, name) = match spec.rsplit_once('=') {
         Some((v, n)) if !v.is_empty() => (ceph.volume(v)?, n.to_string()),
         _ => {
@@ -220,6 +221,33 @@ pub(crate) fn split_volume_arg(arg: &str, ceph: &CephArgs) -> Result<VolumeArg, 
         name,
         read_only,
     })
+}
+
+/// The one form an RBD volume argument takes.
+const RBD_SPEC_FORM: &str = "rbd:POOL/IMAGE[=NAME][:ro]";
+
+/// Refuses what the address parser would otherwise take too literally in
+/// an `rbd:` argument (`spec`: `arg` without its `:ro`): a `:` left over
+/// (`rbd:p/img:ro=name` would be image `img:ro`), a second `=`
+/// (`rbd:p/img=a=b` would be image `img=a`), or a snapshot
+/// (`rbd:p/img@snap`): each would end in a confusing "does not exist".
+/// A file's path may hold any of these; it is left alone.
+fn check_rbd_spec(arg: &str, spec: &str) -> Result<(), CliError> {
+    let Some(rest) = spec.strip_prefix(crate::envelope::RBD_PREFIX) else {
+        return Ok(());
+    };
+    let address = rest.split_once('=').map_or(rest, |(address, _)| address);
+    if address.contains('@') {
+        return Err(CliError(format!(
+            "{arg}: snapshots are not volumes (an RBD snapshot is read-only and has no lock); expected {RBD_SPEC_FORM}"
+        )));
+    }
+    if rest.contains(':') || rest.matches('=').count() > 1 {
+        return Err(CliError(format!(
+            "{arg}: ambiguous volume argument: expected {RBD_SPEC_FORM} (an export name after `=`, then `:ro` last; neither `:` nor `=` in pool, image or name)"
+        )));
+    }
+    Ok(())
 }
 
 /// What `serve` does about RBD locks: take them over, and hear when
@@ -258,6 +286,18 @@ fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<Ta
         return Err(CliError(format!(
             "{}: --take-over applies to rbd: volumes only (a file's lock is released when its holder dies)",
             file.volume
+        )));
+    }
+    // Before the KMS client is built: a reader takes nobody's place.
+    if args.read_only {
+        return Err(CliError(
+            "--take-over is for read-write attachments, not with --read-only".into(),
+        ));
+    }
+    if let Some(reader) = volumes.iter().find(|v| v.read_only) {
+        return Err(CliError(format!(
+            "{}: --take-over is for read-write attachments, not a read-only (:ro) one",
+            reader.volume
         )));
     }
     Ok(Some(match args.force {
