@@ -517,6 +517,52 @@ fn one_writer_and_take_over_fences_the_old_server() {
 /// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
 /// volume without --force, and every write the dead server acknowledged is
 /// there.
+/// `serve --take-over` of several volumes fences nobody unless it can
+/// serve them all: every volume is opened and its key unwrapped before any
+/// holder's lock is broken, so a second volume that is refused (here: a
+/// missing image) leaves the first one's server serving.
+#[test]
+fn take_over_of_several_volumes_is_all_or_nothing() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (_image, vol) = rbd_volume(&fx, "allornot", 4 * MIB);
+    let first = fx.serve(ADMIN, &vol);
+    let missing = Vol {
+        path: format!("rbd:{}", TestImage::new("allornot-missing").spec()).into(),
+        ..vol.clone()
+    };
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(
+        ADMIN,
+        &[(&vol, None), (&missing, None)],
+        &socket,
+        &["--take-over", "--force"],
+    );
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served a missing image: {stderr}");
+    assert_one_clean_line("take-over with a missing second volume", &stderr);
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.path.display())),
+        "{stderr}"
+    );
+    // Not fenced: the first server still writes, and reads back, its image
+    // (a blocklisted client's writes fail, and it exits).
+    let data = random_bytes(MIB as usize);
+    nbd_write(&fx, first.first_uri(), &data, "after.bin");
+    let back = nbd_read(&fx, first.first_uri(), "back.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "the first server lost its volume"
+    );
+    let info =
+        common::volume::run_ok(&mut fx.envol(&["volume", "info", &vol.path.to_string_lossy()]));
+    assert!(
+        info.contains("  attached:    read-write by Ceph client "),
+        "{info}"
+    );
+}
+
 #[test]
 fn take_over_after_the_holder_died() {
     require_tool("nbdcopy", "libnbd-bin");

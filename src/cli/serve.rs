@@ -369,7 +369,13 @@ fn exit_fenced(volume: &str) -> ! {
 /// The exit status of a fenced server (as `main`'s for any other error).
 const FENCED_EXIT_CODE: i32 = 1;
 
-/// Attaches every volume (all or nothing: a refusal stops before any listener opens).
+/// Attaches every volume, all or nothing: a refusal stops before any
+/// listener opens, and before any holder is fenced: every volume is opened
+/// and its key unwrapped and checked first, and only then is each taken
+/// over (with `--take-over`) and locked. (What only the take-over itself
+/// can find out — that a holder is still alive, under `--take-over`
+/// without `--force` — may still refuse a later volume after an earlier
+/// one was taken over.)
 /// Returns the exports, and for each export (by name) the description that
 /// clients authenticated by a TLS client certificate see.
 pub(crate) async fn attach_all<K: KeyService>(
@@ -377,17 +383,29 @@ pub(crate) async fn attach_all<K: KeyService>(
     volumes: &[VolumeArg],
     fencing: &Fencing,
 ) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
-    let mut exports = Vec::new();
-    let mut certified = Vec::new();
+    let mut prepared = Vec::with_capacity(volumes.len());
     for VolumeArg {
         volume: address,
-        name,
         read_only,
+        ..
     } in volumes
     {
+        let options = fencing.attach_options(address, *read_only);
+        prepared.push(envelope::prepare_attach(keys, address, options).await?);
+    }
+    let mut exports = Vec::new();
+    let mut certified = Vec::new();
+    for (
+        prepared,
+        VolumeArg {
+            volume: address,
+            name,
+            read_only,
+        },
+    ) in prepared.into_iter().zip(volumes)
+    {
         let read_only = *read_only;
-        let options = fencing.attach_options(address, read_only);
-        let volume: Volume = envelope::attach_with(keys, address, options).await?;
+        let volume: Volume = prepared.complete()?;
         let sb = volume.superblock();
         // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
         // neither the volume's uuid nor its key; only a client with a

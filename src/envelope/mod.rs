@@ -439,6 +439,31 @@ pub async fn attach_with<K: KeyService>(
     volume: &VolumeAddress,
     options: AttachOptions,
 ) -> Result<Volume, EnvelopeError> {
+    prepare_attach(keys, volume, options).await?.complete()
+}
+
+/// A volume opened, its data key unwrapped and checked, not yet taken over
+/// nor locked: the first half of an attach. A server attaching several
+/// volumes prepares them all before it completes any, so that a volume the
+/// key policy refuses stops the server before it has fenced anybody off
+/// another one (a take-over cannot be undone).
+pub struct PreparedAttachment {
+    volume: VolumeAddress,
+    mode: AttachMode,
+    unlocked: OpenedVolume,
+    data_key: DataKey,
+    take_over: Option<rbd::TakeOver>,
+    on_fenced: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// Opens `volume`, and has the key service unwrap its data key (checked
+/// against the superblock's key check value). Changes nothing: no lock is
+/// taken or broken (see [`PreparedAttachment::complete`]).
+pub async fn prepare_attach<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    options: AttachOptions,
+) -> Result<PreparedAttachment, EnvelopeError> {
     let read_only = options.read_only;
     let mode = if read_only {
         AttachMode::ReadOnly
@@ -464,38 +489,60 @@ pub async fn attach_with<K: KeyService>(
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
         return Err(vol_err(volume, volume::VolumeError::WrongKey));
     }
-    let uuid = sb.uuid;
-    if let (Some(policy), Store::Rbd(backend)) = (options.take_over, &unlocked.store) {
-        // Only a caller the key policy lets use the volume may fence its
-        // holder: the break comes after the unwrap.
-        match backend.take_over(policy) {
-            Ok(Some(holder)) => tracing::warn!(
-                "{volume}: took the volume over from {holder} (its Ceph client is blocklisted: it can write nothing more)"
-            ),
-            Ok(None) => tracing::info!("{volume}: nobody held the volume; nothing to take over"),
-            Err(e) => return Err(with_action(vol_err(volume, e), "cannot take over")),
+    Ok(PreparedAttachment {
+        volume: volume.clone(),
+        mode,
+        unlocked,
+        data_key,
+        take_over: options.take_over,
+        on_fenced: options.on_fenced,
+    })
+}
+
+impl PreparedAttachment {
+    /// Takes the volume over if asked (blocklisting its holder), locks it
+    /// (refused, naming the holder, when another attachment conflicts),
+    /// checks it is still the volume whose key was unwrapped, repairs an
+    /// invalid superblock copy if read-write, and opens it.
+    pub fn complete(self) -> Result<Volume, EnvelopeError> {
+        let volume = &self.volume;
+        let mode = self.mode;
+        let data_key = self.data_key;
+        let uuid = self.unlocked.superblock.uuid;
+        if let (Some(policy), Store::Rbd(backend)) = (self.take_over, &self.unlocked.store) {
+            // Only a caller the key policy lets use the volume may fence its
+            // holder: the break comes after the unwrap.
+            match backend.take_over(policy) {
+                Ok(Some(holder)) => tracing::warn!(
+                    "{volume}: took the volume over from {holder} (its Ceph client is blocklisted: it can write nothing more)"
+                ),
+                Ok(None) => {
+                    tracing::info!("{volume}: nobody held the volume; nothing to take over")
+                }
+                Err(e) => return Err(with_action(vol_err(volume, e), "cannot take over")),
+            }
         }
+        let opened = self.unlocked.lock(volume, mode)?;
+        // A re-wrap in between changes the wrapped key, not the data key; a
+        // `create --force` in between is another volume.
+        let now = &opened.superblock;
+        if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
+            return Err(vol_err(
+                volume,
+                "the volume was replaced while it was being attached: try again",
+            ));
+        }
+        // Repair only from a copy whose key proved to be the volume's key.
+        let sb = repair_damaged_copy(volume, &opened, mode);
+        if let (Some(on_fenced), Store::Rbd(backend)) = (self.on_fenced, &opened.store) {
+            backend.on_fenced(on_fenced);
+        }
+        let opened_volume = opened
+            .store
+            .into_volume(&sb, data_key)
+            .map_err(|e| vol_err(volume, e))?;
+        Ok(opened_volume.with_read_only(mode == AttachMode::ReadOnly))
     }
-    let opened = unlocked.lock(volume, mode)?;
-    // A re-wrap in between changes the wrapped key, not the data key; a
-    // `create --force` in between is another volume.
-    let now = &opened.superblock;
-    if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
-        return Err(vol_err(
-            volume,
-            "the volume was replaced while it was being attached: try again",
-        ));
-    }
-    // Repair only from a copy whose key proved to be the volume's key.
-    let sb = repair_damaged_copy(volume, &opened, mode);
-    if let (Some(on_fenced), Store::Rbd(backend)) = (options.on_fenced, &opened.store) {
-        backend.on_fenced(on_fenced);
-    }
-    let opened_volume = opened
-        .store
-        .into_volume(&sb, data_key)
-        .map_err(|e| vol_err(volume, e))?;
-    Ok(opened_volume.with_read_only(read_only))
 }
 
 /// A take-over is for a writer of an RBD image: a file's lock is dropped
