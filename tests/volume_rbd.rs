@@ -563,6 +563,53 @@ fn take_over_of_several_volumes_is_all_or_nothing() {
     );
 }
 
+/// A create the KMS refuses leaves no image behind (the image is made
+/// before the data key is asked for, and removed again); a forced
+/// re-create the KMS refuses leaves the old volume as it was, and is not
+/// called a refusal to overwrite.
+#[test]
+fn failed_creates_leave_no_image_and_keep_the_old_volume() {
+    let fx = Fixture::new();
+    let fresh = TestImage::new("nokey");
+    let address = format!("rbd:{}", fresh.spec());
+    let create = |address: &str, force: bool| {
+        let mut args = vec![
+            "volume",
+            "create",
+            address,
+            "--size",
+            "1M",
+            "--key",
+            "alias/no-such-key",
+        ];
+        if force {
+            args.push("--force");
+        }
+        run_fails(&mut fx.envol_as(ADMIN, &args)).1
+    };
+    let stderr = create(&address, false);
+    assert_one_clean_line("create under a missing key", &stderr);
+    assert!(stderr.contains("cannot generate a data key"), "{stderr}");
+    let images = String::from_utf8(rbd(&fresh.ceph, &["ls", &fresh.pool])).unwrap();
+    assert!(
+        !images.lines().any(|l| l == fresh.image),
+        "the failed create left {} behind: {images}",
+        fresh.image
+    );
+
+    let (_image, vol) = rbd_volume(&fx, "keepold", 4 * MIB);
+    let old = vol.path.to_str().unwrap().to_string();
+    let stderr = create(&old, true);
+    assert_one_clean_line("create --force under a missing key", &stderr);
+    assert!(stderr.contains("cannot generate a data key"), "{stderr}");
+    assert!(!stderr.contains("refusing to overwrite"), "{stderr}");
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &old]));
+    assert!(
+        info.contains(&format!("  uuid:        {}", vol.uuid)),
+        "{info}"
+    );
+}
+
 #[test]
 fn take_over_after_the_holder_died() {
     require_tool("nbdcopy", "libnbd-bin");
