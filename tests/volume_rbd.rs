@@ -512,11 +512,6 @@ fn one_writer_and_take_over_fences_the_old_server() {
     server.stop();
 }
 
-/// A server killed with `kill -9` keeps the image's lock: a plain `serve`
-/// is refused naming it. Once Ceph sees it gone (its watch expired: 5 s on
-/// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
-/// volume without --force, and every write the dead server acknowledged is
-/// there.
 /// `serve --take-over` of several volumes fences nobody unless it can
 /// serve them all: every volume is opened and its key unwrapped before any
 /// holder's lock is broken, so a second volume that is refused (here: a
@@ -608,6 +603,56 @@ fn failed_creates_leave_no_image_and_keep_the_old_volume() {
         info.contains(&format!("  uuid:        {}", vol.uuid)),
         "{info}"
     );
+}
+
+/// A server killed with `kill -9` keeps the image's lock: a plain `serve`
+/// is refused naming it. Once Ceph sees it gone (its watch expired: 5 s on
+/// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
+/// volume without --force, and every write the dead server acknowledged is
+/// there.
+/// A server fenced off one of its volumes closes the others before it
+/// exits: their locks are released, so a plain `serve` (no --take-over)
+/// gets them at once.
+#[test]
+fn a_fenced_server_releases_its_other_volumes() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (_one, taken) = rbd_volume(&fx, "fenced-one", 4 * MIB);
+    let (_two, other) = rbd_volume(&fx, "fenced-other", 4 * MIB);
+    let mut first = fx.serve_many(ADMIN, &[(&taken, None), (&other, None)], &[]);
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(
+        ADMIN,
+        &[(&taken, None)],
+        &socket,
+        &["--take-over", "--force"],
+    );
+    let second = VolumeServer::spawn(&mut cmd, socket, &[taken.export()]);
+    let late = fx.path("late.bin");
+    std::fs::write(&late, vec![0xeeu8; 4096]).unwrap();
+    let _ = Command::new("nbdcopy")
+        .args([late.to_str().unwrap(), first.first_uri()])
+        .output();
+    let status = first
+        .wait_exit(FENCED_EXIT)
+        .expect("the fenced server did not exit");
+    assert_eq!(status.code(), Some(1), "the fenced server: {status}");
+    let said = first.stderr();
+    let news: Vec<&str> = said.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(
+        news,
+        [format!(
+            "envol: fenced: another server took over {}; exiting",
+            taken.path.display()
+        )],
+        "{said}"
+    );
+    let address = other.path.to_str().unwrap();
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", address]));
+    assert!(info.contains("  attached:    no"), "{info}");
+    let third = fx.serve(ADMIN, &other);
+    third.stop();
+    second.stop();
 }
 
 #[test]

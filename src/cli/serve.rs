@@ -19,8 +19,8 @@ use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
-use crate::volume::Volume;
 use crate::volume::rbd::TakeOver;
+use crate::volume::{BlockDevice, Volume};
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -344,27 +344,91 @@ pub fn run(args: ServeArgs) -> CliResult {
             fenced: Some(fenced_tx),
         };
         let (exports, certified) = attach_all(&keys, &volumes, &fencing).await?;
+        // Kept to close the volumes that were not fenced if another one is.
+        let held: Vec<(String, Arc<dyn BlockDevice>)> = volumes
+            .iter()
+            .zip(&exports)
+            .map(|(v, e)| (v.volume.to_string(), e.device.clone()))
+            .collect();
         let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
         for (name, description) in certified {
             server = server.with_certified_description(&name, description)?;
         }
         let server = args.limits.apply(server);
-        tokio::select! {
-            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => served,
-            Some(volume) = fenced_rx.recv() => exit_fenced(&volume),
-        }
+        let fenced = tokio::select! {
+            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => return served,
+            Some(volume) = fenced_rx.recv() => volume,
+        };
+        // The server is dropped by now: its listeners closed, its
+        // connections aborted (they drop their handles on the volumes).
+        exit_fenced(fenced, fenced_rx, held).await
     })
 }
 
 /// Another server took `volume` over and Ceph blocklisted this one: every
-/// write from now on fails, so there is nothing left to serve, nor to
-/// flush. Exits at once, without the graceful shutdown (which would wait
-/// for clients, and flush a volume that can no longer be written) — the
-/// new server has the volume and every write this one acknowledged.
-fn exit_fenced(volume: &str) -> ! {
-    eprintln!("envol: fenced: another server took over {volume}; exiting");
+/// write to it from now on fails, so there is nothing left to serve, nor
+/// to flush. Exits without the graceful shutdown (which would wait for
+/// clients, and flush a volume that can no longer be written) — the new
+/// server has the volume and every write this one acknowledged. The other
+/// volumes (each has a Ceph client of its own, which was not fenced) are
+/// closed first, within [`RELEASE_DEADLINE`], so that their locks are
+/// released rather than left for a `--take-over`; the fenced ones are left
+/// alone (closing would try to write back to them).
+async fn exit_fenced(
+    first: String,
+    mut more: tokio::sync::mpsc::UnboundedReceiver<String>,
+    held: Vec<(String, Arc<dyn BlockDevice>)>,
+) -> ! {
+    let mut fenced = vec![first];
+    let deadline = tokio::time::Instant::now() + RELEASE_DEADLINE;
+    let mut open = held;
+    loop {
+        while let Ok(volume) = more.try_recv() {
+            fenced.push(volume);
+        }
+        // Never closed: the process exits with them open.
+        let (gone, rest): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|(address, _)| fenced.contains(address));
+        std::mem::forget(gone);
+        // A volume only this function still holds is closed now (its
+        // lock released); one a connection still holds waits for it.
+        let (closable, busy): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(_, device)| Arc::strong_count(device) == 1);
+        for (address, device) in closable {
+            let closed = tokio::time::timeout_at(
+                deadline,
+                tokio::task::spawn_blocking(move || drop(device)),
+            )
+            .await;
+            if closed.is_err() {
+                tracing::warn!("{address}: not closed in time; its lock may need --take-over");
+            }
+        }
+        open = busy;
+        if open.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(RELEASE_POLL).await;
+    }
+    for (address, device) in open {
+        tracing::warn!("{address}: still in use, not closed; its lock may need --take-over");
+        std::mem::forget(device);
+    }
+    eprintln!(
+        "envol: fenced: another server took over {}; exiting",
+        fenced.join(", ")
+    );
     std::process::exit(FENCED_EXIT_CODE)
 }
+
+/// How long a fenced server spends closing its other volumes before it
+/// exits anyway.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How often it looks whether its connections have let go of them.
+const RELEASE_POLL: Duration = Duration::from_millis(20);
 
 /// The exit status of a fenced server (as `main`'s for any other error).
 const FENCED_EXIT_CODE: i32 = 1;
