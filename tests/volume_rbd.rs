@@ -512,11 +512,149 @@ fn one_writer_and_take_over_fences_the_old_server() {
     server.stop();
 }
 
+/// `serve --take-over` of several volumes fences nobody unless it can
+/// serve them all: every volume is opened and its key unwrapped before any
+/// holder's lock is broken, so a second volume that is refused (here: a
+/// missing image) leaves the first one's server serving.
+#[test]
+fn take_over_of_several_volumes_is_all_or_nothing() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (_image, vol) = rbd_volume(&fx, "allornot", 4 * MIB);
+    let first = fx.serve(ADMIN, &vol);
+    let missing = Vol {
+        path: format!("rbd:{}", TestImage::new("allornot-missing").spec()).into(),
+        ..vol.clone()
+    };
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(
+        ADMIN,
+        &[(&vol, None), (&missing, None)],
+        &socket,
+        &["--take-over", "--force"],
+    );
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served a missing image: {stderr}");
+    assert_one_clean_line("take-over with a missing second volume", &stderr);
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.path.display())),
+        "{stderr}"
+    );
+    // Not fenced: the first server still writes, and reads back, its image
+    // (a blocklisted client's writes fail, and it exits).
+    let data = random_bytes(MIB as usize);
+    nbd_write(&fx, first.first_uri(), &data, "after.bin");
+    let back = nbd_read(&fx, first.first_uri(), "back.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "the first server lost its volume"
+    );
+    let info =
+        common::volume::run_ok(&mut fx.envol(&["volume", "info", &vol.path.to_string_lossy()]));
+    assert!(
+        info.contains("  attached:    read-write by Ceph client "),
+        "{info}"
+    );
+}
+
+/// A create the KMS refuses leaves no image behind (the image is made
+/// before the data key is asked for, and removed again); a forced
+/// re-create the KMS refuses leaves the old volume as it was, and is not
+/// called a refusal to overwrite.
+#[test]
+fn failed_creates_leave_no_image_and_keep_the_old_volume() {
+    let fx = Fixture::new();
+    let fresh = TestImage::new("nokey");
+    let address = format!("rbd:{}", fresh.spec());
+    let create = |address: &str, force: bool| {
+        let mut args = vec![
+            "volume",
+            "create",
+            address,
+            "--size",
+            "1M",
+            "--key",
+            "alias/no-such-key",
+        ];
+        if force {
+            args.push("--force");
+        }
+        run_fails(&mut fx.envol_as(ADMIN, &args)).1
+    };
+    let stderr = create(&address, false);
+    assert_one_clean_line("create under a missing key", &stderr);
+    assert!(stderr.contains("cannot generate a data key"), "{stderr}");
+    let images = String::from_utf8(rbd(&fresh.ceph, &["ls", &fresh.pool])).unwrap();
+    assert!(
+        !images.lines().any(|l| l == fresh.image),
+        "the failed create left {} behind: {images}",
+        fresh.image
+    );
+
+    let (_image, vol) = rbd_volume(&fx, "keepold", 4 * MIB);
+    let old = vol.path.to_str().unwrap().to_string();
+    let stderr = create(&old, true);
+    assert_one_clean_line("create --force under a missing key", &stderr);
+    assert!(stderr.contains("cannot generate a data key"), "{stderr}");
+    assert!(!stderr.contains("refusing to overwrite"), "{stderr}");
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &old]));
+    assert!(
+        info.contains(&format!("  uuid:        {}", vol.uuid)),
+        "{info}"
+    );
+}
+
 /// A server killed with `kill -9` keeps the image's lock: a plain `serve`
 /// is refused naming it. Once Ceph sees it gone (its watch expired: 5 s on
 /// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
 /// volume without --force, and every write the dead server acknowledged is
 /// there.
+/// A server fenced off one of its volumes closes the others before it
+/// exits: their locks are released, so a plain `serve` (no --take-over)
+/// gets them at once.
+#[test]
+fn a_fenced_server_releases_its_other_volumes() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (_one, taken) = rbd_volume(&fx, "fenced-one", 4 * MIB);
+    let (_two, other) = rbd_volume(&fx, "fenced-other", 4 * MIB);
+    let mut first = fx.serve_many(ADMIN, &[(&taken, None), (&other, None)], &[]);
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(
+        ADMIN,
+        &[(&taken, None)],
+        &socket,
+        &["--take-over", "--force"],
+    );
+    let second = VolumeServer::spawn(&mut cmd, socket, &[taken.export()]);
+    let late = fx.path("late.bin");
+    std::fs::write(&late, vec![0xeeu8; 4096]).unwrap();
+    let _ = Command::new("nbdcopy")
+        .args([late.to_str().unwrap(), first.first_uri()])
+        .output();
+    let status = first
+        .wait_exit(FENCED_EXIT)
+        .expect("the fenced server did not exit");
+    assert_eq!(status.code(), Some(1), "the fenced server: {status}");
+    let said = first.stderr();
+    let news: Vec<&str> = said.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(
+        news,
+        [format!(
+            "envol: fenced: another server took over {}; exiting",
+            taken.path.display()
+        )],
+        "{said}"
+    );
+    let address = other.path.to_str().unwrap();
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", address]));
+    assert!(info.contains("  attached:    no"), "{info}");
+    let third = fx.serve(ADMIN, &other);
+    third.stop();
+    second.stop();
+}
+
 #[test]
 fn take_over_after_the_holder_died() {
     require_tool("nbdcopy", "libnbd-bin");
@@ -591,6 +729,51 @@ fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
                 "{stderr}"
             );
         }
+    }
+    // Taken too literally, each of these would be an image that "does not
+    // exist"; they are refused as what they are, before Ceph or the KMS.
+    for (bad, says) in [
+        (
+            "rbd:p/img:ro=name",
+            "ambiguous volume argument: expected rbd:POOL/IMAGE[=NAME][:ro]",
+        ),
+        (
+            "rbd:p/img=a=b",
+            "ambiguous volume argument: expected rbd:POOL/IMAGE[=NAME][:ro]",
+        ),
+        ("rbd:p/img@snap", "snapshots are not volumes"),
+    ] {
+        let (_, stderr) =
+            run_fails(&mut fx.envol(&["serve", bad, "--socket", "/nonexistent/s.sock"]));
+        assert_one_clean_line(bad, &stderr);
+        assert!(stderr.starts_with(&format!("envol: {bad}: ")), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    // A reader takes nobody's place: refused before the KMS is reached
+    // (this process has no KMS to reach).
+    for args in [
+        vec![
+            "serve",
+            "rbd:p/img:ro",
+            "--take-over",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
+        vec![
+            "serve",
+            "rbd:p/img",
+            "--read-only",
+            "--take-over",
+            "--socket",
+            "/nonexistent/s.sock",
+        ],
+    ] {
+        let (_, stderr) = run_fails(&mut fx.envol(&args));
+        assert_one_clean_line("read-only take-over", &stderr);
+        assert!(
+            stderr.contains("--take-over is for read-write attachments"),
+            "{stderr}"
+        );
     }
     let missing = format!("rbd:{}", TestImage::new("missing").spec());
     let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", &missing]));

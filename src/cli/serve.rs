@@ -19,8 +19,8 @@ use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
-use crate::volume::Volume;
 use crate::volume::rbd::TakeOver;
+use crate::volume::{BlockDevice, Volume};
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -204,6 +204,7 @@ pub(crate) fn split_volume_arg(arg: &str, ceph: &CephArgs) -> Result<VolumeArg, 
         Some(rest) if !rest.is_empty() => (rest, true),
         _ => (arg, false),
     };
+    check_rbd_spec(arg, spec)?;
     let (volume, name) = match spec.rsplit_once('=') {
         Some((v, n)) if !v.is_empty() => (ceph.volume(v)?, n.to_string()),
         _ => {
@@ -220,6 +221,33 @@ pub(crate) fn split_volume_arg(arg: &str, ceph: &CephArgs) -> Result<VolumeArg, 
         name,
         read_only,
     })
+}
+
+/// The one form an RBD volume argument takes.
+const RBD_SPEC_FORM: &str = "rbd:POOL/IMAGE[=NAME][:ro]";
+
+/// Refuses what the address parser would otherwise take too literally in
+/// an `rbd:` argument (`spec`: `arg` without its `:ro`): a `:` left over
+/// (`rbd:p/img:ro=name` would be image `img:ro`), a second `=`
+/// (`rbd:p/img=a=b` would be image `img=a`), or a snapshot
+/// (`rbd:p/img@snap`): each would end in a confusing "does not exist".
+/// A file's path may hold any of these; it is left alone.
+fn check_rbd_spec(arg: &str, spec: &str) -> Result<(), CliError> {
+    let Some(rest) = spec.strip_prefix(crate::envelope::RBD_PREFIX) else {
+        return Ok(());
+    };
+    let address = rest.split_once('=').map_or(rest, |(address, _)| address);
+    if address.contains('@') {
+        return Err(CliError(format!(
+            "{arg}: snapshots are not volumes (an RBD snapshot is read-only and has no lock); expected {RBD_SPEC_FORM}"
+        )));
+    }
+    if rest.contains(':') || rest.matches('=').count() > 1 {
+        return Err(CliError(format!(
+            "{arg}: ambiguous volume argument: expected {RBD_SPEC_FORM} (an export name after `=`, then `:ro` last; neither `:` nor `=` in pool, image or name)"
+        )));
+    }
+    Ok(())
 }
 
 /// What `serve` does about RBD locks: take them over, and hear when
@@ -258,6 +286,18 @@ fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<Ta
         return Err(CliError(format!(
             "{}: --take-over applies to rbd: volumes only (a file's lock is released when its holder dies)",
             file.volume
+        )));
+    }
+    // Before the KMS client is built: a reader takes nobody's place.
+    if args.read_only {
+        return Err(CliError(
+            "--take-over is for read-write attachments, not with --read-only".into(),
+        ));
+    }
+    if let Some(reader) = volumes.iter().find(|v| v.read_only) {
+        return Err(CliError(format!(
+            "{}: --take-over is for read-write attachments, not a read-only (:ro) one",
+            reader.volume
         )));
     }
     Ok(Some(match args.force {
@@ -304,32 +344,102 @@ pub fn run(args: ServeArgs) -> CliResult {
             fenced: Some(fenced_tx),
         };
         let (exports, certified) = attach_all(&keys, &volumes, &fencing).await?;
+        // Kept to close the volumes that were not fenced if another one is.
+        let held: Vec<(String, Arc<dyn BlockDevice>)> = volumes
+            .iter()
+            .zip(&exports)
+            .map(|(v, e)| (v.volume.to_string(), e.device.clone()))
+            .collect();
         let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
         for (name, description) in certified {
             server = server.with_certified_description(&name, description)?;
         }
         let server = args.limits.apply(server);
-        tokio::select! {
-            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => served,
-            Some(volume) = fenced_rx.recv() => exit_fenced(&volume),
-        }
+        let fenced = tokio::select! {
+            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => return served,
+            Some(volume) = fenced_rx.recv() => volume,
+        };
+        // The server is dropped by now: its listeners closed, its
+        // connections aborted (they drop their handles on the volumes).
+        exit_fenced(fenced, fenced_rx, held).await
     })
 }
 
 /// Another server took `volume` over and Ceph blocklisted this one: every
-/// write from now on fails, so there is nothing left to serve, nor to
-/// flush. Exits at once, without the graceful shutdown (which would wait
-/// for clients, and flush a volume that can no longer be written) — the
-/// new server has the volume and every write this one acknowledged.
-fn exit_fenced(volume: &str) -> ! {
-    eprintln!("envol: fenced: another server took over {volume}; exiting");
+/// write to it from now on fails, so there is nothing left to serve, nor
+/// to flush. Exits without the graceful shutdown (which would wait for
+/// clients, and flush a volume that can no longer be written) — the new
+/// server has the volume and every write this one acknowledged. The other
+/// volumes (each has a Ceph client of its own, which was not fenced) are
+/// closed first, within [`RELEASE_DEADLINE`], so that their locks are
+/// released rather than left for a `--take-over`; the fenced ones are left
+/// alone (closing would try to write back to them).
+async fn exit_fenced(
+    first: String,
+    mut more: tokio::sync::mpsc::UnboundedReceiver<String>,
+    held: Vec<(String, Arc<dyn BlockDevice>)>,
+) -> ! {
+    let mut fenced = vec![first];
+    let deadline = tokio::time::Instant::now() + RELEASE_DEADLINE;
+    let mut open = held;
+    loop {
+        while let Ok(volume) = more.try_recv() {
+            fenced.push(volume);
+        }
+        // Never closed: the process exits with them open.
+        let (gone, rest): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|(address, _)| fenced.contains(address));
+        std::mem::forget(gone);
+        // A volume only this function still holds is closed now (its
+        // lock released); one a connection still holds waits for it.
+        let (closable, busy): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(_, device)| Arc::strong_count(device) == 1);
+        for (address, device) in closable {
+            let closed = tokio::time::timeout_at(
+                deadline,
+                tokio::task::spawn_blocking(move || drop(device)),
+            )
+            .await;
+            if closed.is_err() {
+                tracing::warn!("{address}: not closed in time; its lock may need --take-over");
+            }
+        }
+        open = busy;
+        if open.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(RELEASE_POLL).await;
+    }
+    for (address, device) in open {
+        tracing::warn!("{address}: still in use, not closed; its lock may need --take-over");
+        std::mem::forget(device);
+    }
+    eprintln!(
+        "envol: fenced: another server took over {}; exiting",
+        fenced.join(", ")
+    );
     std::process::exit(FENCED_EXIT_CODE)
 }
+
+/// How long a fenced server spends closing its other volumes before it
+/// exits anyway.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How often it looks whether its connections have let go of them.
+const RELEASE_POLL: Duration = Duration::from_millis(20);
 
 /// The exit status of a fenced server (as `main`'s for any other error).
 const FENCED_EXIT_CODE: i32 = 1;
 
-/// Attaches every volume (all or nothing: a refusal stops before any listener opens).
+/// Attaches every volume, all or nothing: a refusal stops before any
+/// listener opens, and before any holder is fenced: every volume is opened
+/// and its key unwrapped and checked first, and only then is each taken
+/// over (with `--take-over`) and locked. (What only the take-over itself
+/// can find out — that a holder is still alive, under `--take-over`
+/// without `--force` — may still refuse a later volume after an earlier
+/// one was taken over.)
 /// Returns the exports, and for each export (by name) the description that
 /// clients authenticated by a TLS client certificate see.
 pub(crate) async fn attach_all<K: KeyService>(
@@ -337,17 +447,29 @@ pub(crate) async fn attach_all<K: KeyService>(
     volumes: &[VolumeArg],
     fencing: &Fencing,
 ) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
-    let mut exports = Vec::new();
-    let mut certified = Vec::new();
+    let mut prepared = Vec::with_capacity(volumes.len());
     for VolumeArg {
         volume: address,
-        name,
         read_only,
+        ..
     } in volumes
     {
+        let options = fencing.attach_options(address, *read_only);
+        prepared.push(envelope::prepare_attach(keys, address, options).await?);
+    }
+    let mut exports = Vec::new();
+    let mut certified = Vec::new();
+    for (
+        prepared,
+        VolumeArg {
+            volume: address,
+            name,
+            read_only,
+        },
+    ) in prepared.into_iter().zip(volumes)
+    {
         let read_only = *read_only;
-        let options = fencing.attach_options(address, read_only);
-        let volume: Volume = envelope::attach_with(keys, address, options).await?;
+        let volume: Volume = prepared.complete()?;
         let sb = volume.superblock();
         // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
         // neither the volume's uuid nor its key; only a client with a

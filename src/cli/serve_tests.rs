@@ -67,3 +67,32 @@ fn bad_rbd_specs_are_one_line() {
         );
     }
 }
+
+#[test]
+fn misplaced_ro_second_equals_and_snapshots_are_refused_naming_the_form() {
+    for (arg, says) in [
+        ("rbd:p/img:ro=name", "expected rbd:POOL/IMAGE[=NAME][:ro]"),
+        ("rbd:p/img=a=b", "expected rbd:POOL/IMAGE[=NAME][:ro]"),
+        ("rbd:p/img=a:b", "expected rbd:POOL/IMAGE[=NAME][:ro]"),
+        ("rbd:p/img:x", "expected rbd:POOL/IMAGE[=NAME][:ro]"),
+        ("rbd:p/img@snap", "snapshots are not volumes"),
+        ("rbd:p/img@snap=n:ro", "snapshots are not volumes"),
+    ] {
+        let e = split(arg)
+            .err()
+            .unwrap_or_else(|| panic!("{arg} accepted"))
+            .0;
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.starts_with(arg), "{arg}: {e}");
+        assert!(e.contains(says), "{arg}: {e}");
+    }
+}
+
+#[test]
+fn an_at_sign_in_the_export_name_and_odd_file_paths_are_fine() {
+    let v = split("rbd:p/img=a@b:ro").unwrap();
+    assert_eq!(v.volume.rbd_image().map(|i| i.image.as_str()), Some("img"));
+    assert_eq!((v.name.as_str(), v.read_only), ("a@b", true));
+    let v = split("./x:y@z.vol").unwrap();
+    assert_eq!(v.volume, VolumeAddress::File(PathBuf::from("./x:y@z.vol")));
+}

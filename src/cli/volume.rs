@@ -27,7 +27,7 @@ pub enum VolumeCommand {
         /// Cipher sector size in bytes: 4096 (default) or 512.
         #[arg(long, default_value_t = 4096, value_parser = parse_sector_size)]
         sector_size: u32,
-        /// Overwrite an existing file or image (its data is lost); refused while it is attached.
+        /// Overwrite an existing file or image (its data is lost); refused while it is attached, except an rbd: image attached only read-only (`:ro` serves hold no RBD lock, so they are not seen: stop them first).
         #[arg(long)]
         force: bool,
         #[command(flatten)]

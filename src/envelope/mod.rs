@@ -150,32 +150,148 @@ pub async fn create<K: KeyService>(
             ),
         ));
     }
-    let exists = match volume {
-        VolumeAddress::File(path) => path.exists(),
-        VolumeAddress::Rbd { image, ceph } => {
-            RbdBackend::exists(ceph, image).map_err(|e| vol_err(volume, e))?
-        }
-    };
+    match volume {
+        VolumeAddress::File(path) => create_file(keys, &spec, path).await,
+        VolumeAddress::Rbd { image, ceph } => create_rbd(keys, &spec, ceph, image).await,
+    }
+}
+
+/// The refusal of an existing volume without `--force`.
+const EXISTS_WITHOUT_FORCE: &str = "already exists: refusing to overwrite it (use --force)";
+
+/// A volume file: refused if it exists (unless `force`, and even then
+/// while attached) before the KMS is asked for anything.
+async fn create_file<K: KeyService>(
+    keys: &K,
+    spec: &NewVolume<'_>,
+    path: &std::path::Path,
+) -> Result<Superblock, EnvelopeError> {
+    let volume = spec.volume;
+    let exists = path.exists();
     if exists && !spec.force {
-        return Err(vol_err(
-            volume,
-            "already exists: refusing to overwrite it (use --force)",
-        ));
+        return Err(vol_err(volume, EXISTS_WITHOUT_FORCE));
     }
     if exists {
         // An attached volume is refused before the KMS is asked for anything
-        // (the volume is locked again, and checked again, as it is written).
-        let store = match volume {
-            // Read-only is enough to take a file's lock, and works on a
-            // file the caller may not write (the write then fails clearly).
-            VolumeAddress::File(_) => Store::open(volume, AttachMode::ReadOnly),
-            VolumeAddress::Rbd { .. } => Store::open(volume, AttachMode::ReadWrite),
-        }
-        .map_err(|e| vol_err(volume, e))?;
+        // (the file is locked again, and checked again, as it is written).
+        // Read-only is enough to take a file's lock, and works on a file
+        // the caller may not write (the write then fails clearly).
+        let store = Store::open(volume, AttachMode::ReadOnly).map_err(|e| vol_err(volume, e))?;
         store
             .lock_attachment(AttachMode::ReadWrite)
             .map_err(|e| with_action(vol_err(volume, e), "refusing to overwrite it"))?;
     }
+    let sb = new_superblock(keys, spec).await?;
+    volume::create_volume_file(path, &sb, spec.force).map_err(|e| match exists {
+        // Most likely the truncation or a write failed; an open or lock
+        // failure (a race with another process) would have left it intact.
+        true => vol_err(
+            volume,
+            format!("overwriting it failed part-way (the old volume may be lost): {e}; rerun with --force"),
+        ),
+        false => vol_err(volume, e),
+    })?;
+    Ok(sb)
+}
+
+/// An RBD image. A new image is made (and locked) before the KMS is asked
+/// for a data key: creating it is what finds an existing one, atomically
+/// in Ceph, so no data key is generated for an image that is refused, and
+/// nobody attaches it half-written. If anything fails after that, the
+/// image this call made is removed again. With `force`, an existing image
+/// is checked not to be attached read-write before the KMS is asked (and
+/// locked again as it is taken); once its superblocks or data are being
+/// overwritten, a failure leaves the old volume lost, and says so.
+async fn create_rbd<K: KeyService>(
+    keys: &K,
+    spec: &NewVolume<'_>,
+    ceph: &rbd::CephOptions,
+    image: &rbd::RbdAddress,
+) -> Result<Superblock, EnvelopeError> {
+    let volume = spec.volume;
+    let image_size = DATA_OFFSET.saturating_add(spec.size);
+    match RbdBackend::create(ceph, image, image_size, false) {
+        Ok(backend) => {
+            let made = async {
+                let sb = new_superblock(keys, spec).await?;
+                write_image(&backend, &sb, false).map_err(|e| vol_err(volume, e))?;
+                Ok(sb)
+            }
+            .await;
+            // Closed (its lock released) before the image can be removed.
+            drop(backend);
+            made.map_err(|e| remove_made_image(e, ceph, image))
+        }
+        Err(rbd::RbdError::Exists(_)) if !spec.force => Err(vol_err(volume, EXISTS_WITHOUT_FORCE)),
+        Err(rbd::RbdError::Exists(_)) => {
+            // Refused, naming the holder, while another server has it
+            // attached read-write; the check's own client is closed again
+            // (its lock released) before the image is taken below.
+            let store =
+                Store::open(volume, AttachMode::ReadWrite).map_err(|e| vol_err(volume, e))?;
+            store
+                .lock_attachment(AttachMode::ReadWrite)
+                .map_err(|e| with_action(vol_err(volume, e), "refusing to overwrite it"))?;
+            drop(store);
+            let sb = new_superblock(keys, spec).await?;
+            let backend =
+                RbdBackend::create(ceph, image, image_size, true).map_err(|e| match e {
+                    rbd::RbdError::InUse { .. } => {
+                        with_action(vol_err(volume, e), "refusing to overwrite it")
+                    }
+                    e => vol_err(
+                        volume,
+                        format!("overwriting it failed (the old volume may be damaged): {e}; rerun with --force"),
+                    ),
+                })?;
+            write_image(&backend, &sb, true).map_err(|e| {
+                vol_err(
+                    volume,
+                    format!("overwriting it failed part-way (the old volume is lost): {e}; rerun with --force"),
+                )
+            })?;
+            Ok(sb)
+        }
+        Err(e) => Err(vol_err(volume, e)),
+    }
+}
+
+/// `error`, after removing the image a failed create made (said too if
+/// that fails: the user must remove it by hand).
+fn remove_made_image(
+    error: EnvelopeError,
+    ceph: &rbd::CephOptions,
+    image: &rbd::RbdAddress,
+) -> EnvelopeError {
+    match RbdBackend::remove(ceph, image) {
+        Ok(()) => error,
+        Err(e) => {
+            let rm = format!("rbd rm {}/{}", image.pool, image.image);
+            match error {
+                EnvelopeError::Volume { volume, message } => EnvelopeError::Volume {
+                    volume,
+                    message: format!(
+                        "{message} (and the image made for it could not be removed: {e}; remove it with `{rm}`)"
+                    ),
+                },
+                EnvelopeError::Key(mut failure) => {
+                    failure.hint.push_str(&format!(
+                        " (and the image made for the volume could not be removed: {e}; remove it with `{rm}`)"
+                    ));
+                    EnvelopeError::Key(failure)
+                }
+            }
+        }
+    }
+}
+
+/// A new volume's superblock: a new data key from the KMS, wrapped under
+/// `spec.key` and bound to a new uuid.
+async fn new_superblock<K: KeyService>(
+    keys: &K,
+    spec: &NewVolume<'_>,
+) -> Result<Superblock, EnvelopeError> {
+    let volume = spec.volume;
     let uuid = Uuid::new_v4();
     let context = volume_encryption_context(&uuid);
     let wrapped = keys
@@ -195,7 +311,7 @@ pub async fn create<K: KeyService>(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let sb = Superblock::new(
+    Superblock::new(
         uuid,
         spec.size,
         spec.sector_size,
@@ -204,36 +320,19 @@ pub async fn create<K: KeyService>(
         data_key.key_check(&uuid),
         created,
     )
-    .map_err(|e| vol_err(volume, e))?;
-    let written = match volume {
-        VolumeAddress::File(path) => volume::create_volume_file(path, &sb, spec.force)
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        VolumeAddress::Rbd { image, ceph } => create_image(ceph, image, &sb, spec.force),
-    };
-    written.map_err(|e| match spec.force {
-        true => with_action(vol_err(volume, e), "refusing to overwrite it"),
-        false => vol_err(volume, e),
-    })?;
-    Ok(sb)
+    .map_err(|e| vol_err(volume, e))
 }
 
-/// Creates (or with `force` reuses) an RBD image for `sb`'s volume, locked
-/// for the writing: the data area reads as zeros (a reused image's old
-/// ciphertext is zeroed, as a file is truncated), then both superblock
-/// copies are written and flushed.
-fn create_image(
-    ceph: &rbd::CephOptions,
-    image: &rbd::RbdAddress,
-    sb: &Superblock,
-    force: bool,
-) -> Result<(), String> {
-    let backend = RbdBackend::create(ceph, image, sb.required_backend_size(), force)
-        .map_err(|e| e.to_string())?;
+/// Writes `sb`'s volume onto an image made (or, `reused`, taken) for it,
+/// locked for the writing (a second lock by the same client is a no-op):
+/// the data area reads as zeros (a reused image's old ciphertext is
+/// zeroed, as a file is truncated), then both superblock copies are
+/// written and flushed.
+fn write_image(backend: &RbdBackend, sb: &Superblock, reused: bool) -> Result<(), String> {
     backend
         .lock_attachment(AttachMode::ReadWrite)
         .map_err(|e| e.to_string())?;
-    if force {
+    if reused {
         backend
             .punch_hole(DATA_OFFSET, sb.size)
             .map_err(|e| format!("cannot zero the old data area: {e}"))?;
@@ -439,6 +538,31 @@ pub async fn attach_with<K: KeyService>(
     volume: &VolumeAddress,
     options: AttachOptions,
 ) -> Result<Volume, EnvelopeError> {
+    prepare_attach(keys, volume, options).await?.complete()
+}
+
+/// A volume opened, its data key unwrapped and checked, not yet taken over
+/// nor locked: the first half of an attach. A server attaching several
+/// volumes prepares them all before it completes any, so that a volume the
+/// key policy refuses stops the server before it has fenced anybody off
+/// another one (a take-over cannot be undone).
+pub struct PreparedAttachment {
+    volume: VolumeAddress,
+    mode: AttachMode,
+    unlocked: OpenedVolume,
+    data_key: DataKey,
+    take_over: Option<rbd::TakeOver>,
+    on_fenced: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// Opens `volume`, and has the key service unwrap its data key (checked
+/// against the superblock's key check value). Changes nothing: no lock is
+/// taken or broken (see [`PreparedAttachment::complete`]).
+pub async fn prepare_attach<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    options: AttachOptions,
+) -> Result<PreparedAttachment, EnvelopeError> {
     let read_only = options.read_only;
     let mode = if read_only {
         AttachMode::ReadOnly
@@ -464,38 +588,60 @@ pub async fn attach_with<K: KeyService>(
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
         return Err(vol_err(volume, volume::VolumeError::WrongKey));
     }
-    let uuid = sb.uuid;
-    if let (Some(policy), Store::Rbd(backend)) = (options.take_over, &unlocked.store) {
-        // Only a caller the key policy lets use the volume may fence its
-        // holder: the break comes after the unwrap.
-        match backend.take_over(policy) {
-            Ok(Some(holder)) => tracing::warn!(
-                "{volume}: took the volume over from {holder} (its Ceph client is blocklisted: it can write nothing more)"
-            ),
-            Ok(None) => tracing::info!("{volume}: nobody held the volume; nothing to take over"),
-            Err(e) => return Err(with_action(vol_err(volume, e), "cannot take over")),
+    Ok(PreparedAttachment {
+        volume: volume.clone(),
+        mode,
+        unlocked,
+        data_key,
+        take_over: options.take_over,
+        on_fenced: options.on_fenced,
+    })
+}
+
+impl PreparedAttachment {
+    /// Takes the volume over if asked (blocklisting its holder), locks it
+    /// (refused, naming the holder, when another attachment conflicts),
+    /// checks it is still the volume whose key was unwrapped, repairs an
+    /// invalid superblock copy if read-write, and opens it.
+    pub fn complete(self) -> Result<Volume, EnvelopeError> {
+        let volume = &self.volume;
+        let mode = self.mode;
+        let data_key = self.data_key;
+        let uuid = self.unlocked.superblock.uuid;
+        if let (Some(policy), Store::Rbd(backend)) = (self.take_over, &self.unlocked.store) {
+            // Only a caller the key policy lets use the volume may fence its
+            // holder: the break comes after the unwrap.
+            match backend.take_over(policy) {
+                Ok(Some(holder)) => tracing::warn!(
+                    "{volume}: took the volume over from {holder} (its Ceph client is blocklisted: it can write nothing more)"
+                ),
+                Ok(None) => {
+                    tracing::info!("{volume}: nobody held the volume; nothing to take over")
+                }
+                Err(e) => return Err(with_action(vol_err(volume, e), "cannot take over")),
+            }
         }
+        let opened = self.unlocked.lock(volume, mode)?;
+        // A re-wrap in between changes the wrapped key, not the data key; a
+        // `create --force` in between is another volume.
+        let now = &opened.superblock;
+        if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
+            return Err(vol_err(
+                volume,
+                "the volume was replaced while it was being attached: try again",
+            ));
+        }
+        // Repair only from a copy whose key proved to be the volume's key.
+        let sb = repair_damaged_copy(volume, &opened, mode);
+        if let (Some(on_fenced), Store::Rbd(backend)) = (self.on_fenced, &opened.store) {
+            backend.on_fenced(on_fenced);
+        }
+        let opened_volume = opened
+            .store
+            .into_volume(&sb, data_key)
+            .map_err(|e| vol_err(volume, e))?;
+        Ok(opened_volume.with_read_only(mode == AttachMode::ReadOnly))
     }
-    let opened = unlocked.lock(volume, mode)?;
-    // A re-wrap in between changes the wrapped key, not the data key; a
-    // `create --force` in between is another volume.
-    let now = &opened.superblock;
-    if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
-        return Err(vol_err(
-            volume,
-            "the volume was replaced while it was being attached: try again",
-        ));
-    }
-    // Repair only from a copy whose key proved to be the volume's key.
-    let sb = repair_damaged_copy(volume, &opened, mode);
-    if let (Some(on_fenced), Store::Rbd(backend)) = (options.on_fenced, &opened.store) {
-        backend.on_fenced(on_fenced);
-    }
-    let opened_volume = opened
-        .store
-        .into_volume(&sb, data_key)
-        .map_err(|e| vol_err(volume, e))?;
-    Ok(opened_volume.with_read_only(read_only))
 }
 
 /// A take-over is for a writer of an RBD image: a file's lock is dropped
