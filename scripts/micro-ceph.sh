@@ -99,7 +99,11 @@ auth allow insecure global id reclaim = false
 keyring = $DIR/keyring.\$name
 run dir = $DIR/run
 pid file = $DIR/run/\$name.pid
-admin socket = $DIR/run/\$name.asok
+# One admin socket per client process and connection (\$pid.\$cctid): envol
+# opens several Ceph clients, and a second server on the same host takes an
+# image over; with one fixed path per name, a forced take-over of a stopped
+# server took ~10 s instead of < 1 s (tests/rbd_failover.rs).
+admin socket = $DIR/run/\$name.\$pid.\$cctid.asok
 log file = $DIR/log/\$name.log
 log to stderr = false
 err to stderr = false
