@@ -336,12 +336,12 @@ impl Ledger {
     /// count from now on; the others (and every fenced one) are gone.
     fn settle(&mut self, data: &[u8]) {
         for slot in 0..SLOTS {
-            if let Some(tag) = self.in_flight[slot].take() {
-                if data[slot * SLOT..(slot + 1) * SLOT] == slot_bytes(tag)[..] {
-                    assert_eq!(tag & FENCED, 0);
-                    self.acked[slot] = tag;
-                    self.landed_unacked += 1;
-                }
+            if let Some(tag) = self.in_flight[slot].take()
+                && data[slot * SLOT..(slot + 1) * SLOT] == slot_bytes(tag)[..]
+            {
+                assert_eq!(tag & FENCED, 0);
+                self.acked[slot] = tag;
+                self.landed_unacked += 1;
             }
         }
     }
