@@ -660,3 +660,220 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
     assert!(ledger.acked_writes >= (cycles.len() * WRITES_PER_CYCLE) as u64);
     assert!(ledger.fenced_sent > 0);
 }
+
+// ------------------------------------------------------------ Ceph outage
+
+/// The operation deadline the outage test gives the server: a stalled Ceph
+/// operation fails after it (EIO to the client) instead of waiting.
+const OP_TIMEOUT_SECS: u64 = 3;
+/// What the client may wait beyond it for the error reply (the timeout
+/// ticks in whole seconds in librados; scheduling on a busy machine).
+const OP_TIMEOUT_SLACK: Duration = Duration::from_secs(7);
+/// How long a restarted OSD may take until the server's I/O succeeds again.
+const RESUME_DEADLINE: Duration = Duration::from_secs(90);
+const EIO: u32 = 5;
+
+/// A cluster of this test's own (`scripts/micro-ceph.sh up` on free ports
+/// in a temporary directory), torn down on drop: its OSD is killed, which
+/// must not disturb the other tests sharing the run's cluster.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+}
+
+impl PrivateCluster {
+    fn up() -> PrivateCluster {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/micro-ceph.sh");
+        assert!(script.is_file(), "{} is missing", script.display());
+        let dir = tempfile::tempdir().unwrap();
+        let ceph_dir = dir.path().join("ceph");
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (mon, mon_v1) = (free_port(), free_port());
+        let out = common::volume::output_with_timeout(
+            Command::new(&script)
+                .arg("up")
+                .arg(&ceph_dir)
+                .env("MON_PORT", mon.to_string())
+                .env("MON_V1_PORT", mon_v1.to_string()),
+            Duration::from_secs(180),
+        );
+        assert!(
+            out.status.success(),
+            "micro-ceph.sh up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = ceph_dir.join("ceph.conf");
+        PrivateCluster {
+            cluster: Cluster {
+                conf: conf.to_str().unwrap().to_string(),
+                pool: "rbd".into(),
+            },
+            dir,
+        }
+    }
+
+    fn ceph_dir(&self) -> PathBuf {
+        self.dir.path().join("ceph")
+    }
+
+    fn osd_pid(&self) -> u32 {
+        let file = self.ceph_dir().join("run/osd.0.pid");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .expect("a pid in osd.0.pid")
+    }
+
+    /// Starts the OSD again with the cluster's configuration (it daemonizes).
+    fn start_osd(&self) {
+        let status = Command::new("ceph-osd")
+            .args(["--id", "0", "--conf", &self.cluster.conf])
+            .status()
+            .expect("run ceph-osd");
+        assert!(status.success(), "ceph-osd --id 0 failed: {status}");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/micro-ceph.sh");
+        let _ = Command::new(script)
+            .arg("down")
+            .arg(self.ceph_dir())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+impl Client {
+    /// One READ of `slot`: Ok(bytes) or Err(errno).
+    fn read_slot(&mut self, slot: usize) -> Result<Vec<u8>, u32> {
+        let cookie = self.send(CMD_READ, 0, (slot * SLOT) as u64, SLOT as u32, &[]);
+        let (c, error) = self.reply().expect("the server closed the connection");
+        assert_eq!(c, cookie);
+        if error != 0 {
+            return Err(error);
+        }
+        let mut data = vec![0; SLOT];
+        self.s.read_exact(&mut data).expect("read data");
+        Ok(data)
+    }
+
+    /// One WRITE of `tag` to `slot` with FUA: the reply's errno.
+    fn write_slot_fua(&mut self, slot: usize, tag: u64) -> u32 {
+        let cookie = self.send(
+            CMD_WRITE,
+            FLAG_FUA,
+            (slot * SLOT) as u64,
+            SLOT as u32,
+            &slot_bytes(tag),
+        );
+        let (c, error) = self.reply().expect("the server closed the connection");
+        assert_eq!(c, cookie);
+        error
+    }
+}
+
+#[test]
+fn osd_down_fails_requests_with_eio_in_time_and_serving_resumes_when_it_returns() {
+    let private = PrivateCluster::up();
+    let cluster = &private.cluster;
+    let fx = Fixture::new();
+    let vol = create_rbd_volume(&fx, cluster, &unique_image("outage"));
+    let timeout = format!("{OP_TIMEOUT_SECS}s");
+    let server = Server::start(&fx, cluster, &vol, &["--ceph-op-timeout", &timeout])
+        .unwrap_or_else(|e| panic!("serve: {e}"));
+    let mut client = Client::connect(&server.socket);
+    client
+        .s
+        .set_read_timeout(Some(
+            Duration::from_secs(OP_TIMEOUT_SECS) * 4 + OP_TIMEOUT_SLACK,
+        ))
+        .unwrap();
+    assert_eq!(client.write_slot_fua(0, 0xa11ce), 0);
+    assert_eq!(client.read_slot(0), Ok(slot_bytes(0xa11ce)));
+
+    let osd = private.osd_pid();
+    let status = Command::new("kill")
+        .args(["-KILL", &osd.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_gone(osd) {
+        assert!(Instant::now() < deadline, "the OSD {osd} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A read and a write with the OSD gone: each an error, in time.
+    let started = Instant::now();
+    let read = client.read_slot(1);
+    let read_took = started.elapsed();
+    let started = Instant::now();
+    let write = client.write_slot_fua(2, 0xb0b);
+    let write_took = started.elapsed();
+    eprintln!(
+        "OSD down: read {read:?} after {read_took:?}, write errno {write} after {write_took:?}"
+    );
+    assert_eq!(read.err(), Some(EIO), "a READ with the OSD down");
+    assert_eq!(write, EIO, "a WRITE with the OSD down");
+    let limit = Duration::from_secs(OP_TIMEOUT_SECS) + OP_TIMEOUT_SLACK;
+    assert!(
+        read_took <= limit && write_took <= limit,
+        "errors took {read_took:?} / {write_took:?}: beyond the {OP_TIMEOUT_SECS} s operation \
+         timeout + {OP_TIMEOUT_SLACK:?}"
+    );
+    assert!(
+        !process_gone(server.pid()),
+        "the server exited with the OSD down:\n{}",
+        server.stderr()
+    );
+
+    // The OSD returns: the same connection is served again.
+    private.start_osd();
+    let restarted = Instant::now();
+    let data = loop {
+        match client.read_slot(0) {
+            Ok(data) => break data,
+            Err(errno) => {
+                assert_eq!(errno, EIO);
+                assert!(
+                    restarted.elapsed() < RESUME_DEADLINE,
+                    "still EIO {:?} after the OSD restarted",
+                    restarted.elapsed()
+                );
+            }
+        }
+    };
+    eprintln!(
+        "OSD back: served again {:?} after ceph-osd started",
+        restarted.elapsed()
+    );
+    assert_eq!(
+        data,
+        slot_bytes(0xa11ce),
+        "the write acknowledged before the outage"
+    );
+    assert_eq!(client.write_slot_fua(2, 0xc0ffee), 0);
+    assert_eq!(client.read_slot(2), Ok(slot_bytes(0xc0ffee)));
+    drop(client);
+    server.stop();
+}
