@@ -24,7 +24,12 @@ packages=(
     openssl         # test certificates
     libssl-dev pkg-config  # the openssl crate (benchmark's OpenSSL contender)
     python3 dpkg    # the kernel-client harness (tests/e2e)
-    util-linux      # setpriv, prlimit (tests/secrets_in_memory.rs; essential, listed for clarity)
+    util-linux      # setpriv, prlimit, unshare (tests/secrets_in_memory.rs, tests/rbd_backend.rs; essential, listed for clarity)
+    # The throw-away Ceph cluster of the RBD tests (scripts/micro-ceph.sh) and
+    # librbd, which envol opens at run time. No -dev packages: nothing links
+    # against Ceph at build time.
+    ceph-mon ceph-osd ceph-mgr ceph-common librbd1
+    procps          # ps (scripts/micro-ceph.sh waits for its daemons to stop)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -55,9 +60,22 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 scripts/fuzz.sh 10
 
-echo "== cargo test"
+echo "== a throw-away Ceph cluster for the RBD tests (scripts/micro-ceph.sh)"
+# One cluster per run, each test on its own image. If it cannot start the
+# run fails here: the RBD tests never skip. MON_PORT/MON_V1_PORT may be set
+# to run beside another cluster on this machine.
+ceph_dir=$(mktemp -d)/ceph
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'scripts/micro-ceph.sh down "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$(dirname "$ceph_dir")" "$log"' EXIT
+if ! scripts/micro-ceph.sh up "$ceph_dir"; then
+    tail -n 20 "$ceph_dir"/log/*.log >&2 || true
+    echo "the test Ceph cluster did not start: the RBD tests need it" >&2
+    exit 1
+fi
+export CEPH_CONF="$ceph_dir/ceph.conf"
+export ENVOL_TEST_RBD_POOL=rbd
+
+echo "== cargo test"
 status=0
 cargo test --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary, and

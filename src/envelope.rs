@@ -13,24 +13,41 @@
 //! (`volume::DataKey`, a `secret_memory::LockedBox`: mlocked, left out of
 //! core dumps, wiped on drop) inside the open volume, and before that only
 //! for a moment in the key service's zeroizing reply buffer.
-
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+//!
+//! A volume is a file or an RBD image ([`VolumeAddress`]); which one matters
+//! only where it is opened or created ([`store`]): everything else goes
+//! through the `Backend` trait.
 
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
+use crate::volume::rbd::RbdBackend;
 use crate::volume::{
-    self, AttachMode, Backend, DATA_KEY_LEN, DataKey, FileBackend, Superblock, SuperblockSet,
-    Volume, volume_encryption_context,
+    self, AttachMode, Backend, COPY_SIZE, DATA_KEY_LEN, DATA_OFFSET, DataKey, Slot, Superblock,
+    SuperblockSet, Volume, volume_encryption_context,
 };
+
+#[path = "envelope_store.rs"]
+pub mod store;
+
+pub use store::{RBD_PREFIX, Store, VolumeAddress};
+
+// TEMPORARY until branch `rbd` is merged (see that file).
+#[path = "envelope_rbd_pending.rs"]
+mod rbd_pending;
+pub(crate) mod rbd {
+    pub use super::rbd_pending::{PendingRbd, TakeOver, attached_by};
+    pub use crate::volume::rbd::*;
+}
+use rbd::PendingRbd as _;
 
 /// Why a volume could not be created or attached. One line each, naming the
 /// volume, and for key problems the key and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("{path}: {message}")]
-    Volume { path: PathBuf, message: String },
+    /// `volume`: as the user wrote it (a path, or `rbd:POOL/IMAGE`).
+    #[error("{volume}: {message}")]
+    Volume { volume: String, message: String },
     #[error("{0}")]
     Key(Box<KeyFailure>),
 }
@@ -38,7 +55,8 @@ pub enum EnvelopeError {
 /// The key service refused (or could not be reached for) a volume's key.
 #[derive(Debug)]
 pub struct KeyFailure {
-    pub path: PathBuf,
+    /// The volume as the user wrote it.
+    pub volume: String,
     pub action: &'static str,
     pub key: String,
     pub error: KeyError,
@@ -50,18 +68,14 @@ impl std::fmt::Display for KeyFailure {
         write!(
             f,
             "{}: cannot {} with key {}: {}{}",
-            self.path.display(),
-            self.action,
-            self.key,
-            self.error,
-            self.hint
+            self.volume, self.action, self.key, self.error, self.hint
         )
     }
 }
 
-fn vol_err(path: &Path, message: impl std::fmt::Display) -> EnvelopeError {
+fn vol_err(volume: &VolumeAddress, message: impl std::fmt::Display) -> EnvelopeError {
     EnvelopeError::Volume {
-        path: path.to_path_buf(),
+        volume: volume.to_string(),
         message: message.to_string(),
     }
 }
@@ -69,8 +83,8 @@ fn vol_err(path: &Path, message: impl std::fmt::Display) -> EnvelopeError {
 /// Puts what was being done in front of a volume error's message.
 fn with_action(e: EnvelopeError, action: &str) -> EnvelopeError {
     match e {
-        EnvelopeError::Volume { path, message } => EnvelopeError::Volume {
-            path,
+        EnvelopeError::Volume { volume, message } => EnvelopeError::Volume {
+            volume,
             message: format!("{action}: {message}"),
         },
         other => other,
@@ -105,62 +119,76 @@ fn hint_for(error: &KeyError, key: &str, describe: &str) -> String {
 /// Parameters of a new volume.
 #[derive(Debug, Clone)]
 pub struct NewVolume<'a> {
-    pub path: &'a Path,
+    pub volume: &'a VolumeAddress,
     pub size: u64,
     pub sector_size: u32,
     pub key: &'a str,
     pub force: bool,
 }
 
-/// Creates a volume file whose data key is wrapped under `key`.
+/// Creates a volume (a file, or an RBD image) whose data key is wrapped
+/// under `key`. An existing one is refused unless `force`, and even then
+/// while it is attached.
 pub async fn create<K: KeyService>(
     keys: &K,
     spec: NewVolume<'_>,
 ) -> Result<Superblock, EnvelopeError> {
-    let path = spec.path;
+    let volume = spec.volume;
     if spec.sector_size != 512 && spec.sector_size != 4096 {
         return Err(vol_err(
-            path,
+            volume,
             format!("sector size must be 512 or 4096, not {}", spec.sector_size),
         ));
     }
     if spec.size == 0 || !spec.size.is_multiple_of(u64::from(spec.sector_size)) {
         return Err(vol_err(
-            path,
+            volume,
             format!(
                 "size {} is not a positive multiple of the sector size {}",
                 spec.size, spec.sector_size
             ),
         ));
     }
-    if path.exists() && !spec.force {
+    let exists = match volume {
+        VolumeAddress::File(path) => path.exists(),
+        VolumeAddress::Rbd { image, ceph } => {
+            RbdBackend::exists(ceph, image).map_err(|e| vol_err(volume, e))?
+        }
+    };
+    if exists && !spec.force {
         return Err(vol_err(
-            path,
+            volume,
             "already exists: refusing to overwrite it (use --force)",
         ));
     }
-    if spec.force && path.exists() {
+    if exists {
         // An attached volume is refused before the KMS is asked for anything
-        // (`create_volume_file` checks again, holding the lock as it writes).
-        let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
-        FileBackend::new(file)
+        // (the volume is locked again, and checked again, as it is written).
+        let store = match volume {
+            // Read-only is enough to take a file's lock, and works on a
+            // file the caller may not write (the write then fails clearly).
+            VolumeAddress::File(_) => Store::open(volume, AttachMode::ReadOnly),
+            VolumeAddress::Rbd { .. } => Store::open(volume, AttachMode::ReadWrite),
+        }
+        .map_err(|e| vol_err(volume, e))?;
+        store
             .lock_attachment(AttachMode::ReadWrite)
-            .map_err(|e| with_action(vol_err(path, e), "refusing to overwrite it"))?;
+            .map_err(|e| with_action(vol_err(volume, e), "refusing to overwrite it"))?;
     }
     let uuid = Uuid::new_v4();
     let context = volume_encryption_context(&uuid);
     let wrapped = keys
         .generate_wrapped_key(spec.key, &context, DATA_KEY_LEN)
         .await
-        .map_err(|e| key_failure(path, "generate a data key", spec.key, e, keys))?;
+        .map_err(|e| key_failure(volume, "generate a data key", spec.key, e, keys))?;
     // Unwrap once to record the key check value: it lets every later attach
     // prove the key it got is this volume's key. It also proves, before any
     // data is written, that the creator can attach what it created.
     let plaintext = keys
         .unwrap_key(&wrapped.key_arn, &wrapped.blob, &context)
         .await
-        .map_err(|e| key_failure(path, "unwrap the new data key", spec.key, e, keys))?;
-    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+        .map_err(|e| key_failure(volume, "unwrap the new data key", spec.key, e, keys))?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -175,66 +203,124 @@ pub async fn create<K: KeyService>(
         data_key.key_check(&uuid),
         created,
     )
-    .map_err(|e| vol_err(path, e))?;
-    volume::create_volume_file(path, &sb, spec.force).map_err(|e| match spec.force {
-        true => with_action(vol_err(path, e), "refusing to overwrite it"),
-        false => vol_err(path, e),
+    .map_err(|e| vol_err(volume, e))?;
+    let written = match volume {
+        VolumeAddress::File(path) => volume::create_volume_file(path, &sb, spec.force)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        VolumeAddress::Rbd { image, ceph } => create_image(ceph, image, &sb, spec.force),
+    };
+    written.map_err(|e| match spec.force {
+        true => with_action(vol_err(volume, e), "refusing to overwrite it"),
+        false => vol_err(volume, e),
     })?;
     Ok(sb)
 }
 
-/// Reads both superblock copies of a volume file (no KMS involved). Takes
-/// no attachment lock: it changes nothing, so it works on an attached
-/// volume too (and cannot get in the way of an attach).
-pub fn inspect(path: &Path) -> Result<SuperblockSet, EnvelopeError> {
-    let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
-    Ok(volume::read_superblocks(&file))
+/// Creates (or with `force` reuses) an RBD image for `sb`'s volume, locked
+/// for the writing: the data area reads as zeros (a reused image's old
+/// ciphertext is zeroed, as a file is truncated), then both superblock
+/// copies are written and flushed.
+fn create_image(
+    ceph: &rbd::CephOptions,
+    image: &rbd::RbdAddress,
+    sb: &Superblock,
+    force: bool,
+) -> Result<(), String> {
+    let backend = RbdBackend::create(ceph, image, sb.required_backend_size(), force)
+        .map_err(|e| e.to_string())?;
+    backend
+        .lock_attachment(AttachMode::ReadWrite)
+        .map_err(|e| e.to_string())?;
+    if force {
+        backend
+            .punch_hole(DATA_OFFSET, sb.size)
+            .map_err(|e| format!("cannot zero the old data area: {e}"))?;
+    }
+    let mut bytes = sb.encode().map_err(|e| e.to_string())?;
+    // Padding overwrites whatever a longer earlier copy left behind.
+    bytes.resize(COPY_SIZE, 0);
+    for slot in [Slot::Primary, Slot::Secondary] {
+        backend
+            .write_at(slot.offset(), &bytes)
+            .map_err(|e| format!("cannot write the {slot}: {e}"))?;
+    }
+    backend.flush().map_err(|e| e.to_string())
 }
 
-/// Who has a volume file attached, as `/proc/locks` shows it (best effort,
-/// no lock taken: empty when nobody, or when `/proc` does not say).
-pub fn attached_by(path: &Path) -> Result<Vec<volume::Holder>, EnvelopeError> {
-    let file = std::fs::File::open(path).map_err(|e| vol_err(path, e))?;
-    Ok(volume::attachment::holders(&file))
+/// Reads both superblock copies of a volume (no KMS involved). Takes no
+/// attachment lock: it changes nothing, so it works on an attached volume
+/// too (and cannot get in the way of an attach).
+pub fn inspect(volume: &VolumeAddress) -> Result<SuperblockSet, EnvelopeError> {
+    let store = Store::open(volume, AttachMode::ReadOnly).map_err(|e| vol_err(volume, e))?;
+    Ok(volume::read_superblocks_from(store.backend()))
 }
 
-/// A volume file opened for an attachment in `mode`, with both superblock
+/// Who has a volume attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachers {
+    /// A file's holders, as `/proc/locks` shows them (best effort: empty
+    /// when nobody, or when `/proc` does not say).
+    Processes(Vec<volume::Holder>),
+    /// An RBD image's exclusive-lock owners (read-write attachments), by
+    /// Ceph client address.
+    CephClients(Vec<String>),
+}
+
+impl Attachers {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Attachers::Processes(h) => h.is_empty(),
+            Attachers::CephClients(c) => c.is_empty(),
+        }
+    }
+}
+
+/// Who has a volume attached (no lock taken).
+pub fn attached_by(volume: &VolumeAddress) -> Result<Attachers, EnvelopeError> {
+    match volume {
+        VolumeAddress::File(path) => {
+            let file = std::fs::File::open(path).map_err(|e| vol_err(volume, e))?;
+            Ok(Attachers::Processes(volume::attachment::holders(&file)))
+        }
+        VolumeAddress::Rbd { image, ceph } => rbd::attached_by(ceph, image)
+            .map(Attachers::CephClients)
+            .map_err(|e| vol_err(volume, e)),
+    }
+}
+
+/// A volume opened for an attachment in `mode`, with both superblock
 /// copies as last read, and the newest valid one.
-struct OpenedFile {
-    backend: FileBackend,
+struct OpenedVolume {
+    store: Store,
     copies: SuperblockSet,
     superblock: Superblock,
 }
 
-impl OpenedFile {
-    /// Opens a volume file (read-write unless `mode` is read-only) and
-    /// reads its superblock copies. Not locked yet: see [`Self::lock`].
-    fn open(path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(mode == AttachMode::ReadWrite)
-            .open(path)
-            .map_err(|e| vol_err(path, e))?;
-        let backend = FileBackend::new(file);
-        let (copies, superblock) = read_copies(path, &backend)?;
-        Ok(OpenedFile {
-            backend,
+impl OpenedVolume {
+    /// Opens a volume (read-write unless `mode` is read-only) and reads its
+    /// superblock copies. Not locked yet: see [`Self::lock`].
+    fn open(volume: &VolumeAddress, mode: AttachMode) -> Result<OpenedVolume, EnvelopeError> {
+        let store = Store::open(volume, mode).map_err(|e| vol_err(volume, e))?;
+        let (copies, superblock) = read_copies(volume, store.backend())?;
+        Ok(OpenedVolume {
+            store,
             copies,
             superblock,
         })
     }
 
-    /// Locks the file for an attachment in `mode` (refused, naming the
+    /// Locks the volume for an attachment in `mode` (refused, naming the
     /// holder, when another attachment conflicts; the lock lives as long as
-    /// the backend), then reads the superblock copies again: under the
+    /// the store), then reads the superblock copies again: under the
     /// lock, no other writer is in the middle of updating them.
-    fn lock(self, path: &Path, mode: AttachMode) -> Result<OpenedFile, EnvelopeError> {
-        self.backend
+    fn lock(self, volume: &VolumeAddress, mode: AttachMode) -> Result<OpenedVolume, EnvelopeError> {
+        self.store
             .lock_attachment(mode)
-            .map_err(|e| vol_err(path, e))?;
-        let (copies, superblock) = read_copies(path, &self.backend)?;
-        Ok(OpenedFile {
-            backend: self.backend,
+            .map_err(|e| vol_err(volume, e))?;
+        let (copies, superblock) = read_copies(volume, self.store.backend())?;
+        Ok(OpenedVolume {
+            store: self.store,
             copies,
             superblock,
         })
@@ -242,11 +328,11 @@ impl OpenedFile {
 }
 
 fn read_copies(
-    path: &Path,
-    backend: &FileBackend,
+    volume: &VolumeAddress,
+    backend: &dyn Backend,
 ) -> Result<(SuperblockSet, Superblock), EnvelopeError> {
     let copies = volume::read_superblocks_from(backend);
-    let superblock = copies.best().map_err(|e| vol_err(path, e))?.clone();
+    let superblock = copies.best().map_err(|e| vol_err(volume, e))?.clone();
     Ok((copies, superblock))
 }
 
@@ -254,26 +340,27 @@ fn read_copies(
 /// from the valid one (crash-safely), a reader only says so. Returns the
 /// superblock to use. The valid copy has already proved itself by
 /// unwrapping to the key its key check value names.
-fn repair_damaged_copy(path: &Path, opened: &OpenedFile, mode: AttachMode) -> Superblock {
+fn repair_damaged_copy(
+    volume: &VolumeAddress,
+    opened: &OpenedVolume,
+    mode: AttachMode,
+) -> Superblock {
     let Some((slot, why)) = opened.copies.damaged() else {
         return opened.superblock.clone();
     };
     if mode == AttachMode::ReadOnly {
         tracing::warn!(
-            "{}: superblock {slot} is invalid ({why}); attached read-only from the other copy, not repaired (a read-write attach repairs it)",
-            path.display()
+            "{volume}: superblock {slot} is invalid ({why}); attached read-only from the other copy, not repaired (a read-write attach repairs it)"
         );
         return opened.superblock.clone();
     }
     tracing::warn!(
-        "{}: superblock {slot} is invalid ({why}); rewriting it from the other copy",
-        path.display()
+        "{volume}: superblock {slot} is invalid ({why}); rewriting it from the other copy"
     );
-    match volume::repair_superblock_to(&opened.backend, &opened.copies) {
+    match volume::repair_superblock_to(opened.store.backend(), &opened.copies) {
         Ok(Some(sb)) => {
             tracing::info!(
-                "{}: superblock repaired: both copies valid at sequence {}",
-                path.display(),
+                "{volume}: superblock repaired: both copies valid at sequence {}",
                 sb.sequence
             );
             sb
@@ -283,10 +370,9 @@ fn repair_damaged_copy(path: &Path, opened: &OpenedFile, mode: AttachMode) -> Su
         // before the other is synced): serve from it, and say so.
         Err(e) => {
             tracing::warn!(
-                "{}: could not repair the superblock {slot}: {e}; serving from the other copy",
-                path.display()
+                "{volume}: could not repair the superblock {slot}: {e}; serving from the other copy"
             );
-            volume::read_superblocks_from(&opened.backend)
+            volume::read_superblocks_from(opened.store.backend())
                 .best()
                 .cloned()
                 .unwrap_or_else(|_| opened.superblock.clone())
@@ -296,19 +382,33 @@ fn repair_damaged_copy(path: &Path, opened: &OpenedFile, mode: AttachMode) -> Su
 
 /// A refusal (or failure) of the key service, with the hint for the user.
 fn key_failure<K: KeyService>(
-    path: &Path,
+    volume: &VolumeAddress,
     action: &'static str,
     key: &str,
     error: KeyError,
     keys: &K,
 ) -> EnvelopeError {
     EnvelopeError::Key(Box::new(KeyFailure {
-        path: path.to_path_buf(),
+        volume: volume.to_string(),
         action,
         key: key.to_string(),
         hint: hint_for(&error, key, &keys.describe()),
         error,
     }))
+}
+
+/// How to attach a volume, beyond [`attach`]'s read-only flag.
+#[derive(Default)]
+pub struct AttachOptions {
+    pub read_only: bool,
+    /// Take an RBD image's exclusive lock from its holder (see
+    /// [`rbd::TakeOver`]); the holder's client is blocklisted. Refused for
+    /// a file (its lock dies with its holder) and for a read-only attach.
+    pub take_over: Option<rbd::TakeOver>,
+    /// Called once if another server fences this one off an RBD image
+    /// (its client blocklisted): nothing this attachment writes reaches
+    /// the image any more. Unused for a file.
+    pub on_fenced: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Opens a volume for serving: unwraps its data key through `keys`, locks
@@ -318,45 +418,101 @@ fn key_failure<K: KeyService>(
 /// volume.
 pub async fn attach<K: KeyService>(
     keys: &K,
-    path: &Path,
+    volume: &VolumeAddress,
     read_only: bool,
 ) -> Result<Volume, EnvelopeError> {
+    attach_with(
+        keys,
+        volume,
+        AttachOptions {
+            read_only,
+            ..AttachOptions::default()
+        },
+    )
+    .await
+}
+
+/// [`attach`], with a take-over of an RBD image and a fencing hook.
+pub async fn attach_with<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    options: AttachOptions,
+) -> Result<Volume, EnvelopeError> {
+    let read_only = options.read_only;
     let mode = if read_only {
         AttachMode::ReadOnly
     } else {
         AttachMode::ReadWrite
     };
+    if options.take_over.is_some() {
+        check_take_over(volume, read_only)?;
+    }
     // The key policy decides first, as AWS authorizes before it looks at
     // state: a caller it refuses learns nothing of who has the volume
     // attached. So the superblock is read, and the key unwrapped, before
     // the lock; under the lock the superblock is read again and must be the
     // same volume with the same key.
-    let unlocked = OpenedFile::open(path, mode)?;
+    let unlocked = OpenedVolume::open(volume, mode)?;
     let sb = &unlocked.superblock;
     let plaintext = keys
         .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
         .await
-        .map_err(|e| key_failure(path, "unwrap the data key", &sb.key_arn, e, keys))?;
-    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+        .map_err(|e| key_failure(volume, "unwrap the data key", &sb.key_arn, e, keys))?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
-        return Err(vol_err(path, volume::VolumeError::WrongKey));
+        return Err(vol_err(volume, volume::VolumeError::WrongKey));
     }
     let uuid = sb.uuid;
-    let opened = unlocked.lock(path, mode)?;
+    if let (Some(policy), Store::Rbd(backend)) = (options.take_over, &unlocked.store) {
+        // Only a caller the key policy lets use the volume may fence its
+        // holder: the break comes after the unwrap.
+        match backend.take_over(policy) {
+            Ok(Some(holder)) => tracing::warn!(
+                "{volume}: took the volume over from {holder} (its Ceph client is blocklisted: it can write nothing more)"
+            ),
+            Ok(None) => tracing::info!("{volume}: nobody held the volume; nothing to take over"),
+            Err(e) => return Err(with_action(vol_err(volume, e), "cannot take over")),
+        }
+    }
+    let opened = unlocked.lock(volume, mode)?;
     // A re-wrap in between changes the wrapped key, not the data key; a
     // `create --force` in between is another volume.
     let now = &opened.superblock;
     if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
         return Err(vol_err(
-            path,
+            volume,
             "the volume was replaced while it was being attached: try again",
         ));
     }
     // Repair only from a copy whose key proved to be the volume's key.
-    let sb = repair_damaged_copy(path, &opened, mode);
-    let volume = Volume::open(opened.backend, &sb, data_key).map_err(|e| vol_err(path, e))?;
-    Ok(volume.with_read_only(read_only))
+    let sb = repair_damaged_copy(volume, &opened, mode);
+    if let (Some(on_fenced), Store::Rbd(backend)) = (options.on_fenced, &opened.store) {
+        backend.on_fenced(on_fenced);
+    }
+    let opened_volume = opened
+        .store
+        .into_volume(&sb, data_key)
+        .map_err(|e| vol_err(volume, e))?;
+    Ok(opened_volume.with_read_only(read_only))
+}
+
+/// A take-over is for a writer of an RBD image: a file's lock is dropped
+/// by the kernel when its holder dies, and a reader takes nobody's place.
+fn check_take_over(volume: &VolumeAddress, read_only: bool) -> Result<(), EnvelopeError> {
+    if volume.rbd_image().is_none() {
+        return Err(vol_err(
+            volume,
+            "--take-over applies to rbd: volumes only (a file's lock is released when its holder dies)",
+        ));
+    }
+    if read_only {
+        return Err(vol_err(
+            volume,
+            "--take-over is for a read-write attachment, not a read-only one",
+        ));
+    }
+    Ok(())
 }
 
 /// The outcome of a re-wrap.
@@ -374,13 +530,13 @@ pub struct Rewrapped {
 /// first, sync, then the other).
 pub async fn rewrap<K: KeyService>(
     keys: &K,
-    path: &Path,
+    volume: &VolumeAddress,
     new_key: Option<&str>,
 ) -> Result<Rewrapped, EnvelopeError> {
     // A writer that reads, changes and writes the superblock: locked
     // before the read that the change is based on.
-    let opened = OpenedFile::open(path, AttachMode::ReadWrite)?
-        .lock(path, AttachMode::ReadWrite)
+    let opened = OpenedVolume::open(volume, AttachMode::ReadWrite)?
+        .lock(volume, AttachMode::ReadWrite)
         .map_err(|e| with_action(e, "cannot re-wrap"))?;
     let mut sb = opened.superblock;
     let old_key_arn = sb.key_arn.clone();
@@ -393,30 +549,30 @@ pub async fn rewrap<K: KeyService>(
             &sb.encryption_context,
         )
         .await
-        .map_err(|e| key_failure(path, "re-wrap the data key", &destination, e, keys))?;
+        .map_err(|e| key_failure(volume, "re-wrap the data key", &destination, e, keys))?;
     let plaintext = keys
         .unwrap_key(&wrapped.key_arn, &wrapped.blob, &sb.encryption_context)
         .await
         .map_err(|e| {
             key_failure(
-                path,
+                volume,
                 "unwrap the re-wrapped data key (superblock unchanged)",
                 &wrapped.key_arn,
                 e,
                 keys,
             )
         })?;
-    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(path, e))?;
+    let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
         return Err(vol_err(
-            path,
+            volume,
             "the re-wrapped key does not match the volume's key check value; superblock unchanged",
         ));
     }
     sb.key_arn = wrapped.key_arn;
     sb.wrapped_key = wrapped.blob;
-    volume::write_superblock_to(&opened.backend, &mut sb).map_err(|e| vol_err(path, e))?;
+    volume::write_superblock_to(opened.store.backend(), &mut sb).map_err(|e| vol_err(volume, e))?;
     Ok(Rewrapped {
         old_key_arn,
         superblock: sb,

@@ -93,12 +93,12 @@ impl Setup {
         }
     }
 
-    async fn volume(&self, name: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
+    async fn volume(&self, name: &str) -> VolumeAddress {
+        let path = VolumeAddress::from(self.dir.path().join(name));
         create(
             &self.keys,
             NewVolume {
-                path: &path,
+                volume: &path,
                 size: 1 << 20,
                 sector_size: 4096,
                 key: &self.key_arn,
@@ -112,6 +112,14 @@ impl Setup {
 
     fn during_next_unwrap(&self, hook: impl FnOnce() + Send + 'static) {
         *self.keys.during_unwrap.lock().unwrap() = Some(Box::new(hook));
+    }
+}
+
+/// The file of a volume file's address.
+fn file_of(volume: &VolumeAddress) -> std::path::PathBuf {
+    match volume {
+        VolumeAddress::File(path) => path.clone(),
+        other => panic!("{other} is not a file"),
     }
 }
 
@@ -158,7 +166,7 @@ async fn a_volume_replaced_during_the_unwrap_is_refused() {
     let s = Setup::new();
     let path = s.volume("v.envol").await;
     let other = s.volume("other.envol").await;
-    let target = path.clone();
+    let (other, target) = (file_of(&other), file_of(&path));
     s.during_next_unwrap(move || {
         std::fs::copy(&other, &target).unwrap();
     });
@@ -177,9 +185,9 @@ async fn a_volume_replaced_during_the_unwrap_is_refused() {
 async fn a_superblock_updated_during_the_unwrap_is_fine() {
     let s = Setup::new();
     let path = s.volume("v.envol").await;
-    let target = path.clone();
+    let target = file_of(&path);
     s.during_next_unwrap(move || {
-        let file = OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&target)

@@ -59,10 +59,13 @@
 //! itself non-dumpable at start (`secret_memory::protect_process`).
 //! Nothing secret is logged, audited or put in an error message.
 
-// No unsafe code anywhere in the crate but `secret_memory` (locked,
-// dump-excluded pages for keys: mmap, mlock and madvise are `unsafe` in
-// rustix), which is the one `allow` below. `deny` rather than `forbid` only
-// so that allow can exist; the binary (main.rs) still forbids it.
+// No unsafe code anywhere in the crate but two modules, each with its own
+// `allow`: `secret_memory` (locked, dump-excluded pages for keys: mmap,
+// mlock and madvise are `unsafe` in rustix), below, and `volume::rbd::ffi`
+// (librados/librbd, loaded at run time: no maintained crate binds librbd),
+// which keeps every unsafe call behind owned handles with safe methods.
+// `deny` rather than `forbid` only so that those allows can exist; the
+// binary (main.rs) still forbids it.
 #![deny(unsafe_code)]
 
 pub mod cli;

@@ -79,11 +79,11 @@ async fn deleted_key_makes_the_volume_unrecoverable() {
     let keys = EmbeddedKeys::as_root(Arc::new(kms));
     let key = keys.call("CreateKey", json!({})).unwrap();
     let arn = key["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
-    let path = tmp.path().join("doomed.vol");
+    let path = envelope::VolumeAddress::from(tmp.path().join("doomed.vol"));
     envelope::create(
         &keys,
         NewVolume {
-            path: &path,
+            volume: &path,
             size: 4 * MIB,
             sector_size: 4096,
             key: &arn,

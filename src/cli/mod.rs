@@ -11,6 +11,7 @@ macro_rules! say {
     }};
 }
 
+mod address;
 mod error;
 mod key;
 mod kms;
@@ -45,7 +46,7 @@ pub enum Command {
     /// Master keys in the KMS: create, list, describe, enable, disable, rotate, delete.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Encrypted volume files: create, rewrap (move the data key to a new key version or key), inspect.
+    /// Encrypted volumes (files or rbd:POOL/IMAGE): create, rewrap (move the data key to a new key version or key), inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
     /// Attach volumes through the KMS and serve them over NBD.

@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::address::CephArgs;
 use super::error::{CliError, CliResult};
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
-use crate::envelope;
+use crate::envelope::rbd::TakeOver;
+use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
 use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
-use crate::volume::Volume;
+use crate::volume::Volume; // TEMPORARY: crate::volume::rbd::TakeOver once `rbd` is merged
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -29,8 +31,8 @@ const SPARE_DESCRIPTORS: u64 = 64;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Volume files to serve, each as PATH[=NAME][:ro] (default name: the file stem; `:ro` exports it read-only).
-    #[arg(required = true, value_name = "PATH[=NAME][:ro]")]
+    /// Volumes to serve, each as VOLUME[=NAME][:ro]: a file, or rbd:POOL/IMAGE for an RBD image in Ceph (a file whose name starts with `rbd:` is written ./rbd:...); default name: the file stem or image name; `:ro` exports it read-only.
+    #[arg(required = true, value_name = "VOLUME[=NAME][:ro]")]
     pub volumes: Vec<String>,
     /// Serve on this Unix socket.
     #[arg(long, value_name = "PATH")]
@@ -41,6 +43,14 @@ pub struct ServeArgs {
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Take rbd: volumes over from a server that holds them but that Ceph no longer sees alive (its watch expired); a live holder is refused. The old server's Ceph client is blocklisted: it can never write again.
+    #[arg(long)]
+    pub take_over: bool,
+    /// With --take-over: take the volumes over at once, alive or not (the holder is blocklisted, and exits when it notices).
+    #[arg(long, requires = "take_over")]
+    pub force: bool,
+    #[command(flatten)]
+    pub ceph: CephArgs,
     /// Which loop serves plain (non-TLS) connections: `threaded` (the fast path) or `async` (for comparison); TLS connections always use the async one.
     #[arg(long, value_enum, value_name = "LOOP", default_value_t = TransmissionArg::Threaded)]
     pub transmission: TransmissionArg,
@@ -176,47 +186,92 @@ impl TlsArgs {
     }
 }
 
-/// One volume to serve, from `PATH[=NAME][:ro]`.
+/// One volume to serve, from `VOLUME[=NAME][:ro]`.
 #[derive(Debug, Clone)]
 pub(crate) struct VolumeArg {
-    pub path: PathBuf,
+    pub volume: VolumeAddress,
     pub name: String,
     pub read_only: bool,
 }
 
-/// Splits `PATH[=NAME][:ro]`; the name defaults to the file stem, and a
-/// trailing `:ro` exports that one volume read-only.
-pub(crate) fn split_volume_arg(arg: &str) -> Result<VolumeArg, CliError> {
+/// Splits `VOLUME[=NAME][:ro]` (VOLUME a path or `rbd:POOL/IMAGE`, in the
+/// cluster `ceph` names); the name defaults to the file stem or the image
+/// name, and a trailing `:ro` exports that one volume read-only. So
+/// `rbd:pool/img=name:ro` is image `img` of pool `pool`, exported
+/// read-only as `name`.
+pub(crate) fn split_volume_arg(arg: &str, ceph: &CephArgs) -> Result<VolumeArg, CliError> {
     let (spec, read_only) = match arg.strip_suffix(":ro") {
         Some(rest) if !rest.is_empty() => (rest, true),
         _ => (arg, false),
     };
-    let (path, name) = match spec.rsplit_once('=') {
-        Some((p, n)) if !p.is_empty() => (PathBuf::from(p), n.to_string()),
+    let (volume, name) = match spec.rsplit_once('=') {
+        Some((v, n)) if !v.is_empty() => (ceph.volume(v)?, n.to_string()),
         _ => {
-            let p = PathBuf::from(spec);
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (p, stem)
+            let volume = ceph.volume(spec)?;
+            let name = volume.default_export_name();
+            (volume, name)
         }
     };
     if name.is_empty() {
         return Err(CliError(format!("{arg}: the export name is empty")));
     }
     Ok(VolumeArg {
-        path,
+        volume,
         name,
         read_only,
     })
 }
 
+/// What `serve` does about RBD locks: take them over, and hear when
+/// another server took one from it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fencing {
+    pub take_over: Option<TakeOver>,
+    /// Told the volume's address when its server has been fenced off it.
+    pub fenced: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+impl Fencing {
+    fn attach_options(&self, volume: &VolumeAddress, read_only: bool) -> AttachOptions {
+        let on_fenced = self.fenced.clone().map(|sender| {
+            let address = volume.to_string();
+            Box::new(move || {
+                let _ = sender.send(address.clone());
+            }) as Box<dyn Fn() + Send + Sync>
+        });
+        AttachOptions {
+            read_only,
+            take_over: self.take_over,
+            on_fenced,
+        }
+    }
+}
+
+/// `--take-over [--force]` as a policy; refused for file volumes before
+/// anything else happens (their lock is released when the holder dies, so
+/// there is nothing to take over).
+fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<TakeOver>, CliError> {
+    if !args.take_over {
+        return Ok(None);
+    }
+    if let Some(file) = volumes.iter().find(|v| v.volume.rbd_image().is_none()) {
+        return Err(CliError(format!(
+            "{}: --take-over applies to rbd: volumes only (a file's lock is released when its holder dies)",
+            file.volume
+        )));
+    }
+    Ok(Some(match args.force {
+        true => TakeOver::Force,
+        false => TakeOver::IfHolderDead,
+    }))
+}
+
 pub fn run(args: ServeArgs) -> CliResult {
     let mut volumes = Vec::new();
     for v in &args.volumes {
-        volumes.push(split_volume_arg(v)?);
+        volumes.push(split_volume_arg(v, &args.ceph)?);
     }
+    let take_over = take_over_policy(&args, &volumes)?;
     let tcp = match (&args.socket, args.listen) {
         (None, None) => Some(
             DEFAULT_NBD_ADDR
@@ -243,15 +298,36 @@ pub fn run(args: ServeArgs) -> CliResult {
                 v.read_only = true;
             }
         }
-        let (exports, certified) = attach_all(&keys, &volumes).await?;
+        let (fenced_tx, mut fenced_rx) = tokio::sync::mpsc::unbounded_channel();
+        let fencing = Fencing {
+            take_over,
+            fenced: Some(fenced_tx),
+        };
+        let (exports, certified) = attach_all(&keys, &volumes, &fencing).await?;
         let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
         for (name, description) in certified {
             server = server.with_certified_description(&name, description)?;
         }
         let server = args.limits.apply(server);
-        serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}).await
+        tokio::select! {
+            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => served,
+            Some(volume) = fenced_rx.recv() => exit_fenced(&volume),
+        }
     })
 }
+
+/// Another server took `volume` over and Ceph blocklisted this one: every
+/// write from now on fails, so there is nothing left to serve, nor to
+/// flush. Exits at once, without the graceful shutdown (which would wait
+/// for clients, and flush a volume that can no longer be written) — the
+/// new server has the volume and every write this one acknowledged.
+fn exit_fenced(volume: &str) -> ! {
+    eprintln!("envol: fenced: another server took over {volume}; exiting");
+    std::process::exit(FENCED_EXIT_CODE)
+}
+
+/// The exit status of a fenced server (as `main`'s for any other error).
+const FENCED_EXIT_CODE: i32 = 1;
 
 /// Attaches every volume (all or nothing: a refusal stops before any listener opens).
 /// Returns the exports, and for each export (by name) the description that
@@ -259,17 +335,19 @@ pub fn run(args: ServeArgs) -> CliResult {
 pub(crate) async fn attach_all<K: KeyService>(
     keys: &K,
     volumes: &[VolumeArg],
+    fencing: &Fencing,
 ) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
     let mut exports = Vec::new();
     let mut certified = Vec::new();
     for VolumeArg {
-        path,
+        volume: address,
         name,
         read_only,
     } in volumes
     {
         let read_only = *read_only;
-        let volume: Volume = envelope::attach(keys, path, read_only).await?;
+        let options = fencing.attach_options(address, read_only);
+        let volume: Volume = envelope::attach_with(keys, address, options).await?;
         let sb = volume.superblock();
         // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
         // neither the volume's uuid nor its key; only a client with a
@@ -285,7 +363,7 @@ pub(crate) async fn attach_all<K: KeyService>(
                 sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
             ),
         ));
-        tracing::info!("attached {} as export {name:?}", path.display());
+        tracing::info!("attached {address} as export {name:?}");
         exports.push(Export {
             name: name.clone(),
             description,
@@ -347,3 +425,7 @@ async fn serve_with(
     tracing::info!("stopped; data keys dropped");
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;

@@ -244,8 +244,9 @@ pub fn run(args: UpArgs) -> CliResult {
         .unwrap_or_else(|| data.join("envol.sock"));
     let rt = runtime()?;
     rt.block_on(async move {
+        let volume_address = envelope::VolumeAddress::from(volume_path.clone());
         let default_volume = [super::serve::VolumeArg {
-            path: volume_path.clone(),
+            volume: volume_address.clone(),
             name: EXPORT.to_string(),
             read_only: false,
         }];
@@ -254,7 +255,7 @@ pub fn run(args: UpArgs) -> CliResult {
         // is refused here, naming the first, not by a busy port, and before
         // it rewrites the profile.
         let attached = match volume_path.exists() {
-            true => Some(attach_all(&keys, &default_volume).await?),
+            true => Some(attach_all(&keys, &default_volume, &Default::default()).await?),
             false => None,
         };
         // Then bind: on a first run, a busy port is refused before the
@@ -273,7 +274,7 @@ pub fn run(args: UpArgs) -> CliResult {
                 let sb = envelope::create(
                     &keys,
                     NewVolume {
-                        path: &volume_path,
+                        volume: &volume_address,
                         size: args.size,
                         sector_size: 4096,
                         key: &key_arn,
@@ -281,8 +282,8 @@ pub fn run(args: UpArgs) -> CliResult {
                     },
                 )
                 .await?;
-                super::volume::print_created(&volume_path, &sb);
-                attach_all(&keys, &default_volume).await?
+                super::volume::print_created(&volume_address, &sb);
+                attach_all(&keys, &default_volume, &Default::default()).await?
             }
         };
         if let Some(listener) = kms_listener {

@@ -1,23 +1,23 @@
 //! `envol volume create | rewrap | info`.
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
 use serde_json::json;
 
+use super::address::CephArgs;
 use super::error::{CliError, CliResult};
 use super::runtime::runtime;
 use super::target::{KmsArgs, human_size, parse_size};
-use crate::envelope::{self, NewVolume};
+use crate::envelope::{self, Attachers, NewVolume, VolumeAddress};
 use crate::keys::aws::AwsKeyClient;
 use crate::volume::{AttachMode, Slot, Superblock, SuperblockError};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// Create an encrypted volume file whose data key is wrapped by a KMS key.
+    /// Create an encrypted volume (a file, or an RBD image) whose data key is wrapped by a KMS key.
     Create {
-        /// The volume file to create.
-        path: PathBuf,
+        /// The volume file to create, or rbd:POOL/IMAGE for an RBD image in Ceph (a file whose name starts with `rbd:` is written ./rbd:...).
+        #[arg(value_name = "VOLUME")]
+        volume: String,
         /// Size of the volume: bytes or K/M/G/T (binary), e.g. 10G.
         #[arg(long, value_parser = parse_size)]
         size: u64,
@@ -27,29 +27,37 @@ pub enum VolumeCommand {
         /// Cipher sector size in bytes: 4096 (default) or 512.
         #[arg(long, default_value_t = 4096, value_parser = parse_sector_size)]
         sector_size: u32,
-        /// Overwrite an existing file (its data is lost).
+        /// Overwrite an existing file or image (its data is lost); refused while it is attached.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
         kms: KmsArgs,
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Re-wrap the data key under the newest version of its key, or under another key (data untouched).
     Rewrap {
-        /// The volume file whose data key to re-wrap.
-        path: PathBuf,
+        /// The volume whose data key to re-wrap: a file, or rbd:POOL/IMAGE (a file whose name starts with `rbd:` is written ./rbd:...).
+        #[arg(value_name = "VOLUME")]
+        volume: String,
         /// Move the volume to this key (default: stay on its key, newest version).
         #[arg(long)]
         key: Option<String>,
         #[command(flatten)]
         kms: KmsArgs,
+        #[command(flatten)]
+        ceph: CephArgs,
     },
     /// Show a volume's superblock, both of its copies, and who has it attached (no KMS call, no lock).
     Info {
-        /// The volume file.
-        path: PathBuf,
+        /// The volume: a file, or rbd:POOL/IMAGE (a file whose name starts with `rbd:` is written ./rbd:...).
+        #[arg(value_name = "VOLUME")]
+        volume: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ceph: CephArgs,
     },
 }
 
@@ -64,13 +72,15 @@ fn parse_sector_size(s: &str) -> Result<u32, String> {
 pub fn run(cmd: VolumeCommand) -> CliResult {
     match cmd {
         VolumeCommand::Create {
-            path,
+            volume,
             size,
             key,
             sector_size,
             force,
             kms,
+            ceph,
         } => {
+            let volume = ceph.volume(&volume)?;
             let rt = runtime()?;
             let sb = rt.block_on(async {
                 let client = AwsKeyClient::new(&kms.target())
@@ -79,7 +89,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                 envelope::create(
                     &client,
                     NewVolume {
-                        path: &path,
+                        volume: &volume,
                         size,
                         sector_size,
                         key: &key,
@@ -89,21 +99,27 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
                 .await
                 .map_err(CliError::from)
             })?;
-            print_created(&path, &sb);
+            print_created(&volume, &sb);
             Ok(())
         }
-        VolumeCommand::Rewrap { path, key, kms } => {
+        VolumeCommand::Rewrap {
+            volume,
+            key,
+            kms,
+            ceph,
+        } => {
+            let volume = ceph.volume(&volume)?;
             let rt = runtime()?;
             let done = rt.block_on(async {
                 let client = AwsKeyClient::new(&kms.target())
                     .await
                     .map_err(|e| CliError(e.to_string()))?;
-                envelope::rewrap(&client, &path, key.as_deref())
+                envelope::rewrap(&client, &volume, key.as_deref())
                     .await
                     .map_err(CliError::from)
             })?;
             let sb = &done.superblock;
-            say!("Re-wrapped the data key of {}", path.display());
+            say!("Re-wrapped the data key of {volume}");
             say!("  was:  {}", done.old_key_arn);
             match key_version(&sb.wrapped_key) {
                 Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
@@ -112,12 +128,12 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             say!("  superblock sequence {}; data untouched", sb.sequence);
             Ok(())
         }
-        VolumeCommand::Info { path, json } => info(&path, json),
+        VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
     }
 }
 
-pub(crate) fn print_created(path: &std::path::Path, sb: &Superblock) {
-    say!("Created volume {}", path.display());
+pub(crate) fn print_created(volume: &VolumeAddress, sb: &Superblock) {
+    say!("Created volume {volume}");
     say!("  uuid:        {}", sb.uuid);
     say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
     say!("  sector size: {}", sb.sector_size);
@@ -156,17 +172,36 @@ fn copy_text(c: &Result<Superblock, SuperblockError>) -> String {
     }
 }
 
-fn info(path: &std::path::Path, as_json: bool) -> CliResult {
+/// `attached_by` in `volume info --json`: a file's holders by pid, an
+/// image's lock owners by Ceph client address.
+fn attachers_json(attachers: &Attachers) -> Vec<serde_json::Value> {
+    match attachers {
+        Attachers::Processes(holders) => holders
+            .iter()
+            .map(|h| {
+                json!({
+                    "pid": h.pid,
+                    "read_only": h.mode == AttachMode::ReadOnly,
+                    "command": h.command,
+                })
+            })
+            .collect(),
+        Attachers::CephClients(clients) => clients
+            .iter()
+            .map(|client| json!({"ceph_client": client, "read_only": false}))
+            .collect(),
+    }
+}
+
+fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
     use base64::Engine;
-    let set = envelope::inspect(path)?;
-    let holders = envelope::attached_by(path)?;
-    let sb = set
-        .best()
-        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    let set = envelope::inspect(volume)?;
+    let attachers = envelope::attached_by(volume)?;
+    let sb = set.best().map_err(|e| CliError(format!("{volume}: {e}")))?;
     let wrapped = base64::engine::general_purpose::STANDARD.encode(&sb.wrapped_key);
     if as_json {
         let v = json!({
-            "path": path.display().to_string(),
+            "path": volume.to_string(),
             "uuid": sb.uuid.to_string(),
             "size": sb.size,
             "sector_size": sb.sector_size,
@@ -181,16 +216,12 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
                 "primary": copy_json(Slot::Primary, &set.primary),
                 "secondary": copy_json(Slot::Secondary, &set.secondary),
             },
-            "attached_by": holders.iter().map(|h| json!({
-                "pid": h.pid,
-                "read_only": h.mode == AttachMode::ReadOnly,
-                "command": h.command,
-            })).collect::<Vec<_>>(),
+            "attached_by": attachers_json(&attachers),
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
-    say!("volume {}", path.display());
+    say!("volume {volume}");
     say!("  uuid:        {}", sb.uuid);
     say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
     say!("  sector size: {}", sb.sector_size);
@@ -218,14 +249,24 @@ fn info(path: &std::path::Path, as_json: bool) -> CliResult {
         Slot::Secondary,
         copy_text(&set.secondary)
     );
-    if holders.is_empty() {
+    if attachers.is_empty() {
         say!("  attached:    no");
     }
-    for h in &holders {
-        let mode = h.mode.describe();
-        match &h.command {
-            Some(command) => say!("  attached:    {mode} by pid {} ({command})", h.pid),
-            None => say!("  attached:    {mode} by pid {}", h.pid),
+    match &attachers {
+        Attachers::Processes(holders) => {
+            for h in holders {
+                let mode = h.mode.describe();
+                match &h.command {
+                    Some(command) => say!("  attached:    {mode} by pid {} ({command})", h.pid),
+                    None => say!("  attached:    {mode} by pid {}", h.pid),
+                }
+            }
+        }
+        // An image's exclusive lock is a writer's: readers hold none.
+        Attachers::CephClients(clients) => {
+            for client in clients {
+                say!("  attached:    read-write by Ceph client {client}");
+            }
         }
     }
     if let Some((slot, _)) = set.damaged() {

@@ -64,6 +64,14 @@ pub enum AttachmentError {
         wanted: AttachMode,
         holders: Vec<Holder>,
     },
+    /// Another client of a network store (a Ceph RBD image) holds its
+    /// exclusive lock; `holders` are their addresses as the store names
+    /// them (`127.0.0.1:0/3405213671`).
+    InUseByClient {
+        wanted: AttachMode,
+        image: String,
+        holders: Vec<String>,
+    },
     /// The lock itself failed (e.g. a file system without `flock`).
     Lock(io::Error),
 }
@@ -72,6 +80,25 @@ impl fmt::Display for AttachmentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttachmentError::Lock(e) => write!(f, "cannot lock the volume for attaching: {e}"),
+            AttachmentError::InUseByClient {
+                wanted,
+                image,
+                holders,
+            } => {
+                write!(
+                    f,
+                    "{image} is already attached read-write by Ceph client {}",
+                    holders.join(", ")
+                )?;
+                f.write_str(match wanted {
+                    AttachMode::ReadWrite => {
+                        ": a volume has one writer at a time (to fail over from a dead server: serve --take-over)"
+                    }
+                    AttachMode::ReadOnly => {
+                        ": a read-only attachment cannot share it with a writer"
+                    }
+                })
+            }
             AttachmentError::InUse { wanted, holders } => {
                 if holders.is_empty() {
                     f.write_str("already attached by another process (not found in /proc/locks)")?;
@@ -110,7 +137,9 @@ impl std::error::Error for AttachmentError {}
 impl From<AttachmentError> for io::Error {
     fn from(e: AttachmentError) -> io::Error {
         let kind = match &e {
-            AttachmentError::InUse { .. } => io::ErrorKind::ResourceBusy,
+            AttachmentError::InUse { .. } | AttachmentError::InUseByClient { .. } => {
+                io::ErrorKind::ResourceBusy
+            }
             AttachmentError::Lock(inner) => inner.kind(),
         };
         io::Error::new(kind, e.to_string())

@@ -1,6 +1,7 @@
 //! Shared test support. Each test binary uses a different subset.
 #![allow(dead_code, unused_imports)]
 
+pub mod ceph;
 pub mod kms;
 pub mod nbd;
 pub mod raw;

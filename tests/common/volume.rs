@@ -169,13 +169,18 @@ impl Fixture {
     /// `envol volume create DIR/FILE --size SIZE --sector-size N --key
     /// alias/DemoKey` as myadmin; returns the volume with the uuid printed.
     pub fn create_volume(&self, file: &str, size: u64, sector_size: u32) -> Vol {
-        let path = self.path(file);
+        self.create_volume_at(self.path(file).to_str().unwrap(), size, sector_size)
+    }
+
+    /// [`Self::create_volume`] of a volume address as the user writes it
+    /// (a path, or `rbd:POOL/IMAGE` in the cluster `CEPH_CONF` names).
+    pub fn create_volume_at(&self, volume: &str, size: u64, sector_size: u32) -> Vol {
         let mut cmd = self.envol_as(
             ADMIN,
             &[
                 "volume",
                 "create",
-                path.to_str().unwrap(),
+                volume,
                 "--size",
                 &size.to_string(),
                 "--key",
@@ -187,7 +192,7 @@ impl Fixture {
         let out = run_ok(&mut cmd);
         Vol {
             uuid: parse_uuid(&out),
-            path,
+            path: PathBuf::from(volume),
             size,
             sector_size,
         }
@@ -429,6 +434,8 @@ pub struct VolumeServer {
     /// Everything printed on stdout up to readiness.
     pub banner: String,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread draining stderr: done once the process has exited.
+    stderr_drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl VolumeServer {
@@ -442,7 +449,7 @@ impl VolumeServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
+        let stderr_drain = {
             let mut err = child.stderr.take().unwrap();
             let sink = stderr.clone();
             std::thread::spawn(move || {
@@ -453,8 +460,8 @@ impl VolumeServer {
                     }
                     sink.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
-        }
+            })
+        };
         let (tx, rx) = mpsc::channel::<String>();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -470,6 +477,7 @@ impl VolumeServer {
             uris: Vec::new(),
             banner: String::new(),
             stderr,
+            stderr_drain: Some(stderr_drain),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while !names
@@ -541,6 +549,27 @@ impl VolumeServer {
     /// (NBD_OPT_EXPORT_NAME).
     pub fn connect_nbd_crate(&self) -> std::os::unix::net::UnixStream {
         std::os::unix::net::UnixStream::connect(&self.socket).unwrap()
+    }
+
+    /// Waits up to `timeout` for the server to exit on its own; `None` if
+    /// it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("server already stopped");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                // Everything it said, up to its last line.
+                if let Some(drain) = self.stderr_drain.take() {
+                    let _ = drain.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then waits: the server must finish, flush and exit 0.

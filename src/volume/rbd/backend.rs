@@ -1,0 +1,512 @@
+//! [`RbdBackend`]: one open RBD image as a volume's [`Backend`], holding
+//! the image's exclusive lock while attached read-write.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::address::RbdAddress;
+use super::cluster::{self, CephOptions};
+use super::error::{EBLOCKLISTED, Fenced, RbdError};
+use super::ffi;
+use crate::volume::attachment::{AttachMode, AttachmentError};
+use crate::volume::backend::{Backend, Extent, FlushDone, IoBuf, IoDone};
+
+/// Features of an image envol creates: copy-on-write clones later
+/// (layering), one writer (exclusive-lock), and cheap allocation queries
+/// (object-map, fast-diff) for NBD block status.
+const FEATURES: u64 = ffi::FEATURE_LAYERING
+    | ffi::FEATURE_EXCLUSIVE_LOCK
+    | ffi::FEATURE_OBJECT_MAP
+    | ffi::FEATURE_FAST_DIFF;
+
+/// Largest byte count handed to one synchronous librbd call (its return
+/// value is a byte count).
+const MAX_CALL: u64 = 1 << 30;
+
+/// How often an attached writer checks, locally, that it still holds the
+/// image's lock (see `watch_for_fencing`).
+const FENCE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How a take-over treats the image's current lock holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Break the holder's lock only when Ceph no longer lists the holder's
+    /// watch on the image (it died, or has been paused for longer than the
+    /// OSDs' `osd_client_watch_timeout`); refuse while it is alive.
+    IfHolderDead,
+    /// Break it at once, alive or not (the operator knows it is gone, or
+    /// wants it fenced now).
+    Force,
+}
+
+/// One open RBD image.
+pub struct RbdBackend {
+    /// Shared with the fence watch (a `Weak`), never with I/O callbacks.
+    image: Arc<ffi::Image>,
+    address: RbdAddress,
+    /// Opened with librbd's read-only open: then the cluster to ask for
+    /// the lock's owners through a connection of its own (librbd answers
+    /// only through a read-write open, and one made through the read-only
+    /// image's connection says EINVAL too).
+    read_only: Option<CephOptions>,
+    fence: Arc<FenceState>,
+}
+
+impl std::fmt::Debug for RbdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RbdBackend")
+            .field("address", &self.address)
+            .field("client", &self.fence.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every operation (including callbacks on librbd's threads) needs to
+/// recognise and report that this client was fenced.
+struct FenceState {
+    image: String,
+    client: String,
+    fenced: AtomicBool,
+    on_fenced: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl FenceState {
+    /// The `io::Error` for librbd's `errno`; the first `EBLOCKLISTED`
+    /// also runs the `on_fenced` callback.
+    fn error(&self, errno: i32) -> io::Error {
+        if errno != EBLOCKLISTED {
+            return io::Error::from_raw_os_error(errno);
+        }
+        if !self.fenced.swap(true, Ordering::SeqCst)
+            && let Ok(callback) = self.on_fenced.lock()
+            && let Some(callback) = callback.as_ref()
+        {
+            callback();
+        }
+        io::Error::other(Fenced {
+            image: self.image.clone(),
+            client: self.client.clone(),
+        })
+    }
+
+    /// `r` (bytes or `-errno`) of an operation on `expected` bytes.
+    fn outcome(&self, r: isize, expected: usize) -> io::Result<()> {
+        match usize::try_from(r) {
+            Ok(n) if n == expected => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: {n} of {expected} bytes transferred", self.image),
+            )),
+            Err(_) => Err(self.error(i32::try_from(-r).unwrap_or(ffi::libc_errno::EIO))),
+        }
+    }
+}
+
+impl RbdBackend {
+    /// Opens an existing image (`ReadOnly`: librbd's read-only open).
+    pub fn open(
+        ceph: &CephOptions,
+        address: &RbdAddress,
+        mode: AttachMode,
+    ) -> Result<RbdBackend, RbdError> {
+        let ioctx = cluster::open_pool(ceph, address)?;
+        let read_only = mode == AttachMode::ReadOnly;
+        let image = cluster::open_image(&ioctx, address, read_only)?;
+        let mut backend = Self::wrap(image, address)?;
+        if read_only {
+            backend.read_only = Some(ceph.clone());
+        }
+        Ok(backend)
+    }
+
+    /// Creates the image with `size` bytes (features layering,
+    /// exclusive-lock, object-map, fast-diff) and opens it read-write.
+    /// An existing image is refused unless `force` (then it is reused:
+    /// resized to `size`, its superblocks overwritten by the caller).
+    pub fn create(
+        ceph: &CephOptions,
+        address: &RbdAddress,
+        size: u64,
+        force: bool,
+    ) -> Result<RbdBackend, RbdError> {
+        let ioctx = cluster::open_pool(ceph, address)?;
+        match ioctx.create_image(&address.image, size, FEATURES) {
+            Ok(()) => {}
+            Err(17) if !force => return Err(RbdError::Exists(address.to_string())),
+            Err(17) => {
+                let image = cluster::open_image(&ioctx, address, false)?;
+                image
+                    .resize(size)
+                    .map_err(|errno| RbdError::ceph(format!("resizing {address}"), errno))?;
+                return Self::wrap(image, address);
+            }
+            Err(errno) => return Err(RbdError::ceph(format!("creating {address}"), errno)),
+        }
+        let image = cluster::open_image(&ioctx, address, false)?;
+        Self::wrap(image, address)
+    }
+
+    /// Whether the image exists.
+    pub fn exists(ceph: &CephOptions, address: &RbdAddress) -> Result<bool, RbdError> {
+        let ioctx = cluster::open_pool(ceph, address)?;
+        match cluster::open_image(&ioctx, address, true) {
+            Ok(_) => Ok(true),
+            Err(RbdError::NoImage(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the image (it must not be open anywhere).
+    pub fn remove(ceph: &CephOptions, address: &RbdAddress) -> Result<(), RbdError> {
+        let ioctx = cluster::open_pool(ceph, address)?;
+        ioctx
+            .remove_image(&address.image)
+            .map_err(|errno| match errno {
+                2 => RbdError::NoImage(address.to_string()),
+                errno => RbdError::ceph(format!("removing {address}"), errno),
+            })
+    }
+
+    fn wrap(image: ffi::Image, address: &RbdAddress) -> Result<RbdBackend, RbdError> {
+        let client = image
+            .rados()
+            .address()
+            .map_err(|errno| RbdError::ceph("reading this Ceph client's address", errno))?;
+        Ok(RbdBackend {
+            image: Arc::new(image),
+            address: address.clone(),
+            read_only: None,
+            fence: Arc::new(FenceState {
+                image: address.to_string(),
+                client,
+                fenced: AtomicBool::new(false),
+                on_fenced: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// This server's Ceph client address, as lock owners, watchers and
+    /// the blocklist name it.
+    pub fn client_address(&self) -> &str {
+        &self.fence.client
+    }
+
+    /// The image's address.
+    pub fn address(&self) -> &RbdAddress {
+        &self.address
+    }
+
+    /// Runs `f` once, the first time an operation finds this client
+    /// fenced (blocklisted by a take-over) — at once if one already has.
+    /// The server exits on it: nothing it writes can reach the image.
+    pub fn on_fenced(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let Ok(mut slot) = self.fence.on_fenced.lock() else {
+            return;
+        };
+        if self.fence.fenced.load(Ordering::SeqCst) {
+            f();
+        }
+        *slot = Some(f);
+    }
+
+    /// Whether an operation has found this client fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fence.fenced.load(Ordering::SeqCst)
+    }
+
+    /// The clients holding the image's exclusive lock (none or one).
+    pub fn lock_owners(&self) -> Result<Vec<String>, RbdError> {
+        if let Some(ceph) = &self.read_only {
+            return attached_by(ceph, &self.address);
+        }
+        self.image.lock_owners().map_err(|errno| {
+            RbdError::ceph(format!("reading the lock owner of {}", self.address), errno)
+        })
+    }
+
+    /// Breaks the image's lock held by another client, as `policy` allows,
+    /// so that [`lock_attachment`](Backend::lock_attachment) can take it.
+    /// Breaking blocklists the old holder in Ceph (librbd's
+    /// `rbd_blocklist_on_break_lock`, true by default): whatever it sends
+    /// afterwards is refused, even if it was only paused. Returns the
+    /// broken holder's address; `None` when nobody held the lock.
+    pub fn take_over(&self, policy: TakeOver) -> Result<Option<String>, RbdError> {
+        let owners = self.lock_owners()?;
+        let Some(holder) = owners.into_iter().find(|o| *o != self.fence.client) else {
+            return Ok(None);
+        };
+        if policy == TakeOver::IfHolderDead {
+            let watchers = self.image.watchers().map_err(|errno| {
+                RbdError::ceph(format!("listing the watchers of {}", self.address), errno)
+            })?;
+            if watchers.contains(&holder) {
+                return Err(RbdError::HolderAlive {
+                    image: self.address.to_string(),
+                    holder,
+                });
+            }
+        }
+        match self.image.lock_break(&holder) {
+            Ok(()) => Ok(Some(holder)),
+            // Gone (released, or broken by someone else) in the meantime.
+            Err(2) => Ok(None),
+            Err(errno) => Err(RbdError::ceph(
+                format!("breaking the lock of {} held by {holder}", self.address),
+                errno,
+            )),
+        }
+    }
+
+    /// Starts a thread that notices this client being fenced while no
+    /// request arrives (an idle server would otherwise never learn it and
+    /// keep running, answering nobody). Every [`FENCE_POLL`] it asks librbd,
+    /// locally, whether it still owns the lock; when not, it asks the OSD
+    /// who does: `EBLOCKLISTED` there is the fence. Ends when the backend
+    /// is dropped. Best effort: a thread that cannot start leaves fencing
+    /// to be found by the next request.
+    fn watch_for_fencing(&self) {
+        let image = Arc::downgrade(&self.image);
+        let fence = self.fence.clone();
+        let _ = std::thread::Builder::new()
+            .name("rbd-fence-watch".into())
+            .spawn(move || {
+                while !fence.fenced.load(Ordering::SeqCst) {
+                    std::thread::sleep(FENCE_POLL);
+                    let Some(image) = image.upgrade() else {
+                        return;
+                    };
+                    if image.is_lock_owner() == Ok(true) {
+                        continue;
+                    }
+                    if let Err(EBLOCKLISTED) = image.lock_owners() {
+                        fence.error(EBLOCKLISTED);
+                    }
+                }
+            });
+    }
+
+    /// The lock's owners other than this client.
+    fn other_owners(&self) -> Result<Vec<String>, RbdError> {
+        let mut owners = self.lock_owners()?;
+        owners.retain(|o| *o != self.fence.client);
+        Ok(owners)
+    }
+
+    fn refusal(&self, wanted: AttachMode, holders: Vec<String>) -> AttachmentError {
+        AttachmentError::InUseByClient {
+            wanted,
+            image: self.address.to_string(),
+            holders,
+        }
+    }
+
+    fn lock_error(&self, what: &str, errno: i32) -> AttachmentError {
+        AttachmentError::Lock(io::Error::new(
+            io::Error::from_raw_os_error(errno).kind(),
+            format!(
+                "{what} {}: {}",
+                self.address,
+                io::Error::from_raw_os_error(errno)
+            ),
+        ))
+    }
+}
+
+/// The clients holding `address`'s exclusive lock (its read-write
+/// attachment), for `volume info`; empty when nobody holds it.
+pub fn attached_by(ceph: &CephOptions, address: &RbdAddress) -> Result<Vec<String>, RbdError> {
+    let ioctx = cluster::open_pool(ceph, address)?;
+    // librbd answers only through a read-write open (a read-only one has
+    // no lock state), which takes nothing: the lock is acquired on the
+    // first write or `rbd_lock_acquire`, neither of which happens here.
+    let image = cluster::open_image(&ioctx, address, false)?;
+    image
+        .lock_owners()
+        .map_err(|errno| RbdError::ceph(format!("reading the lock owner of {address}"), errno))
+}
+
+impl Backend for RbdBackend {
+    /// librbd queues every request and calls back when it is done: many
+    /// are in flight at once, as they must be over a network.
+    fn is_asynchronous(&self) -> bool {
+        true
+    }
+
+    fn start_read(&self, offset: u64, buf: IoBuf, done: IoDone) {
+        let expected = buf.bytes().len();
+        let fence = self.fence.clone();
+        self.image.start_read(
+            offset,
+            buf,
+            Box::new(move |buf, r| done(buf, fence.outcome(r, expected))),
+        )
+    }
+
+    fn start_write(&self, offset: u64, data: IoBuf, done: IoDone) {
+        let expected = data.bytes().len();
+        let fence = self.fence.clone();
+        // A finished aio write returns 0, not a byte count.
+        self.image.start_write(
+            offset,
+            data,
+            Box::new(move |buf, r| {
+                done(
+                    buf,
+                    fence.outcome(if r == 0 { expected as isize } else { r }, expected),
+                )
+            }),
+        )
+    }
+
+    fn start_flush(&self, done: FlushDone) {
+        let fence = self.fence.clone();
+        self.image.start_flush(Box::new(move |r| {
+            done(if r < 0 { fence.outcome(r, 0) } else { Ok(()) })
+        }))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        for chunk in buf.chunks_mut(MAX_CALL as usize) {
+            let r = self.image.read(offset + done as u64, chunk);
+            let r = r.map_or_else(|errno| -(errno as isize), |n| n as isize);
+            self.fence.outcome(r, chunk.len())?;
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        for chunk in data.chunks(MAX_CALL as usize) {
+            let r = self.image.write(offset + done as u64, chunk);
+            let r = r.map_or_else(|errno| -(errno as isize), |n| n as isize);
+            self.fence.outcome(r, chunk.len())?;
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.image.flush().map_err(|errno| self.fence.error(errno))
+    }
+
+    /// `rbd_write_zeroes`, not discard: librbd skips a discard smaller than
+    /// its granularity (`rbd_skip_partial_discard`), and the range must read
+    /// back as zeros. Whole objects inside the range are deallocated.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut pos = offset;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        while pos < end {
+            let step = (end - pos).min(MAX_CALL) as usize;
+            let r = self.image.write_zeroes(pos, step);
+            let r = r.map_or_else(|errno| -(errno as isize), |n| n as isize);
+            self.fence.outcome(r, step)?;
+            pos += step as u64;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.image.size().map_err(|errno| self.fence.error(errno))
+    }
+
+    /// From `rbd_diff_iterate2` since the image's creation, at object
+    /// granularity (the object map answers it without touching the OSDs'
+    /// data where fast-diff is on). Holes are objects that do not exist,
+    /// which read as zeros; an object that exists is data, even where parts
+    /// of it were never written.
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = offset.saturating_add(len);
+        let size = self.size()?;
+        let mut out = Vec::new();
+        let mut push = |offset: u64, end: u64, hole: bool| {
+            if end > offset {
+                out.push(Extent {
+                    offset,
+                    len: end - offset,
+                    hole,
+                });
+            }
+        };
+        let known_end = end.min(size);
+        let mut pos = offset;
+        if offset < known_end {
+            let mut allocated = self
+                .image
+                .allocated(offset, known_end - offset, true)
+                .map_err(|errno| self.fence.error(errno))?;
+            allocated.sort_unstable();
+            for (start, length) in allocated {
+                let start_c = start.max(pos);
+                let stop = start.saturating_add(length).min(known_end);
+                if stop <= start_c {
+                    continue;
+                }
+                push(pos, start_c, true);
+                push(start_c, stop, false);
+                pos = stop;
+            }
+            push(pos, known_end, true);
+            pos = known_end.max(pos);
+        }
+        // Past the image's end nothing is known: report data, never a hole.
+        push(pos, end, false);
+        // Merge neighbours of the same kind (the callback reports one
+        // extent per object).
+        let mut merged: Vec<Extent> = Vec::with_capacity(out.len());
+        for e in out {
+            match merged.last_mut() {
+                Some(last) if last.hole == e.hole && last.offset + last.len == e.offset => {
+                    last.len += e.len
+                }
+                _ => merged.push(e),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// `ReadWrite`: takes the image's exclusive lock in managed mode and
+    /// holds it until the backend is dropped. Refused, naming the holder,
+    /// when another client holds it — even one that is dead: only a
+    /// [`take_over`](RbdBackend::take_over) breaks a lock.
+    ///
+    /// `ReadOnly`: refused while a writer holds the lock, as for a volume
+    /// file (a read-only attachment beside a live writer would read a
+    /// changing image). A writer arriving after a reader is not refused:
+    /// librbd has no shared lock for readers (its read-only open takes
+    /// none), so a reader started first sees the writer's changes.
+    fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError> {
+        // Checked before acquiring, because librbd's acquire itself breaks
+        // the lock of a holder whose watch expired (blocklisting it): that
+        // is a take-over, which only `take_over` may do.
+        let others = self
+            .other_owners()
+            .map_err(|e| AttachmentError::Lock(io::Error::other(e.to_string())))?;
+        if !others.is_empty() {
+            return Err(self.refusal(mode, others));
+        }
+        if mode == AttachMode::ReadOnly {
+            return Ok(());
+        }
+        if self.read_only.is_some() {
+            return Err(AttachmentError::Lock(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!("{} was opened read-only", self.address),
+            )));
+        }
+        match self.image.lock_acquire() {
+            Ok(()) => {
+                self.watch_for_fencing();
+                Ok(())
+            }
+            Err(errno) => match self.other_owners() {
+                Ok(others) if !others.is_empty() => Err(self.refusal(mode, others)),
+                _ => Err(self.lock_error("taking the exclusive lock of", errno)),
+            },
+        }
+    }
+}

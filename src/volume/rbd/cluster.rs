@@ -1,0 +1,103 @@
+//! Which Ceph cluster, as which client: one librados connection per open
+//! image, so each server is one Ceph client (one address) that Ceph can
+//! fence on its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::address::RbdAddress;
+use super::error::RbdError;
+use super::ffi;
+
+/// How long a Ceph operation may take before it fails instead of waiting
+/// (an OSD or monitor down): librados's `rados_osd_op_timeout`,
+/// `rados_mon_op_timeout` and `client_mount_timeout`.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which Ceph cluster, as which client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CephOptions {
+    /// A ceph.conf; `None`: librados's own search (`CEPH_CONF`, then
+    /// /etc/ceph/ceph.conf, ...).
+    pub conf: Option<PathBuf>,
+    /// Client id without `client.` (Ceph's `--id`); `None` means `admin`.
+    pub id: Option<String>,
+    /// Deadline of every Ceph operation (connecting included): past it the
+    /// operation fails with `ETIMEDOUT` (an I/O error for NBD clients)
+    /// instead of hanging while an OSD or monitor is down. `None`:
+    /// [`DEFAULT_OP_TIMEOUT`]. Whole seconds; at least one.
+    pub op_timeout: Option<Duration>,
+}
+
+impl CephOptions {
+    /// The client id, `admin` by default.
+    pub fn client_id(&self) -> &str {
+        self.id.as_deref().unwrap_or("admin")
+    }
+
+    /// The operation deadline in whole seconds (rounded up, at least 1).
+    pub fn op_timeout_secs(&self) -> u64 {
+        let timeout = self.op_timeout.unwrap_or(DEFAULT_OP_TIMEOUT);
+        (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1)
+    }
+}
+
+/// Connects as `ceph` says.
+pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
+    let conf = match &ceph.conf {
+        Some(path) => Some(path.to_str().ok_or_else(|| {
+            RbdError::ceph(
+                format!("Ceph configuration {}", path.display()),
+                ffi::libc_errno::EINVAL,
+            )
+        })?),
+        None => None,
+    };
+    let timeout = ceph.op_timeout_secs().to_string();
+    let settings = [
+        ("rados_osd_op_timeout", timeout.clone()),
+        ("rados_mon_op_timeout", timeout.clone()),
+        ("client_mount_timeout", timeout),
+    ];
+    match ffi::Rados::connect(ceph.client_id(), conf, &settings) {
+        Ok(rados) => Ok(Arc::new(rados)),
+        Err(ffi::ConnectError::NotInstalled) => Err(RbdError::NotInstalled),
+        Err(ffi::ConnectError::Failed(step, errno)) => {
+            let whom = format!("client.{}", ceph.client_id());
+            let what = match &ceph.conf {
+                Some(path) => format!("Ceph ({step} as {whom}, {})", path.display()),
+                None => format!("Ceph ({step} as {whom})"),
+            };
+            Err(RbdError::ceph(what, errno))
+        }
+    }
+}
+
+/// Connects and opens `address`'s pool.
+pub(super) fn open_pool(
+    ceph: &CephOptions,
+    address: &RbdAddress,
+) -> Result<Arc<ffi::IoCtx>, RbdError> {
+    let rados = connect(ceph)?;
+    match ffi::IoCtx::open(&rados, &address.pool) {
+        Ok(ioctx) => Ok(Arc::new(ioctx)),
+        Err(2) => Err(RbdError::NoPool(address.pool.clone())),
+        Err(errno) => Err(RbdError::ceph(
+            format!("opening Ceph pool {:?}", address.pool),
+            errno,
+        )),
+    }
+}
+
+/// Opens `address` through `ioctx`.
+pub(super) fn open_image(
+    ioctx: &Arc<ffi::IoCtx>,
+    address: &RbdAddress,
+    read_only: bool,
+) -> Result<ffi::Image, RbdError> {
+    ffi::Image::open(ioctx, &address.image, read_only).map_err(|errno| match errno {
+        2 => RbdError::NoImage(address.to_string()),
+        errno => RbdError::ceph(format!("opening {address}"), errno),
+    })
+}

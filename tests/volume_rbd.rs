@@ -1,0 +1,499 @@
+//! `rbd:POOL/IMAGE` volumes end to end: real `envol` processes, real NBD
+//! clients (nbdcopy, qemu-io, fio), the real Ceph cluster of the test run
+//! (`tests/common/ceph.rs`: `CEPH_CONF` and `ENVOL_TEST_RBD_POOL`, started
+//! by scripts/test.sh; these tests fail, never skip, without it). Each test
+//! has its own image.
+//!
+//! What they show: an image holds only ciphertext (no plaintext in any
+//! RADOS object), in exactly a volume file's layout (`rbd export` decrypts
+//! with OpenSSL and serves as a file; `rbd import` of a volume file serves
+//! as an image); TRIM and WRITE_ZEROES read back zeros; one writer, named
+//! when a second is refused; `--take-over --force` fences the old server,
+//! which exits with one line; bad addresses are one line.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::ceph::Ceph;
+use common::nbd::run_tool;
+use common::tools::qemu_io;
+use common::volume::{
+    ADMIN, DATA_OFFSET, Fixture, KEY_ALIAS, MIB, Vol, VolumeServer, assert_one_clean_line,
+    output_with_timeout, require_tool, run_fails,
+};
+use rand::RngCore;
+
+/// How long a fenced server may take to notice and exit.
+const FENCED_EXIT: Duration = Duration::from_secs(20);
+
+/// An envol volume on a new image of the test cluster.
+fn rbd_volume(fx: &Fixture, ceph: &Ceph, prefix: &str, size: u64) -> Vol {
+    let (pool, image) = ceph.unique_image(prefix);
+    fx.create_volume_at(&format!("rbd:{pool}/{image}"), size, 4096)
+}
+
+/// `POOL/IMAGE` of an `rbd:` volume, as the rbd and rados tools take it.
+fn spec(vol: &Vol) -> String {
+    vol.path
+        .to_str()
+        .and_then(|p| p.strip_prefix("rbd:"))
+        .expect("an rbd: volume")
+        .to_string()
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut data);
+    data
+}
+
+/// Writes `data` at offset 0 of the export with nbdcopy.
+fn nbd_write(fx: &Fixture, uri: &str, data: &[u8], name: &str) {
+    let src = fx.path(name);
+    std::fs::write(&src, data).unwrap();
+    run_tool("nbdcopy", &[src.to_str().unwrap(), uri]);
+}
+
+/// The whole export, read with nbdcopy.
+fn nbd_read(fx: &Fixture, uri: &str, name: &str) -> Vec<u8> {
+    let dst = fx.path(name);
+    std::fs::File::create(&dst).unwrap();
+    run_tool("nbdcopy", &[uri, dst.to_str().unwrap()]);
+    std::fs::read(&dst).unwrap()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decrypts whole sectors from sector 0 with OpenSSL's aes-256-xts (Python
+/// `cryptography`), tweak = sector number little endian: no envol code.
+fn openssl_decrypt(key: &[u8], sector_size: usize, data: &[u8]) -> Vec<u8> {
+    let script = "import sys\n\
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
+        key = bytes.fromhex(sys.argv[1]); ss = int(sys.argv[2])\n\
+        data = sys.stdin.buffer.read(); out = bytearray()\n\
+        for i in range(0, len(data), ss):\n\
+        \x20   d = Cipher(algorithms.AES(key), modes.XTS((i // ss).to_bytes(16, 'little'))).decryptor()\n\
+        \x20   out += d.update(data[i:i + ss]) + d.finalize()\n\
+        sys.stdout.buffer.write(bytes(out))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, &hex(key), &sector_size.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with the cryptography package (OpenSSL) must be installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "OpenSSL XTS oracle failed");
+    out.stdout
+}
+
+#[test]
+fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    let vol = rbd_volume(&fx, &ceph, "trip", 16 * MIB);
+    let address = vol.path.to_str().unwrap().to_string();
+
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &address]));
+    assert!(info.starts_with(&format!("volume {address}\n")), "{info}");
+    assert!(
+        info.contains(&format!("  uuid:        {}", vol.uuid)),
+        "{info}"
+    );
+    assert!(info.contains("  cipher:      aes-xts-plain64"), "{info}");
+    assert!(info.contains("  attached:    no"), "{info}");
+    // The image is exactly the file layout's size: superblocks, then data.
+    let rbd_info: serde_json::Value =
+        serde_json::from_slice(&ceph.rbd(&["info", "--format", "json", &spec(&vol)])).unwrap();
+    assert_eq!(rbd_info["size"].as_u64(), Some(DATA_OFFSET + vol.size));
+
+    let server = fx.serve(ADMIN, &vol);
+    let uri = server.first_uri().to_string();
+    let marker = b"ENVOL-PLAINTEXT-MARKER-never-in-ceph:";
+    let mut data = random_bytes(8 * MIB as usize);
+    for at in (0..data.len() - 4096).step_by(64 * 1024) {
+        data[at..at + marker.len()].copy_from_slice(marker);
+    }
+    nbd_write(&fx, &uri, &data, "in.bin");
+    let back = nbd_read(&fx, &uri, "out.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "nbdcopy read back different bytes"
+    );
+    assert!(back[data.len()..].iter().all(|&b| b == 0));
+
+    // While served, info names the writer by its Ceph client.
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &address]));
+    assert!(
+        info.contains("  attached:    read-write by Ceph client "),
+        "{info}"
+    );
+    let json = fx.info_json(&vol.path);
+    assert_eq!(json["path"], address.as_str());
+    assert_eq!(
+        json["attached_by"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
+    server.stop();
+
+    // Every RADOS object of the image: ciphertext only.
+    let prefix = rbd_info["block_name_prefix"].as_str().unwrap().to_string();
+    let listing = String::from_utf8(ceph.rados(&["-p", &vol_pool(&vol), "ls"])).unwrap();
+    let objects: Vec<&str> = listing.lines().filter(|o| o.starts_with(&prefix)).collect();
+    assert!(objects.len() >= 2, "{prefix}: {listing}");
+    let dir = fx.path("objects");
+    std::fs::create_dir(&dir).unwrap();
+    for object in &objects {
+        let file = dir.join(object);
+        ceph.rados(&["-p", &vol_pool(&vol), "get", object, file.to_str().unwrap()]);
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !find(&bytes, marker),
+            "plaintext marker in RADOS object {object}"
+        );
+        assert!(
+            !find(&bytes, &data[4096..4096 + 64]),
+            "plaintext in {object}"
+        );
+    }
+    ceph.remove_image(&spec(&vol));
+}
+
+fn vol_pool(vol: &Vol) -> String {
+    spec(vol).split('/').next().unwrap().to_string()
+}
+
+/// `rbd export` of an envol image is a volume file: OpenSSL decrypts its
+/// data area with the data key to what was written, and `envol serve FILE`
+/// reads the same data. `rbd import` of a volume file is an image that
+/// `envol serve rbd:` reads the same.
+#[test]
+fn rbd_export_and_import_are_volume_files() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    let size = 8 * MIB;
+    let data = random_bytes(4 * MIB as usize);
+
+    // Image -> file.
+    let vol = rbd_volume(&fx, &ceph, "export", size);
+    let server = fx.serve(ADMIN, &vol);
+    nbd_write(&fx, server.first_uri(), &data, "in.bin");
+    server.stop();
+    let exported = fx.path("exported.vol");
+    ceph.rbd(&["export", &spec(&vol), exported.to_str().unwrap()]);
+    let raw = std::fs::read(&exported).unwrap();
+    assert_eq!(raw.len() as u64, DATA_OFFSET + size);
+    let key = fx.unwrap_data_key(&vol);
+    let start = DATA_OFFSET as usize;
+    let plain = openssl_decrypt(&key, 4096, &raw[start..start + data.len()]);
+    assert!(
+        plain == data,
+        "OpenSSL decrypted something else from rbd export"
+    );
+    let file_vol = Vol {
+        path: exported,
+        ..vol.clone()
+    };
+    let server = fx.serve(ADMIN, &file_vol);
+    let back = nbd_read(&fx, server.first_uri(), "file.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "serve FILE of rbd export differs"
+    );
+    server.stop();
+
+    // File -> image.
+    let file = fx.create_volume("made-as-file.vol", size, 4096);
+    let other = random_bytes(3 * MIB as usize + 4096);
+    let server = fx.serve(ADMIN, &file);
+    nbd_write(&fx, server.first_uri(), &other, "other.bin");
+    server.stop();
+    let (pool, image) = ceph.unique_image("import");
+    ceph.rbd(&[
+        "import",
+        file.path.to_str().unwrap(),
+        &format!("{pool}/{image}"),
+    ]);
+    let imported = Vol {
+        path: format!("rbd:{pool}/{image}").into(),
+        ..file.clone()
+    };
+    let server = fx.serve(ADMIN, &imported);
+    let back = nbd_read(&fx, server.first_uri(), "imported.bin");
+    assert!(
+        back[..other.len()] == other[..],
+        "serve rbd: of rbd import differs"
+    );
+    server.stop();
+    ceph.remove_image(&spec(&vol));
+    ceph.remove_image(&format!("{pool}/{image}"));
+}
+
+/// qemu-io: unaligned writes read back; TRIM and WRITE_ZEROES of small
+/// ranges (below librbd's discard granularity) and of a large one read
+/// back as zeros, with the bytes around them intact.
+#[test]
+fn unaligned_writes_trim_and_write_zeroes_read_back() {
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    let vol = rbd_volume(&fx, &ceph, "qio", 16 * MIB);
+    let server = fx.serve(ADMIN, &vol);
+    let uri = server.first_uri().to_string();
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0xab 1000 5000",
+            "read -P 0xab 1000 5000",
+            "write -P 0x5a 65536 4194304",
+            // Small ranges: one sector, half a sector, 512 bytes unaligned.
+            "discard 65536 4096",
+            "write -z 73728 2048",
+            "write -z 80000 512",
+            // A large one.
+            "discard 1048576 2097152",
+            "write -z 3145728 1048576",
+        ],
+    );
+    // A fresh connection reads everything back.
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0 0 1000",
+            "read -P 0xab 1000 5000",
+            "read -P 0 65536 4096",
+            "read -P 0x5a 69632 4096",
+            "read -P 0 73728 2048",
+            "read -P 0x5a 75776 4224",
+            "read -P 0 80000 512",
+            "read -P 0x5a 80512 968064",
+            "read -P 0 1048576 3145728",
+            "read -P 0x5a 4194304 65536",
+        ],
+    );
+    server.stop();
+    ceph.remove_image(&spec(&vol));
+}
+
+/// fio's verify on one export: 4 jobs x QD32 of random writes in their own
+/// regions, crc32c in every block, then a verify-only pass on new
+/// connections.
+#[test]
+fn fio_verifies_four_jobs_at_queue_depth_32() {
+    require_tool("fio", "fio");
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    let vol = rbd_volume(&fx, &ceph, "fio", 32 * MIB);
+    let server = fx.serve(ADMIN, &vol);
+    let uri = server.first_uri().to_string();
+    let job = |verify_only: bool| {
+        let mut c = Command::new("fio");
+        c.current_dir(fx.dir.path());
+        c.args([
+            "--name=rbd",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bsrange=4k-64k",
+            "--iodepth=32",
+            "--numjobs=4",
+            "--size=4M",
+            "--offset_increment=8M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--randseed=13",
+            "--group_reporting",
+        ]);
+        if verify_only {
+            c.arg("--verify_only");
+        }
+        c
+    };
+    for verify_only in [false, true] {
+        let out = output_with_timeout(&mut job(verify_only), Duration::from_secs(120));
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fio failed:\n{text}");
+        assert!(!text.contains("verify: bad"), "{text}");
+    }
+    server.stop();
+    ceph.remove_image(&spec(&vol));
+}
+
+/// One writer: a second writable serve is refused naming the holder's Ceph
+/// client (the one `volume info` shows), and so is a read-only one beside
+/// the writer, as for a file. Plain `--take-over` of a live holder is
+/// refused too; `--take-over --force` takes the volume, and the old server,
+/// on its next write, exits with one line — its write is not in the image.
+#[test]
+fn one_writer_and_take_over_fences_the_old_server() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    let vol = rbd_volume(&fx, &ceph, "fence", 8 * MIB);
+    let address = vol.path.to_str().unwrap().to_string();
+    let mut first = fx.serve(ADMIN, &vol);
+    let before = random_bytes(MIB as usize);
+    nbd_write(&fx, first.first_uri(), &before, "before.bin");
+
+    let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &address]));
+    let holder = info
+        .lines()
+        .find_map(|l| l.strip_prefix("  attached:    read-write by Ceph client "))
+        .unwrap_or_else(|| panic!("no holder in:\n{info}"))
+        .to_string();
+    let refused = fx.serve_refused(ADMIN, &vol);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("second writer", &stderr);
+    assert!(
+        stderr.contains(&address) && stderr.contains(&holder),
+        "{stderr}"
+    );
+    // Nor does a re-wrap or a forced re-create get past the writer.
+    let (_, stderr) = run_fails(&mut fx.envol_as(ADMIN, &["volume", "rewrap", &address]));
+    assert_one_clean_line("rewrap of an attached image", &stderr);
+    assert!(
+        stderr.contains("cannot re-wrap") && stderr.contains(&holder),
+        "{stderr}"
+    );
+    let create = |force: bool| {
+        let mut args = vec![
+            "volume", "create", &address, "--size", "1M", "--key", KEY_ALIAS,
+        ];
+        if force {
+            args.push("--force");
+        }
+        run_fails(&mut fx.envol_as(ADMIN, &args)).1
+    };
+    let stderr = create(false);
+    assert_one_clean_line("create of an existing image", &stderr);
+    assert!(
+        stderr.contains("already exists: refusing to overwrite it (use --force)"),
+        "{stderr}"
+    );
+    let stderr = create(true);
+    assert_one_clean_line("create --force of an attached image", &stderr);
+    assert!(
+        stderr.contains("refusing to overwrite it") && stderr.contains(&holder),
+        "{stderr}"
+    );
+
+    // A caller the key policy refuses learns nothing of the holder.
+    fx.add_user("stranger");
+    let refused = fx.serve_refused("stranger", &vol);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("serve by a stranger", &stderr);
+    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+    assert!(!stderr.contains(&holder), "{stderr}");
+    let ro = Vol {
+        path: format!("{address}:ro").into(),
+        ..vol.clone()
+    };
+    let refused = fx.serve_refused(ADMIN, &ro);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("reader beside a writer", &stderr);
+    assert!(stderr.contains(&holder), "{stderr}");
+
+    // Plain --take-over: the holder is alive (its watch is there).
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over"]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "took over from a live holder: {stderr}"
+    );
+    assert_one_clean_line("take-over of a live holder", &stderr);
+    assert!(stderr.contains(&holder), "{stderr}");
+
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over", "--force"]);
+    let second = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
+    // The old server's next write fails; it exits with one line.
+    let late = vec![0xeeu8; 4096];
+    let late_file = fx.path("late.bin");
+    std::fs::write(&late_file, &late).unwrap();
+    let _ = Command::new("nbdcopy")
+        .args([late_file.to_str().unwrap(), first.first_uri()])
+        .output();
+    let status = first
+        .wait_exit(FENCED_EXIT)
+        .expect("the fenced server did not exit");
+    assert!(!status.success(), "the fenced server exited 0");
+    let said = first.stderr();
+    let last = said.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!("envol: fenced: another server took over {address}; exiting"),
+        "{said}"
+    );
+    // The new server has every acknowledged write, and not the late one.
+    let back = nbd_read(&fx, second.first_uri(), "after.bin");
+    assert!(back[..before.len()] == before[..], "acknowledged data lost");
+    second.stop();
+    let out = common::volume::run_ok(&mut fx.envol_as(ADMIN, &["volume", "rewrap", &address]));
+    assert!(
+        out.contains(&format!("Re-wrapped the data key of {address}")),
+        "{out}"
+    );
+    ceph.remove_image(&spec(&vol));
+}
+
+/// Bad addresses, a missing image, and a take-over of a file are refused
+/// with one line naming what was wrong.
+#[test]
+fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
+    let ceph = Ceph::from_env();
+    let fx = Fixture::new();
+    for bad in ["rbd:", "rbd:pool", "rbd:pool/", "rbd:a/b/c"] {
+        for args in [
+            vec!["volume", "info", bad],
+            vec!["serve", bad, "--socket", "/nonexistent/s.sock"],
+        ] {
+            let (_, stderr) = run_fails(&mut fx.envol(&args));
+            assert_one_clean_line(bad, &stderr);
+            assert!(
+                stderr.contains(&format!(
+                    "{bad:?} is not an RBD address: expected rbd:POOL/IMAGE"
+                )),
+                "{stderr}"
+            );
+        }
+    }
+    let (pool, image) = ceph.unique_image("missing");
+    let missing = format!("rbd:{pool}/{image}");
+    let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", &missing]));
+    assert_one_clean_line("missing image", &stderr);
+    assert!(
+        stderr.starts_with(&format!("envol: {missing}: ")),
+        "{stderr}"
+    );
+
+    let file = fx.create_volume("plain.vol", MIB, 4096);
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(ADMIN, &[(&file, None)], &socket, &["--take-over"]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_one_clean_line("take-over of a file", &stderr);
+    assert!(
+        stderr.contains("--take-over applies to rbd: volumes only"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&socket).exists());
+}
