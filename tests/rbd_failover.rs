@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use common::ceph::{Ceph, TestImage};
 use common::raw::{CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA, Raw};
 use common::volume::{ADMIN, Fixture, KEY_ALIAS, MIB, Vol, run_ok};
 
@@ -63,44 +64,24 @@ const WATCH_EXPIRY_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a resumed, fenced server may take to give up and exit.
 const FENCED_EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-// ---------------------------------------------------------------- cluster
+// ---------------------------------------------------------------- volume
 
-/// The run's cluster: `CEPH_CONF` (from `scripts/micro-ceph.sh`'s env file)
-/// and the pool the tests use.
-struct Cluster {
-    conf: String,
-    pool: String,
+/// The `--ceph-conf` argument for `ceph`'s cluster.
+fn conf(ceph: &Ceph) -> &str {
+    ceph.conf.to_str().expect("a UTF-8 ceph.conf path")
 }
 
-impl Cluster {
-    fn from_env() -> Cluster {
-        let conf = std::env::var("CEPH_CONF").unwrap_or_else(|_| {
-            panic!(
-                "CEPH_CONF is not set: these tests need a Ceph cluster. Start one with \
-                 `scripts/micro-ceph.sh up DIR` and `. DIR/env` (scripts/test.sh does)"
-            )
-        });
-        assert!(
-            Path::new(&conf).is_file(),
-            "CEPH_CONF={conf} is not a file: is the cluster up?"
-        );
-        let pool = std::env::var("ENVOL_TEST_RBD_POOL").unwrap_or_else(|_| "rbd".into());
-        Cluster { conf, pool }
-    }
-}
-
-/// An image name no other test (or earlier run) uses.
-fn unique_image(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{what}-{}-{nanos}", std::process::id())
-}
-
-/// `envol volume create rbd:POOL/IMAGE` as myadmin.
-fn create_rbd_volume(fx: &Fixture, cluster: &Cluster, image: &str) -> Vol {
-    let address = format!("rbd:{}/{image}", cluster.pool);
+/// `envol volume create rbd:POOL/IMAGE` (a fresh image of `ceph`, removed
+/// when the returned guard drops) as myadmin, naming the cluster with
+/// `--ceph-conf` (the outage test's cluster is not `CEPH_CONF`'s).
+fn create_rbd_volume(fx: &Fixture, ceph: &Ceph, prefix: &str) -> (Vol, TestImage) {
+    let (pool, image) = ceph.unique_image(prefix);
+    let guard = TestImage {
+        ceph: ceph.clone(),
+        pool: pool.clone(),
+        image: image.clone(),
+    };
+    let address = format!("rbd:{pool}/{image}");
     let mut cmd = fx.envol_as(
         ADMIN,
         &[
@@ -112,16 +93,17 @@ fn create_rbd_volume(fx: &Fixture, cluster: &Cluster, image: &str) -> Vol {
             "--key",
             KEY_ALIAS,
             "--ceph-conf",
-            &cluster.conf,
+            conf(ceph),
         ],
     );
     let out = run_ok(&mut cmd);
-    Vol {
+    let vol = Vol {
         uuid: common::volume::parse_uuid(&out),
         path: PathBuf::from(address),
         size: VOLUME_SIZE,
         sector_size: SLOT as u32,
-    }
+    };
+    (vol, guard)
 }
 
 // ----------------------------------------------------------------- server
@@ -141,9 +123,9 @@ struct Server {
 impl Server {
     /// Starts `envol serve rbd:...=vol --socket S EXTRA...`; `Err(stderr)`
     /// if it exits before announcing its export.
-    fn start(fx: &Fixture, cluster: &Cluster, vol: &Vol, extra: &[&str]) -> Result<Server, String> {
+    fn start(fx: &Fixture, ceph: &Ceph, vol: &Vol, extra: &[&str]) -> Result<Server, String> {
         let socket = fx.fresh_socket_path();
-        let mut args = vec!["--ceph-conf", cluster.conf.as_str()];
+        let mut args = vec!["--ceph-conf", conf(ceph)];
         args.extend_from_slice(extra);
         let mut cmd = fx.serve_command(ADMIN, &[(vol, Some("vol"))], &socket, &args);
         let mut child = cmd
@@ -519,9 +501,9 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
         StopForce,
         KillForce,
     ];
-    let cluster = Cluster::from_env();
+    let cluster = Ceph::from_env();
     let fx = Fixture::new();
-    let vol = create_rbd_volume(&fx, &cluster, &unique_image("failover"));
+    let (vol, _image) = create_rbd_volume(&fx, &cluster, "failover");
     let mut rng = StdRng::seed_from_u64(13);
     let mut ledger = Ledger::new();
 
@@ -614,8 +596,9 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
             eprintln!("cycle {cycle}: fenced A exited {status}: {line}");
             assert!(!status.success(), "fenced A exited 0; stderr:\n{err}");
             assert!(
-                line.contains(vol.path.to_str().unwrap()),
-                "fenced A's last line does not name the volume: {line:?}\nstderr:\n{err}"
+                line.contains("fenced") && line.contains(vol.path.to_str().unwrap()),
+                "fenced A's last line does not say it was fenced off the volume: \
+                 {line:?}\nstderr:\n{err}"
             );
         } else {
             client.drain(&mut ledger, Duration::from_secs(5));
@@ -678,7 +661,7 @@ const EIO: u32 = 5;
 /// must not disturb the other tests sharing the run's cluster.
 struct PrivateCluster {
     dir: tempfile::TempDir,
-    cluster: Cluster,
+    cluster: Ceph,
 }
 
 impl PrivateCluster {
@@ -711,8 +694,8 @@ impl PrivateCluster {
         );
         let conf = ceph_dir.join("ceph.conf");
         PrivateCluster {
-            cluster: Cluster {
-                conf: conf.to_str().unwrap().to_string(),
+            cluster: Ceph {
+                conf,
                 pool: "rbd".into(),
             },
             dir,
@@ -735,7 +718,7 @@ impl PrivateCluster {
     /// Starts the OSD again with the cluster's configuration (it daemonizes).
     fn start_osd(&self) {
         let status = Command::new("ceph-osd")
-            .args(["--id", "0", "--conf", &self.cluster.conf])
+            .args(["--id", "0", "--conf", conf(&self.cluster)])
             .status()
             .expect("run ceph-osd");
         assert!(status.success(), "ceph-osd --id 0 failed: {status}");
@@ -797,7 +780,7 @@ fn osd_down_fails_requests_with_eio_in_time_and_serving_resumes_when_it_returns(
     let private = PrivateCluster::up();
     let cluster = &private.cluster;
     let fx = Fixture::new();
-    let vol = create_rbd_volume(&fx, cluster, &unique_image("outage"));
+    let (vol, _image) = create_rbd_volume(&fx, cluster, "outage");
     let timeout = format!("{OP_TIMEOUT_SECS}s");
     let server = Server::start(&fx, cluster, &vol, &["--ceph-op-timeout", &timeout])
         .unwrap_or_else(|e| panic!("serve: {e}"));
