@@ -21,7 +21,7 @@
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
-use crate::volume::rbd::RbdBackend;
+use crate::volume::rbd::{self, RbdBackend};
 use crate::volume::{
     self, AttachMode, Backend, COPY_SIZE, DATA_KEY_LEN, DATA_OFFSET, DataKey, Slot, Superblock,
     SuperblockSet, Volume, volume_encryption_context,
@@ -31,15 +31,6 @@ use crate::volume::{
 pub mod store;
 
 pub use store::{RBD_PREFIX, Store, VolumeAddress};
-
-// TEMPORARY until branch `rbd` is merged (see that file).
-#[path = "envelope_rbd_pending.rs"]
-mod rbd_pending;
-pub(crate) mod rbd {
-    pub use super::rbd_pending::{PendingRbd, TakeOver, attached_by};
-    pub use crate::volume::rbd::*;
-}
-use rbd::PendingRbd as _;
 
 /// Why a volume could not be created or attached. One line each, naming the
 /// volume, and for key problems the key and what to do.

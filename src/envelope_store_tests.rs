@@ -1,7 +1,5 @@
 use super::*;
 
-// The backend adds options of its own (with their defaults).
-#[allow(clippy::needless_update)]
 fn ceph() -> CephOptions {
     CephOptions {
         conf: Some(PathBuf::from("/etc/ceph/test.conf")),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::ceph::Ceph;
+use common::ceph::{Ceph, TestImage};
 use common::nbd::run_tool;
 use common::tools::qemu_io;
 use common::volume::{
@@ -30,19 +30,21 @@ use rand::RngCore;
 /// How long a fenced server may take to notice and exit.
 const FENCED_EXIT: Duration = Duration::from_secs(20);
 
-/// An envol volume on a new image of the test cluster.
-fn rbd_volume(fx: &Fixture, ceph: &Ceph, prefix: &str, size: u64) -> Vol {
-    let (pool, image) = ceph.unique_image(prefix);
-    fx.create_volume_at(&format!("rbd:{pool}/{image}"), size, 4096)
+/// An envol volume on a new image of the test cluster (removed when the
+/// image is dropped).
+fn rbd_volume(fx: &Fixture, prefix: &str, size: u64) -> (TestImage, Vol) {
+    let image = TestImage::new(prefix);
+    let vol = fx.create_volume_at(&format!("rbd:{}", image.spec()), size, 4096);
+    (image, vol)
 }
 
-/// `POOL/IMAGE` of an `rbd:` volume, as the rbd and rados tools take it.
-fn spec(vol: &Vol) -> String {
-    vol.path
-        .to_str()
-        .and_then(|p| p.strip_prefix("rbd:"))
-        .expect("an rbd: volume")
-        .to_string()
+/// What `rbd ARGS` / `rados ARGS` printed; fails the test if they fail.
+fn rbd(ceph: &Ceph, args: &[&str]) -> Vec<u8> {
+    Ceph::run(ceph.rbd(args)).stdout
+}
+
+fn rados(ceph: &Ceph, args: &[&str]) -> Vec<u8> {
+    Ceph::run(ceph.rados(args)).stdout
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {
@@ -103,9 +105,9 @@ fn openssl_decrypt(key: &[u8], sector_size: usize, data: &[u8]) -> Vec<u8> {
 #[test]
 fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     require_tool("nbdcopy", "libnbd-bin");
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
-    let vol = rbd_volume(&fx, &ceph, "trip", 16 * MIB);
+    let (image, vol) = rbd_volume(&fx, "trip", 16 * MIB);
+    let ceph = &image.ceph;
     let address = vol.path.to_str().unwrap().to_string();
 
     let info = common::volume::run_ok(&mut fx.envol(&["volume", "info", &address]));
@@ -118,7 +120,7 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     assert!(info.contains("  attached:    no"), "{info}");
     // The image is exactly the file layout's size: superblocks, then data.
     let rbd_info: serde_json::Value =
-        serde_json::from_slice(&ceph.rbd(&["info", "--format", "json", &spec(&vol)])).unwrap();
+        serde_json::from_slice(&rbd(ceph, &["info", "--format", "json", &image.spec()])).unwrap();
     assert_eq!(rbd_info["size"].as_u64(), Some(DATA_OFFSET + vol.size));
 
     let server = fx.serve(ADMIN, &vol);
@@ -153,14 +155,17 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
 
     // Every RADOS object of the image: ciphertext only.
     let prefix = rbd_info["block_name_prefix"].as_str().unwrap().to_string();
-    let listing = String::from_utf8(ceph.rados(&["-p", &vol_pool(&vol), "ls"])).unwrap();
+    let listing = String::from_utf8(rados(ceph, &["-p", &image.pool, "ls"])).unwrap();
     let objects: Vec<&str> = listing.lines().filter(|o| o.starts_with(&prefix)).collect();
     assert!(objects.len() >= 2, "{prefix}: {listing}");
     let dir = fx.path("objects");
     std::fs::create_dir(&dir).unwrap();
     for object in &objects {
         let file = dir.join(object);
-        ceph.rados(&["-p", &vol_pool(&vol), "get", object, file.to_str().unwrap()]);
+        rados(
+            ceph,
+            &["-p", &image.pool, "get", object, file.to_str().unwrap()],
+        );
         let bytes = std::fs::read(&file).unwrap();
         assert!(
             !find(&bytes, marker),
@@ -171,11 +176,6 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
             "plaintext in {object}"
         );
     }
-    ceph.remove_image(&spec(&vol));
-}
-
-fn vol_pool(vol: &Vol) -> String {
-    spec(vol).split('/').next().unwrap().to_string()
 }
 
 /// `rbd export` of an envol image is a volume file: OpenSSL decrypts its
@@ -185,18 +185,26 @@ fn vol_pool(vol: &Vol) -> String {
 #[test]
 fn rbd_export_and_import_are_volume_files() {
     require_tool("nbdcopy", "libnbd-bin");
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
     let size = 8 * MIB;
     let data = random_bytes(4 * MIB as usize);
 
     // Image -> file.
-    let vol = rbd_volume(&fx, &ceph, "export", size);
+    let (image, vol) = rbd_volume(&fx, "export", size);
+    let ceph = &image.ceph;
     let server = fx.serve(ADMIN, &vol);
     nbd_write(&fx, server.first_uri(), &data, "in.bin");
     server.stop();
     let exported = fx.path("exported.vol");
-    ceph.rbd(&["export", &spec(&vol), exported.to_str().unwrap()]);
+    rbd(
+        ceph,
+        &[
+            "export",
+            "--no-progress",
+            &image.spec(),
+            exported.to_str().unwrap(),
+        ],
+    );
     let raw = std::fs::read(&exported).unwrap();
     assert_eq!(raw.len() as u64, DATA_OFFSET + size);
     let key = fx.unwrap_data_key(&vol);
@@ -224,14 +232,11 @@ fn rbd_export_and_import_are_volume_files() {
     let server = fx.serve(ADMIN, &file);
     nbd_write(&fx, server.first_uri(), &other, "other.bin");
     server.stop();
-    let (pool, image) = ceph.unique_image("import");
-    ceph.rbd(&[
-        "import",
-        file.path.to_str().unwrap(),
-        &format!("{pool}/{image}"),
-    ]);
+    let target = TestImage::new("import");
+    let source = file.path.to_str().unwrap();
+    rbd(ceph, &["import", "--no-progress", source, &target.spec()]);
     let imported = Vol {
-        path: format!("rbd:{pool}/{image}").into(),
+        path: format!("rbd:{}", target.spec()).into(),
         ..file.clone()
     };
     let server = fx.serve(ADMIN, &imported);
@@ -241,8 +246,6 @@ fn rbd_export_and_import_are_volume_files() {
         "serve rbd: of rbd import differs"
     );
     server.stop();
-    ceph.remove_image(&spec(&vol));
-    ceph.remove_image(&format!("{pool}/{image}"));
 }
 
 /// qemu-io: unaligned writes read back; TRIM and WRITE_ZEROES of small
@@ -250,9 +253,8 @@ fn rbd_export_and_import_are_volume_files() {
 /// back as zeros, with the bytes around them intact.
 #[test]
 fn unaligned_writes_trim_and_write_zeroes_read_back() {
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
-    let vol = rbd_volume(&fx, &ceph, "qio", 16 * MIB);
+    let (_image, vol) = rbd_volume(&fx, "qio", 16 * MIB);
     let server = fx.serve(ADMIN, &vol);
     let uri = server.first_uri().to_string();
     qemu_io(
@@ -287,7 +289,6 @@ fn unaligned_writes_trim_and_write_zeroes_read_back() {
         ],
     );
     server.stop();
-    ceph.remove_image(&spec(&vol));
 }
 
 /// fio's verify on one export: 4 jobs x QD32 of random writes in their own
@@ -296,9 +297,8 @@ fn unaligned_writes_trim_and_write_zeroes_read_back() {
 #[test]
 fn fio_verifies_four_jobs_at_queue_depth_32() {
     require_tool("fio", "fio");
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
-    let vol = rbd_volume(&fx, &ceph, "fio", 32 * MIB);
+    let (_image, vol) = rbd_volume(&fx, "fio", 32 * MIB);
     let server = fx.serve(ADMIN, &vol);
     let uri = server.first_uri().to_string();
     let job = |verify_only: bool| {
@@ -332,7 +332,6 @@ fn fio_verifies_four_jobs_at_queue_depth_32() {
         assert!(!text.contains("verify: bad"), "{text}");
     }
     server.stop();
-    ceph.remove_image(&spec(&vol));
 }
 
 /// One writer: a second writable serve is refused naming the holder's Ceph
@@ -343,9 +342,8 @@ fn fio_verifies_four_jobs_at_queue_depth_32() {
 #[test]
 fn one_writer_and_take_over_fences_the_old_server() {
     require_tool("nbdcopy", "libnbd-bin");
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
-    let vol = rbd_volume(&fx, &ceph, "fence", 8 * MIB);
+    let (_image, vol) = rbd_volume(&fx, "fence", 8 * MIB);
     let address = vol.path.to_str().unwrap().to_string();
     let mut first = fx.serve(ADMIN, &vol);
     let before = random_bytes(MIB as usize);
@@ -451,14 +449,12 @@ fn one_writer_and_take_over_fences_the_old_server() {
         out.contains(&format!("Re-wrapped the data key of {address}")),
         "{out}"
     );
-    ceph.remove_image(&spec(&vol));
 }
 
 /// Bad addresses, a missing image, and a take-over of a file are refused
 /// with one line naming what was wrong.
 #[test]
 fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
-    let ceph = Ceph::from_env();
     let fx = Fixture::new();
     for bad in ["rbd:", "rbd:pool", "rbd:pool/", "rbd:a/b/c"] {
         for args in [
@@ -475,8 +471,7 @@ fn bad_addresses_missing_images_and_file_take_over_are_one_line() {
             );
         }
     }
-    let (pool, image) = ceph.unique_image("missing");
-    let missing = format!("rbd:{pool}/{image}");
+    let missing = format!("rbd:{}", TestImage::new("missing").spec());
     let (_, stderr) = run_fails(&mut fx.envol(&["volume", "info", &missing]));
     assert_one_clean_line("missing image", &stderr);
     assert!(

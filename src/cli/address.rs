@@ -22,9 +22,7 @@ pub struct CephArgs {
 }
 
 impl CephArgs {
-    // The backend adds options of its own (with their defaults).
-    #[allow(clippy::needless_update)]
-    pub fn options(&self) -> CephOptions {
+            pub fn options(&self) -> CephOptions {
         CephOptions {
             conf: self.ceph_conf.clone(),
             id: Some(self.ceph_id.clone()),

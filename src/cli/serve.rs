@@ -12,7 +12,6 @@ use super::error::{CliError, CliResult};
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
-use crate::envelope::rbd::TakeOver;
 use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
@@ -20,7 +19,8 @@ use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
-use crate::volume::Volume; // TEMPORARY: crate::volume::rbd::TakeOver once `rbd` is merged
+use crate::volume::Volume;
+use crate::volume::rbd::TakeOver; // TEMPORARY: crate::volume::rbd::TakeOver once `rbd` is merged
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
