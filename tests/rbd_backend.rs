@@ -19,6 +19,14 @@ use envol::volume::rbd::{
 
 const MIB: u64 = 1 << 20;
 
+/// Tests share one cluster; the one that pauses its OSD takes this for
+/// writing, every other test for reading, so no other test sees the pause.
+static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_cluster() -> std::sync::RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn options(ceph: &Ceph) -> CephOptions {
     CephOptions {
         conf: Some(ceph.conf.clone()),
@@ -38,6 +46,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn create_open_read_write_flush_round_trip() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("roundtrip");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -80,6 +89,7 @@ fn create_open_read_write_flush_round_trip() {
 
 #[test]
 fn create_refuses_an_existing_image_unless_forced() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("exists");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -106,12 +116,23 @@ fn create_refuses_an_existing_image_unless_forced() {
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "Ceph pool \"no-such-pool\" does not exist");
+    // A configuration file that is not there: one line naming it.
+    let bad = CephOptions {
+        conf: Some("/nonexistent/ceph.conf".into()),
+        ..Default::default()
+    };
+    let err = RbdBackend::exists(&bad, &addr).unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/ceph.conf") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 /// Starts `count` writes of 64 KiB through `start_write` before any is
 /// waited for, then reads them all back through `start_read`.
 #[test]
 fn aio_keeps_many_requests_in_flight() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("aio");
     let ceph = options(&img.ceph);
     let b = RbdBackend::create(&ceph, &address(&img), 64 * MIB, false).unwrap();
@@ -203,6 +224,7 @@ fn aio_keeps_many_requests_in_flight() {
 
 #[test]
 fn punched_ranges_read_zeros_and_extents_follow_writes() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("zeros");
     let ceph = options(&img.ceph);
     let b = RbdBackend::create(&ceph, &address(&img), 32 * MIB, false).unwrap();
@@ -254,6 +276,7 @@ fn punched_ranges_read_zeros_and_extents_follow_writes() {
 
 #[test]
 fn a_second_writer_is_refused_naming_the_holder() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("twowriters");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -269,6 +292,7 @@ fn a_second_writer_is_refused_naming_the_holder() {
     );
     let started = Instant::now();
     let err = b.lock_attachment(AttachMode::ReadWrite).unwrap_err();
+    eprintln!("refused after {:?}", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refused at once"
@@ -310,6 +334,7 @@ fn a_second_writer_is_refused_naming_the_holder() {
 
 #[test]
 fn a_forced_take_over_fences_the_old_writer() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("fence");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -391,6 +416,7 @@ fn hold_lock_until_killed(spec: &str) {
 
 #[test]
 fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
+    let _cluster = shared_cluster();
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_HOLDER") {
         return hold_lock_until_killed(&spec);
     }
@@ -504,6 +530,7 @@ fn absent_librbd_is_one_line() {
 /// exit instead of lingering): `on_fenced` runs within seconds.
 #[test]
 fn an_idle_fenced_writer_is_told() {
+    let _cluster = shared_cluster();
     let img = TestImage::new("idlefence");
     let ceph = options(&img.ceph);
     let addr = address(&img);
@@ -524,4 +551,103 @@ fn an_idle_fenced_writer_is_told() {
     assert!(a.is_fenced());
     assert!(rx.try_recv().is_err(), "told once");
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+}
+
+/// An OSD that stops answering makes requests fail with ETIMEDOUT after
+/// the configured deadline instead of hanging; once it answers again the
+/// same backend serves on.
+#[test]
+fn a_stalled_osd_fails_requests_within_the_deadline() {
+    let _cluster = CLUSTER.write().unwrap_or_else(|e| e.into_inner());
+    let img = TestImage::new("stall");
+    let ceph = CephOptions {
+        op_timeout: Some(Duration::from_secs(2)),
+        ..options(&img.ceph)
+    };
+    let b = RbdBackend::create(&ceph, &address(&img), 8 * MIB, false).unwrap();
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.write_at(0, &[7u8; 4096]).unwrap();
+    let osd = img.ceph.osd_pid().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &osd])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let resume = Resume(osd);
+    let started = Instant::now();
+    let err = b.write_at(8192, &[8u8; 4096]).unwrap_err();
+    let waited = started.elapsed();
+    drop(resume);
+    eprintln!("failed after {waited:?}: {err}");
+    assert_eq!(err.raw_os_error(), Some(110), "ETIMEDOUT: {err}");
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Resumed: the same backend reads and writes again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.write_at(8192, &[9u8; 4096]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never resumed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let mut back = vec![0u8; 12288];
+    b.read_at(0, &mut back).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 7));
+    assert!(back[8192..].iter().all(|&x| x == 9));
+}
+
+/// No monitor answers: connecting fails after the operation deadline with
+/// one line, instead of librados's 300 s mount timeout.
+#[test]
+fn an_unreachable_cluster_fails_within_the_deadline() {
+    let _cluster = shared_cluster();
+    let ceph = Ceph::from_env();
+    let tmp = tempfile::tempdir().unwrap();
+    // The test cluster's configuration and keyring, with monitors where
+    // nothing listens.
+    let conf = std::fs::read_to_string(&ceph.conf).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("mon host") {
+                "mon host = [v2:127.0.0.1:9,v1:127.0.0.1:9]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let path = tmp.path().join("ceph.conf");
+    std::fs::write(&path, conf).unwrap();
+    let options = CephOptions {
+        conf: Some(path.clone()),
+        op_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = RbdBackend::exists(&options, &RbdAddress::parse("rbd/x").unwrap()).unwrap_err();
+    let waited = started.elapsed();
+    let line = err.to_string();
+    eprintln!("after {waited:?}: {line}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        line.starts_with("connecting to Ceph as client.admin"),
+        "{line}"
+    );
+    assert!(
+        line.contains(path.to_str().unwrap()) && !line.contains('\n'),
+        "{line}"
+    );
 }

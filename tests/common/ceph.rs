@@ -93,6 +93,15 @@ impl Ceph {
             .status();
     }
 
+    /// The OSD's process id (scripts/micro-ceph.sh keeps pid files in
+    /// `run/` beside the ceph.conf), for tests that stop it.
+    pub fn osd_pid(&self) -> u32 {
+        let dir = self.conf.parent().expect("ceph.conf has a directory");
+        let pid = std::fs::read_to_string(dir.join("run/osd.0.pid"))
+            .unwrap_or_else(|e| panic!("no OSD pid file beside {}: {e}", self.conf.display()));
+        pid.trim().parse().expect("a pid")
+    }
+
     /// The client addresses on the cluster's blocklist.
     pub fn blocklist(&self) -> String {
         let out = Self::run(self.ceph(&["osd", "blocklist", "ls"]));

@@ -40,7 +40,13 @@ pub enum TakeOver {
     Force,
 }
 
-/// One open RBD image.
+/// One open RBD image, through a Ceph client (librados connection) of its
+/// own.
+///
+/// Attach read-write with [`lock_attachment`](Backend::lock_attachment)
+/// before the first write: without it librbd takes the exclusive lock by
+/// itself at the first write, in its automatic mode (hands it to whoever
+/// asks, breaks a dead holder's lock unasked).
 pub struct RbdBackend {
     /// Shared with the fence watch (a `Weak`), never with I/O callbacks.
     image: Arc<ffi::Image>,
@@ -69,6 +75,8 @@ struct FenceState {
     client: String,
     fenced: AtomicBool,
     on_fenced: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Whether the fence watch thread runs.
+    watching: AtomicBool,
 }
 
 impl FenceState {
@@ -182,6 +190,7 @@ impl RbdBackend {
                 client,
                 fenced: AtomicBool::new(false),
                 on_fenced: Mutex::new(None),
+                watching: AtomicBool::new(false),
             }),
         })
     }
@@ -199,7 +208,11 @@ impl RbdBackend {
 
     /// Runs `f` once, the first time an operation finds this client
     /// fenced (blocklisted by a take-over) — at once if one already has.
-    /// The server exits on it: nothing it writes can reach the image.
+    /// The server exits on it: nothing it writes can reach the image. `f`
+    /// runs on whichever thread noticed (a librbd callback thread, the
+    /// fence watch, a request's): it should only signal (a channel, a
+    /// flag), and must not call `on_fenced` itself. A later call replaces
+    /// an earlier `f`.
     pub fn on_fenced(&self, f: Box<dyn Fn() + Send + Sync>) {
         let Ok(mut slot) = self.fence.on_fenced.lock() else {
             return;
@@ -266,6 +279,9 @@ impl RbdBackend {
     /// is dropped. Best effort: a thread that cannot start leaves fencing
     /// to be found by the next request.
     fn watch_for_fencing(&self) {
+        if self.fence.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let image = Arc::downgrade(&self.image);
         let fence = self.fence.clone();
         let _ = std::thread::Builder::new()
@@ -335,6 +351,9 @@ impl Backend for RbdBackend {
 
     fn start_read(&self, offset: u64, buf: IoBuf, done: IoDone) {
         let expected = buf.bytes().len();
+        if expected == 0 {
+            return done(buf, Ok(()));
+        }
         let fence = self.fence.clone();
         self.image.start_read(
             offset,
@@ -345,6 +364,9 @@ impl Backend for RbdBackend {
 
     fn start_write(&self, offset: u64, data: IoBuf, done: IoDone) {
         let expected = data.bytes().len();
+        if expected == 0 {
+            return done(data, Ok(()));
+        }
         let fence = self.fence.clone();
         // A finished aio write returns 0, not a byte count.
         self.image.start_write(

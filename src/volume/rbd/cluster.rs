@@ -64,10 +64,20 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         Ok(rados) => Ok(Arc::new(rados)),
         Err(ffi::ConnectError::NotInstalled) => Err(RbdError::NotInstalled),
         Err(ffi::ConnectError::Failed(step, errno)) => {
-            let whom = format!("client.{}", ceph.client_id());
-            let what = match &ceph.conf {
-                Some(path) => format!("Ceph ({step} as {whom}, {})", path.display()),
-                None => format!("Ceph ({step} as {whom})"),
+            let conf = ceph.conf.as_ref().map_or_else(
+                || "librados's default".to_string(),
+                |p| p.display().to_string(),
+            );
+            let what = match step {
+                ffi::ConnectStep::ReadConf => format!("reading the Ceph configuration {conf}"),
+                ffi::ConnectStep::Connect => format!(
+                    "connecting to Ceph as client.{} (configuration {conf}, deadline {} s)",
+                    ceph.client_id(),
+                    ceph.op_timeout_secs()
+                ),
+                ffi::ConnectStep::Setup => {
+                    format!("setting up a Ceph client as client.{}", ceph.client_id())
+                }
             };
             Err(RbdError::ceph(what, errno))
         }

@@ -236,8 +236,18 @@ impl std::fmt::Debug for Api {
 #[derive(Debug)]
 pub enum ConnectError {
     NotInstalled,
-    /// `(step, errno)`.
-    Failed(&'static str, i32),
+    Failed(ConnectStep, i32),
+}
+
+/// The step of [`Rados::connect`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    /// Creating the handle or applying an option.
+    Setup,
+    /// Reading the configuration file.
+    ReadConf,
+    /// Reaching the monitors and authenticating.
+    Connect,
 }
 
 impl Rados {
@@ -251,19 +261,19 @@ impl Rados {
     ) -> Result<Rados, ConnectError> {
         let api = api().map_err(|_| ConnectError::NotInstalled)?;
         let fail = |step| move |errno| ConnectError::Failed(step, errno);
-        let name = c_string(&format!("client.{id}")).map_err(fail("client id"))?;
-        let cluster = c_string("ceph").map_err(fail("cluster name"))?;
+        let name = c_string(&format!("client.{id}")).map_err(fail(ConnectStep::Setup))?;
+        let cluster = c_string("ceph").map_err(fail(ConnectStep::Setup))?;
         let mut handle: RadosT = std::ptr::null_mut();
         // SAFETY: `handle` is a valid out-pointer; the strings are
         // NUL-terminated and outlive the call (librados copies them).
         check(unsafe { (api.rados_create2)(&mut handle, cluster.as_ptr(), name.as_ptr(), 0) })
-            .map_err(fail("rados_create2"))?;
+            .map_err(fail(ConnectStep::Setup))?;
         // From here on `rados` shuts the handle down on every error path.
         let rados = Rados { handle, api };
         let conf_c = conf
             .map(c_string)
             .transpose()
-            .map_err(fail("ceph.conf path"))?;
+            .map_err(fail(ConnectStep::ReadConf))?;
         // SAFETY: `rados.handle` is a created, unconnected handle; a null
         // path asks for librados's default search, as documented.
         check(unsafe {
@@ -272,18 +282,18 @@ impl Rados {
                 conf_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             )
         })
-        .map_err(fail("reading the Ceph configuration"))?;
+        .map_err(fail(ConnectStep::ReadConf))?;
         for (option, value) in settings {
-            let option_c = c_string(option).map_err(fail("option"))?;
-            let value_c = c_string(value).map_err(fail("option"))?;
+            let option_c = c_string(option).map_err(fail(ConnectStep::Setup))?;
+            let value_c = c_string(value).map_err(fail(ConnectStep::Setup))?;
             // SAFETY: valid handle, NUL-terminated strings copied by librados.
             check(unsafe {
                 (api.rados_conf_set)(rados.handle, option_c.as_ptr(), value_c.as_ptr())
             })
-            .map_err(fail("setting a Ceph option"))?;
+            .map_err(fail(ConnectStep::Setup))?;
         }
         // SAFETY: valid, configured handle.
-        check(unsafe { (api.rados_connect)(rados.handle) }).map_err(fail("connecting"))?;
+        check(unsafe { (api.rados_connect)(rados.handle) }).map_err(fail(ConnectStep::Connect))?;
         Ok(rados)
     }
 
