@@ -37,10 +37,21 @@ pub use store::{RBD_PREFIX, Store, VolumeAddress};
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     /// `volume`: as the user wrote it (a path, or `rbd:POOL/IMAGE`).
-    #[error("{volume}: {message}")]
+    #[error("{}", volume_message(.volume, .message))]
     Volume { volume: String, message: String },
     #[error("{0}")]
     Key(Box<KeyFailure>),
+}
+
+/// `VOLUME: MESSAGE`, unless the message names an RBD volume itself: the
+/// RBD backend's errors are sentences about their image (`rbd:POOL/IMAGE
+/// is already attached read-write by Ceph client …`), said once.
+fn volume_message(volume: &str, message: &str) -> String {
+    if volume.starts_with(RBD_PREFIX) && message.contains(volume) {
+        message.to_string()
+    } else {
+        format!("{volume}: {message}")
+    }
 }
 
 /// The key service refused (or could not be reached for) a volume's key.

@@ -27,6 +27,17 @@ fn shared_cluster() -> std::sync::RwLockReadGuard<'static, ()> {
     CLUSTER.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A child process that is killed when the test ends, passed or failed, so
+/// it never outlives the test holding an image.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn options(ceph: &Ceph) -> CephOptions {
     CephOptions {
         conf: Some(ceph.conf.clone()),
@@ -102,6 +113,15 @@ fn create_refuses_an_existing_image_unless_forced() {
     );
     let b = RbdBackend::create(&ceph, &addr, 12 * MIB, true).unwrap();
     assert_eq!(b.size().unwrap(), 12 * MIB);
+    // Forced reuse of an image another server has attached: refused, naming it.
+    let err = RbdBackend::create(&ceph, &addr, 8 * MIB, true).unwrap_err();
+    assert!(
+        matches!(&err, RbdError::InUse { holders, .. } if *holders == vec![b.client_address().to_string()]),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(b.client_address()), "{err}");
+    assert_eq!(b.size().unwrap(), 12 * MIB, "not resized under its writer");
+    drop(b);
     // Missing pool and image: one clear line each.
     let missing = RbdAddress::parse(&format!("{}/no-such-image-here", img.pool)).unwrap();
     let err = RbdBackend::open(&ceph, &missing, AttachMode::ReadWrite).unwrap_err();
@@ -409,7 +429,21 @@ fn hold_lock_until_killed(spec: &str) {
     )
     .unwrap();
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
-    println!("holding as {}", b.client_address());
+    // One flushed write, then acknowledged writes that are never flushed
+    // (after a first flush a writeback cache would be free to hold them).
+    b.write_at(0, &[0x5au8; 4096]).unwrap();
+    b.flush().unwrap();
+    b.write_at(4096, &[0xa5u8; 4096]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    b.start_write(
+        8192,
+        Box::new(vec![0x3cu8; 4096]),
+        Box::new(move |_, r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    println!("ready {}", b.client_address());
     std::thread::sleep(Duration::from_secs(120));
     panic!("not killed in time");
 }
@@ -424,32 +458,39 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     let ceph = options(&img.ceph);
     let addr = address(&img);
     drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "take_over_if_holder_dead_waits_for_its_watch_to_expire",
-            "--nocapture",
-        ])
-        .env("ENVOL_TEST_RBD_HOLDER", img.spec())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "take_over_if_holder_dead_waits_for_its_watch_to_expire",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_HOLDER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Its "ready" line, or end of file if it failed.
+    let mut ready = String::new();
+    while !ready.starts_with("ready ") {
+        ready.clear();
+        let n = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
         .unwrap();
+        assert!(n > 0, "the holder child failed before it was ready");
+    }
+    let holder = ready["ready ".len()..].trim().to_string();
+    assert_eq!(attached_by(&ceph, &addr).unwrap(), vec![holder.clone()]);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let holder = loop {
-        if let Some(h) = attached_by(&ceph, &addr).unwrap().pop() {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the child never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    };
     assert!(matches!(
         b.take_over(TakeOver::IfHolderDead),
         Err(RbdError::HolderAlive { .. })
     ));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let killed = Instant::now();
     // Dead, but its lock stays until someone takes over: a plain attach is
     // still refused, naming it.
@@ -475,6 +516,20 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     assert_eq!(broken, Some(holder.clone()));
     assert!(img.ceph.blocklist().contains(&holder));
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    // Every write the dead holder had acknowledged is in the image, flushed
+    // or not: librbd's default cache policy (writearound) acknowledges a
+    // write once the OSD has it.
+    let mut back = vec![0u8; 12288];
+    b.read_at(0, &mut back).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 0x5a));
+    assert!(
+        back[4096..8192].iter().all(|&x| x == 0xa5),
+        "unflushed sync write lost"
+    );
+    assert!(
+        back[8192..].iter().all(|&x| x == 0x3c),
+        "unflushed aio write lost"
+    );
     b.write_at(0, &[5u8; 4096]).unwrap();
 }
 
@@ -493,7 +548,13 @@ fn absent_librbd_is_one_line() {
     }
     let mut hide = String::new();
     for lib in ["librbd.so.1", "librados.so.2"] {
-        let out = Command::new("ldconfig").arg("-p").output().unwrap();
+        // ldconfig lives in /sbin, which a non-login PATH may lack.
+        let ldconfig = if std::path::Path::new("/sbin/ldconfig").exists() {
+            "/sbin/ldconfig"
+        } else {
+            "ldconfig"
+        };
+        let out = Command::new(ldconfig).arg("-p").output().unwrap();
         let listing = String::from_utf8_lossy(&out.stdout).to_string();
         let path = listing
             .lines()
@@ -649,5 +710,129 @@ fn an_unreachable_cluster_fails_within_the_deadline() {
     assert!(
         line.contains(path.to_str().unwrap()) && !line.contains('\n'),
         "{line}"
+    );
+}
+
+/// The child half of the next test: holds the lock and keeps writing
+/// 0xEE over the first block; exits with status 3 when fenced.
+fn write_until_fenced(spec: &str) {
+    let ceph = Ceph::from_env();
+    let b = RbdBackend::open(
+        &options(&ceph),
+        &RbdAddress::parse(spec).unwrap(),
+        AttachMode::ReadWrite,
+    )
+    .unwrap();
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.on_fenced(Box::new(|| {
+        println!("fenced");
+        std::process::exit(3);
+    }));
+    println!("ready {}", b.client_address());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
+            println!("write failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never fenced");
+}
+
+/// A holder paused (SIGSTOP) long enough for its watch to expire is taken
+/// over without --force; when it resumes, its writes are refused, it is
+/// told (and exits), and nothing it wrote after the break is in the image.
+#[test]
+fn a_paused_holder_is_fenced_when_it_resumes() {
+    let _cluster = shared_cluster();
+    if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
+        return write_until_fenced(&spec);
+    }
+    let img = TestImage::new("paused");
+    let ceph = options(&img.ceph);
+    let addr = address(&img);
+    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_paused_holder_is_fenced_when_it_resumes",
+                "--nocapture",
+            ])
+            .env("ENVOL_TEST_RBD_WRITER", img.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ready ") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the writer child failed before it was ready");
+    }
+    let holder = line["ready ".len()..].trim().to_string();
+    let pid = child.0.id().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let resume = Resume(pid.clone());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let broken = loop {
+        match b.take_over(TakeOver::IfHolderDead) {
+            Ok(broken) => break broken,
+            Err(RbdError::HolderAlive { .. }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the paused holder's watch never expired"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(broken, Some(holder));
+    b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b.write_at(0, &[0x77u8; 4096]).unwrap();
+    b.flush().unwrap();
+    drop(resume);
+    let resumed = Instant::now();
+    // The child is told and exits by itself.
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if resumed.elapsed() > Duration::from_secs(20) {
+            let _ = child.0.kill();
+            panic!("the fenced writer did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    eprintln!(
+        "exited {:?} after {:?}: {rest:?}",
+        status,
+        resumed.elapsed()
+    );
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("fenced"), "{rest}");
+    let mut back = vec![0u8; 4096];
+    b.read_at(0, &mut back).unwrap();
+    assert!(
+        back.iter().all(|&x| x == 0x77),
+        "a write of the fenced holder landed"
     );
 }

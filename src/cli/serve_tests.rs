@@ -1,7 +1,12 @@
 use super::*;
 
 fn split(arg: &str) -> Result<VolumeArg, CliError> {
-    split_volume_arg(arg, &CephArgs::default())
+    let ceph = CephArgs {
+        ceph_conf: None,
+        ceph_id: "admin".into(),
+        ceph_op_timeout: Duration::from_secs(30),
+    };
+    split_volume_arg(arg, &ceph)
 }
 
 #[test]

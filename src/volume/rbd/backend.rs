@@ -20,8 +20,8 @@ const FEATURES: u64 = ffi::FEATURE_LAYERING
     | ffi::FEATURE_OBJECT_MAP
     | ffi::FEATURE_FAST_DIFF;
 
-/// Largest byte count handed to one synchronous librbd call (its return
-/// value is a byte count).
+/// Largest byte count handed to one synchronous librbd call: its return
+/// value is that byte count, kept well inside 32 bits.
 const MAX_CALL: u64 = 1 << 30;
 
 /// How often an attached writer checks, locally, that it still holds the
@@ -51,10 +51,9 @@ pub struct RbdBackend {
     /// Shared with the fence watch (a `Weak`), never with I/O callbacks.
     image: Arc<ffi::Image>,
     address: RbdAddress,
-    /// Opened with librbd's read-only open: then the cluster to ask for
-    /// the lock's owners through a connection of its own (librbd answers
-    /// only through a read-write open, and one made through the read-only
-    /// image's connection says EINVAL too).
+    /// Opened with librbd's read-only open, which has no lock state
+    /// (`rbd_lock_get_owners` says EINVAL): then the cluster to ask for
+    /// the lock's owners, through a short read-write open of its own.
     read_only: Option<CephOptions>,
     fence: Arc<FenceState>,
 }
@@ -131,7 +130,8 @@ impl RbdBackend {
     /// Creates the image with `size` bytes (features layering,
     /// exclusive-lock, object-map, fast-diff) and opens it read-write.
     /// An existing image is refused unless `force` (then it is reused:
-    /// resized to `size`, its superblocks overwritten by the caller).
+    /// attached read-write — refused while another server is — resized
+    /// to `size`, its superblocks overwritten by the caller).
     pub fn create(
         ceph: &CephOptions,
         address: &RbdAddress,
@@ -143,11 +143,27 @@ impl RbdBackend {
             Ok(()) => {}
             Err(17) if !force => return Err(RbdError::Exists(address.to_string())),
             Err(17) => {
-                let image = cluster::open_image(&ioctx, address, false)?;
-                image
+                // Reused only by its one writer: the lock first (refused,
+                // naming the holder, while another server has it), then
+                // the resize, which needs it.
+                let backend = Self::wrap(cluster::open_image(&ioctx, address, false)?, address)?;
+                backend
+                    .lock_attachment(AttachMode::ReadWrite)
+                    .map_err(|e| match e {
+                        AttachmentError::InUseByClient { holders, .. } => RbdError::InUse {
+                            image: address.to_string(),
+                            holders,
+                        },
+                        other => RbdError::Ceph {
+                            what: format!("attaching {address}"),
+                            source: other.into(),
+                        },
+                    })?;
+                backend
+                    .image
                     .resize(size)
                     .map_err(|errno| RbdError::ceph(format!("resizing {address}"), errno))?;
-                return Self::wrap(image, address);
+                return Ok(backend);
             }
             Err(errno) => return Err(RbdError::ceph(format!("creating {address}"), errno)),
         }

@@ -24,6 +24,12 @@ pub enum RbdError {
     /// Creating over an existing image without `force`.
     #[error("{0} already exists (--force reuses it)")]
     Exists(String),
+    /// Reusing (`--force`) an image another server has attached.
+    #[error(
+        "{image} is attached read-write by Ceph client {}: --force does not take a volume from its writer",
+        holders.join(", ")
+    )]
+    InUse { image: String, holders: Vec<String> },
     /// A take-over refused: the holder still has its watch on the image.
     #[error(
         "{image} is attached read-write by Ceph client {holder}, which is alive (its watch on the image is current): --take-over waits until it has been gone for Ceph's watch timeout; --force fences it at once"

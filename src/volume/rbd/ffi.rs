@@ -218,9 +218,9 @@ pub struct Rados {
     api: &'static Api,
 }
 
-// SAFETY: librados's cluster handle is thread-safe (documented: "the
-// rados_t handle ... can be shared between threads"); it is only shut down
-// in `Drop`, which has exclusive access.
+// SAFETY: a connected `rados_t` may be used from any number of threads at
+// once (librados is thread-safe); it is only shut down in `Drop`, which
+// has exclusive access.
 unsafe impl Send for Rados {}
 // SAFETY: as above.
 unsafe impl Sync for Rados {}
@@ -307,8 +307,9 @@ impl Rados {
         if out.is_null() {
             return Err(libc_errno::EIO);
         }
-        // SAFETY: `out` is a NUL-terminated string from `strdup`, freed
-        // right after copying it, with `free`, as librados documents.
+        // SAFETY: `out` is a NUL-terminated string that rados_getaddrs
+        // made with `strdup` (librados.cc; the API has no release function
+        // for it), copied here and then released with the matching `free`.
         let address = unsafe { CStr::from_ptr(out) }
             .to_string_lossy()
             .into_owned();
