@@ -62,10 +62,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, warn};
 
-use super::commands::CommandContext;
+use super::commands::{CommandContext, Reply, ReplyData};
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
-use super::protocol::{REQUEST_HEADER_LEN, Request};
+use super::protocol::{Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
     Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
     shutdown_requested,
@@ -90,7 +90,7 @@ impl Context {
     fn send(
         &self,
         head: Vec<u8>,
-        data: Option<PooledBuf>,
+        data: Option<ReplyData>,
         permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
     ) {
         // A send only fails once the writer is gone, i.e. the connection is
@@ -261,6 +261,21 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
     if let Some((errno, message)) = rejected {
         let head = ctx.cmd.rejection_frame(&request, errno, message);
         ctx.send(head, None, None);
+        return;
+    }
+    if ctx.cmd.is_started(&request) {
+        // As in the threaded loop: READ and FLUSH are started right here
+        // (the device returns at once), a WRITE — encryption, CPU work — on
+        // a worker; the device's completion sends the reply.
+        let reply_ctx = ctx.clone();
+        let send = move |(head, data): Reply| reply_ctx.send(head, data, permit);
+        if request.command() == Command::Write {
+            let job_ctx = ctx.clone();
+            let job = Box::new(move || job_ctx.cmd.start(&request, payload, send));
+            ctx.shared.submit(job).await;
+        } else {
+            ctx.cmd.start(&request, payload, send);
+        }
         return;
     }
     let job_ctx = ctx.clone();

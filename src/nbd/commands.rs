@@ -3,14 +3,22 @@
 //! encoding its reply. Both transmission loops — the async one
 //! (`async_loop.rs`, for TLS and in-memory streams) and the threaded one
 //! for plain sockets (`threaded_loop.rs`) — call only this to touch the device.
+//!
+//! A request reaches the device one of two ways: [`CommandContext::execute`]
+//! (and its inline variant) makes the blocking call and returns the reply;
+//! [`CommandContext::start`], for READ, WRITE and FLUSH on an asynchronous
+//! device, starts the operation and returns at once, and the device's
+//! completion — on whatever thread the device completes on — encodes the
+//! reply and hands it to the loop's `send`, exactly once.
 
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
 use super::protocol::{self as p, Command, Request};
 use super::workers::{BufferPool, PooledBuf};
-use crate::volume::{Allocation, BlockDevice, BlockSizes};
+use crate::volume::{Allocation, BlockDevice, BlockSizes, IoBuf};
 
 /// Most descriptors one BLOCK_STATUS reply carries (the spec suggests at
 /// most 2^20; fewer keeps each reply, and what a flood of them can buffer,
@@ -26,7 +34,100 @@ pub(crate) const INLINE_WRITE_MAX: u32 = 64 * 1024;
 
 /// A request's encoded reply: the header (simple reply, structured chunk
 /// header or whole structured reply) and, for READ, the data that follows.
-pub(crate) type Reply = (Vec<u8>, Option<PooledBuf>);
+pub(crate) type Reply = (Vec<u8>, Option<ReplyData>);
+
+/// A READ reply's data: a buffer of the server's pool that a blocking read
+/// filled, or the buffer a started read came back with (one of the pool's
+/// too, boxed for its trip through the device).
+pub(crate) enum ReplyData {
+    Pooled(PooledBuf),
+    Started(IoBuf),
+}
+
+impl ReplyData {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Pooled(buf) => buf.as_slice(),
+            Self::Started(buf) => buf.bytes(),
+        }
+    }
+}
+
+/// The reply to a request that succeeded without data.
+fn ok_reply(cookie: u64) -> Reply {
+    (p::encode_simple_reply(cookie, 0).to_vec(), None)
+}
+
+/// An error reply. With structured replies negotiated we must not use a
+/// simple reply for READ and should prefer structured errors anyway, since
+/// they carry a message for the user.
+fn error_frame(structured: bool, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+    if structured {
+        p::encode_structured_error(cookie, errno, message)
+    } else {
+        p::encode_simple_reply(cookie, errno).to_vec()
+    }
+}
+
+/// The reply for a device error.
+fn failure_reply(structured: bool, r: &Request, e: &io::Error) -> Reply {
+    let errno = errno_of(e);
+    tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
+    (
+        error_frame(structured, r.cookie, errno, &e.to_string()),
+        None,
+    )
+}
+
+/// The reply carrying a READ's data.
+fn read_reply(structured: bool, r: &Request, data: ReplyData) -> Reply {
+    match (structured, data.as_slice().is_empty()) {
+        // An OFFSET_DATA chunk must carry at least one byte.
+        (true, true) => (p::encode_structured_none(r.cookie).to_vec(), None),
+        (true, false) => (
+            p::encode_offset_data_header(r.cookie, r.offset, r.length),
+            Some(data),
+        ),
+        (false, _) => (p::encode_simple_reply(r.cookie, 0).to_vec(), Some(data)),
+    }
+}
+
+/// A started request's way back to its client. It answers exactly once:
+/// with the device's outcome when the completion runs, or — should the
+/// completion be dropped without running (a device that panicked while
+/// starting, or lost the request) — with EIO, so the client never waits for
+/// ever on a cookie.
+struct Answer<F: FnOnce(Reply)> {
+    send: Option<F>,
+    request: Request,
+    structured: bool,
+}
+
+impl<F: FnOnce(Reply)> Answer<F> {
+    fn finish(mut self, outcome: io::Result<Reply>) {
+        let reply = outcome.unwrap_or_else(|e| failure_reply(self.structured, &self.request, &e));
+        if let Some(send) = self.send.take() {
+            send(reply);
+        }
+    }
+}
+
+impl<F: FnOnce(Reply)> Drop for Answer<F> {
+    fn drop(&mut self) {
+        if let Some(send) = self.send.take() {
+            let r = &self.request;
+            tracing::warn!(
+                cookie = r.cookie,
+                kind = r.kind,
+                "device dropped a started nbd request without completing it"
+            );
+            send((
+                error_frame(self.structured, r.cookie, p::EIO, "internal error"),
+                None,
+            ));
+        }
+    }
+}
 
 /// What a connection knows about its export and the options it negotiated.
 pub(crate) struct CommandContext {
@@ -39,6 +140,8 @@ pub(crate) struct CommandContext {
     pub(crate) structured: bool,
     pub(crate) base_allocation: bool,
     pub(crate) buffers: Arc<BufferPool>,
+    /// READ, WRITE and FLUSH are [started](Self::start), not executed.
+    pub(crate) asynchronous: bool,
 }
 
 impl CommandContext {
@@ -51,6 +154,7 @@ impl CommandContext {
             read_only: n.export.is_read_only(),
             structured: n.structured_replies,
             base_allocation: n.base_allocation,
+            asynchronous: device.is_asynchronous(),
             device,
             buffers,
         }
@@ -60,11 +164,7 @@ impl CommandContext {
     /// simple reply for READ and should prefer structured errors anyway,
     /// since they carry a message for the user.
     pub(crate) fn error_frame(&self, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
-        if self.structured {
-            p::encode_structured_error(cookie, errno, message)
-        } else {
-            p::encode_simple_reply(cookie, errno).to_vec()
-        }
+        error_frame(self.structured, cookie, errno, message)
     }
 
     /// The reply to a request refused before it reached the device.
@@ -89,11 +189,7 @@ impl CommandContext {
     ) -> Reply {
         match outcome {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                let errno = errno_of(&e);
-                tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
-                (self.error_frame(r.cookie, errno, &e.to_string()), None)
-            }
+            Ok(Err(e)) => failure_reply(self.structured, r, &e),
             Err(_) => {
                 tracing::warn!(
                     cookie = r.cookie,
@@ -195,11 +291,17 @@ impl CommandContext {
         r: &Request,
         payload: &mut Option<PooledBuf>,
     ) -> Option<io::Result<Reply>> {
+        if self.asynchronous && r.command() != Command::Cache {
+            // A store across the network answers nothing from memory, and
+            // even its metadata (block status) is a round trip: what is not
+            // started goes to a worker.
+            return None;
+        }
         match r.command() {
             Command::Read if r.length > 0 => {
                 let mut buf = self.buffers.take(r.length as usize);
                 match self.device.try_read_at(r.offset, buf.as_mut_slice()) {
-                    Ok(true) => Some(Ok(self.read_reply(r, buf))),
+                    Ok(true) => Some(Ok(read_reply(self.structured, r, ReplyData::Pooled(buf)))),
                     Ok(false) => None,
                     Err(e) => Some(Err(e)),
                 }
@@ -209,7 +311,7 @@ impl CommandContext {
                 Some(
                     self.device
                         .write_at(r.offset, data.as_slice(), false)
-                        .map(|()| (p::encode_simple_reply(r.cookie, 0).to_vec(), None)),
+                        .map(|()| ok_reply(r.cookie)),
                 )
             }
             // SEEK_DATA/SEEK_HOLE on the backing file: file-system metadata,
@@ -221,16 +323,76 @@ impl CommandContext {
         }
     }
 
-    /// The reply carrying a READ's data.
-    fn read_reply(&self, r: &Request, buf: PooledBuf) -> Reply {
-        match (self.structured, buf.is_empty()) {
-            // An OFFSET_DATA chunk must carry at least one byte.
-            (true, true) => (p::encode_structured_none(r.cookie).to_vec(), None),
-            (true, false) => (
-                p::encode_offset_data_header(r.cookie, r.offset, r.length),
-                Some(buf),
-            ),
-            (false, _) => (p::encode_simple_reply(r.cookie, 0).to_vec(), Some(buf)),
+    /// Whether `r` is [started](Self::start) rather than executed: READ,
+    /// WRITE and FLUSH on an asynchronous device.
+    pub(crate) fn is_started(&self, r: &Request) -> bool {
+        self.asynchronous && matches!(r.command(), Command::Read | Command::Write | Command::Flush)
+    }
+
+    /// Starts a validated READ, WRITE (with its payload) or FLUSH on an
+    /// asynchronous device and returns: `send` gets the encoded reply
+    /// exactly once, from the device's completion — on the device's
+    /// completion thread, or on this one if the device completes at once
+    /// (it must therefore never block on this thread's progress). A device
+    /// that panics while starting, or drops the request, gets its client
+    /// EIO. Anything else is executed here (callers send only those three).
+    pub(crate) fn start(
+        &self,
+        r: &Request,
+        payload: Option<PooledBuf>,
+        send: impl FnOnce(Reply) + Send + 'static,
+    ) {
+        let request = *r;
+        let structured = self.structured;
+        let answer = Answer {
+            send: Some(send),
+            request,
+            structured,
+        };
+        let dev = &*self.device;
+        let started =
+            catch_unwind(AssertUnwindSafe(|| match r.command() {
+                Command::Read if r.length > 0 => {
+                    // Bounded by the maximum block size (validated). Not
+                    // cleared: a read fills every byte or fails (and then it is
+                    // not sent).
+                    let buf: IoBuf = Box::new(self.buffers.take(r.length as usize));
+                    dev.start_read(
+                        r.offset,
+                        buf,
+                        Box::new(move |buf, result| {
+                            answer.finish(result.map(|()| {
+                                read_reply(structured, &request, ReplyData::Started(buf))
+                            }))
+                        }),
+                    );
+                }
+                Command::Write if r.length > 0 => {
+                    let Some(data) = payload else {
+                        return answer.finish(Err(io::Error::other("write payload missing")));
+                    };
+                    let fua = r.flags & p::CMD_FLAG_FUA != 0;
+                    dev.start_write(
+                        r.offset,
+                        Box::new(data),
+                        fua,
+                        Box::new(move |_, result| {
+                            answer.finish(result.map(|()| ok_reply(request.cookie)))
+                        }),
+                    );
+                }
+                Command::Flush => dev.start_flush(Box::new(move |result| {
+                    answer.finish(result.map(|()| ok_reply(request.cookie)))
+                })),
+                _ => answer.finish(self.execute(r, payload)),
+            }));
+        if started.is_err() {
+            // `answer` went down with the panic and told the client (EIO).
+            tracing::warn!(
+                cookie = r.cookie,
+                kind = r.kind,
+                "device panicked starting nbd request"
+            );
         }
     }
 
@@ -247,7 +409,7 @@ impl CommandContext {
                 if !buf.is_empty() {
                     dev.read_at(r.offset, buf.as_mut_slice())?;
                 }
-                Ok(self.read_reply(r, buf))
+                Ok(read_reply(self.structured, r, ReplyData::Pooled(buf)))
             }
             Command::Write => {
                 if let Some(data) = payload.filter(|d| !d.is_empty()) {

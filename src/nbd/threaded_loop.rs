@@ -65,7 +65,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
-use super::commands::CommandContext;
+use super::commands::{CommandContext, Reply, ReplyData};
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
@@ -414,6 +414,11 @@ impl Reader {
             payload = Some(buf);
         }
 
+        if self.cmd.is_started(&request) {
+            self.start(request, payload, permit);
+            return Ok(true);
+        }
+
         let inline = catch_unwind(AssertUnwindSafe(|| {
             self.cmd.try_execute_inline(&request, &mut payload)
         }));
@@ -481,7 +486,7 @@ impl Reader {
         discarded(copied, len)
     }
 
-    fn push(&mut self, head: Vec<u8>, data: Option<PooledBuf>, permit: (Permit, ServerPermit)) {
+    fn push(&mut self, head: Vec<u8>, data: Option<ReplyData>, permit: (Permit, ServerPermit)) {
         self.batch_bytes += head.len() + data.as_ref().map_or(0, |d| d.as_slice().len());
         self.batch.push(Frame::new(head, data, permit));
     }
@@ -505,6 +510,33 @@ impl Reader {
         }
         // Fails only once the writer is gone; the replies have nowhere to go.
         let _ = self.replies.send(batch);
+    }
+
+    /// Starts a READ or FLUSH on an asynchronous device right here: starting
+    /// costs next to nothing (the device queues it and returns), so a
+    /// hand-off would only add latency. A WRITE is started by a worker,
+    /// because starting it means encrypting the payload — CPU work that
+    /// would hold up reading the next requests — and, for a partial sector,
+    /// a blocking read-modify-write. Either way the device's completion
+    /// sends the reply, with the request's permits, to the writer thread.
+    fn start(
+        &mut self,
+        request: Request,
+        payload: Option<PooledBuf>,
+        permit: (Permit, ServerPermit),
+    ) {
+        let replies = self.replies.clone();
+        let send = move |(head, data): Reply| {
+            // Fails only once the writer is gone; the reply has nowhere to go.
+            let _ = replies.send(vec![Frame::new(head, data, permit)]);
+        };
+        if request.command() == Command::Write {
+            let cmd = self.cmd.clone();
+            self.shared
+                .submit_blocking(Box::new(move || cmd.start(&request, payload, send)));
+        } else {
+            self.cmd.start(&request, payload, send);
+        }
     }
 
     /// Queues a request for the server's workers (waiting while the queue is

@@ -19,9 +19,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS};
+use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS, ReplyData};
 use super::protocol::{Command, ProtocolError, REQUEST_HEADER_LEN, Request};
-use super::workers::PooledBuf;
 
 /// Per-connection cap on bytes buffered for in-flight requests.
 pub const IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
@@ -93,12 +92,12 @@ pub(super) enum End {
 /// dropped) is what bounds buffered memory.
 pub(super) struct Frame<P> {
     pub(super) head: Vec<u8>,
-    pub(super) data: Option<PooledBuf>,
+    pub(super) data: Option<ReplyData>,
     pub(super) _permit: P,
 }
 
 impl<P> Frame<P> {
-    pub(super) fn new(head: Vec<u8>, data: Option<PooledBuf>, permit: P) -> Self {
+    pub(super) fn new(head: Vec<u8>, data: Option<ReplyData>, permit: P) -> Self {
         Self {
             head,
             data,

@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::volume::IoBuffer;
+
 /// A unit of work for a worker thread.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -230,6 +232,17 @@ impl PooledBuf {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A READ buffer travels through an asynchronous device as an
+/// [`IoBuf`](crate::volume::IoBuf) and comes back in the reply.
+impl IoBuffer for PooledBuf {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
     }
 }
 

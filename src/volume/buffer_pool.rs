@@ -9,11 +9,17 @@
 //! byte of the slice handed out is overwritten (by `pread` or by the cipher)
 //! before it is read.
 //!
+//! A request to an asynchronous store needs a buffer it owns (the store
+//! fills or sends it after the call returned): [`BufferPool::take_owned`]
+//! lends one that holds a share of the pool instead of a borrow.
+//!
 //! The lock is held only to push or pop a `Vec`, never across I/O or crypto.
 //! Buffers hold ciphertext, or, for unaligned reads, plaintext the client is
 //! about to receive anyway — the same exposure as freed heap memory.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::volume::backend::IoBuffer;
 
 /// At most this many idle buffers are kept…
 const MAX_IDLE: usize = 32;
@@ -39,6 +45,15 @@ pub struct PooledBuf<'a> {
     len: usize,
 }
 
+/// A buffer on loan from a shared [`BufferPool`], owning its share of the
+/// pool, so it can travel with a started operation; goes back when dropped,
+/// on whichever thread that is.
+pub struct OwnedPooledBuf {
+    pool: Arc<BufferPool>,
+    buf: Vec<u8>,
+    len: usize,
+}
+
 impl BufferPool {
     pub fn new() -> Self {
         Self::default()
@@ -47,6 +62,24 @@ impl BufferPool {
     /// A buffer of exactly `len` bytes whose contents are unspecified (old
     /// data from an earlier request, or zeros where it had to grow).
     pub fn take(&self, len: usize) -> PooledBuf<'_> {
+        PooledBuf {
+            pool: self,
+            buf: self.take_vec(len),
+            len,
+        }
+    }
+
+    /// Like [`take`](Self::take), for a buffer that must outlive the borrow.
+    pub fn take_owned(self: &Arc<Self>, len: usize) -> OwnedPooledBuf {
+        OwnedPooledBuf {
+            pool: self.clone(),
+            buf: self.take_vec(len),
+            len,
+        }
+    }
+
+    /// An idle buffer of at least `len` bytes, or a new one.
+    fn take_vec(&self, len: usize) -> Vec<u8> {
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             // The most recently returned buffer is the likeliest to be warm
@@ -66,11 +99,7 @@ impl BufferPool {
             // Only the growth is zero-filled, once per buffer.
             buf.resize(len, 0);
         }
-        PooledBuf {
-            pool: self,
-            buf,
-            len,
-        }
+        buf
     }
 
     fn give_back(&self, buf: Vec<u8>) {
@@ -100,6 +129,21 @@ impl Drop for PooledBuf<'_> {
     }
 }
 
+impl IoBuffer for OwnedPooledBuf {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for OwnedPooledBuf {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +162,17 @@ mod tests {
         assert_eq!(b.as_mut_slice().len(), 4096);
         assert_eq!(b.as_mut_slice().as_ptr(), ptr);
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn owned_buffers_come_back_from_other_threads() {
+        let pool = Arc::new(BufferPool::new());
+        let mut b = pool.take_owned(4096);
+        assert_eq!(b.bytes_mut().len(), 4096);
+        let ptr = b.bytes().as_ptr();
+        std::thread::spawn(move || drop(b)).join().unwrap();
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(pool.take_owned(100).bytes().as_ptr(), ptr);
     }
 
     #[test]

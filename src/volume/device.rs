@@ -8,10 +8,20 @@
 //! writes), its fixed pool of worker threads for the rest, which also lets
 //! requests proceed in parallel.
 //!
+//! A device on an asynchronous store (a Ceph image: every request takes
+//! milliseconds, and many must be in flight at once) says so with
+//! [`BlockDevice::is_asynchronous`]; the server then *starts* reads, writes
+//! and flushes ([`BlockDevice::start_read`] and its siblings) with owned
+//! buffers and a completion, instead of parking a worker thread on each
+//! one. Every other device keeps the blocking calls: the defaults of the
+//! `start_*` methods run them inline.
+//!
 //! Errors are `std::io::Error`; the NBD layer maps their kind/raw OS error to an
 //! NBD errno (EINVAL for out of range, ENOSPC, EIO, EPERM, ...).
 
 use std::io;
+
+use crate::volume::backend::{FlushDone, IoBuf, IoDone};
 
 /// Block sizes a device asks its clients to honour (NBD_INFO_BLOCK_SIZE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,5 +96,34 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Whether the device refuses writes.
     fn read_only(&self) -> bool {
         false
+    }
+    /// Whether [`start_read`](Self::start_read),
+    /// [`start_write`](Self::start_write) and
+    /// [`start_flush`](Self::start_flush) return at once and complete later,
+    /// on another thread (a store with its own queue and completion thread).
+    /// `false` (the default): they are the blocking calls, run inline, and
+    /// the NBD server keeps calling the blocking methods on its workers.
+    fn is_asynchronous(&self) -> bool {
+        false
+    }
+    /// Starts reading `buf.bytes().len()` bytes at `offset` into `buf`;
+    /// `done` gets the buffer back with the outcome, exactly once, on any
+    /// thread (possibly this one, before the call returns). On success every
+    /// byte of the buffer has been written.
+    fn start_read(&self, offset: u64, mut buf: IoBuf, done: IoDone) {
+        let result = self.read_at(offset, buf.bytes_mut());
+        done(buf, result)
+    }
+    /// Starts writing all of `data` at `offset` (with `fua`, durable before
+    /// `done` runs); `done` gets the buffer back with the outcome, exactly
+    /// once, on any thread (possibly this one).
+    fn start_write(&self, offset: u64, data: IoBuf, fua: bool, done: IoDone) {
+        let result = self.write_at(offset, data.bytes(), fua);
+        done(data, result)
+    }
+    /// Starts making every write that has completed durable; `done` gets
+    /// the outcome, exactly once, on any thread (possibly this one).
+    fn start_flush(&self, done: FlushDone) {
+        done(self.flush())
     }
 }

@@ -4,12 +4,23 @@
 //! `x / sector_size` of the data area, encrypted as that sector. Requests of
 //! any alignment are served: whole sectors go straight through the cipher,
 //! partial edge sectors are read-modify-written under a per-range lock.
+//!
+//! On an asynchronous backend (a Ceph image) reads, writes and flushes can
+//! also be *started* ([`BlockDevice::start_read`] and its siblings): a read
+//! fetches the covering sectors and decrypts them in the backend's
+//! completion, on the backend's callback thread; a write encrypts on the
+//! calling thread into a ciphertext buffer of its own and holds its sector
+//! range until the backend completes it; FUA is that write, then a started
+//! flush. Everything else (trim, zeroing, block status) stays blocking.
 
 use std::io;
+use std::sync::{Arc, Weak};
 
 use uuid::Uuid;
 
-use crate::volume::backend::{Backend, Extent, write_zero_range};
+use crate::volume::backend::{
+    Backend, Extent, FlushDone, IoBuf, IoBuffer, IoDone, write_zero_range,
+};
 use crate::volume::buffer_pool::BufferPool;
 use crate::volume::cipher::{CipherError, SectorCipher};
 use crate::volume::device::{Allocation, BlockDevice, BlockSizes};
@@ -38,17 +49,23 @@ pub enum VolumeError {
 
 /// An open volume: backend + superblock + sector cipher.
 pub struct Volume {
-    backend: Box<dyn Backend>,
-    cipher: Box<dyn SectorCipher>,
+    /// Shared so that a started write with FUA can start its flush from
+    /// the write's completion (through a `Weak`: a completion never keeps
+    /// the store open).
+    backend: Arc<dyn Backend>,
+    /// Shared so that a started read can decrypt in its completion.
+    cipher: Arc<dyn SectorCipher>,
     superblock: Superblock,
     size: u64,
     sector_size: u64,
     data_offset: u64,
     read_only: bool,
-    locks: RangeLocks,
+    /// Shared so that a started write's guard can live in its completion.
+    locks: Arc<RangeLocks>,
     /// Ciphertext buffers for writes and unaligned reads, reused so the
-    /// steady state allocates nothing per request.
-    buffers: BufferPool,
+    /// steady state allocates nothing per request (shared: a started
+    /// request's buffer travels with it).
+    buffers: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -64,6 +81,27 @@ impl std::fmt::Debug for Volume {
 
 fn invalid_input(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+/// Decrypts stored sectors in place, applying the zero-sector rule: a
+/// sector stored as all zero bytes (a hole, or zeroed) is plaintext zeros
+/// and is left alone. Runs of real ciphertext go to the cipher in one call.
+/// A trailing partial sector (never handed in by the volume) is left alone.
+fn decrypt_stored(cipher: &dyn SectorCipher, first_sector: u64, buf: &mut [u8]) {
+    let ss = cipher.sector_size();
+    let n = buf.len() / ss;
+    let mut i = 0;
+    while i < n {
+        if is_zero(&buf[i * ss..(i + 1) * ss]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && !is_zero(&buf[i * ss..(i + 1) * ss]) {
+            i += 1;
+        }
+        cipher.decrypt_sectors(first_sector + start as u64, &mut buf[start * ss..i * ss]);
+    }
 }
 
 /// Whether a stored sector is all zero bytes (the zero-sector rule).
@@ -113,15 +151,15 @@ impl Volume {
         let cipher = XtsEngine::new(&key, superblock.sector_size as usize)?;
         drop(key);
         Ok(Volume {
-            backend: Box::new(backend),
-            cipher: Box::new(cipher),
+            backend: Arc::new(backend),
+            cipher: Arc::new(cipher),
             superblock: superblock.clone(),
             size: superblock.size,
             sector_size: u64::from(superblock.sector_size),
             data_offset: superblock.data_offset,
             read_only: false,
-            locks: RangeLocks::new(),
-            buffers: BufferPool::new(),
+            locks: Arc::new(RangeLocks::new()),
+            buffers: Arc::new(BufferPool::new()),
         })
     }
 
@@ -196,21 +234,7 @@ impl Volume {
     /// zeros and is left alone. Runs of real ciphertext go to the cipher in
     /// one call.
     fn decrypt_stored(&self, first_sector: u64, buf: &mut [u8]) {
-        let ss = self.sector_size as usize;
-        let n = buf.len() / ss;
-        let mut i = 0;
-        while i < n {
-            if is_zero(&buf[i * ss..(i + 1) * ss]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < n && !is_zero(&buf[i * ss..(i + 1) * ss]) {
-                i += 1;
-            }
-            self.cipher
-                .decrypt_sectors(first_sector + start as u64, &mut buf[start * ss..i * ss]);
-        }
+        decrypt_stored(&*self.cipher, first_sector, buf);
     }
 
     /// Reads and decrypts whole sectors `[first, first + buf.len()/ss)`.
@@ -252,6 +276,33 @@ impl Volume {
         let skip = (offset - first * ss) as usize;
         buf.copy_from_slice(&sectors[skip..skip + buf.len()]);
         Ok(true)
+    }
+
+    /// Fills `buf` — the sectors covering `[offset, offset + data.len())`,
+    /// `data` not empty and in range — with their new ciphertext: aligned
+    /// data is encrypted straight from `data` (one pass, no plaintext
+    /// copy); partial edge sectors are read and decrypted first, then
+    /// overlaid. The caller holds the range lock.
+    fn seal(&self, offset: u64, data: &[u8], buf: &mut [u8]) -> io::Result<()> {
+        let ss = self.sector_size;
+        let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
+        let span = buf.len();
+        let head = (offset - first * ss) as usize;
+        let tail_partial = !(offset + data.len() as u64).is_multiple_of(ss);
+        let ss_usize = ss as usize;
+        if head == 0 && !tail_partial {
+            self.cipher.encrypt_sectors_to(first, data, buf);
+            return Ok(());
+        }
+        if head != 0 {
+            self.read_sectors(first, &mut buf[..ss_usize])?;
+        }
+        if tail_partial && (end_sector - 1 > first || head == 0) {
+            self.read_sectors(end_sector - 1, &mut buf[span - ss_usize..])?;
+        }
+        buf[head..head + data.len()].copy_from_slice(data);
+        self.cipher.encrypt_sectors(first, buf);
+        Ok(())
     }
 
     /// Sets bytes `[at, at+len)` of sector `sector` to zero by
@@ -307,6 +358,20 @@ impl Volume {
     }
 }
 
+/// FUA's second half: starts a flush on the backend, if it is still open,
+/// and hands `data` back to `done` with the flush's outcome.
+fn flush_then(backend: &Weak<dyn Backend>, data: IoBuf, done: IoDone) {
+    match backend.upgrade() {
+        Some(backend) => backend.start_flush(Box::new(move |result| done(data, result))),
+        None => done(
+            data,
+            Err(io::Error::other(
+                "the volume was closed before its FUA flush",
+            )),
+        ),
+    }
+}
+
 impl BlockDevice for Volume {
     fn size(&self) -> u64 {
         self.size
@@ -339,13 +404,8 @@ impl BlockDevice for Volume {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
         if !data.is_empty() {
-            let ss = self.sector_size;
             let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
             let span = self.len_usize(end_sector - first)?;
-            let head = (offset - first * ss) as usize;
-            let tail_partial = !(offset + data.len() as u64).is_multiple_of(ss);
-            let ss_usize = ss as usize;
-
             // Held from the read of the edge sectors until the write-back, and
             // taken by aligned writes too: an aligned write racing a
             // read-modify-write of the same sector would otherwise be undone
@@ -353,26 +413,133 @@ impl BlockDevice for Volume {
             let _guard = self.locks.lock(first, end_sector);
             let mut pooled = self.buffers.take(span);
             let buf = pooled.as_mut_slice();
-            if head == 0 && !tail_partial {
-                // Aligned: encrypt straight from the caller's data into the
-                // buffer, one pass, no plaintext copy.
-                self.cipher.encrypt_sectors_to(first, data, buf);
-            } else {
-                if head != 0 {
-                    self.read_sectors(first, &mut buf[..ss_usize])?;
-                }
-                if tail_partial && (end_sector - 1 > first || head == 0) {
-                    self.read_sectors(end_sector - 1, &mut buf[span - ss_usize..])?;
-                }
-                buf[head..head + data.len()].copy_from_slice(data);
-                self.cipher.encrypt_sectors(first, buf);
-            }
+            self.seal(offset, data, buf)?;
             self.backend.write_at(self.backend_offset(first), buf)?;
         }
         if fua {
             self.backend.flush()?;
         }
         Ok(())
+    }
+
+    fn is_asynchronous(&self) -> bool {
+        self.backend.is_asynchronous()
+    }
+
+    /// Fetches the covering sectors with the backend's `start_read` and
+    /// decrypts them in its completion (on the backend's callback thread:
+    /// the decryption of one request is short, and it keeps this call, made
+    /// on the NBD connection's reader, free of CPU work). Aligned reads
+    /// land in the caller's buffer; unaligned ones in a pooled buffer of the
+    /// covering sectors, copied out after decryption. No range lock: as for
+    /// blocking reads, a read racing a write of the same bytes may see
+    /// either.
+    fn start_read(&self, offset: u64, mut buf: IoBuf, done: IoDone) {
+        if !self.backend.is_asynchronous() {
+            let result = self.read_at(offset, buf.bytes_mut());
+            return done(buf, result);
+        }
+        let len = buf.bytes().len();
+        if let Err(e) = self.check_range(offset, len as u64) {
+            return done(buf, Err(e));
+        }
+        if len == 0 {
+            return done(buf, Ok(()));
+        }
+        let ss = self.sector_size;
+        let (first, end_sector) = self.covering_sectors(offset, len as u64);
+        let at = self.backend_offset(first);
+        let cipher = self.cipher.clone();
+        if offset.is_multiple_of(ss) && (len as u64).is_multiple_of(ss) {
+            return self.backend.start_read(
+                at,
+                buf,
+                Box::new(move |mut stored, result| {
+                    if result.is_ok() {
+                        decrypt_stored(&*cipher, first, stored.bytes_mut());
+                    }
+                    done(stored, result)
+                }),
+            );
+        }
+        let span = match self.len_usize(end_sector - first) {
+            Ok(span) => span,
+            Err(e) => return done(buf, Err(e)),
+        };
+        let skip = (offset - first * ss) as usize;
+        let sectors: IoBuf = Box::new(self.buffers.take_owned(span));
+        self.backend.start_read(
+            at,
+            sectors,
+            Box::new(move |mut stored, result| {
+                let result = result.and_then(|()| {
+                    decrypt_stored(&*cipher, first, stored.bytes_mut());
+                    let wanted = stored.bytes().get(skip..skip + len).ok_or_else(|| {
+                        io::Error::other("the backend returned a read buffer of another size")
+                    })?;
+                    buf.bytes_mut().copy_from_slice(wanted);
+                    Ok(())
+                });
+                done(buf, result)
+            }),
+        )
+    }
+
+    /// Encrypts on this thread (a worker's, or the connection reader's for
+    /// small writes) into a pooled ciphertext buffer that travels with the
+    /// backend write; partial edge sectors are read first with blocking
+    /// reads (read-modify-write). The sector range stays locked until the
+    /// backend has completed the write, so an overlapping read-modify-write
+    /// cannot write back bytes older than this write. With `fua`, the write
+    /// is followed by a started flush and `done` runs after that.
+    fn start_write(&self, offset: u64, data: IoBuf, fua: bool, done: IoDone) {
+        if !self.backend.is_asynchronous() {
+            let result = self.write_at(offset, data.bytes(), fua);
+            return done(data, result);
+        }
+        let len = data.bytes().len();
+        let checked = self
+            .check_writable()
+            .and_then(|()| self.check_range(offset, len as u64));
+        if let Err(e) = checked {
+            return done(data, Err(e));
+        }
+        if len == 0 {
+            return if fua {
+                self.start_flush(Box::new(move |result| done(data, result)))
+            } else {
+                done(data, Ok(()))
+            };
+        }
+        let (first, end_sector) = self.covering_sectors(offset, len as u64);
+        let span = match self.len_usize(end_sector - first) {
+            Ok(span) => span,
+            Err(e) => return done(data, Err(e)),
+        };
+        let guard = self.locks.lock_owned(first, end_sector);
+        let mut ciphertext = self.buffers.take_owned(span);
+        if let Err(e) = self.seal(offset, data.bytes(), ciphertext.bytes_mut()) {
+            return done(data, Err(e));
+        }
+        let backend = fua.then(|| Arc::downgrade(&self.backend));
+        self.backend.start_write(
+            self.backend_offset(first),
+            Box::new(ciphertext),
+            Box::new(move |ciphertext, result| {
+                // Written (or failed): the range may be overwritten again;
+                // the flush that FUA adds does not need it.
+                drop(guard);
+                drop(ciphertext);
+                match (result, backend) {
+                    (Ok(()), Some(backend)) => flush_then(&backend, data, done),
+                    (result, _) => done(data, result),
+                }
+            }),
+        );
+    }
+
+    fn start_flush(&self, done: FlushDone) {
+        self.backend.start_flush(done)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -416,6 +583,10 @@ impl BlockDevice for Volume {
         self.read_only
     }
 }
+
+#[cfg(test)]
+#[path = "encrypted_volume_async_tests.rs"]
+mod async_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,15 @@
 //! its own: writes to other sectors proceed in parallel. The table lock is
 //! held for a scan of the (short) list of ranges in flight, never across I/O.
 //!
+//! A write to an asynchronous store holds its range until the store
+//! completes it, on the store's completion thread, long after the call that
+//! started it has returned: it takes an [`OwnedRangeGuard`] (the table is
+//! shared through an `Arc`), which moves into the completion.
+//!
 //! Not fair: a waiter may be overtaken by later, non-overlapping requests —
 //! acceptable with NBD's bounded number of requests in flight.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// The set of sector ranges currently held.
 #[derive(Debug, Default)]
@@ -23,6 +28,14 @@ pub struct RangeLocks {
 #[derive(Debug)]
 pub struct RangeGuard<'a> {
     locks: &'a RangeLocks,
+    start: u64,
+    end: u64,
+}
+
+/// Holds `[start, end)` until dropped, on whichever thread drops it.
+#[derive(Debug)]
+pub struct OwnedRangeGuard {
+    locks: Arc<RangeLocks>,
     start: u64,
     end: u64,
 }
@@ -40,6 +53,26 @@ impl RangeLocks {
 
     /// Blocks until no held range overlaps `[start, end)`, then holds it.
     pub fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
+        self.acquire(start, end);
+        RangeGuard {
+            locks: self,
+            start,
+            end,
+        }
+    }
+
+    /// Like [`lock`](Self::lock), with a guard that owns a share of the
+    /// table, so it can outlive this borrow (and move to another thread).
+    pub fn lock_owned(self: &Arc<Self>, start: u64, end: u64) -> OwnedRangeGuard {
+        self.acquire(start, end);
+        OwnedRangeGuard {
+            locks: self.clone(),
+            start,
+            end,
+        }
+    }
+
+    fn acquire(&self, start: u64, end: u64) {
         let mut held = self.table();
         while held.iter().any(|&(s, e)| s < end && start < e) {
             held = self
@@ -48,11 +81,16 @@ impl RangeLocks {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         held.push((start, end));
-        RangeGuard {
-            locks: self,
-            start,
-            end,
+    }
+
+    fn release(&self, start: u64, end: u64) {
+        let mut held = self.table();
+        if let Some(i) = held.iter().position(|&r| r == (start, end)) {
+            held.swap_remove(i);
         }
+        drop(held);
+        // Waiters re-check their own overlap; wake them all.
+        self.released.notify_all();
     }
 
     /// Ranges held right now (for tests and diagnostics).
@@ -63,13 +101,13 @@ impl RangeLocks {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut held = self.locks.table();
-        if let Some(i) = held.iter().position(|&r| r == (self.start, self.end)) {
-            held.swap_remove(i);
-        }
-        drop(held);
-        // Waiters re-check their own overlap; wake them all.
-        self.locks.released.notify_all();
+        self.locks.release(self.start, self.end);
+    }
+}
+
+impl Drop for OwnedRangeGuard {
+    fn drop(&mut self) {
+        self.locks.release(self.start, self.end);
     }
 }
 
@@ -110,6 +148,31 @@ mod tests {
             drop(guard);
         });
         assert!(got_it.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn owned_guard_is_released_on_another_thread() {
+        let locks = Arc::new(RangeLocks::new());
+        let guard = locks.lock_owned(3, 7);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                let _g = locks.lock(6, 8);
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "an overlapping range was granted while the owned guard was held"
+        );
+        // The guard moves to (and drops on) a thread that did not take it,
+        // as a completion on a store's callback thread does.
+        std::thread::spawn(move || drop(guard)).join().unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the waiter was not woken by the release");
+        waiter.join().unwrap();
+        assert_eq!(locks.held_count(), 0);
     }
 
     #[test]

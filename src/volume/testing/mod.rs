@@ -11,13 +11,18 @@
 //!   cache until synced, and which can lose power mid-operation.
 //! * [`FaultyBackend`]: wraps another backend and fails chosen operations on
 //!   chosen byte ranges with a chosen OS error.
+//! * [`LatencyBackend`]: an asynchronous store whose operations complete
+//!   after a delay on a completion thread, counting how many are in flight
+//!   (the Ceph-like store the asynchronous paths are tested against).
 //! * [`MemDevice`]: a [`BlockDevice`](super::BlockDevice) in memory, the one
 //!   the NBD server tests and fuzz targets export.
 
 pub mod crash_backend;
 pub mod faulty_backend;
+pub mod latency_backend;
 pub mod mem_device;
 
 pub use crash_backend::{CrashBackend, PowerLoss};
 pub use faulty_backend::{Fault, FaultOp, Faults, FaultyBackend};
+pub use latency_backend::LatencyBackend;
 pub use mem_device::MemDevice;

@@ -1,0 +1,374 @@
+//! The NBD server on an asynchronous store (issue 13, build item 3): a
+//! volume whose backend completes each read, write and flush milliseconds
+//! later on its own thread ([`LatencyBackend`], Ceph's librbd in miniature),
+//! served in-process over a Unix socket to a raw NBD client, on both
+//! transmission loops, with the server's default worker count.
+//!
+//! * Requests pipelined on one connection, and on several, are all in
+//!   flight in the store at once (the store is held, so nothing completes
+//!   while we count) — not one per worker thread.
+//! * Data written with any alignment, with and without FUA, in pipelined
+//!   batches whose writes share sectors, reads back exactly.
+//! * FUA writes and FLUSH are answered only after the store completed the
+//!   flush.
+//! * A store error becomes an NBD error reply; the connection goes on.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::nbd::TestServer;
+use common::raw::*;
+use envol::nbd::{Export, Server, TransmissionLoop};
+use envol::volume::testing::{Fault, FaultOp, FaultyBackend, LatencyBackend};
+use envol::volume::{Backend, DATA_OFFSET, DataKey, MemBackend, Superblock, Volume};
+
+const CLIENT_FLAGS: u32 = 0b11;
+const SIZE: u64 = 8 << 20;
+const DELAY: Duration = Duration::from_millis(2);
+const EIO: u32 = 5;
+
+/// A fresh 4 KiB-sector volume of [`SIZE`] bytes on `backend`.
+fn volume_on(backend: impl Backend) -> Volume {
+    let key = DataKey::generate();
+    let uuid = uuid::Uuid::new_v4();
+    let sb = Superblock::new(
+        uuid,
+        SIZE,
+        4096,
+        "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        vec![1, 2, 3],
+        key.key_check(&uuid),
+        0,
+    )
+    .unwrap();
+    Volume::open(backend, &sb, key).unwrap()
+}
+
+fn store() -> LatencyBackend {
+    LatencyBackend::new(MemBackend::new((DATA_OFFSET + SIZE) as usize), DELAY)
+}
+
+/// Serves `volume` as export "disk" with the default worker count.
+fn serve(transmission: TransmissionLoop, volume: Volume) -> TestServer {
+    let export = Export {
+        name: "disk".into(),
+        description: "a volume on an asynchronous store".into(),
+        device: Arc::new(volume),
+        read_only: false,
+    };
+    TestServer::start_server(
+        Server::new(vec![export])
+            .unwrap()
+            .with_transmission_loop(transmission),
+    )
+}
+
+fn attach(server: &TestServer) -> Raw {
+    let mut c = Raw::connect(server.connect(), CLIENT_FLAGS);
+    c.go("disk", &[]);
+    c
+}
+
+/// Holds `store`'s completions until dropped — also when a check fails, so
+/// that a failing test ends instead of waiting for ever on a held store.
+struct Held<'a, B>(&'a LatencyBackend<B>);
+
+fn hold<B>(store: &LatencyBackend<B>) -> Held<'_, B> {
+    store.hold();
+    Held(store)
+}
+
+impl<B> Drop for Held<'_, B> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Waits (bounded) until `store` has at least `n` operations in flight.
+fn wait_in_flight<B>(store: &LatencyBackend<B>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.in_flight() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} requests reached the store at once",
+            store.in_flight()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Reads `expected.len()` replies in any order: every cookie answered once,
+/// without error; returns each READ's data by cookie (`reads`: cookie →
+/// length).
+fn collect(c: &mut Raw, count: usize, reads: &HashMap<u64, usize>) -> HashMap<u64, Vec<u8>> {
+    let mut seen = HashMap::new();
+    for _ in 0..count {
+        let Reply::Simple { cookie, error } = c.read_reply() else {
+            panic!("a structured reply without structured replies negotiated");
+        };
+        assert_eq!(error, 0, "request {cookie} failed");
+        let data = reads
+            .get(&cookie)
+            .map_or_else(Vec::new, |&len| c.read_data(len));
+        assert!(
+            seen.insert(cookie, data).is_none(),
+            "cookie {cookie} answered twice"
+        );
+    }
+    seen
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+fn pipelined_requests_are_all_in_flight_in_the_store(transmission: TransmissionLoop) {
+    let store = store();
+    let server = serve(transmission, volume_on(store.clone()));
+    let mut c = attach(&server);
+    let held = hold(&store);
+    let mut reads = HashMap::new();
+    for i in 0..64u64 {
+        if i % 2 == 0 {
+            c.request(CMD_WRITE, 0, i, i * 4096, 4096, &[i as u8 + 1; 4096]);
+        } else {
+            c.request(CMD_READ, 0, i, (64 + i) * 4096, 4096, &[]);
+            reads.insert(i, 4096);
+        }
+    }
+    // With two workers making blocking calls this stops at two.
+    wait_in_flight(&store, 64);
+    assert_eq!(store.max_in_flight(), 64);
+    c.s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = std::io::Read::read(&mut c.s, &mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "a reply came before the store completed anything: {early:?}"
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    drop(held);
+    let replies = collect(&mut c, 64, &reads);
+    assert!(reads.keys().all(|k| replies[k] == vec![0u8; 4096]));
+    for i in (0..64u64).step_by(2) {
+        c.request(CMD_READ, 0, 1000 + i, i * 4096, 4096, &[]);
+        ok(&mut c, 1000 + i);
+        assert_eq!(c.read_data(4096), vec![i as u8 + 1; 4096]);
+    }
+    store.reset_max_in_flight();
+    // Any alignment, batches of pipelined writes (neighbours share sectors:
+    // the slots are not sector-aligned), then pipelined reads.
+    let mut model = vec![0u8; SIZE as usize];
+    for i in (0..64usize).step_by(2) {
+        model[i * 4096..(i + 1) * 4096].fill(i as u8 + 1);
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    const SLOT: u64 = 100_000;
+    for round in 0..3u64 {
+        for slot in 0..64u64 {
+            let len = 1 + rng.below(20_000);
+            let at = slot * SLOT + rng.below(SLOT - len);
+            let fill: Vec<u8> = (0..len).map(|_| rng.below(255) as u8 + 1).collect();
+            let flags = if rng.below(4) == 0 { FLAG_FUA } else { 0 };
+            c.request(CMD_WRITE, flags, slot, at, len as u32, &fill);
+            model[at as usize..(at + len) as usize].copy_from_slice(&fill);
+        }
+        collect(&mut c, 64, &HashMap::new());
+        let mut reads = HashMap::new();
+        let mut ranges = HashMap::new();
+        for i in 0..64u64 {
+            let len = 1 + rng.below(150_000);
+            let at = rng.below(SIZE - len);
+            let at = if i % 4 == 0 { at / 4096 * 4096 } else { at };
+            c.request(CMD_READ, 0, i, at, len as u32, &[]);
+            reads.insert(i, len as usize);
+            ranges.insert(i, at as usize..(at + len) as usize);
+        }
+        let data = collect(&mut c, 64, &reads);
+        for (cookie, range) in ranges {
+            assert!(
+                data[&cookie] == model[range.clone()],
+                "round {round}: read {range:?} differs from what was written"
+            );
+        }
+    }
+    assert!(
+        store.max_in_flight() >= 32,
+        "at most {} requests of 64 were in flight",
+        store.max_in_flight()
+    );
+    drop(c);
+    server.stop().unwrap();
+}
+
+fn several_connections_share_the_store(transmission: TransmissionLoop) {
+    let store = store();
+    let server = serve(transmission, volume_on(store.clone()));
+    let mut conns: Vec<Raw> = (0..4).map(|_| attach(&server)).collect();
+    // Sub-sector writes from every connection at once, and flushes.
+    for (n, c) in conns.iter_mut().enumerate() {
+        for i in 0..16u64 {
+            let block = n as u64 * 16 + i;
+            if i % 4 == 3 {
+                c.request(CMD_FLUSH, 0, i, 0, 0, &[]);
+            } else {
+                c.request(
+                    CMD_WRITE,
+                    0,
+                    i,
+                    block * 8192 + 7,
+                    5000,
+                    &[n as u8 + 1; 5000],
+                );
+            }
+        }
+    }
+    for c in &mut conns {
+        collect(c, 16, &HashMap::new());
+    }
+    store.reset_max_in_flight();
+    let held = hold(&store);
+    let mut reads = HashMap::new();
+    for (n, c) in conns.iter_mut().enumerate() {
+        for i in 0..16u64 {
+            let block = n as u64 * 16 + i;
+            c.request(CMD_READ, 0, i, block * 8192, 8192, &[]);
+            reads.insert(i, 8192);
+        }
+    }
+    wait_in_flight(&store, 64);
+    drop(held);
+    for (n, c) in conns.iter_mut().enumerate() {
+        let data = collect(c, 16, &reads);
+        for i in 0..16u64 {
+            let mut want = vec![0u8; 8192];
+            if i % 4 != 3 {
+                want[7..5007].fill(n as u8 + 1);
+            }
+            assert!(data[&i] == want, "connection {n}, block {i}");
+        }
+    }
+    assert_eq!(store.max_in_flight(), 64);
+    drop(conns);
+    server.stop().unwrap();
+}
+
+fn ok(c: &mut Raw, cookie: u64) {
+    assert_eq!(c.read_reply(), Reply::Simple { cookie, error: 0 });
+}
+
+/// No reply within 200 ms (the store is held), then the store is released
+/// and the reply comes: the store's counts when it did are returned.
+fn answered_only_after_release<B>(c: &mut Raw, held: Held<'_, B>, cookie: u64) -> (u64, u64, u64) {
+    let store = held.0;
+    c.s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = std::io::Read::read(&mut c.s, &mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "answered before the store completed: {early:?}"
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let before = store.completed();
+    drop(held);
+    ok(c, cookie);
+    let after = store.completed();
+    assert!(after.2 > before.2, "the reply came, the flush had not");
+    after
+}
+
+fn fua_and_flush_are_answered_after_the_store_flushed(transmission: TransmissionLoop) {
+    let store = store();
+    let server = serve(transmission, volume_on(store.clone()));
+    let mut c = attach(&server);
+    let held = hold(&store);
+    c.request(CMD_WRITE, FLAG_FUA, 1, 4096, 4096, &[3; 4096]);
+    let (_, writes, flushes) = answered_only_after_release(&mut c, held, 1);
+    assert_eq!((writes, flushes), (1, 1));
+    let held = hold(&store);
+    c.request(CMD_FLUSH, 0, 2, 0, 0, &[]);
+    let (_, _, flushes) = answered_only_after_release(&mut c, held, 2);
+    assert_eq!(flushes, 2);
+    drop(c);
+    server.stop().unwrap();
+}
+
+fn store_errors_become_error_replies(transmission: TransmissionLoop) {
+    let faulty = FaultyBackend::new(MemBackend::new((DATA_OFFSET + SIZE) as usize));
+    let faults = faulty.faults();
+    let store = LatencyBackend::new(faulty, DELAY);
+    let server = serve(transmission, volume_on(store.clone()));
+    let mut c = attach(&server);
+    faults.add(Fault {
+        op: FaultOp::Read,
+        range: DATA_OFFSET..DATA_OFFSET + 4096,
+        errno: 5,
+    });
+    faults.add(Fault {
+        op: FaultOp::Write,
+        range: DATA_OFFSET + 65536..DATA_OFFSET + 65537,
+        errno: 28,
+    });
+    c.request(CMD_READ, 0, 1, 0, 4096, &[]);
+    c.request(CMD_READ, 0, 2, 100, 10, &[]);
+    c.request(CMD_WRITE, 0, 3, 65536, 4096, &[1; 4096]);
+    c.request(CMD_WRITE, FLAG_FUA, 4, 8192, 4096, &[2; 4096]);
+    let mut errors = HashMap::new();
+    for _ in 0..4 {
+        let Reply::Simple { cookie, error } = c.read_reply() else {
+            panic!("structured reply");
+        };
+        if error == 0 {
+            assert_eq!(cookie, 4, "only the healthy write succeeds");
+        }
+        errors.insert(cookie, error);
+    }
+    assert_eq!(
+        errors,
+        HashMap::from([(1, EIO), (2, EIO), (3, ENOSPC), (4, 0)])
+    );
+    faults.add(Fault {
+        op: FaultOp::Flush,
+        range: 0..0,
+        errno: 5,
+    });
+    c.request(CMD_FLUSH, 0, 5, 0, 0, &[]);
+    assert_eq!(
+        c.read_reply(),
+        Reply::Simple {
+            cookie: 5,
+            error: EIO
+        }
+    );
+    faults.clear();
+    // The same connection goes on.
+    c.request(CMD_READ, 0, 6, 8192, 4096, &[]);
+    ok(&mut c, 6);
+    assert_eq!(c.read_data(4096), vec![2; 4096]);
+    c.request(CMD_FLUSH, 0, 7, 0, 0, &[]);
+    ok(&mut c, 7);
+    assert!(faults.injected() >= 4);
+    drop(c);
+    server.stop().unwrap();
+}
+
+crate::on_every_transmission_loop! {
+    pipelined_requests_are_all_in_flight_in_the_store,
+    several_connections_share_the_store,
+    fua_and_flush_are_answered_after_the_store_flushed,
+    store_errors_become_error_replies,
+}
