@@ -587,13 +587,17 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
         let mut old = holder;
         if stopped {
             old.signal("-CONT");
+            let resumed = Instant::now();
             // Late replies: acknowledgements A sent before it stopped, and
             // whatever it answers the fenced writes (never success).
             client.drain(&mut ledger, FENCED_EXIT_DEADLINE);
             let status = wait_exit(&mut old.child, FENCED_EXIT_DEADLINE);
             let err = old.stderr();
             let line = last_line(&err);
-            eprintln!("cycle {cycle}: fenced A exited {status}: {line}");
+            eprintln!(
+                "cycle {cycle}: fenced A exited ({status}) {:?} after SIGCONT: {line}",
+                resumed.elapsed()
+            );
             assert!(!status.success(), "fenced A exited 0; stderr:\n{err}");
             assert!(
                 line.contains("fenced") && line.contains(vol.path.to_str().unwrap()),
