@@ -153,6 +153,27 @@ fn create_info_serve_round_trip_holds_only_ciphertext_in_rados() {
     );
     server.stop();
 
+    // Read-only, once the writer is gone: the same bytes, and no writes.
+    let reader = fx.serve_many(ADMIN, &[(&vol, None)], &["--read-only"]);
+    let back = nbd_read(&fx, reader.first_uri(), "ro.bin");
+    assert!(
+        back[..data.len()] == data[..],
+        "the :ro serve read other bytes"
+    );
+    let refused = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4096", reader.first_uri()])
+        .output()
+        .expect("qemu-io must be installed (Debian package qemu-utils)");
+    let said = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    // The export says read-only, so qemu will not even open it to write.
+    assert!(
+        !refused.status.success() && said.contains("Permission denied"),
+        "a read-only export was opened for writing: {said}"
+    );
+    assert!(!said.contains("wrote"), "{said}");
+    reader.stop();
+
     // Every RADOS object of the image (data, header, object map, id):
     // ciphertext only.
     let prefix = rbd_info["block_name_prefix"].as_str().unwrap().to_string();
@@ -445,7 +466,8 @@ fn one_writer_and_take_over_fences_the_old_server() {
     let status = first
         .wait_exit(FENCED_EXIT)
         .expect("the fenced server did not exit");
-    assert!(!status.success(), "the fenced server exited 0");
+    // Exit status 1, as for any error: not 0, and not a crash on the way out.
+    assert_eq!(status.code(), Some(1), "the fenced server: {status}");
     eprintln!(
         "the fenced server exited {:?} after its late write was sent",
         fenced_at.elapsed()
@@ -470,6 +492,84 @@ fn one_writer_and_take_over_fences_the_old_server() {
         out.contains(&format!("Re-wrapped the data key of {address}")),
         "{out}"
     );
+    // Unattached, --force makes a new volume of the image: a new key, and
+    // the old ciphertext zeroed.
+    let out = common::volume::run_ok(&mut fx.envol_as(
+        ADMIN,
+        &[
+            "volume", "create", &address, "--size", "4M", "--key", KEY_ALIAS, "--force",
+        ],
+    ));
+    assert_ne!(common::volume::parse_uuid(&out), vol.uuid, "{out}");
+    let renewed = Vol {
+        size: 4 * MIB,
+        ..vol.clone()
+    };
+    let server = fx.serve(ADMIN, &renewed);
+    let back = nbd_read(&fx, server.first_uri(), "renewed.bin");
+    assert_eq!(back.len() as u64, 4 * MIB);
+    assert!(back.iter().all(|&b| b == 0), "create --force left old data");
+    server.stop();
+}
+
+/// A server killed with `kill -9` keeps the image's lock: a plain `serve`
+/// is refused naming it. Once Ceph sees it gone (its watch expired: 5 s on
+/// the test cluster, 30 s by Ceph's default), `serve --take-over` takes the
+/// volume without --force, and every write the dead server acknowledged is
+/// there.
+#[test]
+fn take_over_after_the_holder_died() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let fx = Fixture::new();
+    let (image, vol) = rbd_volume(&fx, "dead", 8 * MIB);
+    let mut first = fx.serve(ADMIN, &vol);
+    let data = random_bytes(2 * MIB as usize);
+    nbd_write(&fx, first.first_uri(), &data, "in.bin");
+    let _ = Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status();
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+
+    let refused = fx.serve_refused(ADMIN, &vol);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_one_clean_line("serve beside a dead holder", &stderr);
+    assert!(
+        stderr.contains("already attached read-write by Ceph client"),
+        "{stderr}"
+    );
+
+    // Ceph's view of the holder: its watch on the image, until it expires.
+    let dead_at = std::time::Instant::now();
+    loop {
+        let status: serde_json::Value = serde_json::from_slice(&rbd(
+            &image.ceph,
+            &["status", "--format", "json", &image.spec()],
+        ))
+        .unwrap();
+        if status["watchers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            dead_at.elapsed() < Duration::from_secs(90),
+            "the dead server's watch did not expire: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "the dead holder's watch expired after {:?}",
+        dead_at.elapsed()
+    );
+    let socket = fx.fresh_socket_path();
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &["--take-over"]);
+    let second = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
+    let back = nbd_read(&fx, second.first_uri(), "back.bin");
+    assert!(back[..data.len()] == data[..], "acknowledged writes lost");
+    assert!(
+        second.stderr().contains("took the volume over from"),
+        "{}",
+        second.stderr()
+    );
+    second.stop();
 }
 
 /// Bad addresses, a missing image, and a take-over of a file are refused
