@@ -12,6 +12,8 @@
 //! * FUA writes and FLUSH are answered only after the store completed the
 //!   flush.
 //! * A store error becomes an NBD error reply; the connection goes on.
+//! * A device that drops a started request's completion, or panics while
+//!   starting one, gets its client EIO for that request, not a hang.
 
 mod common;
 
@@ -23,8 +25,12 @@ use std::time::{Duration, Instant};
 use common::nbd::TestServer;
 use common::raw::*;
 use envol::nbd::{Export, Server, TransmissionLoop};
+use envol::volume::testing::MemDevice;
 use envol::volume::testing::{Fault, FaultOp, FaultyBackend, LatencyBackend};
-use envol::volume::{Backend, DATA_OFFSET, DataKey, MemBackend, Superblock, Volume};
+use envol::volume::{
+    Backend, BlockDevice, BlockSizes, DATA_OFFSET, DataKey, IoBuf, IoDone, MemBackend, Superblock,
+    Volume,
+};
 
 const CLIENT_FLAGS: u32 = 0b11;
 const SIZE: u64 = 8 << 20;
@@ -122,6 +128,21 @@ fn collect(c: &mut Raw, count: usize, reads: &HashMap<u64, usize>) -> HashMap<u6
     seen
 }
 
+/// Sends `requests` (command, cookie, offset, length; no payloads) in one
+/// write, so they arrive together however busy the machine is.
+fn pipeline(c: &mut Raw, requests: &[(u16, u64, u64, u32)]) {
+    let mut bytes = Vec::with_capacity(requests.len() * 28);
+    for &(kind, cookie, offset, length) in requests {
+        bytes.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        bytes.extend_from_slice(&0u16.to_be_bytes());
+        bytes.extend_from_slice(&kind.to_be_bytes());
+        bytes.extend_from_slice(&cookie.to_be_bytes());
+        bytes.extend_from_slice(&offset.to_be_bytes());
+        bytes.extend_from_slice(&length.to_be_bytes());
+    }
+    std::io::Write::write_all(&mut c.s, &bytes).unwrap();
+}
+
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
 
@@ -189,14 +210,16 @@ fn pipelined_requests_are_all_in_flight_in_the_store(transmission: TransmissionL
         collect(&mut c, 64, &HashMap::new());
         let mut reads = HashMap::new();
         let mut ranges = HashMap::new();
+        let mut requests = Vec::new();
         for i in 0..64u64 {
             let len = 1 + rng.below(150_000);
             let at = rng.below(SIZE - len);
             let at = if i % 4 == 0 { at / 4096 * 4096 } else { at };
-            c.request(CMD_READ, 0, i, at, len as u32, &[]);
+            requests.push((CMD_READ, i, at, len as u32));
             reads.insert(i, len as usize);
             ranges.insert(i, at as usize..(at + len) as usize);
         }
+        pipeline(&mut c, &requests);
         let data = collect(&mut c, 64, &reads);
         for (cookie, range) in ranges {
             assert!(
@@ -371,4 +394,79 @@ crate::on_every_transmission_loop! {
     several_connections_share_the_store,
     fua_and_flush_are_answered_after_the_store_flushed,
     store_errors_become_error_replies,
+    a_lost_or_panicking_start_gets_eio,
+}
+
+/// An asynchronous device with bugs: it drops the completion of every
+/// started read, and panics starting a write; everything else is a
+/// [`MemDevice`]'s.
+struct CarelessDevice(Arc<MemDevice>);
+
+impl BlockDevice for CarelessDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn block_sizes(&self) -> BlockSizes {
+        self.0.block_sizes()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.0.write_at(offset, data, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.trim(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len, may_punch)
+    }
+    fn is_asynchronous(&self) -> bool {
+        true
+    }
+    fn start_read(&self, _offset: u64, _buf: IoBuf, done: IoDone) {
+        drop(done);
+    }
+    fn start_write(&self, _offset: u64, _data: IoBuf, _fua: bool, _done: IoDone) {
+        panic!("a device bug while starting a write");
+    }
+}
+
+fn a_lost_or_panicking_start_gets_eio(transmission: TransmissionLoop) {
+    let export = Export {
+        name: "disk".into(),
+        description: "a careless asynchronous device".into(),
+        device: Arc::new(CarelessDevice(MemDevice::new(1 << 20))),
+        read_only: false,
+    };
+    let server = TestServer::start_server(
+        Server::new(vec![export])
+            .unwrap()
+            .with_transmission_loop(transmission),
+    );
+    let mut c = attach(&server);
+    c.request(CMD_READ, 0, 1, 0, 4096, &[]);
+    assert_eq!(
+        c.read_reply(),
+        Reply::Simple {
+            cookie: 1,
+            error: EIO
+        }
+    );
+    c.request(CMD_WRITE, 0, 2, 0, 4096, &[1; 4096]);
+    assert_eq!(
+        c.read_reply(),
+        Reply::Simple {
+            cookie: 2,
+            error: EIO
+        }
+    );
+    // The connection goes on: FLUSH is started (the default: inline).
+    c.request(CMD_FLUSH, 0, 3, 0, 0, &[]);
+    ok(&mut c, 3);
+    drop(c);
+    server.stop().unwrap();
 }

@@ -21,6 +21,9 @@
 //!   independent requests proceed in parallel. The reader waits only for
 //!   budget (its own or its listener's) or for room in the job queue,
 //!   never for a worker.
+//! * On an asynchronous device READ and FLUSH are started by the reader
+//!   and WRITE by a worker, and the device's completion sends the reply
+//!   (see `CommandContext::start`): no thread waits for the store.
 //! * READ data and WRITE payloads live in buffers from the server's pool,
 //!   reused without clearing (each is overwritten before it is sent or
 //!   applied) and returned once the reply is written.

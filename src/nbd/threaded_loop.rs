@@ -30,6 +30,12 @@
 //! stream of big writes is encrypted on other cores while the reader takes
 //! in the next payload.
 //!
+//! On an asynchronous device (a volume on a Ceph image) nothing waits in
+//! a thread: the reader *starts* READ and FLUSH itself, a worker starts
+//! WRITE (it encrypts first), and the device's completion sends the reply
+//! to the writer thread ([`CommandContext::start`]); only TRIM,
+//! WRITE_ZEROES and BLOCK_STATUS still occupy a worker for their duration.
+//!
 //! The rules of `transmission.rs` hold as in the async loop: a WRITE's
 //! payload is read in full before the next header, so framing survives any
 //! rejection; on DISC or EOF in-flight requests finish and their replies
