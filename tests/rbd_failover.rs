@@ -686,6 +686,10 @@ impl PrivateCluster {
             Command::new(&script)
                 .arg("up")
                 .arg(&ceph_dir)
+                // Not the run's cluster: its CEPH_ARGS (`--conf ...`) would
+                // point every daemon of this one at that one's conf.
+                .env_remove("CEPH_ARGS")
+                .env_remove("CEPH_CONF")
                 .env("MON_PORT", mon.to_string())
                 .env("MON_V1_PORT", mon_v1.to_string()),
             Duration::from_secs(180),
@@ -723,6 +727,7 @@ impl PrivateCluster {
     fn start_osd(&self) {
         let status = Command::new("ceph-osd")
             .args(["--id", "0", "--conf", conf(&self.cluster)])
+            .env_remove("CEPH_ARGS")
             .status()
             .expect("run ceph-osd");
         assert!(status.success(), "ceph-osd --id 0 failed: {status}");
@@ -733,6 +738,8 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/micro-ceph.sh");
         let _ = Command::new(script)
+            .env_remove("CEPH_ARGS")
+            .env_remove("CEPH_CONF")
             .arg("down")
             .arg(self.ceph_dir())
             .stdout(Stdio::null())
