@@ -12,7 +12,8 @@
 # Rounds interleave the two sides workload by workload (alternating which goes first),
 # so both see the same cluster state; the table has the median of the rounds, the ratio
 # envol / fio-rbd per workload, envol's server CPU per GiB moved (from /proc/PID/stat
-# utime+stime deltas) and, beside it, the fio process's CPU per GiB with librbd inside it.
+# utime+stime deltas) and, beside it, the CPU per GiB of the fio process that runs librbd
+# itself (all its threads, from bash's `time`).
 #
 # What it does: builds envol (release), brings up a private cluster with
 # scripts/micro-ceph.sh (MON_PORT=3303 MON_V1_PORT=6783 unless set; its own directory,
@@ -125,17 +126,20 @@ run() {
   local side=$1 w=$2 r=$3 json=$OUT/$1.$2.$3.json t0 t1 dir engine
   if [[ $side == rbd ]]; then engine=("${RBD_ARGS[@]}"); else engine=("${NBD_ARGS[@]}"); fi
   t0=$(cpu_ticks "$SERVE_PID")
+  # fio's own CPU, all its threads (librbd's included): bash's `time` of the child.
+  local TIMEFORMAT='%3U %3S' rc=0
   # shellcheck disable=SC2046
-  fio --name="$w" "${engine[@]}" $(job_args "$w") --size="${SIZE_MIB}M" \
+  { time fio --name="$w" "${engine[@]}" $(job_args "$w") --size="${SIZE_MIB}M" \
     --direct=1 --time_based --runtime="$RT" --numjobs=1 --randrepeat=0 --norandommap \
-    --group_reporting --output-format=json --output="$json" >/dev/null 2>"$json.err" ||
-    { echo "bench-rbd.sh: fio failed ($side $w):" >&2; cat "$json.err" >&2; exit 1; }
+    --group_reporting --output-format=json --output="$json" >/dev/null 2>"$json.err"; } 2>"$json.time" || rc=$?
+  ((rc == 0)) || { echo "bench-rbd.sh: fio failed ($side $w):" >&2; cat "$json.err" >&2; exit 1; }
   t1=$(cpu_ticks "$SERVE_PID")
   dir=read; [[ $w == *write* ]] && dir=write
-  jq -r --arg side "$side" --arg w "$w" --arg d "$dir" --arg t0 "$t0" --arg t1 "$t1" --arg hz "$hz" --arg rt "$RT" '
+  jq -r --arg side "$side" --arg w "$w" --arg d "$dir" --arg t0 "$t0" --arg t1 "$t1" --arg hz "$hz" \
+      --arg fio_cpu "$(awk '{print ($1 + $2) * 1000}' "$json.time")" '
     .jobs[0] as $j | $j[$d] as $x
     | (if $side == "envol" then (($t1 | tonumber) - ($t0 | tonumber)) / ($hz | tonumber) * 1000
-       else ($j.usr_cpu + $j.sys_cpu) / 100 * ($rt | tonumber) * 1000 end) as $cpu_ms
+       else ($fio_cpu | tonumber) end) as $cpu_ms
     | [$side, $w, (($x.bw_bytes / 1048576) * 10 | round / 10), ($x.iops | round),
        (if $x.io_bytes > 0 then ($cpu_ms / ($x.io_bytes / 1073741824) | round) else "NA" end)]
     | map(tostring) | join(" ")' "$json" | tee -a "$OUT/bench-rbd.log" | sed "s/^/round $r: /"
@@ -167,7 +171,7 @@ names = {"seqwrite": ("seq write 1 MiB QD16", 0), "seqread": ("seq read 1 MiB QD
 print(f"{day}, one cluster (mon + mgr + 1 bluestore OSD on a sparse file, size-1 pool), "
       f"{size} MiB images, median of {rounds} rounds x {rt} s, {cores} cores shared by the OSD, fio and envol:")
 print()
-print("| workload | fio rbd engine (librbd, plain) | envol serve rbd: over NBD (AES-256-XTS) | envol / fio-rbd | envol server CPU ms/GiB | fio+librbd CPU ms/GiB |")
+print("| workload | fio rbd engine (librbd, plain) | envol serve rbd: over NBD (AES-256-XTS) | envol / fio-rbd | envol server CPU ms/GiB | fio rbd engine process (librbd inside) CPU ms/GiB |")
 print("|---|---|---|---|---|---|")
 for w in ["seqwrite", "seqread", "randwrite", "randread"]:
     label, i = names[w]
