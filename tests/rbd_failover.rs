@@ -116,6 +116,9 @@ struct Server {
     child: Child,
     socket: PathBuf,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread draining stderr: done once the process has exited, so
+    /// joining it gives everything the process said, its last line included.
+    stderr_drain: Option<std::thread::JoinHandle<()>>,
     /// When it printed its export URI (ready to serve).
     ready_at: Instant,
 }
@@ -135,7 +138,7 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
+        let stderr_drain = {
             let mut err = child.stderr.take().unwrap();
             let sink = stderr.clone();
             std::thread::spawn(move || {
@@ -146,8 +149,8 @@ impl Server {
                     }
                     sink.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
-        }
+            })
+        };
         let (tx, rx) = mpsc::channel::<String>();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -164,6 +167,7 @@ impl Server {
                         child,
                         socket,
                         stderr,
+                        stderr_drain: Some(stderr_drain),
                         ready_at: Instant::now(),
                     });
                 }
@@ -171,6 +175,7 @@ impl Server {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed: it exited (or is about to).
                     let status = wait_exit(&mut child, START_TIMEOUT);
+                    let _ = stderr_drain.join();
                     let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
                     assert!(
                         !status.success(),
@@ -198,6 +203,16 @@ impl Server {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
+    /// Waits for the server to exit on its own; its status and everything
+    /// it wrote on stderr.
+    fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = wait_exit(&mut self.child, timeout);
+        if let Some(drain) = self.stderr_drain.take() {
+            let _ = drain.join();
+        }
+        (status, self.stderr())
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.pid().to_string()])
@@ -209,11 +224,10 @@ impl Server {
     /// SIGTERM: must finish, flush and exit 0.
     fn stop(mut self) {
         self.signal("-TERM");
-        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        let (status, err) = self.wait_exit(Duration::from_secs(20));
         assert!(
             status.success(),
-            "serve exited with {status} after SIGTERM; stderr:\n{}",
-            self.stderr()
+            "serve exited with {status} after SIGTERM; stderr:\n{err}"
         );
     }
 }
@@ -512,7 +526,12 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
     let refused = Server::start(&fx, &cluster, &vol, &[])
         .err()
         .expect("second serve refused");
-    eprintln!("second serve: {}", last_line(&refused));
+    let line = last_line(&refused);
+    eprintln!("second serve: {line}");
+    assert!(
+        line.contains("Ceph client"),
+        "a second serve's refusal does not name the holder: {line:?}"
+    );
     let mut client = Client::connect(&holder.socket);
     let mut takeover_times = Vec::new();
 
@@ -545,6 +564,11 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
                         Ok(s) => break s,
                         Err(e) => {
                             let line = last_line(&e).to_string();
+                            assert!(
+                                line.contains("alive"),
+                                "cycle {cycle}: plain --take-over refused for another reason: \
+                                 {line:?}"
+                            );
                             if attempts == 1 {
                                 eprintln!(
                                     "cycle {cycle}: plain --take-over of a live watch: {line}"
@@ -591,8 +615,7 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
             // Late replies: acknowledgements A sent before it stopped, and
             // whatever it answers the fenced writes (never success).
             client.drain(&mut ledger, FENCED_EXIT_DEADLINE);
-            let status = wait_exit(&mut old.child, FENCED_EXIT_DEADLINE);
-            let err = old.stderr();
+            let (status, err) = old.wait_exit(FENCED_EXIT_DEADLINE);
             let line = last_line(&err);
             eprintln!(
                 "cycle {cycle}: fenced A exited ({status}) {:?} after SIGCONT: {line}",
@@ -606,7 +629,7 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
             );
         } else {
             client.drain(&mut ledger, Duration::from_secs(5));
-            let status = wait_exit(&mut old.child, Duration::from_secs(5));
+            let (status, _) = old.wait_exit(Duration::from_secs(5));
             assert!(!status.success());
         }
         drop(old);
