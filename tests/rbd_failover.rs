@@ -254,6 +254,28 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Waits until every thread of `pid` is in the stopped state (`T`).
+fn wait_all_threads_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        let all_stopped = tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+            })
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within 10 s of SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The last non-empty line of `stderr`, after checking it holds no panic or
 /// backtrace.
 fn last_line(stderr: &str) -> &str {
@@ -544,6 +566,9 @@ fn failover_keeps_every_acknowledged_write_and_fences_the_old_server() {
         holder.signal(if stopped { "-STOP" } else { "-KILL" });
         let paused_at = Instant::now();
         if stopped {
+            // kill(1) returns before every thread has stopped: a thread on
+            // the other core may still take a request for a moment.
+            wait_all_threads_stopped(holder.pid());
             // Sent to a stopped server: it can only act on these after B broke its lock.
             for _ in 0..FENCED_WRITES {
                 client.send_write(&mut ledger, &mut rng, true);
