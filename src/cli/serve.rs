@@ -20,7 +20,7 @@ use crate::nbd::{
     TransmissionLoop, descriptors_needed,
 };
 use crate::volume::Volume;
-use crate::volume::rbd::TakeOver; // TEMPORARY: crate::volume::rbd::TakeOver once `rbd` is merged
+use crate::volume::rbd::TakeOver;
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
