@@ -22,14 +22,13 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::nbd::TestServer;
+use common::nbd::{TestServer, device_export};
 use common::raw::*;
-use envol::nbd::{Export, Server, TransmissionLoop};
+use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::testing::MemDevice;
 use envol::volume::testing::{Fault, FaultOp, FaultyBackend, LatencyBackend};
 use envol::volume::{
-    Backend, BlockDevice, BlockSizes, DATA_OFFSET, DataKey, IoBuf, IoDone, MemBackend, Superblock,
-    Volume,
+    Backend, BlockDevice, BlockSizes, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume,
 };
 
 const CLIENT_FLAGS: u32 = 0b11;
@@ -39,19 +38,7 @@ const EIO: u32 = 5;
 
 /// A fresh 4 KiB-sector volume of [`SIZE`] bytes on `backend`.
 fn volume_on(backend: impl Backend) -> Volume {
-    let key = DataKey::generate();
-    let uuid = uuid::Uuid::new_v4();
-    let sb = Superblock::new(
-        uuid,
-        SIZE,
-        4096,
-        "arn:aws:kms:us-east-1:111122223333:key/test".into(),
-        vec![1, 2, 3],
-        key.key_check(&uuid),
-        0,
-    )
-    .unwrap();
-    Volume::open(backend, &sb, key).unwrap()
+    common::nbd::volume_on(backend, SIZE, 4096)
 }
 
 fn store() -> LatencyBackend {
@@ -60,14 +47,8 @@ fn store() -> LatencyBackend {
 
 /// Serves `volume` as export "disk" with the default worker count.
 fn serve(transmission: TransmissionLoop, volume: Volume) -> TestServer {
-    let export = Export {
-        name: "disk".into(),
-        description: "a volume on an asynchronous store".into(),
-        device: Arc::new(volume),
-        read_only: false,
-    };
     TestServer::start_server(
-        Server::new(vec![export])
+        Server::new(vec![device_export("disk", Arc::new(volume))])
             .unwrap()
             .with_transmission_loop(transmission),
     )
@@ -436,14 +417,9 @@ impl BlockDevice for CarelessDevice {
 }
 
 fn a_lost_or_panicking_start_gets_eio(transmission: TransmissionLoop) {
-    let export = Export {
-        name: "disk".into(),
-        description: "a careless asynchronous device".into(),
-        device: Arc::new(CarelessDevice(MemDevice::new(1 << 20))),
-        read_only: false,
-    };
+    let device = Arc::new(CarelessDevice(MemDevice::new(1 << 20)));
     let server = TestServer::start_server(
-        Server::new(vec![export])
+        Server::new(vec![device_export("disk", device)])
             .unwrap()
             .with_transmission_loop(transmission),
     );

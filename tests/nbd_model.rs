@@ -14,6 +14,12 @@
 //! bytes — the range-locked RMW must lose none of them. Every read is
 //! compared with the model as it is answered; at the end of each case the
 //! whole device is read back and compared.
+//!
+//! The same cases (fewer of them) run against volumes on an asynchronous
+//! store too (`volume::testing::LatencyBackend`: every read, write and
+//! flush completes 1 ms late on a completion thread), served in-process:
+//! the started-request path, with its range locks held until the store
+//! completes, must match the model as the blocking path does.
 
 mod common;
 
@@ -23,10 +29,12 @@ use std::path::Path;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
-use common::nbd::transmission_args;
+use common::nbd::{TestServer, device_export, transmission_args, volume_on};
 use common::raw::*;
 use common::volume::{ADMIN, Fixture, MIB};
-use envol::nbd::TransmissionLoop;
+use envol::nbd::{Server, TransmissionLoop};
+use envol::volume::testing::LatencyBackend;
+use envol::volume::{DATA_OFFSET, MemBackend};
 
 const SIZE: usize = 2 * MIB as usize;
 const CONNS: usize = 4;
@@ -360,8 +368,51 @@ fn concurrent_random_operations_match_the_model(transmission: TransmissionLoop) 
     server.stop();
 }
 
+/// Cases run against the asynchronous store (each request waits out the
+/// store's latency, so fewer than on files).
+const ASYNC_CASES: u32 = 12;
+
+fn asynchronous_store_matches_the_model(transmission: TransmissionLoop) {
+    let exports = [512u32, 4096].map(|sector_size| {
+        let store = LatencyBackend::new(
+            MemBackend::new(DATA_OFFSET as usize + SIZE),
+            std::time::Duration::from_millis(1),
+        );
+        let volume = volume_on(store, SIZE as u64, sector_size);
+        device_export(
+            &format!("latency{sector_size}"),
+            std::sync::Arc::new(volume),
+        )
+    });
+    let server = TestServer::start_server(
+        Server::new(exports.to_vec())
+            .unwrap()
+            .with_transmission_loop(transmission),
+    );
+    let t = std::time::Instant::now();
+    for export in ["latency512", "latency4096"] {
+        let config = Config {
+            cases: ASYNC_CASES,
+            failure_persistence: None,
+            max_shrink_iters: 50,
+            ..Config::default()
+        };
+        let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        if let Err(e) = runner.run(&case(), |c| run_case(&server.socket, export, &c)) {
+            panic!("{export}: {e}");
+        }
+    }
+    eprintln!(
+        "{ASYNC_CASES} cases x {CONNS} connections on an asynchronous store match the model ({transmission:?} loop, {:?})",
+        t.elapsed()
+    );
+    server.stop().unwrap();
+}
+
 // On both loops a plain connection can get (`threaded::*`, `async_loop::*`),
 // chosen with `envol serve --transmission`.
 crate::on_every_transmission_loop! {
     concurrent_random_operations_match_the_model,
+    asynchronous_store_matches_the_model,
 }

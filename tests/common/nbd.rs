@@ -9,10 +9,40 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use envol::nbd::{Export, Listeners, Server, TransmissionLoop};
+use envol::volume::{Backend, BlockDevice, DataKey, Superblock, Volume};
 
 /// The in-memory device every server test exports (every third 4 KiB block
 /// "uncached", so reads take both the inline and the worker path).
 pub use envol::volume::testing::MemDevice;
+
+/// A fresh volume of `size` bytes and `sector_size`-byte sectors on
+/// `backend` (an in-memory or test store), opened with a new data key —
+/// no KMS and no superblock on the store, for serving in-process.
+pub fn volume_on(backend: impl Backend, size: u64, sector_size: u32) -> Volume {
+    let key = DataKey::generate();
+    let uuid = uuid::Uuid::new_v4();
+    let sb = Superblock::new(
+        uuid,
+        size,
+        sector_size,
+        "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        vec![1, 2, 3],
+        key.key_check(&uuid),
+        0,
+    )
+    .unwrap();
+    Volume::open(backend, &sb, key).unwrap()
+}
+
+/// Exports any device (such as a [`volume_on`] volume) as `name`.
+pub fn device_export(name: &str, device: Arc<dyn BlockDevice>) -> Export {
+    Export {
+        name: name.to_string(),
+        description: format!("test export {name}"),
+        device,
+        read_only: false,
+    }
+}
 
 pub fn export(name: &str, device: Arc<MemDevice>) -> Export {
     Export {
