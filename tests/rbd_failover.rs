@@ -14,6 +14,12 @@
 //! same bytes before and after A resumed), and A must exit with one clear
 //! line. B then serves the next cycle as "A".
 //!
+//! "Acknowledged" means any success reply, not only FUA or flushed
+//! writes: with librbd's client cache on (Ceph's default, write-back after
+//! the first FLUSH) the cycle test fails, because writes acknowledged from
+//! the old server's memory are lost at the break; the backend must run
+//! librbd with its cache off for the promise the README makes.
+//!
 //! A write in flight when A stopped may or may not have landed (NBD promises
 //! nothing for it); each write is one 4 KiB cipher sector in one RADOS
 //! object, which lands whole or not at all, so a slot holds its acknowledged
