@@ -15,10 +15,12 @@
 //! line. B then serves the next cycle as "A".
 //!
 //! "Acknowledged" means any success reply, not only FUA or flushed
-//! writes: with librbd's client cache on (Ceph's default, write-back after
-//! the first FLUSH) the cycle test fails, because writes acknowledged from
-//! the old server's memory are lost at the break; the backend must run
-//! librbd with its cache off for the promise the README makes.
+//! writes: with librbd's client cache on (Ceph 16's default, policy
+//! `writearound`, which completes a write once it is dispatched, before an
+//! OSD has it) the cycle test fails: writes acknowledged but not yet at an
+//! OSD are lost at the break, and a resumed fenced server acknowledges
+//! writes. The backend must run librbd with its cache off for the promise
+//! the README makes.
 //!
 //! A write in flight when A stopped may or may not have landed (NBD promises
 //! nothing for it); each write is one 4 KiB cipher sector in one RADOS
