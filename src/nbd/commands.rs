@@ -156,8 +156,8 @@ impl CommandContext {
         // 1 MiB decryption there delays every other completion while the
         // workers idle). Measured on a one-OSD cluster, fio over NBD, 2
         // rounds: 1 MiB QD16 reads 290–296 MiB/s against 204–220, 4 KiB
-        // QD32 random reads 3.8–4.5k IOPS against 2.4–3.4k, the same server
-        // CPU per GiB (docs/design.md).
+        // QD32 random reads 3.8–4.5k IOPS against 2.4–3.4k, about the same
+        // server CPU per GiB (docs/design.md).
         let read_cpu: Arc<dyn CpuExecutor> = shared.clone();
         Self {
             read_cpu,
