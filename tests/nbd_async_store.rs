@@ -14,6 +14,10 @@
 //! * A store error becomes an NBD error reply; the connection goes on.
 //! * A device that drops a started request's completion, or panics while
 //!   starting one, gets its client EIO for that request, not a hang.
+//! * A completion still pending in the store when the server has given up
+//!   on its connection (shutdown grace over) does not close the volume on
+//!   the store's thread: the server's thread closes it, once the store is
+//!   done.
 
 mod common;
 
@@ -26,7 +30,7 @@ use common::nbd::{TestServer, device_export};
 use common::raw::*;
 use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::testing::MemDevice;
-use envol::volume::testing::{Fault, FaultOp, FaultyBackend, LatencyBackend};
+use envol::volume::testing::{COMPLETION_THREAD, Fault, FaultOp, FaultyBackend, LatencyBackend};
 use envol::volume::{
     Backend, BlockDevice, BlockSizes, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume,
 };
@@ -445,4 +449,43 @@ fn a_lost_or_panicking_start_gets_eio(transmission: TransmissionLoop) {
     ok(&mut c, 3);
     drop(c);
     server.stop().unwrap();
+}
+
+#[test]
+fn a_completion_pending_past_its_connection_never_closes_the_volume() {
+    let store = store();
+    let server = serve(TransmissionLoop::Async, volume_on(store.clone()));
+    let mut c = attach(&server);
+    let held = hold(&store);
+    c.request(CMD_READ, 0, 1, 0, 4096, &[]);
+    c.request(CMD_WRITE, FLAG_FUA, 2, 4096, 4096, &[7; 4096]);
+    wait_in_flight(&store, 2);
+    let stopper = std::thread::spawn(move || server.stop());
+    // The server waits its shutdown grace for replies that cannot come
+    // (the store is held), then gives up on the connection and closes it.
+    c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.read_to_eof()
+        .expect("the server did not close the connection after its shutdown grace");
+    // Everything but the pending completions is gone now (or about to be);
+    // the volume's owner must wait for the store rather than leave the
+    // volume to whichever completion runs last.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !stopper.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !stopper.is_finished(),
+        "the server finished with the volume's operations still in the store"
+    );
+    drop(held);
+    stopper
+        .join()
+        .expect("server thread panicked")
+        .expect("server stopped with an error");
+    let dropped = store.dropped_on();
+    assert!(!dropped.is_empty(), "the volume was never closed");
+    assert!(
+        !dropped.iter().any(|t| t == COMPLETION_THREAD),
+        "the volume was closed by a completion on the store's thread: {dropped:?}"
+    );
 }

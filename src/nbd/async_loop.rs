@@ -124,7 +124,7 @@ where
     ));
 
     let ctx = Arc::new(Context {
-        cmd: CommandContext::for_negotiated(&negotiated, shared.buffers().clone()),
+        cmd: CommandContext::for_negotiated(&negotiated, &shared),
         replies: tx,
         shared,
         limits,
@@ -269,9 +269,17 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
     if ctx.cmd.is_started(&request) {
         // As in the threaded loop: READ and FLUSH are started right here
         // (the device returns at once), a WRITE — encryption, CPU work — on
-        // a worker; the device's completion sends the reply.
-        let reply_ctx = ctx.clone();
-        let send = move |(head, data): Reply| reply_ctx.send(head, data, permit);
+        // a worker; the device's completion sends the reply. The completion
+        // holds only what the reply needs (the writer's sender and the
+        // budgets), never the connection's context: through it, it would
+        // hold the device, and a completion still pending in the store when
+        // the connection ends could drop the volume's last reference on the
+        // store's own thread.
+        let replies = ctx.replies.clone();
+        let send = move |(head, data): Reply| {
+            // Fails only once the writer is gone: nowhere to send it then.
+            let _ = replies.send(Frame::new(head, data, permit));
+        };
         if request.command() == Command::Write {
             let job_ctx = ctx.clone();
             let job = Box::new(move || job_ctx.cmd.start(&request, payload, send));

@@ -292,10 +292,7 @@ pub(super) fn serve_blocking(
                 socket: socket.clone(),
             },
         ),
-        cmd: Arc::new(CommandContext::for_negotiated(
-            &negotiated,
-            shared.buffers().clone(),
-        )),
+        cmd: Arc::new(CommandContext::for_negotiated(&negotiated, &shared)),
         shared,
         replies,
         budget: Arc::new(Budget::new(IN_FLIGHT_BYTES)),

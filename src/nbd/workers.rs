@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::volume::IoBuffer;
+use crate::volume::{CpuExecutor, IoBuffer};
 
 /// A unit of work for a worker thread.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -125,6 +125,20 @@ impl Shared {
 
     pub(crate) fn buffers(&self) -> &Arc<BufferPool> {
         &self.buffers
+    }
+}
+
+/// The workers take the CPU work of started reads (their decryption) off
+/// the store's completion thread. Called from that thread, so it never
+/// waits: with the queue full, the work runs where it was handed in.
+impl CpuExecutor for Shared {
+    fn execute(&self, work: Box<dyn FnOnce() + Send + 'static>) {
+        match self.jobs.try_send(work) {
+            Ok(()) => {}
+            Err(
+                mpsc::error::TrySendError::Full(work) | mpsc::error::TrySendError::Closed(work),
+            ) => work(),
+        }
     }
 }
 

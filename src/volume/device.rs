@@ -20,8 +20,19 @@
 //! NBD errno (EINVAL for out of range, ENOSPC, EIO, EPERM, ...).
 
 use std::io;
+use std::sync::Arc;
 
 use crate::volume::backend::{FlushDone, IoBuf, IoDone};
+
+/// Threads a started operation's completion may hand CPU work to, instead
+/// of doing it on the store's completion thread (which librbd has one of,
+/// shared by every request). The device layer knows nothing of who runs
+/// it: the NBD server passes its worker pool.
+pub trait CpuExecutor: Send + Sync + 'static {
+    /// Runs `work` soon, on another thread when one can take it. Never
+    /// waits for room: when none can, it runs `work` right here.
+    fn execute(&self, work: Box<dyn FnOnce() + Send + 'static>);
+}
 
 /// Block sizes a device asks its clients to honour (NBD_INFO_BLOCK_SIZE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +124,15 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn start_read(&self, offset: u64, mut buf: IoBuf, done: IoDone) {
         let result = self.read_at(offset, buf.bytes_mut());
         done(buf, result)
+    }
+    /// Like [`start_read`](Self::start_read), but the CPU work of finishing
+    /// the read (decrypting it) is handed to `cpu` once the store has
+    /// completed it, so `done` runs on one of `cpu`'s threads (or wherever
+    /// `start_read` would run it, for a failed read). The default ignores
+    /// `cpu`: a device with nothing to finish starts a plain read.
+    fn start_read_on(&self, offset: u64, buf: IoBuf, done: IoDone, cpu: Arc<dyn CpuExecutor>) {
+        let _ = cpu;
+        self.start_read(offset, buf, done)
     }
     /// Starts writing all of `data` at `offset` (with `fua`, durable before
     /// `done` runs); `done` gets the buffer back with the outcome, exactly

@@ -3,7 +3,7 @@
 
 use super::*;
 
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use crate::volume::backend::MemBackend;
@@ -272,4 +272,118 @@ fn a_blocking_store_completes_started_requests_inline() {
     let (ftx, frx) = mpsc::channel();
     v.start_flush(Box::new(move |r| ftx.send(r).unwrap()));
     frx.try_recv().unwrap().unwrap();
+}
+
+/// Waits (bounded) until `store` has `n` operations in flight.
+fn wait_in_flight(store: &LatencyBackend, n: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while store.in_flight() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} operations reached the store",
+            store.in_flight()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_dropped_volume_waits_for_its_started_operations_and_closes_on_its_own_thread() {
+    use crate::volume::testing::COMPLETION_THREAD;
+    let (v, store) = latency_volume(4096);
+    let (tx, rx) = mpsc::channel();
+    store.hold();
+    // A read (its completion holds the cipher), a FUA write (its completion
+    // starts the flush on the backend), a flush.
+    v.start_read(0, Box::new(vec![0u8; 8192]), reply_to(&tx));
+    v.start_write(4096, Box::new(pattern(4096, 7)), true, reply_to(&tx));
+    let flush_tx = tx.clone();
+    v.start_flush(Box::new(move |r| {
+        let _ = flush_tx.send((Vec::new(), r));
+    }));
+    wait_in_flight(&store, 3);
+    let owner = std::thread::Builder::new()
+        .name("volume-owner".into())
+        .spawn(move || drop(v))
+        .unwrap();
+    // The owner waits for the store, however long it is held.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !owner.is_finished(),
+        "the volume was dropped with operations pending"
+    );
+    assert!(store.dropped_on().is_empty());
+    store.release();
+    owner.join().unwrap();
+    for _ in 0..3 {
+        let (_, result) = rx.recv_timeout(WAIT).expect("an operation never completed");
+        result.unwrap();
+    }
+    assert_eq!(
+        store.completed(),
+        (1, 1, 2),
+        "the FUA write's flush ran too"
+    );
+    let dropped = store.dropped_on();
+    assert_eq!(dropped, vec!["volume-owner".to_string()]);
+    assert!(!dropped.iter().any(|t| t == COMPLETION_THREAD));
+}
+
+/// An executor that runs work on one thread of its own and counts it.
+struct OneThread {
+    jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    ran: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OneThread {
+    fn new() -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = ran.clone();
+        std::thread::Builder::new()
+            .name("cpu-executor".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+        Arc::new(OneThread {
+            jobs: Mutex::new(tx),
+            ran,
+        })
+    }
+}
+
+impl CpuExecutor for OneThread {
+    fn execute(&self, work: Box<dyn FnOnce() + Send + 'static>) {
+        let _ = self.jobs.lock().unwrap().send(work);
+    }
+}
+
+#[test]
+fn reads_started_on_an_executor_are_decrypted_there() {
+    let (v, _store) = latency_volume(4096);
+    let written = pattern(3 * 4096, 3);
+    started_write(&v, 0, &written, false).unwrap();
+    let cpu = OneThread::new();
+    // Aligned and unaligned.
+    for (offset, len) in [(0u64, 2 * 4096usize), (100, 5000)] {
+        let (tx, rx) = mpsc::channel();
+        v.start_read_on(
+            offset,
+            Box::new(vec![0xeeu8; len]),
+            Box::new(move |buf, result| {
+                let thread = std::thread::current().name().map(str::to_string);
+                let _ = tx.send((buf.bytes().to_vec(), result, thread));
+            }),
+            cpu.clone(),
+        );
+        let (bytes, result, thread) = rx.recv_timeout(WAIT).expect("read never completed");
+        result.unwrap();
+        assert_eq!(bytes, written[offset as usize..offset as usize + len]);
+        assert_eq!(thread.as_deref(), Some("cpu-executor"));
+    }
+    assert_eq!(cpu.ran.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

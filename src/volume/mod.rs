@@ -67,6 +67,7 @@ pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
 pub mod rbd;
+mod started_ops;
 pub mod superblock;
 pub mod xts_engine;
 
@@ -84,7 +85,7 @@ mod ieee1619_vectors;
 pub use attachment::{AttachMode, AttachmentError, Holder};
 pub use backend::{Backend, Extent, FileBackend, FlushDone, IoBuf, IoBuffer, IoDone, MemBackend};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
-pub use device::{Allocation, BlockDevice, BlockSizes};
+pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{

@@ -6,6 +6,9 @@
 //! remembers the most there ever were at once, and it can be *held*: while
 //! held nothing completes, so a test can see exactly what a server has
 //! started and that it has not answered anything the store has not done.
+//! It also records on which thread each of its handles was dropped, so a
+//! test can tell that a volume was closed by its owner, not by a completion
+//! on the store's thread.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -133,6 +136,22 @@ pub struct LatencyBackend<B = MemBackend> {
     inner: Arc<B>,
     delay: Duration,
     handle: Arc<Handle>,
+    /// Names of the threads handles were dropped on ("?" if unnamed).
+    drops: Arc<Mutex<Vec<String>>>,
+}
+
+/// The completion thread's name, as [`LatencyBackend::dropped_on`] reports it.
+pub const COMPLETION_THREAD: &str = "latency-backend";
+
+impl<B> Drop for LatencyBackend<B> {
+    fn drop(&mut self) {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("?").to_string();
+        self.drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(name);
+    }
 }
 
 // Not derived: that would ask for `B: Clone`, and clones share `inner`.
@@ -142,6 +161,7 @@ impl<B> Clone for LatencyBackend<B> {
             inner: self.inner.clone(),
             delay: self.delay,
             handle: self.handle.clone(),
+            drops: self.drops.clone(),
         }
     }
 }
@@ -164,13 +184,14 @@ impl<B: Backend> LatencyBackend<B> {
         let clock = Arc::new(Clock::default());
         let worker = clock.clone();
         std::thread::Builder::new()
-            .name("latency-backend".into())
+            .name(COMPLETION_THREAD.into())
             .spawn(move || worker.run())
             .expect("cannot start the latency backend's completion thread");
         LatencyBackend {
             inner: Arc::new(inner),
             delay,
             handle: Arc::new(Handle { clock }),
+            drops: Arc::default(),
         }
     }
 
@@ -224,6 +245,16 @@ impl<B> LatencyBackend<B> {
     pub fn release(&self) {
         self.handle.clock.queue().held = false;
         self.handle.clock.changed.notify_all();
+    }
+
+    /// The names of the threads on which this store's other handles (a
+    /// volume's, say) were dropped so far, in order; "?" for an unnamed
+    /// thread, [`COMPLETION_THREAD`] for the store's own.
+    pub fn dropped_on(&self) -> Vec<String> {
+        self.drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Operations started and not completed.

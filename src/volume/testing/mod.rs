@@ -24,5 +24,5 @@ pub mod mem_device;
 
 pub use crash_backend::{CrashBackend, PowerLoss};
 pub use faulty_backend::{Fault, FaultOp, Faults, FaultyBackend};
-pub use latency_backend::LatencyBackend;
+pub use latency_backend::{COMPLETION_THREAD, LatencyBackend};
 pub use mem_device::MemDevice;
