@@ -420,7 +420,9 @@ async fn exit_fenced(
         "envol: fenced: another server took over {}; exiting",
         fenced.join(", ")
     );
-    std::process::exit(FENCED_EXIT_CODE)
+    // Not `std::process::exit`: its atexit handlers run librados's static
+    // destructors under the fenced clients' still-running threads.
+    crate::volume::rbd::exit_immediately(FENCED_EXIT_CODE)
 }
 
 /// How long a fenced server spends closing its other volumes before it

@@ -129,6 +129,24 @@ fn api() -> Result<&'static Api, NotInstalled> {
     API.get_or_init(load).as_ref().map_err(|e| *e)
 }
 
+unsafe extern "C" {
+    // libc's `_exit(2)`: ends the process at once, running no `atexit`
+    // handler and no C++ static destructor.
+    fn _exit(status: c_int) -> !;
+}
+
+/// Ends the process with `status` without running librados's C++ static
+/// destructors: with librados clients still open (a fenced server leaves
+/// them so, on purpose) they tear down state its own threads are still
+/// using, and `std::process::exit` then sometimes died of SIGSEGV instead
+/// of exiting with `status` (seen in tests/volume_rbd.rs).
+pub fn exit_immediately(status: i32) -> ! {
+    // SAFETY: `_exit` takes any int and never returns; skipping destructors
+    // is the point. Nothing of ours needs them: keys are wiped by their own
+    // drops or die with the address space, and stderr is unbuffered.
+    unsafe { _exit(status) }
+}
+
 /// Whether librados and librbd can be loaded here.
 pub fn installed() -> bool {
     api().is_ok()

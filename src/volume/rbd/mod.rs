@@ -30,6 +30,13 @@ pub use backend::{RbdBackend, TakeOver, attached_by};
 pub use cluster::{CephOptions, DEFAULT_OP_TIMEOUT};
 pub use error::{EBLOCKLISTED, Fenced, RbdError, is_fenced};
 
+/// Ends the process with `status` at once, without the C++ static
+/// destructors that crash while librados clients are still open (a fenced
+/// server's are).
+pub fn exit_immediately(status: i32) -> ! {
+    ffi::exit_immediately(status)
+}
+
 /// Whether librados and librbd can be loaded on this machine.
 pub fn librbd_installed() -> bool {
     ffi::installed()
