@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # bench-rbd.sh - envol serving an rbd: volume against librbd itself, on one throw-away
 # Ceph cluster, in one run: fio's "rbd" ioengine (librbd directly: no NBD, no
-# encryption) on a plain image, and fio's "nbd" ioengine against `envol serve
-# rbd:POOL/IMAGE` (AES-256-XTS, librbd aio underneath) on an image of the same size.
+# encryption) on a plain image — with Ceph's default client settings (librbd's
+# cache on) and again with the cache off, the durability envol runs with — and
+# fio's "nbd" ioengine against `envol serve rbd:POOL/IMAGE` (AES-256-XTS, librbd
+# aio underneath) on an image of the same size.
 #
 # usage: scripts/bench-rbd.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR]
 #   defaults: -r 3 -t 10 -s 1024
 #
 # Workloads (as scripts/bench/bench-nbd.sh; one job, one connection, time based):
 #   seqwrite 1 MiB QD16, seqread 1 MiB QD16, randwrite 4 KiB QD32, randread 4 KiB QD32
-# Rounds interleave the two sides workload by workload (alternating which goes first),
+# Rounds interleave the three sides workload by workload (alternating which goes first),
 # so both see the same cluster state; the table has the median of the rounds, the ratio
 # envol / fio-rbd per workload, envol's server CPU per GiB moved (from /proc/PID/stat
 # utime+stime deltas) and, beside it, the CPU per GiB of the fio process that runs librbd
@@ -102,6 +104,11 @@ for _ in $(seq 300); do [[ -S $SOCK ]] && break; sleep 0.1; done
 URI="nbd+unix:///envol?socket=$SOCK"
 
 RBD_ARGS=(--ioengine=rbd --clientname=admin --pool="$POOL" --rbdname=plain)
+# The same engine with librbd's cache off, as envol runs it (an acknowledged
+# write must be in the cluster: see the README's Failover section): a peer
+# with the same durability. fio's rbd engine reads $CEPH_CONF.
+NOCACHE_CONF=$WORK/ceph-nocache.conf
+{ cat "$CEPH_CONF"; printf '\n[client]\nrbd cache = false\n'; } >"$NOCACHE_CONF"
 NBD_ARGS=(--ioengine=nbd --uri="$URI")
 echo "== filling both images once (${SIZE_MIB} MiB each)"
 fio --name=fill "${RBD_ARGS[@]}" --rw=write --bs=4M --iodepth=16 --size="${SIZE_MIB}M" >/dev/null
@@ -124,12 +131,17 @@ job_args() {
 # CPU: envol's server process for "envol"; fio's own usr+sys (librbd runs inside it) for "rbd".
 run() {
   local side=$1 w=$2 r=$3 json=$OUT/$1.$2.$3.json t0 t1 dir engine
-  if [[ $side == rbd ]]; then engine=("${RBD_ARGS[@]}"); else engine=("${NBD_ARGS[@]}"); fi
+  local conf=$CEPH_CONF
+  case $side in
+    rbd) engine=("${RBD_ARGS[@]}") ;;
+    rbd-nocache) engine=("${RBD_ARGS[@]}"); conf=$NOCACHE_CONF ;;
+    *) engine=("${NBD_ARGS[@]}") ;;
+  esac
   t0=$(cpu_ticks "$SERVE_PID")
   # fio's own CPU, all its threads (librbd's included): bash's `time` of the child.
   local TIMEFORMAT='%3U %3S' rc=0
   # shellcheck disable=SC2046
-  { time fio --name="$w" "${engine[@]}" $(job_args "$w") --size="${SIZE_MIB}M" \
+  { time CEPH_CONF=$conf fio --name="$w" "${engine[@]}" $(job_args "$w") --size="${SIZE_MIB}M" \
     --direct=1 --time_based --runtime="$RT" --numjobs=1 --randrepeat=0 --norandommap \
     --group_reporting --output-format=json --output="$json" >/dev/null 2>"$json.err"; } 2>"$json.time" || rc=$?
   ((rc == 0)) || { echo "bench-rbd.sh: fio failed ($side $w):" >&2; cat "$json.err" >&2; exit 1; }
@@ -150,7 +162,11 @@ WORKLOADS=(seqwrite seqread randwrite randread)
 echo "== $ROUNDS rounds x ${RT} s per workload and side ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 for r in $(seq "$ROUNDS"); do
   for w in "${WORKLOADS[@]}"; do
-    if ((r % 2)); then run rbd "$w" "$r"; run envol "$w" "$r"; else run envol "$w" "$r"; run rbd "$w" "$r"; fi
+    if ((r % 2)); then
+      run rbd "$w" "$r"; run rbd-nocache "$w" "$r"; run envol "$w" "$r"
+    else
+      run envol "$w" "$r"; run rbd-nocache "$w" "$r"; run rbd "$w" "$r"
+    fi
   done
 done
 kill -0 "$SERVE_PID" 2>/dev/null || { echo "bench-rbd.sh: envol serve exited during the run:" >&2; cat "$WORK/serve.err" >&2; exit 1; }
@@ -171,14 +187,14 @@ names = {"seqwrite": ("seq write 1 MiB QD16", 0), "seqread": ("seq read 1 MiB QD
 print(f"{day}, one cluster (mon + mgr + 1 bluestore OSD on a sparse file, size-1 pool), "
       f"{size} MiB images, median of {rounds} rounds x {rt} s, {cores} cores shared by the OSD, fio and envol:")
 print()
-print("| workload | fio rbd engine (librbd, plain) | envol serve rbd: over NBD (AES-256-XTS) | envol / fio-rbd | envol server CPU ms/GiB | fio rbd engine process (librbd inside) CPU ms/GiB |")
-print("|---|---|---|---|---|---|")
+print("| workload | fio rbd engine (librbd, plain; cache on, Ceph's default) | fio rbd engine, cache off (envol's durability) | envol serve rbd: over NBD (AES-256-XTS, cache off) | envol / fio-rbd | envol / fio-rbd cache off | envol server CPU ms/GiB | fio rbd engine process (librbd inside) CPU ms/GiB |")
+print("|---|---|---|---|---|---|---|---|")
 for w in ["seqwrite", "seqread", "randwrite", "randread"]:
     label, i = names[w]
     unit = "MiB/s" if i == 0 else "IOPS"
-    a, b = med("rbd", w, i), med("envol", w, i)
+    a, n, b = med("rbd", w, i), med("rbd-nocache", w, i), med("envol", w, i)
     fmt = (lambda x: f"{x:.0f} {unit}") if i == 0 else (lambda x: f"{x/1000:.1f}k {unit}")
-    print(f"| {label} | {fmt(a)} | {fmt(b)} | {b/a:.2f}× | {med('envol', w, 2):.0f} | {med('rbd', w, 2):.0f} |")
+    print(f"| {label} | {fmt(a)} | {fmt(n)} | {fmt(b)} | {b/a:.2f}× | {b/n:.2f}× | {med('envol', w, 2):.0f} | {med('rbd', w, 2):.0f} |")
 EOF
 echo
 cat "$OUT/bench-rbd.md"
