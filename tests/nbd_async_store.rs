@@ -31,9 +31,7 @@ use common::raw::*;
 use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::testing::MemDevice;
 use envol::volume::testing::{COMPLETION_THREAD, Fault, FaultOp, FaultyBackend, LatencyBackend};
-use envol::volume::{
-    Backend, BlockDevice, BlockSizes, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume,
-};
+use envol::volume::{Backend, BlockDevice, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume};
 
 const CLIENT_FLAGS: u32 = 0b11;
 const SIZE: u64 = 8 << 20;
@@ -388,27 +386,15 @@ crate::on_every_transmission_loop! {
 struct CarelessDevice(Arc<MemDevice>);
 
 impl BlockDevice for CarelessDevice {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        self.0.block_sizes()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
-        self.0.write_at(offset, data, fua)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.trim(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len, may_punch)
-    }
+    crate::forward_block_device!(
+        size,
+        block_sizes,
+        read_at,
+        write_at,
+        flush,
+        trim,
+        write_zeroes
+    );
     fn is_asynchronous(&self) -> bool {
         true
     }
