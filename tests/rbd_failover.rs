@@ -414,13 +414,7 @@ impl Client {
         let tag = random << 1 | u64::from(fua) | if fenced { FENCED } else { 0 };
         ledger.in_flight[slot] = Some(tag);
         let flags = if fua { FLAG_FUA } else { 0 };
-        let cookie = self.send(
-            CMD_WRITE,
-            flags,
-            (slot * SLOT) as u64,
-            SLOT as u32,
-            &slot_bytes(tag),
-        );
+        let cookie = self.send_slot_write(slot, tag, flags);
         self.pending.insert(cookie, Some((slot, tag)));
     }
 
@@ -803,15 +797,20 @@ impl Client {
         Ok(data)
     }
 
-    /// One WRITE of `tag` to `slot` with FUA: the reply's errno.
-    fn write_slot_fua(&mut self, slot: usize, tag: u64) -> u32 {
-        let cookie = self.send(
+    /// Sends a WRITE of `tag`'s bytes over all of `slot`; its cookie.
+    fn send_slot_write(&mut self, slot: usize, tag: u64, flags: u16) -> u64 {
+        self.send(
             CMD_WRITE,
-            FLAG_FUA,
+            flags,
             (slot * SLOT) as u64,
             SLOT as u32,
             &slot_bytes(tag),
-        );
+        )
+    }
+
+    /// One WRITE of `tag` to `slot` with FUA: the reply's errno.
+    fn write_slot_fua(&mut self, slot: usize, tag: u64) -> u32 {
+        let cookie = self.send_slot_write(slot, tag, FLAG_FUA);
         let (c, error) = self.reply().expect("the server closed the connection");
         assert_eq!(c, cookie);
         error

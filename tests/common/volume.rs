@@ -383,15 +383,20 @@ pub fn assert_one_clean_line(what: &str, stderr: &str) {
     }
 }
 
-/// `Command::output` with a deadline: a process still running after
-/// `timeout` is killed and the test fails.
-pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
+/// Spawns `cmd` with stdin from /dev/null and stdout and stderr piped; a
+/// command that cannot start fails the test.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `Command::output` with a deadline: a process still running after
+/// `timeout` is killed and the test fails.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = spawn_piped(cmd);
     let out = drain(child.stdout.take().unwrap());
     let err = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
@@ -451,12 +456,7 @@ pub struct Drained {
 
 /// Spawns `cmd` (stdin from /dev/null) with stdout and stderr drained.
 pub fn spawn_drained(cmd: &mut Command) -> Drained {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let stderr_drain = {
         let mut err = child.stderr.take().unwrap();
