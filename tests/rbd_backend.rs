@@ -93,6 +93,34 @@ impl Drop for ChildTest {
     }
 }
 
+/// A new 8 MiB image, and a child half ([`ChildTest`]) that opened it and
+/// is ready, with its client address (`holder`).
+struct OnNewImage {
+    img: TestImage,
+    ceph: CephOptions,
+    addr: RbdAddress,
+    child: ChildTest,
+    holder: String,
+}
+
+/// Creates image `image` and starts test `test`'s child half on it (`var`
+/// set to its spec; `role` names the child if it fails before ready).
+fn child_on_new_image(image: &str, test: &str, var: &str, role: &str) -> OnNewImage {
+    let img = TestImage::new(image);
+    let ceph = options(&img.ceph);
+    let addr = address(&img);
+    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
+    let mut child = ChildTest::spawn(test, var, &img.spec());
+    let holder = child.ready(role);
+    OnNewImage {
+        img,
+        ceph,
+        addr,
+        child,
+        holder,
+    }
+}
+
 /// A stopped process (SIGSTOP), continued (SIGCONT) when this is dropped,
 /// also when the test fails first.
 struct Stopped(String);
@@ -609,16 +637,18 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_HOLDER") {
         return hold_lock_until_killed(&spec);
     }
-    let img = TestImage::new("deadholder");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildTest::spawn(
+    let OnNewImage {
+        img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "deadholder",
         "take_over_if_holder_dead_waits_for_its_watch_to_expire",
         "ENVOL_TEST_RBD_HOLDER",
-        &img.spec(),
+        "holder",
     );
-    let holder = child.ready("holder");
     assert_eq!(attached_by(&ceph, &addr).unwrap(), vec![holder.clone()]);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
     assert!(matches!(
@@ -844,16 +874,18 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
         return write_until_fenced(&spec);
     }
-    let img = TestImage::new("paused");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildTest::spawn(
+    let OnNewImage {
+        img: _img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "paused",
         "a_paused_holder_is_fenced_when_it_resumes",
         "ENVOL_TEST_RBD_WRITER",
-        &img.spec(),
+        "writer",
     );
-    let holder = child.ready("writer");
     let pid = child.pid();
     let resume = Stopped::stop(pid);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
@@ -1061,16 +1093,18 @@ fn a_paused_holder_whose_blocklist_lapsed_writes_nothing() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
         return write_stop_write(&spec);
     }
-    let img = TestImage::new("lapsed");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildTest::spawn(
+    let OnNewImage {
+        img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "lapsed",
         "a_paused_holder_whose_blocklist_lapsed_writes_nothing",
         "ENVOL_TEST_RBD_WRITER",
-        &img.spec(),
+        "writer",
     );
-    let holder = child.ready("writer");
     let pid = child.pid();
     let resume = Stopped::by_itself(pid.clone());
     // Wait until it has stopped itself (state T in /proc/PID/stat).
