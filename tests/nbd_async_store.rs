@@ -31,9 +31,7 @@ use common::raw::*;
 use envol::nbd::{Server, TransmissionLoop};
 use envol::volume::testing::MemDevice;
 use envol::volume::testing::{COMPLETION_THREAD, Fault, FaultOp, FaultyBackend, LatencyBackend};
-use envol::volume::{
-    Backend, BlockDevice, BlockSizes, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume,
-};
+use envol::volume::{Backend, BlockDevice, DATA_OFFSET, IoBuf, IoDone, MemBackend, Volume};
 
 const CLIENT_FLAGS: u32 = 0b11;
 const SIZE: u64 = 8 << 20;
@@ -157,15 +155,11 @@ fn pipelined_requests_are_all_in_flight_in_the_store(transmission: TransmissionL
     // With two workers making blocking calls this stops at two.
     wait_in_flight(&store, 64);
     assert_eq!(store.max_in_flight(), 64);
-    c.s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = std::io::Read::read(&mut c.s, &mut byte);
-    assert!(
-        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "a reply came before the store completed anything: {early:?}"
+    no_reply_within(
+        &mut c,
+        Duration::from_millis(100),
+        "a reply came before the store completed anything",
     );
-    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     drop(held);
     let replies = collect(&mut c, 64, &reads);
     assert!(reads.keys().all(|k| replies[k] == vec![0u8; 4096]));
@@ -274,6 +268,19 @@ fn several_connections_share_the_store(transmission: TransmissionLoop) {
     server.stop().unwrap();
 }
 
+/// Nothing arrives on `c` for `quiet` (the store holds every reply); then
+/// reads wait up to 20 s again. `what` says what an early reply means.
+fn no_reply_within(c: &mut Raw, quiet: Duration, what: &str) {
+    c.s.set_read_timeout(Some(quiet)).unwrap();
+    let mut byte = [0u8; 1];
+    let early = std::io::Read::read(&mut c.s, &mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "{what}: {early:?}"
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+}
+
 fn ok(c: &mut Raw, cookie: u64) {
     assert_eq!(c.read_reply(), Reply::Simple { cookie, error: 0 });
 }
@@ -282,15 +289,11 @@ fn ok(c: &mut Raw, cookie: u64) {
 /// and the reply comes: the store's counts when it did are returned.
 fn answered_only_after_release<B>(c: &mut Raw, held: Held<'_, B>, cookie: u64) -> (u64, u64, u64) {
     let store = held.0;
-    c.s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = std::io::Read::read(&mut c.s, &mut byte);
-    assert!(
-        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "answered before the store completed: {early:?}"
+    no_reply_within(
+        c,
+        Duration::from_millis(200),
+        "answered before the store completed",
     );
-    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let before = store.completed();
     drop(held);
     ok(c, cookie);
@@ -388,27 +391,15 @@ crate::on_every_transmission_loop! {
 struct CarelessDevice(Arc<MemDevice>);
 
 impl BlockDevice for CarelessDevice {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        self.0.block_sizes()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
-        self.0.write_at(offset, data, fua)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.trim(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len, may_punch)
-    }
+    crate::forward_block_device!(
+        size,
+        block_sizes,
+        read_at,
+        write_at,
+        flush,
+        trim,
+        write_zeroes
+    );
     fn is_asynchronous(&self) -> bool {
         true
     }

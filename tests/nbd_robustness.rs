@@ -150,27 +150,10 @@ fn fast_zero_on_a_device_that_cannot_is_enotsup_and_writes_nothing(transmission:
 struct Slow(Arc<MemDevice>);
 
 impl BlockDevice for Slow {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        self.0.block_sizes()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
+    crate::forward_block_device!(size, block_sizes, read_at, flush, trim, write_zeroes);
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         self.0.write_at(offset, data, fua)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.trim(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len, may_punch)
     }
 }
 

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use common::kms::{Creds, envol, parse_account, parse_creds, sdk_client, spawn_kms_serve};
 use common::raw::{CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA, Raw};
-use common::volume::{ADMIN, Fixture, MIB};
+use common::volume::{ADMIN, Fixture, MIB, tagged_slot};
 
 const SERVE_CYCLES: u64 = 100;
 const VOL_SIZE: usize = MIB as usize;
@@ -44,11 +44,7 @@ const SECTOR: usize = 512;
 /// The bytes a write of `tag` puts in a slot; a tag of 0 is the zeros of a
 /// new volume.
 fn slot_bytes(tag: u64) -> Vec<u8> {
-    if tag == 0 {
-        return vec![0; SLOT];
-    }
-    let t = tag.to_le_bytes();
-    (0..SLOT).map(|i| t[i % 8] ^ (i / 8) as u8).collect()
+    tagged_slot(tag, SLOT)
 }
 
 #[derive(Default)]

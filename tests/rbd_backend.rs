@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -27,14 +28,126 @@ fn shared_cluster() -> std::sync::RwLockReadGuard<'static, ()> {
     CLUSTER.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A child process that is killed when the test ends, passed or failed, so
-/// it never outlives the test holding an image.
-struct ChildGuard(std::process::Child);
+/// This test binary re-run as a child for one test (`test`, with `var`
+/// set to an image spec), that test's child half. It is killed when the
+/// test ends, passed or failed, so it never outlives the test holding an
+/// image.
+struct ChildTest {
+    child: std::process::Child,
+    stdout: BufReader<ChildStdout>,
+}
 
-impl Drop for ChildGuard {
+impl ChildTest {
+    fn spawn(test: &str, var: &str, spec: &str) -> ChildTest {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture"])
+            .env(var, spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        ChildTest { child, stdout }
+    }
+
+    /// Waits for the child's `ready ADDR` line (end of file if it failed)
+    /// and returns its client address; `role` names it in the failure.
+    fn ready(&mut self, role: &str) -> String {
+        let mut line = String::new();
+        while !line.starts_with("ready ") {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "the {role} child failed before it was ready");
+        }
+        line["ready ".len()..].trim().to_string()
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Waits (up to 20 s from `since`) for the child to exit by itself,
+    /// and returns its status and the rest of its output; `what` names it
+    /// in the failure.
+    fn exit_by_itself(&mut self, since: Instant, what: &str) -> (ExitStatus, String) {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if since.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("{what} did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        (status, rest)
+    }
+}
+
+impl Drop for ChildTest {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new 8 MiB image, and a child half ([`ChildTest`]) that opened it and
+/// is ready, with its client address (`holder`).
+struct OnNewImage {
+    img: TestImage,
+    ceph: CephOptions,
+    addr: RbdAddress,
+    child: ChildTest,
+    holder: String,
+}
+
+/// Creates image `image` and starts test `test`'s child half on it (`var`
+/// set to its spec; `role` names the child if it fails before ready).
+fn child_on_new_image(image: &str, test: &str, var: &str, role: &str) -> OnNewImage {
+    let img = TestImage::new(image);
+    let ceph = options(&img.ceph);
+    let addr = address(&img);
+    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
+    let mut child = ChildTest::spawn(test, var, &img.spec());
+    let holder = child.ready(role);
+    OnNewImage {
+        img,
+        ceph,
+        addr,
+        child,
+        holder,
+    }
+}
+
+/// A stopped process (SIGSTOP), continued (SIGCONT) when this is dropped,
+/// also when the test fails first.
+struct Stopped(String);
+
+impl Stopped {
+    /// Stops `pid` now.
+    fn stop(pid: String) -> Stopped {
+        let stopped = Stopped(pid);
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &stopped.0])
+                .status()
+                .unwrap()
+                .success()
+        );
+        stopped
+    }
+
+    /// `pid`, which stops itself.
+    fn by_itself(pid: String) -> Stopped {
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
     }
 }
 
@@ -438,8 +551,8 @@ fn a_forced_take_over_fences_the_old_writer() {
     b.flush().unwrap();
 }
 
-/// The child half of the next test: holds the lock until killed.
-fn hold_lock_until_killed(spec: &str) {
+/// A child half's backend: `spec` opened read-write and locked.
+fn open_locked(spec: &str) -> RbdBackend {
     let ceph = Ceph::from_env();
     let b = RbdBackend::open(
         &options(&ceph),
@@ -448,6 +561,57 @@ fn hold_lock_until_killed(spec: &str) {
     )
     .unwrap();
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
+    b
+}
+
+/// `open_locked`, and the process exits with status 3 (printing
+/// "fenced") when the backend is fenced.
+fn open_locked_exit_when_fenced(spec: &str) -> RbdBackend {
+    let b = open_locked(spec);
+    b.on_fenced(Box::new(|| {
+        println!("fenced");
+        std::process::exit(3);
+    }));
+    b
+}
+
+/// A writer child's loop: writes 0xEE over the first block every 20 ms
+/// for `limit` (it is meant to be fenced and exit before then).
+fn write_first_block_until_fenced(b: &RbdBackend, limit: Duration) -> ! {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
+            println!("write failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never fenced");
+}
+
+/// Takes the lock over from a holder that is dead or paused
+/// (`TakeOver::IfHolderDead`), retrying while it still counts as alive
+/// (its watch not yet expired), for up to 40 s; returns the broken
+/// holder. `holder` describes it in the failure.
+fn take_over_once_holder_dead(b: &RbdBackend, holder: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match b.take_over(TakeOver::IfHolderDead) {
+            Ok(broken) => return broken,
+            Err(RbdError::HolderAlive { .. }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the {holder} holder's watch never expired"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The child half of the next test: holds the lock until killed.
+fn hold_lock_until_killed(spec: &str) {
+    let b = open_locked(spec);
     // One flushed write, then acknowledged writes that are never flushed
     // (after a first flush a writeback cache would be free to hold them).
     b.write_at(0, &[0x5au8; 4096]).unwrap();
@@ -473,43 +637,26 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_HOLDER") {
         return hold_lock_until_killed(&spec);
     }
-    let img = TestImage::new("deadholder");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "take_over_if_holder_dead_waits_for_its_watch_to_expire",
-                "--nocapture",
-            ])
-            .env("ENVOL_TEST_RBD_HOLDER", img.spec())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let OnNewImage {
+        img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "deadholder",
+        "take_over_if_holder_dead_waits_for_its_watch_to_expire",
+        "ENVOL_TEST_RBD_HOLDER",
+        "holder",
     );
-    // Its "ready" line, or end of file if it failed.
-    let mut ready = String::new();
-    while !ready.starts_with("ready ") {
-        ready.clear();
-        let n = std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
-            &mut ready,
-        )
-        .unwrap();
-        assert!(n > 0, "the holder child failed before it was ready");
-    }
-    let holder = ready["ready ".len()..].trim().to_string();
     assert_eq!(attached_by(&ceph, &addr).unwrap(), vec![holder.clone()]);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
     assert!(matches!(
         b.take_over(TakeOver::IfHolderDead),
         Err(RbdError::HolderAlive { .. })
     ));
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
     let killed = Instant::now();
     // Dead, but its lock stays until someone takes over: a plain attach is
     // still refused, naming it.
@@ -517,20 +664,7 @@ fn take_over_if_holder_dead_waits_for_its_watch_to_expire() {
     assert!(err.to_string().contains(&holder), "{err}");
     // Once Ceph's watch timeout (5 s on the test cluster) has passed, the
     // take-over breaks the lock and blocklists the dead holder.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let broken = loop {
-        match b.take_over(TakeOver::IfHolderDead) {
-            Ok(broken) => break broken,
-            Err(RbdError::HolderAlive { .. }) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the dead holder's watch never expired"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let broken = take_over_once_holder_dead(&b, "dead");
     eprintln!("take-over after {:?}", killed.elapsed());
     assert_eq!(broken, Some(holder.clone()));
     assert!(img.ceph.blocklist().contains(&holder));
@@ -652,21 +786,7 @@ fn a_stalled_osd_fails_requests_within_the_deadline() {
     let b = RbdBackend::create(&ceph, &address(&img), 8 * MIB, false).unwrap();
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
     b.write_at(0, &[7u8; 4096]).unwrap();
-    let osd = img.ceph.osd_pid().to_string();
-    struct Resume(String);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &osd])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let resume = Resume(osd);
+    let resume = Stopped::stop(img.ceph.osd_pid().to_string());
     let started = Instant::now();
     let err = b.write_at(8192, &[8u8; 4096]).unwrap_err();
     let waited = started.elapsed();
@@ -740,27 +860,9 @@ fn an_unreachable_cluster_fails_within_the_deadline() {
 /// The child half of the next test: holds the lock and keeps writing
 /// 0xEE over the first block; exits with status 3 when fenced.
 fn write_until_fenced(spec: &str) {
-    let ceph = Ceph::from_env();
-    let b = RbdBackend::open(
-        &options(&ceph),
-        &RbdAddress::parse(spec).unwrap(),
-        AttachMode::ReadWrite,
-    )
-    .unwrap();
-    b.lock_attachment(AttachMode::ReadWrite).unwrap();
-    b.on_fenced(Box::new(|| {
-        println!("fenced");
-        std::process::exit(3);
-    }));
+    let b = open_locked_exit_when_fenced(spec);
     println!("ready {}", b.client_address());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
-            println!("write failed: {e}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("never fenced");
+    write_first_block_until_fenced(&b, Duration::from_secs(120));
 }
 
 /// A holder paused (SIGSTOP) long enough for its watch to expire is taken
@@ -772,61 +874,22 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
         return write_until_fenced(&spec);
     }
-    let img = TestImage::new("paused");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_paused_holder_is_fenced_when_it_resumes",
-                "--nocapture",
-            ])
-            .env("ENVOL_TEST_RBD_WRITER", img.spec())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let OnNewImage {
+        img: _img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "paused",
+        "a_paused_holder_is_fenced_when_it_resumes",
+        "ENVOL_TEST_RBD_WRITER",
+        "writer",
     );
-    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("ready ") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "the writer child failed before it was ready");
-    }
-    let holder = line["ready ".len()..].trim().to_string();
-    let pid = child.0.id().to_string();
-    struct Resume(String);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    let resume = Resume(pid.clone());
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = child.pid();
+    let resume = Stopped::stop(pid);
     let b = RbdBackend::open(&ceph, &addr, AttachMode::ReadWrite).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let broken = loop {
-        match b.take_over(TakeOver::IfHolderDead) {
-            Ok(broken) => break broken,
-            Err(RbdError::HolderAlive { .. }) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the paused holder's watch never expired"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let broken = take_over_once_holder_dead(&b, "paused");
     assert_eq!(broken, Some(holder));
     b.lock_attachment(AttachMode::ReadWrite).unwrap();
     b.write_at(0, &[0x77u8; 4096]).unwrap();
@@ -834,18 +897,7 @@ fn a_paused_holder_is_fenced_when_it_resumes() {
     drop(resume);
     let resumed = Instant::now();
     // The child is told and exits by itself.
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if resumed.elapsed() > Duration::from_secs(20) {
-            let _ = child.0.kill();
-            panic!("the fenced writer did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let (status, rest) = child.exit_by_itself(resumed, "the fenced writer");
     eprintln!(
         "exited {:?} after {:?}: {rest:?}",
         status,
@@ -1020,31 +1072,13 @@ fn dropping_the_backend_inside_its_completion_does_not_hang() {
 /// (SIGSTOP, with no write in flight), and when resumed keeps writing
 /// 0xEE over the first block; exits with status 3 when fenced.
 fn write_stop_write(spec: &str) {
-    let ceph = Ceph::from_env();
-    let b = RbdBackend::open(
-        &options(&ceph),
-        &RbdAddress::parse(spec).unwrap(),
-        AttachMode::ReadWrite,
-    )
-    .unwrap();
-    b.lock_attachment(AttachMode::ReadWrite).unwrap();
-    b.on_fenced(Box::new(|| {
-        println!("fenced");
-        std::process::exit(3);
-    }));
+    let b = open_locked_exit_when_fenced(spec);
     b.write_at(0, &[0xeeu8; 4096]).unwrap();
     b.flush().unwrap();
     println!("ready {}", b.client_address());
     let me = std::process::id().to_string();
     Command::new("kill").args(["-STOP", &me]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Err(e) = b.write_at(0, &[0xeeu8; 4096]) {
-            println!("write failed: {e}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("never fenced");
+    write_first_block_until_fenced(&b, Duration::from_secs(60));
 }
 
 /// A holder paused for longer than its last confirmation stays fresh, whose
@@ -1059,39 +1093,20 @@ fn a_paused_holder_whose_blocklist_lapsed_writes_nothing() {
     if let Ok(spec) = std::env::var("ENVOL_TEST_RBD_WRITER") {
         return write_stop_write(&spec);
     }
-    let img = TestImage::new("lapsed");
-    let ceph = options(&img.ceph);
-    let addr = address(&img);
-    drop(RbdBackend::create(&ceph, &addr, 8 * MIB, false).unwrap());
-    let mut child = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_paused_holder_whose_blocklist_lapsed_writes_nothing",
-                "--nocapture",
-            ])
-            .env("ENVOL_TEST_RBD_WRITER", img.spec())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let OnNewImage {
+        img,
+        ceph,
+        addr,
+        mut child,
+        holder,
+    } = child_on_new_image(
+        "lapsed",
+        "a_paused_holder_whose_blocklist_lapsed_writes_nothing",
+        "ENVOL_TEST_RBD_WRITER",
+        "writer",
     );
-    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("ready ") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "the writer child failed before it was ready");
-    }
-    let holder = line["ready ".len()..].trim().to_string();
-    let pid = child.0.id().to_string();
-    struct Resume(String);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    let resume = Resume(pid.clone());
+    let pid = child.pid();
+    let resume = Stopped::by_itself(pid.clone());
     // Wait until it has stopped itself (state T in /proc/PID/stat).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1130,18 +1145,7 @@ fn a_paused_holder_whose_blocklist_lapsed_writes_nothing() {
     std::thread::sleep(Duration::from_secs(7).saturating_sub(stopped.elapsed()));
     drop(resume);
     let resumed = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if resumed.elapsed() > Duration::from_secs(20) {
-            let _ = child.0.kill();
-            panic!("the lock-less writer did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let (status, rest) = child.exit_by_itself(resumed, "the lock-less writer");
     eprintln!("exited {status:?} after {:?}: {rest:?}", resumed.elapsed());
     assert_eq!(status.code(), Some(3), "{rest}");
     let mut back = vec![0u8; 4096];

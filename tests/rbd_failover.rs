@@ -35,7 +35,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -46,7 +46,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use common::ceph::{Ceph, TestImage};
 use common::raw::{CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA, Raw};
-use common::volume::{ADMIN, Fixture, KEY_ALIAS, MIB, Vol, run_ok};
+use common::volume::{
+    ADMIN, Drained, Fixture, KEY_ALIAS, MIB, Vol, run_ok, spawn_drained, tagged_slot,
+};
 
 /// One slot is one 4 KiB cipher sector: a write of it is one RADOS write.
 const SLOT: usize = 4096;
@@ -139,34 +141,12 @@ impl Server {
         let mut args = vec!["--ceph-conf", conf(ceph)];
         args.extend_from_slice(extra);
         let mut cmd = fx.serve_command(ADMIN, &[(vol, Some("vol"))], &socket, &args);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_drain = {
-            let mut err = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            })
-        };
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let Drained {
+            mut child,
+            stderr,
+            stderr_drain,
+            lines: rx,
+        } = spawn_drained(&mut cmd);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -301,11 +281,7 @@ fn last_line(stderr: &str) -> &str {
 
 /// The bytes a write of `tag` puts in a slot; tag 0 is a new volume's zeros.
 fn slot_bytes(tag: u64) -> Vec<u8> {
-    if tag == 0 {
-        return vec![0; SLOT];
-    }
-    let t = tag.to_le_bytes();
-    (0..SLOT).map(|i| t[i % 8] ^ (i / 8) as u8).collect()
+    tagged_slot(tag, SLOT)
 }
 
 /// What the client knows about the image.
@@ -438,13 +414,7 @@ impl Client {
         let tag = random << 1 | u64::from(fua) | if fenced { FENCED } else { 0 };
         ledger.in_flight[slot] = Some(tag);
         let flags = if fua { FLAG_FUA } else { 0 };
-        let cookie = self.send(
-            CMD_WRITE,
-            flags,
-            (slot * SLOT) as u64,
-            SLOT as u32,
-            &slot_bytes(tag),
-        );
+        let cookie = self.send_slot_write(slot, tag, flags);
         self.pending.insert(cookie, Some((slot, tag)));
     }
 
@@ -827,15 +797,20 @@ impl Client {
         Ok(data)
     }
 
-    /// One WRITE of `tag` to `slot` with FUA: the reply's errno.
-    fn write_slot_fua(&mut self, slot: usize, tag: u64) -> u32 {
-        let cookie = self.send(
+    /// Sends a WRITE of `tag`'s bytes over all of `slot`; its cookie.
+    fn send_slot_write(&mut self, slot: usize, tag: u64, flags: u16) -> u64 {
+        self.send(
             CMD_WRITE,
-            FLAG_FUA,
+            flags,
             (slot * SLOT) as u64,
             SLOT as u32,
             &slot_bytes(tag),
-        );
+        )
+    }
+
+    /// One WRITE of `tag` to `slot` with FUA: the reply's errno.
+    fn write_slot_fua(&mut self, slot: usize, tag: u64) -> u32 {
+        let cookie = self.send_slot_write(slot, tag, FLAG_FUA);
         let (c, error) = self.reply().expect("the server closed the connection");
         assert_eq!(c, cookie);
         error

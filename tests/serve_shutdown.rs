@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::nbd::transmission_args;
 use common::raw::*;
-use common::volume::{ADMIN, Fixture, MIB, Vol};
+use common::volume::{ADMIN, Drained, Fixture, MIB, Vol, spawn_drained};
 use envol::nbd::TransmissionLoop;
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -35,49 +34,27 @@ impl Serve {
     /// Starts `envol serve` and waits until it printed its URI.
     fn start(fx: &Fixture, vol: &Vol, extra: &[&str]) -> Serve {
         let socket = fx.fresh_socket_path();
-        let mut child = fx
-            .serve_command(ADMIN, &[(vol, None)], &socket, extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run envol serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut err = child.stderr.take().expect("piped stderr");
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut announced = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !announced && line.contains("nbd+unix://") {
-                    announced = true;
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
+        let Drained {
+            child,
+            stderr,
+            lines,
+            ..
+        } = spawn_drained(&mut fx.serve_command(ADMIN, &[(vol, None)], &socket, extra));
         let serve = Serve {
             child,
             socket,
             stderr,
         };
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            panic!(
-                "envol serve did not print its URI within 60 s\nstderr:\n{}",
-                serve.stderr()
-            );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("nbd+unix://") => break,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "envol serve did not print its URI within 60 s\nstderr:\n{}",
+                    serve.stderr()
+                ),
+            }
         }
         serve
     }

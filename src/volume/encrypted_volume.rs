@@ -725,10 +725,16 @@ mod tests {
     const SIZE: u64 = 4 << 20;
 
     fn superblock(key: &DataKey, sector_size: u32) -> Superblock {
+        sized_superblock(key, SIZE, sector_size)
+    }
+
+    /// A superblock for a test volume of `size` bytes under `key`, with a
+    /// fresh UUID (also the asynchronous tests' fixture).
+    pub(super) fn sized_superblock(key: &DataKey, size: u64, sector_size: u32) -> Superblock {
         let uuid = Uuid::new_v4();
         Superblock::new(
             uuid,
-            SIZE,
+            size,
             sector_size,
             "arn:aws:kms:us-east-1:111122223333:key/test".into(),
             vec![1, 2, 3],

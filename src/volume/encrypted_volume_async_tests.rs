@@ -1,6 +1,7 @@
 //! The started (asynchronous) reads, writes and flushes of [`Volume`] on a
 //! store that completes later, on its own thread ([`LatencyBackend`]).
 
+use super::tests::sized_superblock;
 use super::*;
 
 use std::sync::{Mutex, mpsc};
@@ -14,23 +15,9 @@ const SIZE: u64 = 1 << 20;
 const DELAY: Duration = Duration::from_millis(2);
 const WAIT: Duration = Duration::from_secs(20);
 
-fn superblock(key: &DataKey, sector_size: u32) -> Superblock {
-    let uuid = Uuid::new_v4();
-    Superblock::new(
-        uuid,
-        SIZE,
-        sector_size,
-        "arn:aws:kms:us-east-1:111122223333:key/test".into(),
-        vec![1, 2, 3],
-        key.key_check(&uuid),
-        0,
-    )
-    .unwrap()
-}
-
 fn open_on<B: Backend>(backend: B, sector_size: u32) -> Volume {
     let key = DataKey::generate();
-    let sb = superblock(&key, sector_size);
+    let sb = sized_superblock(&key, SIZE, sector_size);
     Volume::open(backend, &sb, key).unwrap()
 }
 

@@ -184,6 +184,51 @@ macro_rules! on_every_transmission_loop {
     };
 }
 
+/// Inside `impl BlockDevice for W`, where `W` wraps a device as `self.0`:
+/// the named blocking methods, forwarded to the wrapped device unchanged,
+/// so a test device writes out only the methods it changes.
+#[macro_export]
+macro_rules! forward_block_device {
+    ($($method:ident),+ $(,)?) => {
+        $( $crate::forward_block_device!(@one $method); )+
+    };
+    (@one size) => {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+    };
+    (@one block_sizes) => {
+        fn block_sizes(&self) -> envol::volume::BlockSizes {
+            self.0.block_sizes()
+        }
+    };
+    (@one read_at) => {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.0.read_at(offset, buf)
+        }
+    };
+    (@one write_at) => {
+        fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+            self.0.write_at(offset, data, fua)
+        }
+    };
+    (@one flush) => {
+        fn flush(&self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    };
+    (@one trim) => {
+        fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.0.trim(offset, len)
+        }
+    };
+    (@one write_zeroes) => {
+        fn write_zeroes(&self, offset: u64, len: u64, may_punch: bool) -> std::io::Result<()> {
+            self.0.write_zeroes(offset, len, may_punch)
+        }
+    };
+}
+
 /// Runs a real client tool. A missing tool FAILS the test with the package
 /// to install: these tests exist to prove interoperability, so skipping
 /// would hide exactly what they are for.

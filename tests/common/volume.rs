@@ -383,15 +383,20 @@ pub fn assert_one_clean_line(what: &str, stderr: &str) {
     }
 }
 
-/// `Command::output` with a deadline: a process still running after
-/// `timeout` is killed and the test fails.
-pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
+/// Spawns `cmd` with stdin from /dev/null and stdout and stderr piped; a
+/// command that cannot start fails the test.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `Command::output` with a deadline: a process still running after
+/// `timeout` is killed and the test fails.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = spawn_piped(cmd);
     let out = drain(child.stdout.take().unwrap());
     let err = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
@@ -425,6 +430,64 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> 
     })
 }
 
+/// The bytes a write of `tag` puts in a slot of `len` bytes (the slot
+/// workloads of the kill and failover tests); a tag of 0 is the zeros of a
+/// new volume. Every byte depends on the tag and its offset, so a slot
+/// holding another write's bytes, or a mix, never matches.
+pub fn tagged_slot(tag: u64, len: usize) -> Vec<u8> {
+    if tag == 0 {
+        return vec![0; len];
+    }
+    let t = tag.to_le_bytes();
+    (0..len).map(|i| t[i % 8] ^ (i / 8) as u8).collect()
+}
+
+/// A spawned process whose stderr and stdout are drained by threads of
+/// their own, so it never blocks on a full pipe.
+pub struct Drained {
+    pub child: Child,
+    /// Everything it wrote to stderr so far.
+    pub stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread draining stderr: done once the process has exited.
+    pub stderr_drain: std::thread::JoinHandle<()>,
+    /// Its stdout, line by line; disconnected once stdout is closed.
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// Spawns `cmd` (stdin from /dev/null) with stdout and stderr drained.
+pub fn spawn_drained(cmd: &mut Command) -> Drained {
+    let mut child = spawn_piped(cmd);
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stderr_drain = {
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Once nobody listens (after readiness), keep draining regardless.
+            let _ = tx.send(line);
+        }
+    });
+    Drained {
+        child,
+        stderr,
+        stderr_drain,
+        lines: rx,
+    }
+}
+
 /// A running `envol serve` process.
 pub struct VolumeServer {
     child: Option<Child>,
@@ -442,35 +505,12 @@ impl VolumeServer {
     /// Spawns `cmd`, reads stdout until a `nbd+unix://` URI for each of
     /// `names` was printed, then keeps draining stdout and stderr.
     pub fn spawn(cmd: &mut Command, socket: PathBuf, names: &[String]) -> VolumeServer {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_drain = {
-            let mut err = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            })
-        };
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // After readiness nobody listens: keep draining regardless.
-                let _ = tx.send(line);
-            }
-        });
+        let Drained {
+            child,
+            stderr,
+            stderr_drain,
+            lines: rx,
+        } = spawn_drained(cmd);
         let mut server = VolumeServer {
             child: Some(child),
             socket,
