@@ -6,8 +6,9 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::volume::{ADMIN, Fixture, MIB, VolumeServer, require_tool};
+use common::volume::{ADMIN, Fixture, MIB, VolumeServer, fio_write_then_verify, require_tool};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -28,13 +29,11 @@ fn fio_verifies_concurrent_random_writes() {
     // blocks (read-modify-write inside 4 KiB sectors, several in flight on
     // the same sector), two write 4-64 KiB blocks. crc32c headers in every
     // block; fio verifies after writing...
-    let job = |verify_only: bool| {
-        let mut c = Command::new("fio");
-        // fio writes its verify-state files into the working directory.
-        c.current_dir(fx.dir.path());
-        c.args([
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
+    // ...then a second pass, on new connections, only reads and verifies.
+    fio_write_then_verify(
+        fx.dir.path(),
+        &uri,
+        &[
             "--rw=randwrite",
             "--iodepth=32",
             "--size=16M",
@@ -52,17 +51,9 @@ fn fio_verifies_concurrent_random_writes() {
             "--numjobs=2",
             "--offset_increment=16M",
             "--offset=32M",
-        ]);
-        if verify_only {
-            c.arg("--verify_only");
-        }
-        c
-    };
-    let first = run(&mut job(false));
-    assert!(!first.contains("verify: bad"), "{first}");
-    // ...and a second pass, on new connections, only reads and verifies.
-    let second = run(&mut job(true));
-    assert!(!second.contains("verify: bad"), "{second}");
+        ],
+        Duration::from_secs(300),
+    );
     server.stop();
 }
 

@@ -23,7 +23,7 @@ use common::nbd::run_tool;
 use common::tools::qemu_io;
 use common::volume::{
     ADMIN, DATA_OFFSET, Fixture, KEY_ALIAS, MIB, Vol, VolumeServer, assert_one_clean_line,
-    output_with_timeout, require_tool, run_fails,
+    fio_write_then_verify, output_with_timeout, require_tool, run_fails,
 };
 use rand::RngCore;
 
@@ -334,13 +334,11 @@ fn fio_verifies_four_jobs_at_queue_depth_32() {
     let (_image, vol) = rbd_volume(&fx, "fio", 32 * MIB);
     let server = fx.serve(ADMIN, &vol);
     let uri = server.first_uri().to_string();
-    let job = |verify_only: bool| {
-        let mut c = Command::new("fio");
-        c.current_dir(fx.dir.path());
-        c.args([
+    fio_write_then_verify(
+        fx.dir.path(),
+        &uri,
+        &[
             "--name=rbd",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
             "--rw=randwrite",
             "--bsrange=4k-64k",
             "--iodepth=32",
@@ -351,19 +349,9 @@ fn fio_verifies_four_jobs_at_queue_depth_32() {
             "--verify_fatal=1",
             "--randseed=13",
             "--group_reporting",
-        ]);
-        if verify_only {
-            c.arg("--verify_only");
-        }
-        c
-    };
-    for verify_only in [false, true] {
-        let out = output_with_timeout(&mut job(verify_only), Duration::from_secs(120));
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "fio failed:\n{text}");
-        assert!(!text.contains("verify: bad"), "{text}");
-    }
+        ],
+        Duration::from_secs(120),
+    );
     server.stop();
 }
 

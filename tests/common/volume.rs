@@ -673,3 +673,25 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
         )
     })
 }
+
+/// fio's nbd engine against `uri`: `jobs` (the workload, with
+/// `--verify=crc32c`) writes and verifies, then the same jobs on new
+/// connections only read and verify (`--verify_only`). Each pass must
+/// succeed within `timeout` and report no bad block. fio keeps its
+/// verify state in `dir`.
+pub fn fio_write_then_verify(dir: &Path, uri: &str, jobs: &[&str], timeout: Duration) {
+    for verify_only in [false, true] {
+        let mut c = Command::new("fio");
+        c.current_dir(dir)
+            .args(["--ioengine=nbd", &format!("--uri={uri}")])
+            .args(jobs);
+        if verify_only {
+            c.arg("--verify_only");
+        }
+        let out = output_with_timeout(&mut c, timeout);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{c:?} failed:\n{text}");
+        assert!(!text.contains("verify: bad"), "{text}");
+    }
+}
