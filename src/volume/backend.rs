@@ -54,6 +54,35 @@ pub type IoDone = Box<dyn FnOnce(IoBuf, io::Result<()>) + Send + 'static>;
 /// Receives a started flush's outcome, exactly once, on any thread.
 pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
 
+/// Extents built in order, as a backend's `extents` finds them: empty
+/// ranges are skipped and a range that continues the last one with the
+/// same kind extends it.
+#[derive(Debug, Default)]
+pub(crate) struct ExtentList(Vec<Extent>);
+
+impl ExtentList {
+    /// Appends `[offset, end)`, a hole or data.
+    pub(crate) fn push(&mut self, offset: u64, end: u64, hole: bool) {
+        if end <= offset {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if last.hole == hole && last.offset + last.len == offset => {
+                last.len += end - offset
+            }
+            _ => self.0.push(Extent {
+                offset,
+                len: end - offset,
+                hole,
+            }),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Extent> {
+        self.0
+    }
+}
+
 /// A fixed-size, byte-addressed store.
 pub trait Backend: Send + Sync + 'static {
     /// Whether [`start_read`](Self::start_read),
@@ -268,16 +297,8 @@ impl Backend for FileBackend {
 
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = offset.saturating_add(len);
-        let mut out: Vec<Extent> = Vec::new();
-        let mut push = |offset: u64, end: u64, hole: bool| {
-            if end > offset {
-                out.push(Extent {
-                    offset,
-                    len: end - offset,
-                    hole,
-                });
-            }
-        };
+        let mut out = ExtentList::default();
+        let mut push = |offset: u64, end: u64, hole: bool| out.push(offset, end, hole);
         let mut pos = offset;
         while pos < end {
             let data = match self.next_data(pos) {
@@ -306,7 +327,7 @@ impl Backend for FileBackend {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_vec())
     }
 }
 

@@ -11,7 +11,7 @@ use super::cluster::{self, CephOptions};
 use super::error::{EBLOCKLISTED, Fenced, RbdError};
 use super::ffi;
 use crate::volume::attachment::{AttachMode, AttachmentError};
-use crate::volume::backend::{Backend, Extent, FlushDone, IoBuf, IoDone};
+use crate::volume::backend::{Backend, Extent, ExtentList, FlushDone, IoBuf, IoDone};
 
 /// Features of an image envol creates: copy-on-write clones later
 /// (layering), one writer (exclusive-lock), and cheap allocation queries
@@ -692,16 +692,10 @@ impl Backend for RbdBackend {
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = offset.saturating_add(len);
         let size = self.size()?;
-        let mut out = Vec::new();
-        let mut push = |offset: u64, end: u64, hole: bool| {
-            if end > offset {
-                out.push(Extent {
-                    offset,
-                    len: end - offset,
-                    hole,
-                });
-            }
-        };
+        // Neighbours of the same kind merge as they are pushed (the
+        // callback reports one extent per object).
+        let mut out = ExtentList::default();
+        let mut push = |offset: u64, end: u64, hole: bool| out.push(offset, end, hole);
         let known_end = end.min(size);
         let mut pos = offset;
         if offset < known_end {
@@ -725,18 +719,7 @@ impl Backend for RbdBackend {
         }
         // Past the image's end nothing is known: report data, never a hole.
         push(pos, end, false);
-        // Merge neighbours of the same kind (the callback reports one
-        // extent per object).
-        let mut merged: Vec<Extent> = Vec::with_capacity(out.len());
-        for e in out {
-            match merged.last_mut() {
-                Some(last) if last.hole == e.hole && last.offset + last.len == e.offset => {
-                    last.len += e.len
-                }
-                _ => merged.push(e),
-            }
-        }
-        Ok(merged)
+        Ok(out.into_vec())
     }
 
     /// `ReadWrite`: takes the image's exclusive lock in managed mode and
