@@ -1,4 +1,5 @@
-//! Exports: what the server offers by name, validated once at start-up.
+//! Exports: what the server offers by name, and the validated set of them
+//! that connections negotiate against.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use super::protocol::{
     TFLAG_SEND_DF, TFLAG_SEND_FAST_ZERO, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM,
     TFLAG_SEND_WRITE_ZEROES,
 };
+use super::served_export::ServedExport;
 use crate::volume::{BlockDevice, BlockSizes};
 
 /// One named device the server offers.
@@ -48,6 +50,8 @@ pub enum ExportError {
     BadDescription(String),
     #[error("no export named {0:?}")]
     UnknownExport(String),
+    #[error("export {0:?} is already being detached")]
+    Detaching(String),
     #[error("export {name:?} has invalid block sizes {sizes:?}: {reason}")]
     BadBlockSizes {
         name: String,
@@ -56,42 +60,59 @@ pub enum ExportError {
     },
 }
 
-/// The validated, immutable list of exports shared by every connection.
-#[derive(Debug, Clone)]
+/// A validated list of exports: a snapshot of what the server offers.
+/// Never changed once built: attach and detach build a new one
+/// (`registry.rs`), and each connection reads the current one only while
+/// it negotiates.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ExportSet {
-    exports: Vec<Export>,
-    /// By export index: what clients authenticated by a TLS client
-    /// certificate are shown instead of the export's own description.
-    certified_descriptions: Vec<Option<String>>,
+    exports: Vec<Arc<ServedExport>>,
 }
 
 impl ExportSet {
+    /// At least one export, every one valid and named once.
     pub(crate) fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
         if exports.is_empty() {
             return Err(ExportError::Empty);
         }
-        for (i, e) in exports.iter().enumerate() {
-            if !valid_string(&e.name) {
-                return Err(ExportError::BadName(e.name.clone()));
-            }
-            if !valid_string(&e.description) {
-                return Err(ExportError::BadDescription(e.name.clone()));
-            }
-            if exports[..i].iter().any(|o| o.name == e.name) {
-                return Err(ExportError::DuplicateName(e.name.clone()));
-            }
-            check_block_sizes(e.device.block_sizes()).map_err(|reason| {
-                ExportError::BadBlockSizes {
-                    name: e.name.clone(),
-                    sizes: e.device.block_sizes(),
-                    reason,
-                }
-            })?;
+        let mut set = Self::default();
+        for export in exports {
+            set = set.with(export, None)?;
         }
-        Ok(Self {
-            certified_descriptions: vec![None; exports.len()],
-            exports,
-        })
+        Ok(set)
+    }
+
+    /// This set and `export` (valid, its name not yet used, not even by an
+    /// export being detached).
+    pub(crate) fn with(
+        &self,
+        export: Export,
+        certified_description: Option<String>,
+    ) -> Result<Self, ExportError> {
+        check_export(&export)?;
+        if self.exports.iter().any(|o| o.name == export.name) {
+            return Err(ExportError::DuplicateName(export.name));
+        }
+        if certified_description
+            .as_deref()
+            .is_some_and(|d| !valid_string(d))
+        {
+            return Err(ExportError::BadDescription(export.name));
+        }
+        let mut exports = self.exports.clone();
+        exports.push(Arc::new(ServedExport::new(export, certified_description)));
+        Ok(Self { exports })
+    }
+
+    /// This set without the export `served`.
+    pub(crate) fn without(&self, served: &Arc<ServedExport>) -> Self {
+        let exports = self
+            .exports
+            .iter()
+            .filter(|e| !Arc::ptr_eq(e, served))
+            .cloned()
+            .collect();
+        Self { exports }
     }
 
     /// Sets what clients with a verified TLS client certificate see as the
@@ -107,36 +128,49 @@ impl ExportSet {
         if !valid_string(&description) {
             return Err(ExportError::BadDescription(name.to_string()));
         }
-        self.certified_descriptions[i] = Some(description);
+        self.exports[i] = Arc::new(self.exports[i].with_certified_description(description));
         Ok(())
     }
 
-    /// The description of `export` (one of ours) as a client sees it:
-    /// `certified` clients (verified TLS client certificate) get the
-    /// certified description where there is one.
-    pub(crate) fn description<'a>(&'a self, export: &'a Export, certified: bool) -> &'a str {
-        let certified_text = || {
-            let i = self.exports.iter().position(|e| e.name == export.name)?;
-            self.certified_descriptions[i].as_deref()
-        };
-        match certified.then(certified_text).flatten() {
-            Some(text) => text,
-            None => &export.description,
-        }
-    }
-
-    pub(crate) fn all(&self) -> &[Export] {
+    /// Every export, those being detached included.
+    pub(crate) fn all(&self) -> &[Arc<ServedExport>] {
         &self.exports
     }
 
-    /// Looks an export up by the name a client sent; the empty name is the
-    /// default export, i.e. the first one.
-    pub(crate) fn find(&self, name: &[u8]) -> Option<&Export> {
-        if name.is_empty() {
-            return self.exports.first();
-        }
-        self.exports.iter().find(|e| e.name.as_bytes() == name)
+    /// The exports clients may reach: not those being detached.
+    pub(crate) fn open(&self) -> impl Iterator<Item = &Arc<ServedExport>> {
+        self.exports.iter().filter(|e| !e.is_closing())
     }
+
+    /// Looks an export up by the name a client sent; the empty name is the
+    /// default export, i.e. the first one still open.
+    pub(crate) fn find(&self, name: &[u8]) -> Option<&Arc<ServedExport>> {
+        let mut open = self.open();
+        if name.is_empty() {
+            return open.next();
+        }
+        open.find(|e| e.name.as_bytes() == name)
+    }
+
+    /// The export named `name`, open or not.
+    pub(crate) fn named(&self, name: &str) -> Option<&Arc<ServedExport>> {
+        self.exports.iter().find(|e| e.name == name)
+    }
+}
+
+/// One export's name, description and block sizes, as the protocol needs them.
+fn check_export(e: &Export) -> Result<(), ExportError> {
+    if !valid_string(&e.name) {
+        return Err(ExportError::BadName(e.name.clone()));
+    }
+    if !valid_string(&e.description) {
+        return Err(ExportError::BadDescription(e.name.clone()));
+    }
+    check_block_sizes(e.device.block_sizes()).map_err(|reason| ExportError::BadBlockSizes {
+        name: e.name.clone(),
+        sizes: e.device.block_sizes(),
+        reason,
+    })
 }
 
 impl Export {

@@ -22,6 +22,9 @@
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
 //! | `limits.rs` | what a stranger can hold: the limits' defaults, the listeners' in-flight budgets both loops draw on, the open-file limit the connection caps need |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
+//! | `served_export.rs` | an export while served: its life (open, closing, evicted) and its clients |
+//! | `export_stats.rs` | per-export counters (clients, in flight, bytes): what status and metrics read |
+//! | `registry.rs` | the exports of a running server: attach, detach (wait or evict, flush, release), status |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
 //!
@@ -158,11 +161,14 @@
 mod async_loop;
 mod commands;
 mod export;
+mod export_stats;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
 mod limits;
 pub mod protocol;
+mod registry;
+mod served_export;
 mod server;
 mod threaded_loop;
 mod tls;
@@ -171,8 +177,10 @@ mod workers;
 
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
+pub use export_stats::ExportCounters;
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
 pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT, descriptors_needed};
+pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};

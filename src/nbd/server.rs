@@ -18,9 +18,10 @@ use super::async_loop;
 use super::export::{Export, ExportError, ExportSet};
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
+use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
-use super::transmission::shutdown_requested;
+use super::transmission::{Stop, shutdown_requested};
 use super::workers::Shared;
 
 /// A client must finish option haggling (TLS handshake included) within
@@ -29,9 +30,11 @@ use super::workers::Shared;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The NBD server: a validated set of exports, served on [`Listeners`].
+/// Clones share the exports: one clone serves while another attaches and
+/// detaches ([`Server::attach`], [`Server::detach`]).
 #[derive(Debug, Clone)]
 pub struct Server {
-    exports: Arc<ExportSet>,
+    exports: Arc<ExportRegistry>,
     config: Arc<ConnectionConfig>,
     /// Worker threads and buffers, shared by every connection (and every
     /// clone of this server); the threads stop when the last handle goes.
@@ -67,7 +70,7 @@ impl Server {
     /// block sizes the protocol allows). The first export is the default.
     pub fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
         Ok(Self {
-            exports: Arc::new(ExportSet::new(exports)?),
+            exports: Arc::new(ExportRegistry::new(ExportSet::new(exports)?)),
             config: Arc::new(ConnectionConfig {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -142,14 +145,38 @@ impl Server {
     /// client CA); everyone else sees the export's own description. For
     /// details a stranger should not learn, such as a volume's key.
     pub fn with_certified_description(
-        mut self,
+        self,
         name: &str,
         description: String,
     ) -> Result<Self, ExportError> {
-        let mut exports = ExportSet::clone(&self.exports);
-        exports.set_certified_description(name, description)?;
-        self.exports = Arc::new(exports);
+        self.exports.set_certified_description(name, description)?;
         Ok(self)
+    }
+
+    /// Adds `export` while the server runs (see [`with_certified_description`](Self::with_certified_description)
+    /// for `certified_description`); new connections can reach it at once,
+    /// existing ones are untouched.
+    pub fn attach(
+        &self,
+        export: Export,
+        certified_description: Option<String>,
+    ) -> Result<(), ExportError> {
+        self.exports.attach(export, certified_description)
+    }
+
+    /// Detaches export `name`: refuses new connections to it, waits for its
+    /// clients to leave — or, with `force`, flushes it and closes their
+    /// connections (requests from then on get `ESHUTDOWN`; those in flight
+    /// are answered first) — flushes it, and drops its device once nothing
+    /// else holds it. Other exports and their connections are untouched.
+    /// Dropping the future while it waits for clients reopens the export.
+    pub async fn detach(&self, name: &str, force: bool) -> Result<Detached, DetachError> {
+        self.exports.detach(name, force).await
+    }
+
+    /// Every export with its counters, those being detached included.
+    pub fn status(&self) -> Vec<ExportStatus> {
+        self.exports.status()
     }
 
     /// Whether clients must start TLS before anything else.
@@ -160,8 +187,14 @@ impl Server {
             .is_some_and(|t| t.mode() == TlsMode::Require)
     }
 
-    pub fn exports(&self) -> &[Export] {
-        self.exports.all()
+    /// The exports as they are now, those being detached included.
+    pub fn exports(&self) -> Vec<Export> {
+        self.exports
+            .snapshot()
+            .all()
+            .iter()
+            .map(|e| e.export().clone())
+            .collect()
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stop
@@ -262,13 +295,12 @@ impl Server {
     /// acknowledged write durable even if no client sent FLUSH.
     async fn flush_all(&self) -> io::Result<()> {
         let mut first_error = None;
-        for export in self.exports.all() {
-            let device = export.device.clone();
+        for (name, device) in self.exports.devices() {
             let result = tokio::task::spawn_blocking(move || device.flush())
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e)));
             if let Err(e) = result {
-                warn!(export = %export.name, error = %e, "flush at shutdown failed");
+                warn!(export = %name, error = %e, "flush at shutdown failed");
                 first_error.get_or_insert(e);
             }
         }
@@ -486,7 +518,7 @@ impl Places {
 /// Everything a connection task holds besides its stream; its place on
 /// the listener is given back when the task ends.
 struct ConnectionContext {
-    exports: Arc<ExportSet>,
+    exports: Arc<ExportRegistry>,
     config: Arc<ConnectionConfig>,
     shared: Arc<Shared>,
     limits: ConnectionLimits,
@@ -538,6 +570,17 @@ where
         }
         Ok(Ok(a)) => a,
     };
+    let negotiated = match &attached {
+        Attached::Plain(_, n) | Attached::Tls(_, n) => &n.export,
+        Attached::Closed => return,
+    };
+    // Counted as the export's client for as long as this connection lasts;
+    // an export that began detaching since the client chose it is gone.
+    let Some(_client) = negotiated.connect() else {
+        info!(export = %negotiated.name, "nbd client refused: the export is being detached");
+        return;
+    };
+    let stop = Stop::new(stop, negotiated.eviction());
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
@@ -592,7 +635,7 @@ enum HandshakeFailure {
 /// the rest of the haggling over TLS.
 async fn handshake<S>(
     mut stream: S,
-    exports: &ExportSet,
+    exports: &ExportRegistry,
     config: &ConnectionConfig,
 ) -> Result<Attached<S>, HandshakeFailure>
 where
