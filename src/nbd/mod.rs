@@ -20,6 +20,7 @@
 //! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
+//! | `unix_endpoint.rs` | a Unix socket listener that replaces only a stale socket and removes its own file |
 //! | `limits.rs` | what a stranger can hold: the limits' defaults, the listeners' in-flight budgets both loops draw on, the open-file limit the connection caps need |
 //! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
 //! | `served_export.rs` | an export while served: its life (open, closing, evicted) and its clients |
@@ -173,6 +174,7 @@ mod server;
 mod threaded_loop;
 mod tls;
 mod transmission;
+mod unix_endpoint;
 mod workers;
 
 pub use commands::errno_of;
@@ -184,3 +186,4 @@ pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
 pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};
+pub use unix_endpoint::UnixEndpoint;

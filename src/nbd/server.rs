@@ -3,13 +3,12 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -22,6 +21,7 @@ use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
 use super::transmission::{Stop, shutdown_requested};
+use super::unix_endpoint::UnixEndpoint;
 use super::workers::Shared;
 
 /// A client must finish option haggling (TLS handshake included) within
@@ -362,7 +362,7 @@ impl Listeners {
     }
 
     pub fn unix_path(&self) -> Option<&Path> {
-        self.unix.as_ref().map(|u| u.path.as_path())
+        self.unix.as_ref().map(|u| u.path())
     }
 
     /// The bound TCP address (with the real port when 0 was asked for).
@@ -379,76 +379,33 @@ impl Listeners {
     /// Like [`Listeners::uris`], with the TLS schemes (`nbds+unix`, `nbds`)
     /// when `tls` is set.
     pub fn uris_with_tls(&self, export_name: &str, tls: bool) -> Vec<String> {
-        let mut uris = Vec::new();
-        let name = percent_encode(export_name, false);
-        let s = if tls { "s" } else { "" };
-        if let Some(path) = self.unix_path() {
-            let socket = percent_encode(&path.to_string_lossy(), true);
-            uris.push(format!("nbd{s}+unix:///{name}?socket={socket}"));
-        }
-        if let Some(addr) = self.tcp_addr() {
-            uris.push(format!("nbd{s}://{addr}/{name}"));
-        }
-        uris
+        self.uri_maker(tls)(export_name)
     }
-}
 
-/// A bound Unix socket that removes its file when dropped — but only if the
-/// file is still the one we created.
-#[derive(Debug)]
-struct UnixEndpoint {
-    listener: UnixListener,
-    path: PathBuf,
-    identity: (u64, u64),
-}
-
-impl UnixEndpoint {
-    async fn bind(path: &Path) -> io::Result<Self> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if tokio::net::UnixStream::connect(path).await.is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("{}: another server is listening there", path.display()),
-                    ));
-                }
-                std::fs::remove_file(path)?;
+    /// [`Listeners::uris_with_tls`] as a function that outlives the
+    /// listeners (for exports attached while they serve).
+    pub fn uri_maker(&self, tls: bool) -> impl Fn(&str) -> Vec<String> + Send + Sync + 'static {
+        let unix = self.unix_path().map(Path::to_path_buf);
+        let tcp = self.tcp_addr();
+        move |export_name: &str| {
+            let mut uris = Vec::new();
+            let name = percent_encode(export_name, false);
+            let s = if tls { "s" } else { "" };
+            if let Some(path) = &unix {
+                let socket = percent_encode(&path.to_string_lossy(), true);
+                uris.push(format!("nbd{s}+unix:///{name}?socket={socket}"));
             }
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{}: exists and is not a socket", path.display()),
-                ));
+            if let Some(addr) = tcp {
+                uris.push(format!("nbd{s}://{addr}/{name}"));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
-        })?;
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(Self {
-            listener,
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-        })
-    }
-}
-
-impl Drop for UnixEndpoint {
-    fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|meta| {
-            meta.file_type().is_socket() && (meta.dev(), meta.ino()) == self.identity
-        });
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
+            uris
         }
     }
 }
 
 async fn accept_unix(endpoint: Option<&UnixEndpoint>) -> io::Result<tokio::net::UnixStream> {
     match endpoint {
-        Some(e) => e.listener.accept().await.map(|(stream, _)| stream),
+        Some(e) => e.accept().await,
         None => std::future::pending().await,
     }
 }
