@@ -348,6 +348,10 @@ pub fn run(args: ServeArgs) -> CliResult {
     args.limits.ensure_descriptors(listeners, 0);
     let rt = runtime()?;
     rt.block_on(async move {
+        // Before any key is unwrapped: a server that cannot listen (an
+        // address or control socket in use) must not have asked the KMS.
+        let (listeners, control) =
+            bind(args.socket.as_deref(), tcp, args.control.as_deref()).await?;
         let keys = AwsKeyClient::new(&args.kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
@@ -380,13 +384,7 @@ pub fn run(args: ServeArgs) -> CliResult {
             server = server.with_tls(tls);
         }
         let shutdown = shutdown_signal();
-        let (listeners, control) = bind(
-            &server,
-            args.socket.as_deref(),
-            tcp,
-            args.control.as_deref(),
-        )
-        .await?;
+        announce(&server, &listeners, &control);
         let attacher = ServeAttacher {
             keys: Arc::new(keys),
             ceph: args.ceph.clone(),
@@ -429,11 +427,10 @@ pub fn run(args: ServeArgs) -> CliResult {
     })
 }
 
-/// Binds the NBD listeners and the control socket, and prints where to
-/// connect; the process umask is 077 from here on (the sockets give whoever
-/// opens them the plaintext volumes).
+/// Binds the NBD listeners and the control socket; the process umask is
+/// 077 from here on (the sockets give whoever opens them the plaintext
+/// volumes).
 async fn bind(
-    server: &Server,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
     control: Option<&Path>,
@@ -452,17 +449,19 @@ async fn bind(
     let control = ControlSocket::bind(&control_path)
         .await
         .map_err(|e| CliError(format!("cannot open the control socket: {e}")))?;
+    Ok((listeners, control))
+}
+
+/// Prints where to connect: every export's URIs, and the control socket.
+fn announce(server: &Server, listeners: &Listeners, control: &ControlSocket) {
     for export in server.exports() {
         for uri in listeners.uris_with_tls(&export.name, server.tls_required()) {
             say!("export {}: {uri}", export.name);
         }
     }
     say!("control: {}", control.path().display());
-    {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    }
-    Ok((listeners, control))
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }
 
 /// Attaches volumes for the control socket as start-up does: the same
