@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ceph::TestImage;
 use common::volume::{
     ADMIN, Fixture, MIB, assert_one_clean_line, fio_write_then_verify, output_with_timeout,
     require_tool, run_fails, run_ok,
@@ -567,4 +568,62 @@ print(s.makefile().readline().strip())
         !control.exists(),
         "a stopped server leaves its control socket"
     );
+}
+
+/// An `rbd:` volume attached to and detached from a running server: its
+/// exclusive lock is taken at attach, refused to a second server while
+/// attached (naming the holder's Ceph client), released at detach, and the
+/// volume can be attached back at once.
+#[test]
+fn rbd_volume_attach_and_detach() {
+    let fx = Fixture::new();
+    let a = fx.create_volume("a.envol", 16 * MIB, 4096);
+    let image = TestImage::new("control");
+    let spec = format!("rbd:{}", image.spec());
+    let rbd = fx.create_volume_at(&spec, 16 * MIB, 4096);
+    let name = rbd.export();
+    let server = fx.serve(ADMIN, &a);
+    let control = control_of(&server.socket);
+
+    let out = run_ok(&mut envol_control(
+        &fx,
+        &control,
+        &["attach", &format!("{spec}=disk")],
+    ));
+    assert!(
+        out.contains(&format!("attached {spec} as export disk")),
+        "{out}"
+    );
+    let uri = attached_uri(&out, "disk");
+    let mut holder = Holder::connect(&uri);
+    holder.ok("write 0 65536 0x44");
+    holder.ok("flush");
+    let exports = status(&fx, &control);
+    assert_eq!(export(&exports, "disk")["volume"], spec.as_str());
+    assert_eq!(export(&exports, "disk")["bytes_written"], 65536);
+
+    // Held here: another server is refused, told who holds it.
+    let out = fx.serve_refused(ADMIN, &rbd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_clean_line("second server of an attached rbd volume", &stderr);
+    assert!(
+        stderr.contains("already attached read-write by Ceph client"),
+        "{stderr}"
+    );
+    holder.quit();
+
+    let out = run_ok(&mut envol_control(&fx, &control, &["detach", "disk"]));
+    assert_eq!(out.trim(), "detached disk");
+    // Released: another server takes it at once.
+    let second = fx.serve(ADMIN, &rbd);
+    let mut check = Holder::connect(second.uri(&name));
+    check.ok("read 0 65536 0x44");
+    check.quit();
+    second.stop();
+    // And back here.
+    let out = run_ok(&mut envol_control(&fx, &control, &["attach", &spec]));
+    let mut check = Holder::connect(&attached_uri(&out, &name));
+    check.ok("read 0 65536 0x44");
+    check.quit();
+    server.stop();
 }

@@ -76,7 +76,7 @@ impl ExportStats {
     }
 
     /// The number of clients, read in the same total order as
-    /// [`ExportStats::client_arrived`] (see `export.rs`'s detach handshake).
+    /// [`ExportStats::client_arrived`] (see `served_export.rs`: detach and connect).
     pub(crate) fn clients(&self) -> u64 {
         self.clients.load(Ordering::SeqCst)
     }

@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::async_loop;
-use super::export::{Export, ExportError, ExportSet};
+use super::export::{Export, ExportError};
+use super::export_set::ExportSet;
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
 use super::registry::ExportRegistry;

@@ -31,7 +31,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use super::export::ExportSet;
+use super::export_set::ExportSet;
 use super::protocol::{
     self as p, CLIENT_FLAG_FIXED_NEWSTYLE, CLIENT_FLAG_NO_ZEROES, CLIENT_FLAGS_KNOWN,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, InfoRequest, MetaContextRequest, OPTION_HEADER_LEN,

@@ -22,7 +22,8 @@
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
 //! | `unix_endpoint.rs` | a Unix socket listener that replaces only a stale socket and removes its own file |
 //! | `limits.rs` | what a stranger can hold: the limits' defaults, the listeners' in-flight budgets both loops draw on, the open-file limit the connection caps need |
-//! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
+//! | `export.rs` | [`Export`], what makes one valid, transmission flags |
+//! | `export_set.rs` | the validated set of exports a connection negotiates against (one snapshot) |
 //! | `served_export.rs` | an export while served: its life (open, closing, evicted) and its clients |
 //! | `export_stats.rs` | per-export counters (clients, in flight, bytes): what status and metrics read |
 //! | `registry.rs` | the exports of a running server: attach, detach (wait or evict, flush, release), status |
@@ -162,6 +163,7 @@
 mod async_loop;
 mod commands;
 mod export;
+mod export_set;
 mod export_stats;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -13,11 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
-use super::export::{Export, ExportError, ExportSet};
+use super::export::{Export, ExportError};
+use super::export_set::ExportSet;
 use super::export_stats::ExportCounters;
 use super::served_export::ServedExport;
-use super::server::HANDSHAKE_TIMEOUT;
-use super::transmission::SHUTDOWN_GRACE;
 use crate::volume::BlockDevice;
 
 /// How often a detach looks whether the last references to the device
@@ -59,17 +58,10 @@ pub enum DetachError {
     #[error("export {name:?}: flush failed: {error}; the export stays attached")]
     Flush { name: String, error: io::Error },
     #[error(
-        "export {0:?} was detached, but its device is still in use after {secs} s; it is released when the last user lets go",
-        secs = RELEASE_DEADLINE.as_secs()
+        "export {name:?} was detached, but its device is still in use after {secs} s; it is released when the last user lets go"
     )]
-    StillInUse(String),
+    StillInUse { name: String, secs: u64 },
 }
-
-/// How long a detach waits, after the last client left, for every other
-/// reference to the device to go (a handshake still reading the old set
-/// is bounded by the handshake timeout, a connection's draining by the
-/// shutdown grace).
-const RELEASE_DEADLINE: Duration = HANDSHAKE_TIMEOUT.saturating_add(SHUTDOWN_GRACE);
 
 impl ExportRegistry {
     pub(crate) fn new(set: ExportSet) -> Self {
@@ -141,8 +133,16 @@ impl ExportRegistry {
     /// its key wiped), on a blocking thread.
     ///
     /// Dropping the returned future while it waits for clients (the
-    /// operator gave up) reopens the export as it was.
-    pub(crate) async fn detach(&self, name: &str, force: bool) -> Result<Detached, DetachError> {
+    /// operator gave up) reopens the export as it was. `release_deadline`:
+    /// how long to wait, after the last client left, for every other
+    /// reference to the device to go (a handshake still reading the old
+    /// set, a connection draining its replies).
+    pub(crate) async fn detach(
+        &self,
+        name: &str,
+        force: bool,
+        release_deadline: Duration,
+    ) -> Result<Detached, DetachError> {
         let served = self
             .snapshot()
             .named(name)
@@ -177,9 +177,12 @@ impl ExportRegistry {
             attached_since: served.stats.read().attached_since,
         };
         self.replace(|set| Ok(set.without(&served)))?;
-        release(served)
+        release(served, release_deadline)
             .await
-            .map_err(|()| DetachError::StillInUse(name.to_string()))?;
+            .map_err(|()| DetachError::StillInUse {
+                name: name.to_string(),
+                secs: release_deadline.as_secs(),
+            })?;
         Ok(detached)
     }
 
@@ -222,8 +225,8 @@ async fn flush(device: &Arc<dyn BlockDevice>) -> io::Result<()> {
 /// device, then drops both on a blocking thread (closing a volume may
 /// wait for storage). `Err` if others still hold it at the deadline; it is
 /// then dropped by whoever lets go last.
-async fn release(served: Arc<ServedExport>) -> Result<(), ()> {
-    let deadline = tokio::time::Instant::now() + RELEASE_DEADLINE;
+async fn release(served: Arc<ServedExport>, within: Duration) -> Result<(), ()> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let last = Arc::strong_count(&served) == 1 && Arc::strong_count(&served.device) == 1;
         if last {

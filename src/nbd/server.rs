@@ -14,13 +14,14 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::async_loop;
-use super::export::{Export, ExportError, ExportSet};
+use super::export::{Export, ExportError};
+use super::export_set::ExportSet;
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
 use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
-use super::transmission::{Stop, shutdown_requested};
+use super::transmission::{SHUTDOWN_GRACE, Stop, shutdown_requested};
 use super::unix_endpoint::UnixEndpoint;
 use super::workers::Shared;
 
@@ -171,7 +172,10 @@ impl Server {
     /// else holds it. Other exports and their connections are untouched.
     /// Dropping the future while it waits for clients reopens the export.
     pub async fn detach(&self, name: &str, force: bool) -> Result<Detached, DetachError> {
-        self.exports.detach(name, force).await
+        // A handshake reading the old set ends within its timeout, a
+        // connection's draining within the shutdown grace.
+        let release_deadline = self.config.handshake_timeout + SHUTDOWN_GRACE;
+        self.exports.detach(name, force, release_deadline).await
     }
 
     /// Every export with its counters, those being detached included.
