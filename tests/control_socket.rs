@@ -627,3 +627,34 @@ fn rbd_volume_attach_and_detach() {
     check.quit();
     server.stop();
 }
+
+/// Interrupting an `envol detach` that waits for a client gives the
+/// detach up: the export is open to new clients again, and its client
+/// never noticed.
+#[test]
+fn an_interrupted_detach_reopens_the_export() {
+    let fx = Fixture::new();
+    let a = fx.create_volume("a.envol", 16 * MIB, 4096);
+    let server = fx.serve(ADMIN, &a);
+    let control = control_of(&server.socket);
+    let mut holder = Holder::connect(server.uri("a"));
+    holder.ok("write 0 65536 0x55");
+    let mut detach = envol_control(&fx, &control, &["detach", "a"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_status(&fx, &control, "a", "detaching", |e| {
+        e["state"] == "detaching"
+    });
+    assert!(nbdinfo_size(server.uri("a")).is_err());
+    let _ = Command::new("kill")
+        .args(["-INT", &detach.id().to_string()])
+        .status();
+    let _ = detach.wait();
+    wait_status(&fx, &control, "a", "reopened", |e| e["state"] == "attached");
+    assert_eq!(nbdinfo_size(server.uri("a")).unwrap(), 16 * MIB);
+    holder.ok("read 0 65536 0x55");
+    holder.quit();
+    server.stop();
+}

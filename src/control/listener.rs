@@ -20,7 +20,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::handler::{Attacher, Controller};
-use super::protocol::{MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, parse_request};
+use super::protocol::{
+    Command, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, parse_request,
+};
 use crate::nbd::UnixEndpoint;
 
 /// A bound control socket; its file goes when it is dropped.
@@ -109,11 +111,20 @@ async fn connection<A: Attacher>(stream: UnixStream, controller: Arc<Controller<
             Err(message) => ReplyBody::error(message),
             Ok(command) => {
                 debug!(?command, "control request");
-                tokio::select! {
-                    body = controller.handle(command) => body,
-                    // The client gave up (interrupted `envol detach`): the
-                    // request is dropped, which undoes what can be undone.
-                    () = hung_up(&mut reader) => return,
+                // Only a detach waits on others (its export's clients), so
+                // only a detach is given up with its client (an interrupted
+                // `envol detach`: dropping the request reopens the export).
+                // Every other request runs to its end, even for a client
+                // that closed its sending side right after the request.
+                let cancellable = matches!(command, Command::Detach { .. });
+                let handling = controller.handle(command);
+                if cancellable {
+                    tokio::select! {
+                        body = handling => body,
+                        () = hung_up(&mut reader) => return,
+                    }
+                } else {
+                    handling.await
                 }
             }
         };
