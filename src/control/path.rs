@@ -27,14 +27,19 @@ pub fn beside_socket(nbd_socket: &Path) -> PathBuf {
 /// For a server listening on TCP `addr` only; creates the runtime
 /// directory if need be.
 pub fn for_tcp(addr: SocketAddr) -> io::Result<PathBuf> {
+    for_tcp_under(addr, std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+}
+
+/// [`for_tcp`] with `XDG_RUNTIME_DIR` given.
+fn for_tcp_under(addr: SocketAddr, xdg_runtime_dir: Option<PathBuf>) -> io::Result<PathBuf> {
     let ip = addr.ip().to_string().replace(':', "_");
-    Ok(runtime_dir()?.join(format!("nbd-{ip}-{}.control", addr.port())))
+    Ok(runtime_dir(xdg_runtime_dir)?.join(format!("nbd-{ip}-{}.control", addr.port())))
 }
 
 /// The user's own private directory for control sockets.
-fn runtime_dir() -> io::Result<PathBuf> {
+fn runtime_dir(xdg_runtime_dir: Option<PathBuf>) -> io::Result<PathBuf> {
     let uid = rustix::process::geteuid().as_raw();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+    let dir = match xdg_runtime_dir {
         Some(base) if base.is_absolute() => base.join("envol"),
         _ if uid == 0 => PathBuf::from("/run/envol"),
         _ => PathBuf::from(format!("/tmp/envol-{uid}")),
@@ -62,3 +67,7 @@ fn runtime_dir() -> io::Result<PathBuf> {
     }
     Ok(dir)
 }
+
+#[cfg(test)]
+#[path = "path_tests.rs"]
+mod tests;

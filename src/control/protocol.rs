@@ -145,3 +145,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
         serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
     Ok(request.command)
 }
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;
