@@ -143,6 +143,16 @@
 //! on one covers writes made on all of them, which is why `CAN_MULTI_CONN`
 //! is advertised.
 //!
+//! Exports can change while the server runs ([`Server::attach`],
+//! [`Server::detach`]): the handshake reads the current set once per
+//! option, the request path never (a connection holds its own export), so
+//! a change touches no other export's connections. Detach closes the
+//! export to new clients, waits for its clients or (forced) evicts them —
+//! every request then gets `ESHUTDOWN` and the connections stop as at
+//! shutdown — flushes, and drops the device once nothing holds it.
+//! Per-export counters ([`ExportCounters`]: clients, in flight, bytes) are
+//! relaxed atomics on the request path, read by [`Server::status`].
+//!
 //! Shutdown: the future given to [`Server::serve`] resolving stops the
 //! accept loop; connections still negotiating are dropped; connections in
 //! transmission stop reading, finish their in-flight requests and send the
