@@ -348,37 +348,74 @@ fn detach_waits_for_the_client_then_releases_the_volume() {
     server.stop();
 }
 
-/// `envol detach --force`: the connected client's next request fails,
-/// what it wrote before is flushed, and the volume is released.
+/// `envol detach --force`: what the clients wrote is flushed, their
+/// requests get `ESHUTDOWN` (the NBD soft disconnect) — a client that then
+/// disconnects ends the detach at once, one that stays is cut off after
+/// the eviction grace — and the volumes are released.
 #[test]
-fn forced_detach_cuts_the_client_and_releases_the_volume() {
+fn forced_detach_answers_eshutdown_and_releases_the_volume() {
     let fx = Fixture::new();
     let a = fx.create_volume("a.envol", 16 * MIB, 4096);
     let b = fx.create_volume("b.envol", 16 * MIB, 4096);
     let server = fx.serve_many(ADMIN, &[(&a, None), (&b, None)], &[]);
     let control = control_of(&server.socket);
+
+    // A client that leaves when told.
     let mut holder = Holder::connect(server.uri("b"));
     holder.ok("write 0 65536 0x33");
+    let detach = envol_control(&fx, &control, &["detach", "b", "--force"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_status(&fx, &control, "b", "evicting", |e| e["state"] == "evicting");
+    let answer = holder.ask("write 65536 65536 0x34");
+    assert!(
+        answer.starts_with("error ESHUTDOWN "),
+        "ESHUTDOWN expected: {answer}"
+    );
+    holder.quit();
+    let out = detach.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "detached b (1 client(s) disconnected)"
+    );
 
+    // A client that stays: cut off once the grace is over.
+    let mut stays = Holder::connect(server.uri("a"));
+    stays.ok("write 0 65536 0x66");
     let out = run_ok(&mut envol_control(
         &fx,
         &control,
-        &["detach", "b", "--force"],
+        &["detach", "a", "--force"],
     ));
-    assert_eq!(out.trim(), "detached b (1 client(s) disconnected)");
-    let answer = holder.ask("write 65536 65536 0x34");
+    assert_eq!(out.trim(), "detached a (1 client(s) disconnected)");
+    let answer = stays.ask("read 0 65536 0x66");
     assert!(
         answer.starts_with("error"),
-        "the client's request after a forced detach: {answer}"
+        "a cut-off client's request: {answer}"
     );
-    drop(holder);
+    drop(stays);
+    assert!(status(&fx, &control).is_empty());
+    assert_eq!(
+        run_ok(&mut envol_control(&fx, &control, &["status"])).trim(),
+        "no exports"
+    );
 
-    let second = fx.serve(ADMIN, &b);
-    let mut check = Holder::connect(second.first_uri());
+    // Released, with what was written before the detach.
+    let second = fx.serve_many(ADMIN, &[(&a, None), (&b, None)], &[]);
+    let mut check = Holder::connect(second.uri("b"));
     check.ok("read 0 65536 0x33");
     check.quit();
+    let mut check = Holder::connect(second.uri("a"));
+    check.ok("read 0 65536 0x66");
+    check.quit();
     second.stop();
-    assert_eq!(status(&fx, &control).len(), 1);
     server.stop();
 }
 

@@ -52,7 +52,7 @@ pub struct AttachArgs {
 pub struct DetachArgs {
     /// The export to detach.
     pub name: String,
-    /// Do not wait for its clients: flush it, then close their connections (requests from then on fail with ESHUTDOWN).
+    /// Do not wait for its clients to leave: flush it, answer their requests ESHUTDOWN from then on, and close their connections after 10 s.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]

@@ -192,7 +192,12 @@ impl<A: Attacher> Controller<A> {
             key_arn: volume.key_arn,
             size: s.size,
             read_only: s.read_only,
-            state: if s.detaching { "detaching" } else { "attached" }.to_string(),
+            state: match (s.evicting, s.detaching) {
+                (true, _) => "evicting",
+                (false, true) => "detaching",
+                (false, false) => "attached",
+            }
+            .to_string(),
             clients: c.clients,
             in_flight: c.in_flight,
             bytes_read: c.bytes_read,

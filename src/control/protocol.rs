@@ -106,7 +106,8 @@ pub struct ExportInfo {
     pub key_arn: String,
     pub size: u64,
     pub read_only: bool,
-    /// `attached`, or `detaching` while a detach waits for its clients.
+    /// `attached`; `detaching` while a detach waits for its clients;
+    /// `evicting` while a forced detach answers their requests `ESHUTDOWN`.
     pub state: String,
     pub clients: u64,
     pub in_flight: u64,

@@ -148,8 +148,9 @@
 //! option, the request path never (a connection holds its own export), so
 //! a change touches no other export's connections. Detach closes the
 //! export to new clients, waits for its clients or (forced) evicts them —
-//! every request then gets `ESHUTDOWN` and the connections stop as at
-//! shutdown — flushes, and drops the device once nothing holds it.
+//! every request then gets `ESHUTDOWN` (the spec's soft disconnect), and
+//! after [`EVICTION_GRACE`] connections still open stop as at shutdown —
+//! flushes, and drops the device once nothing holds it.
 //! Per-export counters ([`ExportCounters`]: clients, in flight, bytes) are
 //! relaxed atomics on the request path, read by [`Server::status`].
 //!
@@ -197,5 +198,5 @@ pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT, descripto
 pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
-pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};
+pub use transmission::{EVICTION_GRACE, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};
 pub use unix_endpoint::UnixEndpoint;

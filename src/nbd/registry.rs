@@ -37,6 +37,8 @@ pub struct ExportStatus {
     pub read_only: bool,
     /// A detach is waiting for its clients.
     pub detaching: bool,
+    /// A forced detach: its clients' requests get `ESHUTDOWN`.
+    pub evicting: bool,
     pub counters: ExportCounters,
 }
 
@@ -120,6 +122,7 @@ impl ExportRegistry {
                 size: e.device.size(),
                 read_only: e.is_read_only(),
                 detaching: e.is_closing(),
+                evicting: e.is_evicted(),
                 counters: e.stats.read(),
             })
             .collect()
@@ -127,8 +130,9 @@ impl ExportRegistry {
 
     /// Detaches export `name`: no new connections from now on; then either
     /// waits for its clients to leave, or (`force`) flushes it and evicts
-    /// them (requests get `ESHUTDOWN`, connections close once their
-    /// in-flight replies are sent); flushes it; removes it; and drops the
+    /// them (requests get `ESHUTDOWN`; connections still open after the
+    /// eviction grace close once their in-flight replies are sent);
+    /// flushes it; removes it; and drops the
     /// device once nothing else holds it (for a volume: its lock released,
     /// its key wiped), on a blocking thread.
     ///

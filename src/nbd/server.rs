@@ -166,15 +166,18 @@ impl Server {
     }
 
     /// Detaches export `name`: refuses new connections to it, waits for its
-    /// clients to leave — or, with `force`, flushes it and closes their
-    /// connections (requests from then on get `ESHUTDOWN`; those in flight
-    /// are answered first) — flushes it, and drops its device once nothing
-    /// else holds it. Other exports and their connections are untouched.
+    /// clients to leave — or, with `force`, flushes it and evicts them:
+    /// requests from then on get `ESHUTDOWN`, and connections still open
+    /// after [`EVICTION_GRACE`](super::EVICTION_GRACE) close once their
+    /// in-flight requests are answered — flushes it, and drops its device
+    /// once nothing else holds it. Other exports and their connections are untouched.
     /// Dropping the future while it waits for clients reopens the export.
     pub async fn detach(&self, name: &str, force: bool) -> Result<Detached, DetachError> {
         // A handshake reading the old set ends within its timeout, a
         // connection's draining within the shutdown grace.
         let release_deadline = self.config.handshake_timeout + SHUTDOWN_GRACE;
+        // (The eviction grace and the drain after it are waited for as the
+        // clients' leaving, before this deadline starts.)
         self.exports.detach(name, force, release_deadline).await
     }
 

@@ -205,23 +205,51 @@ pub(super) fn is_disconnect(e: &io::Error) -> bool {
     )
 }
 
+/// After a forced detach, how long an evicted export's connections keep
+/// reading — answering every request `ESHUTDOWN`, the NBD spec's soft
+/// disconnect, so that a client learns why and can send `NBD_CMD_DISC` —
+/// before they stop reading and close as at server shutdown.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
+
 /// What tells a connection in transmission to stop reading and close: the
-/// server shutting down, or its export being evicted by a forced detach.
+/// server shutting down, or [`EVICTION_GRACE`] after its export was
+/// evicted by a forced detach.
 pub(crate) struct Stop {
     server: watch::Receiver<bool>,
     export: watch::Receiver<bool>,
+    /// When the eviction's grace ends, once it has been seen: fixed, so
+    /// that a client sending request after request cannot push it back.
+    evicted_until: Option<tokio::time::Instant>,
 }
 
 impl Stop {
     pub(crate) fn new(server: watch::Receiver<bool>, export: watch::Receiver<bool>) -> Self {
-        Self { server, export }
+        Self {
+            server,
+            export,
+            evicted_until: None,
+        }
     }
 
     /// Resolves once either asks.
     pub(crate) async fn requested(&mut self) {
+        let Self {
+            server,
+            export,
+            evicted_until,
+        } = self;
+        let evicted = async {
+            if evicted_until.is_none() {
+                shutdown_requested(export).await;
+                *evicted_until = Some(tokio::time::Instant::now() + EVICTION_GRACE);
+            }
+            if let Some(until) = *evicted_until {
+                tokio::time::sleep_until(until).await;
+            }
+        };
         tokio::select! {
-            _ = shutdown_requested(&mut self.server) => {}
-            _ = shutdown_requested(&mut self.export) => {}
+            _ = shutdown_requested(server) => {}
+            _ = evicted => {}
         }
     }
 }

@@ -6,7 +6,8 @@ command per line, answering each with one line on stdout:
   flush                                                           -> ok
   quit                       NBD_CMD_DISC, exit
 
-A failed request answers "error ERRNO MESSAGE" and the holder goes on.
+A failed request answers "error ERRNO MESSAGE" (ERRNO by name, e.g.
+ESHUTDOWN) and the holder goes on.
 Prints "connected" once the handshake is done.
 
 Usage: nbd_holder.py URI
