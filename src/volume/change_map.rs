@@ -293,9 +293,15 @@ pub(crate) struct ChangeMap {
     /// One bit per chunk; empty when the volume is too large to track.
     words: Box<[AtomicU64]>,
     guarded: Mutex<Guarded>,
-    /// Set once the record is durably marked open (read without the lock
-    /// on the hot path; set under it).
+    /// Whether the record on disk can no longer vouch for a wrong set: it
+    /// was durably marked open by this attachment, or it was already not
+    /// exact when loaded (absent, open, torn, unknown — a crash leaves it
+    /// that way, so there is nothing to mark). Read without the lock on
+    /// the hot path; set under it.
     marked_open: AtomicBool,
+    /// Something the close must record happened: the record was marked
+    /// open, or a restart or merge changed what it says.
+    changed: AtomicBool,
     /// A write or flush failed: the close must not vouch for the set.
     failed: AtomicBool,
 }
@@ -319,6 +325,7 @@ impl ChangeMap {
     pub(crate) fn load(backend: &dyn Backend, sb: &Superblock) -> ChangeMap {
         let loaded = load(backend, sb);
         let tracked = loaded.chunk_count <= MAX_TRACKED_CHUNKS;
+        let vouches = matches!(loaded.tracking, Tracking::Exact { .. });
         let words: Box<[AtomicU64]> = if tracked {
             let mut bits = loaded.bits;
             bits.resize(loaded.chunk_count.div_ceil(64) as usize, 0);
@@ -333,7 +340,8 @@ impl ChangeMap {
             guarded: Mutex::new(Guarded {
                 tracking: loaded.tracking,
             }),
-            marked_open: AtomicBool::new(false),
+            marked_open: AtomicBool::new(!vouches),
+            changed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         }
     }
@@ -423,6 +431,7 @@ impl ChangeMap {
                 format!("cannot mark the change map open: {e}"),
             ));
         }
+        self.changed.store(true, Ordering::SeqCst);
         self.marked_open.store(true, Ordering::Release);
         Ok(())
     }
@@ -487,6 +496,7 @@ impl ChangeMap {
                 base: Some(base.to_string()),
             };
         }
+        self.changed.store(true, Ordering::SeqCst);
         Ok(earlier)
     }
 
@@ -504,6 +514,7 @@ impl ChangeMap {
             self.failed();
         }
         let mut guarded = self.lock();
+        self.changed.store(true, Ordering::SeqCst);
         if matches!(guarded.tracking, Tracking::Unknown { .. }) {
             return;
         }
@@ -529,10 +540,15 @@ impl ChangeMap {
 
     /// The clean close: once every started operation has completed, writes
     /// the bitmap and the closed header (checksummed together) and flushes.
-    /// Does nothing if the record was never marked open (nothing changed),
-    /// or if a write or flush failed (the record stays open: `Unknown`).
+    /// Does nothing if nothing changed (no write to an exact record, no
+    /// restart or merge), and
+    /// refuses if a write or flush failed (the record stays as it is:
+    /// open, or not exact anyway).
     pub(crate) fn close(&self, backend: &dyn Backend) -> io::Result<()> {
-        if !self.marked_open.load(Ordering::Acquire) {
+        // Writes to a record that vouched for something marked it open
+        // (and `changed`); writes to one that did not leave it as it is:
+        // not exact, as they are.
+        if !self.changed.load(Ordering::SeqCst) {
             return Ok(());
         }
         if self.failed.load(Ordering::SeqCst) {
@@ -570,3 +586,6 @@ impl ChangeMap {
     }
 }
 
+#[cfg(test)]
+#[path = "change_map_tests.rs"]
+mod tests;
