@@ -253,14 +253,19 @@ fn load(backend: &dyn Backend, sb: &Superblock) -> Loaded {
             "the volume is smaller than when its changes were recorded".into(),
         );
     }
+    // Bit i % 8 of byte i / 8 is chunk i: little-endian words.
     let mut bits = vec![0u64; count.div_ceil(64) as usize];
-    for (i, byte) in record.bitmap.iter().enumerate() {
-        for bit in 0..8 {
-            let chunk = i as u64 * 8 + bit;
-            if byte & (1 << bit) != 0 && chunk < record.chunk_count {
-                bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
-            }
-        }
+    for (word, bytes) in bits.iter_mut().zip(record.bitmap.chunks(8)) {
+        let mut le = [0u8; 8];
+        le[..bytes.len()].copy_from_slice(bytes);
+        *word = u64::from_le_bytes(le);
+    }
+    // Bits past the recorded chunks mean nothing (a stray bit cannot be
+    // checksummed into meaning by a newer writer; cleared anyway).
+    for chunk in
+        record.chunk_count..(bits.len() as u64 * 64).min(bitmap_len(record.chunk_count) * 8)
+    {
+        bits[(chunk / 64) as usize] &= !(1 << (chunk % 64));
     }
     // Chunks added by growing the volume are new since the base.
     for chunk in record.chunk_count..count {
