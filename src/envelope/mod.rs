@@ -21,6 +21,8 @@
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
+use crate::volume::change_map::new_volume_record;
+use crate::volume::change_record::CHANGE_MAP_OFFSET;
 use crate::volume::rbd::{self, RbdBackend};
 use crate::volume::{
     self, AttachMode, Backend, COPY_SIZE, DATA_KEY_LEN, DATA_OFFSET, DataKey, Slot, Superblock,
@@ -345,6 +347,11 @@ fn write_image(backend: &RbdBackend, sb: &Superblock, reused: bool) -> Result<()
             .write_at(slot.offset(), &bytes)
             .map_err(|e| format!("cannot write the {slot}: {e}"))?;
     }
+    // A new volume's changes are tracked from its creation (this also
+    // replaces a reused image's old record).
+    backend
+        .write_at(CHANGE_MAP_OFFSET, &new_volume_record(sb))
+        .map_err(|e| format!("cannot write the change map: {e}"))?;
     backend.flush().map_err(|e| e.to_string())
 }
 
@@ -354,6 +361,25 @@ fn write_image(backend: &RbdBackend, sb: &Superblock, reused: bool) -> Result<()
 pub fn inspect(volume: &VolumeAddress) -> Result<SuperblockSet, EnvelopeError> {
     let store = Store::open(volume, AttachMode::ReadOnly).map_err(|e| vol_err(volume, e))?;
     Ok(volume::read_superblocks_from(store.backend()))
+}
+
+/// What `volume info` shows of a volume, read without its key and
+/// without a lock: both superblock copies, and what its change map says
+/// (`None` when no superblock copy is valid).
+pub struct Inspection {
+    pub copies: SuperblockSet,
+    pub changes: Option<volume::StoredChanges>,
+}
+
+/// [`inspect`], and the change map too (one open of the store).
+pub fn inspect_with_changes(volume: &VolumeAddress) -> Result<Inspection, EnvelopeError> {
+    let store = Store::open(volume, AttachMode::ReadOnly).map_err(|e| vol_err(volume, e))?;
+    let copies = volume::read_superblocks_from(store.backend());
+    let changes = copies
+        .best()
+        .ok()
+        .map(|sb| volume::read_stored_changes(store.backend(), sb));
+    Ok(Inspection { copies, changes })
 }
 
 /// Who has a volume attached.
