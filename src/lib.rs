@@ -82,4 +82,5 @@ pub mod kms;
 pub mod nbd;
 #[allow(unsafe_code)]
 pub mod secret_memory;
+pub mod snapshot;
 pub mod volume;

@@ -143,7 +143,7 @@ fn region_chain(target: &KmsTarget) -> aws_config::meta::region::RegionProviderC
 /// The AWS default credential chain — environment, profile (static keys,
 /// SSO, assume-role, credential_process), web identity, ECS — and the EC2
 /// instance role only on EC2.
-fn credentials_chain(
+pub(crate) fn credentials_chain(
     profile: Option<&str>,
 ) -> aws_config::meta::credentials::CredentialsProviderChain {
     use aws_config::meta::credentials::CredentialsProviderChain;
@@ -238,7 +238,8 @@ pub const UP_PROFILE: &str = "envol-up";
 
 /// `AWS_CA_BUNDLE`, as the AWS CLI and boto3 honour it: extra certificates
 /// (PEM) to trust besides the system's, e.g. a KMS's self-signed one.
-fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, KeyError> {
+pub(crate) fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, KeyError>
+{
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
     let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
         return Ok(None);
@@ -371,7 +372,7 @@ where
 
 /// The deepest cause of an error, which is the one a person can act on
 /// ("Connection refused"), without the `(os error 111)` tail.
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     let mut last = err;
     while let Some(next) = last.source() {
         last = next;
