@@ -694,6 +694,7 @@ pub async fn rewrap<K: KeyService>(
             &sb.wrapped_key,
             &destination,
             &sb.encryption_context,
+            &sb.encryption_context,
         )
         .await
         .map_err(|e| key_failure(volume, "re-wrap the data key", &destination, e, keys))?;

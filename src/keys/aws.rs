@@ -453,16 +453,17 @@ impl KeyService for AwsKeyClient {
         source: &str,
         blob: &[u8],
         destination: &str,
-        context: &BTreeMap<String, String>,
+        source_context: &BTreeMap<String, String>,
+        destination_context: &BTreeMap<String, String>,
     ) -> Result<WrappedKey, KeyError> {
         let out = self
             .client
             .re_encrypt()
             .ciphertext_blob(Blob::new(blob.to_vec()))
             .source_key_id(source)
-            .set_source_encryption_context(Some(to_hash_map(context)))
+            .set_source_encryption_context(Some(to_hash_map(source_context)))
             .destination_key_id(destination)
-            .set_destination_encryption_context(Some(to_hash_map(context)))
+            .set_destination_encryption_context(Some(to_hash_map(destination_context)))
             .send()
             .await
             .map_err(|e| self.explain(e))?;
