@@ -21,6 +21,8 @@
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
+use crate::volume::change_map::new_volume_record;
+use crate::volume::change_record::CHANGE_MAP_OFFSET;
 use crate::volume::rbd::{self, RbdBackend};
 use crate::volume::{
     self, AttachMode, Backend, COPY_SIZE, DATA_KEY_LEN, DATA_OFFSET, DataKey, Slot, Superblock,
@@ -345,6 +347,11 @@ fn write_image(backend: &RbdBackend, sb: &Superblock, reused: bool) -> Result<()
             .write_at(slot.offset(), &bytes)
             .map_err(|e| format!("cannot write the {slot}: {e}"))?;
     }
+    // A new volume's changes are tracked from its creation (this also
+    // replaces a reused image's old record).
+    backend
+        .write_at(CHANGE_MAP_OFFSET, &new_volume_record(sb))
+        .map_err(|e| format!("cannot write the change map: {e}"))?;
     backend.flush().map_err(|e| e.to_string())
 }
 

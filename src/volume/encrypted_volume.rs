@@ -26,6 +26,7 @@ use crate::volume::backend::{
     Backend, Extent, FlushDone, IoBuf, IoBuffer, IoDone, write_zero_range,
 };
 use crate::volume::buffer_pool::BufferPool;
+use crate::volume::change_map::{ChangeMap, Changes};
 use crate::volume::cipher::{CipherError, SectorCipher};
 use crate::volume::device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 use crate::volume::key::DataKey;
@@ -73,18 +74,31 @@ pub struct Volume {
     buffers: Arc<BufferPool>,
     /// Started operations not yet completed: `Drop` waits for them.
     started: Arc<StartedOps>,
+    /// Which chunks were written since the last snapshot (shared: a
+    /// started write notes its chunks again when it completes).
+    changes: Arc<ChangeMap>,
 }
 
 impl Drop for Volume {
     /// Waits for the started operations first, so that the backend (and
     /// the cipher's key schedules) are released here, on the thread that
     /// drops the volume, and never by a completion on the store's thread.
+    /// Then, if every operation completed, closes the change map cleanly
+    /// (a read-only attachment never writes it).
     fn drop(&mut self) {
         let pending = self.started.wait_idle(DRAIN_LIMIT);
         if pending > 0 {
             tracing::warn!(
                 pending,
-                "volume dropped with operations still pending in its store"
+                "volume dropped with operations still pending in its store; its change map stays marked open"
+            );
+            return;
+        }
+        if !self.read_only
+            && let Err(e) = self.changes.close(&*self.backend)
+        {
+            tracing::warn!(
+                "change tracking: not closed cleanly ({e}); the next snapshot compares chunk hashes"
             );
         }
     }
@@ -172,6 +186,7 @@ impl Volume {
         }
         let cipher = XtsEngine::new(&key, superblock.sector_size as usize)?;
         drop(key);
+        let changes = ChangeMap::load(&backend, superblock);
         Ok(Volume {
             backend: Arc::new(backend),
             cipher: Arc::new(cipher),
@@ -183,6 +198,7 @@ impl Volume {
             locks: Arc::new(RangeLocks::new()),
             buffers: Arc::new(BufferPool::new()),
             started: Arc::new(StartedOps::default()),
+            changes: Arc::new(changes),
         })
     }
 
@@ -328,6 +344,21 @@ impl Volume {
         Ok(())
     }
 
+    /// Encrypts `data` (non-empty, in range) into the covering sectors
+    /// and writes them, under their range lock: held from the read of the
+    /// edge sectors until the write-back, and taken by aligned writes too:
+    /// an aligned write racing a read-modify-write of the same sector would
+    /// otherwise be undone by the stale write-back.
+    fn seal_and_write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
+        let span = self.len_usize(end_sector - first)?;
+        let _guard = self.locks.lock(first, end_sector);
+        let mut pooled = self.buffers.take(span);
+        let buf = pooled.as_mut_slice();
+        self.seal(offset, data, buf)?;
+        self.backend.write_at(self.backend_offset(first), buf)
+    }
+
     /// Sets bytes `[at, at+len)` of sector `sector` to zero by
     /// read-modify-write. The caller holds the range lock.
     fn zero_within_sector(&self, sector: u64, at: usize, len: usize) -> io::Result<()> {
@@ -348,6 +379,15 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        self.changes.before_write(&*self.backend, offset, len)?;
+        let result = self.zero_range_tracked(offset, len, punch);
+        self.changes.after_write(offset, len, result.is_ok());
+        result
+    }
+
+    /// [`zero_range`](Self::zero_range) of a checked, non-empty range whose
+    /// chunks are noted.
+    fn zero_range_tracked(&self, offset: u64, len: u64, punch: bool) -> io::Result<()> {
         let ss = self.sector_size;
         let end = offset + len;
         let (first, end_sector) = self.covering_sectors(offset, len);
@@ -376,6 +416,99 @@ impl Volume {
             let from = offset.max(sector_start) - sector_start;
             let to = end.min(sector_start + ss) - sector_start;
             self.zero_within_sector(sector, from as usize, (to - from) as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// Change tracking and the stored (ciphertext) view, for snapshots: see
+/// [`change_map`](crate::volume::change_map) for the design.
+impl Volume {
+    /// The changes since the last restart (or creation).
+    pub fn changes(&self) -> Changes {
+        self.changes.changes()
+    }
+
+    /// Atomically: returns the changes so far and starts an empty set whose base is
+    /// `base` (a snapshot URL, ≤ 1 KiB). Writes that complete after this returns are
+    /// in the new set; a write in flight across the call may be in both (never in
+    /// neither). After this, `changes()` is `Exact { base: Some(base), chunks: [] }`
+    /// (+ later writes), even if it was Unknown before — except on a volume larger
+    /// than change tracking covers, which stays `Unknown`.
+    ///
+    /// Call it at the snapshot's point in time: a write that completes
+    /// while it runs may be in the returned set only. The record is marked
+    /// open first (so a crash from here on makes the set `Unknown`); a
+    /// read-only volume refuses (`PermissionDenied`).
+    pub fn restart_changes(&self, base: &str) -> io::Result<Changes> {
+        self.changes.restart(&*self.backend, base, self.read_only)
+    }
+
+    /// Gives changes back after a snapshot failed: the union is tracked again
+    /// (Unknown stays Unknown). The base becomes `earlier`'s.
+    pub fn merge_changes(&self, earlier: Changes) {
+        self.changes.merge(&*self.backend, earlier, self.read_only)
+    }
+
+    /// `InvalidInput` unless `[offset, offset + len)` is sector-aligned
+    /// and within the volume.
+    fn check_stored_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_range(offset, len)?;
+        if !offset.is_multiple_of(self.sector_size) || !len.is_multiple_of(self.sector_size) {
+            return Err(invalid_input(
+                "stored reads and writes must be sector-aligned",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the data area as stored (ciphertext; all-zero sectors are holes/zeros),
+    /// `offset`/`buf.len()` relative to the data area, sector-aligned.
+    pub fn read_stored(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_stored_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.backend.read_at(self.data_offset + offset, buf)
+    }
+
+    /// Writes ciphertext as stored (same-key restore): sector-aligned; all-zero
+    /// sectors become holes (punch), like TRIM; tracked as a change.
+    pub fn write_stored(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        self.check_stored_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        self.changes.before_write(&*self.backend, offset, len)?;
+        let result = self.write_stored_tracked(offset, data);
+        self.changes.after_write(offset, len, result.is_ok());
+        result
+    }
+
+    /// [`write_stored`](Self::write_stored) of a checked, non-empty range
+    /// whose chunks are noted: runs of all-zero sectors are punched, the
+    /// runs between them written as they are, under the range's lock (a
+    /// concurrent read-modify-write never writes back older bytes).
+    fn write_stored_tracked(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let ss = self.sector_size as usize;
+        let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
+        let _guard = self.locks.lock(first, end_sector);
+        let sectors = data.len() / ss;
+        let mut i = 0;
+        while i < sectors {
+            let zero = is_zero(&data[i * ss..(i + 1) * ss]);
+            let start = i;
+            while i < sectors && is_zero(&data[i * ss..(i + 1) * ss]) == zero {
+                i += 1;
+            }
+            let at = self.data_offset + offset + (start * ss) as u64;
+            if zero {
+                self.backend.punch_hole(at, ((i - start) * ss) as u64)?;
+            } else {
+                self.backend.write_at(at, &data[start * ss..i * ss])?;
+            }
         }
         Ok(())
     }
@@ -428,6 +561,10 @@ impl ReadFinish {
 struct WriteFinish {
     /// The written sectors stay locked until the backend completed them.
     _guard: OwnedRangeGuard,
+    /// Where the write's chunks are noted again once it completed, and
+    /// the write's volume range `(offset, len)`.
+    changes: Arc<ChangeMap>,
+    range: (u64, u64),
     /// For FUA: the backend, to start the flush (a `Weak`: only the
     /// volume owns the store).
     flush_on: Option<Weak<dyn Backend>>,
@@ -439,15 +576,23 @@ impl WriteFinish {
     fn run(self, data: IoBuf, result: io::Result<()>, done: IoDone) {
         let WriteFinish {
             _guard,
+            changes,
+            range: (offset, len),
             flush_on,
             token,
         } = self;
+        // Noted again before anybody hears of it: a restart that ran while
+        // it was in flight finds it in the new set.
+        changes.after_write(offset, len, result.is_ok());
+        let flush_changes = (result.is_ok() && flush_on.is_some()).then_some(changes);
         // Written (or failed): the range may be overwritten again; the
         // flush that FUA adds does not need it.
         drop(_guard);
-        match (result, flush_on) {
-            (Ok(()), Some(backend)) => flush_then(&backend, token, data, done),
-            (result, _) => {
+        match (result, flush_on, flush_changes) {
+            (Ok(()), Some(backend), Some(changes)) => {
+                flush_then(&backend, changes, token, data, done)
+            }
+            (result, _, _) => {
                 drop(token);
                 done(data, result)
             }
@@ -459,11 +604,21 @@ impl WriteFinish {
 /// and hands `data` back to `done` with the flush's outcome. The backend is
 /// upgraded only while `token` holds the volume open, and released before
 /// it, so the volume's own reference is always the last.
-fn flush_then(backend: &Weak<dyn Backend>, token: OpToken, data: IoBuf, done: IoDone) {
+fn flush_then(
+    backend: &Weak<dyn Backend>,
+    changes: Arc<ChangeMap>,
+    token: OpToken,
+    data: IoBuf,
+    done: IoDone,
+) {
     match backend.upgrade() {
         Some(backend) => {
             let flush_token = token.another();
             backend.start_flush(Box::new(move |result| {
+                if result.is_err() {
+                    changes.failed();
+                }
+                drop(changes);
                 drop(flush_token);
                 done(data, result)
             }));
@@ -471,6 +626,7 @@ fn flush_then(backend: &Weak<dyn Backend>, token: OpToken, data: IoBuf, done: Io
             drop(token);
         }
         None => {
+            drop(changes);
             drop(token);
             done(
                 data,
@@ -568,20 +724,14 @@ impl BlockDevice for Volume {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
         if !data.is_empty() {
-            let (first, end_sector) = self.covering_sectors(offset, data.len() as u64);
-            let span = self.len_usize(end_sector - first)?;
-            // Held from the read of the edge sectors until the write-back, and
-            // taken by aligned writes too: an aligned write racing a
-            // read-modify-write of the same sector would otherwise be undone
-            // by the stale write-back.
-            let _guard = self.locks.lock(first, end_sector);
-            let mut pooled = self.buffers.take(span);
-            let buf = pooled.as_mut_slice();
-            self.seal(offset, data, buf)?;
-            self.backend.write_at(self.backend_offset(first), buf)?;
+            let len = data.len() as u64;
+            self.changes.before_write(&*self.backend, offset, len)?;
+            let written = self.seal_and_write(offset, data);
+            self.changes.after_write(offset, len, written.is_ok());
+            written?;
         }
         if fua {
-            self.backend.flush()?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -640,13 +790,22 @@ impl BlockDevice for Volume {
             Ok(span) => span,
             Err(e) => return done(data, Err(e)),
         };
+        if let Err(e) = self
+            .changes
+            .before_write(&*self.backend, offset, len as u64)
+        {
+            return done(data, Err(e));
+        }
         let guard = self.locks.lock_owned(first, end_sector);
         let mut ciphertext = self.buffers.take_owned(span);
         if let Err(e) = self.seal(offset, data.bytes(), ciphertext.bytes_mut()) {
+            self.changes.after_write(offset, len as u64, false);
             return done(data, Err(e));
         }
         let finish = WriteFinish {
             _guard: guard,
+            changes: self.changes.clone(),
+            range: (offset, len as u64),
             flush_on: fua.then(|| Arc::downgrade(&self.backend)),
             token: self.started.start(),
         };
@@ -662,14 +821,23 @@ impl BlockDevice for Volume {
 
     fn start_flush(&self, done: FlushDone) {
         let token = self.started.start();
+        let changes = self.changes.clone();
         self.backend.start_flush(Box::new(move |result| {
+            if result.is_err() {
+                changes.failed();
+            }
+            drop(changes);
             drop(token);
             done(result)
         }))
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.backend.flush()
+        let result = self.backend.flush();
+        if result.is_err() {
+            self.changes.failed();
+        }
+        result
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {

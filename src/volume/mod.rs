@@ -61,6 +61,8 @@
 pub mod attachment;
 pub mod backend;
 pub mod buffer_pool;
+pub mod change_map;
+pub mod change_record;
 pub mod cipher;
 pub mod device;
 pub mod encrypted_volume;
@@ -84,6 +86,7 @@ mod ieee1619_vectors;
 
 pub use attachment::{AttachMode, AttachmentError, Holder};
 pub use backend::{Backend, Extent, FileBackend, FlushDone, IoBuf, IoBuffer, IoDone, MemBackend};
+pub use change_map::{CHUNK_SIZE, Changes, StoredChanges, read_stored_changes};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};

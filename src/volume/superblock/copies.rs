@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use crate::volume::attachment::{AttachMode, lock_attachment};
 use crate::volume::backend::{Backend, FileBackend};
+use crate::volume::change_map::new_volume_record;
+use crate::volume::change_record::CHANGE_MAP_OFFSET;
 use crate::volume::superblock::format::{COPY_SIZE, Superblock, SuperblockError};
 
 pub const PRIMARY_OFFSET: u64 = 0;
@@ -263,6 +265,8 @@ pub fn create_volume_file(
     {
         use std::os::unix::fs::FileExt;
         file.write_all_at(&bytes, SECONDARY_OFFSET)?;
+        // A new volume's changes are tracked from its creation.
+        file.write_all_at(&new_volume_record(sb), CHANGE_MAP_OFFSET)?;
     }
     file.set_len(sb.required_backend_size())?;
     file.sync_all()?;
