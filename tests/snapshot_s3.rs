@@ -284,3 +284,243 @@ fn incremental_snapshots_restore_what_was_written() {
     let out = run_ok(&mut env.envol_s3(&["snapshot", "list", &place]));
     assert!(out.contains("no snapshots in"), "{out}");
 }
+
+/// A snapshot after a crash (the server killed while attached, with
+/// writes) says change tracking is unavailable, compares every chunk's
+/// hash, uploads only what changed, and misses nothing.
+#[test]
+fn after_a_crash_the_next_snapshot_compares_hashes() {
+    let env = Env::new();
+    let size = 32 * MIB;
+    let vol = env.fx.create_volume("c.vol", size, 4096);
+    let place = env.place("crash");
+    let mut a = Expected::new(size);
+    let cmds = [a.fill(0x51, 0, 4 * MIB)];
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    let (s1, _) = env.snapshot(&vol, &place);
+    assert_eq!(num(&s1, "objects_added"), 4);
+
+    // Writes, then kill -9 of the server that made them.
+    let server = env.fx.serve(ADMIN, &vol);
+    let cmd = a.fill(0x52, 9 * MIB, 8192);
+    qemu_io(server.first_uri(), &[&cmd]);
+    let pid = server.pid();
+    drop(server); // SIGKILL
+    eprintln!("killed envol serve {pid}");
+
+    let (s2, stderr) = env.snapshot(&vol, &place);
+    assert!(
+        stderr.contains("change tracking unavailable") && stderr.contains("comparing chunk hashes"),
+        "the fallback is said on stderr:\n{stderr}"
+    );
+    assert_eq!(s2["method"], "hash-compare");
+    assert_eq!(num(&s2, "chunks_read"), 32, "every chunk is read");
+    assert_eq!(num(&s2, "objects_added"), 1, "only the changed chunk is uploaded");
+    assert_eq!(num(&s2, "chunks"), 5);
+    assert_eq!(s2["parent"], s1["id"]);
+    let r = env.restore(
+        s2["url"].as_str().unwrap(),
+        env.fx.path("r.vol").to_str().unwrap(),
+        &vol,
+    );
+    assert!(env.read_all(&r, "r.img") == a.0, "the restore misses the write made before the crash");
+
+    // Tracking is exact again from snapshot 2 on.
+    let (s3, stderr) = env.snapshot(&vol, &place);
+    assert_eq!(s3["method"], "change-tracking", "{stderr}");
+    assert_eq!(num(&s3, "chunks_read"), 0);
+}
+
+/// An rbd: volume snapshots the same way, and restores into an rbd: image
+/// and into a file alike.
+#[test]
+fn rbd_volume_snapshot_restores_to_an_image_and_a_file() {
+    let env = Env::new();
+    let size = 16 * MIB;
+    let image = TestImage::new("snap-src");
+    let vol = env
+        .fx
+        .create_volume_at(&format!("rbd:{}", image.spec()), size, 4096);
+    let place = env.place("rbd");
+    let mut a = Expected::new(size);
+    let cmds = [a.fill(0x61, MIB, 3 * MIB), a.fill(0x62, 15 * MIB, 512)];
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    let (s1, _) = env.snapshot(&vol, &place);
+    assert_eq!(num(&s1, "chunks"), 4);
+    assert_eq!(num(&s1, "objects_added"), 4);
+    let url = s1["url"].as_str().unwrap();
+
+    let target = TestImage::new("snap-dst");
+    let on_rbd = env.restore(url, &format!("rbd:{}", target.spec()), &vol);
+    let on_file = env.restore(url, env.fx.path("f.vol").to_str().unwrap(), &vol);
+    assert!(env.read_all(&on_rbd, "rbd.img") == a.0, "rbd: restore differs");
+    assert!(env.read_all(&on_file, "file.img") == a.0, "file restore differs");
+    // Another increment on the image.
+    let cmd = a.fill(0x63, 8 * MIB, 4096);
+    env.write(&vol, &[&cmd]);
+    let (s2, _) = env.snapshot(&vol, &place);
+    assert_eq!(s2["method"], "change-tracking");
+    assert_eq!(num(&s2, "objects_added"), 1);
+}
+
+/// A changed chunk object fails the restore naming it; a changed manifest
+/// is refused; neither leaves a volume behind.
+#[test]
+fn tampered_chunk_or_manifest_is_refused() {
+    let env = Env::new();
+    let size = 8 * MIB;
+    let vol = env.fx.create_volume("t.vol", size, 4096);
+    let mut a = Expected::new(size);
+    let cmds = [a.fill(0x71, 0, 2 * MIB)];
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    let (s1, _) = env.snapshot(&vol, &env.place("t"));
+    let url = s1["url"].as_str().unwrap();
+    let id = s1["id"].as_str().unwrap();
+    let scratch = env.fx.path("scratch");
+    let manifest_key = format!("t/{id}/manifest");
+    let original = env.s3.get(&env.bucket, &manifest_key, &scratch);
+
+    // The manifest: swap the two chunks' hashes (both objects exist).
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let h0 = m["chunks"][0][1].clone();
+    m["chunks"][0][1] = m["chunks"][1][1].clone();
+    m["chunks"][1][1] = h0;
+    env.s3
+        .put(&env.bucket, &manifest_key, &serde_json::to_vec(&m).unwrap(), &scratch);
+    let target = env.fx.path("m.vol");
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &["volume", "restore", url, "--to", target.to_str().unwrap()],
+    ));
+    assert_one_clean_line("tampered manifest", &stderr);
+    assert!(stderr.contains("authentication does not match"), "{stderr}");
+    assert!(!target.exists(), "nothing is created for a refused manifest");
+    env.s3.put(&env.bucket, &manifest_key, &original, &scratch);
+
+    // A chunk: one byte changed.
+    let chunk = m["chunks"][1][1].as_str().unwrap().to_string();
+    let chunk_key = format!("t/chunks/{chunk}");
+    let mut bytes = env.s3.get(&env.bucket, &chunk_key, &scratch);
+    bytes[4096] ^= 1;
+    env.s3.put(&env.bucket, &chunk_key, &bytes, &scratch);
+    let target = env.fx.path("c.vol");
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &["volume", "restore", url, "--to", target.to_str().unwrap()],
+    ));
+    assert_one_clean_line("tampered chunk", &stderr);
+    assert!(
+        stderr.contains(&format!("s3://{}/{chunk_key}", env.bucket)) && stderr.contains("damaged"),
+        "the error names the object: {stderr}"
+    );
+    assert!(stderr.contains("was removed"), "{stderr}");
+    assert!(!target.exists(), "the partly restored volume is removed");
+}
+
+/// A user the key policy does not name cannot snapshot or restore: the
+/// KMS refuses the unwrap, and nothing is created.
+#[test]
+fn a_user_the_key_policy_refuses_cannot_snapshot_or_restore() {
+    let env = Env::new();
+    let vol = env.fx.create_volume("p.vol", 4 * MIB, 4096);
+    env.write(&vol, &["write -P 0x7a 0 1M"]);
+    let (s1, _) = env.snapshot(&vol, &env.place("p"));
+    let url = s1["url"].as_str().unwrap();
+    env.fx.add_user("mallory");
+    let target = env.fx.path("stolen.vol");
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        "mallory",
+        &["volume", "restore", url, "--to", target.to_str().unwrap()],
+    ));
+    assert_one_clean_line("refused restore", &stderr);
+    assert!(
+        stderr.contains("AccessDeniedException") && stderr.contains(url),
+        "{stderr}"
+    );
+    assert!(!target.exists());
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        "mallory",
+        &["snapshot", "create", vol.path.to_str().unwrap(), "--to", &env.place("p")],
+    ));
+    assert_one_clean_line("refused create", &stderr);
+    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+}
+
+/// Bad URLs, a missing bucket or snapshot, an existing target and an
+/// attached volume: one line each.
+#[test]
+fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
+    let env = Env::new();
+    let vol = env.fx.create_volume("b.vol", 4 * MIB, 4096);
+    let v = vol.path.to_str().unwrap();
+    let no_snap = env.place("x/snap-0000000000000000");
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "backups/x"]),
+            "not an s3:// URL",
+        ),
+        (
+            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "s3://Bad_Bucket"]),
+            "not a valid bucket name",
+        ),
+        (
+            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "s3://no-such-bucket-envol/x"]),
+            "does not exist",
+        ),
+        (
+            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", &no_snap]),
+            "names a snapshot",
+        ),
+        (
+            env.envol_as(ADMIN, &["volume", "restore", &env.place("x"), "--to", "/tmp/x.vol"]),
+            "is not a snapshot",
+        ),
+        (
+            env.envol_s3(&["snapshot", "describe", &no_snap]),
+            "no such snapshot",
+        ),
+        (
+            env.envol_s3(&["snapshot", "delete", &no_snap]),
+            "no such snapshot",
+        ),
+        (
+            env.envol_s3(&["snapshot", "list", "s3://no-such-bucket-envol"]),
+            "does not exist",
+        ),
+        (
+            env.envol_as(ADMIN, &["volume", "restore", &no_snap, "--to", v]),
+            "no such snapshot",
+        ),
+    ];
+    for (mut cmd, expected) in cases {
+        let (_, stderr) = run_fails(&mut cmd);
+        assert_one_clean_line(expected, &stderr);
+        assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    }
+
+    // An existing target is refused, and left alone.
+    env.write(&vol, &["write -P 0x7b 0 1M"]);
+    let (s1, _) = env.snapshot(&vol, &env.place("b"));
+    let before = std::fs::read(&vol.path).unwrap();
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &["volume", "restore", s1["url"].as_str().unwrap(), "--to", v],
+    ));
+    assert_one_clean_line("existing target", &stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(std::fs::read(&vol.path).unwrap() == before, "the existing volume is untouched");
+
+    // An attached volume: refused, naming the holder; snapshots of attached
+    // volumes come with the server's control socket.
+    let server = env.fx.serve(ADMIN, &vol);
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &["snapshot", "create", v, "--to", &env.place("b")],
+    ));
+    assert_one_clean_line("attached volume", &stderr);
+    assert!(
+        stderr.contains(&format!("pid {}", server.pid())) && stderr.contains("not built yet"),
+        "{stderr}"
+    );
+    server.stop();
+}
