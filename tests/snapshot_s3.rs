@@ -56,8 +56,13 @@ impl Env {
 
     /// `envol ARGS` with the KMS (as `profile`) and the S3 flags.
     fn envol_as(&self, profile: &str, args: &[&str]) -> Command {
+        self.envol_as_at(profile, args, &self.s3)
+    }
+
+    /// [`Self::envol_as`] with another S3 endpoint.
+    fn envol_as_at(&self, profile: &str, args: &[&str], s3: &S3) -> Command {
         let mut cmd = self.fx.envol_as(profile, args);
-        cmd.args(self.s3.envol_args());
+        cmd.args(s3.envol_args());
         cmd
     }
 
@@ -315,7 +320,11 @@ fn after_a_crash_the_next_snapshot_compares_hashes() {
     );
     assert_eq!(s2["method"], "hash-compare");
     assert_eq!(num(&s2, "chunks_read"), 32, "every chunk is read");
-    assert_eq!(num(&s2, "objects_added"), 1, "only the changed chunk is uploaded");
+    assert_eq!(
+        num(&s2, "objects_added"),
+        1,
+        "only the changed chunk is uploaded"
+    );
     assert_eq!(num(&s2, "chunks"), 5);
     assert_eq!(s2["parent"], s1["id"]);
     let r = env.restore(
@@ -323,7 +332,10 @@ fn after_a_crash_the_next_snapshot_compares_hashes() {
         env.fx.path("r.vol").to_str().unwrap(),
         &vol,
     );
-    assert!(env.read_all(&r, "r.img") == a.0, "the restore misses the write made before the crash");
+    assert!(
+        env.read_all(&r, "r.img") == a.0,
+        "the restore misses the write made before the crash"
+    );
 
     // Tracking is exact again from snapshot 2 on.
     let (s3, stderr) = env.snapshot(&vol, &place);
@@ -353,8 +365,14 @@ fn rbd_volume_snapshot_restores_to_an_image_and_a_file() {
     let target = TestImage::new("snap-dst");
     let on_rbd = env.restore(url, &format!("rbd:{}", target.spec()), &vol);
     let on_file = env.restore(url, env.fx.path("f.vol").to_str().unwrap(), &vol);
-    assert!(env.read_all(&on_rbd, "rbd.img") == a.0, "rbd: restore differs");
-    assert!(env.read_all(&on_file, "file.img") == a.0, "file restore differs");
+    assert!(
+        env.read_all(&on_rbd, "rbd.img") == a.0,
+        "rbd: restore differs"
+    );
+    assert!(
+        env.read_all(&on_file, "file.img") == a.0,
+        "file restore differs"
+    );
     // Another increment on the image.
     let cmd = a.fill(0x63, 8 * MIB, 4096);
     env.write(&vol, &[&cmd]);
@@ -385,8 +403,12 @@ fn tampered_chunk_or_manifest_is_refused() {
     let h0 = m["chunks"][0][1].clone();
     m["chunks"][0][1] = m["chunks"][1][1].clone();
     m["chunks"][1][1] = h0;
-    env.s3
-        .put(&env.bucket, &manifest_key, &serde_json::to_vec(&m).unwrap(), &scratch);
+    env.s3.put(
+        &env.bucket,
+        &manifest_key,
+        &serde_json::to_vec(&m).unwrap(),
+        &scratch,
+    );
     let target = env.fx.path("m.vol");
     let (_, stderr) = run_fails(&mut env.envol_as(
         ADMIN,
@@ -394,7 +416,10 @@ fn tampered_chunk_or_manifest_is_refused() {
     ));
     assert_one_clean_line("tampered manifest", &stderr);
     assert!(stderr.contains("authentication does not match"), "{stderr}");
-    assert!(!target.exists(), "nothing is created for a refused manifest");
+    assert!(
+        !target.exists(),
+        "nothing is created for a refused manifest"
+    );
     env.s3.put(&env.bucket, &manifest_key, &original, &scratch);
 
     // A chunk: one byte changed.
@@ -440,7 +465,13 @@ fn a_user_the_key_policy_refuses_cannot_snapshot_or_restore() {
     assert!(!target.exists());
     let (_, stderr) = run_fails(&mut env.envol_as(
         "mallory",
-        &["snapshot", "create", vol.path.to_str().unwrap(), "--to", &env.place("p")],
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            &env.place("p"),
+        ],
     ));
     assert_one_clean_line("refused create", &stderr);
     assert!(stderr.contains("AccessDeniedException"), "{stderr}");
@@ -464,7 +495,16 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
             "not a valid bucket name",
         ),
         (
-            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "s3://no-such-bucket-envol/x"]),
+            env.envol_as(
+                ADMIN,
+                &[
+                    "snapshot",
+                    "create",
+                    v,
+                    "--to",
+                    "s3://no-such-bucket-envol/x",
+                ],
+            ),
             "does not exist",
         ),
         (
@@ -472,7 +512,10 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
             "names a snapshot",
         ),
         (
-            env.envol_as(ADMIN, &["volume", "restore", &env.place("x"), "--to", "/tmp/x.vol"]),
+            env.envol_as(
+                ADMIN,
+                &["volume", "restore", &env.place("x"), "--to", "/tmp/x.vol"],
+            ),
             "is not a snapshot",
         ),
         (
@@ -495,7 +538,10 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
     for (mut cmd, expected) in cases {
         let (_, stderr) = run_fails(&mut cmd);
         assert_one_clean_line(expected, &stderr);
-        assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
     }
 
     // An existing target is refused, and left alone.
@@ -507,20 +553,267 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
         &["volume", "restore", s1["url"].as_str().unwrap(), "--to", v],
     ));
     assert_one_clean_line("existing target", &stderr);
-    assert!(stderr.contains("already exists"), "{stderr}");
-    assert!(std::fs::read(&vol.path).unwrap() == before, "the existing volume is untouched");
+    assert!(
+        stderr.contains("already exists; a restore makes a new volume"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&vol.path).unwrap() == before,
+        "the existing volume is untouched"
+    );
 
     // An attached volume: refused, naming the holder; snapshots of attached
     // volumes come with the server's control socket.
     let server = env.fx.serve(ADMIN, &vol);
-    let (_, stderr) = run_fails(&mut env.envol_as(
-        ADMIN,
-        &["snapshot", "create", v, "--to", &env.place("b")],
-    ));
+    let (_, stderr) =
+        run_fails(&mut env.envol_as(ADMIN, &["snapshot", "create", v, "--to", &env.place("b")]));
     assert_one_clean_line("attached volume", &stderr);
     assert!(
         stderr.contains(&format!("pid {}", server.pid())) && stderr.contains("not built yet"),
         "{stderr}"
     );
     server.stop();
+}
+
+/// A volume of `chunks` chunks, each written with its own pattern.
+fn patterned_volume(env: &Env, name: &str, chunks: u64) -> (Vol, Expected) {
+    let vol = env.fx.create_volume(name, chunks * MIB, 4096);
+    let mut e = Expected::new(chunks * MIB);
+    let cmds: Vec<String> = (0..chunks)
+        .map(|i| e.fill((i % 250 + 1) as u8, i * MIB, MIB))
+        .collect();
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    (vol, e)
+}
+
+/// `snapshot create` running in the background, its stderr to a file.
+fn spawn_create(env: &Env, s3: &S3, vol: &Vol, place: &str, extra: &[&str], log: &str) -> Child {
+    let mut cmd = env.envol_as_at(
+        ADMIN,
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            place,
+            "--json",
+        ],
+        s3,
+    );
+    cmd.args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.fx.path(log)).unwrap());
+    cmd.spawn().unwrap()
+}
+
+/// Waits (bounded) until at least `n` chunk objects are under `prefix`,
+/// while `child` (logging to `log`) uploads them.
+fn wait_for_chunks(env: &Env, prefix: &str, n: usize, child: &mut Child, log: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let have = env.objects(prefix).len();
+        if have >= n {
+            return have;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the create exited ({status}) before {n} chunks were uploaded:\n{}",
+                std::fs::read_to_string(env.fx.path(log)).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {have} of {n} chunks uploaded in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (bounded) for a child to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `kill -9` of a create in the middle of its upload: no snapshot is
+/// listed; the re-run completes, uploading only what the first did not,
+/// and removes the dead upload's marker.
+#[test]
+fn a_killed_create_lists_nothing_and_its_rerun_uploads_less() {
+    let env = Env::new();
+    let (vol, expected) = patterned_volume(&env, "k.vol", 40);
+    let place = env.place("k");
+    let mut child = spawn_create(
+        &env,
+        &env.s3,
+        &vol,
+        &place,
+        &["--concurrency", "1"],
+        "k.log",
+    );
+    let had = wait_for_chunks(&env, "k/chunks/", 5, &mut child, "k.log");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let uploaded = env.objects("k/chunks/").len();
+    eprintln!("killed the create after {had}+ chunks; {uploaded} chunk objects in the bucket");
+    assert!(uploaded < 40, "the create finished before it was killed");
+
+    let out = run_ok(&mut env.envol_s3(&["snapshot", "list", &place]));
+    assert!(
+        out.contains("no snapshots in"),
+        "an interrupted snapshot is not listed: {out}"
+    );
+    assert!(
+        env.objects("k/")
+            .iter()
+            .any(|o| o.key.ends_with("/in-progress")),
+        "the interrupted upload's marker stays"
+    );
+
+    let (s, _) = env.snapshot(&vol, &place);
+    assert_eq!(num(&s, "chunks"), 40);
+    assert_eq!(
+        num(&s, "objects_added"),
+        40 - uploaded as u64,
+        "the re-run uploads only what is missing"
+    );
+    assert!(
+        !env.objects("k/")
+            .iter()
+            .any(|o| o.key.ends_with("/in-progress")),
+        "the dead upload's marker is removed by the re-run"
+    );
+    let r = env.restore(
+        s["url"].as_str().unwrap(),
+        env.fx.path("kr.vol").to_str().unwrap(),
+        &vol,
+    );
+    assert!(env.read_all(&r, "kr.img") == expected.0);
+}
+
+/// A radosgw of this test's own (the cluster's other users keep theirs),
+/// on a free port, in the foreground of a child process.
+struct OwnRadosgw {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRadosgw {
+    fn start(dir: &std::path::Path, port: u16) -> OwnRadosgw {
+        let ceph = Ceph::from_env();
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("radosgw")
+            .arg("--conf")
+            .arg(&ceph.conf)
+            .args(["--id", "rgw.r", "-f"])
+            .arg(format!("--rgw-frontends=beast endpoint=127.0.0.1:{port}"))
+            .arg(format!("--rgw-data={}", dir.display()))
+            .arg(format!("--pid-file={}/rgw.pid", dir.display()))
+            .arg(format!("--admin-socket={}/rgw.asok", dir.display()))
+            .arg(format!("--log-file={}/rgw.log", dir.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "radosgw must be installed (Debian package radosgw; scripts/test.sh installs it)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "radosgw on port {port} did not come up in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnRadosgw { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRadosgw {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// radosgw killed in the middle of an upload: the create fails after its
+/// retries with one line naming the endpoint; with radosgw back, the same
+/// command completes and uploads only what was missing.
+#[test]
+fn radosgw_gone_mid_upload_is_one_line_and_the_rerun_completes() {
+    let env = Env::new();
+    let (vol, expected) = patterned_volume(&env, "g.vol", 40);
+    let place = env.place("g");
+    let port = free_port();
+    let rgw_dir = env.fx.path("rgw");
+    let mut rgw = OwnRadosgw::start(&rgw_dir, port);
+    let endpoint = rgw.endpoint();
+    let own = env.s3.at(&endpoint);
+    let mut child = spawn_create(&env, &own, &vol, &place, &["--concurrency", "1"], "g.log");
+    wait_for_chunks(&env, "g/chunks/", 5, &mut child, "g.log");
+    rgw.kill();
+    let started = Instant::now();
+    let status = wait_child(&mut child, Duration::from_secs(120));
+    let stderr = std::fs::read_to_string(env.fx.path("g.log")).unwrap();
+    eprintln!(
+        "create failed after {:?} ({status}): {stderr}",
+        started.elapsed()
+    );
+    assert!(!status.success());
+    assert_one_clean_line("radosgw gone", &stderr);
+    assert!(
+        stderr.contains(&endpoint) && stderr.contains("after 5 attempts"),
+        "{stderr}"
+    );
+    let uploaded = env.objects("g/chunks/").len();
+    assert!(uploaded < 40);
+
+    let rgw = OwnRadosgw::start(&rgw_dir, port);
+    let mut cmd = env.envol_as_at(
+        ADMIN,
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            &place,
+            "--json",
+        ],
+        &env.s3.at(&rgw.endpoint()),
+    );
+    let s: serde_json::Value = serde_json::from_str(&run_ok(&mut cmd)).unwrap();
+    assert_eq!(num(&s, "objects_added"), 40 - uploaded as u64);
+    let r = env.restore(
+        s["url"].as_str().unwrap(),
+        env.fx.path("gr.vol").to_str().unwrap(),
+        &vol,
+    );
+    assert!(env.read_all(&r, "gr.img") == expected.0);
 }
