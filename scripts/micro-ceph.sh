@@ -1,16 +1,22 @@
 #!/bin/bash
-# micro-ceph.sh - a throw-away single-node Ceph (mon + mgr + 1 OSD) on 127.0.0.1 for
-# envol's RBD tests and benchmark: no systemd, cephx on, everything under one directory.
+# micro-ceph.sh - a throw-away single-node Ceph (mon + mgr + 1 OSD [+ radosgw]) on 127.0.0.1
+# for envol's RBD and snapshot tests and benchmarks: no systemd, cephx on, everything under
+# one directory.
 #
 #   scripts/micro-ceph.sh up   DIR   # bring up (~10 s); writes DIR/env (source it: CEPH_CONF,
-#                                    # CEPH_ARGS, ENVOL_TEST_RBD_POOL); pool `rbd` is ready
+#                                    # CEPH_ARGS, ENVOL_TEST_RBD_POOL; with WITH_RGW=1 also
+#                                    # ENVOL_TEST_S3_ENDPOINT, ENVOL_TEST_S3_ACCESS_KEY,
+#                                    # ENVOL_TEST_S3_SECRET_KEY); pool `rbd` is ready
 #   scripts/micro-ceph.sh down DIR   # stop the daemons by PID file, remove DIR
 #
-# Needs Debian's ceph-mon ceph-osd ceph-mgr ceph-common (scripts/test.sh installs them).
+# Needs Debian's ceph-mon ceph-osd ceph-mgr ceph-common, and radosgw and curl for
+# WITH_RGW=1 (scripts/test.sh installs them).
 # Knobs (env): OBJECTSTORE=bluestore|memstore (default bluestore, on a sparse file)
 #              BLOCK_SIZE_GB=10  MON_PORT=3300 MON_V1_PORT=6789 (two clusters side by side
 #              need different ports)  WITH_MGR=1  OSD_MEMORY_TARGET=1073741824
 #              WATCH_TIMEOUT=5 (seconds: see `osd client watch timeout` below)
+#              WITH_RGW=0|1 (radosgw's S3 on 127.0.0.1:RGW_PORT, default 7480, with one user
+#              whose keys are S3_ACCESS_KEY / S3_SECRET_KEY; ~10 s more at bring-up)
 #
 # Pitfalls this script encodes (each cost time once):
 # - the bluestore block file lives outside the OSD data directory (ELOOP otherwise);
@@ -18,7 +24,11 @@
 #   full disk and size-1 pools keep the cluster out of HEALTH_OK;
 # - daemons stop in the order OSD, manager, monitor: an OSD whose monitor is gone takes
 #   ~5 s to exit;
-# - PID 1 of a container may reap lazily: a zombie counts as stopped.
+# - PID 1 of a container may reap lazily: a zombie counts as stopped;
+# - radosgw stops first (it is a client of the OSD); the first bucket creation makes the
+#   bucket index pools (~5 s): bring-up pays it with a warm-up bucket;
+# - the S3 keys go to ENVOL_TEST_S3_* rather than AWS_ACCESS_KEY_ID: the KMS tests sign with
+#   their own credentials, and envol's S3 client has its own (--s3-profile).
 set -euo pipefail
 
 cmd=${1:?usage: $0 up|down DIR}
@@ -30,6 +40,10 @@ MON_PORT=${MON_PORT:-3300}
 MON_V1_PORT=${MON_V1_PORT:-6789}
 OSD_MEMORY_TARGET=${OSD_MEMORY_TARGET:-1073741824}
 WATCH_TIMEOUT=${WATCH_TIMEOUT:-5}
+WITH_RGW=${WITH_RGW:-0}
+RGW_PORT=${RGW_PORT:-7480}
+S3_ACCESS_KEY=${S3_ACCESS_KEY:-MICROCEPHACCESSKEY00}
+S3_SECRET_KEY=${S3_SECRET_KEY:-microcephsecretkey0000000000000000000000}
 
 t0=$(date +%s%N)
 ts() { local ms=$(( ($(date +%s%N) - t0) / 1000000 )); printf '[%3d.%03ds] %s\n' $((ms / 1000)) $((ms % 1000)) "$*"; }
@@ -55,7 +69,7 @@ gone() {  # reaped, or a zombie (PID 1 here reaps lazily)
 stop_daemons() {
     # stop in dependency order (an OSD stopped after its mon hangs ~5s); 5s grace each, then SIGKILL
     local n pid
-    for n in osd.0 mgr.x mon.a; do
+    for n in client.rgw.r osd.0 mgr.x mon.a; do
         [ -e "$DIR/run/$n.pid" ] || continue
         pid=$(cat "$DIR/run/$n.pid" 2>/dev/null || true)
         [ -n "$pid" ] || continue
@@ -75,7 +89,7 @@ if [ "$cmd" = down ]; then down; exit 0; fi
 [ "$cmd" = up ] || { echo "unknown command $cmd" >&2; exit 2; }
 
 [ -e "$DIR" ] && { echo "$DIR exists; run '$0 down $DIR' first" >&2; exit 1; }
-mkdir -p "$DIR"/{log,run,mon,osd,mgr,crash}
+mkdir -p "$DIR"/{log,run,mon,osd,mgr,rgw,crash}
 DIR=$(cd "$DIR" && pwd)
 # on any failure during bring-up: stop what was started, keep DIR/log for inspection
 trap 'rc=$?; echo "micro-ceph up FAILED (rc=$rc); daemons stopped, logs in $DIR/log" >&2; stop_daemons; exit $rc' ERR
@@ -147,6 +161,12 @@ bluestore fsck on mount = false
 memstore device bytes = $(( BLOCK_SIZE_GB * 1024 * 1024 * 1024 ))
 osd class load list = *
 osd class default list = *
+
+[client.rgw.r]
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+rgw data = $DIR/rgw
+rgw enable usage log = false
+rgw thread pool size = 64
 EOF
 
 # keyrings
@@ -157,8 +177,10 @@ ceph-authtool --create-keyring "$DIR/keyring.osd.0" --gen-key -n osd.0 \
     --cap mon 'allow profile osd' --cap mgr 'allow profile osd' --cap osd 'allow *' >/dev/null
 ceph-authtool --create-keyring "$DIR/keyring.mgr.x" --gen-key -n mgr.x \
     --cap mon 'allow profile mgr' --cap osd 'allow *' --cap mds 'allow *' >/dev/null
+ceph-authtool --create-keyring "$DIR/keyring.client.rgw.r" --gen-key -n client.rgw.r \
+    --cap mon 'allow rw' --cap osd 'allow rwx' --cap mgr 'allow rw' >/dev/null
 cp "$DIR/keyring.mon.a" "$DIR/mon-seed.keyring"
-for k in client.admin osd.0 mgr.x; do
+for k in client.admin osd.0 mgr.x client.rgw.r; do
     ceph-authtool "$DIR/mon-seed.keyring" --import-keyring "$DIR/keyring.$k" >/dev/null
 done
 
@@ -190,9 +212,31 @@ ceph osd pool create rbd 8 >/dev/null 2>&1
 rbd pool init rbd
 ts "pool rbd created"
 
+s3_curl() {  # s3_curl METHOD PATH: one signed request to radosgw as the test user
+    curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X "$1" "http://127.0.0.1:$RGW_PORT/$2" >/dev/null
+}
+if [ "$WITH_RGW" = 1 ]; then
+    radosgw --id rgw.r
+    wait_for 90 "radosgw S3 on 127.0.0.1:$RGW_PORT" sh -c "curl -sf http://127.0.0.1:$RGW_PORT/ | grep -q ListAllMyBucketsResult"
+    radosgw-admin user create --uid=test --display-name="Test User" \
+        --access-key="$S3_ACCESS_KEY" --secret-key="$S3_SECRET_KEY" >/dev/null
+    ts "rgw user created"
+    s3_curl PUT micro-ceph-warmup
+    s3_curl DELETE micro-ceph-warmup
+    ts "rgw warm-up bucket created and deleted"
+fi
+
 cat > "$DIR/env" <<EOF
 export CEPH_CONF=$CEPH_CONF
 export CEPH_ARGS="--conf $CEPH_CONF"
 export ENVOL_TEST_RBD_POOL=rbd
 EOF
+if [ "$WITH_RGW" = 1 ]; then
+    cat >> "$DIR/env" <<EOF
+export ENVOL_TEST_S3_ENDPOINT=http://127.0.0.1:$RGW_PORT
+export ENVOL_TEST_S3_ACCESS_KEY=$S3_ACCESS_KEY
+export ENVOL_TEST_S3_SECRET_KEY=$S3_SECRET_KEY
+EOF
+fi
 ts "up: source $DIR/env"

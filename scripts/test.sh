@@ -29,6 +29,7 @@ packages=(
     # librbd, which envol opens at run time. No -dev packages: nothing links
     # against Ceph at build time.
     ceph-mon ceph-osd ceph-mgr ceph-common librbd1
+    radosgw curl    # the S3 server of the snapshot tests (WITH_RGW=1 below)
     procps          # ps (scripts/micro-ceph.sh waits for its daemons to stop)
 )
 missing=()
@@ -60,20 +61,23 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 scripts/fuzz.sh 10
 
-echo "== a throw-away Ceph cluster for the RBD tests (scripts/micro-ceph.sh)"
+echo "== a throw-away Ceph cluster for the RBD and snapshot tests (scripts/micro-ceph.sh)"
 # One cluster per run, each test on its own image. If it cannot start the
-# run fails here: the RBD tests never skip. MON_PORT/MON_V1_PORT may be set
-# to run beside another cluster on this machine.
+# run fails here: the RBD and snapshot tests never skip. MON_PORT/MON_V1_PORT
+# /RGW_PORT may be set to run beside another cluster on this machine.
+# radosgw is the S3 server of the snapshot tests (ENVOL_TEST_S3_*).
 ceph_dir=$(mktemp -d)/ceph
 log=$(mktemp)
 trap 'scripts/micro-ceph.sh down "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$(dirname "$ceph_dir")" "$log"' EXIT
-if ! scripts/micro-ceph.sh up "$ceph_dir"; then
+if ! WITH_RGW=1 scripts/micro-ceph.sh up "$ceph_dir"; then
     tail -n 20 "$ceph_dir"/log/*.log >&2 || true
     echo "the test Ceph cluster did not start: the RBD tests need it" >&2
     exit 1
 fi
 export CEPH_CONF="$ceph_dir/ceph.conf"
 export ENVOL_TEST_RBD_POOL=rbd
+# ENVOL_TEST_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY (radosgw's user), as the script wrote them
+eval "$(grep '^export ENVOL_TEST_S3_' "$ceph_dir/env")"
 
 echo "== cargo test"
 status=0

@@ -28,7 +28,8 @@ cli_error_from!(
     crate::kms::service::ServiceError,
     crate::kms::datadir::DataDirError,
     crate::envelope::EnvelopeError,
-    crate::nbd::ExportError
+    crate::nbd::ExportError,
+    crate::snapshot::SnapshotError
 );
 
 pub type CliResult = Result<(), CliError>;

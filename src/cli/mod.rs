@@ -19,7 +19,9 @@ mod kms;
 mod kms_limits;
 mod parse;
 mod runtime;
+mod s3;
 mod serve;
+mod snapshot;
 mod target;
 mod up;
 mod volume;
@@ -50,6 +52,9 @@ pub enum Command {
     /// Encrypted volumes (files or rbd:POOL/IMAGE): create, rewrap (move the data key to a new key version or key), inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Snapshots in S3-compatible object storage: create, list, describe, delete (restore: `envol volume restore`).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Attach volumes through the KMS and serve them over NBD.
     Serve(serve::ServeArgs),
     /// Run everything on this machine: embedded KMS, default key and volume, NBD server.
@@ -73,6 +78,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Kms(cmd) => kms::run(cmd),
         Command::Key(cmd) => key::run(cmd),
         Command::Volume(cmd) => volume::run(cmd),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Up(args) => up::run(args),
         Command::Attach(args) => control::attach(args),

@@ -1,4 +1,4 @@
-//! `envol volume create | rewrap | info`.
+//! `envol volume create | rewrap | info | restore`.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -6,6 +6,7 @@ use serde_json::json;
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
 use super::runtime::runtime;
+use super::s3::S3Args;
 use super::target::{KmsArgs, human_size, parse_size};
 use crate::envelope::{self, Attachers, NewVolume, VolumeAddress};
 use crate::keys::aws::AwsKeyClient;
@@ -49,6 +50,27 @@ pub enum VolumeCommand {
         kms: KmsArgs,
         #[command(flatten)]
         ceph: CephArgs,
+    },
+    /// Restore a snapshot into a new volume (a file, or rbd:POOL/IMAGE) under the snapshot's key: chunks are copied as stored and verified (SHA-256, and the manifest's authentication, which needs kms:Decrypt on the key).
+    Restore {
+        /// The snapshot: s3://BUCKET[/PREFIX]/snap-ID, as `envol snapshot create` printed it.
+        #[arg(value_name = "SNAPSHOT")]
+        snapshot: String,
+        /// The new volume: a file, or rbd:POOL/IMAGE (refused if it exists).
+        #[arg(long, value_name = "VOLUME")]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        kms: KmsArgs,
+        #[command(flatten)]
+        ceph: CephArgs,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Show a volume's superblock, both of its copies, and who has it attached (no KMS call, no lock).
     Info {
@@ -131,6 +153,15 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             Ok(())
         }
         VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
+        VolumeCommand::Restore {
+            snapshot,
+            to,
+            json,
+            quiet,
+            kms,
+            ceph,
+            s3,
+        } => super::snapshot::restore(&snapshot, &to, json, quiet, &kms, &ceph, &s3),
     }
 }
 

@@ -18,6 +18,8 @@
 //! only where it is opened or created ([`store`]): everything else goes
 //! through the `Backend` trait.
 
+use std::collections::BTreeMap;
+
 use uuid::Uuid;
 
 use crate::keys::{KeyError, KeyService};
@@ -136,6 +138,93 @@ pub async fn create<K: KeyService>(
     keys: &K,
     spec: NewVolume<'_>,
 ) -> Result<Superblock, EnvelopeError> {
+    create_with(keys, spec, KeySource::Generate).await
+}
+
+/// A data key that exists already, as a snapshot's manifest holds it:
+/// wrapped by `key_arn` under `encryption_context` (the context of the
+/// volume it was made for).
+#[derive(Debug, Clone, Copy)]
+pub struct ExistingKey<'a> {
+    pub key_arn: &'a str,
+    pub wrapped_key: &'a [u8],
+    pub encryption_context: &'a BTreeMap<String, String>,
+}
+
+/// Has the key service unwrap an existing data key (Decrypt: the key
+/// policy decides, as for an attach). `what` names it in errors (a
+/// snapshot's URL). Nothing is checked against a superblock: the caller
+/// proves the key by what it authenticates (a snapshot's manifest).
+pub async fn unwrap_existing_key<K: KeyService>(
+    keys: &K,
+    what: &str,
+    existing: ExistingKey<'_>,
+) -> Result<DataKey, EnvelopeError> {
+    let plaintext = keys
+        .unwrap_key(
+            existing.key_arn,
+            existing.wrapped_key,
+            existing.encryption_context,
+        )
+        .await
+        .map_err(|error| {
+            EnvelopeError::Key(Box::new(KeyFailure {
+                volume: what.to_string(),
+                action: "unwrap the data key",
+                key: existing.key_arn.to_string(),
+                hint: hint_for(&error, existing.key_arn, &keys.describe()),
+                error,
+            }))
+        })?;
+    DataKey::from_slice(&plaintext).map_err(|e| EnvelopeError::Volume {
+        volume: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Creates a volume (refused if it exists) whose data key is `existing`
+/// (`data_key`, already unwrapped by the caller): same master key, same
+/// data key, a new uuid. The key service re-wraps the data key from the
+/// old encryption context to the new volume's (ReEncrypt: the plaintext
+/// does not travel), and the result is unwrapped once and checked against
+/// `data_key`, which proves the new volume attachable before anything is
+/// written into it. Ciphertext copied from the old volume (a same-key
+/// snapshot restore) then reads as it did there.
+pub async fn create_with_existing_key<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    size: u64,
+    sector_size: u32,
+    existing: ExistingKey<'_>,
+    data_key: &DataKey,
+) -> Result<Superblock, EnvelopeError> {
+    let spec = NewVolume {
+        volume,
+        size,
+        sector_size,
+        key: existing.key_arn,
+        force: false,
+    };
+    create_with(keys, spec, KeySource::Existing { existing, data_key }).await
+}
+
+/// Where a new volume's data key comes from.
+#[derive(Clone, Copy)]
+enum KeySource<'a> {
+    /// A new one from the KMS, under `NewVolume::key`.
+    Generate,
+    /// An existing one, re-wrapped for the new volume.
+    Existing {
+        existing: ExistingKey<'a>,
+        data_key: &'a DataKey,
+    },
+}
+
+async fn create_with<K: KeyService>(
+    keys: &K,
+    spec: NewVolume<'_>,
+    source: KeySource<'_>,
+) -> Result<Superblock, EnvelopeError> {
     let volume = spec.volume;
     if spec.sector_size != 512 && spec.sector_size != 4096 {
         return Err(vol_err(
@@ -153,8 +242,8 @@ pub async fn create<K: KeyService>(
         ));
     }
     match volume {
-        VolumeAddress::File(path) => create_file(keys, &spec, path).await,
-        VolumeAddress::Rbd { image, ceph } => create_rbd(keys, &spec, ceph, image).await,
+        VolumeAddress::File(path) => create_file(keys, &spec, source, path).await,
+        VolumeAddress::Rbd { image, ceph } => create_rbd(keys, &spec, source, ceph, image).await,
     }
 }
 
@@ -166,6 +255,7 @@ const EXISTS_WITHOUT_FORCE: &str = "already exists: refusing to overwrite it (us
 async fn create_file<K: KeyService>(
     keys: &K,
     spec: &NewVolume<'_>,
+    source: KeySource<'_>,
     path: &std::path::Path,
 ) -> Result<Superblock, EnvelopeError> {
     let volume = spec.volume;
@@ -183,7 +273,7 @@ async fn create_file<K: KeyService>(
             .lock_attachment(AttachMode::ReadWrite)
             .map_err(|e| with_action(vol_err(volume, e), "refusing to overwrite it"))?;
     }
-    let sb = new_superblock(keys, spec).await?;
+    let sb = new_superblock(keys, spec, source).await?;
     volume::create_volume_file(path, &sb, spec.force).map_err(|e| match exists {
         // Most likely the truncation or a write failed; an open or lock
         // failure (a race with another process) would have left it intact.
@@ -207,6 +297,7 @@ async fn create_file<K: KeyService>(
 async fn create_rbd<K: KeyService>(
     keys: &K,
     spec: &NewVolume<'_>,
+    source: KeySource<'_>,
     ceph: &rbd::CephOptions,
     image: &rbd::RbdAddress,
 ) -> Result<Superblock, EnvelopeError> {
@@ -215,7 +306,7 @@ async fn create_rbd<K: KeyService>(
     match RbdBackend::create(ceph, image, image_size, false) {
         Ok(backend) => {
             let made = async {
-                let sb = new_superblock(keys, spec).await?;
+                let sb = new_superblock(keys, spec, source).await?;
                 write_image(&backend, &sb, false).map_err(|e| vol_err(volume, e))?;
                 Ok(sb)
             }
@@ -235,7 +326,7 @@ async fn create_rbd<K: KeyService>(
                 .lock_attachment(AttachMode::ReadWrite)
                 .map_err(|e| with_action(vol_err(volume, e), "refusing to overwrite it"))?;
             drop(store);
-            let sb = new_superblock(keys, spec).await?;
+            let sb = new_superblock(keys, spec, source).await?;
             let backend =
                 RbdBackend::create(ceph, image, image_size, true).map_err(|e| match e {
                     rbd::RbdError::InUse { .. } => {
@@ -292,10 +383,14 @@ fn remove_made_image(
 async fn new_superblock<K: KeyService>(
     keys: &K,
     spec: &NewVolume<'_>,
+    source: KeySource<'_>,
 ) -> Result<Superblock, EnvelopeError> {
     let volume = spec.volume;
     let uuid = Uuid::new_v4();
     let context = volume_encryption_context(&uuid);
+    if let KeySource::Existing { existing, data_key } = source {
+        return rewrapped_superblock(keys, spec, uuid, existing, data_key).await;
+    }
     let wrapped = keys
         .generate_wrapped_key(spec.key, &context, DATA_KEY_LEN)
         .await
@@ -309,10 +404,6 @@ async fn new_superblock<K: KeyService>(
         .map_err(|e| key_failure(volume, "unwrap the new data key", spec.key, e, keys))?;
     let data_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     Superblock::new(
         uuid,
         spec.size,
@@ -320,9 +411,82 @@ async fn new_superblock<K: KeyService>(
         wrapped.key_arn,
         wrapped.blob,
         data_key.key_check(&uuid),
-        created,
+        now_unix_seconds(),
     )
     .map_err(|e| vol_err(volume, e))
+}
+
+/// A new volume's superblock for an existing data key: re-wrapped from
+/// its old context into the new uuid's, unwrapped once to prove it is the
+/// same key.
+async fn rewrapped_superblock<K: KeyService>(
+    keys: &K,
+    spec: &NewVolume<'_>,
+    uuid: Uuid,
+    existing: ExistingKey<'_>,
+    data_key: &DataKey,
+) -> Result<Superblock, EnvelopeError> {
+    let volume = spec.volume;
+    let context = volume_encryption_context(&uuid);
+    let wrapped = keys
+        .rewrap_key(
+            existing.key_arn,
+            existing.wrapped_key,
+            existing.key_arn,
+            existing.encryption_context,
+            &context,
+        )
+        .await
+        .map_err(|e| {
+            key_failure(
+                volume,
+                "re-wrap the data key for the new volume",
+                existing.key_arn,
+                e,
+                keys,
+            )
+        })?;
+    let plaintext = keys
+        .unwrap_key(&wrapped.key_arn, &wrapped.blob, &context)
+        .await
+        .map_err(|e| key_failure(volume, "unwrap the re-wrapped data key", spec.key, e, keys))?;
+    let rewrapped = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
+    drop(plaintext);
+    let key_check = data_key.key_check(&uuid);
+    if !rewrapped.verify_check(&uuid, &key_check) {
+        return Err(vol_err(
+            volume,
+            "the key service re-wrapped a different data key; nothing was written",
+        ));
+    }
+    Superblock::new(
+        uuid,
+        spec.size,
+        spec.sector_size,
+        wrapped.key_arn,
+        wrapped.blob,
+        key_check,
+        now_unix_seconds(),
+    )
+    .map_err(|e| vol_err(volume, e))
+}
+
+fn now_unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Removes a volume this process made and no longer has open (a failed
+/// restore's): the file, or the RBD image.
+pub fn remove_volume(volume: &VolumeAddress) -> Result<(), EnvelopeError> {
+    match volume {
+        VolumeAddress::File(path) => std::fs::remove_file(path).map_err(|e| vol_err(volume, e)),
+        VolumeAddress::Rbd { image, ceph } => {
+            RbdBackend::remove(ceph, image).map_err(|e| vol_err(volume, e))
+        }
+    }
 }
 
 /// Writes `sb`'s volume onto an image made (or, `reused`, taken) for it,
@@ -625,6 +789,13 @@ pub async fn prepare_attach<K: KeyService>(
 }
 
 impl PreparedAttachment {
+    /// The unwrapped data key, checked against the superblock: for what
+    /// must be derived from it before [`Self::complete`] hands it to the
+    /// volume (a snapshot manifest's MAC key). It never leaves `DataKey`.
+    pub fn data_key(&self) -> &DataKey {
+        &self.data_key
+    }
+
     /// Takes the volume over if asked (blocklisting its holder), locks it
     /// (refused, naming the holder, when another attachment conflicts),
     /// checks it is still the volume whose key was unwrapped, repairs an
@@ -719,6 +890,7 @@ pub async fn rewrap<K: KeyService>(
             &old_key_arn,
             &sb.wrapped_key,
             &destination,
+            &sb.encryption_context,
             &sb.encryption_context,
         )
         .await

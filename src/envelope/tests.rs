@@ -53,10 +53,17 @@ impl KeyService for Racing {
         source: &str,
         blob: &[u8],
         destination: &str,
-        context: &BTreeMap<String, String>,
+        source_context: &BTreeMap<String, String>,
+        destination_context: &BTreeMap<String, String>,
     ) -> Result<WrappedKey, KeyError> {
         self.keys
-            .rewrap_key(source, blob, destination, context)
+            .rewrap_key(
+                source,
+                blob,
+                destination,
+                source_context,
+                destination_context,
+            )
             .await
     }
 

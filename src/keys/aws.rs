@@ -143,7 +143,7 @@ fn region_chain(target: &KmsTarget) -> aws_config::meta::region::RegionProviderC
 /// The AWS default credential chain — environment, profile (static keys,
 /// SSO, assume-role, credential_process), web identity, ECS — and the EC2
 /// instance role only on EC2.
-fn credentials_chain(
+pub(crate) fn credentials_chain(
     profile: Option<&str>,
 ) -> aws_config::meta::credentials::CredentialsProviderChain {
     use aws_config::meta::credentials::CredentialsProviderChain;
@@ -238,7 +238,8 @@ pub const UP_PROFILE: &str = "envol-up";
 
 /// `AWS_CA_BUNDLE`, as the AWS CLI and boto3 honour it: extra certificates
 /// (PEM) to trust besides the system's, e.g. a KMS's self-signed one.
-fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, KeyError> {
+pub(crate) fn ca_bundle_client() -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, KeyError>
+{
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
     let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
         return Ok(None);
@@ -371,7 +372,7 @@ where
 
 /// The deepest cause of an error, which is the one a person can act on
 /// ("Connection refused"), without the `(os error 111)` tail.
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     let mut last = err;
     while let Some(next) = last.source() {
         last = next;
@@ -452,16 +453,17 @@ impl KeyService for AwsKeyClient {
         source: &str,
         blob: &[u8],
         destination: &str,
-        context: &BTreeMap<String, String>,
+        source_context: &BTreeMap<String, String>,
+        destination_context: &BTreeMap<String, String>,
     ) -> Result<WrappedKey, KeyError> {
         let out = self
             .client
             .re_encrypt()
             .ciphertext_blob(Blob::new(blob.to_vec()))
             .source_key_id(source)
-            .set_source_encryption_context(Some(to_hash_map(context)))
+            .set_source_encryption_context(Some(to_hash_map(source_context)))
             .destination_key_id(destination)
-            .set_destination_encryption_context(Some(to_hash_map(context)))
+            .set_destination_encryption_context(Some(to_hash_map(destination_context)))
             .send()
             .await
             .map_err(|e| self.explain(e))?;

@@ -102,16 +102,17 @@ impl KeyService for EmbeddedKeys {
         source: &str,
         blob: &[u8],
         destination: &str,
-        context: &BTreeMap<String, String>,
+        source_context: &BTreeMap<String, String>,
+        destination_context: &BTreeMap<String, String>,
     ) -> Result<WrappedKey, KeyError> {
         let out = self.call(
             "ReEncrypt",
             json!({
                 "CiphertextBlob": base64::engine::general_purpose::STANDARD.encode(blob),
                 "SourceKeyId": source,
-                "SourceEncryptionContext": context,
+                "SourceEncryptionContext": source_context,
                 "DestinationKeyId": destination,
-                "DestinationEncryptionContext": context,
+                "DestinationEncryptionContext": destination_context,
             }),
         )?;
         Ok(WrappedKey {

@@ -107,13 +107,18 @@ pub trait KeyService: Send + Sync {
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KeyError>> + Send;
 
     /// Re-wraps a data key under `destination` (ReEncrypt): the plaintext
-    /// never leaves the KMS. `source` names the key the blob must be under.
+    /// never leaves the KMS. `source` names the key the blob must be under;
+    /// the blob was wrapped with `source_context` and the new one is bound
+    /// to `destination_context` (the same context for a key rotation or a
+    /// move to another key; a volume restored from a snapshot binds the
+    /// same data key to its own uuid).
     fn rewrap_key(
         &self,
         source: &str,
         blob: &[u8],
         destination: &str,
-        context: &BTreeMap<String, String>,
+        source_context: &BTreeMap<String, String>,
+        destination_context: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<WrappedKey, KeyError>> + Send;
 
     /// Where the keys come from, for messages ("the KMS at http://...").

@@ -97,6 +97,19 @@ impl DataKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// A 32-byte key for another purpose, derived from this one:
+    /// HMAC-SHA256(key = data key, `label`). Each use has its own label (the
+    /// snapshot manifest's is `envol snapshot manifest v1`), so the derived
+    /// keys are independent of each other and of the XTS key; only holders
+    /// of the data key can compute them, and they reveal nothing about it.
+    /// The data key itself never leaves this type.
+    pub fn derive_key(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.expose_secret().as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(label);
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     /// Whether `expected` is this key's check value for `volume`, in constant time.
     pub fn verify_check(&self, volume: &Uuid, expected: &[u8; KEY_CHECK_LEN]) -> bool {
         let actual = Zeroizing::new(self.key_check(volume));
@@ -174,6 +187,21 @@ mod tests {
         mac.update(&[9u8; 16]);
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         assert_eq!(DataKey::from_vec(bytes).unwrap().key_check(&vol), expected);
+    }
+
+    #[test]
+    fn derived_keys_are_the_documented_hmac_and_differ_by_label() {
+        let bytes = sample_bytes();
+        let key = DataKey::from_vec(bytes.clone()).unwrap();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&bytes).unwrap();
+        mac.update(b"envol snapshot manifest v1");
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        assert_eq!(*key.derive_key(b"envol snapshot manifest v1"), expected);
+        assert_ne!(*key.derive_key(b"another use"), expected);
+        assert_ne!(
+            *DataKey::generate().derive_key(b"envol snapshot manifest v1"),
+            expected
+        );
     }
 
     #[test]

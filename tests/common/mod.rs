@@ -5,6 +5,7 @@ pub mod ceph;
 pub mod kms;
 pub mod nbd;
 pub mod raw;
+pub mod s3;
 pub mod tls;
 pub mod tools;
 pub mod volume;
