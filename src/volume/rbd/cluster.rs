@@ -75,6 +75,16 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         // never land. With it off, an acknowledged write is in the cluster
         // (tests/rbd_failover.rs fails with the default and passes so).
         ("rbd_cache", "false".to_string()),
+        // Zero-copy aio writes: librbd sends our ciphertext buffer as it
+        // is instead of copying it first (Ceph 16 copies by default, so
+        // that a client changing its buffer while the write is in flight
+        // cannot make the data disagree with its CRC). envol never touches
+        // a started write's buffer: it is owned by the write until the
+        // completion, and librbd delays the completion until the
+        // messenger dropped its last reference to the bytes. Measured
+        // (1 MiB sequential writes, QD16, A/B on one cluster): server CPU
+        // per GiB 955-971 → 817-847 ms, throughput 432-443 → 496-535 MiB/s.
+        ("rbd_disable_zero_copy_writes", "false".to_string()),
         // librados logs to stderr by itself (a failed connect prints
         // several lines of its own); envol reports every failure as one
         // line of its own instead.
