@@ -31,9 +31,11 @@
 //! in the next payload.
 //!
 //! On an asynchronous device (a volume on a Ceph image) nothing waits in
-//! a thread: the reader *starts* READ and FLUSH itself, a worker starts
-//! WRITE (it encrypts first), and the device's completion sends the reply
-//! to the writer thread ([`CommandContext::start`]); only TRIM,
+//! a thread: the reader *starts* READ, FLUSH and small whole-sector WRITEs
+//! itself, a worker starts other WRITEs (it encrypts first), and the thread
+//! that completes a request sends its reply itself when the socket is free
+//! and takes it at once, else through the writer thread
+//! ([`CommandContext::start`], `ReplyOutput::send_now`); only TRIM,
 //! WRITE_ZEROES and BLOCK_STATUS still occupy a worker for their duration.
 //!
 //! The rules of `transmission.rs` hold as in the async loop: a WRITE's
@@ -276,6 +278,7 @@ pub(super) fn serve_blocking(
     let output = Arc::new(ReplyOutput {
         socket: socket.clone(),
         lock: Mutex::new(Unsent::default()),
+        send_now_max: send_now_max(&socket),
         failed: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
     });
@@ -648,6 +651,8 @@ impl WriteLane {
 struct ReplyOutput {
     socket: Arc<PlainSocket>,
     lock: Mutex<Unsent>,
+    /// See [`SEND_NOW_MAX`].
+    send_now_max: usize,
     /// Set by the first failed write (client gone or not reading); from
     /// then on replies are dropped and the reader stops.
     failed: AtomicBool,
@@ -662,10 +667,17 @@ struct ReplyOutput {
 #[derive(Default)]
 struct Unsent(Vec<u8>);
 
-/// The largest reply [`ReplyOutput::send_now`] tries: one socket buffer's
-/// worth at most (the tail of a partial send is copied), and large enough
-/// for a 1 MiB READ.
+/// The largest reply [`ReplyOutput::send_now`] tries (a 1 MiB READ with
+/// its header), when the socket's send buffer holds four of them; with a
+/// smaller buffer, a quarter of it. The tail of a send the socket takes
+/// only in part is copied, so a reply the buffer could rarely take whole
+/// (`net.core.wmem_max` is 208 KiB on many systems, against the 4 MiB
+/// asked for) goes to the writer thread instead.
 const SEND_NOW_MAX: usize = 1 << 20 | 4096;
+
+fn send_now_max(socket: &PlainSocket) -> usize {
+    rustix::net::sockopt::socket_send_buffer_size(socket).map_or(0, |b| (b / 4).min(SEND_NOW_MAX))
+}
 
 impl ReplyOutput {
     fn try_lock(&self) -> Option<MutexGuard<'_, Unsent>> {
@@ -734,7 +746,7 @@ impl ReplyOutput {
     /// caller must wake the writer (an empty batch) to finish it.
     fn send_now(&self, frame: Frame) -> Result<(), Option<Frame>> {
         let len = frame.head.len() + frame.data.as_ref().map_or(0, |d| d.as_slice().len());
-        if len > SEND_NOW_MAX {
+        if len > self.send_now_max {
             return Err(Some(frame));
         }
         let Some(mut guard) = self.try_lock() else {
