@@ -75,16 +75,6 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         // never land. With it off, an acknowledged write is in the cluster
         // (tests/rbd_failover.rs fails with the default and passes so).
         ("rbd_cache", "false".to_string()),
-        // Zero-copy aio writes: librbd sends our ciphertext buffer as it
-        // is instead of copying it first (Ceph 16 copies by default, so
-        // that a client changing its buffer while the write is in flight
-        // cannot make the data disagree with its CRC). envol never touches
-        // a started write's buffer: it is owned by the write until the
-        // completion, and librbd delays the completion until the
-        // messenger dropped its last reference to the bytes. Measured
-        // (1 MiB sequential writes, QD16, A/B on one cluster): server CPU
-        // per GiB 955-971 → 817-847 ms, throughput 432-443 → 496-535 MiB/s.
-        ("rbd_disable_zero_copy_writes", "false".to_string()),
         // librbd dispatches an aio request on the calling thread instead
         // of handing it to its own op thread first (Ceph's default queues
         // it, "to prevent blocking"): one thread switch less per request.
@@ -97,6 +87,13 @@ pub(super) fn connect(ceph: &CephOptions) -> Result<Arc<ffi::Rados>, RbdError> {
         // 2.4 → 1.8 (random read), 2.0 → 1.2–1.5 (random write), 8–10 →
         // 6–6.6 (sequential); server CPU per GiB 17.4–17.7 → 15.6–16.0 s
         // (random read), 1.03–1.25 → 1.03–1.05 s (sequential write).
+        // Not set, though measured faster: `rbd_disable_zero_copy_writes
+        // =false` (no copy of a write's buffer in librbd; 1 MiB writes
+        // used ~13 % less server CPU). librbd then delays a write's
+        // completion until the messenger drops the buffer, which with an
+        // OSD killed is when the OSD returns: the write's EIO came after
+        // 28–35 s instead of the operation deadline (3 s in
+        // tests/rbd_failover.rs, which fails with it).
         ("rbd_non_blocking_aio", "false".to_string()),
         // librados logs to stderr by itself (a failed connect prints
         // several lines of its own); envol reports every failure as one
