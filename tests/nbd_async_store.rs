@@ -12,6 +12,8 @@
 //! * FUA writes and FLUSH are answered only after the store completed the
 //!   flush.
 //! * A store error becomes an NBD error reply; the connection goes on.
+//! * Replies completed while the client reads nothing (the socket fills
+//!   up) all arrive whole, once, with their own data.
 //! * A device that drops a started request's completion, or panics while
 //!   starting one, gets its client EIO for that request, not a hang.
 //! * A completion still pending in the store when the server has given up
@@ -382,7 +384,58 @@ fn store_errors_become_error_replies(transmission: TransmissionLoop) {
     server.stop().unwrap();
 }
 
+/// Replies a client is slow to take: more READ data than the socket
+/// buffers hold is completed at once while the client reads nothing, so
+/// the threads that complete requests find the socket full (the threaded
+/// loop's non-blocking sends then leave a frame half-sent, for the writer
+/// thread to finish before anything else). Every reply must still arrive
+/// whole, once, with its own data.
+fn replies_a_slow_client_takes_later_arrive_whole(transmission: TransmissionLoop) {
+    let store = store();
+    let server = serve(transmission, volume_on(store.clone()));
+    let mut c = attach(&server);
+    const MIB: usize = 1 << 20;
+    let model: Vec<u8> = (0..SIZE as usize)
+        .map(|i| (i / 4096 * 31 + i * 7) as u8)
+        .collect();
+    for (i, chunk) in model.chunks(MIB).enumerate() {
+        c.request(CMD_WRITE, 0, i as u64, (i * MIB) as u64, MIB as u32, chunk);
+        ok(&mut c, i as u64);
+    }
+    // 24 MiB of 1 MiB replies (more than a 4 MiB send buffer, doubled by
+    // the kernel, holds) and small ones between them.
+    let mut requests = Vec::new();
+    let mut reads = HashMap::new();
+    let mut ranges = HashMap::new();
+    for i in 0..48u64 {
+        let (at, len) = if i % 2 == 0 {
+            ((i / 2 % 8) * MIB as u64, MIB)
+        } else {
+            (i * 40_960 + 4096, 4096)
+        };
+        requests.push((CMD_READ, 100 + i, at, len as u32));
+        reads.insert(100 + i, len);
+        ranges.insert(100 + i, at as usize..at as usize + len);
+    }
+    let held = hold(&store);
+    pipeline(&mut c, &requests);
+    wait_in_flight(&store, requests.len());
+    drop(held);
+    // Let the completions run into the full socket before reading any.
+    std::thread::sleep(Duration::from_millis(300));
+    let data = collect(&mut c, requests.len(), &reads);
+    for (cookie, range) in ranges {
+        assert!(
+            data[&cookie] == model[range.clone()],
+            "read {cookie} of {range:?} came back with other bytes"
+        );
+    }
+    drop(c);
+    server.stop().unwrap();
+}
+
 crate::on_every_transmission_loop! {
+    replies_a_slow_client_takes_later_arrive_whole,
     pipelined_requests_are_all_in_flight_in_the_store,
     several_connections_share_the_store,
     fua_and_flush_are_answered_after_the_store_flushed,
