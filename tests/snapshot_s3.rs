@@ -315,7 +315,11 @@ fn after_a_crash_the_next_snapshot_compares_hashes() {
     );
     assert_eq!(s2["method"], "hash-compare");
     assert_eq!(num(&s2, "chunks_read"), 32, "every chunk is read");
-    assert_eq!(num(&s2, "objects_added"), 1, "only the changed chunk is uploaded");
+    assert_eq!(
+        num(&s2, "objects_added"),
+        1,
+        "only the changed chunk is uploaded"
+    );
     assert_eq!(num(&s2, "chunks"), 5);
     assert_eq!(s2["parent"], s1["id"]);
     let r = env.restore(
@@ -323,7 +327,10 @@ fn after_a_crash_the_next_snapshot_compares_hashes() {
         env.fx.path("r.vol").to_str().unwrap(),
         &vol,
     );
-    assert!(env.read_all(&r, "r.img") == a.0, "the restore misses the write made before the crash");
+    assert!(
+        env.read_all(&r, "r.img") == a.0,
+        "the restore misses the write made before the crash"
+    );
 
     // Tracking is exact again from snapshot 2 on.
     let (s3, stderr) = env.snapshot(&vol, &place);
@@ -353,8 +360,14 @@ fn rbd_volume_snapshot_restores_to_an_image_and_a_file() {
     let target = TestImage::new("snap-dst");
     let on_rbd = env.restore(url, &format!("rbd:{}", target.spec()), &vol);
     let on_file = env.restore(url, env.fx.path("f.vol").to_str().unwrap(), &vol);
-    assert!(env.read_all(&on_rbd, "rbd.img") == a.0, "rbd: restore differs");
-    assert!(env.read_all(&on_file, "file.img") == a.0, "file restore differs");
+    assert!(
+        env.read_all(&on_rbd, "rbd.img") == a.0,
+        "rbd: restore differs"
+    );
+    assert!(
+        env.read_all(&on_file, "file.img") == a.0,
+        "file restore differs"
+    );
     // Another increment on the image.
     let cmd = a.fill(0x63, 8 * MIB, 4096);
     env.write(&vol, &[&cmd]);
@@ -385,8 +398,12 @@ fn tampered_chunk_or_manifest_is_refused() {
     let h0 = m["chunks"][0][1].clone();
     m["chunks"][0][1] = m["chunks"][1][1].clone();
     m["chunks"][1][1] = h0;
-    env.s3
-        .put(&env.bucket, &manifest_key, &serde_json::to_vec(&m).unwrap(), &scratch);
+    env.s3.put(
+        &env.bucket,
+        &manifest_key,
+        &serde_json::to_vec(&m).unwrap(),
+        &scratch,
+    );
     let target = env.fx.path("m.vol");
     let (_, stderr) = run_fails(&mut env.envol_as(
         ADMIN,
@@ -394,7 +411,10 @@ fn tampered_chunk_or_manifest_is_refused() {
     ));
     assert_one_clean_line("tampered manifest", &stderr);
     assert!(stderr.contains("authentication does not match"), "{stderr}");
-    assert!(!target.exists(), "nothing is created for a refused manifest");
+    assert!(
+        !target.exists(),
+        "nothing is created for a refused manifest"
+    );
     env.s3.put(&env.bucket, &manifest_key, &original, &scratch);
 
     // A chunk: one byte changed.
@@ -440,7 +460,13 @@ fn a_user_the_key_policy_refuses_cannot_snapshot_or_restore() {
     assert!(!target.exists());
     let (_, stderr) = run_fails(&mut env.envol_as(
         "mallory",
-        &["snapshot", "create", vol.path.to_str().unwrap(), "--to", &env.place("p")],
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            &env.place("p"),
+        ],
     ));
     assert_one_clean_line("refused create", &stderr);
     assert!(stderr.contains("AccessDeniedException"), "{stderr}");
@@ -464,7 +490,16 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
             "not a valid bucket name",
         ),
         (
-            env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "s3://no-such-bucket-envol/x"]),
+            env.envol_as(
+                ADMIN,
+                &[
+                    "snapshot",
+                    "create",
+                    v,
+                    "--to",
+                    "s3://no-such-bucket-envol/x",
+                ],
+            ),
             "does not exist",
         ),
         (
@@ -472,7 +507,10 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
             "names a snapshot",
         ),
         (
-            env.envol_as(ADMIN, &["volume", "restore", &env.place("x"), "--to", "/tmp/x.vol"]),
+            env.envol_as(
+                ADMIN,
+                &["volume", "restore", &env.place("x"), "--to", "/tmp/x.vol"],
+            ),
             "is not a snapshot",
         ),
         (
@@ -495,7 +533,10 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
     for (mut cmd, expected) in cases {
         let (_, stderr) = run_fails(&mut cmd);
         assert_one_clean_line(expected, &stderr);
-        assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
     }
 
     // An existing target is refused, and left alone.
@@ -508,15 +549,16 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
     ));
     assert_one_clean_line("existing target", &stderr);
     assert!(stderr.contains("already exists"), "{stderr}");
-    assert!(std::fs::read(&vol.path).unwrap() == before, "the existing volume is untouched");
+    assert!(
+        std::fs::read(&vol.path).unwrap() == before,
+        "the existing volume is untouched"
+    );
 
     // An attached volume: refused, naming the holder; snapshots of attached
     // volumes come with the server's control socket.
     let server = env.fx.serve(ADMIN, &vol);
-    let (_, stderr) = run_fails(&mut env.envol_as(
-        ADMIN,
-        &["snapshot", "create", v, "--to", &env.place("b")],
-    ));
+    let (_, stderr) =
+        run_fails(&mut env.envol_as(ADMIN, &["snapshot", "create", v, "--to", &env.place("b")]));
     assert_one_clean_line("attached volume", &stderr);
     assert!(
         stderr.contains(&format!("pid {}", server.pid())) && stderr.contains("not built yet"),

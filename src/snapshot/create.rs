@@ -267,7 +267,7 @@ async fn find_parent(
         return Ok(Some(p));
     }
     let mut newest_first: Vec<(&SnapshotId, _)> = inv.manifests.iter().collect();
-    newest_first.sort_by(|a, b| b.1.last_modified.cmp(&a.1.last_modified));
+    newest_first.sort_by_key(|b| std::cmp::Reverse(b.1.last_modified));
     let mut best: Option<Parent> = None;
     for (id, _) in newest_first {
         let url = place.snapshot(id.clone());

@@ -88,11 +88,7 @@ fn far_future(now: Instant) -> Instant {
 /// `uploading snap-…: 512.0 MiB of 2.0 GiB (25%), 80.1 MiB/s`
 fn line(what: &str, done: u64, total: u64, elapsed: Duration) -> String {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let pct = if total == 0 {
-        100
-    } else {
-        done.saturating_mul(100) / total
-    };
+    let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
     let rate = mib(done) / elapsed.as_secs_f64().max(0.001);
     format!(
         "{what}: {:.1} MiB of {:.1} MiB ({pct}%), {rate:.1} MiB/s",
