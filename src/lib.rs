@@ -16,6 +16,13 @@
 //! ```text
 //!  cli/        clap commands: parse, print, exit codes — no logic
 //!   │
+//!   ├── snapshot/  point-in-time copies in S3 (aws-sdk-s3): a volume's
+//!   │              stored chunks, content-addressed, and an authenticated
+//!   │              manifest; create (incremental), restore, list, delete
+//!   │        uses envelope/ below (attach; create with an existing
+//!   │        key) and the open Volume's read_stored / write_stored /
+//!   │        changes
+//!   │
 //!   ├── nbd/       NBD wire format, handshake state machine, parallel
 //!   │              transmission, listeners (Unix, TCP), exports
 //!   │     │  BlockDevice (volume/device.rs): read/write/trim/zero/flush

@@ -56,8 +56,13 @@ impl Env {
 
     /// `envol ARGS` with the KMS (as `profile`) and the S3 flags.
     fn envol_as(&self, profile: &str, args: &[&str]) -> Command {
+        self.envol_as_at(profile, args, &self.s3)
+    }
+
+    /// [`Self::envol_as`] with another S3 endpoint.
+    fn envol_as_at(&self, profile: &str, args: &[&str], s3: &S3) -> Command {
         let mut cmd = self.fx.envol_as(profile, args);
-        cmd.args(self.s3.envol_args());
+        cmd.args(s3.envol_args());
         cmd
     }
 
@@ -548,7 +553,10 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
         &["volume", "restore", s1["url"].as_str().unwrap(), "--to", v],
     ));
     assert_one_clean_line("existing target", &stderr);
-    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(
+        stderr.contains("already exists; a restore makes a new volume"),
+        "{stderr}"
+    );
     assert!(
         std::fs::read(&vol.path).unwrap() == before,
         "the existing volume is untouched"
@@ -565,4 +573,247 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
         "{stderr}"
     );
     server.stop();
+}
+
+/// A volume of `chunks` chunks, each written with its own pattern.
+fn patterned_volume(env: &Env, name: &str, chunks: u64) -> (Vol, Expected) {
+    let vol = env.fx.create_volume(name, chunks * MIB, 4096);
+    let mut e = Expected::new(chunks * MIB);
+    let cmds: Vec<String> = (0..chunks)
+        .map(|i| e.fill((i % 250 + 1) as u8, i * MIB, MIB))
+        .collect();
+    env.write(&vol, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
+    (vol, e)
+}
+
+/// `snapshot create` running in the background, its stderr to a file.
+fn spawn_create(env: &Env, s3: &S3, vol: &Vol, place: &str, extra: &[&str], log: &str) -> Child {
+    let mut cmd = env.envol_as_at(
+        ADMIN,
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            place,
+            "--json",
+        ],
+        s3,
+    );
+    cmd.args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.fx.path(log)).unwrap());
+    cmd.spawn().unwrap()
+}
+
+/// Waits (bounded) until at least `n` chunk objects are under `prefix`,
+/// while `child` (logging to `log`) uploads them.
+fn wait_for_chunks(env: &Env, prefix: &str, n: usize, child: &mut Child, log: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let have = env.objects(prefix).len();
+        if have >= n {
+            return have;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the create exited ({status}) before {n} chunks were uploaded:\n{}",
+                std::fs::read_to_string(env.fx.path(log)).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {have} of {n} chunks uploaded in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (bounded) for a child to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `kill -9` of a create in the middle of its upload: no snapshot is
+/// listed; the re-run completes, uploading only what the first did not,
+/// and removes the dead upload's marker.
+#[test]
+fn a_killed_create_lists_nothing_and_its_rerun_uploads_less() {
+    let env = Env::new();
+    let (vol, expected) = patterned_volume(&env, "k.vol", 40);
+    let place = env.place("k");
+    let mut child = spawn_create(
+        &env,
+        &env.s3,
+        &vol,
+        &place,
+        &["--concurrency", "1"],
+        "k.log",
+    );
+    let had = wait_for_chunks(&env, "k/chunks/", 5, &mut child, "k.log");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let uploaded = env.objects("k/chunks/").len();
+    eprintln!("killed the create after {had}+ chunks; {uploaded} chunk objects in the bucket");
+    assert!(uploaded < 40, "the create finished before it was killed");
+
+    let out = run_ok(&mut env.envol_s3(&["snapshot", "list", &place]));
+    assert!(
+        out.contains("no snapshots in"),
+        "an interrupted snapshot is not listed: {out}"
+    );
+    assert!(
+        env.objects("k/")
+            .iter()
+            .any(|o| o.key.ends_with("/in-progress")),
+        "the interrupted upload's marker stays"
+    );
+
+    let (s, _) = env.snapshot(&vol, &place);
+    assert_eq!(num(&s, "chunks"), 40);
+    assert_eq!(
+        num(&s, "objects_added"),
+        40 - uploaded as u64,
+        "the re-run uploads only what is missing"
+    );
+    assert!(
+        !env.objects("k/")
+            .iter()
+            .any(|o| o.key.ends_with("/in-progress")),
+        "the dead upload's marker is removed by the re-run"
+    );
+    let r = env.restore(
+        s["url"].as_str().unwrap(),
+        env.fx.path("kr.vol").to_str().unwrap(),
+        &vol,
+    );
+    assert!(env.read_all(&r, "kr.img") == expected.0);
+}
+
+/// A radosgw of this test's own (the cluster's other users keep theirs),
+/// on a free port, in the foreground of a child process.
+struct OwnRadosgw {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRadosgw {
+    fn start(dir: &std::path::Path, port: u16) -> OwnRadosgw {
+        let ceph = Ceph::from_env();
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("radosgw")
+            .arg("--conf")
+            .arg(&ceph.conf)
+            .args(["--id", "rgw.r", "-f"])
+            .arg(format!("--rgw-frontends=beast endpoint=127.0.0.1:{port}"))
+            .arg(format!("--rgw-data={}", dir.display()))
+            .arg(format!("--pid-file={}/rgw.pid", dir.display()))
+            .arg(format!("--admin-socket={}/rgw.asok", dir.display()))
+            .arg(format!("--log-file={}/rgw.log", dir.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "radosgw must be installed (Debian package radosgw; scripts/test.sh installs it)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "radosgw on port {port} did not come up in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnRadosgw { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRadosgw {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// radosgw killed in the middle of an upload: the create fails after its
+/// retries with one line naming the endpoint; with radosgw back, the same
+/// command completes and uploads only what was missing.
+#[test]
+fn radosgw_gone_mid_upload_is_one_line_and_the_rerun_completes() {
+    let env = Env::new();
+    let (vol, expected) = patterned_volume(&env, "g.vol", 40);
+    let place = env.place("g");
+    let port = free_port();
+    let rgw_dir = env.fx.path("rgw");
+    let mut rgw = OwnRadosgw::start(&rgw_dir, port);
+    let endpoint = rgw.endpoint();
+    let own = env.s3.at(&endpoint);
+    let mut child = spawn_create(&env, &own, &vol, &place, &["--concurrency", "1"], "g.log");
+    wait_for_chunks(&env, "g/chunks/", 5, &mut child, "g.log");
+    rgw.kill();
+    let started = Instant::now();
+    let status = wait_child(&mut child, Duration::from_secs(120));
+    let stderr = std::fs::read_to_string(env.fx.path("g.log")).unwrap();
+    eprintln!(
+        "create failed after {:?} ({status}): {stderr}",
+        started.elapsed()
+    );
+    assert!(!status.success());
+    assert_one_clean_line("radosgw gone", &stderr);
+    assert!(
+        stderr.contains(&endpoint) && stderr.contains("after 5 attempts"),
+        "{stderr}"
+    );
+    let uploaded = env.objects("g/chunks/").len();
+    assert!(uploaded < 40);
+
+    let rgw = OwnRadosgw::start(&rgw_dir, port);
+    let mut cmd = env.envol_as_at(
+        ADMIN,
+        &[
+            "snapshot",
+            "create",
+            vol.path.to_str().unwrap(),
+            "--to",
+            &place,
+            "--json",
+        ],
+        &env.s3.at(&rgw.endpoint()),
+    );
+    let s: serde_json::Value = serde_json::from_str(&run_ok(&mut cmd)).unwrap();
+    assert_eq!(num(&s, "objects_added"), 40 - uploaded as u64);
+    let r = env.restore(
+        s["url"].as_str().unwrap(),
+        env.fx.path("gr.vol").to_str().unwrap(),
+        &vol,
+    );
+    assert!(env.read_all(&r, "gr.img") == expected.0);
 }

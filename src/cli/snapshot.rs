@@ -41,6 +41,7 @@ pub enum SnapshotCommand {
     },
     /// List the complete snapshots in s3://BUCKET[/PREFIX], oldest first (what their manifests say; no KMS call).
     List {
+        /// The place: s3://BUCKET[/PREFIX].
         #[arg(value_name = "S3_URL")]
         place: String,
         /// Print JSON.

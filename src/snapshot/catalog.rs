@@ -17,7 +17,6 @@
 //! `snapshot delete` of that snapshot's URL.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::SystemTime;
 
 use super::error::SnapshotError;
 use super::manifest::{Manifest, ManifestError, is_sha256_hex};
@@ -186,11 +185,4 @@ async fn collect(
         done.bytes_deleted += size;
     }
     Ok(())
-}
-
-/// Seconds since the epoch of an object's date (0 when the store gave none).
-pub fn unix_seconds(t: Option<SystemTime>) -> u64 {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -266,26 +266,21 @@ async fn find_parent(
     {
         return Ok(Some(p));
     }
+    // Manifests are written last and never rewritten: the newest object is
+    // the newest snapshot.
     let mut newest_first: Vec<(&SnapshotId, _)> = inv.manifests.iter().collect();
-    newest_first.sort_by_key(|b| std::cmp::Reverse(b.1.last_modified));
-    let mut best: Option<Parent> = None;
+    newest_first.sort_by_key(|(_, object)| std::cmp::Reverse(object.last_modified));
     for (id, _) in newest_first {
         let url = place.snapshot(id.clone());
         let manifest = catalog::fetch_manifest(store, &url).await?;
         if manifest.volume_uuid != uuid.to_string() {
             continue;
         }
-        if best
-            .as_ref()
-            .is_some_and(|b| b.manifest.created >= manifest.created)
-        {
-            continue;
-        }
         if let Some(p) = authentic(store, url, key).await? {
-            best = Some(p);
+            return Ok(Some(p));
         }
     }
-    Ok(best)
+    Ok(None)
 }
 
 /// The snapshot's manifest if it verifies under `key` (a warning if not:

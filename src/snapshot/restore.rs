@@ -102,6 +102,15 @@ pub async fn restore_with<K: KeyService>(
     new_key: Option<&str>,
     quiet: bool,
 ) -> Result<Restored, SnapshotError> {
+    // A restore makes a new volume, never overwrites one (checked again,
+    // atomically, when it is created; this is for the clearer message).
+    if let VolumeAddress::File(path) = target
+        && path.exists()
+    {
+        return Err(SnapshotError::failed(format!(
+            "{target}: already exists; a restore makes a new volume (choose another --to)"
+        )));
+    }
     let (manifest, data_key) = open_snapshot(keys, store, snapshot).await?;
     let superblock = match new_key {
         None => {
