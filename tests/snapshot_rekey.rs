@@ -357,11 +357,23 @@ fn copies_to_another_bucket_restore_equal_with_and_without_key() {
 
     // Each copy restores to what was written, under its own key.
     let r1 = env.restore(&c1_url, "c1.vol", None, &vol);
-    assert!(env.read_all(&r1) == data.0, "same-key copy restores differently");
-    assert_eq!(env.fx.info_json(&r1.path)["key_arn"], env.fx.key_arn.as_str());
+    assert!(
+        env.read_all(&r1) == data.0,
+        "same-key copy restores differently"
+    );
+    assert_eq!(
+        env.fx.info_json(&r1.path)["key_arn"],
+        env.fx.key_arn.as_str()
+    );
     let r3 = env.restore(&c3_url, "c3.vol", None, &vol);
-    assert!(env.read_all(&r3) == data.0, "--key copy restores differently");
-    assert_eq!(env.fx.info_json(&r3.path)["key_arn"], env.other_key.as_str());
+    assert!(
+        env.read_all(&r3) == data.0,
+        "--key copy restores differently"
+    );
+    assert_eq!(
+        env.fx.info_json(&r3.path)["key_arn"],
+        env.other_key.as_str()
+    );
 
     // A user no key policy names: cannot copy (with or without --key) nor
     // restore under another key; nothing appears in the destination.
@@ -377,7 +389,11 @@ fn copies_to_another_bucket_restore_equal_with_and_without_key() {
             "{stderr}"
         );
     }
-    assert_eq!(env.keys(&dest_bucket, ""), before, "a refused copy wrote something");
+    assert_eq!(
+        env.keys(&dest_bucket, ""),
+        before,
+        "a refused copy wrote something"
+    );
     let target: PathBuf = env.fx.path("stolen.vol");
     let (_, stderr) = run_fails(&mut env.envol_as(
         "mallory",
