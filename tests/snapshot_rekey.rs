@@ -13,7 +13,8 @@
 //! the same content with and without `--key`, a second same-key copy uploads
 //! nothing (content-addressed) and names the first as its parent, a `--key`
 //! copy is under the new key; a user no key policy names can neither copy nor
-//! restore under another key.
+//! restore under another key; bad URLs and a missing destination bucket
+//! are one line each.
 
 mod common;
 
@@ -410,4 +411,41 @@ fn copies_to_another_bucket_restore_equal_with_and_without_key() {
     assert_one_clean_line("refused rekeyed restore", &stderr);
     assert!(stderr.contains("AccessDeniedException"), "{stderr}");
     assert!(!target.exists());
+
+    // Bad input: one line each, nothing written.
+    for (args, says) in [
+        (
+            vec!["snapshot", "copy", "s3://abc/x", "--to", dest.as_str()],
+            "is not a snapshot",
+        ),
+        (
+            vec![
+                "snapshot",
+                "copy",
+                url.as_str(),
+                "--to",
+                "s3://Bad_Bucket/x",
+            ],
+            "not a valid bucket name",
+        ),
+        (
+            vec!["snapshot", "copy", url.as_str(), "--to", c1_url.as_str()],
+            "names a snapshot",
+        ),
+        (
+            vec![
+                "snapshot",
+                "copy",
+                url.as_str(),
+                "--to",
+                "s3://envol-no-such-bucket-h5/x",
+            ],
+            "does not exist",
+        ),
+    ] {
+        let (_, stderr) = run_fails(&mut env.envol_as(ADMIN, &args));
+        assert_one_clean_line("bad copy", &stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(env.keys(&dest_bucket, ""), before);
 }
