@@ -83,6 +83,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod control;
 pub mod envelope;
 pub mod keys;
 pub mod kms;

@@ -12,6 +12,7 @@ macro_rules! say {
 }
 
 mod address;
+mod control;
 mod error;
 mod key;
 mod kms;
@@ -59,6 +60,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run everything on this machine: embedded KMS, default key and volume, NBD server.
     Up(up::UpArgs),
+    /// Attach a volume to a running `envol serve` and export it (through its control socket).
+    Attach(control::AttachArgs),
+    /// Detach an export from a running `envol serve`: wait for its clients (or --force), flush, release the volume.
+    Detach(control::DetachArgs),
+    /// The exports of a running `envol serve`, with their clients and counters.
+    Status(control::StatusArgs),
 }
 
 pub fn run(cli: Cli) -> CliResult {
@@ -75,6 +82,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Up(args) => up::run(args),
+        Command::Attach(args) => control::attach(args),
+        Command::Detach(args) => control::detach(args),
+        Command::Status(args) => control::status(args),
     }
 }
 

@@ -12,6 +12,9 @@ use super::error::{CliError, CliResult};
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
+use crate::control::{
+    self, Attacher, Attachment, ControlSocket, Controller, Planned, TakeOverMode, VolumeInfo,
+};
 use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
@@ -37,6 +40,9 @@ pub struct ServeArgs {
     /// Serve on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// The control socket (`envol attach`, `detach`, `status`), owner-only. Default: with --socket, that path with `.control` appended; otherwise $XDG_RUNTIME_DIR/envol/nbd-IP-PORT.control (/run/envol for root, /tmp/envol-UID without XDG_RUNTIME_DIR).
+    #[arg(long, value_name = "PATH", env = "ENVOL_CONTROL")]
+    pub control: Option<PathBuf>,
     /// Serve on this TCP address (default 127.0.0.1:10809 when no --socket is given).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -282,6 +288,21 @@ fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<Ta
     if !args.take_over {
         return Ok(None);
     }
+    let policy = match args.force {
+        true => TakeOver::Force,
+        false => TakeOver::IfHolderDead,
+    };
+    check_take_over(policy, args.read_only, volumes)?;
+    Ok(Some(policy))
+}
+
+/// Whether `volumes` may be taken over: rbd: volumes attached read-write
+/// only (`read_only_all`: `serve --read-only`).
+fn check_take_over(
+    _policy: TakeOver,
+    read_only_all: bool,
+    volumes: &[VolumeArg],
+) -> Result<(), CliError> {
     if let Some(file) = volumes.iter().find(|v| v.volume.rbd_image().is_none()) {
         return Err(CliError(format!(
             "{}: --take-over applies to rbd: volumes only (a file's lock is released when its holder dies)",
@@ -289,7 +310,7 @@ fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<Ta
         )));
     }
     // Before the KMS client is built: a reader takes nobody's place.
-    if args.read_only {
+    if read_only_all {
         return Err(CliError(
             "--take-over is for read-write attachments, not with --read-only".into(),
         ));
@@ -300,10 +321,7 @@ fn take_over_policy(args: &ServeArgs, volumes: &[VolumeArg]) -> Result<Option<Ta
             reader.volume
         )));
     }
-    Ok(Some(match args.force {
-        true => TakeOver::Force,
-        false => TakeOver::IfHolderDead,
-    }))
+    Ok(())
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -330,6 +348,10 @@ pub fn run(args: ServeArgs) -> CliResult {
     args.limits.ensure_descriptors(listeners, 0);
     let rt = runtime()?;
     rt.block_on(async move {
+        // Before any key is unwrapped: a server that cannot listen (an
+        // address or control socket in use) must not have asked the KMS.
+        let (listeners, control) =
+            bind(args.socket.as_deref(), tcp, args.control.as_deref()).await?;
         let keys = AwsKeyClient::new(&args.kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
@@ -341,28 +363,164 @@ pub fn run(args: ServeArgs) -> CliResult {
         let (fenced_tx, mut fenced_rx) = tokio::sync::mpsc::unbounded_channel();
         let fencing = Fencing {
             take_over,
-            fenced: Some(fenced_tx),
+            fenced: Some(fenced_tx.clone()),
         };
-        let (exports, certified) = attach_all(&keys, &volumes, &fencing).await?;
-        // Kept to close the volumes that were not fenced if another one is.
-        let held: Vec<(String, Arc<dyn BlockDevice>)> = volumes
+        let attached = attach_volumes(&keys, &volumes, &fencing).await?;
+        let known: Vec<(String, VolumeInfo)> = attached
             .iter()
-            .zip(&exports)
-            .map(|(v, e)| (v.volume.to_string(), e.device.clone()))
+            .map(|a| (a.export.name.clone(), a.info.clone()))
             .collect();
+        let certified: Vec<(String, String)> = attached
+            .iter()
+            .map(|a| (a.export.name.clone(), a.certified_description.clone()))
+            .collect();
+        let exports = attached.into_iter().map(|a| a.export).collect();
         let mut server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
         for (name, description) in certified {
             server = server.with_certified_description(&name, description)?;
         }
-        let server = args.limits.apply(server);
+        let mut server = args.limits.apply(server);
+        if let Some(tls) = tls {
+            server = server.with_tls(tls);
+        }
+        let shutdown = shutdown_signal();
+        announce(&server, &listeners, &control);
+        let attacher = ServeAttacher {
+            keys: Arc::new(keys),
+            ceph: args.ceph.clone(),
+            read_only: args.read_only,
+            fenced: fenced_tx,
+        };
+        let uris = Box::new(listeners.uri_maker(server.tls_required()));
+        let controller = Arc::new(Controller::new(server.clone(), attacher, uris, known));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serving = async {
+            let nbd = server.serve(listeners, async {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+            let mut stop = stop_rx;
+            let control = control.serve(controller.clone(), async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            });
+            tokio::join!(nbd, control).0
+        };
         let fenced = tokio::select! {
-            served = serve_with(server, args.socket.as_deref(), tcp, tls, |_| {}) => return served,
+            served = serving => {
+                served.map_err(|e| CliError(format!("while shutting down: {e}")))?;
+                tracing::info!("stopped; data keys dropped");
+                return Ok(());
+            }
             Some(volume) = fenced_rx.recv() => volume,
         };
         // The server is dropped by now: its listeners closed, its
         // connections aborted (they drop their handles on the volumes).
+        // What it still exports is closed here, the fenced ones excepted.
+        let held = controller
+            .volumes()
+            .into_iter()
+            .map(|(address, export)| (address, export.device))
+            .collect();
+        drop(controller);
+        drop(server);
         exit_fenced(fenced, fenced_rx, held).await
     })
+}
+
+/// Binds the NBD listeners and the control socket; the process umask is
+/// 077 from here on (the sockets give whoever opens them the plaintext
+/// volumes).
+async fn bind(
+    socket: Option<&Path>,
+    tcp: Option<SocketAddr>,
+    control: Option<&Path>,
+) -> Result<(Listeners, ControlSocket), CliError> {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let listeners = Listeners::bind(socket, tcp)
+        .await
+        .map_err(|e| CliError(format!("cannot listen: {e}")))?;
+    let control_path = match (control, listeners.unix_path(), listeners.tcp_addr()) {
+        (Some(path), _, _) => path.to_path_buf(),
+        (None, Some(nbd_socket), _) => control::path::beside_socket(nbd_socket),
+        (None, None, Some(addr)) => control::path::for_tcp(addr)
+            .map_err(|e| CliError(format!("cannot place the control socket: {e}")))?,
+        (None, None, None) => return Err(CliError("no listener".into())),
+    };
+    let control = ControlSocket::bind(&control_path)
+        .await
+        .map_err(|e| CliError(format!("cannot open the control socket: {e}")))?;
+    Ok((listeners, control))
+}
+
+/// Prints where to connect: every export's URIs, and the control socket.
+fn announce(server: &Server, listeners: &Listeners, control: &ControlSocket) {
+    for export in server.exports() {
+        for uri in listeners.uris_with_tls(&export.name, server.tls_required()) {
+            say!("export {}: {uri}", export.name);
+        }
+    }
+    say!("control: {}", control.path().display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Attaches volumes for the control socket as start-up does: the same
+/// argument syntax, the server's own KMS client, Ceph cluster, `--read-only`
+/// and fencing.
+struct ServeAttacher {
+    keys: Arc<AwsKeyClient>,
+    ceph: CephArgs,
+    read_only: bool,
+    fenced: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Attacher for ServeAttacher {
+    type Plan = (VolumeArg, Fencing);
+
+    fn plan(
+        &self,
+        volume: &str,
+        take_over: Option<TakeOverMode>,
+    ) -> Result<Planned<Self::Plan>, String> {
+        let mut arg = split_volume_arg(volume, &self.ceph).map_err(|e| e.0)?;
+        arg.read_only |= self.read_only;
+        let take_over = take_over.map(|mode| match mode {
+            TakeOverMode::IfHolderDead => TakeOver::IfHolderDead,
+            TakeOverMode::Force => TakeOver::Force,
+        });
+        if let Some(policy) = take_over {
+            check_take_over(policy, self.read_only, std::slice::from_ref(&arg)).map_err(|e| e.0)?;
+        }
+        let fencing = Fencing {
+            take_over,
+            fenced: Some(self.fenced.clone()),
+        };
+        Ok(Planned {
+            name: arg.name.clone(),
+            volume: arg.volume.to_string(),
+            plan: (arg, fencing),
+        })
+    }
+
+    async fn attach(&self, (arg, fencing): Self::Plan) -> Result<Attachment, String> {
+        let options = fencing.attach_options(&arg.volume, arg.read_only);
+        let prepared = envelope::prepare_attach(&*self.keys, &arg.volume, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Locking (and for rbd:, opening the image and perhaps fencing its
+        // holder) waits for storage: not on the runtime's threads, which
+        // serve every other export's handshakes and the control socket.
+        let volume = tokio::task::spawn_blocking(move || prepared.complete())
+            .await
+            .map_err(|e| format!("attach failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let attached = attached_volume(volume, &arg);
+        Ok(Attachment {
+            export: attached.export,
+            certified_description: attached.certified_description,
+            info: attached.info,
+        })
+    }
 }
 
 /// Another server took `volume` over and Ceph blocklisted this one: every
@@ -435,6 +593,15 @@ const RELEASE_POLL: Duration = Duration::from_millis(20);
 /// The exit status of a fenced server (as `main`'s for any other error).
 const FENCED_EXIT_CODE: i32 = 1;
 
+/// A volume attached and ready to export.
+pub(crate) struct AttachedVolume {
+    pub export: Export,
+    /// What clients authenticated by a TLS client certificate see as its
+    /// description.
+    pub certified_description: String,
+    pub info: VolumeInfo,
+}
+
 /// Attaches every volume, all or nothing: a refusal stops before any
 /// listener opens, and before any holder is fenced: every volume is opened
 /// and its key unwrapped and checked first, and only then is each taken
@@ -442,13 +609,11 @@ const FENCED_EXIT_CODE: i32 = 1;
 /// can find out — that a holder is still alive, under `--take-over`
 /// without `--force` — may still refuse a later volume after an earlier
 /// one was taken over.)
-/// Returns the exports, and for each export (by name) the description that
-/// clients authenticated by a TLS client certificate see.
-pub(crate) async fn attach_all<K: KeyService>(
+pub(crate) async fn attach_volumes<K: KeyService>(
     keys: &K,
     volumes: &[VolumeArg],
     fencing: &Fencing,
-) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
+) -> Result<Vec<AttachedVolume>, CliError> {
     let mut prepared = Vec::with_capacity(volumes.len());
     for VolumeArg {
         volume: address,
@@ -459,43 +624,66 @@ pub(crate) async fn attach_all<K: KeyService>(
         let options = fencing.attach_options(address, *read_only);
         prepared.push(envelope::prepare_attach(keys, address, options).await?);
     }
-    let mut exports = Vec::new();
-    let mut certified = Vec::new();
-    for (
-        prepared,
-        VolumeArg {
-            volume: address,
-            name,
-            read_only,
-        },
-    ) in prepared.into_iter().zip(volumes)
-    {
-        let read_only = *read_only;
-        let volume: Volume = prepared.complete()?;
-        let sb = volume.superblock();
-        // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
-        // neither the volume's uuid nor its key; only a client with a
-        // verified TLS client certificate is told those.
-        let description = format!(
-            "envol volume ({}, {}-byte sectors)",
-            sb.cipher, sb.sector_size
-        );
-        certified.push((
-            name.clone(),
-            format!(
-                "envol volume {} ({}, {}-byte sectors, key {})",
-                sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
-            ),
-        ));
-        tracing::info!("attached {address} as export {name:?}");
-        exports.push(Export {
+    let mut attached = Vec::new();
+    for (prepared, arg) in prepared.into_iter().zip(volumes) {
+        attached.push(attached_volume(prepared.complete()?, arg));
+    }
+    Ok(attached)
+}
+
+/// [`attach_volumes`] as exports, and for each export (by name) the
+/// description that clients authenticated by a TLS client certificate see.
+pub(crate) async fn attach_all<K: KeyService>(
+    keys: &K,
+    volumes: &[VolumeArg],
+    fencing: &Fencing,
+) -> Result<(Vec<Export>, Vec<(String, String)>), CliError> {
+    let attached = attach_volumes(keys, volumes, fencing).await?;
+    Ok(attached
+        .into_iter()
+        .map(|a| {
+            let certified = (a.export.name.clone(), a.certified_description);
+            (a.export, certified)
+        })
+        .unzip())
+}
+
+/// The export of an attached volume, its descriptions, and what status
+/// shows of it.
+fn attached_volume(volume: Volume, arg: &VolumeArg) -> AttachedVolume {
+    let VolumeArg {
+        volume: address,
+        name,
+        read_only,
+    } = arg;
+    let sb = volume.superblock();
+    // Any client can read this (NBD_OPT_LIST, INFO, GO), so it names
+    // neither the volume's uuid nor its key; only a client with a
+    // verified TLS client certificate is told those.
+    let description = format!(
+        "envol volume ({}, {}-byte sectors)",
+        sb.cipher, sb.sector_size
+    );
+    let certified_description = format!(
+        "envol volume {} ({}, {}-byte sectors, key {})",
+        sb.uuid, sb.cipher, sb.sector_size, sb.key_arn
+    );
+    let info = VolumeInfo {
+        volume: address.to_string(),
+        volume_uuid: sb.uuid.to_string(),
+        key_arn: sb.key_arn.to_string(),
+    };
+    tracing::info!("attached {address} as export {name:?}");
+    AttachedVolume {
+        export: Export {
             name: name.clone(),
             description,
             device: Arc::new(volume),
-            read_only,
-        });
+            read_only: *read_only,
+        },
+        certified_description,
+        info,
     }
-    Ok((exports, certified))
 }
 
 /// Binds, prints where to connect, and serves until SIGINT/SIGTERM.

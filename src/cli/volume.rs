@@ -10,7 +10,9 @@ use super::s3::S3Args;
 use super::target::{KmsArgs, human_size, parse_size};
 use crate::envelope::{self, Attachers, NewVolume, VolumeAddress};
 use crate::keys::aws::AwsKeyClient;
-use crate::volume::{AttachMode, Slot, Superblock, SuperblockError};
+use crate::volume::{
+    AttachMode, CHUNK_SIZE, Changes, Slot, StoredChanges, Superblock, SuperblockError,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -237,10 +239,61 @@ fn attachers_json(attachers: &Attachers) -> Vec<serde_json::Value> {
     }
 }
 
+/// The bytes `chunks` chunks of a volume of `size` bytes cover at most.
+fn chunk_bytes(chunks: usize, size: u64) -> u64 {
+    (chunks as u64).saturating_mul(CHUNK_SIZE).min(size)
+}
+
+/// `changes` in `volume info --json`.
+fn changes_json(stored: Option<&StoredChanges>, attached: bool, size: u64) -> serde_json::Value {
+    let Some(stored) = stored else {
+        return serde_json::Value::Null;
+    };
+    match &stored.changes {
+        Changes::Exact { base, chunks } => json!({
+            "exact": true,
+            "base": base,
+            "chunks": chunks.len(),
+            "bytes": chunk_bytes(chunks.len(), size),
+            "chunk_size": CHUNK_SIZE,
+        }),
+        Changes::Unknown { reason } => json!({
+            "exact": false,
+            "reason": reason,
+            "tracked_by_attached_server": attached && stored.open_since.is_some(),
+            "since": stored.open_since,
+        }),
+    }
+}
+
+/// The `changes:` line of `volume info`.
+fn changes_text(stored: &StoredChanges, attached: bool, size: u64) -> String {
+    match (&stored.changes, &stored.open_since) {
+        (Changes::Exact { base, chunks }, _) => {
+            let since = match base {
+                Some(b) => format!("since {b}"),
+                None => "since creation".into(),
+            };
+            let n = chunks.len();
+            let unit = if n == 1 { "chunk" } else { "chunks" };
+            format!("{since}: {n} {unit} ({})", human_size(chunk_bytes(n, size)))
+        }
+        // Open because a server has it now: exact in that server's memory.
+        (Changes::Unknown { .. }, Some(since)) if attached => {
+            format!("tracked by the attached server ({since}); recorded when it detaches cleanly")
+        }
+        (Changes::Unknown { reason }, _) => {
+            format!("unknown ({reason}): the next snapshot compares chunk hashes")
+        }
+    }
+}
+
 fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
     use base64::Engine;
-    let set = envelope::inspect(volume)?;
+    let inspection = envelope::inspect_with_changes(volume)?;
+    let set = &inspection.copies;
     let attachers = envelope::attached_by(volume)?;
+    let attached = !attachers.is_empty();
     let sb = set.best().map_err(|e| CliError(format!("{volume}: {e}")))?;
     let wrapped = base64::engine::general_purpose::STANDARD.encode(&sb.wrapped_key);
     if as_json {
@@ -261,6 +314,7 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
                 "secondary": copy_json(Slot::Secondary, &set.secondary),
             },
             "attached_by": attachers_json(&attachers),
+            "changes": changes_json(inspection.changes.as_ref(), attached, sb.size),
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -312,6 +366,9 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
                 say!("  attached:    read-write by Ceph client {client}");
             }
         }
+    }
+    if let Some(stored) = &inspection.changes {
+        say!("  changes:     {}", changes_text(stored, attached, sb.size));
     }
     if let Some((slot, _)) = set.damaged() {
         say!(

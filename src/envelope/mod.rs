@@ -528,6 +528,25 @@ pub fn inspect(volume: &VolumeAddress) -> Result<SuperblockSet, EnvelopeError> {
     Ok(volume::read_superblocks_from(store.backend()))
 }
 
+/// What `volume info` shows of a volume, read without its key and
+/// without a lock: both superblock copies, and what its change map says
+/// (`None` when no superblock copy is valid).
+pub struct Inspection {
+    pub copies: SuperblockSet,
+    pub changes: Option<volume::StoredChanges>,
+}
+
+/// [`inspect`], and the change map too (one open of the store).
+pub fn inspect_with_changes(volume: &VolumeAddress) -> Result<Inspection, EnvelopeError> {
+    let store = Store::open(volume, AttachMode::ReadOnly).map_err(|e| vol_err(volume, e))?;
+    let copies = volume::read_superblocks_from(store.backend());
+    let changes = copies
+        .best()
+        .ok()
+        .map(|sb| volume::read_stored_changes(store.backend(), sb));
+    Ok(Inspection { copies, changes })
+}
+
 /// Who has a volume attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attachers {

@@ -61,23 +61,28 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
     BufWriter,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, warn};
 
 use super::commands::{CommandContext, Reply, ReplyData};
+use super::export_stats::InFlight;
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
-    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
-    shutdown_requested,
+    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, Stop, TransmissionError, admit, conclude,
+    discarded,
 };
 use super::workers::{PooledBuf, Shared};
 
-/// A reply with its share of this connection's budget and of its listener's:
-/// rejected requests hold none.
-type Frame = super::transmission::Frame<Option<(OwnedSemaphorePermit, ServerPermit)>>;
+/// What a request holds until its reply is written: its share of this
+/// connection's budget and of its listener's (rejected requests hold
+/// none), and its place among its export's requests in flight.
+type Held = (Option<(OwnedSemaphorePermit, ServerPermit)>, InFlight);
+
+/// A reply with what its request holds.
+type Frame = super::transmission::Frame<Held>;
 
 /// What a request's device task needs, shared by the reader and all tasks.
 /// Its `replies` sender is the writer's lifeline: the writer finishes when
@@ -90,12 +95,7 @@ struct Context {
 }
 
 impl Context {
-    fn send(
-        &self,
-        head: Vec<u8>,
-        data: Option<ReplyData>,
-        permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
-    ) {
+    fn send(&self, head: Vec<u8>, data: Option<ReplyData>, permit: Held) {
         // A send only fails once the writer is gone, i.e. the connection is
         // being torn down; the reply has nowhere to go then.
         let _ = self.replies.send(Frame::new(head, data, permit));
@@ -106,7 +106,7 @@ impl Context {
 pub(crate) async fn serve<S>(
     stream: S,
     negotiated: Negotiated,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: Stop,
     shared: Arc<Shared>,
     limits: ConnectionLimits,
 ) -> Result<(), TransmissionError>
@@ -135,7 +135,7 @@ where
     let ended = loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown_requested(&mut shutdown) => break Ok(End::Shutdown),
+            _ = stop.requested() => break Ok(End::Shutdown),
             _ = ctx.replies.closed() => break Ok(End::WriterGone),
             next = read_request(&mut reader, &ctx, &budget) => next,
         };
@@ -156,7 +156,7 @@ where
         _ => {
             tokio::select! {
                 r = &mut writer => joined(r),
-                _ = shutdown_requested(&mut shutdown) => drain_within(&mut writer, SHUTDOWN_GRACE).await,
+                _ = stop.requested() => drain_within(&mut writer, SHUTDOWN_GRACE).await,
             }
         }
     };
@@ -167,7 +167,7 @@ where
 struct Incoming {
     request: Request,
     payload: Option<PooledBuf>,
-    permit: Option<(OwnedSemaphorePermit, ServerPermit)>,
+    permit: Held,
     /// Set when validation failed: the request is answered with this errno
     /// and never reaches the device.
     rejected: Option<(u32, &'static str)>,
@@ -215,7 +215,7 @@ where
         return Ok(Some(Incoming {
             request: admission.request,
             payload: None,
-            permit: None,
+            permit: (None, admission.in_flight),
             rejected: admission.rejected,
         }));
     }
@@ -224,6 +224,7 @@ where
         rejected,
         payload_len,
         cost,
+        in_flight,
     } = admission;
 
     let own = budget
@@ -247,7 +248,7 @@ where
     Ok(Some(Incoming {
         request,
         payload,
-        permit: Some(permit),
+        permit: (Some(permit), in_flight),
         rejected,
     }))
 }
@@ -263,7 +264,9 @@ async fn dispatch(ctx: &Arc<Context>, incoming: Incoming) {
     } = incoming;
     if let Some((errno, message)) = rejected {
         let head = ctx.cmd.rejection_frame(&request, errno, message);
-        ctx.send(head, None, None);
+        // Its budget goes back at once, as before counting in flight.
+        let (_budget, in_flight) = permit;
+        ctx.send(head, None, (None, in_flight));
         return;
     }
     if ctx.cmd.is_started(&request) {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
 use super::protocol::{self as p, Command, Request};
+use super::served_export::ServedExport;
 use super::workers::{BufferPool, PooledBuf, Shared};
 use crate::volume::{Allocation, BlockDevice, BlockSizes, CpuExecutor, IoBuf};
 
@@ -131,6 +132,8 @@ impl<F: FnOnce(Reply)> Drop for Answer<F> {
 
 /// What a connection knows about its export and the options it negotiated.
 pub(crate) struct CommandContext {
+    /// The export: its counters, and whether a forced detach evicted it.
+    pub(crate) export: Arc<ServedExport>,
     pub(crate) device: Arc<dyn BlockDevice>,
     pub(crate) size: u64,
     pub(crate) sizes: BlockSizes,
@@ -160,6 +163,7 @@ impl CommandContext {
         // server CPU per GiB (docs/design.md).
         let read_cpu: Arc<dyn CpuExecutor> = shared.clone();
         Self {
+            export: n.export.clone(),
             read_cpu,
             size: device.size(),
             sizes: device.block_sizes(),
@@ -226,6 +230,11 @@ impl CommandContext {
             // SEND_FUA is advertised, and it is harmless on the others.
             _ => p::CMD_FLAG_FUA,
         };
+        // A forced detach: the spec's soft disconnect answers every
+        // request ESHUTDOWN until the client leaves.
+        if self.export.is_evicted() {
+            return Some((p::ESHUTDOWN, "the export is being detached"));
+        }
         if let Unknown(_) = command {
             return Some((p::EINVAL, "unknown command"));
         }

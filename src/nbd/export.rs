@@ -1,4 +1,4 @@
-//! Exports: what the server offers by name, validated once at start-up.
+//! Exports: what the server offers by name, and what makes one valid.
 
 use std::sync::Arc;
 
@@ -48,6 +48,8 @@ pub enum ExportError {
     BadDescription(String),
     #[error("no export named {0:?}")]
     UnknownExport(String),
+    #[error("export {0:?} is already being detached")]
+    Detaching(String),
     #[error("export {name:?} has invalid block sizes {sizes:?}: {reason}")]
     BadBlockSizes {
         name: String,
@@ -56,87 +58,19 @@ pub enum ExportError {
     },
 }
 
-/// The validated, immutable list of exports shared by every connection.
-#[derive(Debug, Clone)]
-pub(crate) struct ExportSet {
-    exports: Vec<Export>,
-    /// By export index: what clients authenticated by a TLS client
-    /// certificate are shown instead of the export's own description.
-    certified_descriptions: Vec<Option<String>>,
-}
-
-impl ExportSet {
-    pub(crate) fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
-        if exports.is_empty() {
-            return Err(ExportError::Empty);
-        }
-        for (i, e) in exports.iter().enumerate() {
-            if !valid_string(&e.name) {
-                return Err(ExportError::BadName(e.name.clone()));
-            }
-            if !valid_string(&e.description) {
-                return Err(ExportError::BadDescription(e.name.clone()));
-            }
-            if exports[..i].iter().any(|o| o.name == e.name) {
-                return Err(ExportError::DuplicateName(e.name.clone()));
-            }
-            check_block_sizes(e.device.block_sizes()).map_err(|reason| {
-                ExportError::BadBlockSizes {
-                    name: e.name.clone(),
-                    sizes: e.device.block_sizes(),
-                    reason,
-                }
-            })?;
-        }
-        Ok(Self {
-            certified_descriptions: vec![None; exports.len()],
-            exports,
-        })
+/// One export's name, description and block sizes, as the protocol needs them.
+pub(crate) fn check_export(e: &Export) -> Result<(), ExportError> {
+    if !valid_string(&e.name) {
+        return Err(ExportError::BadName(e.name.clone()));
     }
-
-    /// Sets what clients with a verified TLS client certificate see as the
-    /// description of export `name`.
-    pub(crate) fn set_certified_description(
-        &mut self,
-        name: &str,
-        description: String,
-    ) -> Result<(), ExportError> {
-        let Some(i) = self.exports.iter().position(|e| e.name == name) else {
-            return Err(ExportError::UnknownExport(name.to_string()));
-        };
-        if !valid_string(&description) {
-            return Err(ExportError::BadDescription(name.to_string()));
-        }
-        self.certified_descriptions[i] = Some(description);
-        Ok(())
+    if !valid_string(&e.description) {
+        return Err(ExportError::BadDescription(e.name.clone()));
     }
-
-    /// The description of `export` (one of ours) as a client sees it:
-    /// `certified` clients (verified TLS client certificate) get the
-    /// certified description where there is one.
-    pub(crate) fn description<'a>(&'a self, export: &'a Export, certified: bool) -> &'a str {
-        let certified_text = || {
-            let i = self.exports.iter().position(|e| e.name == export.name)?;
-            self.certified_descriptions[i].as_deref()
-        };
-        match certified.then(certified_text).flatten() {
-            Some(text) => text,
-            None => &export.description,
-        }
-    }
-
-    pub(crate) fn all(&self) -> &[Export] {
-        &self.exports
-    }
-
-    /// Looks an export up by the name a client sent; the empty name is the
-    /// default export, i.e. the first one.
-    pub(crate) fn find(&self, name: &[u8]) -> Option<&Export> {
-        if name.is_empty() {
-            return self.exports.first();
-        }
-        self.exports.iter().find(|e| e.name.as_bytes() == name)
-    }
+    check_block_sizes(e.device.block_sizes()).map_err(|reason| ExportError::BadBlockSizes {
+        name: e.name.clone(),
+        sizes: e.device.block_sizes(),
+        reason,
+    })
 }
 
 impl Export {
@@ -172,7 +106,7 @@ impl Export {
 }
 
 /// NBD strings: UTF-8 (guaranteed by `String`), no NUL, at most 4096 bytes.
-fn valid_string(s: &str) -> bool {
+pub(crate) fn valid_string(s: &str) -> bool {
     s.len() <= MAX_STRING_LEN && !s.contains('\0')
 }
 

@@ -14,11 +14,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::async_loop;
-use super::export::{Export, ExportError, ExportSet};
+use super::export::{Export, ExportError};
+use super::export_set::ExportSet;
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
+use super::registry::ExportRegistry;
+use super::served_export::ServedExport;
 use super::threaded_loop::{self, PlainSocket};
-use super::transmission::TransmissionError;
+use super::transmission::{Stop, TransmissionError};
 use super::workers::Shared;
 
 /// The TLS situation a handshake starts in (the server's TLS mode).
@@ -57,7 +60,7 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let exports = ExportSet::new(exports)?;
+    let exports = ExportRegistry::new(ExportSet::new(exports)?);
     let result = match tls {
         TlsState::Unavailable => handshake::negotiate(stream, &exports, Tls::Unavailable).await,
         TlsState::Offered { required } => {
@@ -94,14 +97,15 @@ where
     // Keep the sender alive so shutdown is never requested.
     let (_stop, stop_rx) = watch::channel(false);
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    async_loop::serve(stream, negotiated, stop_rx, shared(), limits()).await
+    let stop = Stop::new(stop_rx, negotiated.export.eviction());
+    async_loop::serve(stream, negotiated, stop, shared(), limits()).await
 }
 
 /// What a handshake would have negotiated; `base_allocation` counts only
 /// with structured replies.
 fn negotiated(export: Export, structured_replies: bool, base_allocation: bool) -> Negotiated {
     Negotiated {
-        export,
+        export: Arc::new(ServedExport::new(export, None)),
         structured_replies,
         base_allocation: base_allocation && structured_replies,
     }

@@ -25,17 +25,20 @@
 //! of oversized options.
 
 use std::io;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use super::export::{Export, ExportSet};
+use super::export_set::ExportSet;
 use super::protocol::{
     self as p, CLIENT_FLAG_FIXED_NEWSTYLE, CLIENT_FLAG_NO_ZEROES, CLIENT_FLAGS_KNOWN,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, InfoRequest, MetaContextRequest, OPTION_HEADER_LEN,
     OptionHeader, ProtocolError,
 };
+use super::registry::ExportRegistry;
+use super::served_export::ServedExport;
 
 /// Largest option payload we buffer. Real options are far smaller (a name
 /// of at most 4096 bytes plus a few info requests or queries); a bigger one
@@ -48,7 +51,7 @@ pub(crate) const BASE_ALLOCATION_ID: u32 = 1;
 /// What option haggling agreed on, for the transmission phase.
 #[derive(Debug, Clone)]
 pub(crate) struct Negotiated {
-    pub export: Export,
+    pub export: Arc<ServedExport>,
     /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged: READ must be answered
     /// with structured chunks from now on.
     pub structured_replies: bool,
@@ -140,7 +143,7 @@ impl Options {
 /// Runs the server side of the fixed newstyle handshake on `stream`.
 pub(crate) async fn negotiate<S>(
     stream: &mut S,
-    exports: &ExportSet,
+    exports: &ExportRegistry,
     tls: Tls,
 ) -> Result<HandshakeOutcome, HandshakeError>
 where
@@ -155,7 +158,7 @@ where
 /// certificate the TLS layer verified.
 pub(crate) async fn negotiate_over_tls<S>(
     stream: &mut S,
-    exports: &ExportSet,
+    exports: &ExportRegistry,
     no_zeroes: bool,
     certified: bool,
 ) -> Result<HandshakeOutcome, HandshakeError>
@@ -170,7 +173,7 @@ where
 
 async fn run<S>(
     stream: &mut S,
-    exports: &ExportSet,
+    exports: &ExportRegistry,
     mut state: State,
     tls: Tls,
 ) -> Result<HandshakeOutcome, HandshakeError>
@@ -219,12 +222,17 @@ where
 /// Reads one option and answers it.
 async fn handle_option<S>(
     stream: &mut S,
-    exports: &ExportSet,
+    registry: &ExportRegistry,
     options: &mut Options,
 ) -> Result<Step, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The exports as they are for this option: read once per option, so
+    // an attach or detach shows at the client's next option, and a
+    // negotiating connection does not hold a detached export for long.
+    let snapshot = registry.snapshot();
+    let exports = &*snapshot;
     let mut header = [0u8; OPTION_HEADER_LEN];
     stream.read_exact(&mut header).await?;
     let OptionHeader { option, length } = OptionHeader::parse(&header)?;
@@ -279,8 +287,8 @@ where
                 return Ok(Step::Continue);
             }
             let mut out = Vec::new();
-            for e in exports.all() {
-                let description = exports.description(e, options.certified);
+            for e in exports.open() {
+                let description = e.description(options.certified);
                 let server = p::encode_rep_server(&e.name, description);
                 out.extend(p::encode_option_reply(option, p::REP_SERVER, &server));
             }
@@ -387,7 +395,7 @@ where
     if wants(p::INFO_NAME) {
         info(p::encode_info_string(p::INFO_NAME, &export.name));
     }
-    let description = exports.description(export, options.certified);
+    let description = export.description(options.certified);
     if wants(p::INFO_DESCRIPTION) && !description.is_empty() {
         info(p::encode_info_string(p::INFO_DESCRIPTION, description));
     }
@@ -465,7 +473,7 @@ where
     Ok(())
 }
 
-fn negotiated(export: &Export, options: &Options) -> Negotiated {
+fn negotiated(export: &Arc<ServedExport>, options: &Options) -> Negotiated {
     let base_allocation = matches!(
         &options.meta_context,
         Some((name, true)) if *name == export.name

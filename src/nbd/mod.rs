@@ -20,8 +20,13 @@
 //! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
 //! | `workers.rs` | the server's fixed pool of worker threads (device calls) and its buffer pool |
+//! | `unix_endpoint.rs` | a Unix socket listener that replaces only a stale socket and removes its own file |
 //! | `limits.rs` | what a stranger can hold: the limits' defaults, the listeners' in-flight budgets both loops draw on, the open-file limit the connection caps need |
-//! | `export.rs` | [`Export`] and validation of the export set; transmission flags |
+//! | `export.rs` | [`Export`], what makes one valid, transmission flags |
+//! | `export_set.rs` | the validated set of exports a connection negotiates against (one snapshot) |
+//! | `served_export.rs` | an export while served: its life (open, closing, evicted) and its clients |
+//! | `export_stats.rs` | per-export counters (clients, in flight, bytes): what status and metrics read |
+//! | `registry.rs` | the exports of a running server: attach, detach (wait or evict, flush, release), status |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
 //!
@@ -138,6 +143,17 @@
 //! on one covers writes made on all of them, which is why `CAN_MULTI_CONN`
 //! is advertised.
 //!
+//! Exports can change while the server runs ([`Server::attach`],
+//! [`Server::detach`]): the handshake reads the current set once per
+//! option, the request path never (a connection holds its own export), so
+//! a change touches no other export's connections. Detach closes the
+//! export to new clients, waits for its clients or (forced) evicts them —
+//! every request then gets `ESHUTDOWN` (the spec's soft disconnect), and
+//! after [`EVICTION_GRACE`] connections still open stop as at shutdown —
+//! flushes, and drops the device once nothing holds it.
+//! Per-export counters ([`ExportCounters`]: clients, in flight, bytes) are
+//! relaxed atomics on the request path, read by [`Server::status`].
+//!
 //! Shutdown: the future given to [`Server::serve`] resolving stops the
 //! accept loop; connections still negotiating are dropped; connections in
 //! transmission stop reading, finish their in-flight requests and send the
@@ -158,21 +174,29 @@
 mod async_loop;
 mod commands;
 mod export;
+mod export_set;
+mod export_stats;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
 mod limits;
 pub mod protocol;
+mod registry;
+mod served_export;
 mod server;
 mod threaded_loop;
 mod tls;
 mod transmission;
+mod unix_endpoint;
 mod workers;
 
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
+pub use export_stats::ExportCounters;
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
 pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT, descriptors_needed};
+pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};
-pub use transmission::{IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};
+pub use transmission::{EVICTION_GRACE, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError};
+pub use unix_endpoint::UnixEndpoint;

@@ -3,24 +3,26 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::async_loop;
-use super::export::{Export, ExportError, ExportSet};
+use super::export::{Export, ExportError};
+use super::export_set::ExportSet;
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
+use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
-use super::transmission::shutdown_requested;
+use super::transmission::{SHUTDOWN_GRACE, Stop, shutdown_requested};
+use super::unix_endpoint::UnixEndpoint;
 use super::workers::Shared;
 
 /// A client must finish option haggling (TLS handshake included) within
@@ -29,9 +31,11 @@ use super::workers::Shared;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The NBD server: a validated set of exports, served on [`Listeners`].
+/// Clones share the exports: one clone serves while another attaches and
+/// detaches ([`Server::attach`], [`Server::detach`]).
 #[derive(Debug, Clone)]
 pub struct Server {
-    exports: Arc<ExportSet>,
+    exports: Arc<ExportRegistry>,
     config: Arc<ConnectionConfig>,
     /// Worker threads and buffers, shared by every connection (and every
     /// clone of this server); the threads stop when the last handle goes.
@@ -67,7 +71,7 @@ impl Server {
     /// block sizes the protocol allows). The first export is the default.
     pub fn new(exports: Vec<Export>) -> Result<Self, ExportError> {
         Ok(Self {
-            exports: Arc::new(ExportSet::new(exports)?),
+            exports: Arc::new(ExportRegistry::new(ExportSet::new(exports)?)),
             config: Arc::new(ConnectionConfig {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -142,14 +146,44 @@ impl Server {
     /// client CA); everyone else sees the export's own description. For
     /// details a stranger should not learn, such as a volume's key.
     pub fn with_certified_description(
-        mut self,
+        self,
         name: &str,
         description: String,
     ) -> Result<Self, ExportError> {
-        let mut exports = ExportSet::clone(&self.exports);
-        exports.set_certified_description(name, description)?;
-        self.exports = Arc::new(exports);
+        self.exports.set_certified_description(name, description)?;
         Ok(self)
+    }
+
+    /// Adds `export` while the server runs (see [`with_certified_description`](Self::with_certified_description)
+    /// for `certified_description`); new connections can reach it at once,
+    /// existing ones are untouched.
+    pub fn attach(
+        &self,
+        export: Export,
+        certified_description: Option<String>,
+    ) -> Result<(), ExportError> {
+        self.exports.attach(export, certified_description)
+    }
+
+    /// Detaches export `name`: refuses new connections to it, waits for its
+    /// clients to leave — or, with `force`, flushes it and evicts them:
+    /// requests from then on get `ESHUTDOWN`, and connections still open
+    /// after [`EVICTION_GRACE`](super::EVICTION_GRACE) close once their
+    /// in-flight requests are answered — flushes it, and drops its device
+    /// once nothing else holds it. Other exports and their connections are untouched.
+    /// Dropping the future while it waits for clients reopens the export.
+    pub async fn detach(&self, name: &str, force: bool) -> Result<Detached, DetachError> {
+        // A handshake reading the old set ends within its timeout, a
+        // connection's draining within the shutdown grace.
+        let release_deadline = self.config.handshake_timeout + SHUTDOWN_GRACE;
+        // (The eviction grace and the drain after it are waited for as the
+        // clients' leaving, before this deadline starts.)
+        self.exports.detach(name, force, release_deadline).await
+    }
+
+    /// Every export with its counters, those being detached included.
+    pub fn status(&self) -> Vec<ExportStatus> {
+        self.exports.status()
     }
 
     /// Whether clients must start TLS before anything else.
@@ -160,8 +194,14 @@ impl Server {
             .is_some_and(|t| t.mode() == TlsMode::Require)
     }
 
-    pub fn exports(&self) -> &[Export] {
-        self.exports.all()
+    /// The exports as they are now, those being detached included.
+    pub fn exports(&self) -> Vec<Export> {
+        self.exports
+            .snapshot()
+            .all()
+            .iter()
+            .map(|e| e.export().clone())
+            .collect()
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully: stop
@@ -262,13 +302,12 @@ impl Server {
     /// acknowledged write durable even if no client sent FLUSH.
     async fn flush_all(&self) -> io::Result<()> {
         let mut first_error = None;
-        for export in self.exports.all() {
-            let device = export.device.clone();
+        for (name, device) in self.exports.devices() {
             let result = tokio::task::spawn_blocking(move || device.flush())
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e)));
             if let Err(e) = result {
-                warn!(export = %export.name, error = %e, "flush at shutdown failed");
+                warn!(export = %name, error = %e, "flush at shutdown failed");
                 first_error.get_or_insert(e);
             }
         }
@@ -330,7 +369,7 @@ impl Listeners {
     }
 
     pub fn unix_path(&self) -> Option<&Path> {
-        self.unix.as_ref().map(|u| u.path.as_path())
+        self.unix.as_ref().map(|u| u.path())
     }
 
     /// The bound TCP address (with the real port when 0 was asked for).
@@ -347,76 +386,33 @@ impl Listeners {
     /// Like [`Listeners::uris`], with the TLS schemes (`nbds+unix`, `nbds`)
     /// when `tls` is set.
     pub fn uris_with_tls(&self, export_name: &str, tls: bool) -> Vec<String> {
-        let mut uris = Vec::new();
-        let name = percent_encode(export_name, false);
-        let s = if tls { "s" } else { "" };
-        if let Some(path) = self.unix_path() {
-            let socket = percent_encode(&path.to_string_lossy(), true);
-            uris.push(format!("nbd{s}+unix:///{name}?socket={socket}"));
-        }
-        if let Some(addr) = self.tcp_addr() {
-            uris.push(format!("nbd{s}://{addr}/{name}"));
-        }
-        uris
+        self.uri_maker(tls)(export_name)
     }
-}
 
-/// A bound Unix socket that removes its file when dropped — but only if the
-/// file is still the one we created.
-#[derive(Debug)]
-struct UnixEndpoint {
-    listener: UnixListener,
-    path: PathBuf,
-    identity: (u64, u64),
-}
-
-impl UnixEndpoint {
-    async fn bind(path: &Path) -> io::Result<Self> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if tokio::net::UnixStream::connect(path).await.is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("{}: another server is listening there", path.display()),
-                    ));
-                }
-                std::fs::remove_file(path)?;
+    /// [`Listeners::uris_with_tls`] as a function that outlives the
+    /// listeners (for exports attached while they serve).
+    pub fn uri_maker(&self, tls: bool) -> impl Fn(&str) -> Vec<String> + Send + Sync + 'static {
+        let unix = self.unix_path().map(Path::to_path_buf);
+        let tcp = self.tcp_addr();
+        move |export_name: &str| {
+            let mut uris = Vec::new();
+            let name = percent_encode(export_name, false);
+            let s = if tls { "s" } else { "" };
+            if let Some(path) = &unix {
+                let socket = percent_encode(&path.to_string_lossy(), true);
+                uris.push(format!("nbd{s}+unix:///{name}?socket={socket}"));
             }
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{}: exists and is not a socket", path.display()),
-                ));
+            if let Some(addr) = tcp {
+                uris.push(format!("nbd{s}://{addr}/{name}"));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
-        })?;
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(Self {
-            listener,
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-        })
-    }
-}
-
-impl Drop for UnixEndpoint {
-    fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|meta| {
-            meta.file_type().is_socket() && (meta.dev(), meta.ino()) == self.identity
-        });
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
+            uris
         }
     }
 }
 
 async fn accept_unix(endpoint: Option<&UnixEndpoint>) -> io::Result<tokio::net::UnixStream> {
     match endpoint {
-        Some(e) => e.listener.accept().await.map(|(stream, _)| stream),
+        Some(e) => e.accept().await,
         None => std::future::pending().await,
     }
 }
@@ -486,7 +482,7 @@ impl Places {
 /// Everything a connection task holds besides its stream; its place on
 /// the listener is given back when the task ends.
 struct ConnectionContext {
-    exports: Arc<ExportSet>,
+    exports: Arc<ExportRegistry>,
     config: Arc<ConnectionConfig>,
     shared: Arc<Shared>,
     limits: ConnectionLimits,
@@ -538,6 +534,17 @@ where
         }
         Ok(Ok(a)) => a,
     };
+    let negotiated = match &attached {
+        Attached::Plain(_, n) | Attached::Tls(_, n) => &n.export,
+        Attached::Closed => return,
+    };
+    // Counted as the export's client for as long as this connection lasts;
+    // an export that began detaching since the client chose it is gone.
+    let Some(_client) = negotiated.connect() else {
+        info!(export = %negotiated.name, "nbd client refused: the export is being detached");
+        return;
+    };
+    let stop = Stop::new(stop, negotiated.eviction());
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
@@ -592,7 +599,7 @@ enum HandshakeFailure {
 /// the rest of the haggling over TLS.
 async fn handshake<S>(
     mut stream: S,
-    exports: &ExportSet,
+    exports: &ExportRegistry,
     config: &ConnectionConfig,
 ) -> Result<Attached<S>, HandshakeFailure>
 where

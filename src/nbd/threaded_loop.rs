@@ -68,16 +68,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::commands::{CommandContext, Reply, ReplyData};
+use super::export_stats::InFlight;
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
 use super::transmission::{
-    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, TransmissionError, admit, conclude, discarded,
-    is_stall, shutdown_requested,
+    Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, Stop, TransmissionError, admit, conclude,
+    discarded, is_stall,
 };
 use super::workers::{Job, PooledBuf, Shared};
 
@@ -222,7 +223,7 @@ fn widen_send_buffer(socket: impl std::os::fd::AsFd) {
 pub(crate) async fn serve(
     socket: PlainSocket,
     negotiated: Negotiated,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: Stop,
     shared: Arc<Shared>,
     limits: ConnectionLimits,
 ) -> Result<(), TransmissionError> {
@@ -235,7 +236,7 @@ pub(crate) async fn serve(
         })?;
     tokio::select! {
         r = &mut done => return finished(r),
-        _ = shutdown_requested(&mut shutdown) => {}
+        _ = stop.requested() => {}
     }
     // Stop reading; requests already read finish and are answered.
     let _ = control.shutdown(Shutdown::Read);
@@ -255,9 +256,13 @@ fn finished(
     r.unwrap_or_else(|_| Err(io::Error::other("nbd connection thread panicked").into()))
 }
 
-/// A reply with its share of this connection's [`Budget`] and of its
-/// listener's.
-type Frame = super::transmission::Frame<(Permit, ServerPermit)>;
+/// What a request holds until its reply is written: its share of this
+/// connection's [`Budget`] and of its listener's, and its place among its
+/// export's requests in flight.
+type Held = (Permit, ServerPermit, InFlight);
+
+/// A reply with what its request holds.
+type Frame = super::transmission::Frame<Held>;
 
 pub(super) fn serve_blocking(
     socket: PlainSocket,
@@ -392,9 +397,11 @@ impl Reader {
             rejected,
             payload_len,
             cost,
+            in_flight,
         } = admission;
 
-        let permit = self.acquire(cost);
+        let (own, listener) = self.acquire(cost);
+        let permit = (own, listener, in_flight);
 
         if let Some((errno, message)) = rejected {
             let head = self.cmd.rejection_frame(&request, errno, message);
@@ -489,7 +496,7 @@ impl Reader {
         discarded(copied, len)
     }
 
-    fn push(&mut self, head: Vec<u8>, data: Option<ReplyData>, permit: (Permit, ServerPermit)) {
+    fn push(&mut self, head: Vec<u8>, data: Option<ReplyData>, permit: Held) {
         self.batch_bytes += head.len() + data.as_ref().map_or(0, |d| d.as_slice().len());
         self.batch.push(Frame::new(head, data, permit));
     }
@@ -522,12 +529,7 @@ impl Reader {
     /// would hold up reading the next requests — and, for a partial sector,
     /// a blocking read-modify-write. Either way the device's completion
     /// sends the reply, with the request's permits, to the writer thread.
-    fn start(
-        &mut self,
-        request: Request,
-        payload: Option<PooledBuf>,
-        permit: (Permit, ServerPermit),
-    ) {
+    fn start(&mut self, request: Request, payload: Option<PooledBuf>, permit: Held) {
         let replies = self.replies.clone();
         let send = move |(head, data): Reply| {
             // Fails only once the writer is gone; the reply has nowhere to go.
@@ -544,12 +546,7 @@ impl Reader {
 
     /// Queues a request for the server's workers (waiting while the queue is
     /// full); the worker sends its reply to the writer.
-    fn dispatch(
-        &mut self,
-        request: Request,
-        payload: Option<PooledBuf>,
-        permit: (Permit, ServerPermit),
-    ) {
+    fn dispatch(&mut self, request: Request, payload: Option<PooledBuf>, permit: Held) {
         let cmd = self.cmd.clone();
         let replies = self.replies.clone();
         let in_lane = request.command() == Command::Write && request.flags & p::CMD_FLAG_FUA == 0;

@@ -20,6 +20,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::commands::{CommandContext, MAX_STATUS_DESCRIPTORS, ReplyData};
+use super::export_stats::InFlight;
 use super::protocol::{Command, ProtocolError, REQUEST_HEADER_LEN, Request};
 
 /// Per-connection cap on bytes buffered for in-flight requests.
@@ -119,6 +120,9 @@ pub(super) struct Admission {
     /// written: its buffer (READ data, WRITE payload, BLOCK_STATUS at its
     /// largest reply) plus [`REQUEST_OVERHEAD`].
     pub(super) cost: u32,
+    /// Counts the request in its export's in-flight requests until the
+    /// reply frame that carries it is written or dropped.
+    pub(super) in_flight: InFlight,
 }
 
 impl Admission {
@@ -156,10 +160,12 @@ pub(super) fn admit(
         Command::BlockStatus => u32::try_from(MAX_STATUS_DESCRIPTORS * 8).unwrap_or(u32::MAX),
         _ => 0,
     };
+    let in_flight = cmd.export.stats.request(&request, rejected.is_none());
     Ok(Some(Admission {
         request,
         rejected,
         payload_len,
+        in_flight,
         cost: buffered
             .saturating_add(REQUEST_OVERHEAD)
             .min(IN_FLIGHT_BYTES),
@@ -197,6 +203,55 @@ pub(super) fn is_disconnect(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
     )
+}
+
+/// After a forced detach, how long an evicted export's connections keep
+/// reading — answering every request `ESHUTDOWN`, the NBD spec's soft
+/// disconnect, so that a client learns why and can send `NBD_CMD_DISC` —
+/// before they stop reading and close as at server shutdown.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
+
+/// What tells a connection in transmission to stop reading and close: the
+/// server shutting down, or [`EVICTION_GRACE`] after its export was
+/// evicted by a forced detach.
+pub(crate) struct Stop {
+    server: watch::Receiver<bool>,
+    export: watch::Receiver<bool>,
+    /// When the eviction's grace ends, once it has been seen: fixed, so
+    /// that a client sending request after request cannot push it back.
+    evicted_until: Option<tokio::time::Instant>,
+}
+
+impl Stop {
+    pub(crate) fn new(server: watch::Receiver<bool>, export: watch::Receiver<bool>) -> Self {
+        Self {
+            server,
+            export,
+            evicted_until: None,
+        }
+    }
+
+    /// Resolves once either asks.
+    pub(crate) async fn requested(&mut self) {
+        let Self {
+            server,
+            export,
+            evicted_until,
+        } = self;
+        let evicted = async {
+            if evicted_until.is_none() {
+                shutdown_requested(export).await;
+                *evicted_until = Some(tokio::time::Instant::now() + EVICTION_GRACE);
+            }
+            if let Some(until) = *evicted_until {
+                tokio::time::sleep_until(until).await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown_requested(server) => {}
+            _ = evicted => {}
+        }
+    }
 }
 
 /// Resolves once shutdown is requested; never, if the server side is gone

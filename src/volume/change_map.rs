@@ -253,14 +253,19 @@ fn load(backend: &dyn Backend, sb: &Superblock) -> Loaded {
             "the volume is smaller than when its changes were recorded".into(),
         );
     }
+    // Bit i % 8 of byte i / 8 is chunk i: little-endian words.
     let mut bits = vec![0u64; count.div_ceil(64) as usize];
-    for (i, byte) in record.bitmap.iter().enumerate() {
-        for bit in 0..8 {
-            let chunk = i as u64 * 8 + bit;
-            if byte & (1 << bit) != 0 && chunk < record.chunk_count {
-                bits[(chunk / 64) as usize] |= 1 << (chunk % 64);
-            }
-        }
+    for (word, bytes) in bits.iter_mut().zip(record.bitmap.chunks(8)) {
+        let mut le = [0u8; 8];
+        le[..bytes.len()].copy_from_slice(bytes);
+        *word = u64::from_le_bytes(le);
+    }
+    // Bits past the recorded chunks mean nothing (a stray bit cannot be
+    // checksummed into meaning by a newer writer; cleared anyway).
+    for chunk in
+        record.chunk_count..(bits.len() as u64 * 64).min(bitmap_len(record.chunk_count) * 8)
+    {
+        bits[(chunk / 64) as usize] &= !(1 << (chunk % 64));
     }
     // Chunks added by growing the volume are new since the base.
     for chunk in record.chunk_count..count {
@@ -293,9 +298,15 @@ pub(crate) struct ChangeMap {
     /// One bit per chunk; empty when the volume is too large to track.
     words: Box<[AtomicU64]>,
     guarded: Mutex<Guarded>,
-    /// Set once the record is durably marked open (read without the lock
-    /// on the hot path; set under it).
+    /// Whether the record on disk can no longer vouch for a wrong set: it
+    /// was durably marked open by this attachment, or it was already not
+    /// exact when loaded (absent, open, torn, unknown — a crash leaves it
+    /// that way, so there is nothing to mark). Read without the lock on
+    /// the hot path; set under it.
     marked_open: AtomicBool,
+    /// Something the close must record happened: the record was marked
+    /// open, or a restart or merge changed what it says.
+    changed: AtomicBool,
     /// A write or flush failed: the close must not vouch for the set.
     failed: AtomicBool,
 }
@@ -319,6 +330,7 @@ impl ChangeMap {
     pub(crate) fn load(backend: &dyn Backend, sb: &Superblock) -> ChangeMap {
         let loaded = load(backend, sb);
         let tracked = loaded.chunk_count <= MAX_TRACKED_CHUNKS;
+        let vouches = matches!(loaded.tracking, Tracking::Exact { .. });
         let words: Box<[AtomicU64]> = if tracked {
             let mut bits = loaded.bits;
             bits.resize(loaded.chunk_count.div_ceil(64) as usize, 0);
@@ -333,7 +345,8 @@ impl ChangeMap {
             guarded: Mutex::new(Guarded {
                 tracking: loaded.tracking,
             }),
-            marked_open: AtomicBool::new(false),
+            marked_open: AtomicBool::new(!vouches),
+            changed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         }
     }
@@ -423,6 +436,7 @@ impl ChangeMap {
                 format!("cannot mark the change map open: {e}"),
             ));
         }
+        self.changed.store(true, Ordering::SeqCst);
         self.marked_open.store(true, Ordering::Release);
         Ok(())
     }
@@ -487,6 +501,7 @@ impl ChangeMap {
                 base: Some(base.to_string()),
             };
         }
+        self.changed.store(true, Ordering::SeqCst);
         Ok(earlier)
     }
 
@@ -504,6 +519,7 @@ impl ChangeMap {
             self.failed();
         }
         let mut guarded = self.lock();
+        self.changed.store(true, Ordering::SeqCst);
         if matches!(guarded.tracking, Tracking::Unknown { .. }) {
             return;
         }
@@ -529,10 +545,15 @@ impl ChangeMap {
 
     /// The clean close: once every started operation has completed, writes
     /// the bitmap and the closed header (checksummed together) and flushes.
-    /// Does nothing if the record was never marked open (nothing changed),
-    /// or if a write or flush failed (the record stays open: `Unknown`).
+    /// Does nothing if nothing changed (no write to an exact record, no
+    /// restart or merge), and
+    /// refuses if a write or flush failed (the record stays as it is:
+    /// open, or not exact anyway).
     pub(crate) fn close(&self, backend: &dyn Backend) -> io::Result<()> {
-        if !self.marked_open.load(Ordering::Acquire) {
+        // Writes to a record that vouched for something marked it open
+        // (and `changed`); writes to one that did not leave it as it is:
+        // not exact, as they are.
+        if !self.changed.load(Ordering::SeqCst) {
             return Ok(());
         }
         if self.failed.load(Ordering::SeqCst) {
@@ -569,3 +590,7 @@ impl ChangeMap {
         backend.flush()
     }
 }
+
+#[cfg(test)]
+#[path = "change_map_tests.rs"]
+mod tests;

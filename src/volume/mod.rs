@@ -10,10 +10,11 @@
 //! # On-disk layout
 //!
 //! ```text
-//!  offset 0        64 KiB       128 KiB            1 MiB                    1 MiB + size
-//!  ├───────────────┼────────────┼──── unused ──────┼──────── data area ───────┤
-//!  │ superblock A  │ superblock B                  │ sector 0 │ sector 1 │ …  │
-//!  │ (primary)     │ (secondary)                   │  XTS tweak = sector number │
+//!  offset 0        64 KiB       128 KiB  132 KiB   1 MiB                    1 MiB + size
+//!  ├───────────────┼────────────┼────────┼─────────┼──────── data area ───────┤
+//!  │ superblock A  │ superblock B│ change │ change  │ sector 0 │ sector 1 │ …  │
+//!  │ (primary)     │ (secondary) │ map    │ map     │  XTS tweak = sector number │
+//!  │               │             │ header │ bitmap  │                          │
 //! ```
 //!
 //! Each superblock copy (≤ 64 KiB) holds magic, format version, a sequence
@@ -26,6 +27,14 @@
 //! number, syncs, then rewrites the other. A crash in the middle, or a bad
 //! sector under one copy, leaves the other valid; open takes the valid copy
 //! with the highest sequence number. Both copies bad is a clear error.
+//!
+//! **The change map** (128 KiB .. 1 MiB, zeros in volumes made before it)
+//! records which 1 MiB chunks of the data area were written since the last
+//! snapshot, for incremental snapshots: marked open before an attachment's
+//! first write, closed with a checksummed bitmap by a clean detach, so a
+//! crash leaves it open (not trusted) rather than wrong. See
+//! [`change_map`] for the order of writes and [`change_record`] for the
+//! bytes.
 //!
 //! **The data area** is standard `aes-xts-plain64`: sector *n* (in units of
 //! the volume's sector size, 4096 or 512, from 0 at the data offset) is

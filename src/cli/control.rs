@@ -1,0 +1,185 @@
+//! `envol attach`, `envol detach`, `envol status`: requests to a running
+//! `envol serve` through its control socket.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::error::{CliError, CliResult};
+use super::serve::DEFAULT_NBD_ADDR;
+use crate::control::{self, Command, ExportInfo, ReplyBody, TakeOverMode};
+
+/// Which server: its control socket.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The server's control socket (as `envol serve` printed it). Default: that of `envol serve` with its default listener (127.0.0.1:10809): $XDG_RUNTIME_DIR/envol/nbd-127.0.0.1-10809.control (/run/envol/... for root, /tmp/envol-UID/... without XDG_RUNTIME_DIR).
+    #[arg(long, value_name = "PATH", env = "ENVOL_CONTROL")]
+    pub control: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn path(&self) -> Result<PathBuf, CliError> {
+        if let Some(path) = &self.control {
+            return Ok(path.clone());
+        }
+        let addr = DEFAULT_NBD_ADDR
+            .parse()
+            .map_err(|e| CliError(format!("{e}")))?;
+        control::path::for_tcp(addr).map_err(|e| CliError(format!("no control socket: {e}")))
+    }
+
+    fn call(&self, command: Command) -> Result<ReplyBody, CliError> {
+        control::call(&self.path()?, command).map_err(|e| CliError(e.to_string()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The volume, as `envol serve` takes it: a file, or rbd:POOL/IMAGE (in the server's Ceph cluster); `=NAME` names the export, `:ro` exports it read-only.
+    #[arg(value_name = "VOLUME[=NAME][:ro]")]
+    pub volume: String,
+    /// Take an rbd: volume over from a server that holds it but that Ceph no longer sees alive (see `envol serve --take-over`).
+    #[arg(long)]
+    pub take_over: bool,
+    /// With --take-over: take it over at once, alive or not.
+    #[arg(long, requires = "take_over")]
+    pub force: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// The export to detach.
+    pub name: String,
+    /// Do not wait for its clients to leave: flush it, answer their requests ESHUTDOWN from then on, and close their connections after 10 s.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON ({"exports": [...]}) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+pub fn attach(args: AttachArgs) -> CliResult {
+    let take_over = match (args.take_over, args.force) {
+        (false, _) => None,
+        (true, false) => Some(TakeOverMode::IfHolderDead),
+        (true, true) => Some(TakeOverMode::Force),
+    };
+    let command = Command::Attach {
+        volume: absolute_volume(&args.volume)?,
+        take_over,
+    };
+    match args.control.call(command)? {
+        ReplyBody::Attached { export, uris } => {
+            say!("attached {} as export {}", export.volume, export.name);
+            for uri in uris {
+                say!("export {}: {uri}", export.name);
+            }
+            Ok(())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn detach(args: DetachArgs) -> CliResult {
+    let command = Command::Detach {
+        name: args.name,
+        force: args.force,
+    };
+    match args.control.call(command)? {
+        ReplyBody::Detached {
+            name,
+            forced,
+            clients_at_start,
+        } => {
+            if forced && clients_at_start > 0 {
+                say!("detached {name} ({clients_at_start} client(s) disconnected)");
+            } else {
+                say!("detached {name}");
+            }
+            Ok(())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn status(args: StatusArgs) -> CliResult {
+    let ReplyBody::Status { exports } = args.control.call(Command::Status)? else {
+        return Err(CliError(
+            "the server answered status with something else".into(),
+        ));
+    };
+    if args.json {
+        let json = serde_json::json!({ "exports": exports });
+        say!("{json:#}");
+        return Ok(());
+    }
+    if exports.is_empty() {
+        say!("no exports");
+    }
+    for e in &exports {
+        print_export(e);
+    }
+    Ok(())
+}
+
+fn print_export(e: &ExportInfo) {
+    let mode = if e.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    say!(
+        "{}: {} ({}, {mode}, {} bytes)",
+        e.name,
+        e.volume,
+        e.state,
+        e.size
+    );
+    say!("  volume uuid:    {}", e.volume_uuid);
+    say!("  key:            {}", e.key_arn);
+    say!("  clients:        {}", e.clients);
+    say!("  in flight:      {}", e.in_flight);
+    say!("  bytes read:     {}", e.bytes_read);
+    say!("  bytes written:  {}", e.bytes_written);
+    say!("  attached since: {}", e.attached_since);
+}
+
+fn unexpected(reply: &ReplyBody) -> CliError {
+    CliError(format!("unexpected reply from the server: {reply:?}"))
+}
+
+/// `VOLUME[=NAME][:ro]` with a file's path made absolute: the server
+/// resolves paths in its own working directory, not ours. `rbd:` volumes
+/// go as they are (the server's cluster).
+fn absolute_volume(arg: &str) -> Result<String, CliError> {
+    let (spec, ro) = match arg.strip_suffix(":ro") {
+        Some(rest) if !rest.is_empty() => (rest, ":ro"),
+        _ => (arg, ""),
+    };
+    let (volume, name) = match spec.rsplit_once('=') {
+        Some((v, n)) if !v.is_empty() => (v, Some(n)),
+        _ => (spec, None),
+    };
+    if volume.starts_with(crate::envelope::RBD_PREFIX) {
+        return Ok(arg.to_string());
+    }
+    let absolute =
+        std::path::absolute(Path::new(volume)).map_err(|e| CliError(format!("{volume}: {e}")))?;
+    let absolute = absolute
+        .to_str()
+        .ok_or_else(|| CliError(format!("{}: the path is not UTF-8", absolute.display())))?;
+    Ok(match name {
+        Some(name) => format!("{absolute}={name}{ro}"),
+        None => format!("{absolute}{ro}"),
+    })
+}

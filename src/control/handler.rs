@@ -1,0 +1,209 @@
+//! What each control command does: one `match` over [`Command`], one
+//! method per command. Attaching a volume — opening it, unwrapping its key
+//! through the KMS, locking it — is the [`Attacher`]'s (the command line
+//! gives `serve`'s own, so a runtime attach is a start-up attach); the
+//! export set is the NBD [`Server`]'s; this file keeps only what neither
+//! knows: which volume each export is.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::protocol::{Command, ExportInfo, ReplyBody, TakeOverMode, VolumeInfo};
+use crate::nbd::{Export, ExportStatus, Server};
+
+/// A volume attached and ready to export.
+pub struct Attachment {
+    pub export: Export,
+    /// What clients with a verified TLS client certificate see as its
+    /// description.
+    pub certified_description: String,
+    pub info: VolumeInfo,
+}
+
+/// Attaches volumes for the control socket, in two steps so that a
+/// request that cannot succeed (a bad argument, a name in use) is refused
+/// before the KMS is asked for anything.
+pub trait Attacher: Send + Sync + 'static {
+    /// A checked request, ready to attach.
+    type Plan: Send;
+
+    /// Parses `volume` (`VOLUME[=NAME][:ro]`) and checks the options.
+    fn plan(
+        &self,
+        volume: &str,
+        take_over: Option<TakeOverMode>,
+    ) -> Result<Planned<Self::Plan>, String>;
+
+    /// Opens the volume, unwraps its key, locks it.
+    fn attach(&self, plan: Self::Plan) -> impl Future<Output = Result<Attachment, String>> + Send;
+}
+
+/// An attach request checked and ready.
+pub struct Planned<P> {
+    /// The export name it will get.
+    pub name: String,
+    /// The volume's address, as [`VolumeInfo::volume`] will show it.
+    pub volume: String,
+    pub plan: P,
+}
+
+/// Where clients reach an export, by name (the server's listeners).
+pub type UriMaker = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+pub struct Controller<A> {
+    server: Server,
+    attacher: A,
+    uris: UriMaker,
+    /// By export name.
+    volumes: Mutex<BTreeMap<String, VolumeInfo>>,
+}
+
+impl<A: Attacher> Controller<A> {
+    /// `volumes`: the exports the server started with, by name.
+    pub fn new(
+        server: Server,
+        attacher: A,
+        uris: UriMaker,
+        volumes: Vec<(String, VolumeInfo)>,
+    ) -> Self {
+        Self {
+            server,
+            attacher,
+            uris,
+            volumes: Mutex::new(volumes.into_iter().collect()),
+        }
+    }
+
+    pub async fn handle(&self, command: Command) -> ReplyBody {
+        match command {
+            Command::Attach { volume, take_over } => self.attach(&volume, take_over).await,
+            Command::Detach { name, force } => self.detach(&name, force).await,
+            Command::Status => ReplyBody::Status {
+                exports: self.status(),
+            },
+        }
+    }
+
+    /// The volume behind each export, by name, and its device: for a
+    /// server that must close them itself (fenced).
+    pub fn volumes(&self) -> Vec<(String, Export)> {
+        let volumes = self.known();
+        self.server
+            .exports()
+            .into_iter()
+            .filter_map(|e| volumes.get(&e.name).map(|v| (v.volume.clone(), e)))
+            .collect()
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VolumeInfo>> {
+        self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn attach(&self, volume: &str, take_over: Option<TakeOverMode>) -> ReplyBody {
+        let Planned { name, volume, plan } = match self.attacher.plan(volume, take_over) {
+            Ok(planned) => planned,
+            Err(message) => return ReplyBody::error(message),
+        };
+        if let Some(problem) = self.conflict(&name, &volume) {
+            return ReplyBody::error(problem);
+        }
+        let attachment = match self.attacher.attach(plan).await {
+            Ok(a) => a,
+            Err(message) => return ReplyBody::error(message),
+        };
+        let info = attachment.info.clone();
+        let export = attachment.export.clone();
+        if let Err(e) = self
+            .server
+            .attach(attachment.export, Some(attachment.certified_description))
+        {
+            // Raced another attach of the same name: let the volume go
+            // (its lock, its key) before answering.
+            let device = export.device;
+            let _ = tokio::task::spawn_blocking(move || drop(device)).await;
+            return ReplyBody::error(e.to_string());
+        }
+        tracing::info!("attached {} as export {:?}", info.volume, export.name);
+        self.known().insert(export.name.clone(), info);
+        let status = self.server.status();
+        let Some(info) = status
+            .iter()
+            .find(|s| s.name == export.name)
+            .map(|s| self.info(s))
+        else {
+            return ReplyBody::error(format!("export {:?} was detached at once", export.name));
+        };
+        ReplyBody::Attached {
+            uris: (self.uris)(&export.name),
+            export: info,
+        }
+    }
+
+    /// Why `volume` cannot be attached here as `name`, if it cannot.
+    fn conflict(&self, name: &str, volume: &str) -> Option<String> {
+        let volumes = self.known();
+        if let Some((export, _)) = volumes.iter().find(|(_, v)| v.volume == volume) {
+            return Some(format!(
+                "{volume} is already attached here, as export {export:?}"
+            ));
+        }
+        if volumes.contains_key(name) || self.server.exports().iter().any(|e| e.name == name) {
+            return Some(format!(
+                "export name {name:?} is in use; attach as VOLUME=OTHER_NAME"
+            ));
+        }
+        None
+    }
+
+    async fn detach(&self, name: &str, force: bool) -> ReplyBody {
+        match self.server.detach(name, force).await {
+            Ok(detached) => {
+                self.known().remove(name);
+                tracing::info!(export = %name, forced = force, "detached");
+                ReplyBody::Detached {
+                    name: name.to_string(),
+                    forced: detached.evicted,
+                    clients_at_start: detached.clients_at_start,
+                }
+            }
+            Err(e) => ReplyBody::error(e.to_string()),
+        }
+    }
+
+    fn status(&self) -> Vec<ExportInfo> {
+        self.server.status().iter().map(|s| self.info(s)).collect()
+    }
+
+    fn info(&self, s: &ExportStatus) -> ExportInfo {
+        let volume = self.known().get(&s.name).cloned();
+        let volume = volume.unwrap_or(VolumeInfo {
+            volume: String::new(),
+            volume_uuid: String::new(),
+            key_arn: String::new(),
+        });
+        let c = &s.counters;
+        ExportInfo {
+            name: s.name.clone(),
+            volume: volume.volume,
+            volume_uuid: volume.volume_uuid,
+            key_arn: volume.key_arn,
+            size: s.size,
+            read_only: s.read_only,
+            state: match (s.evicting, s.detaching) {
+                (true, _) => "evicting",
+                (false, true) => "detaching",
+                (false, false) => "attached",
+            }
+            .to_string(),
+            clients: c.clients,
+            in_flight: c.in_flight,
+            bytes_read: c.bytes_read,
+            bytes_written: c.bytes_written,
+            attached_since: DateTime::<Utc>::from(c.attached_since)
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        }
+    }
+}

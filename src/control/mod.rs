@@ -1,0 +1,31 @@
+//! The control socket of a running `envol serve`: attach a volume, detach
+//! one, list the exports with their counters — without restarting the
+//! server or touching the other exports' clients.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `protocol.rs` | the wire format: a versioned JSON request per line, a JSON reply per line |
+//! | `handler.rs` | what each command does ([`Controller`]: one `match`); the volume behind each export |
+//! | `listener.rs` | the server's socket: owner-only, peer uid checked, one task per connection |
+//! | `client.rs` | the command line's side: one request, its reply |
+//! | `path.rs` | the default socket path, from `serve`'s listeners |
+//!
+//! A new command (snapshots, re-encryption, grow) is a variant of
+//! [`Command`], a variant of [`ReplyBody`] for its answer, and one arm in
+//! [`Controller::handle`]. Below this module: the NBD server (its export
+//! registry) and, through the [`Attacher`] the command line gives, the
+//! envelope layer.
+
+mod client;
+mod handler;
+mod listener;
+pub mod path;
+mod protocol;
+
+pub use client::{ClientError, call};
+pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
+pub use listener::ControlSocket;
+pub use protocol::{
+    Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,
+    TakeOverMode, VolumeInfo, parse_request,
+};

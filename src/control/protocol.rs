@@ -1,0 +1,152 @@
+//! The control protocol: one JSON request per line, one JSON reply per
+//! line, both carrying `"version"`. A request names its `"command"`; a
+//! reply its kind (`"reply"`). Adding a command is one variant here and
+//! one arm in `handler.rs`.
+//!
+//! ```text
+//! → {"version":1,"command":"attach","volume":"/srv/db.vol=db:ro"}
+//! ← {"version":1,"reply":"attached","export":{"name":"db",...},"uris":["nbd+unix:///db?socket=..."]}
+//! → {"version":1,"command":"detach","name":"db","force":false}
+//! ← {"version":1,"reply":"detached","name":"db","forced":false,"clients_at_start":1}
+//! → {"version":1,"command":"status"}
+//! ← {"version":1,"reply":"status","exports":[{...}]}
+//! ← {"version":1,"reply":"error","message":"..."}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The version this build speaks. A request with another one is answered
+/// with an error naming both.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line the server reads.
+pub const MAX_REQUEST_LEN: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Attach `volume` — `VOLUME[=NAME][:ro]` as `envol serve` takes it, a
+    /// file given by its absolute path — and export it.
+    Attach {
+        volume: String,
+        #[serde(default)]
+        take_over: Option<TakeOverMode>,
+    },
+    /// Detach export `name`: wait for its clients, or (`force`) flush it
+    /// and close their connections.
+    Detach {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Every export with its counters.
+    Status,
+}
+
+/// `envol attach --take-over [--force]` for an `rbd:` volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakeOverMode {
+    IfHolderDead,
+    Force,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: u32,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum ReplyBody {
+    Attached {
+        export: ExportInfo,
+        /// Where clients reach it, one URI per listener.
+        uris: Vec<String>,
+    },
+    Detached {
+        name: String,
+        forced: bool,
+        /// Clients connected when the detach began.
+        clients_at_start: u64,
+    },
+    Status {
+        exports: Vec<ExportInfo>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl ReplyBody {
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::Error {
+            message: message.into(),
+        }
+    }
+}
+
+/// One export as `envol status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    pub name: String,
+    /// The volume's address (a path or `rbd:POOL/IMAGE`).
+    pub volume: String,
+    pub volume_uuid: String,
+    /// The master key that wraps its data key.
+    pub key_arn: String,
+    pub size: u64,
+    pub read_only: bool,
+    /// `attached`; `detaching` while a detach waits for its clients;
+    /// `evicting` while a forced detach answers their requests `ESHUTDOWN`.
+    pub state: String,
+    pub clients: u64,
+    pub in_flight: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// RFC 3339, UTC.
+    pub attached_since: String,
+}
+
+/// The volume behind an export: what the NBD layer does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub volume: String,
+    pub volume_uuid: String,
+    pub key_arn: String,
+}
+
+/// A request line as the server reads it: the version is checked before
+/// the rest, so that a client of another version learns that rather than
+/// a parse error.
+pub fn parse_request(line: &[u8]) -> Result<Command, String> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let versioned: Versioned = serde_json::from_slice(line).map_err(|e| {
+        format!("malformed request (expected one JSON object with \"version\" per line): {e}")
+    })?;
+    if versioned.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "unsupported control protocol version {} (this server speaks {PROTOCOL_VERSION})",
+            versioned.version
+        ));
+    }
+    let request: Request =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    Ok(request.command)
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;
