@@ -485,6 +485,7 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
     let vol = env.fx.create_volume("b.vol", 4 * MIB, 4096);
     let v = vol.path.to_str().unwrap();
     let no_snap = env.place("x/snap-0000000000000000");
+    let fresh = env.fx.path("fresh.vol").to_str().unwrap().to_string();
     let cases: Vec<(Command, &str)> = vec![
         (
             env.envol_as(ADMIN, &["snapshot", "create", v, "--to", "backups/x"]),
@@ -531,7 +532,7 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
             "does not exist",
         ),
         (
-            env.envol_as(ADMIN, &["volume", "restore", &no_snap, "--to", v]),
+            env.envol_as(ADMIN, &["volume", "restore", &no_snap, "--to", &fresh]),
             "no such snapshot",
         ),
     ];
