@@ -22,6 +22,7 @@ mod runtime;
 mod s3;
 mod serve;
 mod snapshot;
+mod snapshot_copy;
 mod target;
 mod up;
 mod volume;
@@ -52,7 +53,7 @@ pub enum Command {
     /// Encrypted volumes (files or rbd:POOL/IMAGE): create, rewrap (move the data key to a new key version or key), inspect.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Snapshots in S3-compatible object storage: create, list, describe, delete (restore: `envol volume restore`).
+    /// Snapshots in S3-compatible object storage: create, list, describe, copy, delete (restore: `envol volume restore`).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
     /// Attach volumes through the KMS and serve them over NBD.

@@ -61,6 +61,8 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Copy a snapshot into another place (bucket or prefix) under the same data key, or with --key under a new one (every chunk re-encrypted: a new lineage); prints the copy's URL.
+    Copy(super::snapshot_copy::CopyArgs),
     /// Delete a snapshot; chunks other snapshots still reference stay, the rest are deleted.
     Delete {
         /// s3://BUCKET[/PREFIX]/snap-ID.
@@ -121,6 +123,7 @@ pub fn run(cmd: SnapshotCommand) -> CliResult {
             print_described(&url, &manifest, json);
             Ok(())
         }
+        SnapshotCommand::Copy(args) => super::snapshot_copy::run(&rt, args),
         SnapshotCommand::Delete { snapshot, json, s3 } => {
             let url = SnapshotUrl::parse(&snapshot).map_err(SnapshotError::from)?;
             let deleted = rt.block_on(async {
@@ -134,9 +137,11 @@ pub fn run(cmd: SnapshotCommand) -> CliResult {
 }
 
 /// `envol volume restore SNAPSHOT --to VOLUME`.
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     snapshot: &str,
     to: &str,
+    key: Option<&str>,
     json: bool,
     quiet: bool,
     kms: &KmsArgs,
@@ -153,7 +158,7 @@ pub fn restore(
         let keys = AwsKeyClient::new(&kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
-        snapshot::restore::restore(&keys, &store, &url, &target, quiet || json)
+        snapshot::restore::restore_with(&keys, &store, &url, &target, key, quiet || json)
             .await
             .map_err(CliError::from)
     })?;

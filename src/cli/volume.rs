@@ -51,7 +51,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         ceph: CephArgs,
     },
-    /// Restore a snapshot into a new volume (a file, or rbd:POOL/IMAGE) under the snapshot's key: chunks are copied as stored and verified (SHA-256, and the manifest's authentication, which needs kms:Decrypt on the key).
+    /// Restore a snapshot into a new volume (a file, or rbd:POOL/IMAGE) under the snapshot's key: chunks are copied as stored and verified (SHA-256, and the manifest's authentication, which needs kms:Decrypt on the key). With --key, under a new data key from that key instead: every chunk re-encrypted.
     Restore {
         /// The snapshot: s3://BUCKET[/PREFIX]/snap-ID, as `envol snapshot create` printed it.
         #[arg(value_name = "SNAPSHOT")]
@@ -59,6 +59,9 @@ pub enum VolumeCommand {
         /// The new volume: a file, or rbd:POOL/IMAGE (refused if it exists).
         #[arg(long, value_name = "VOLUME")]
         to: String,
+        /// Restore under a new data key generated under this master key (key id, ARN, alias/NAME): every chunk decrypted and re-encrypted, a new lineage. Needs kms:GenerateDataKeyWithoutPlaintext and kms:Decrypt on it.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -156,12 +159,22 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
         VolumeCommand::Restore {
             snapshot,
             to,
+            key,
             json,
             quiet,
             kms,
             ceph,
             s3,
-        } => super::snapshot::restore(&snapshot, &to, json, quiet, &kms, &ceph, &s3),
+        } => super::snapshot::restore(
+            &snapshot,
+            &to,
+            key.as_deref(),
+            json,
+            quiet,
+            &kms,
+            &ceph,
+            &s3,
+        ),
     }
 }
 

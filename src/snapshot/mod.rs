@@ -14,6 +14,9 @@
 //! | `catalog.rs` | a place's inventory (one listing), `list`, `describe`'s fetch, `delete` and chunk collection |
 //! | `create.rs` | `snapshot create` of a detached volume: parent, changed chunks, upload, manifest |
 //! | `restore.rs` | `volume restore` under the same key: authenticate, create, fetch and verify, write as stored |
+//! | `rekey.rs` | re-encryption of a chunk from one data key to another (restore or copy under `--key`) |
+//! | `fetch.rs` | the one fetch-and-verify pipeline of every restore and copy, into a volume or a place |
+//! | `copy.rs` | `snapshot copy`: into another place, same key or a new lineage under `--key` |
 //! | `progress.rs` | a progress bar on a terminal, plain lines otherwise |
 //! | `error.rs` | [`SnapshotError`]: one line per failure |
 //!
@@ -27,11 +30,14 @@
 //! ```
 
 pub mod catalog;
+pub mod copy;
 pub mod create;
 pub mod error;
+pub mod fetch;
 pub mod manifest;
 pub mod object_store;
 pub mod progress;
+pub mod rekey;
 pub mod restore;
 pub mod url;
 

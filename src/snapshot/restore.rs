@@ -1,6 +1,10 @@
-//! `volume restore SNAPSHOT --to VOLUME`: a new volume with the snapshot's
-//! content, under the same key (the same data key; the chunks are copied
-//! as they are stored, never decrypted).
+//! `volume restore SNAPSHOT --to VOLUME [--key KEY]`: a new volume with the
+//! snapshot's content, under the same key (the same data key; the chunks
+//! are copied as they are stored, never decrypted) or, with `--key`, under
+//! a new data key generated under KEY (every chunk re-encrypted: see
+//! [`super::rekey`]; a new lineage, as AWS's CopySnapshot with KmsKeyId).
+//! Both go through one fetch-and-verify pipeline ([`super::fetch`]) into
+//! one sink, with or without the re-encryption.
 //!
 //! 1. The manifest is fetched; its wrapped data key is unwrapped by the KMS
 //!    (Decrypt under the manifest's encryption context: a caller the key
@@ -8,13 +12,18 @@
 //!    key derived from it, in constant time. Nothing is created before.
 //! 2. The new volume is created (a file or an RBD image; refused if it
 //!    exists) with a new uuid and the same data key, re-wrapped by the KMS
-//!    into the new uuid's context (`envelope::create_with_existing_key`).
+//!    into the new uuid's context (`envelope::create_with_existing_key`);
+//!    under `--key`, as `volume create` makes one (`envelope::create`: a
+//!    new data key under KEY), and its data key taken from the attach
+//!    before the volume consumes it, for the re-encryption.
 //! 3. The chunks are fetched `concurrency` at a time, each checked against
 //!    the manifest's SHA-256 (a mismatch names the object) and written as
-//!    stored (`Volume::write_stored`); chunks the manifest does not list
-//!    stay holes (zeros).
-//! 4. Flushed; change tracking restarts from the snapshot, so the new
-//!    volume's next snapshot to that place is an increment of it.
+//!    stored (`Volume::write_stored`), re-encrypted first under `--key`;
+//!    chunks the manifest does not list stay holes (zeros), as do all-zero
+//!    sectors inside a chunk.
+//! 4. Flushed; under the same key change tracking restarts from the
+//!    snapshot, so the new volume's next snapshot to that place is an
+//!    increment of it (under `--key` it cannot be: see [`seal`]).
 //!
 //! Any failure after step 2 removes the partly restored volume, as `volume
 //! create` removes what it made, and says so.
@@ -23,11 +32,13 @@ use std::sync::Arc;
 
 use super::catalog;
 use super::error::SnapshotError;
-use super::manifest::{ChunkEntry, Manifest, sha256_hex};
-use super::object_store::{ObjectErrorKind, ObjectStore};
+use super::fetch::{self, VolumeSink};
+use super::manifest::Manifest;
+use super::object_store::ObjectStore;
 use super::progress::Progress;
+use super::rekey::Rekey;
 use super::url::SnapshotUrl;
-use crate::envelope::{self, ExistingKey, VolumeAddress};
+use crate::envelope::{self, AttachOptions, ExistingKey, NewVolume, VolumeAddress};
 use crate::keys::KeyService;
 use crate::volume::{BlockDevice, DataKey, Superblock, Volume};
 
@@ -75,6 +86,22 @@ pub async fn restore<K: KeyService>(
     target: &VolumeAddress,
     quiet: bool,
 ) -> Result<Restored, SnapshotError> {
+    restore_with(keys, store, snapshot, target, None, quiet).await
+}
+
+/// Restores `snapshot` into the new volume `target`: under the snapshot's
+/// data key (`new_key: None`), or under a new data key generated under
+/// `new_key` (`volume restore --key`: every chunk re-encrypted, a new
+/// lineage; the caller needs GenerateDataKeyWithoutPlaintext and Decrypt
+/// on that key, as for `volume create`, besides Decrypt on the snapshot's).
+pub async fn restore_with<K: KeyService>(
+    keys: &K,
+    store: &ObjectStore,
+    snapshot: &SnapshotUrl,
+    target: &VolumeAddress,
+    new_key: Option<&str>,
+    quiet: bool,
+) -> Result<Restored, SnapshotError> {
     // A restore makes a new volume, never overwrites one (checked again,
     // atomically, when it is created; this is for the clearer message).
     if let VolumeAddress::File(path) = target
@@ -85,32 +112,51 @@ pub async fn restore<K: KeyService>(
         )));
     }
     let (manifest, data_key) = open_snapshot(keys, store, snapshot).await?;
-    let wrapped = manifest
-        .wrapped_key()
-        .map_err(|e| catalog::manifest_error(snapshot, e))?;
-    let superblock = envelope::create_with_existing_key(
-        keys,
-        target,
-        manifest.size,
-        manifest.sector_size,
-        ExistingKey {
-            key_arn: &manifest.key_arn,
-            wrapped_key: &wrapped,
-            encryption_context: &manifest.encryption_context,
-        },
-        &data_key,
-    )
-    .await?;
-    drop(data_key);
-    // The volume exists from here: a failure removes it again.
-    let filled = match envelope::attach(keys, target, false).await {
-        Ok(volume) => {
-            let volume = Arc::new(volume);
-            let filled = fill_and_seal(&volume, store, snapshot, &manifest, quiet).await;
-            release(volume).await;
-            filled
+    let superblock = match new_key {
+        None => {
+            let wrapped = manifest
+                .wrapped_key()
+                .map_err(|e| catalog::manifest_error(snapshot, e))?;
+            envelope::create_with_existing_key(
+                keys,
+                target,
+                manifest.size,
+                manifest.sector_size,
+                ExistingKey {
+                    key_arn: &manifest.key_arn,
+                    wrapped_key: &wrapped,
+                    encryption_context: &manifest.encryption_context,
+                },
+                &data_key,
+            )
+            .await?
         }
-        Err(e) => Err(e.into()),
+        Some(key) => {
+            envelope::create(
+                keys,
+                NewVolume {
+                    volume: target,
+                    size: manifest.size,
+                    sector_size: manifest.sector_size,
+                    key,
+                    force: false,
+                },
+            )
+            .await?
+        }
+    };
+    // The volume exists from here: a failure removes it again.
+    let filled = match open_sink(keys, target, data_key, new_key.is_some(), &manifest).await {
+        Ok((volume, sink)) => {
+            let filled = fill(sink, store, snapshot, &manifest, quiet).await;
+            let sealed = match filled {
+                Ok(()) => seal(&volume, snapshot, new_key.is_none()),
+                Err(e) => Err(e),
+            };
+            release(volume).await;
+            sealed
+        }
+        Err(e) => Err(e),
     };
     if let Err(e) = filled {
         let removed = match envelope::remove_volume(target) {
@@ -125,23 +171,49 @@ pub async fn restore<K: KeyService>(
     })
 }
 
-/// Every chunk written, flushed, change tracking restarted from the snapshot.
-async fn fill_and_seal(
-    volume: &Arc<Volume>,
-    store: &ObjectStore,
-    snapshot: &SnapshotUrl,
+/// Attaches the new volume read-write and makes the sink the chunks go to:
+/// as stored (same key), or re-encrypted from the snapshot's data key to
+/// the volume's own (taken from the attach before the volume consumes it).
+async fn open_sink<K: KeyService>(
+    keys: &K,
+    target: &VolumeAddress,
+    snapshot_key: DataKey,
+    rekeyed: bool,
     manifest: &Manifest,
-    quiet: bool,
-) -> Result<(), SnapshotError> {
-    fill(volume, store, snapshot, manifest, quiet).await?;
+) -> Result<(Arc<Volume>, VolumeSink), SnapshotError> {
+    let prepared = envelope::prepare_attach(keys, target, AttachOptions::default()).await?;
+    let rekey = match rekeyed {
+        false => None,
+        true => Some(
+            Rekey::new(&snapshot_key, prepared.data_key(), manifest.sector_size)
+                .map_err(|e| SnapshotError::failed(format!("{target}: {e}")))?,
+        ),
+    };
+    drop(snapshot_key);
+    let volume = Arc::new(prepared.complete()?);
+    let sink = match rekey {
+        None => VolumeSink::same_key(volume.clone()),
+        Some(rekey) => VolumeSink::rekeyed(volume.clone(), rekey),
+    };
+    Ok((volume, sink))
+}
+
+/// Flushed; under the same key, change tracking restarted from the
+/// snapshot (the next snapshot there is an increment of it). Under a new
+/// key the restored chunks stay tracked as changes since the volume's
+/// creation: a new lineage shares no chunk with the old one, so its first
+/// snapshot is a full one wherever it goes.
+fn seal(volume: &Volume, snapshot: &SnapshotUrl, same_key: bool) -> Result<(), SnapshotError> {
     volume
         .flush()
         .map_err(|e| SnapshotError::failed(format!("cannot flush the restored volume: {e}")))?;
-    volume.restart_changes(&snapshot.to_string()).map_err(|e| {
-        SnapshotError::failed(format!(
-            "cannot start the restored volume's change tracking from {snapshot}: {e}"
-        ))
-    })?;
+    if same_key {
+        volume.restart_changes(&snapshot.to_string()).map_err(|e| {
+            SnapshotError::failed(format!(
+                "cannot start the restored volume's change tracking from {snapshot}: {e}"
+            ))
+        })?;
+    }
     Ok(())
 }
 
@@ -156,9 +228,9 @@ async fn release(volume: Arc<Volume>) {
     drop(volume);
 }
 
-/// Fetches, checks and writes every chunk of `manifest` into `volume`.
+/// Fetches, checks and writes every chunk of `manifest` through `sink`.
 pub async fn fill(
-    volume: &Arc<Volume>,
+    sink: VolumeSink,
     store: &ObjectStore,
     snapshot: &SnapshotUrl,
     manifest: &Manifest,
@@ -169,91 +241,15 @@ pub async fn fill(
         manifest.stored_bytes(),
         quiet,
     ));
-    let mut pending = manifest.chunks.iter().cloned();
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.len() < store.concurrency() {
-            let Some(entry) = pending.next() else { break };
-            let job = FetchJob {
-                volume: volume.clone(),
-                store: store.clone(),
-                key: snapshot.place.chunk_key(entry.sha256()),
-                snapshot: snapshot.id.to_string(),
-                offset: entry.index() * manifest.chunk_size,
-                len: manifest.chunk_len(entry.index()),
-                progress: progress.clone(),
-                entry,
-            };
-            tasks.spawn(job.run());
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let done =
-            done.map_err(|e| SnapshotError::failed(format!("a restore task failed: {e}")))?;
-        if let Err(e) = done {
-            tasks.abort_all();
-            // Wait for the aborted tasks to let go of the volume.
-            while tasks.join_next().await.is_some() {}
-            return Err(e);
-        }
-    }
+    fetch::fetch_chunks(
+        store,
+        snapshot,
+        manifest,
+        manifest.chunks.clone(),
+        &progress,
+        Arc::new(sink),
+    )
+    .await?;
     progress.finish();
     Ok(())
-}
-
-struct FetchJob {
-    volume: Arc<Volume>,
-    store: ObjectStore,
-    key: String,
-    snapshot: String,
-    entry: ChunkEntry,
-    offset: u64,
-    len: u64,
-    progress: Arc<Progress>,
-}
-
-impl FetchJob {
-    async fn run(self) -> Result<(), SnapshotError> {
-        let index = self.entry.index();
-        let object = self.store.url(&self.key);
-        let bytes = match self.store.get(&self.key).await {
-            Ok(b) => b,
-            Err(e) if e.kind == ObjectErrorKind::NotFound => {
-                return Err(SnapshotError::failed(format!(
-                    "chunk object {object} (chunk {index} of {}) is missing",
-                    self.snapshot
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let (volume, offset, expected, len) = (
-            self.volume.clone(),
-            self.offset,
-            self.entry.1.clone(),
-            self.len,
-        );
-        let snapshot = self.snapshot.clone();
-        tokio::task::spawn_blocking(move || {
-            if bytes.len() as u64 != len {
-                return Err(SnapshotError::failed(format!(
-                    "chunk object {object} (chunk {index} of {snapshot}) is damaged: {} bytes, expected {len}",
-                    bytes.len()
-                )));
-            }
-            let actual = sha256_hex(&bytes);
-            if actual != expected {
-                return Err(SnapshotError::failed(format!(
-                    "chunk object {object} (chunk {index} of {snapshot}) is damaged: its SHA-256 is {actual}"
-                )));
-            }
-            volume.write_stored(offset, &bytes).map_err(|e| {
-                SnapshotError::failed(format!("cannot write chunk {index} into the volume: {e}"))
-            })
-        })
-        .await
-        .map_err(|e| SnapshotError::failed(format!("a write task failed: {e}")))??;
-        self.progress.add(self.len);
-        Ok(())
-    }
 }
