@@ -440,6 +440,23 @@ fn tampered_chunk_or_manifest_is_refused() {
     );
     assert!(stderr.contains("was removed"), "{stderr}");
     assert!(!target.exists(), "the partly restored volume is removed");
+
+    // A chunk grown past the chunk size: refused by its length before it is
+    // held whole, naming the object.
+    bytes.resize(3 * MIB as usize, 0x5a);
+    env.s3.put(&env.bucket, &chunk_key, &bytes, &scratch);
+    let target = env.fx.path("g.vol");
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &["volume", "restore", url, "--to", target.to_str().unwrap()],
+    ));
+    assert_one_clean_line("oversized chunk", &stderr);
+    assert!(
+        stderr.contains(&format!("s3://{}/{chunk_key}", env.bucket))
+            && stderr.contains("damaged: more than"),
+        "the error names the object: {stderr}"
+    );
+    assert!(!target.exists(), "the partly restored volume is removed");
 }
 
 /// A user the key policy does not name cannot snapshot or restore: the

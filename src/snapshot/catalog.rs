@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::error::SnapshotError;
-use super::manifest::{Manifest, ManifestError, is_sha256_hex};
+use super::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError, is_sha256_hex};
 use super::object_store::{ObjectErrorKind, ObjectInfo, ObjectStore};
 use super::url::{IN_PROGRESS_NAME, MANIFEST_NAME, Place, SnapshotId, SnapshotUrl};
 
@@ -64,7 +64,10 @@ pub async fn fetch_manifest(
     store: &ObjectStore,
     snapshot: &SnapshotUrl,
 ) -> Result<Manifest, SnapshotError> {
-    let bytes = match store.get(&snapshot.manifest_key()).await {
+    let bytes = match store
+        .get(&snapshot.manifest_key(), MAX_MANIFEST_BYTES)
+        .await
+    {
         Ok(bytes) => bytes,
         Err(e) if e.kind == ObjectErrorKind::NotFound => {
             return Err(SnapshotError::failed(format!(

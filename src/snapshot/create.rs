@@ -42,6 +42,9 @@ use crate::envelope::{self, AttachOptions, Attachers, VolumeAddress};
 use crate::keys::KeyService;
 use crate::volume::{CHUNK_SIZE, Changes, DataKey, Volume};
 
+/// The most an `in-progress` marker (a few fields of JSON) is read for.
+const MARKER_LIMIT: usize = 64 << 10;
+
 /// How the chunks to upload were chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method {
@@ -312,7 +315,8 @@ async fn remove_stale_markers(
 ) {
     for id in inv.in_progress.keys().filter(|id| *id != ours) {
         let key = place.in_progress_key(id);
-        let Ok(bytes) = store.get(&key).await else {
+        // A marker is a small JSON object; anything bigger is not ours.
+        let Ok(bytes) = store.get(&key, MARKER_LIMIT).await else {
             continue;
         };
         let same_volume = serde_json::from_slice::<serde_json::Value>(&bytes)

@@ -105,8 +105,17 @@ impl FetchJob {
     async fn run(self) -> Result<FetchedChunk, SnapshotError> {
         let index = self.entry.index();
         let object = self.store.url(&self.key);
-        let bytes = match self.store.get(&self.key).await {
+        // A chunk is at most CHUNK_SIZE bytes: anything longer is damaged,
+        // and refused before it is held whole.
+        let limit = usize::try_from(self.len).unwrap_or(usize::MAX);
+        let bytes = match self.store.get(&self.key, limit).await {
             Ok(b) => b,
+            Err(e) if e.kind == ObjectErrorKind::TooLarge => {
+                return Err(SnapshotError::failed(format!(
+                    "chunk object {object} (chunk {index} of {}) is damaged: more than {} bytes, expected {}",
+                    self.snapshot, self.len, self.len
+                )));
+            }
             Err(e) if e.kind == ObjectErrorKind::NotFound => {
                 return Err(SnapshotError::failed(format!(
                     "chunk object {object} (chunk {index} of {}) is missing",

@@ -86,6 +86,8 @@ pub enum ObjectErrorKind {
     Credentials,
     /// Could not reach the store (after the retries).
     Unreachable,
+    /// Larger than the caller's limit (a GET refuses to hold it).
+    TooLarge,
     Other,
 }
 
@@ -250,8 +252,9 @@ impl ObjectStore {
             .map_err(|e| self.explain("put", Some(key), e))
     }
 
-    /// The whole object `key`.
-    pub async fn get(&self, key: &str) -> Result<Vec<u8>, ObjectStoreError> {
+    /// The whole object `key`, if it is at most `limit` bytes (`TooLarge`
+    /// otherwise).
+    pub async fn get(&self, key: &str, limit: usize) -> Result<Vec<u8>, ObjectStoreError> {
         let _permit = self.permit().await;
         let out = self
             .client
@@ -261,16 +264,40 @@ impl ObjectStore {
             .send()
             .await
             .map_err(|e| self.explain("get", Some(key), e))?;
-        let body = out.body.collect().await.map_err(|e| ObjectStoreError {
-            kind: ObjectErrorKind::Unreachable,
+        // A bucket is not trusted: an object larger than any envol writes
+        // there is refused before (by its length) or while (by what has
+        // arrived) it is read, never held in memory whole.
+        let too_large = || ObjectStoreError {
+            kind: ObjectErrorKind::TooLarge,
             message: format!(
-                "cannot get {} from {}: the download broke off: {}",
-                self.url(key),
-                self.endpoint,
-                crate::keys::aws::innermost(&e)
+                "{} is larger than the {limit} bytes such an object can be",
+                self.url(key)
             ),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        };
+        if out
+            .content_length()
+            .is_some_and(|len| u64::try_from(len).is_ok_and(|len| len > limit as u64))
+        {
+            return Err(too_large());
+        }
+        let mut body = out.body;
+        let mut data = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| ObjectStoreError {
+                kind: ObjectErrorKind::Unreachable,
+                message: format!(
+                    "cannot get {} from {}: the download broke off: {}",
+                    self.url(key),
+                    self.endpoint,
+                    crate::keys::aws::innermost(&e)
+                ),
+            })?;
+            if data.len() + piece.len() > limit {
+                return Err(too_large());
+            }
+            data.extend_from_slice(&piece);
+        }
+        Ok(data)
     }
 
     /// The object's size and date, or `None` if there is no such key.
