@@ -8,34 +8,8 @@ mod common;
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::GrantOperation;
-use common::{KmsServer, create_key_arn, error_code};
+use common::{KmsServer, allow_in_key_policy, create_key_arn, error_code};
 use envol::kms::blob::parse_header;
-use serde_json::{Value, json};
-
-/// Adds an Allow statement for `user_arn` and `actions` to a key's policy.
-async fn allow(c: &aws_sdk_kms::Client, arn: &str, user_arn: &str, actions: &[&str]) {
-    let p = c
-        .get_key_policy()
-        .key_id(arn)
-        .policy_name("default")
-        .send()
-        .await
-        .unwrap();
-    let mut doc: Value = serde_json::from_str(p.policy().unwrap()).unwrap();
-    doc["Statement"].as_array_mut().unwrap().push(json!({
-        "Effect": "Allow",
-        "Principal": {"AWS": user_arn},
-        "Action": actions,
-        "Resource": "*",
-    }));
-    c.put_key_policy()
-        .key_id(arn)
-        .policy_name("default")
-        .policy(doc.to_string())
-        .send()
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn re_encrypt_between_keys_and_contexts() {
@@ -131,7 +105,7 @@ async fn re_encrypt_between_keys_and_contexts() {
     // Permission split: ReEncryptFrom on the source alone is not enough.
     let mover = kms.client(&kms.add_user("mover"));
     let mover_arn = kms.user_arn("mover");
-    allow(&root, &src, &mover_arn, &["kms:ReEncryptFrom"]).await;
+    allow_in_key_policy(&root, &src, &mover_arn, &["kms:ReEncryptFrom"]).await;
     let by_mover = || {
         mover
             .re_encrypt()

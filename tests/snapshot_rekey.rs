@@ -29,7 +29,7 @@ use common::volume::{
     ADMIN, DATA_OFFSET, Fixture, MIB, Vol, assert_one_clean_line, output_with_timeout, run_fails,
     run_ok,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// A KMS with two keys (the fixture's, and `other_key`, both created by
 /// myadmin), radosgw with a bucket of this test's, and an S3 profile.
@@ -129,30 +129,9 @@ impl Env {
     fn allow(&self, key: &str, name: &str, actions: &[&str]) {
         let admin = self.fx.kms.client(&self.fx.admin);
         let user = self.fx.kms.user_arn(name);
-        self.fx.rt.block_on(async {
-            let p = admin
-                .get_key_policy()
-                .key_id(key)
-                .policy_name("default")
-                .send()
-                .await
-                .unwrap();
-            let mut doc: Value = serde_json::from_str(p.policy().unwrap()).unwrap();
-            doc["Statement"].as_array_mut().unwrap().push(json!({
-                "Effect": "Allow",
-                "Principal": {"AWS": user},
-                "Action": actions,
-                "Resource": "*",
-            }));
-            admin
-                .put_key_policy()
-                .key_id(key)
-                .policy_name("default")
-                .policy(doc.to_string())
-                .send()
-                .await
-                .unwrap();
-        });
+        self.fx
+            .rt
+            .block_on(common::allow_in_key_policy(&admin, key, &user, actions));
     }
 
     /// Keys of the objects in the bucket under `prefix`.

@@ -239,6 +239,39 @@ pub fn sdk_client(
     aws_sdk_kms::Client::from_conf(b.build())
 }
 
+/// Adds an Allow statement for `user_arn` and `actions` to a key's policy.
+pub async fn allow_in_key_policy(
+    c: &aws_sdk_kms::Client,
+    arn: &str,
+    user_arn: &str,
+    actions: &[&str],
+) {
+    let p = c
+        .get_key_policy()
+        .key_id(arn)
+        .policy_name("default")
+        .send()
+        .await
+        .unwrap();
+    let mut doc = serde_json::from_str::<serde_json::Value>(p.policy().unwrap()).unwrap();
+    doc["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "Effect": "Allow",
+            "Principal": {"AWS": user_arn},
+            "Action": actions,
+            "Resource": "*",
+        }));
+    c.put_key_policy()
+        .key_id(arn)
+        .policy_name("default")
+        .policy(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+}
+
 /// Creates a key with CreateKey's defaults; returns its ARN.
 pub async fn create_key_arn(client: &aws_sdk_kms::Client) -> String {
     client
