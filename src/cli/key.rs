@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use super::error::{CliError, CliResult};
 use super::runtime::runtime;
+use super::key_inventory::{
+    Inventory, UsageArg, meta_json, print_inventory, print_versions, read_usage, versions_of,
+};
 use super::target::KmsArgs;
 use crate::keys::aws::AwsKeyClient;
 use crate::keys::{KeyErrorKind, KeyService};
@@ -48,17 +51,21 @@ pub enum KeyCommand {
         #[command(flatten)]
         kms: KmsArgs,
     },
-    /// List keys with their aliases and states.
+    /// List keys: aliases, state, key versions, monthly cost (with the total) and, with --kms-data, last use and uses in 30 days.
     List {
+        #[command(flatten)]
+        usage: UsageArg,
         #[command(flatten)]
         out: JsonFlag,
         #[command(flatten)]
         kms: KmsArgs,
     },
-    /// Show one key.
+    /// Show one key, with its versions (creation dates, which is current) and monthly cost.
     Describe {
         #[command(flatten)]
         key: KeyArg,
+        #[command(flatten)]
+        usage: UsageArg,
         #[command(flatten)]
         out: JsonFlag,
         #[command(flatten)]
@@ -162,19 +169,6 @@ fn alias_name(a: &str) -> String {
     } else {
         format!("alias/{a}")
     }
-}
-
-fn meta_json(m: &KeyMetadata, aliases: &[String]) -> Value {
-    json!({
-        "KeyId": m.key_id(),
-        "Arn": m.arn(),
-        "Aliases": aliases,
-        "KeyState": m.key_state().map(|s| s.as_str()),
-        "Enabled": m.enabled(),
-        "Description": m.description(),
-        "CreationDate": m.creation_date().map(|d| d.secs()),
-        "DeletionDate": m.deletion_date().map(|d| d.secs()),
-    })
 }
 
 fn print_meta(m: &KeyMetadata, aliases: &[String]) {
@@ -334,8 +328,9 @@ async fn run_with(kms: &AwsKeyClient, cmd: KeyCommand) -> CliResult {
             }
             Ok(())
         }
-        KeyCommand::List { out, .. } => {
-            let mut rows = Vec::new();
+        KeyCommand::List { usage, out, .. } => {
+            let usage = read_usage(&usage)?;
+            let mut inventory = Inventory::default();
             let mut marker = None;
             loop {
                 let page = client
@@ -347,22 +342,22 @@ async fn run_with(kms: &AwsKeyClient, cmd: KeyCommand) -> CliResult {
                 for k in page.keys() {
                     let id = k.key_id().unwrap_or_default();
                     let aliases = aliases_of(client, id).await;
-                    match client.describe_key().key_id(id).send().await {
-                        Ok(d) => {
-                            if let Some(m) = d.key_metadata() {
-                                rows.push((m.clone(), aliases));
-                            }
-                        }
+                    let meta = match client.describe_key().key_id(id).send().await {
+                        Ok(d) => d.key_metadata().cloned(),
                         // Keys the caller may not describe are listed by id only.
-                        Err(_) => rows.push((
-                            KeyMetadata::builder()
-                                .key_id(id)
-                                .set_arn(k.key_arn().map(str::to_string))
-                                .build()
-                                .map_err(|e| CliError(e.to_string()))?,
-                            aliases,
-                        )),
-                    }
+                        Err(_) => None,
+                    };
+                    let meta = match meta {
+                        Some(m) => m,
+                        None => KeyMetadata::builder()
+                            .key_id(id)
+                            .set_arn(k.key_arn().map(str::to_string))
+                            .build()
+                            .map_err(|e| CliError(e.to_string()))?,
+                    };
+                    // Versions the caller may not list leave the key unpriced.
+                    let versions = versions_of(client, id).await.ok();
+                    inventory.add(meta, aliases, versions, usage.as_ref());
                 }
                 if !page.truncated() {
                     break;
@@ -370,25 +365,19 @@ async fn run_with(kms: &AwsKeyClient, cmd: KeyCommand) -> CliResult {
                 marker = page.next_marker().map(str::to_string);
             }
             if out.json {
-                let v: Vec<Value> = rows.iter().map(|(m, a)| meta_json(m, a)).collect();
-                say!("{}", Value::Array(v));
+                say!("{}", inventory.json(usage.as_ref()));
             } else {
-                for (m, a) in &rows {
-                    say!(
-                        "{}\t{}\t{}",
-                        m.key_id(),
-                        m.key_state().map(|s| s.as_str()).unwrap_or("-"),
-                        a.join(",")
-                    );
-                }
+                print_inventory(&inventory, usage.as_ref());
             }
             Ok(())
         }
         KeyCommand::Describe {
             key: KeyArg { key },
+            usage,
             out,
             ..
         } => {
+            let usage = read_usage(&usage)?;
             let d = client
                 .describe_key()
                 .key_id(&key)
@@ -399,10 +388,22 @@ async fn run_with(kms: &AwsKeyClient, cmd: KeyCommand) -> CliResult {
                 .key_metadata()
                 .ok_or_else(|| CliError("DescribeKey returned no metadata".into()))?;
             let aliases = aliases_of(client, m.key_id()).await;
+            let versions = versions_of(client, m.key_id())
+                .await
+                .map_err(|e| sdk_err(kms, "cannot list the versions of", &key, e))?;
+            let mut inventory = Inventory::default();
+            inventory.add(m.clone(), aliases.clone(), Some(versions), usage.as_ref());
             if out.json {
-                say!("{}", meta_json(m, &aliases));
+                let mut v = meta_json(m, &aliases);
+                if let (Some(obj), Value::Object(row)) =
+                    (v.as_object_mut(), inventory.key_json(0, usage.as_ref()))
+                {
+                    obj.extend(row);
+                }
+                say!("{v}");
             } else {
                 print_meta(m, &aliases);
+                print_versions(&inventory, 0, usage.as_ref());
             }
             Ok(())
         }

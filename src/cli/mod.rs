@@ -15,6 +15,7 @@ mod address;
 mod control;
 mod error;
 mod key;
+mod key_inventory;
 mod kms;
 mod kms_limits;
 mod parse;

@@ -21,6 +21,9 @@
 //! - `rotation`: new key versions, on demand and when automatic rotation
 //!   falls due.
 //! - `key_state`: Enabled, Disabled, PendingDeletion.
+//! - `usage`: per-key use counted from the audit log (with an index
+//!   beside it, so a query reads only new lines); `price`: the monthly
+//!   price model of keys and key versions. Both serve `envol key list`.
 //! - `clock`: injected time, so tests can expire signatures, pass deletion
 //!   windows and reach rotation dates without waiting.
 //!
@@ -40,6 +43,7 @@ pub mod iam;
 pub mod key_state;
 mod ops;
 pub mod policy;
+pub mod price;
 pub mod profile;
 mod rotation;
 mod schedule;
@@ -48,6 +52,7 @@ pub mod service;
 pub mod sigv4;
 pub mod store;
 pub mod tls;
+pub mod usage;
 
 pub use error::{ErrorKind, KmsError};
 pub use service::{Kms, RequestContext};
