@@ -5,12 +5,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = envol::cli::Cli::parse();
+    let (cli, matches) = envol::cli::parse();
     envol::cli::init_logging();
-    match envol::cli::run(cli) {
+    match envol::cli::run(cli, Some(&matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("envol: {e}");

@@ -22,13 +22,14 @@ mod parse;
 mod runtime;
 mod s3;
 mod serve;
+mod serve_config;
 mod snapshot;
 mod snapshot_copy;
 mod target;
 mod up;
 mod volume;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use error::{CliError, CliResult};
 
@@ -69,7 +70,19 @@ pub enum Command {
     Status(control::StatusArgs),
 }
 
-pub fn run(cli: Cli) -> CliResult {
+/// Parses the command line (exiting with clap's usage error if it is
+/// wrong), keeping clap's matches: `serve --config` needs to know which
+/// flags were given, not just their values.
+pub fn parse() -> (Cli, ArgMatches) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, matches)
+}
+
+/// Runs a parsed command; `matches`: clap's, from [`parse`] (`None` when
+/// the `Cli` was built otherwise: then nothing counts as given on the
+/// command line).
+pub fn run(cli: Cli, matches: Option<&ArgMatches>) -> CliResult {
     // Before any command touches a key: no core dump, no reading of this
     // process's memory by other processes of the same user. Every command,
     // since nearly all of them hold a secret at some point (a data key, the
@@ -81,7 +94,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Key(cmd) => key::run(cmd),
         Command::Volume(cmd) => volume::run(cmd),
         Command::Snapshot(cmd) => snapshot::run(cmd),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => {
+            serve_config::run(args, matches.and_then(|m| m.subcommand_matches("serve")))
+        }
         Command::Up(args) => up::run(args),
         Command::Attach(args) => control::attach(args),
         Command::Detach(args) => control::detach(args),

@@ -35,8 +35,14 @@ const SPARE_DESCRIPTORS: u64 = 64;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Volumes to serve, each as VOLUME[=NAME][:ro]: a file, or rbd:POOL/IMAGE for an RBD image in Ceph (a file whose name starts with `rbd:` is written ./rbd:...); default name: the file stem or image name; `:ro` exports it read-only.
-    #[arg(required = true, value_name = "VOLUME[=NAME][:ro]")]
+    #[arg(required_unless_present = "config", value_name = "VOLUME[=NAME][:ro]")]
     pub volumes: Vec<String>,
+    /// Read settings from this TOML file (every key is one of these flags: see contrib/envol.toml); flags given here override it, VOLUME arguments replace its exports.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The exports of --config's file, resolved (when no VOLUME is given).
+    #[arg(skip)]
+    pub(crate) file_exports: Vec<VolumeArg>,
     /// Serve on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -324,10 +330,13 @@ fn check_take_over(
     Ok(())
 }
 
-pub fn run(args: ServeArgs) -> CliResult {
-    let mut volumes = Vec::new();
-    for v in &args.volumes {
-        volumes.push(split_volume_arg(v, &args.ceph)?);
+pub fn run(mut args: ServeArgs) -> CliResult {
+    let mut volumes = std::mem::take(&mut args.file_exports);
+    if !args.volumes.is_empty() {
+        volumes.clear();
+        for v in &args.volumes {
+            volumes.push(split_volume_arg(v, &args.ceph)?);
+        }
     }
     let take_over = take_over_policy(&args, &volumes)?;
     let tcp = match (&args.socket, args.listen) {
