@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::error::{CliError, CliResult};
-use super::runtime::runtime;
 use super::key_inventory::{
     Inventory, UsageArg, meta_json, print_inventory, print_versions, read_usage, versions_of,
 };
+use super::runtime::runtime;
 use super::target::KmsArgs;
 use crate::keys::aws::AwsKeyClient;
 use crate::keys::{KeyErrorKind, KeyService};

@@ -19,7 +19,8 @@ use crate::kms::price::{USD_PER_KEY_VERSION_MONTH, monthly_cost_usd};
 use crate::kms::usage::{KeyUsage, USAGE_WINDOW_DAYS, UsageReport, key_usage};
 
 /// The price model, in words, for `--json` readers and the table's footer.
-const PRICE_MODEL: &str = "USD 1 a month per key and per rotated key version; keys pending deletion are not charged";
+const PRICE_MODEL: &str =
+    "USD 1 a month per key and per rotated key version; keys pending deletion are not charged";
 
 /// Where usage is read from: the KMS's audit log, on this machine.
 #[derive(Debug, Args, Clone)]
@@ -68,8 +69,10 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
 pub(super) async fn versions_of(
     client: &aws_sdk_kms::Client,
     key_id: &str,
-) -> Result<Vec<RotationsListEntry>, SdkError<ListKeyRotationsError, aws_sdk_kms::config::http::HttpResponse>>
-{
+) -> Result<
+    Vec<RotationsListEntry>,
+    SdkError<ListKeyRotationsError, aws_sdk_kms::config::http::HttpResponse>,
+> {
     let mut all = Vec::new();
     let mut marker = None;
     loop {
@@ -230,13 +233,15 @@ fn dollars(cost: Option<u64>) -> String {
 fn last_use(u: &KeyUsage) -> String {
     u.last_used_ms
         .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms))
-        .map_or_else(|| "never".to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+        .map_or_else(
+            || "never".to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
 }
 
 /// Says from when uses are counted if the log starts inside the window.
 fn usage_note(usage: &UsageReport) {
-    let window_start = chrono::Utc::now().timestamp_millis()
-        - USAGE_WINDOW_DAYS * 86_400_000;
+    let window_start = chrono::Utc::now().timestamp_millis() - USAGE_WINDOW_DAYS * 86_400_000;
     if let Some(start) = usage.log_starts_ms.filter(|s| *s > window_start) {
         say!(
             "Uses are counted from {}, the oldest line the audit log keeps.",

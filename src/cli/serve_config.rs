@@ -53,7 +53,10 @@ pub(crate) struct ServeConfig {
 /// One export: the command line's form, or a table that needs no quoting
 /// rules (`{ volume = "...", name = "...", read_only = true }`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged, expecting = "a \"VOLUME[=NAME][:ro]\" string or a table { volume, name, read_only }")]
+#[serde(
+    untagged,
+    expecting = "a \"VOLUME[=NAME][:ro]\" string or a table { volume, name, read_only }"
+)]
 pub(crate) enum ExportEntry {
     Spec(String),
     Table(ExportTable),
@@ -143,7 +146,9 @@ where
     D: Deserializer<'de>,
 {
     let raw = NumberOrText::deserialize(d)?;
-    parse(&raw.text()).map(Some).map_err(serde::de::Error::custom)
+    parse(&raw.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -170,7 +175,10 @@ where
             .iter()
             .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
             .collect();
-        serde::de::Error::custom(format!("invalid value {s:?}: expected one of {}", known.join(", ")))
+        serde::de::Error::custom(format!(
+            "invalid value {s:?}: expected one of {}",
+            known.join(", ")
+        ))
     })
 }
 
@@ -185,8 +193,12 @@ fn tls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsModeArg>, D::Er
 impl ServeConfig {
     /// Reads and checks `path`. Errors are one line: the file, the key, what is wrong.
     pub(crate) fn load(path: &Path) -> Result<ServeConfig, CliError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError(format!("cannot read the configuration {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError(format!(
+                "cannot read the configuration {}: {e}",
+                path.display()
+            ))
+        })?;
         Self::parse(&text).map_err(|e| CliError(format!("{}: {e}", path.display())))
     }
 
@@ -205,7 +217,9 @@ impl ServeConfig {
         if config.tls.cert.is_some() != config.tls.key.is_some() {
             return Err("tls: cert and key go together: give both or neither".into());
         }
-        if config.tls.cert.is_none() && (config.tls.client_ca.is_some() || config.tls.mode.is_some()) {
+        if config.tls.cert.is_none()
+            && (config.tls.client_ca.is_some() || config.tls.mode.is_some())
+        {
             return Err("tls: client_ca and mode need a cert and key".into());
         }
         Ok(config)
@@ -228,7 +242,11 @@ impl ServeConfig {
         set_opt(given("listen"), &mut args.listen, self.listen);
         set_opt(given("control"), &mut args.control, self.control);
         set(given("read_only"), &mut args.read_only, self.read_only);
-        set(given("transmission"), &mut args.transmission, self.transmission);
+        set(
+            given("transmission"),
+            &mut args.transmission,
+            self.transmission,
+        );
         // TLS is one setting: a certificate on the command line replaces the
         // file's whole [tls] section, so a file's CA never pairs with
         // another certificate.
@@ -239,9 +257,21 @@ impl ServeConfig {
             set_opt(given("tls_mode"), &mut args.tls.tls_mode, self.tls.mode);
         }
         let limits = self.limits;
-        set(given("max_inflight"), &mut args.limits.max_inflight, limits.max_inflight);
-        set(given("max_connections"), &mut args.limits.max_connections, limits.max_connections);
-        set(given("request_timeout"), &mut args.limits.request_timeout, limits.request_timeout);
+        set(
+            given("max_inflight"),
+            &mut args.limits.max_inflight,
+            limits.max_inflight,
+        );
+        set(
+            given("max_connections"),
+            &mut args.limits.max_connections,
+            limits.max_connections,
+        );
+        set(
+            given("request_timeout"),
+            &mut args.limits.request_timeout,
+            limits.request_timeout,
+        );
         set(
             given("insecure_plaintext"),
             &mut args.limits.insecure_plaintext,
@@ -252,7 +282,11 @@ impl ServeConfig {
         set_opt(given("region"), &mut args.kms.region, self.kms.region);
         set_opt(given("ceph_conf"), &mut args.ceph.ceph_conf, self.ceph.conf);
         set(given("ceph_id"), &mut args.ceph.ceph_id, self.ceph.id);
-        set(given("ceph_op_timeout"), &mut args.ceph.ceph_op_timeout, self.ceph.op_timeout);
+        set(
+            given("ceph_op_timeout"),
+            &mut args.ceph.ceph_op_timeout,
+            self.ceph.op_timeout,
+        );
         // After [ceph]: an rbd: export is parsed in the cluster it names.
         if args.volumes.is_empty() {
             for entry in self.exports {
@@ -272,7 +306,10 @@ impl ExportEntry {
                 let volume = args.ceph.volume(&t.volume).map_err(in_file)?;
                 let name = t.name.unwrap_or_else(|| volume.default_export_name());
                 if name.is_empty() {
-                    return Err(CliError(format!("exports: {}: the export name is empty", t.volume)));
+                    return Err(CliError(format!(
+                        "exports: {}: the export name is empty",
+                        t.volume
+                    )));
                 }
                 Ok(VolumeArg {
                     volume,

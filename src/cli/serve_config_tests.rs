@@ -65,11 +65,17 @@ fn unknown_keys_and_bad_values_name_the_key() {
     let e = error("[limits]\nmax_connections = 0\n");
     assert!(e.starts_with("limits.max_connections:"), "{e}");
     let e = error("[limits]\nrequest_timeout = \"soon\"\n");
-    assert!(e.starts_with("limits.request_timeout:") && e.contains("soon"), "{e}");
+    assert!(
+        e.starts_with("limits.request_timeout:") && e.contains("soon"),
+        "{e}"
+    );
     let e = error("listen = \"nowhere\"\n");
     assert!(e.starts_with("listen:"), "{e}");
     let e = error("transmission = \"fast\"\n");
-    assert!(e.contains("transmission") && e.contains("threaded, async"), "{e}");
+    assert!(
+        e.contains("transmission") && e.contains("threaded, async"),
+        "{e}"
+    );
     let e = error("exports = [{ volume = \"a\", nmae = \"b\" }]\n");
     assert!(e.contains("exports"), "{e}");
     let e = error("[tls]\ncert = \"c.pem\"\n");

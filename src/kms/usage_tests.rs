@@ -36,7 +36,12 @@ fn counts_successful_cryptographic_operations_in_the_window() {
             line(NOW - DAY, "Encrypt", "A", "success"),
             line(NOW - DAY, "Decrypt", "A", "failure"),
             line(NOW - DAY, "DescribeKey", "A", "success"),
-            line(NOW - 2 * DAY, "GenerateDataKeyWithoutPlaintext", "B", "success"),
+            line(
+                NOW - 2 * DAY,
+                "GenerateDataKeyWithoutPlaintext",
+                "B",
+                "success",
+            ),
         ],
     );
     let r = key_usage(&data, NOW).unwrap();
@@ -86,10 +91,8 @@ fn reads_only_new_lines_and_survives_rotation() {
 fn re_encrypt_uses_both_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::new(tmp.path());
-    let l = line(NOW, "ReEncrypt", "A", "success").replace(
-        r#""outcome""#,
-        r#""destination_key":"B","outcome""#,
-    );
+    let l = line(NOW, "ReEncrypt", "A", "success")
+        .replace(r#""outcome""#, r#""destination_key":"B","outcome""#);
     append(&data.audit_log(), &[l]);
     let r = key_usage(&data, NOW).unwrap();
     assert_eq!(r.of("A").uses_in_window, 1);

@@ -1,0 +1,178 @@
+//! `envol serve --config FILE`: a TOML file serves its exports (seen by
+//! nbdinfo), the command line overrides it, and a bad file is refused in
+//! one line naming the file and the key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::nbd::run_tool;
+use common::volume::{ADMIN, Fixture, MIB, VolumeServer, assert_one_clean_line, run_fails};
+
+/// A configuration serving `a.vol` (as a string) and `b.vol` (a read-only
+/// table) on `socket`, with the KMS client settings in `[kms]`: the command
+/// lines below give no --endpoint or --profile.
+fn write_config(fx: &Fixture, socket: &Path) -> PathBuf {
+    let text = format!(
+        r#"
+socket = "{socket}"
+exports = [
+    "{a}=alpha",
+    {{ volume = "{b}", name = "beta", read_only = true }},
+]
+
+[limits]
+max_connections = 8
+request_timeout = "10s"
+
+[kms]
+endpoint = "{endpoint}"
+profile = "{ADMIN}"
+"#,
+        socket = socket.display(),
+        a = fx.path("a.vol").display(),
+        b = fx.path("b.vol").display(),
+        endpoint = fx.kms.endpoint,
+    );
+    let path = fx.path("envol.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn nbdinfo(uri: &str) -> serde_json::Value {
+    let out = run_tool("nbdinfo", &["--json", uri]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["exports"][0].clone()
+}
+
+fn serve_with_config(
+    fx: &Fixture,
+    config: &Path,
+    extra: &[&str],
+    socket: &Path,
+    names: &[&str],
+) -> VolumeServer {
+    let mut cmd = fx.envol(&["serve", "--config", config.to_str().unwrap()]);
+    cmd.args(extra);
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    VolumeServer::spawn(&mut cmd, socket.to_path_buf(), &names)
+}
+
+#[test]
+fn serves_the_exports_of_the_file() {
+    let fx = Fixture::new();
+    fx.create_volume("a.vol", 16 * MIB, 4096);
+    fx.create_volume("b.vol", 8 * MIB, 512);
+    let socket = fx.path("from-file.sock");
+    let config = write_config(&fx, &socket);
+
+    let server = serve_with_config(&fx, &config, &[], &socket, &["alpha", "beta"]);
+    let a = nbdinfo(server.uri("alpha"));
+    assert_eq!(a["export-size"], 16 * MIB, "{a}");
+    assert_eq!(a["is_read_only"], false, "{a}");
+    let b = nbdinfo(server.uri("beta"));
+    assert_eq!(b["export-size"], 8 * MIB, "{b}");
+    assert_eq!(b["is_read_only"], true, "{b}");
+    server.stop();
+}
+
+#[test]
+fn the_command_line_overrides_the_file() {
+    let fx = Fixture::new();
+    fx.create_volume("a.vol", 16 * MIB, 4096);
+    fx.create_volume("b.vol", 8 * MIB, 512);
+    fx.create_volume("c.vol", 4 * MIB, 512);
+    let file_socket = fx.path("from-file.sock");
+    let config = write_config(&fx, &file_socket);
+
+    // --socket and --read-only win over the file's socket and exports' modes.
+    let socket = fx.path("from-flag.sock");
+    let server = serve_with_config(
+        &fx,
+        &config,
+        &["--socket", socket.to_str().unwrap(), "--read-only"],
+        &socket,
+        &["alpha", "beta"],
+    );
+    assert!(!file_socket.exists(), "the file's socket is not used");
+    assert_eq!(nbdinfo(server.uri("alpha"))["is_read_only"], true);
+    server.stop();
+
+    // VOLUME arguments replace the file's exports (the rest of the file stays).
+    let c = fx.path("c.vol");
+    let server = serve_with_config(
+        &fx,
+        &config,
+        &[&format!("{}=gamma", c.display())],
+        &file_socket,
+        &["gamma"],
+    );
+    assert_eq!(server.uris.len(), 1, "{:?}", server.uris);
+    assert_eq!(nbdinfo(server.uri("gamma"))["export-size"], 4 * MIB);
+    server.stop();
+
+    // A flag's environment variable overrides the file too (ENVOL_CONTROL).
+    let control = fx.path("env.control");
+    let mut cmd = fx.envol(&["serve", "--config", config.to_str().unwrap()]);
+    cmd.env("ENVOL_CONTROL", &control);
+    let server = VolumeServer::spawn(&mut cmd, file_socket.clone(), &["alpha".into()]);
+    assert!(control.exists(), "control socket at ENVOL_CONTROL");
+    server.stop();
+}
+
+#[test]
+fn a_bad_file_is_one_line_naming_the_key() {
+    let fx = Fixture::new();
+    let socket = fx.path("never.sock");
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "unknown key",
+            "[limits]\nmax_conections = 5\n",
+            &["max_conections", "limits"],
+        ),
+        ("unknown top-level key", "sockets = \"/x\"\n", &["sockets"]),
+        (
+            "bad value",
+            "exports = [\"x.vol\"]\n[limits]\nrequest_timeout = \"soon\"\n",
+            &["limits.request_timeout", "soon"],
+        ),
+        ("bad address", "listen = \"nowhere\"\n", &["listen"]),
+        ("not TOML", "listen = \n", &["line 2"]),
+    ];
+    for (what, text, needles) in cases {
+        let config = fx.path("bad.toml");
+        std::fs::write(
+            &config,
+            format!("socket = \"{}\"\n{text}", socket.display()),
+        )
+        .unwrap();
+        let mut cmd = fx.envol(&["serve", "--config", config.to_str().unwrap()]);
+        let (_, stderr) = run_fails(&mut cmd);
+        assert_one_clean_line(what, &stderr);
+        assert!(
+            stderr.contains(config.to_str().unwrap()),
+            "{what}: names the file: {stderr}"
+        );
+        for n in *needles {
+            assert!(stderr.contains(n), "{what}: {n:?} in {stderr}");
+        }
+        assert!(!socket.exists(), "{what}: nothing was served");
+    }
+
+    let missing = fx.path("missing.toml");
+    let mut cmd = fx.envol(&["serve", "--config", missing.to_str().unwrap()]);
+    let (_, stderr) = run_fails(&mut cmd);
+    assert_one_clean_line("missing file", &stderr);
+    assert!(
+        stderr.contains("missing.toml") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+
+    // Neither VOLUME arguments nor exports: nothing to serve, said in one line.
+    let empty = fx.path("empty.toml");
+    std::fs::write(&empty, format!("socket = \"{}\"\n", socket.display())).unwrap();
+    let mut cmd = fx.envol(&["serve", "--config", empty.to_str().unwrap()]);
+    let (_, stderr) = run_fails(&mut cmd);
+    assert_one_clean_line("no exports", &stderr);
+    assert!(stderr.contains("no exports"), "{stderr}");
+}
