@@ -31,6 +31,7 @@ packages=(
     ceph-mon ceph-osd ceph-mgr ceph-common librbd1
     radosgw curl    # the S3 server of the snapshot tests (WITH_RGW=1 below)
     procps          # ps (scripts/micro-ceph.sh waits for its daemons to stop)
+    systemd         # systemd-analyze verify of contrib/systemd (tests/contrib_systemd.rs)
 )
 missing=()
 for p in "${packages[@]}"; do
