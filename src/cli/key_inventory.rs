@@ -232,7 +232,7 @@ fn dollars(cost: Option<u64>) -> String {
 
 fn last_use(u: &KeyUsage) -> String {
     u.last_used_ms
-        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms))
+        .and_then(chrono::DateTime::from_timestamp_millis)
         .map_or_else(
             || "never".to_string(),
             |t| t.format("%Y-%m-%d %H:%M").to_string(),

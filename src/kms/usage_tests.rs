@@ -71,7 +71,7 @@ fn reads_only_new_lines_and_survives_rotation() {
     // A half-written line is left for later; the new whole one is counted once.
     append(&log, &[line(NOW - 2 * DAY, "Encrypt", "A", "success")]);
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(line(NOW - DAY, "Decrypt", "A", "success")[..40].as_bytes())
+    f.write_all(&line(NOW - DAY, "Decrypt", "A", "success").as_bytes()[..40])
         .unwrap();
     assert_eq!(key_usage(&data, NOW).unwrap().of("A").uses_in_window, 2);
 
