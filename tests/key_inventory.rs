@@ -125,6 +125,7 @@ fn list_reports_versions_cost_and_uses() {
     let mut cmd = fx.envol_as(ADMIN, &["key", "list"]);
     cmd.arg("--kms-data").arg(fx.kms.data());
     let table = run_ok(&mut cmd);
+    eprintln!("key list:\n{table}");
     let row = table
         .lines()
         .find(|l| l.starts_with(&id))
@@ -159,6 +160,7 @@ fn describe_shows_versions_with_dates_and_the_current_one() {
 
     let mut cmd = fx.envol_as(ADMIN, &["key", "describe", KEY_ALIAS]);
     let text = run_ok(&mut cmd);
+    eprintln!("key describe:\n{text}");
     assert!(text.contains("versions:    3 ($3 a month)"), "{text}");
     let current: Vec<&str> = text.lines().filter(|l| l.ends_with("current")).collect();
     assert_eq!(current.len(), 1, "{text}");

@@ -310,13 +310,14 @@ pub(super) fn print_versions(inv: &Inventory, i: usize, usage: Option<&UsageRepo
             dollars(r.cost_usd)
         );
         for v in list {
-            say!(
+            let line = format!(
                 "    {:>3}  {:<25}  {:<9}{}",
                 v.number,
                 v.created.as_deref().unwrap_or("?"),
                 v.rotation_type.as_deref().unwrap_or("ORIGINAL"),
                 if v.current { "  current" } else { "" }
             );
+            say!("{}", line.trim_end());
         }
     }
     if let (Some(u), Some(report)) = (r.usage, usage) {
