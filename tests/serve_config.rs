@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::nbd::run_tool;
+use common::tls::Pki;
 use common::volume::{ADMIN, Fixture, MIB, VolumeServer, assert_one_clean_line, run_fails};
 
 /// A configuration serving `a.vol` (as a string) and `b.vol` (a read-only
@@ -120,6 +121,66 @@ fn the_command_line_overrides_the_file() {
     server.stop();
 }
 
+/// `[tls]` from the file: TLS required, client certificates from its CA;
+/// `--tls optional` on the command line changes the mode and keeps the
+/// file's certificate.
+#[test]
+fn tls_from_the_file() {
+    let pki = Pki::new();
+    let fx = Fixture::new();
+    fx.create_volume("a.vol", 16 * MIB, 4096);
+    fx.create_volume("b.vol", 8 * MIB, 512);
+    let socket = fx.path("tls.sock");
+    let config = write_config(&fx, &socket);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    let server = serve_with_config(&fx, &config, &[], &socket, &["alpha", "beta"]);
+    let uri = server.uri("alpha").to_string();
+    assert!(
+        uri.starts_with("nbds+unix:///alpha?socket="),
+        "{}",
+        server.banner
+    );
+    let with = |dir: &Path| format!("{uri}&tls-certificates={}", dir.display());
+    assert_eq!(nbdinfo(&with(&pki.client_auth))["export-size"], 16 * MIB);
+    let anon = std::process::Command::new("nbdinfo")
+        .arg(with(&pki.client_anon))
+        .output()
+        .expect("nbdinfo");
+    assert!(
+        !anon.status.success(),
+        "a client without a certificate is refused"
+    );
+    let plain = format!("nbd+unix:///alpha?socket={}", socket.display());
+    let out = std::process::Command::new("nbdinfo")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plaintext is refused");
+    server.stop();
+
+    let server = serve_with_config(
+        &fx,
+        &config,
+        &["--tls", "optional"],
+        &socket,
+        &["alpha", "beta"],
+    );
+    assert_eq!(
+        nbdinfo(&plain)["export-size"],
+        16 * MIB,
+        "plaintext allowed"
+    );
+    server.stop();
+}
+
 #[test]
 fn a_bad_file_is_one_line_naming_the_key() {
     let fx = Fixture::new();
@@ -167,6 +228,24 @@ fn a_bad_file_is_one_line_naming_the_key() {
         stderr.contains("missing.toml") && stderr.contains("No such file"),
         "{stderr}"
     );
+
+    // A CA without a certificate (neither in the file nor on the command line).
+    let plain = fx.path("plain.toml");
+    std::fs::write(
+        &plain,
+        format!("socket = \"{}\"\nexports = [\"x.vol\"]\n", socket.display()),
+    )
+    .unwrap();
+    let mut cmd = fx.envol(&[
+        "serve",
+        "--config",
+        plain.to_str().unwrap(),
+        "--tls-ca",
+        "ca.pem",
+    ]);
+    let (_, stderr) = run_fails(&mut cmd);
+    assert_one_clean_line("CA without a certificate", &stderr);
+    assert!(stderr.contains("need a certificate"), "{stderr}");
 
     // Neither VOLUME arguments nor exports: nothing to serve, said in one line.
     let empty = fx.path("empty.toml");

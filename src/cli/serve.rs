@@ -151,11 +151,13 @@ pub struct TlsArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require client certificates issued by this CA (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    // Not `requires = "tls_cert"`: the certificate may come from --config's
+    // file; `config` refuses a CA or mode without one.
+    #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// `require` (the default with a certificate) refuses every client that
     /// does not start TLS; `optional` also serves plaintext clients.
-    #[arg(long = "tls", value_enum, value_name = "MODE", requires = "tls_cert")]
+    #[arg(long = "tls", value_enum, value_name = "MODE")]
     pub tls_mode: Option<TlsModeArg>,
 }
 
@@ -186,6 +188,11 @@ impl TlsArgs {
     /// server that bothers with TLS should not quietly accept plaintext.
     pub fn config(&self) -> Result<Option<TlsConfig>, CliError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.tls_ca.is_some() || self.tls_mode.is_some() {
+                return Err(CliError(
+                    "--tls-ca and --tls need a certificate: give --tls-cert and --tls-key (or [tls] cert and key in --config's file)".into(),
+                ));
+            }
             return Ok(None);
         };
         let mode = match self.tls_mode {
