@@ -137,6 +137,12 @@ fn list_reports_versions_cost_and_uses() {
         table.contains("Total: $3 a month for 2 keys with 4 key versions"),
         "{table}"
     );
+
+    // Without the data directory: the same keys and cost, and how to get use.
+    let table = run_ok(&mut fx.envol_as(ADMIN, &["key", "list"]));
+    assert!(!table.contains("USES/30D"), "{table}");
+    assert!(table.contains("Total: $3 a month"), "{table}");
+    assert!(table.contains("give --kms-data DIR"), "{table}");
 }
 
 #[test]

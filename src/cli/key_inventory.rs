@@ -26,7 +26,7 @@ const PRICE_MODEL: &str =
 #[derive(Debug, Args, Clone)]
 pub struct UsageArg {
     /// The KMS's data directory (where `envol kms serve --data` keeps it), to count each key's uses from its audit log; without it, usage is not shown.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "ENVOL_KMS_DATA")]
     pub kms_data: Option<PathBuf>,
 }
 
@@ -295,8 +295,11 @@ pub(super) fn print_inventory(inv: &Inventory, usage: Option<&UsageReport>) {
             inv.unpriced()
         );
     }
-    if let Some(u) = usage {
-        usage_note(u);
+    match usage {
+        Some(u) => usage_note(u),
+        None => say!(
+            "Last use and uses in {USAGE_WINDOW_DAYS} days: give --kms-data DIR (the KMS's data directory, read as its user)."
+        ),
     }
 }
 

@@ -4,7 +4,9 @@
 //! DIR/            0700
 //!   root.key      0600  32 random bytes: seals all key material at rest
 //!   kms.db        0600  SQLite (WAL): principals, keys, versions, aliases
-//!   audit.log     0600  one JSON line per request
+//!   audit.log     0600  one JSON line per request (rotated: audit.log.1 …)
+//!   audit-usage.json  0600  what `envol key list --kms-data` has counted of
+//!                     the audit log (a cache: `usage.rs`)
 //! ```
 //!
 //! The root key is the one secret that must stay off the database's backups;
