@@ -126,7 +126,10 @@ pub(crate) struct CephSection {
 
 /// A number or a string, for values people write either way (`512`, `"256M"`).
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a number or a string (e.g. 512, \"256M\", \"30s\")"
+)]
 enum NumberOrText {
     Number(u64),
     Text(String),

@@ -80,6 +80,11 @@ fn unknown_keys_and_bad_values_name_the_key() {
     assert!(e.contains("exports"), "{e}");
     let e = error("[tls]\ncert = \"c.pem\"\n");
     assert!(e.contains("tls"), "{e}");
+    let e = error("[limits]\nmax_inflight = -1\n");
+    assert!(
+        e.starts_with("limits.max_inflight:") && e.contains("a number or a string"),
+        "{e}"
+    );
     let e = error("listen = \n");
     assert!(e.contains("line 1"), "{e}");
 }

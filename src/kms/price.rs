@@ -18,3 +18,7 @@ pub fn monthly_cost_usd(state: KeyState, versions: u64) -> u64 {
         KeyState::Enabled | KeyState::Disabled => versions * USD_PER_KEY_VERSION_MONTH,
     }
 }
+
+#[cfg(test)]
+#[path = "price_tests.rs"]
+mod tests;
