@@ -7,8 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ceph::TestImage;
@@ -17,9 +16,10 @@ use common::control::{
     wait_status,
 };
 use common::volume::{
-    ADMIN, Fixture, MIB, assert_one_clean_line, fio_write_then_verify, require_tool, run_fails,
-    run_ok,
+    ADMIN, Fixture, MIB, assert_one_clean_line, fio_write_then_verify, output_with_timeout,
+    require_tool, run_fails, run_ok,
 };
+use serde_json::Value;
 
 /// Attaching a second volume to a running server: the first export's
 /// clients (a held connection, and fio writing and verifying) go on
