@@ -130,7 +130,9 @@ fn grow_an_attached_volume_file_while_a_client_is_connected() {
 
 /// Nobody has the volume attached: the grow takes the volume's exclusive
 /// attachment itself, needs no KMS (the fixture's credentials are not
-/// even offered), and the next `serve` exports the new size. A volume
+/// even offered), and the next `serve` exports the new size. A store
+/// larger than its superblock (a grow cut off between its two steps)
+/// serves the recorded size, and the next grow completes. A volume
 /// attached elsewhere without a server behind `--control` is refused
 /// naming the holder.
 #[test]
@@ -171,6 +173,14 @@ fn a_detached_grow_then_serve_shows_the_new_size() {
         MIB + 17 * MIB,
         "the file grew by a hole"
     );
+    // A grow cut off after its first step (the store grown, the
+    // superblock not yet written): the volume opens at its recorded size.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vol.path)
+        .unwrap()
+        .set_len(MIB + 20 * MIB)
+        .unwrap();
 
     let server = fx.serve(ADMIN, &vol);
     assert_eq!(nbdinfo_size(server.uri("offline")).unwrap(), 17 * MIB);
@@ -186,6 +196,11 @@ fn a_detached_grow_then_serve_shows_the_new_size() {
         "already attached",
     );
     server.stop();
+    // The grow run again finishes the job: the store is large enough.
+    let out = run_ok(&mut grow(&fx, path, "20M"));
+    assert!(out.contains("from 17 MiB to 20 MiB"), "{out}");
+    assert_eq!(recorded_size(&fx, &vol), 20 * MIB);
+    assert_eq!(std::fs::metadata(&vol.path).unwrap().len(), MIB + 20 * MIB);
 }
 
 /// `nbdfuse DIR URI` (read-write): the export as the file DIR/nbd, for
