@@ -38,9 +38,70 @@ fn refused(cmd: &mut Command, what: &str, expect: &str) {
     assert!(stderr.contains(expect), "{what}: {stderr}");
 }
 
+/// `qemu-io -f raw URI` driven through its stdin: one qemu NBD block
+/// node held open across a grow.
+struct QemuIo {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl QemuIo {
+    /// Opens the node, and waits until it is (its `length` answered).
+    fn open(uri: &str) -> (QemuIo, String) {
+        require_tool("qemu-io", "qemu-utils");
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "raw", uri])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qemu-io");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut q = QemuIo {
+            child,
+            stdin,
+            stdout,
+        };
+        let length = q.ask("length");
+        (q, length)
+    }
+
+    /// One command and the line it printed.
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_start_matches("qemu-io> ").trim_end().to_string()
+    }
+
+    /// Runs `commands`, quits, and returns everything qemu-io printed
+    /// since (stdout and stderr).
+    fn finish(mut self, commands: &[&str]) -> String {
+        use std::io::{Read, Write};
+        for c in commands {
+            writeln!(self.stdin, "{c}").unwrap();
+        }
+        writeln!(self.stdin, "quit").unwrap();
+        drop(self.stdin);
+        let mut out = String::new();
+        self.stdout.read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        let _ = self.child.wait();
+        out + &err
+    }
+}
+
 /// A volume file grown while served, a client connected throughout: the
-/// held connection keeps the size it negotiated and its data, a new
-/// connection (nbdinfo, libnbd) sees the new size, and the new space reads
+/// held connection keeps the size it negotiated and its data (libnbd; and
+/// qemu, whose NBD driver refuses to grow an open node), a new connection
+/// (nbdinfo, libnbd, qemu-io) sees the new size, and the new space reads
 /// as zeros and takes writes. Shrinking, a size that is not a multiple of
 /// the sector size, and asking a server that does not have the volume are
 /// refused in one line; the same size is a no-op; `+N` adds.
@@ -57,6 +118,8 @@ fn grow_an_attached_volume_file_while_a_client_is_connected() {
     held.ok("write 0 1048576 0x11");
     held.ok(&format!("write {} 1048576 0x12", 15 * MIB));
     held.ok("flush");
+    let (qemu, length) = QemuIo::open(&uri);
+    assert_eq!(length, "16 MiB");
 
     let out = run_ok(&mut grow_via(&fx, &control, path, "48M"));
     assert!(
@@ -73,6 +136,16 @@ fn grow_an_attached_volume_file_while_a_client_is_connected() {
     held.ok("read 0 1048576 0x11");
     held.ok(&format!("read {} 1048576 0x12", 15 * MIB));
     held.ok("write 1048576 65536 0x13");
+
+    // qemu's NBD driver: a node opened before the grow keeps its size,
+    // and cannot be grown in place; a new one has the new size.
+    let held_qemu = qemu.finish(&["length", "truncate 48M", "length"]);
+    assert_eq!(held_qemu.matches("16 MiB").count(), 2, "{held_qemu}");
+    assert!(!held_qemu.contains("48 MiB"), "{held_qemu}");
+    assert!(held_qemu.contains("Cannot grow NBD nodes"), "{held_qemu}");
+    let (fresh_qemu, length) = QemuIo::open(&uri);
+    assert_eq!(length, "48 MiB");
+    fresh_qemu.finish(&[]);
 
     // A new connection: the new space is zeros, and writable to its end.
     let mut fresh = Holder::connect(&uri);
