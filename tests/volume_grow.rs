@@ -177,7 +177,10 @@ fn grow_an_attached_volume_file_while_a_client_is_connected() {
     assert_eq!(recorded_size(&fx, &vol), 48 * MIB);
 
     let out = run_ok(&mut grow_via(&fx, &control, path, "48M"));
-    assert!(out.contains("is already 48 MiB") && out.contains("nothing to do"), "{out}");
+    assert!(
+        out.contains("is already 48 MiB") && out.contains("nothing to do"),
+        "{out}"
+    );
     // Relative to where we are: the server matches the file, not the text.
     let relative = Path::new(path).strip_prefix(fx.dir.path()).unwrap();
     let out = run_ok(
@@ -328,7 +331,10 @@ impl FuseFile {
 
 impl Drop for FuseFile {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.dir).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.dir)
+            .status();
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {

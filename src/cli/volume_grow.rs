@@ -15,8 +15,8 @@ use super::control::ControlArgs;
 use super::error::{CliError, CliResult};
 use super::target::{human_size, parse_size};
 use crate::control::{self, ClientError, Command, ReplyBody};
-use crate::envelope::grow::{GrowRefusal, grow};
 use crate::envelope::VolumeAddress;
+use crate::envelope::grow::{GrowRefusal, grow};
 use crate::volume::NewSize;
 
 #[derive(Debug, clap::Args)]

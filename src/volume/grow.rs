@@ -68,9 +68,7 @@ pub enum GrowError {
         "refusing to shrink the volume from {current} to {requested} bytes (shrinking loses data; only growing is supported)"
     )]
     Shrink { current: u64, requested: u64 },
-    #[error(
-        "size {requested} is not a multiple of the volume's sector size ({sector_size} bytes)"
-    )]
+    #[error("size {requested} is not a multiple of the volume's sector size ({sector_size} bytes)")]
     NotSectorMultiple { requested: u64, sector_size: u32 },
     #[error("the requested size is too large")]
     TooLarge,

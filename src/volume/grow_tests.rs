@@ -40,7 +40,9 @@ fn format(backend: &dyn Backend, sb: &Superblock) {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 fn read(v: &Volume, offset: u64, len: usize) -> Vec<u8> {
@@ -122,14 +124,19 @@ fn a_grow_interrupted_anywhere_still_opens() {
     let before = counting.ops();
     grow_store(&counting, &sb, NEW).unwrap();
     let steps = counting.ops() - before;
-    assert!(steps >= 5, "grow, flush, two copies and their syncs: {steps}");
+    assert!(
+        steps >= 5,
+        "grow, flush, two copies and their syncs: {steps}"
+    );
 
     let mut seen = [false; 2];
     for crash_at in 0..=steps {
         for how in [
             PowerLoss::DropUnsynced,
             PowerLoss::TearLast { seed: crash_at },
-            PowerLoss::Reorder { seed: crash_at + 100 },
+            PowerLoss::Reorder {
+                seed: crash_at + 100,
+            },
         ] {
             let b = CrashBackend::from_image(image.clone(), 512);
             b.crash_after(crash_at);
@@ -213,7 +220,9 @@ fn a_read_only_attachment_does_not_grow() {
     let sb = superblock(&key, OLD, 4096);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
     format(&backend, &sb);
-    let v = Volume::open(backend, &sb, key).unwrap().with_read_only(true);
+    let v = Volume::open(backend, &sb, key)
+        .unwrap()
+        .with_read_only(true);
     assert!(matches!(
         v.grow(NewSize::To(NEW)).unwrap_err(),
         GrowError::ReadOnly
@@ -245,7 +254,10 @@ fn growing_past_change_tracking_is_reported() {
     let Changes::Unknown { reason } = v.changes() else {
         panic!("changes past tracking cannot be exact")
     };
-    assert!(reason.contains("larger than change tracking covers"), "{reason}");
+    assert!(
+        reason.contains("larger than change tracking covers"),
+        "{reason}"
+    );
     // The last sector of the new area is a hole that reads as zeros.
     assert!(read(&v, beyond - 4096, 4096).iter().all(|&b| b == 0));
 }
