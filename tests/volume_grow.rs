@@ -277,6 +277,17 @@ fn a_detached_grow_then_serve_shows_the_new_size() {
     assert!(out.contains("from 17 MiB to 20 MiB"), "{out}");
     assert_eq!(recorded_size(&fx, &vol), 20 * MIB);
     assert_eq!(std::fs::metadata(&vol.path).unwrap().len(), MIB + 20 * MIB);
+
+    // Served read-only: its server cannot grow it, and says why.
+    let ro = fx.serve_many(ADMIN, &[(&vol, None)], &["--read-only"]);
+    refused(
+        &mut grow_via(&fx, &control_of(&ro.socket), path, "24M"),
+        "grow of a read-only attachment",
+        "attached read-only: growing needs a read-write attachment",
+    );
+    assert_eq!(nbdinfo_size(ro.uri("offline")).unwrap(), 20 * MIB);
+    ro.stop();
+    assert_eq!(recorded_size(&fx, &vol), 20 * MIB);
 }
 
 /// `nbdfuse DIR URI` (read-write): the export as the file DIR/nbd, for

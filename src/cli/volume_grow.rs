@@ -36,6 +36,10 @@ pub struct GrowArgs {
 /// `N` (the new size) or `+N` (so much more), N as `parse_size` reads it.
 pub fn parse_new_size(s: &str) -> Result<NewSize, String> {
     match s.trim().strip_prefix('+') {
+        // One sign only (u64's parser would take another).
+        Some(more) if more.starts_with('+') => Err(format!(
+            "invalid size {s:?}: use N or +N, N in bytes or with a K/M/G/T suffix"
+        )),
         Some(more) => parse_size(more).map(NewSize::Plus),
         None => parse_size(s).map(NewSize::To),
     }
@@ -145,3 +149,7 @@ fn report(volume: &str, old_size: u64, new_size: u64, beyond_change_tracking: bo
         );
     }
 }
+
+#[cfg(test)]
+#[path = "volume_grow_tests.rs"]
+mod tests;
