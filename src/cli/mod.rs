@@ -28,6 +28,7 @@ mod snapshot_copy;
 mod target;
 mod up;
 mod volume;
+mod volume_grow;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
