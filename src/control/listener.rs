@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::handler::{Attacher, Controller};
+use super::snapshot_session;
 use super::protocol::{
     Command, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, parse_request,
 };
@@ -109,6 +110,22 @@ async fn connection<A: Attacher>(stream: UnixStream, controller: Arc<Controller<
         }
         let body = match parse_request(&line) {
             Err(message) => ReplyBody::error(message),
+            Ok(Command::SnapshotBegin {
+                volume_uuid,
+                base,
+                all_chunks,
+                copy_limit,
+            }) => {
+                // The connection is the session's from here to its end.
+                let begin = snapshot_session::Begin {
+                    volume_uuid,
+                    base,
+                    all_chunks,
+                    copy_limit,
+                };
+                snapshot_session::serve(&controller, begin, &mut reader, &mut write_half).await;
+                return;
+            }
             Ok(command) => {
                 debug!(?command, "control request");
                 // Only a detach waits on others (its export's clients), so
@@ -137,7 +154,7 @@ async fn connection<A: Attacher>(stream: UnixStream, controller: Arc<Controller<
 /// One request line without its newline; `None` at the end of the
 /// stream; `Err` for a line longer than [`MAX_REQUEST_LEN`] or a read
 /// error.
-async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, String> {
+pub(super) async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, String> {
     let mut line = Vec::new();
     let read = (&mut *reader)
         .take(MAX_REQUEST_LEN + 1)
@@ -164,7 +181,7 @@ async fn hung_up<R: AsyncBufRead + Unpin>(reader: &mut R) {
     }
 }
 
-async fn send<W: AsyncWriteExt + Unpin>(writer: &mut W, body: ReplyBody) -> io::Result<()> {
+pub(super) async fn send<W: AsyncWriteExt + Unpin>(writer: &mut W, body: ReplyBody) -> io::Result<()> {
     let reply = Reply {
         version: PROTOCOL_VERSION,
         body,

@@ -9,6 +9,7 @@
 //! | `listener.rs` | the server's socket: owner-only, peer uid checked, one task per connection |
 //! | `client.rs` | the command line's side: one request, its reply |
 //! | `path.rs` | the default socket path, from `serve`'s listeners |
+//! | `snapshot_session.rs` | a snapshot of an attached volume: freeze, chunk reads, end (the connection is the session) |
 //!
 //! A new command (snapshots, re-encryption, grow) is a variant of
 //! [`Command`], a variant of [`ReplyBody`] for its answer, and one arm in
@@ -21,11 +22,13 @@ mod handler;
 mod listener;
 pub mod path;
 mod protocol;
+mod snapshot_session;
 
 pub use client::{ClientError, call};
 pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
 pub use listener::ControlSocket;
+pub use snapshot_session::STORE_SNAPSHOT_PREFIX;
 pub use protocol::{
     Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,
-    TakeOverMode, VolumeInfo, parse_request,
+    SnapshotSessionInfo, TakeOverMode, TakenChanges, VolumeInfo, parse_request,
 };

@@ -88,6 +88,11 @@ impl Volume {
         Ok(taken)
     }
 
+    /// The names of the store's own snapshots.
+    pub fn store_snapshots(&self) -> io::Result<Vec<String>> {
+        self.backend.store_snapshots()
+    }
+
     /// Removes the store snapshot `name` (gone already is fine).
     pub fn remove_store_snapshot(&self, name: &str) -> io::Result<()> {
         self.backend.remove_store_snapshot(name)

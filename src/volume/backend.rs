@@ -167,6 +167,10 @@ pub trait Backend: Send + Sync + 'static {
         let _ = name;
         Ok(())
     }
+    /// The names of the store's own snapshots (none by default).
+    fn store_snapshots(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Whether all of `[offset, offset+len)` is a hole.
     fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         Ok(self.extents(offset, len)?.iter().all(|e| e.hole))
