@@ -18,7 +18,7 @@ pub struct ControlArgs {
 }
 
 impl ControlArgs {
-    fn path(&self) -> Result<PathBuf, CliError> {
+    pub(super) fn path(&self) -> Result<PathBuf, CliError> {
         if let Some(path) = &self.control {
             return Ok(path.clone());
         }

@@ -8,6 +8,7 @@
 //! | `handler.rs` | what each command does ([`Controller`]: one `match`); the volume behind each export |
 //! | `listener.rs` | the server's socket: owner-only, peer uid checked, one task per connection |
 //! | `client.rs` | the command line's side: one request, its reply |
+//! | `snapshot_client.rs` | the command line's side of a snapshot session |
 //! | `path.rs` | the default socket path, from `serve`'s listeners |
 //! | `snapshot_session.rs` | a snapshot of an attached volume: freeze, chunk reads, end (the connection is the session) |
 //!
@@ -22,11 +23,13 @@ mod handler;
 mod listener;
 pub mod path;
 mod protocol;
+mod snapshot_client;
 mod snapshot_session;
 
 pub use client::{ClientError, call};
 pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
 pub use listener::ControlSocket;
+pub use snapshot_client::{Frozen, SnapshotSession};
 pub use snapshot_session::STORE_SNAPSHOT_PREFIX;
 pub use protocol::{
     Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,

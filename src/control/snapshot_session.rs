@@ -112,23 +112,25 @@ pub(super) async fn serve<A, R, W>(
             Frozen::StoreSnapshot(s) => Some(s.clone()),
         },
     };
-    let success = if send(writer, reply).await.is_ok() {
+    let ended = if send(writer, reply).await.is_ok() {
         session(&volume, &frozen, reader, writer).await
     } else {
-        false
+        None
     };
+    let success = ended == Some(true);
     // Ended: the view's copies freed (or the RBD snapshot removed), and
     // unless it succeeded the changes given back.
     let volume_for_end = volume.clone();
-    let ended = tokio::task::spawn_blocking(move || {
+    let closed = tokio::task::spawn_blocking(move || {
         end(&volume_for_end, &frozen, (!success).then_some(taken));
     })
     .await;
-    if let Err(e) = ended {
+    if let Err(e) = closed {
         warn!(export = %name, "ending the snapshot session failed: {e}");
     }
     controller.snapshot_ended(&name);
-    if success {
+    // Answered once the session is over: a client may begin the next.
+    if let Some(success) = ended {
         let _ = send(writer, ReplyBody::SnapshotEnded { success }).await;
     }
     info!(export = %name, success, "snapshot session ended");
@@ -177,8 +179,14 @@ async fn freeze(
     .map_err(|e| format!("freezing failed: {e}"))?
 }
 
-/// Answers the session's requests; whether it ended with success.
-async fn session<R, W>(volume: &Arc<Volume>, frozen: &Frozen, reader: &mut R, writer: &mut W) -> bool
+/// Answers the session's requests; how `snapshot_end` ended it (`None`:
+/// the connection ended first).
+async fn session<R, W>(
+    volume: &Arc<Volume>,
+    frozen: &Frozen,
+    reader: &mut R,
+    writer: &mut W,
+) -> Option<bool>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWriteExt + Unpin,
@@ -186,14 +194,14 @@ where
     loop {
         let line = match read_line(reader).await {
             Ok(Some(line)) => line,
-            Ok(None) => return false,
+            Ok(None) => return None,
             Err(message) => {
                 let _ = send(writer, ReplyBody::error(message)).await;
-                return false;
+                return None;
             }
         };
         let reply = match parse_request(&line) {
-            Ok(Command::SnapshotEnd { success }) => return success,
+            Ok(Command::SnapshotEnd { success }) => return Some(success),
             Ok(Command::SnapshotRead { chunk }) => match frozen {
                 Frozen::View(view) => {
                     let (volume, view) = (volume.clone(), view.clone());
@@ -209,7 +217,7 @@ where
                                 || writer.write_all(&bytes).await.is_err()
                                 || writer.flush().await.is_err()
                             {
-                                return false;
+                                return None;
                             }
                             continue;
                         }
@@ -227,7 +235,7 @@ where
             Err(message) => ReplyBody::error(message),
         };
         if send(writer, reply).await.is_err() {
-            return false;
+            return None;
         }
     }
 }
