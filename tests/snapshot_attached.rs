@@ -187,7 +187,7 @@ impl Running {
     /// Waits for success; the snapshot URL it printed.
     fn finish(mut self) -> String {
         let out = self.child.wait_with_output().unwrap();
-        self.stderr.extend(self.lines.try_iter().map(|l| l + "\n"));
+        self.stderr.extend(self.lines.iter().map(|l| l + "\n"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -318,6 +318,32 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
         env.restore_and_read(url5, "r5", &vol) == live,
         "snapshot 5 differs from the volume"
     );
+
+    // Writes during the upload that need more copies than --copy-limit
+    // (1 MiB): the snapshot fails in one line, the writes all succeed, and
+    // the next snapshot holds every change.
+    qemu_io(&uri, &["write -P 0x46 0 16M", "flush"]);
+    let mut running = Running::spawn(&mut env.create_cmd(
+        &vol,
+        &place,
+        &control,
+        &["--concurrency", "1", "--copy-limit", "1"],
+    ));
+    running.wait_frozen();
+    qemu_io(&uri, &["write -P 0x47 0 16M", "flush"]);
+    let status = running.child.wait().unwrap();
+    // The reader thread ends at the end of stderr.
+    let stderr = running.stderr + &running.lines.iter().collect::<Vec<_>>().join("\n");
+    assert!(!status.success(), "the snapshot went over its bound:\n{stderr}");
+    assert!(stderr.contains("copy-aside limit"), "{stderr}");
+    let s6 = env.snapshot(&vol, &place, &control);
+    assert_eq!(s6["parent"], s5["id"], "{s6}");
+    assert_eq!(s6["chunks_read"], 16, "{s6}");
+    let live = read_all(&env.fx, &uri, "live6");
+    assert!(
+        env.restore_and_read(s6["url"].as_str().unwrap(), "r6", &vol) == live,
+        "snapshot 6 differs from the volume"
+    );
     server.stop();
 }
 
@@ -353,10 +379,26 @@ fn fio_verify_writers_run_through_a_snapshot() {
             )
         })
     };
-    // Taken while the writers write (they run several seconds here).
-    std::thread::sleep(Duration::from_millis(700));
+    // Taken while the writers write: once they have written 2 MiB (of
+    // 48: they run several seconds here).
+    let deadline = Instant::now() + TIMEOUT;
+    while export_status(&env.fx, &control)["bytes_written"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2 * MIB
+    {
+        assert!(Instant::now() < deadline, "fio never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let s = env.snapshot(&vol, &place, &control);
     assert!(s["chunks"].as_u64().unwrap() > 0, "{s}");
+    let written = export_status(&env.fx, &control)["bytes_written"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        written < 48 * MIB,
+        "the writers had finished before the snapshot did ({written} bytes)"
+    );
     if writers.join().is_err() {
         panic!(
             "fio writers failed during the snapshot; server:\n{}",
