@@ -230,12 +230,8 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
     // A acknowledged and flushed, then the snapshot; B written as soon as
     // the freeze is reported, while the upload runs (one PUT at a time).
     fill(&uri, size, 0x41);
-    let mut running = Running::spawn(&mut env.create_cmd(
-        &vol,
-        &place,
-        &control,
-        &["--concurrency", "1"],
-    ));
+    let mut running =
+        Running::spawn(&mut env.create_cmd(&vol, &place, &control, &["--concurrency", "1"]));
     running.wait_frozen();
     fill(&uri, size, 0x42);
     let b_done = Instant::now();
@@ -259,16 +255,27 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
 
     let restored = env.restore_and_read(&url1, "r1", &vol);
     assert_eq!(restored.len() as u64, size);
-    assert_eq!(chunks_not(&restored, 0x41), Vec::<usize>::new(), "snapshot 1 holds A");
+    assert_eq!(
+        chunks_not(&restored, 0x41),
+        Vec::<usize>::new(),
+        "snapshot 1 holds A"
+    );
     let live = read_all(&env.fx, &uri, "live1");
-    assert_eq!(chunks_not(&live, 0x42), Vec::<usize>::new(), "the volume holds B");
+    assert_eq!(
+        chunks_not(&live, 0x42),
+        Vec::<usize>::new(),
+        "the volume holds B"
+    );
 
     // Incremental: B rewrote every chunk after the freeze, so snapshot 2
     // reads them all; then two chunks change, and snapshot 3 reads two.
     let s2 = env.snapshot(&vol, &place, &control);
     assert_eq!(s2["method"], "change-tracking", "{s2}");
     assert_eq!(s2["chunks_read"], 48, "{s2}");
-    qemu_io(&uri, &["write -P 0x43 5M 1M", "write -P 0x43 30M 4k", "flush"]);
+    qemu_io(
+        &uri,
+        &["write -P 0x43 5M 1M", "write -P 0x43 30M 4k", "flush"],
+    );
     let s3 = env.snapshot(&vol, &place, &control);
     assert_eq!(s3["method"], "change-tracking", "{s3}");
     assert_eq!(s3["parent"], s2["id"], "{s3}");
@@ -279,14 +286,15 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
     // Killed mid-upload: three chunks changed before, one while frozen.
     qemu_io(
         &uri,
-        &["write -P 0x44 0 1M", "write -P 0x44 10M 1M", "write -P 0x44 20M 1M", "flush"],
+        &[
+            "write -P 0x44 0 1M",
+            "write -P 0x44 10M 1M",
+            "write -P 0x44 20M 1M",
+            "flush",
+        ],
     );
-    let mut running = Running::spawn(&mut env.create_cmd(
-        &vol,
-        &place,
-        &control,
-        &["--concurrency", "1"],
-    ));
+    let mut running =
+        Running::spawn(&mut env.create_cmd(&vol, &place, &control, &["--concurrency", "1"]));
     running.wait_frozen();
     qemu_io(&uri, &["write -P 0x45 40M 1M", "flush"]);
     let during = export_status(&env.fx, &control);
@@ -334,7 +342,10 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
     let status = running.child.wait().unwrap();
     // The reader thread ends at the end of stderr.
     let stderr = running.stderr + &running.lines.iter().collect::<Vec<_>>().join("\n");
-    assert!(!status.success(), "the snapshot went over its bound:\n{stderr}");
+    assert!(
+        !status.success(),
+        "the snapshot went over its bound:\n{stderr}"
+    );
     assert!(stderr.contains("copy-aside limit"), "{stderr}");
     let s6 = env.snapshot(&vol, &place, &control);
     assert_eq!(s6["parent"], s5["id"], "{s6}");
@@ -425,12 +436,8 @@ fn attached_rbd_volume_snapshot_is_one_point_in_time() {
     let uri = server.first_uri().to_string();
 
     fill(&uri, size, 0x41);
-    let mut running = Running::spawn(&mut env.create_cmd(
-        &vol,
-        &place,
-        &control,
-        &["--concurrency", "1"],
-    ));
+    let mut running =
+        Running::spawn(&mut env.create_cmd(&vol, &place, &control, &["--concurrency", "1"]));
     running.wait_frozen();
     fill(&uri, size, 0x42);
     let url = running.finish();
@@ -441,7 +448,11 @@ fn attached_rbd_volume_snapshot_is_one_point_in_time() {
         "the snapshot holds A"
     );
     let live = read_all(&env.fx, &uri, "rlive");
-    assert_eq!(chunks_not(&live, 0x42), Vec::<usize>::new(), "the volume holds B");
+    assert_eq!(
+        chunks_not(&live, 0x42),
+        Vec::<usize>::new(),
+        "the volume holds B"
+    );
     let snaps = Ceph::run(image.ceph.rbd(&["snap", "ls", &image.spec()]));
     let listed = String::from_utf8_lossy(&snaps.stdout);
     assert!(
@@ -458,12 +469,8 @@ fn an_unreachable_server_is_one_line() {
     let env = Env::new();
     let vol = env.fx.create_volume("u.vol", 8 * MIB, 4096);
     let server = env.fx.serve(ADMIN, &vol);
-    let (_, stderr) = run_fails(&mut env.create_cmd(
-        &vol,
-        &env.place("u"),
-        &env.fx.path("nowhere.control"),
-        &[],
-    ));
+    let (_, stderr) =
+        run_fails(&mut env.create_cmd(&vol, &env.place("u"), &env.fx.path("nowhere.control"), &[]));
     assert_one_clean_line("an unreachable server", &stderr);
     assert!(stderr.contains("attached by pid"), "{stderr}");
     assert!(stderr.contains("--control"), "{stderr}");

@@ -6,10 +6,10 @@ use serde_json::json;
 
 use super::address::CephArgs;
 use super::control::ControlArgs;
-use super::snapshot_attached::{DEFAULT_COPY_LIMIT_MIB, ThroughControlSocket};
 use super::error::{CliError, CliResult};
 use super::runtime::runtime;
 use super::s3::S3Args;
+use super::snapshot_attached::{DEFAULT_COPY_LIMIT_MIB, ThroughControlSocket};
 use super::target::{KmsArgs, human_size};
 use crate::envelope::VolumeAddress;
 use crate::keys::aws::AwsKeyClient;

@@ -12,9 +12,7 @@ use super::control::ControlArgs;
 use crate::control::{self, Command, ReplyBody, SnapshotSession, TakenChanges};
 use crate::envelope::{Attachers, VolumeAddress, store};
 use crate::snapshot::create::describe_attachers;
-use crate::snapshot::{
-    AttachedVolumes, ChunkSource, SnapshotError, SnapshotUrl, SnapshotVolume,
-};
+use crate::snapshot::{AttachedVolumes, ChunkSource, SnapshotError, SnapshotUrl, SnapshotVolume};
 use crate::volume::{Backend, CHUNK_SIZE, Changes, Superblock};
 
 /// Default bound of the chunks a file volume's server copies aside for

@@ -116,9 +116,9 @@ impl<A: Attacher> Controller<A> {
             Command::SnapshotBegin { .. } => {
                 ReplyBody::error("snapshot_begin starts a session of its own connection")
             }
-            Command::SnapshotRead { .. } | Command::SnapshotEnd { .. } => ReplyBody::error(
-                "no snapshot session on this connection (snapshot_begin first)",
-            ),
+            Command::SnapshotRead { .. } | Command::SnapshotEnd { .. } => {
+                ReplyBody::error("no snapshot session on this connection (snapshot_begin first)")
+            }
         }
     }
 
@@ -142,10 +142,19 @@ impl<A: Attacher> Controller<A> {
     }
 
     /// Records a snapshot session of export `name`; refused while one is.
-    pub(super) fn snapshot_started(&self, name: &str, session: ActiveSnapshot) -> Result<(), String> {
-        let mut snapshots = self.snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(super) fn snapshot_started(
+        &self,
+        name: &str,
+        session: ActiveSnapshot,
+    ) -> Result<(), String> {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if snapshots.contains_key(name) {
-            return Err(format!("a snapshot of export {name:?} is already being taken"));
+            return Err(format!(
+                "a snapshot of export {name:?} is already being taken"
+            ));
         }
         snapshots.insert(name.to_string(), session);
         Ok(())

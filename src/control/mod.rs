@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `protocol.rs` | the wire format: a versioned JSON request per line, a JSON reply per line |
 //! | `handler.rs` | what each command does ([`Controller`]: one `match`); the volume behind each export |
+//! | `framing.rs` | the server's request and reply lines |
 //! | `listener.rs` | the server's socket: owner-only, peer uid checked, one task per connection |
 //! | `client.rs` | the command line's side: one request, its reply |
 //! | `snapshot_client.rs` | the command line's side of a snapshot session |
@@ -19,6 +20,7 @@
 //! envelope layer.
 
 mod client;
+mod framing;
 mod handler;
 mod listener;
 pub mod path;
@@ -29,9 +31,9 @@ mod snapshot_session;
 pub use client::{ClientError, call};
 pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
 pub use listener::ControlSocket;
-pub use snapshot_client::{Frozen, SnapshotSession};
-pub use snapshot_session::STORE_SNAPSHOT_PREFIX;
 pub use protocol::{
     Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,
     SnapshotSessionInfo, TakeOverMode, TakenChanges, VolumeInfo, parse_request,
 };
+pub use snapshot_client::{Frozen, SnapshotSession};
+pub use snapshot_session::STORE_SNAPSHOT_PREFIX;

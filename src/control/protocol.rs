@@ -114,8 +114,13 @@ pub enum ReplyBody {
         store_snapshot: Option<String>,
     },
     /// Followed by `len` bytes: the chunk as stored (ciphertext).
-    SnapshotChunk { chunk: u64, len: u64 },
-    SnapshotEnded { success: bool },
+    SnapshotChunk {
+        chunk: u64,
+        len: u64,
+    },
+    SnapshotEnded {
+        success: bool,
+    },
     Error {
         message: String,
     },

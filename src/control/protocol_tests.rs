@@ -130,7 +130,8 @@ fn snapshot_replies_round_trip() {
 
 #[test]
 fn a_snapshot_begin_without_its_bound_is_refused() {
-    let line = br#"{"version":1,"command":"snapshot_begin","volume_uuid":"u","base":"s3://b/snap-1"}"#;
+    let line =
+        br#"{"version":1,"command":"snapshot_begin","volume_uuid":"u","base":"s3://b/snap-1"}"#;
     let err = parse_request(line).unwrap_err();
     assert!(err.contains("copy_limit"), "{err}");
 }

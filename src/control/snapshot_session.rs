@@ -27,8 +27,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncWriteExt};
 use tracing::{info, warn};
 
+use super::framing::{read_line, send};
 use super::handler::{ActiveSnapshot, Attacher, Controller};
-use super::listener::{read_line, send};
 use super::protocol::{Command, ReplyBody, TakenChanges, parse_request};
 use crate::volume::{Changes, FrozenView, Volume};
 

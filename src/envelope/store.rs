@@ -154,9 +154,9 @@ pub fn open_store_snapshot(
             std::io::ErrorKind::Unsupported,
             format!("{}: a file volume has no store snapshots", path.display()),
         ))),
-        VolumeAddress::Rbd { image, ceph } => Ok(std::sync::Arc::new(
-            RbdBackend::open_snapshot(ceph, image, name)?,
-        )),
+        VolumeAddress::Rbd { image, ceph } => Ok(std::sync::Arc::new(RbdBackend::open_snapshot(
+            ceph, image, name,
+        )?)),
     }
 }
 

@@ -42,8 +42,8 @@ use super::error::SnapshotError;
 use super::manifest::{ChunkEntry, MANIFEST_FORMAT, Manifest, sha256_hex};
 use super::object_store::ObjectStore;
 use super::progress::Progress;
-use super::url::{Place, SnapshotId, SnapshotUrl};
 use super::source::{ChunkSource, LockedVolume, SnapshotVolume};
+use super::url::{Place, SnapshotId, SnapshotUrl};
 use crate::envelope::{self, AttachOptions, Attachers, VolumeAddress};
 use crate::keys::KeyService;
 use crate::volume::{CHUNK_SIZE, Changes, DataKey, Superblock};
@@ -118,8 +118,7 @@ pub async fn create<K: KeyService>(
         Changes::Exact { base, .. } => base.clone(),
         Changes::Unknown { .. } => None,
     };
-    let parent = match find_parent(store, place, &inv, &sb.uuid, base.as_deref(), &data_key).await
-    {
+    let parent = match find_parent(store, place, &inv, &sb.uuid, base.as_deref(), &data_key).await {
         Ok(p) => p,
         Err(e) => {
             source.finish(false, &url)?;
@@ -127,8 +126,10 @@ pub async fn create<K: KeyService>(
         }
     };
     let (mut changes, mut chunks) = (changes, chunks);
-    if !matches!(choose(&changes, parent.as_ref(), 0).1, Method::ChangeTracking)
-        && matches!(changes, Changes::Exact { .. })
+    if !matches!(
+        choose(&changes, parent.as_ref(), 0).1,
+        Method::ChangeTracking
+    ) && matches!(changes, Changes::Exact { .. })
     {
         // The freeze kept the changed chunks only; this snapshot reads
         // them all: frozen again, keeping every chunk.

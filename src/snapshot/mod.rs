@@ -44,9 +44,9 @@ pub mod source;
 pub mod url;
 
 pub use create::{AttachedVolumes, Created, Method};
-pub use source::{ChunkSource, LockedVolume, SnapshotVolume};
 pub use error::SnapshotError;
 pub use restore::Restored;
+pub use source::{ChunkSource, LockedVolume, SnapshotVolume};
 
 pub use manifest::{ChunkEntry, MANIFEST_FORMAT, Manifest, ManifestError};
 pub use object_store::{ObjectErrorKind, ObjectInfo, ObjectStore, ObjectStoreError, S3Options};

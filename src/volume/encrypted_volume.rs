@@ -384,7 +384,9 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        let _pass = self.freezer.enter_write(&*self.backend, self.data_offset, offset, len);
+        let _pass = self
+            .freezer
+            .enter_write(&*self.backend, self.data_offset, offset, len);
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.zero_range_tracked(offset, len, punch);
         self.changes.after_write(offset, len, result.is_ok());
@@ -487,7 +489,9 @@ impl Volume {
             return Ok(());
         }
         let len = data.len() as u64;
-        let _pass = self.freezer.enter_write(&*self.backend, self.data_offset, offset, len);
+        let _pass = self
+            .freezer
+            .enter_write(&*self.backend, self.data_offset, offset, len);
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.write_stored_tracked(offset, data);
         self.changes.after_write(offset, len, result.is_ok());
@@ -732,7 +736,9 @@ impl BlockDevice for Volume {
         self.check_range(offset, data.len() as u64)?;
         if !data.is_empty() {
             let len = data.len() as u64;
-            let pass = self.freezer.enter_write(&*self.backend, self.data_offset, offset, len);
+            let pass = self
+                .freezer
+                .enter_write(&*self.backend, self.data_offset, offset, len);
             self.changes.before_write(&*self.backend, offset, len)?;
             let written = self.seal_and_write(offset, data);
             self.changes.after_write(offset, len, written.is_ok());

@@ -246,7 +246,9 @@ impl FrozenView {
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("chunk {chunk} is not in this snapshot's view (not needed, or already read)"),
+                        format!(
+                            "chunk {chunk} is not in this snapshot's view (not needed, or already read)"
+                        ),
                     ));
                 }
                 Some(State::Busy) => table = self.wait(table),
@@ -275,12 +277,19 @@ impl FrozenView {
         let mut table = self.lock();
         table.chunks.clear();
         table.copied_bytes = 0;
-        table.failed.get_or_insert_with(|| "the snapshot ended".into());
+        table
+            .failed
+            .get_or_insert_with(|| "the snapshot ended".into());
         self.changed.notify_all();
     }
 }
 
-fn read_chunk(backend: &dyn Backend, data_offset: u64, chunk: u64, len: u64) -> io::Result<Vec<u8>> {
+fn read_chunk(
+    backend: &dyn Backend,
+    data_offset: u64,
+    chunk: u64,
+    len: u64,
+) -> io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; len as usize];
     backend.read_at(data_offset + chunk * CHUNK_SIZE, &mut bytes)?;
     Ok(bytes)

@@ -17,7 +17,8 @@ fn store() -> MemBackend {
 /// A write as the volume makes it: through the gate, then to the store.
 fn write(f: &Freezer, b: &MemBackend, offset: u64, byte: u8, len: u64) {
     let _pass = f.enter_write(b, DATA, offset, len);
-    b.write_at(DATA + offset, &vec![byte; len as usize]).unwrap();
+    b.write_at(DATA + offset, &vec![byte; len as usize])
+        .unwrap();
 }
 
 fn freeze(f: &Freezer, chunks: Vec<u64>, limit: u64) -> Arc<FrozenView> {
@@ -34,7 +35,13 @@ fn a_written_chunk_reads_as_it_was_at_the_freeze() {
     assert_eq!(view.usage().copied_bytes, 2 * MIB);
     assert!(view.read(&b, DATA, 0).unwrap().iter().all(|&x| x == b'A'));
     assert!(view.read(&b, DATA, 1).unwrap().iter().all(|&x| x == b'B'));
-    assert_eq!(view.usage(), ViewUsage { chunks_left: 0, copied_bytes: 0 });
+    assert_eq!(
+        view.usage(),
+        ViewUsage {
+            chunks_left: 0,
+            copied_bytes: 0
+        }
+    );
     // Each chunk once; a chunk not needed is refused.
     assert!(view.read(&b, DATA, 0).is_err());
     assert!(view.read(&b, DATA, 2).is_err());
@@ -50,7 +57,13 @@ fn a_chunk_read_before_any_write_is_not_copied() {
     let view = freeze(&f, vec![0], 8 * MIB);
     assert!(view.read(&b, DATA, 0).unwrap().iter().all(|&x| x == b'A'));
     write(&f, &b, 0, b'z', 4096);
-    assert_eq!(view.usage(), ViewUsage { chunks_left: 0, copied_bytes: 0 });
+    assert_eq!(
+        view.usage(),
+        ViewUsage {
+            chunks_left: 0,
+            copied_bytes: 0
+        }
+    );
 }
 
 #[test]
@@ -79,7 +92,13 @@ fn one_view_at_a_time_and_thaw_frees_it() {
     write(&f, &b, 0, b'z', 1);
     assert_eq!(view.usage().copied_bytes, MIB);
     f.thaw(&view);
-    assert_eq!(view.usage(), ViewUsage { chunks_left: 0, copied_bytes: 0 });
+    assert_eq!(
+        view.usage(),
+        ViewUsage {
+            chunks_left: 0,
+            copied_bytes: 0
+        }
+    );
     assert!(view.read(&b, DATA, 1).is_err());
     // Writes no longer copy; a new view may start.
     write(&f, &b, MIB, b'z', 1);

@@ -291,7 +291,9 @@ impl RbdBackend {
         let image = ffi::Image::open_snapshot(&ioctx, &address.image, snapshot).map_err(
             |errno| match errno {
                 2 => RbdError::NoImage(format!("{address}@{snapshot}")),
-                errno => RbdError::ceph(format!("opening RBD snapshot {address}@{snapshot}"), errno),
+                errno => {
+                    RbdError::ceph(format!("opening RBD snapshot {address}@{snapshot}"), errno)
+                }
             },
         )?;
         let mut backend = Self::wrap(image, address, ceph)?;
