@@ -392,23 +392,23 @@ fn fio_verify_writers_run_through_a_snapshot() {
     };
     // Taken while the writers write: once they have written 2 MiB (of
     // 48: they run several seconds here).
+    let written = || {
+        export_status(&env.fx, &control)["bytes_written"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let deadline = Instant::now() + TIMEOUT;
-    while export_status(&env.fx, &control)["bytes_written"]
-        .as_u64()
-        .unwrap_or(0)
-        < 2 * MIB
-    {
+    while written() < 2 * MIB {
         assert!(Instant::now() < deadline, "fio never wrote");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let before = written();
     let s = env.snapshot(&vol, &place, &control);
+    let after = written();
     assert!(s["chunks"].as_u64().unwrap() > 0, "{s}");
-    let written = export_status(&env.fx, &control)["bytes_written"]
-        .as_u64()
-        .unwrap_or(0);
     assert!(
-        written < 48 * MIB,
-        "the writers had finished before the snapshot did ({written} bytes)"
+        before < 48 * MIB && after > before,
+        "the writers were writing when the snapshot began and went on during it ({before} then {after} bytes)"
     );
     if writers.join().is_err() {
         panic!(
