@@ -82,7 +82,9 @@ pub(super) async fn serve<A, R, W>(
         release(volume).await;
         return;
     }
+    let started = std::time::Instant::now();
     let frozen = freeze(&volume, &begin, as_view).await;
+    let took = started.elapsed();
     let (taken, frozen) = match frozen {
         Ok(f) => f,
         Err(message) => {
@@ -95,7 +97,9 @@ pub(super) async fn serve<A, R, W>(
     if let Frozen::View(v) = &frozen {
         controller.snapshot_viewing(&name, v.clone());
     }
-    info!(export = %name, base = %begin.base, "frozen for a snapshot");
+    // How long the freeze took, writes held back for part of it (file
+    // volumes: draining those in flight and restarting change tracking).
+    info!(export = %name, base = %begin.base, freeze_us = took.as_micros() as u64, "frozen for a snapshot");
     let reply = ReplyBody::SnapshotFrozen {
         export: name.clone(),
         changes: match &taken {

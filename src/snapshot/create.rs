@@ -424,8 +424,9 @@ async fn authentic(
 }
 
 /// Markers of earlier, interrupted uploads of the same volume: nobody else
-/// can be snapshotting it (this process holds its exclusive lock), so they
-/// are dead, and would hold back chunk collection forever.
+/// can be snapshotting it (this process holds its exclusive lock, or its
+/// server's one snapshot session), so they are dead, and would hold back
+/// chunk collection forever.
 async fn remove_stale_markers(
     store: &ObjectStore,
     place: &Place,
