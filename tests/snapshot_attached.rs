@@ -355,6 +355,11 @@ fn attached_file_volume_snapshot_is_one_point_in_time() {
         env.restore_and_read(s6["url"].as_str().unwrap(), "r6", &vol) == live,
         "snapshot 6 differs from the volume"
     );
+    // What each freeze took, as the server logs it (the README's figure).
+    let log = server.stderr();
+    let freezes: Vec<&str> = log.lines().filter(|l| l.contains("freeze_us")).collect();
+    assert_eq!(freezes.len(), 7, "seven sessions, each frozen once:\n{log}");
+    eprintln!("{}", freezes.join("\n"));
     server.stop();
 }
 
