@@ -28,7 +28,7 @@ impl ControlArgs {
         control::path::for_tcp(addr).map_err(|e| CliError(format!("no control socket: {e}")))
     }
 
-    fn call(&self, command: Command) -> Result<ReplyBody, CliError> {
+    pub(super) fn call(&self, command: Command) -> Result<ReplyBody, CliError> {
         control::call(&self.path()?, command).map_err(|e| CliError(e.to_string()))
     }
 }

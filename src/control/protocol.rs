@@ -69,6 +69,14 @@ pub enum Command {
     SnapshotRead { chunk: u64 },
     /// The snapshot is complete (`success`), or abandoned.
     SnapshotEnd { success: bool },
+    /// Grow an attached volume (named as attached: a file's path, or
+    /// `rbd:POOL/IMAGE`) to `size` bytes, or by `size` bytes with `add`.
+    Grow {
+        volume: String,
+        size: u64,
+        #[serde(default)]
+        add: bool,
+    },
 }
 
 /// `envol attach --take-over [--force]` for an `rbd:` volume.
@@ -120,6 +128,13 @@ pub enum ReplyBody {
     },
     SnapshotEnded {
         success: bool,
+    },
+    Grown {
+        name: String,
+        volume: String,
+        old_size: u64,
+        new_size: u64,
+        beyond_change_tracking: bool,
     },
     Error {
         message: String,

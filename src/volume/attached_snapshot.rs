@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::Volume;
 use crate::volume::change_map::{CHUNK_SIZE, Changes, chunk_count};
+use crate::volume::device::BlockDevice;
 use crate::volume::frozen_view::FrozenView;
 
 impl Volume {
@@ -49,7 +50,9 @@ impl Volume {
                 "this volume's store takes snapshots of its own",
             ));
         }
-        let size = self.size;
+        // The size at the freeze: a grow while the view lives adds chunks
+        // the snapshot does not hold.
+        let size = BlockDevice::size(self);
         let chunk_len = move |c: u64| size.saturating_sub(c * CHUNK_SIZE).min(CHUNK_SIZE);
         self.freezer.freeze(chunk_len, copy_limit, || {
             let taken = self.restart_changes(base)?;

@@ -76,6 +76,7 @@ pub mod cipher;
 pub mod device;
 pub mod encrypted_volume;
 pub mod frozen_view;
+pub mod grow;
 pub mod key;
 pub mod range_lock;
 pub mod rbd;
@@ -101,6 +102,7 @@ pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use frozen_view::{FrozenView, ViewUsage};
+pub use grow::{GrowError, Grown, NewSize};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
     COPY_SIZE, DATA_OFFSET, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
