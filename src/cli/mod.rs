@@ -24,6 +24,7 @@ mod s3;
 mod serve;
 mod serve_config;
 mod snapshot;
+mod snapshot_attached;
 mod snapshot_copy;
 mod target;
 mod up;
