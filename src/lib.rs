@@ -86,6 +86,7 @@ pub mod cli;
 pub mod control;
 pub mod envelope;
 pub mod keys;
+pub mod metrics;
 pub mod kms;
 pub mod nbd;
 #[allow(unsafe_code)]

@@ -17,6 +17,7 @@ mod error;
 mod key;
 mod kms;
 mod kms_limits;
+mod metrics;
 mod parse;
 mod runtime;
 mod s3;

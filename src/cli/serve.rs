@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
+use super::metrics::MetricsArgs;
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
@@ -64,6 +65,8 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub kms: KmsArgs,
 }
@@ -344,6 +347,10 @@ pub fn run(args: ServeArgs) -> CliResult {
     let tls = args.tls.config()?;
     let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
     args.limits.check_plaintext(tcp, tls_required)?;
+    let metrics = args.metrics.plan(
+        args.tls.tls_cert.as_deref().zip(args.tls.tls_key.as_deref()),
+        args.limits.insecure_plaintext,
+    )?;
     let listeners = usize::from(args.socket.is_some()) + usize::from(tcp.is_some());
     args.limits.ensure_descriptors(listeners, 0);
     let rt = runtime()?;
@@ -352,6 +359,10 @@ pub fn run(args: ServeArgs) -> CliResult {
         // address or control socket in use) must not have asked the KMS.
         let (listeners, control) =
             bind(args.socket.as_deref(), tcp, args.control.as_deref()).await?;
+        let metrics = match metrics {
+            Some(plan) => Some(plan.bind().await?),
+            None => None,
+        };
         let keys = AwsKeyClient::new(&args.kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
@@ -385,6 +396,11 @@ pub fn run(args: ServeArgs) -> CliResult {
         }
         let shutdown = shutdown_signal();
         announce(&server, &listeners, &control);
+        if let Some(endpoint) = metrics {
+            let mut registry = super::metrics::registry();
+            registry.register_collector(Box::new(server.metrics()));
+            super::metrics::spawn(endpoint, registry)?;
+        }
         let attacher = ServeAttacher {
             keys: Arc::new(keys),
             ceph: args.ceph.clone(),

@@ -38,6 +38,7 @@ pub mod grant;
 pub mod http;
 pub mod iam;
 pub mod key_state;
+pub mod metrics;
 mod ops;
 pub mod policy;
 pub mod profile;
