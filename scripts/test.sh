@@ -31,6 +31,7 @@ packages=(
     ceph-mon ceph-osd ceph-mgr ceph-common librbd1
     radosgw curl    # the S3 server of the snapshot tests (WITH_RGW=1 below)
     procps          # ps (scripts/micro-ceph.sh waits for its daemons to stop)
+    prometheus      # the metrics test scrapes envol with a real Prometheus (tests/metrics_prometheus.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,6 +4,7 @@
 pub mod ceph;
 pub mod kms;
 pub mod nbd;
+pub mod prometheus;
 pub mod raw;
 pub mod s3;
 pub mod tls;
