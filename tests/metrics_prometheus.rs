@@ -266,3 +266,75 @@ fn a_non_loopback_metrics_address_is_refused_in_one_line() {
         "{stderr}"
     );
 }
+
+/// `envol up --metrics`: one endpoint with the export's and the embedded
+/// KMS's families (its in-process Decrypt of the attach included).
+#[test]
+fn up_serves_the_exports_and_the_embedded_kms_on_one_endpoint() {
+    require_tool("nbdcopy", "libnbd-bin");
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut up = common::envol();
+    up.args(["up", "--size", "16M", "--listen", "127.0.0.1:0", "--kms-listen", "none"])
+        .arg("--data")
+        .arg(&data)
+        .args(["--metrics", &metrics])
+        .env("HOME", home.path())
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join(".aws/credentials"))
+        .env("AWS_CONFIG_FILE", home.path().join(".aws/config"));
+    let common::volume::Drained {
+        mut child, lines, ..
+    } = common::volume::spawn_drained(&mut up);
+    let mut uri = None;
+    let mut url = None;
+    while uri.is_none() || url.is_none() {
+        let line = lines
+            .recv_timeout(TIMEOUT)
+            .expect("envol up printed its URIs and metrics URL");
+        for word in line.split_whitespace() {
+            if word.starts_with("nbd+unix://") && uri.is_none() {
+                uri = Some(word.to_string());
+            }
+            if word.starts_with("http://") && word.ends_with("/metrics") {
+                url = Some(word.to_string());
+            }
+        }
+    }
+    let (uri, url) = (uri.unwrap(), url.unwrap());
+    assert_eq!(url, format!("http://{metrics}/metrics"));
+
+    let size = 64 * 1024;
+    let source = home.path().join("source.bin");
+    std::fs::write(&source, tagged_slot(0xfeed, size)).unwrap();
+    let out = output_with_timeout(Command::new("nbdcopy").arg(&source).arg(&uri), TIMEOUT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let text = http_get(&url);
+    assert_eq!(
+        sample(
+            &text,
+            "envol_nbd_request_bytes_total",
+            &[("export", "default"), ("command", "write")]
+        ),
+        Some(size as f64),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "envol_kms_requests_total",
+            &[("operation", "Decrypt"), ("outcome", "ok")]
+        ) >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "envol_kms_keys", &[("state", "Enabled")]),
+        Some(1.0)
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "envol up exited with {status}");
+}

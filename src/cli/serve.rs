@@ -10,6 +10,8 @@ use clap::{Args, ValueEnum};
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
 use super::metrics::MetricsArgs;
+use crate::metrics::MetricsEndpoint;
+use prometheus_client::registry::Registry;
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
@@ -708,10 +710,11 @@ pub(crate) async fn serve_exports(
     limits: &LimitArgs,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
+    metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
     let server = limits.apply(Server::new(exports)?);
-    serve_with(server, socket, tcp, None, on_ready).await
+    serve_with(server, socket, tcp, None, metrics, on_ready).await
 }
 
 /// [`serve_exports`] with a configured `server`, offering TLS when `tls`
@@ -721,6 +724,7 @@ async fn serve_with(
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
     tls: Option<TlsConfig>,
+    metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
     let shutdown = shutdown_signal();
@@ -740,6 +744,12 @@ async fn serve_with(
         for uri in listeners.uris_with_tls(name, tls_uris) {
             say!("export {name}: {uri}");
         }
+    }
+    // The server's metrics join what the caller registered (`up`: its
+    // embedded KMS's).
+    if let Some((endpoint, mut registry)) = metrics {
+        registry.register_collector(Box::new(server.metrics()));
+        super::metrics::spawn(endpoint, registry)?;
     }
     on_ready(&listeners);
     {
