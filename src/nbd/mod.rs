@@ -174,6 +174,8 @@
 //! the device is called).
 
 mod async_loop;
+#[doc(hidden)]
+pub mod benchmarking;
 mod commands;
 mod export;
 mod export_set;
