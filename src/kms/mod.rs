@@ -21,6 +21,8 @@
 //! - `rotation`: new key versions, on demand and when automatic rotation
 //!   falls due.
 //! - `key_state`: Enabled, Disabled, PendingDeletion.
+//! - `metrics`: requests by operation and outcome, latency, keys by state
+//!   (a prometheus-client collector; `service` counts the requests).
 //! - `clock`: injected time, so tests can expire signatures, pass deletion
 //!   windows and reach rotation dates without waiting.
 //!
