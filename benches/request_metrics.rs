@@ -68,7 +68,9 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("error_reply", |b| b.iter(|| now.failed(black_box(5))));
     group.finish();
-    c.bench_function("scrape_read_one_export", |b| b.iter(|| black_box(now.read())));
+    c.bench_function("scrape_read_one_export", |b| {
+        b.iter(|| black_box(now.read()))
+    });
 }
 
 criterion_group!(benches, bench);

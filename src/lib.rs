@@ -89,8 +89,8 @@ pub mod cli;
 pub mod control;
 pub mod envelope;
 pub mod keys;
-pub mod metrics;
 pub mod kms;
+pub mod metrics;
 pub mod nbd;
 #[allow(unsafe_code)]
 pub mod secret_memory;

@@ -90,7 +90,9 @@ impl MetricsEndpoint {
                 },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!("metrics: closing the connection from {peer}: {MAX_CONNECTIONS} already open");
+                tracing::debug!(
+                    "metrics: closing the connection from {peer}: {MAX_CONNECTIONS} already open"
+                );
                 continue;
             };
             let tls = self.tls.clone();
@@ -102,8 +104,12 @@ impl MetricsEndpoint {
                     Some(acceptor) => {
                         match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => serve_connection(stream, registry, peer).await,
-                            Ok(Err(e)) => tracing::debug!("metrics: TLS handshake with {peer}: {e}"),
-                            Err(_) => tracing::debug!("metrics: TLS handshake with {peer} timed out"),
+                            Ok(Err(e)) => {
+                                tracing::debug!("metrics: TLS handshake with {peer}: {e}")
+                            }
+                            Err(_) => {
+                                tracing::debug!("metrics: TLS handshake with {peer} timed out")
+                            }
                         }
                     }
                 }

@@ -102,11 +102,7 @@ fn prometheus_sees_the_write_rate_of_the_busy_export_and_the_attach_decrypts() {
         "no write rate for the export fio wrote to: {results:?}"
     );
     // Present (every export has its series from the start) and zero.
-    assert_eq!(
-        rate_of("idle"),
-        Some(0.0),
-        "the idle export: {results:?}"
-    );
+    assert_eq!(rate_of("idle"), Some(0.0), "the idle export: {results:?}");
 
     // Serving attached two volumes: two Decrypts of their wrapped keys.
     let expected = decrypts_before_attach + 2.0;
@@ -119,7 +115,10 @@ fn prometheus_sees_the_write_rate_of_the_busy_export_and_the_attach_decrypts() {
         Some(expected),
         "Decrypt count of the attach (before it: {decrypts_before_attach}): {results:?}"
     );
-    assert!(decrypts_before_attach >= 2.0, "volume create unwraps once each");
+    assert!(
+        decrypts_before_attach >= 2.0,
+        "volume create unwraps once each"
+    );
     server.stop();
 }
 
@@ -180,7 +179,11 @@ fn a_scrape_counts_exactly_the_bytes_nbdcopy_wrote() {
     );
     assert_eq!(delta("envol_nbd_request_bytes_total", "read"), 0.0);
     assert!(
-        sample(&after, "envol_nbd_connections_total", &[("export", &export)]) >= Some(1.0),
+        sample(
+            &after,
+            "envol_nbd_connections_total",
+            &[("export", &export)]
+        ) >= Some(1.0),
         "{after}"
     );
     assert_eq!(
@@ -188,7 +191,11 @@ fn a_scrape_counts_exactly_the_bytes_nbdcopy_wrote() {
         Some(0.0)
     );
     assert_eq!(
-        sample(&after, "envol_nbd_requests_in_flight", &[("export", &export)]),
+        sample(
+            &after,
+            "envol_nbd_requests_in_flight",
+            &[("export", &export)]
+        ),
         Some(0.0)
     );
     for errno in ["EIO", "EINVAL", "ENOSPC", "EPERM"] {
@@ -276,13 +283,24 @@ fn up_serves_the_exports_and_the_embedded_kms_on_one_endpoint() {
     let data = home.path().join("data");
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut up = common::envol();
-    up.args(["up", "--size", "16M", "--listen", "127.0.0.1:0", "--kms-listen", "none"])
-        .arg("--data")
-        .arg(&data)
-        .args(["--metrics", &metrics])
-        .env("HOME", home.path())
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join(".aws/credentials"))
-        .env("AWS_CONFIG_FILE", home.path().join(".aws/config"));
+    up.args([
+        "up",
+        "--size",
+        "16M",
+        "--listen",
+        "127.0.0.1:0",
+        "--kms-listen",
+        "none",
+    ])
+    .arg("--data")
+    .arg(&data)
+    .args(["--metrics", &metrics])
+    .env("HOME", home.path())
+    .env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        home.path().join(".aws/credentials"),
+    )
+    .env("AWS_CONFIG_FILE", home.path().join(".aws/config"));
     let common::volume::Drained {
         mut child, lines, ..
     } = common::volume::spawn_drained(&mut up);
@@ -308,7 +326,11 @@ fn up_serves_the_exports_and_the_embedded_kms_on_one_endpoint() {
     let source = home.path().join("source.bin");
     std::fs::write(&source, tagged_slot(0xfeed, size)).unwrap();
     let out = output_with_timeout(Command::new("nbdcopy").arg(&source).arg(&uri), TIMEOUT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let text = http_get(&url);
     assert_eq!(

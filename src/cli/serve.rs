@@ -10,8 +10,6 @@ use clap::{Args, ValueEnum};
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
 use super::metrics::MetricsArgs;
-use crate::metrics::MetricsEndpoint;
-use prometheus_client::registry::Registry;
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
@@ -21,12 +19,14 @@ use crate::control::{
 use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
+use crate::metrics::MetricsEndpoint;
 use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
 use crate::volume::rbd::TakeOver;
 use crate::volume::{BlockDevice, Volume};
+use prometheus_client::registry::Registry;
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -350,7 +350,10 @@ pub fn run(args: ServeArgs) -> CliResult {
     let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
     args.limits.check_plaintext(tcp, tls_required)?;
     let metrics = args.metrics.plan(
-        args.tls.tls_cert.as_deref().zip(args.tls.tls_key.as_deref()),
+        args.tls
+            .tls_cert
+            .as_deref()
+            .zip(args.tls.tls_key.as_deref()),
         args.limits.insecure_plaintext,
     )?;
     let listeners = usize::from(args.socket.is_some()) + usize::from(tcp.is_some());

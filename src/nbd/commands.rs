@@ -143,7 +143,13 @@ impl<F: FnOnce(Reply)> Drop for Answer<F> {
                 "device dropped a started nbd request without completing it"
             );
             send((
-                error_frame(&self.stats, self.structured, r.cookie, p::EIO, "internal error"),
+                error_frame(
+                    &self.stats,
+                    self.structured,
+                    r.cookie,
+                    p::EIO,
+                    "internal error",
+                ),
                 None,
             ));
         }

@@ -66,7 +66,8 @@ impl LatencyHistogram {
             cumulative = cumulative.saturating_add(bucket.load(Ordering::Relaxed));
             buckets.push((*bound as f64 / 1e9, cumulative));
         }
-        let count = cumulative.saturating_add(self.buckets[BOUNDS_NS.len()].load(Ordering::Relaxed));
+        let count =
+            cumulative.saturating_add(self.buckets[BOUNDS_NS.len()].load(Ordering::Relaxed));
         LatencyReading {
             count,
             sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,

@@ -12,7 +12,11 @@ fn observations_land_in_their_bucket_and_read_cumulatively() {
     h.observe(Duration::from_secs(60)); // +Inf only
     let r = h.read();
     assert_eq!(r.count, 5);
-    assert!((r.sum_seconds - 60.003_061).abs() < 1e-9, "{}", r.sum_seconds);
+    assert!(
+        (r.sum_seconds - 60.003_061).abs() < 1e-9,
+        "{}",
+        r.sum_seconds
+    );
     assert_eq!(r.buckets.len(), BOUNDS_NS.len());
     assert_eq!(r.buckets[0], (25e-6, 2));
     assert_eq!(r.buckets[1], (50e-6, 3));

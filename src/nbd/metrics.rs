@@ -101,12 +101,9 @@ fn latency(encoder: &mut DescriptorEncoder, exports: &Exports) -> Result<(), std
         for (c, command) in COMMAND_NAMES.iter().enumerate() {
             let labels = [("export", export.as_str()), ("command", command)];
             let l = &m.commands[c].latency;
-            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                l.sum_seconds,
-                l.count,
-                &l.buckets,
-                None,
-            )?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(l.sum_seconds, l.count, &l.buckets, None)?;
         }
     }
     Ok(())

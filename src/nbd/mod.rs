@@ -198,13 +198,11 @@ mod workers;
 
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
-pub use export_stats::{
-    COMMAND_NAMES, CommandMetrics, ERRNO_NAMES, ExportCounters, ExportMetrics,
-};
-pub use latency_histogram::LatencyReading;
-pub use metrics::ServerMetrics;
+pub use export_stats::{COMMAND_NAMES, CommandMetrics, ERRNO_NAMES, ExportCounters, ExportMetrics};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
+pub use latency_histogram::LatencyReading;
 pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT, descriptors_needed};
+pub use metrics::ServerMetrics;
 pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};

@@ -113,7 +113,10 @@ impl Prometheus {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "prometheus not ready within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

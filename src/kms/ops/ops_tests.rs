@@ -11,7 +11,12 @@ use crate::kms::iam::Principal;
 #[test]
 fn every_labelled_operation_is_dispatched() {
     let dir = tempfile::tempdir().unwrap();
-    let (kms, _) = Kms::init(&DataDir::new(dir.path()), "us-east-1", Arc::new(SystemClock)).unwrap();
+    let (kms, _) = Kms::init(
+        &DataDir::new(dir.path()),
+        "us-east-1",
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     let root = Principal::root(kms.account_id());
     let caller = Caller {
         principal: &root,
