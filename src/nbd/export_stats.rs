@@ -12,9 +12,9 @@
 //! every connection counts once); they only need not be read in the same
 //! instant as each other.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::latency_histogram::{LatencyHistogram, LatencyReading};
 use super::protocol::{self as p, Command, Request};
@@ -197,8 +197,7 @@ impl ExportStats {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             stats: self.clone(),
-            command,
-            since: Instant::now(),
+            command_and_start: (command as u64) << START_BITS | now_ns(),
         }
     }
 
@@ -228,18 +227,34 @@ impl ExportStats {
     }
 }
 
+/// Where request start times count from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Bits of [`InFlight::command_and_start`] that hold the start time: 2^61
+/// ns is 73 years of uptime; the 3 above hold the command index (< 8).
+const START_BITS: u32 = 61;
+const START_MASK: u64 = (1 << START_BITS) - 1;
+
+/// Nanoseconds since [`EPOCH`].
+fn now_ns() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX) & START_MASK
+}
+
 /// One request in flight; travels with its reply frame.
 pub(crate) struct InFlight {
     stats: Arc<ExportStats>,
-    command: usize,
-    since: Instant,
+    /// The command's index and when the request was admitted, in one word:
+    /// the token is moved with every reply frame, and an `Instant` plus an
+    /// index would triple its size.
+    command_and_start: u64,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.stats.commands[self.command]
-            .latency
-            .observe(self.since.elapsed());
+        let command = (self.command_and_start >> START_BITS) as usize;
+        let start = self.command_and_start & START_MASK;
+        let elapsed = Duration::from_nanos(now_ns().saturating_sub(start));
+        self.stats.commands[command].latency.observe(elapsed);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
