@@ -360,3 +360,68 @@ fn up_serves_the_exports_and_the_embedded_kms_on_one_endpoint() {
     let status = child.wait().unwrap();
     assert!(status.success(), "envol up exited with {status}");
 }
+
+/// Over TLS (the command's own certificate) a non-loopback metrics address
+/// is allowed, and served as HTTPS only.
+#[test]
+fn kms_serve_with_tls_serves_metrics_over_https_on_any_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kms");
+    common::run_ok(
+        common::envol()
+            .args(["kms", "init", "--self-signed-cert", "--data"])
+            .arg(&data),
+    );
+    let cert = data.join("tls/cert.pem");
+    let key = data.join("tls/key.pem");
+    let port = free_port();
+    let any = format!("0.0.0.0:{port}");
+    let (child, _endpoint) = common::spawn_kms_serve_with(
+        &data,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--metrics",
+            &any,
+        ],
+        std::process::Stdio::inherit(),
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kms = Kill(child);
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    // The endpoint comes up right after the KMS's own listener.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .arg(&url)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            text = String::from_utf8(out.stdout).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sample(&text, "envol_kms_keys", &[("state", "Enabled")]),
+        Some(0.0),
+        "{text}"
+    );
+    // Plain HTTP on the same port gets no metrics.
+    let plain = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plain HTTP was answered");
+}

@@ -12,8 +12,8 @@
 //! every connection counts once); they only need not be read in the same
 //! instant as each other.
 
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::latency_histogram::{LatencyHistogram, LatencyReading};

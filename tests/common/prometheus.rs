@@ -21,9 +21,16 @@ pub fn free_port() -> u16 {
 
 /// `curl` GET of `url`; fails the test unless it answers 2xx.
 pub fn http_get(url: &str) -> String {
+    http_get_with(url, &[])
+}
+
+/// [`http_get`] with more curl arguments (`--cacert FILE`, ...).
+pub fn http_get_with(url: &str, curl_args: &[&str]) -> String {
     let curl = require_tool("curl", "curl");
     let out = Command::new(curl)
-        .args(["-sS", "--fail", "--max-time", "10", url])
+        .args(["-sS", "--fail", "--max-time", "10"])
+        .args(curl_args)
+        .arg(url)
         .output()
         .expect("run curl");
     assert!(
