@@ -31,6 +31,7 @@ use crate::volume::{
     SuperblockSet, Volume, volume_encryption_context,
 };
 
+pub mod grow;
 pub mod lineage;
 pub mod store;
 
