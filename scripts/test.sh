@@ -32,6 +32,7 @@ packages=(
     radosgw curl    # the S3 server of the snapshot tests (WITH_RGW=1 below)
     procps          # ps (scripts/micro-ceph.sh waits for its daemons to stop)
     systemd         # systemd-analyze verify of contrib/systemd (tests/contrib_systemd.rs)
+    prometheus      # the metrics test scrapes envol with a real Prometheus (tests/metrics_prometheus.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

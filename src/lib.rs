@@ -44,6 +44,9 @@
 //!   │   keys/      key client: the official aws-sdk-kms (any AWS-KMS
 //!   │              endpoint, ours or AWS's), or the KMS core in-process
 //!   │
+//!   ├── metrics    `--metrics`: serves a prometheus-client registry at
+//!   │              /metrics; nbd/ and kms/ each provide their collector
+//!   │
 //!   └── kms/       the master-key service: AWS KMS JSON API over HTTP with
 //!                  SigV4, key policies, ciphertext blobs, sealed SQLite
 //!                  store, audit log; `Kms::handle` is its transport-free core
@@ -88,6 +91,7 @@ pub mod control;
 pub mod envelope;
 pub mod keys;
 pub mod kms;
+pub mod metrics;
 pub mod nbd;
 #[allow(unsafe_code)]
 pub mod secret_memory;

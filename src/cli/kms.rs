@@ -1,5 +1,6 @@
 //! `envol kms ...`: initialise, serve, and manage the users of a KMS data directory.
 
+use super::metrics::{MetricsArgs, MetricsPlan};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +63,11 @@ pub enum KmsCommand {
         tls_key: Option<PathBuf>,
         #[command(flatten)]
         limits: ServeLimitArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+        /// Allow plaintext metrics (--metrics) on a non-loopback address; the KMS API itself is never served in plaintext beyond loopback.
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Manage IAM-style users and their access keys.
     #[command(subcommand)]
@@ -115,7 +121,16 @@ pub fn run(cmd: KmsCommand) -> CliResult {
             tls_cert,
             tls_key,
             limits,
-        } => serve(data.data, listen, tls_cert.zip(tls_key), &limits),
+            metrics,
+            insecure_plaintext,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            let metrics = metrics.plan(
+                tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                insecure_plaintext,
+            )?;
+            serve(data.data, listen, tls, &limits, metrics)
+        }
         KmsCommand::User(UserCommand::Add {
             name,
             data,
@@ -250,6 +265,7 @@ fn serve(
     listen: SocketAddr,
     tls: Option<(PathBuf, PathBuf)>,
     limit_args: &ServeLimitArgs,
+    metrics: Option<MetricsPlan>,
 ) -> CliResult {
     if !listen.ip().is_loopback() && tls.is_none() {
         return Err(CliError(format!(
@@ -275,6 +291,10 @@ fn serve(
             .await
             .map_err(|e| CliError(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
+        let metrics = match metrics {
+            Some(plan) => Some(plan.bind().await?),
+            None => None,
+        };
         say!(
             "envol kms: account {} region {} listening on {scheme}://{addr}",
             kms.account_id(),
@@ -283,6 +303,11 @@ fn serve(
         say!(
             "  use it with: aws kms list-keys --endpoint-url {scheme}://{addr} --profile <profile>"
         );
+        if let Some(endpoint) = metrics {
+            let mut registry = super::metrics::registry();
+            registry.register_collector(Box::new(kms.metrics()));
+            super::metrics::spawn(endpoint, registry)?;
+        }
         // Tests and scripts read the address from stdout: don't buffer it.
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -18,6 +18,7 @@ mod key;
 mod key_inventory;
 mod kms;
 mod kms_limits;
+mod metrics;
 mod parse;
 mod runtime;
 mod s3;

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
+use super::metrics::MetricsArgs;
 use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
@@ -18,12 +19,14 @@ use crate::control::{
 use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
+use crate::metrics::MetricsEndpoint;
 use crate::nbd::{
     Export, Listeners, MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, Server, TlsConfig, TlsMode,
     TransmissionLoop, descriptors_needed,
 };
 use crate::volume::rbd::TakeOver;
 use crate::volume::{BlockDevice, Volume};
+use prometheus_client::registry::Registry;
 
 /// The NBD port, as registered with IANA.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -70,6 +73,8 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub kms: KmsArgs,
 }
@@ -360,6 +365,13 @@ pub fn run(mut args: ServeArgs) -> CliResult {
     let tls = args.tls.config()?;
     let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
     args.limits.check_plaintext(tcp, tls_required)?;
+    let metrics = args.metrics.plan(
+        args.tls
+            .tls_cert
+            .as_deref()
+            .zip(args.tls.tls_key.as_deref()),
+        args.limits.insecure_plaintext,
+    )?;
     let listeners = usize::from(args.socket.is_some()) + usize::from(tcp.is_some());
     args.limits.ensure_descriptors(listeners, 0);
     let rt = runtime()?;
@@ -368,6 +380,10 @@ pub fn run(mut args: ServeArgs) -> CliResult {
         // address or control socket in use) must not have asked the KMS.
         let (listeners, control) =
             bind(args.socket.as_deref(), tcp, args.control.as_deref()).await?;
+        let metrics = match metrics {
+            Some(plan) => Some(plan.bind().await?),
+            None => None,
+        };
         let keys = AwsKeyClient::new(&args.kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
@@ -405,6 +421,11 @@ pub fn run(mut args: ServeArgs) -> CliResult {
         }
         let shutdown = shutdown_signal();
         announce(&server, &listeners, &control);
+        if let Some(endpoint) = metrics {
+            let mut registry = super::metrics::registry();
+            registry.register_collector(Box::new(server.metrics()));
+            super::metrics::spawn(endpoint, registry)?;
+        }
         let attacher = ServeAttacher {
             keys: Arc::new(keys),
             ceph: args.ceph.clone(),
@@ -719,10 +740,11 @@ pub(crate) async fn serve_exports(
     limits: &LimitArgs,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
+    metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
     let server = limits.apply(Server::new(exports)?);
-    serve_with(server, socket, tcp, None, on_ready).await
+    serve_with(server, socket, tcp, None, metrics, on_ready).await
 }
 
 /// [`serve_exports`] with a configured `server`, offering TLS when `tls`
@@ -732,6 +754,7 @@ async fn serve_with(
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
     tls: Option<TlsConfig>,
+    metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
     let shutdown = shutdown_signal();
@@ -751,6 +774,12 @@ async fn serve_with(
         for uri in listeners.uris_with_tls(name, tls_uris) {
             say!("export {name}: {uri}");
         }
+    }
+    // The server's metrics join what the caller registered (`up`: its
+    // embedded KMS's).
+    if let Some((endpoint, mut registry)) = metrics {
+        registry.register_collector(Box::new(server.metrics()));
+        super::metrics::spawn(endpoint, registry)?;
     }
     on_ready(&listeners);
     {

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::error::{CliError, CliResult};
 use super::kms_limits::UpKmsLimitArgs;
+use super::metrics::MetricsArgs;
 use super::runtime::{runtime, shutdown_signal};
 use super::serve::{DEFAULT_NBD_ADDR, LimitArgs, attach_all, serve_exports};
 use super::target::parse_size;
@@ -85,6 +86,9 @@ pub struct UpArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub kms_limits: UpKmsLimitArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics: the exports' and the embedded KMS's, on one endpoint; a non-loopback address needs --insecure-plaintext (`up` serves no TLS).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_data_dir() -> Result<PathBuf, CliError> {
@@ -218,6 +222,10 @@ pub fn run(args: UpArgs) -> CliResult {
     profile::validate_profile_name(&args.profile).map_err(CliError)?;
     // `up` serves no TLS: plaintext beyond loopback only when asked for.
     args.limits.check_plaintext(Some(args.listen), false)?;
+    let metrics = MetricsArgs {
+        metrics: args.metrics,
+    }
+    .plan(None, args.limits.insecure_plaintext)?;
     // One open-file limit for the whole process, raised once, before the
     // embedded KMS sizes its connection cap by it: the NBD socket and TCP
     // listeners, and the KMS's connections.
@@ -268,6 +276,14 @@ pub fn run(args: UpArgs) -> CliResult {
                 ))
             })?),
         };
+        let metrics = match metrics {
+            Some(plan) => {
+                let mut registry = super::metrics::registry();
+                registry.register_collector(Box::new(kms.metrics()));
+                Some((plan.bind().await?, registry))
+            }
+            None => None,
+        };
         let (exports, _certified) = match attached {
             Some(exports) => exports,
             None => {
@@ -304,9 +320,14 @@ pub fn run(args: UpArgs) -> CliResult {
         }
         // `up` serves no TLS, so no client is ever shown the certified
         // descriptions.
-        serve_exports(exports, &args.limits, Some(&socket), Some(args.listen), |l| {
-            print_how_to_attach(l, &volume_path)
-        })
+        serve_exports(
+            exports,
+            &args.limits,
+            Some(&socket),
+            Some(args.listen),
+            metrics,
+            |l| print_how_to_attach(l, &volume_path),
+        )
         .await
     })
 }

@@ -22,6 +22,7 @@ use super::error::{ErrorKind, KmsError};
 use super::grant::{self, Constraint};
 use super::iam::{self, AccessKey, Principal};
 use super::key_state::KeyState;
+use super::metrics::{KeyStates, RequestMetrics};
 use super::policy::document::root_arn_account;
 use super::policy::{AccessRequest, Decision, Policy};
 use super::seal::{self, KeyMaterial, RootKey};
@@ -69,6 +70,14 @@ pub struct Kms {
     audit: AuditLog,
     /// How many on-demand rotations one key may have (AWS: 10).
     pub(super) on_demand_rotation_limit: AtomicU32,
+    /// Requests counted for the metrics (`service` records them).
+    pub(super) requests: RequestMetrics,
+}
+
+impl KeyStates for Kms {
+    fn count_by_state(&self) -> Result<Vec<(String, u64)>, KmsError> {
+        self.store.count_keys_by_state()
+    }
 }
 
 /// AWS region names look like `us-east-1`, `eu-central-2`, `us-gov-west-1`.
@@ -144,6 +153,7 @@ impl Kms {
                 clock,
                 audit,
                 on_demand_rotation_limit: AtomicU32::new(DEFAULT_ON_DEMAND_ROTATION_LIMIT),
+                requests: RequestMetrics::default(),
             },
             access,
         ))
@@ -193,6 +203,7 @@ impl Kms {
             clock,
             audit,
             on_demand_rotation_limit: AtomicU32::new(DEFAULT_ON_DEMAND_ROTATION_LIMIT),
+            requests: RequestMetrics::default(),
         })
     }
 

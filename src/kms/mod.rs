@@ -24,6 +24,8 @@
 //! - `usage`: per-key use counted from the audit log (with an index
 //!   beside it, so a query reads only new lines); `price`: the monthly
 //!   price model of keys and key versions. Both serve `envol key list`.
+//! - `metrics`: requests by operation and outcome, latency, keys by state
+//!   (a prometheus-client collector; `service` counts the requests).
 //! - `clock`: injected time, so tests can expire signatures, pass deletion
 //!   windows and reach rotation dates without waiting.
 //!
@@ -41,6 +43,7 @@ pub mod grant;
 pub mod http;
 pub mod iam;
 pub mod key_state;
+pub mod metrics;
 mod ops;
 pub mod policy;
 pub mod price;

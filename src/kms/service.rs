@@ -10,6 +10,7 @@
 //! imports anything above it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -20,6 +21,7 @@ use super::clock::Clock;
 use super::datadir::DataDir;
 use super::error::KmsError;
 use super::iam::Principal;
+use super::metrics::KmsMetrics;
 use super::ops;
 
 use super::core::Caller;
@@ -65,7 +67,13 @@ impl Kms {
             principal: &request.principal,
             secure_transport: request.secure_transport,
         };
+        let started = Instant::now();
         let result = ops::dispatch(self, &caller, operation, body, &mut note);
+        self.requests.record(
+            ops::operation_label(operation),
+            result.as_ref().err().map_or("ok", |e| e.kind.aws_type()),
+            Some(started.elapsed()),
+        );
         self.audit(
             &request.request_id,
             Some(&request.principal.arn),
@@ -86,6 +94,8 @@ impl Kms {
         operation: &str,
         error: &KmsError,
     ) {
+        self.requests
+            .record(ops::operation_label(operation), error.kind.aws_type(), None);
         self.audit(
             request_id,
             None,
@@ -108,6 +118,8 @@ impl Kms {
         operation: &str,
         error: &KmsError,
     ) {
+        self.requests
+            .record(ops::operation_label(operation), error.kind.aws_type(), None);
         let rec = AuditRecord {
             time: self.audit_time(),
             request_id,
@@ -134,6 +146,16 @@ impl Kms {
             .flush_unauthenticated(&time, now_regardless)
         {
             tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    /// The KMS's Prometheus metrics (requests by operation and outcome,
+    /// latency by operation, keys by state), as a collector to register
+    /// (`Registry::register_collector`).
+    pub fn metrics(self: &Arc<Self>) -> KmsMetrics {
+        KmsMetrics {
+            requests: self.requests.clone(),
+            keys: self.clone(),
         }
     }
 

@@ -631,6 +631,20 @@ impl Store {
             .optional()?)
     }
 
+    /// How many keys are in each stored state (the metrics' keys by state).
+    pub fn count_keys_by_state(&self) -> Result<Vec<(String, u64)>, KmsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM keys GROUP BY state")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        rows.map(|row| {
+            let (state, n) = row?;
+            Ok((state, u64::try_from(n).unwrap_or(0)))
+        })
+        .collect()
+    }
+
     /// Keys in key-id order, starting after `after`, at most `limit`.
     pub fn list_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<KeyRow>, KmsError> {
         let sql = format!(

@@ -15,6 +15,7 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use super::export_stats::ExportStats;
 use super::handshake::{BASE_ALLOCATION_ID, Negotiated};
 use super::protocol::{self as p, Command, Request};
 use super::served_export::ServedExport;
@@ -69,10 +70,17 @@ fn ok_reply(cookie: u64) -> Reply {
     (p::encode_simple_reply(cookie, 0).to_vec(), None)
 }
 
-/// An error reply. With structured replies negotiated we must not use a
-/// simple reply for READ and should prefer structured errors anyway, since
-/// they carry a message for the user.
-fn error_frame(structured: bool, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+/// An error reply, counted in the export's errors. With structured replies
+/// negotiated we must not use a simple reply for READ and should prefer
+/// structured errors anyway, since they carry a message for the user.
+fn error_frame(
+    stats: &ExportStats,
+    structured: bool,
+    cookie: u64,
+    errno: u32,
+    message: &str,
+) -> Vec<u8> {
+    stats.failed(errno);
     if structured {
         p::encode_structured_error(cookie, errno, message)
     } else {
@@ -81,11 +89,11 @@ fn error_frame(structured: bool, cookie: u64, errno: u32, message: &str) -> Vec<
 }
 
 /// The reply for a device error.
-fn failure_reply(structured: bool, r: &Request, e: &io::Error) -> Reply {
+fn failure_reply(stats: &ExportStats, structured: bool, r: &Request, e: &io::Error) -> Reply {
     let errno = errno_of(e);
     tracing::debug!(cookie = r.cookie, kind = r.kind, errno, error = %e, "nbd request failed");
     (
-        error_frame(structured, r.cookie, errno, &e.to_string()),
+        error_frame(stats, structured, r.cookie, errno, &e.to_string()),
         None,
     )
 }
@@ -112,11 +120,13 @@ struct Answer<F: FnOnce(Reply)> {
     send: Option<F>,
     request: Request,
     structured: bool,
+    stats: Arc<ExportStats>,
 }
 
 impl<F: FnOnce(Reply)> Answer<F> {
     fn finish(mut self, outcome: io::Result<Reply>) {
-        let reply = outcome.unwrap_or_else(|e| failure_reply(self.structured, &self.request, &e));
+        let reply = outcome
+            .unwrap_or_else(|e| failure_reply(&self.stats, self.structured, &self.request, &e));
         if let Some(send) = self.send.take() {
             send(reply);
         }
@@ -133,7 +143,13 @@ impl<F: FnOnce(Reply)> Drop for Answer<F> {
                 "device dropped a started nbd request without completing it"
             );
             send((
-                error_frame(self.structured, r.cookie, p::EIO, "internal error"),
+                error_frame(
+                    &self.stats,
+                    self.structured,
+                    r.cookie,
+                    p::EIO,
+                    "internal error",
+                ),
                 None,
             ));
         }
@@ -187,11 +203,12 @@ impl CommandContext {
         }
     }
 
-    /// An error reply. With structured replies negotiated we must not use a
-    /// simple reply for READ and should prefer structured errors anyway,
-    /// since they carry a message for the user.
+    /// An error reply, counted in the export's errors. With structured
+    /// replies negotiated we must not use a simple reply for READ and
+    /// should prefer structured errors anyway, since they carry a message
+    /// for the user.
     pub(crate) fn error_frame(&self, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
-        error_frame(self.structured, cookie, errno, message)
+        error_frame(&self.export.stats, self.structured, cookie, errno, message)
     }
 
     /// The reply to a request refused before it reached the device.
@@ -216,7 +233,7 @@ impl CommandContext {
     ) -> Reply {
         match outcome {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => failure_reply(self.structured, r, &e),
+            Ok(Err(e)) => failure_reply(&self.export.stats, self.structured, r, &e),
             Err(_) => {
                 tracing::warn!(
                     cookie = r.cookie,
@@ -380,6 +397,7 @@ impl CommandContext {
             send: Some(send),
             request,
             structured,
+            stats: self.export.stats.clone(),
         };
         let dev = &*self.device;
         let started = catch_unwind(AssertUnwindSafe(|| match r.command() {

@@ -25,7 +25,9 @@
 //! | `export.rs` | [`Export`], what makes one valid, transmission flags |
 //! | `export_set.rs` | the validated set of exports a connection negotiates against (one snapshot) |
 //! | `served_export.rs` | an export while served: its life (open, closing, evicted) and its clients |
-//! | `export_stats.rs` | per-export counters (clients, in flight, bytes): what status and metrics read |
+//! | `export_stats.rs` | per-export counters (clients, connections, in flight; per command requests, bytes, latency; errors by errno): what status and metrics read |
+//! | `latency_histogram.rs` | a lock-free fixed-bucket latency histogram the request path records into |
+//! | `metrics.rs` | the Prometheus collector: reads the exports' counters at scrape time |
 //! | `registry.rs` | the exports of a running server: attach, detach (wait or evict, flush, release), status |
 //! | `protocol.rs` | constants and typed parse/encode of every fixed-size message |
 //! | `fuzzing.rs` | hidden test-support entry points: handshake and transmission on an in-memory stream (for `fuzz/`) |
@@ -172,6 +174,8 @@
 //! the device is called).
 
 mod async_loop;
+#[doc(hidden)]
+pub mod benchmarking;
 mod commands;
 mod export;
 mod export_set;
@@ -179,7 +183,9 @@ mod export_stats;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+mod latency_histogram;
 mod limits;
+mod metrics;
 pub mod protocol;
 mod registry;
 mod served_export;
@@ -192,9 +198,11 @@ mod workers;
 
 pub use commands::errno_of;
 pub use export::{Export, ExportError};
-pub use export_stats::ExportCounters;
+pub use export_stats::{COMMAND_NAMES, CommandMetrics, ERRNO_NAMES, ExportCounters, ExportMetrics};
 pub use handshake::{HandshakeError, MAX_OPTION_DATA};
+pub use latency_histogram::LatencyReading;
 pub use limits::{MAX_CONNECTIONS, MAX_INFLIGHT_BYTES, REQUEST_TIMEOUT, descriptors_needed};
+pub use metrics::ServerMetrics;
 pub use registry::{DetachError, Detached, ExportStatus};
 pub use server::{HANDSHAKE_TIMEOUT, Listeners, Server, TransmissionLoop, run};
 pub use tls::{TlsConfig, TlsError, TlsMode};

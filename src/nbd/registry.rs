@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::export::{Export, ExportError};
 use super::export_set::ExportSet;
-use super::export_stats::ExportCounters;
+use super::export_stats::{ExportCounters, ExportMetrics};
 use super::served_export::ServedExport;
 use crate::volume::BlockDevice;
 
@@ -125,6 +125,15 @@ impl ExportRegistry {
                 evicting: e.is_evicted(),
                 counters: e.stats.read(),
             })
+            .collect()
+    }
+
+    /// Every export's metrics, those being detached included.
+    pub(crate) fn metrics(&self) -> Vec<(String, ExportMetrics)> {
+        self.snapshot()
+            .all()
+            .iter()
+            .map(|e| (e.name.clone(), e.stats.read_metrics()))
             .collect()
     }
 

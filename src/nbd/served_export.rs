@@ -87,6 +87,7 @@ impl ServedExport {
         if self.closing.load(Ordering::SeqCst) {
             return None; // `client` leaves again as it drops.
         }
+        self.stats.connection_served();
         Some(client)
     }
 

@@ -18,6 +18,7 @@ use super::export::{Export, ExportError};
 use super::export_set::ExportSet;
 use super::handshake::{self, HandshakeError, HandshakeOutcome, Negotiated, Tls};
 use super::limits::{ConnectionLimits, Limits};
+use super::metrics::ServerMetrics;
 use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
@@ -184,6 +185,12 @@ impl Server {
     /// Every export with its counters, those being detached included.
     pub fn status(&self) -> Vec<ExportStatus> {
         self.exports.status()
+    }
+
+    /// The server's Prometheus metrics: a collector that reads every
+    /// export's counters at each scrape (`Registry::register_collector`).
+    pub fn metrics(&self) -> ServerMetrics {
+        ServerMetrics(self.exports.clone())
     }
 
     /// Whether clients must start TLS before anything else.

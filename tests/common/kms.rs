@@ -118,10 +118,17 @@ pub struct KmsServer {
     pub account_id: String,
     pub endpoint: String,
     child: Option<Child>,
+    /// More `kms serve` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl KmsServer {
     pub fn start() -> KmsServer {
+        KmsServer::start_with(&[])
+    }
+
+    /// [`KmsServer::start`] with more `kms serve` arguments (`--metrics ADDR`, ...).
+    pub fn start_with(extra: &[&str]) -> KmsServer {
         let dir = tempfile::tempdir().unwrap();
         let out = run_ok(
             envol()
@@ -136,6 +143,7 @@ impl KmsServer {
             account_id,
             endpoint: String::new(),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
         s
@@ -146,7 +154,8 @@ impl KmsServer {
     }
 
     fn spawn(&mut self) {
-        let (child, endpoint) = spawn_kms_serve(&self.data());
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, endpoint) = spawn_kms_serve_with(&self.data(), &extra, Stdio::inherit());
         self.endpoint = endpoint;
         self.child = Some(child);
     }

@@ -5,6 +5,7 @@ pub mod ceph;
 pub mod control;
 pub mod kms;
 pub mod nbd;
+pub mod prometheus;
 pub mod raw;
 pub mod s3;
 pub mod tls;

@@ -62,7 +62,12 @@ impl Vol {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let kms = KmsServer::start();
+        Fixture::on(KmsServer::start())
+    }
+
+    /// A fixture on a KMS started by the caller (with more `kms serve`
+    /// arguments, say).
+    pub fn on(kms: KmsServer) -> Fixture {
         let aws_home = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
