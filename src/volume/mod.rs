@@ -78,8 +78,10 @@ pub mod encrypted_volume;
 pub mod key;
 pub mod range_lock;
 pub mod rbd;
+pub mod reencryption;
 mod started_ops;
 pub mod superblock;
+pub mod transition_cipher;
 pub mod xts_engine;
 
 // For tests, benchmarks and fuzzing only (`cfg(test)`, or the `testing`
