@@ -103,7 +103,7 @@ pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
-    COPY_SIZE, DATA_OFFSET, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
+    COPY_SIZE, DATA_OFFSET, MAX_HOTZONE_SECTORS, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
     read_superblocks, read_superblocks_from, repair_superblock_to, volume_encryption_context,
     write_superblock, write_superblock_to,
 };
