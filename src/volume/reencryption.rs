@@ -18,7 +18,8 @@
 //!
 //! 1. Lock the step's sector range (client writes to it wait; client reads
 //!    of sectors at or above the watermark take the same locks).
-//! 2. Read the sectors; in memory, on all cores: digest each stored
+//! 2. Read the sectors and flush (what they hold must be durable before
+//!    its digests are recorded); in memory, on all cores: digest each stored
 //!    sector, and decrypt-with-old / encrypt-with-new every sector that is
 //!    not all zeros (holes stay holes: the zero-sector rule).
 //! 3. Write the superblock: watermark = the step's first sector, hotzone =
@@ -286,6 +287,12 @@ impl Volume {
         let result = (|| -> Result<(), VolumeError> {
             self.backend
                 .read_at(self.backend_offset(first), &mut buf)?;
+            // The digests must describe what is *durable*: a client's
+            // unsynced write to these sectors (read here from the cache)
+            // could otherwise be lost in a crash that keeps the new
+            // superblock, and its sector would then match neither key.
+            // The range lock keeps them unchanged from here on.
+            self.backend.flush()?;
             let mut digests = vec![[0u8; HOTZONE_DIGEST_LEN]; n];
             let rewritten: Vec<bool> = buf.chunks(ss).map(|s| !is_zero(s)).collect();
             r.cipher

@@ -2,12 +2,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ceph;
+pub mod crash_model;
 pub mod kms;
 pub mod nbd;
 pub mod raw;
 pub mod s3;
 pub mod tls;
 pub mod tools;
+pub mod xts_oracle;
 pub mod volume;
 
 pub use kms::*;
