@@ -35,7 +35,7 @@ use envol::volume::{
     read_superblocks_from, write_superblock_to,
 };
 
-const SIZE: usize = 192 * 1024;
+const SIZE: usize = 128 * 1024;
 const CRASH_POINTS: u64 = 550;
 /// Small steps, so that a re-encryption is many steps (and many crash
 /// points inside each kind of operation).
@@ -123,9 +123,9 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
     let vol = Volume::open_in_transition(b.clone(), sb, keys.old.clone(), keys.new.clone()).unwrap();
     let mut model = Model::new(SIZE);
     model.durable.copy_from_slice(plain);
-    // A whole run is about 12 steps of ~6 backend operations and ~36
-    // client operations of 1-3: spread the crash over all of it.
-    b.crash_after(rng.gen_range(0..150));
+    // A whole run is 8 steps of ~7 backend operations and ~12 client
+    // operations of 1-3 each: spread the crash over all of it.
+    b.crash_after(rng.gen_range(0..90));
     let mut crashed_in = 2u8;
     let mut finished = false;
     while !finished {
