@@ -207,10 +207,6 @@ async fn run_steps<K: KeyService>(
                 .unwrap_key(&t.new_key_arn, &t.new_wrapped_key, &sb.encryption_context)
                 .await;
             if let Err(e) = checked {
-                let pct = p.done_bytes() as f64 * 100.0 / p.total_bytes().max(1) as f64;
-                tracing::warn!(
-                    "{volume}: re-encryption stopped at {pct:.1} % (the key service refused the new key)"
-                );
                 return Err(key_failure(
                     volume,
                     "continue the re-encryption (stopped; `envol volume reencrypt` resumes it)",
