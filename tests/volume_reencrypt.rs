@@ -45,7 +45,11 @@ fn every_written_sector_moves_to_a_new_key_that_openssl_reads_and_holes_stay_hol
         let server = fx.serve(ADMIN, &vol);
         qemu_io(
             server.first_uri(),
-            &["write -P 0x11 0 4M", "write -P 0x22 8M 2M", "write -P 0x33 15M 1M"],
+            &[
+                "write -P 0x11 0 4M",
+                "write -P 0x22 8M 2M",
+                "write -P 0x33 15M 1M",
+            ],
         );
         server.stop();
         let old_key = fx.unwrap_data_key(&vol);
@@ -55,7 +59,10 @@ fn every_written_sector_moves_to_a_new_key_that_openssl_reads_and_holes_stay_hol
         let out = run_ok(&mut fx.envol_as(ADMIN, &reencrypt_args(&vol)));
         assert!(out.contains("Re-encrypted"), "{out}");
         let after = fx.info_json(&vol.path);
-        assert_eq!(after["key_arn"], before["key_arn"], "same master key by default");
+        assert_eq!(
+            after["key_arn"], before["key_arn"],
+            "same master key by default"
+        );
         assert_ne!(after["wrapped_key"], before["wrapped_key"]);
         assert_eq!(after["reencryption"], serde_json::Value::Null, "{after}");
         for copy in ["primary", "secondary"] {
@@ -63,9 +70,19 @@ fn every_written_sector_moves_to_a_new_key_that_openssl_reads_and_holes_stay_hol
         }
         let new_key = fx.unwrap_data_key(&vol);
         assert_ne!(new_key, old_key);
-        for (from, len, fill) in [(0, 4 * MIB, 0x11), (8 * MIB, 2 * MIB, 0x22), (15 * MIB, MIB, 0x33)] {
-            assert!(decrypts_to(&new_key, &vol, from, len, fill), "ss {ss} at {from}: new key");
-            assert!(!decrypts_to(&old_key, &vol, from, len, fill), "ss {ss} at {from}: old key");
+        for (from, len, fill) in [
+            (0, 4 * MIB, 0x11),
+            (8 * MIB, 2 * MIB, 0x22),
+            (15 * MIB, MIB, 0x33),
+        ] {
+            assert!(
+                decrypts_to(&new_key, &vol, from, len, fill),
+                "ss {ss} at {from}: new key"
+            );
+            assert!(
+                !decrypts_to(&old_key, &vol, from, len, fill),
+                "ss {ss} at {from}: old key"
+            );
             // Not one sector of it decrypts under the old key.
             let under_old = openssl_decrypt(
                 &old_key,
@@ -74,18 +91,31 @@ fn every_written_sector_moves_to_a_new_key_that_openssl_reads_and_holes_stay_hol
                 &stored(&vol, from, len),
             );
             assert!(
-                under_old.chunks(ss as usize).all(|s| s.iter().any(|&b| b != fill)),
+                under_old
+                    .chunks(ss as usize)
+                    .all(|s| s.iter().any(|&b| b != fill)),
                 "ss {ss}: a sector still decrypts under the old key"
             );
         }
         // Never-written sectors are still holes: zeros as stored.
-        assert!(stored(&vol, 4 * MIB, 4 * MIB).iter().all(|&b| b == 0), "ss {ss}");
-        assert!(stored(&vol, 10 * MIB, 5 * MIB).iter().all(|&b| b == 0), "ss {ss}");
+        assert!(
+            stored(&vol, 4 * MIB, 4 * MIB).iter().all(|&b| b == 0),
+            "ss {ss}"
+        );
+        assert!(
+            stored(&vol, 10 * MIB, 5 * MIB).iter().all(|&b| b == 0),
+            "ss {ss}"
+        );
         // And it serves, under the new key.
         let server = fx.serve(ADMIN, &vol);
         qemu_io(
             server.first_uri(),
-            &["read -P 0x11 0 4M", "read -P 0 4M 4M", "read -P 0x22 8M 2M", "read -P 0x33 15M 1M"],
+            &[
+                "read -P 0x11 0 4M",
+                "read -P 0 4M 4M",
+                "read -P 0x22 8M 2M",
+                "read -P 0x33 15M 1M",
+            ],
         );
         server.stop();
     }
@@ -112,7 +142,10 @@ fn a_disabled_key_stops_it_in_one_line_and_it_resumes_after_enabling() {
     let fx = Fixture::new();
     let vol = fx.create_volume("paused.vol", 32 * MIB, 4096);
     let server = fx.serve(ADMIN, &vol);
-    qemu_io(server.first_uri(), &["write -P 0x44 0 12M", "write -P 0x55 20M 12M"]);
+    qemu_io(
+        server.first_uri(),
+        &["write -P 0x44 0 12M", "write -P 0x55 20M 12M"],
+    );
     server.stop();
     let old_key = fx.unwrap_data_key(&vol);
 
@@ -142,21 +175,30 @@ fn a_disabled_key_stops_it_in_one_line_and_it_resumes_after_enabling() {
     let stopped_at = Instant::now();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it ran on with the key disabled: {stderr}");
+    assert!(
+        !out.status.success(),
+        "it ran on with the key disabled: {stderr}"
+    );
     assert!(
         stopped_at.elapsed() < Duration::from_secs(5),
         "stopped only after {:?}",
         stopped_at.elapsed()
     );
     assert_one_clean_line("stopped by a disabled key", &stderr);
-    assert!(stderr.contains("DisabledException") && stderr.contains("resumes"), "{stderr}");
+    assert!(
+        stderr.contains("DisabledException") && stderr.contains("resumes"),
+        "{stderr}"
+    );
 
     // Part done, part not: info says so.
     let info = fx.info_json(&vol.path);
     let done = info["reencryption"]["done_bytes"].as_u64().unwrap();
     assert!(done > 0 && done < 32 * MIB, "{info}");
     let text = run_ok(&mut fx.envol(&["volume", "info", vol.path.to_str().unwrap()]));
-    assert!(text.contains("re-encrypting:") && text.contains("ETA"), "{text}");
+    assert!(
+        text.contains("re-encrypting:") && text.contains("ETA"),
+        "{text}"
+    );
 
     // Still disabled: a retry stops at once, in one line.
     let (_, stderr) = run_fails(&mut fx.envol_as(ADMIN, &reencrypt_args(&vol)));
@@ -186,7 +228,11 @@ fn a_disabled_key_stops_it_in_one_line_and_it_resumes_after_enabling() {
         Duration::from_secs(60),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("resumed at"), "{stdout}");
     let new_key = fx.unwrap_data_key(&vol);
     assert!(decrypts_to(&new_key, &vol, 0, MIB, 0x44));
@@ -206,9 +252,17 @@ fn a_killed_run_resumes_and_loses_nothing() {
     server.stop();
     let mut args = reencrypt_args(&vol);
     args.extend(["--max-rate", "2M"]);
-    let mut child = fx.envol_as(ADMIN, &args).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = fx
+        .envol_as(ADMIN, &args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fx.info_json(&vol.path)["reencryption"]["done_bytes"].as_u64().unwrap_or(0) < 2 * MIB {
+    while fx.info_json(&vol.path)["reencryption"]["done_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2 * MIB
+    {
         assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -120,7 +120,8 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
     let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(ss) << 32));
     let ssz = ss as usize;
     let b = CrashBackend::from_image(image.to_vec(), ssz);
-    let vol = Volume::open_in_transition(b.clone(), sb, keys.old.clone(), keys.new.clone()).unwrap();
+    let vol =
+        Volume::open_in_transition(b.clone(), sb, keys.old.clone(), keys.new.clone()).unwrap();
     let mut model = Model::new(SIZE);
     model.durable.copy_from_slice(plain);
     // A whole run is 8 steps of ~7 backend operations and ~12 client
@@ -139,7 +140,10 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
             }
         });
         if step.is_err() {
-            assert!(b.is_dead(), "seed {seed}: step failed without a power loss: {step:?}");
+            assert!(
+                b.is_dead(),
+                "seed {seed}: step failed without a power loss: {step:?}"
+            );
             crashed_in = 1;
             break;
         }
@@ -177,7 +181,10 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
                 }
             };
             if outcome.is_err() {
-                assert!(b.is_dead(), "seed {seed}: client I/O failed without a power loss");
+                assert!(
+                    b.is_dead(),
+                    "seed {seed}: client I/O failed without a power loss"
+                );
                 crashed_in = 0;
                 failed = true;
                 break;
@@ -214,7 +221,10 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
     }
     let mut done = vec![0; SIZE];
     vol.read_at(0, &mut done).unwrap();
-    assert!(done == got, "{what}: the re-encryption changed the plaintext");
+    assert!(
+        done == got,
+        "{what}: the re-encryption changed the plaintext"
+    );
     drop(vol);
     check_stored_under_new_key(&after, ssz, keys, &got, &what);
     crashed_in
@@ -231,15 +241,24 @@ fn check_stored_under_new_key(b: &CrashBackend, ss: usize, keys: &Keys, plain: &
     let old = XtsModeCipher::new(&keys.old, ss).unwrap();
     for (n, (s, p)) in stored.chunks(ss).zip(plain.chunks(ss)).enumerate() {
         if s.iter().all(|&x| x == 0) {
-            assert!(p.iter().all(|&x| x == 0), "{what}: sector {n} is a hole but holds data");
+            assert!(
+                p.iter().all(|&x| x == 0),
+                "{what}: sector {n} is a hole but holds data"
+            );
             continue;
         }
         let mut with_new = s.to_vec();
         new.decrypt_sectors(n as u64, &mut with_new);
-        assert!(with_new == p, "{what}: sector {n} is not the new key's ciphertext");
+        assert!(
+            with_new == p,
+            "{what}: sector {n} is not the new key's ciphertext"
+        );
         let mut with_old = s.to_vec();
         old.decrypt_sectors(n as u64, &mut with_old);
-        assert!(with_old != p, "{what}: sector {n} still decrypts under the old key");
+        assert!(
+            with_old != p,
+            "{what}: sector {n} still decrypts under the old key"
+        );
     }
     let sb = read_superblocks_from(b).best().unwrap().clone();
     assert!(sb.transition.is_none(), "{what}: still in transition");
@@ -264,8 +283,14 @@ fn run(ss: u32) {
         counts[2],
         t.elapsed()
     );
-    assert!(counts[1] >= CRASH_POINTS as u32 / 3, "too few crashes inside steps: {counts:?}");
-    assert!(counts[0] >= 20, "too few crashes inside client I/O: {counts:?}");
+    assert!(
+        counts[1] >= CRASH_POINTS as u32 / 3,
+        "too few crashes inside steps: {counts:?}"
+    );
+    assert!(
+        counts[0] >= 20,
+        "too few crashes inside client I/O: {counts:?}"
+    );
 }
 
 #[test]

@@ -181,7 +181,13 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
             kms,
             ceph,
-        } => reencrypt(&ceph.volume(&volume)?, key.as_deref(), max_rate, quiet, &kms),
+        } => reencrypt(
+            &ceph.volume(&volume)?,
+            key.as_deref(),
+            max_rate,
+            quiet,
+            &kms,
+        ),
         VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
         VolumeCommand::Restore {
             snapshot,

@@ -869,7 +869,10 @@ impl PreparedAttachment {
             ));
         }
         if mode == AttachMode::ReadOnly
-            && now.transition.as_ref().is_some_and(|t| !t.hotzone.is_empty())
+            && now
+                .transition
+                .as_ref()
+                .is_some_and(|t| !t.hotzone.is_empty())
         {
             return Err(vol_err(volume, volume::VolumeError::HotzoneNeedsRecovery));
         }

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    EnvelopeError, OpenedVolume, VolumeAddress, key_failure, now_unix_seconds,
-    repair_damaged_copy, unwrap_new_key, vol_err, with_action,
+    EnvelopeError, OpenedVolume, VolumeAddress, key_failure, now_unix_seconds, repair_damaged_copy,
+    unwrap_new_key, vol_err, with_action,
 };
 use crate::keys::KeyService;
 use crate::volume::reencryption::{self, NewKey, Progress};
-use crate::volume::{self, AttachMode, DATA_KEY_LEN, DataKey, MAX_HOTZONE_SECTORS, Superblock};
 use crate::volume::superblock::Transition;
+use crate::volume::{self, AttachMode, DATA_KEY_LEN, DataKey, MAX_HOTZONE_SECTORS, Superblock};
 
 /// How often a running re-encryption asks the KMS again for the new key.
 pub const KEY_RECHECK: Duration = Duration::from_secs(2);
@@ -180,14 +180,19 @@ async fn run_steps<K: KeyService>(
     let mut bytes_this_run = 0u64;
     loop {
         let v = handle.clone();
-        let before = v.reencryption_progress().map(|p| p.done_bytes()).unwrap_or(0);
+        let before = v
+            .reencryption_progress()
+            .map(|p| p.done_bytes())
+            .unwrap_or(0);
         let p = tokio::task::spawn_blocking(move || v.reencrypt_step(step_bytes))
             .await
             .map_err(|e| vol_err(volume, e))?
             .map_err(|e| {
                 vol_err(
                     volume,
-                    format!("re-encryption stopped ({e}); run `envol volume reencrypt` again to resume"),
+                    format!(
+                        "re-encryption stopped ({e}); run `envol volume reencrypt` again to resume"
+                    ),
                 )
             })?;
         progress(p);

@@ -31,9 +31,9 @@ use crate::volume::cipher::{CipherError, SectorCipher};
 use crate::volume::device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 use crate::volume::key::DataKey;
 use crate::volume::range_lock::{OwnedRangeGuard, RangeLocks};
-use crate::volume::reencryption::Reencryption;
 use crate::volume::started_ops::{DRAIN_LIMIT, OpToken, StartedOps};
 use crate::volume::superblock::{Superblock, SuperblockError};
+use crate::volume::transition_state::Reencryption;
 use crate::volume::xts_engine::XtsEngine;
 
 /// Largest request the device advertises (NBD_INFO_BLOCK_SIZE maximum).
@@ -46,9 +46,7 @@ pub enum VolumeError {
     WrongKey,
     #[error("wrong new data key: it does not match the re-encryption's key check value")]
     WrongNewKey,
-    #[error(
-        "a data-key re-encryption is in progress on this volume: it opens only with both keys"
-    )]
+    #[error("a data-key re-encryption is in progress on this volume: it opens only with both keys")]
     InTransition,
     #[error("no data-key re-encryption is in progress on this volume")]
     NotInTransition,

@@ -82,6 +82,7 @@ pub mod reencryption;
 mod started_ops;
 pub mod superblock;
 pub mod transition_cipher;
+mod transition_state;
 pub mod xts_engine;
 
 // For tests, benchmarks and fuzzing only (`cfg(test)`, or the `testing`
@@ -103,9 +104,9 @@ pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
-    COPY_SIZE, DATA_OFFSET, MAX_HOTZONE_SECTORS, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
-    read_superblocks, read_superblocks_from, repair_superblock_to, volume_encryption_context,
-    write_superblock, write_superblock_to,
+    COPY_SIZE, DATA_OFFSET, MAX_HOTZONE_SECTORS, Slot, Superblock, SuperblockError, SuperblockSet,
+    create_volume_file, read_superblocks, read_superblocks_from, repair_superblock_to,
+    volume_encryption_context, write_superblock, write_superblock_to,
 };
 pub use xts_engine::XtsEngine;
 #[cfg(any(test, feature = "testing"))]

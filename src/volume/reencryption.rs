@@ -51,26 +51,12 @@ use crate::volume::superblock::{
     write_superblock_to,
 };
 use crate::volume::transition_cipher::TransitionCipher;
+use crate::volume::transition_state::{Reencryption, StepState};
 use crate::volume::xts_engine::XtsEngine;
 
 /// Below this many bytes a step transforms on the calling thread alone:
 /// starting threads would cost more than they save.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
-
-/// The re-encryption state of an open volume.
-#[derive(Debug)]
-pub struct Reencryption {
-    pub(super) cipher: Arc<TransitionCipher>,
-    /// Steps run one at a time: the superblock as last written, and the
-    /// step buffer (reused, so a step allocates nothing).
-    state: Mutex<StepState>,
-}
-
-#[derive(Debug)]
-struct StepState {
-    superblock: Superblock,
-    buffer: Vec<u8>,
-}
 
 /// How far a re-encryption is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +187,7 @@ impl Volume {
         self.changes.before_write(&*self.backend, offset, len)?;
         let mut buf = vec![0u8; t.hotzone.len() * ss];
         let result = (|| -> Result<(), VolumeError> {
-            self.backend
-                .read_at(self.backend_offset(first), &mut buf)?;
+            self.backend.read_at(self.backend_offset(first), &mut buf)?;
             let still_old: Vec<bool> = buf
                 .chunks(ss)
                 .zip(&t.hotzone)
@@ -285,8 +270,7 @@ impl Volume {
         let mut buf = std::mem::take(&mut st.buffer);
         buf.resize(n * ss, 0);
         let result = (|| -> Result<(), VolumeError> {
-            self.backend
-                .read_at(self.backend_offset(first), &mut buf)?;
+            self.backend.read_at(self.backend_offset(first), &mut buf)?;
             // The digests must describe what is *durable*: a client's
             // unsynced write to these sectors (read here from the cache)
             // could otherwise be lost in a crash that keeps the new

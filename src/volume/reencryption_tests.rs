@@ -1,6 +1,6 @@
 use super::*;
-use crate::volume::testing::CrashBackend;
 use crate::volume::superblock::{DATA_OFFSET, read_superblocks_from};
+use crate::volume::testing::CrashBackend;
 use uuid::Uuid;
 
 const SIZE: u64 = 4 << 20;
@@ -112,10 +112,16 @@ fn a_volume_in_transition_serves_both_halves_and_completes_under_the_new_key() {
         for (plain, stored) in model.chunks(ss as usize).zip(stored.chunks(ss as usize)) {
             if plain.iter().all(|&b| b == 0) {
                 holes += 1;
-                assert!(stored.iter().all(|&b| b == 0), "ss {ss}: a hole was encrypted");
+                assert!(
+                    stored.iter().all(|&b| b == 0),
+                    "ss {ss}: a hole was encrypted"
+                );
             }
         }
-        assert!(holes * u64::from(ss) > SIZE / 4, "ss {ss}: the test kept its holes");
+        assert!(
+            holes * u64::from(ss) > SIZE / 4,
+            "ss {ss}: the test kept its holes"
+        );
     }
 }
 
@@ -126,7 +132,10 @@ fn stored_reads_and_writes_are_refused_mid_transition() {
     v.reencrypt_step(1 << 20).unwrap();
     let mut buf = vec![0u8; 4096];
     let e = v.read_stored(0, &mut buf).unwrap_err();
-    assert!(e.to_string().contains("re-encryption is in progress"), "{e}");
+    assert!(
+        e.to_string().contains("re-encryption is in progress"),
+        "{e}"
+    );
     assert!(v.write_stored(0, &buf).is_err());
     assert!(v.finish_reencryption().is_err(), "not complete yet");
 }
@@ -136,8 +145,8 @@ fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
     for ss in [512u32, 4096] {
         let (store, sb, old, new) = volume_with_data(ss);
         let model = {
-            let v = Volume::open_in_transition(store.clone(), &sb, old.clone(), new.clone())
-                .unwrap();
+            let v =
+                Volume::open_in_transition(store.clone(), &sb, old.clone(), new.clone()).unwrap();
             read(&v, 0, SIZE as usize)
         };
         // Record a hotzone over sectors [0, 64) as a step would, then let
@@ -156,9 +165,7 @@ fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
             let s = &mut stored[i * ssz..(i + 1) * ssz];
             old_e.decrypt_sectors(i as u64, s);
             new_e.encrypt_sectors(i as u64, s);
-            store
-                .write_at(DATA_OFFSET + (i * ssz) as u64, s)
-                .unwrap();
+            store.write_at(DATA_OFFSET + (i * ssz) as u64, s).unwrap();
         }
         let v = Volume::open_in_transition(store.clone(), &next, old.clone(), new.clone()).unwrap();
         assert_eq!(v.reencryption_progress().unwrap().done_sectors, n as u64);

@@ -84,12 +84,7 @@ impl TransitionCipher {
 
     /// Applies `new_op` to the part of `buf` below the watermark and
     /// `old_op` to the rest (the new key's once the old one is retired).
-    fn split(
-        &self,
-        first: u64,
-        buf: &mut [u8],
-        op: impl Fn(&XtsEngine, u64, &mut [u8]),
-    ) {
+    fn split(&self, first: u64, buf: &mut [u8], op: impl Fn(&XtsEngine, u64, &mut [u8])) {
         let n = buf.len() / self.sector_size;
         let k = self.below(first, n);
         let (low, high) = buf.split_at_mut(k * self.sector_size);

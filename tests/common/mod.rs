@@ -9,7 +9,7 @@ pub mod raw;
 pub mod s3;
 pub mod tls;
 pub mod tools;
-pub mod xts_oracle;
 pub mod volume;
+pub mod xts_oracle;
 
 pub use kms::*;
