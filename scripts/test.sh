@@ -18,7 +18,7 @@ packages=(
     python3-libnbd  # nbdsh
     fuse3           # fusermount3 for nbdfuse
     qemu-utils      # qemu-io, qemu-img
-    e2fsprogs       # mkfs.ext4, e2fsck
+    e2fsprogs       # mkfs.ext4, e2fsck, resize2fs, dumpe2fs, debugfs
     fio             # ioengine=nbd integrity runs, the benchmark harness
     jq              # the benchmark harness (bench_harness test)
     openssl         # test certificates

@@ -27,7 +27,8 @@
 //!   │              transmission, listeners (Unix, TCP), exports
 //!   │     │  BlockDevice (volume/device.rs): read/write/trim/zero/flush
 //!   │     ▼
-//!   │   volume/    superblock (two copies), sector cipher (XTS), range
+//!   │   volume/    superblock (two copies), growing (store, then both
+//!   │              copies), sector cipher (XTS), range
 //!   │              locks for read-modify-write, the attachment lock (one
 //!   │              writer per volume), the storage backend trait and its
 //!   │              backends: a file (`backend.rs`), a Ceph RBD image

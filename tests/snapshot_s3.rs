@@ -373,6 +373,28 @@ fn rbd_volume_snapshot_restores_to_an_image_and_a_file() {
         env.read_all(&on_file, "file.img") == a.0,
         "file restore differs"
     );
+    // An existing image is refused the restore's way (no --force to offer)
+    // and left as it was.
+    let (_, stderr) = run_fails(&mut env.envol_as(
+        ADMIN,
+        &[
+            "volume",
+            "restore",
+            url,
+            "--to",
+            &format!("rbd:{}", target.spec()),
+        ],
+    ));
+    assert_one_clean_line("existing rbd: target", &stderr);
+    assert!(
+        stderr.contains("already exists; a restore makes a new volume")
+            && !stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        env.read_all(&on_rbd, "rbd-again.img") == a.0,
+        "the existing image is untouched"
+    );
     // Another increment on the image.
     let cmd = a.fill(0x63, 8 * MIB, 4096);
     env.write(&vol, &[&cmd]);

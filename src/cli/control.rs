@@ -18,7 +18,7 @@ pub struct ControlArgs {
 }
 
 impl ControlArgs {
-    fn path(&self) -> Result<PathBuf, CliError> {
+    pub(super) fn path(&self) -> Result<PathBuf, CliError> {
         if let Some(path) = &self.control {
             return Ok(path.clone());
         }
@@ -28,7 +28,7 @@ impl ControlArgs {
         control::path::for_tcp(addr).map_err(|e| CliError(format!("no control socket: {e}")))
     }
 
-    fn call(&self, command: Command) -> Result<ReplyBody, CliError> {
+    pub(super) fn call(&self, command: Command) -> Result<ReplyBody, CliError> {
         control::call(&self.path()?, command).map_err(|e| CliError(e.to_string()))
     }
 }

@@ -26,6 +26,7 @@ mod snapshot_copy;
 mod target;
 mod up;
 mod volume;
+mod volume_grow;
 
 use clap::{Parser, Subcommand};
 

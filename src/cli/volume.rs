@@ -1,4 +1,4 @@
-//! `envol volume create | rewrap | reencrypt | info | restore`.
+//! `envol volume create | rewrap | reencrypt | grow | info | restore` (grow in `volume_grow.rs`).
 
 use clap::Subcommand;
 use serde_json::json;
@@ -94,6 +94,8 @@ pub enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Grow a volume (a file or rbd:POOL/IMAGE) to a new size, attached or not: a volume a server has attached is grown through that server's control socket (--control). Shrinking is refused.
+    Grow(super::volume_grow::GrowArgs),
     /// Show a volume's superblock, both of its copies, and who has it attached (no KMS call, no lock).
     Info {
         /// The volume: a file, or rbd:POOL/IMAGE (a file whose name starts with `rbd:` is written ./rbd:...).
@@ -188,6 +190,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
             &kms,
         ),
+        VolumeCommand::Grow(args) => super::volume_grow::run(args),
         VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
         VolumeCommand::Restore {
             snapshot,

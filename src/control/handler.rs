@@ -13,6 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::protocol::{Command, ExportInfo, ReplyBody, TakeOverMode, VolumeInfo};
 use crate::nbd::{Export, ExportStatus, Server};
+use crate::volume::NewSize;
 
 /// A volume attached and ready to export.
 pub struct Attachment {
@@ -84,6 +85,14 @@ impl<A: Attacher> Controller<A> {
             Command::Status => ReplyBody::Status {
                 exports: self.status(),
             },
+            Command::Grow { volume, size, add } => {
+                let size = if add {
+                    NewSize::Plus(size)
+                } else {
+                    NewSize::To(size)
+                };
+                self.grow(&volume, size).await
+            }
         }
     }
 
@@ -171,6 +180,56 @@ impl<A: Attacher> Controller<A> {
             }
             Err(e) => ReplyBody::error(e.to_string()),
         }
+    }
+
+    /// Grows the device of the export `volume` is attached as, on a
+    /// blocking thread (it syncs the store twice). New handshakes see the
+    /// new size at once (they ask the device); connections already in
+    /// transmission keep the size they negotiated (NBD cannot tell them).
+    async fn grow(&self, volume: &str, size: NewSize) -> ReplyBody {
+        let Some((name, info)) = self.attached_as(volume) else {
+            return ReplyBody::error(format!("{volume} is not attached to this server"));
+        };
+        let Some(export) = self.server.exports().into_iter().find(|e| e.name == name) else {
+            return ReplyBody::error(format!("export {name:?} is being detached"));
+        };
+        let device = export.device;
+        let grown = match tokio::task::spawn_blocking(move || device.grow(size)).await {
+            Ok(Ok(grown)) => grown,
+            Ok(Err(e)) => return ReplyBody::error(format!("{}: {e}", info.volume)),
+            Err(e) => return ReplyBody::error(format!("{}: the grow failed: {e}", info.volume)),
+        };
+        if !grown.unchanged() {
+            tracing::info!(
+                export = %name,
+                "grew {} from {} to {} bytes",
+                info.volume,
+                grown.old_size,
+                grown.new_size
+            );
+        }
+        ReplyBody::Grown {
+            name,
+            volume: info.volume,
+            old_size: grown.old_size,
+            new_size: grown.new_size,
+            beyond_change_tracking: grown.beyond_change_tracking,
+        }
+    }
+
+    /// The export a volume is attached as: by the name it was attached
+    /// under, or, for a file, by the file it is (a path given relative to
+    /// `serve`'s directory, or through a symbolic link, is the same file).
+    fn attached_as(&self, volume: &str) -> Option<(String, VolumeInfo)> {
+        let volumes = self.known();
+        if let Some((name, info)) = volumes.iter().find(|(_, v)| v.volume == volume) {
+            return Some((name.clone(), info.clone()));
+        }
+        let wanted = std::fs::canonicalize(volume).ok()?;
+        volumes
+            .iter()
+            .find(|(_, v)| std::fs::canonicalize(&v.volume).ok().as_ref() == Some(&wanted))
+            .map(|(name, info)| (name.clone(), info.clone()))
     }
 
     fn status(&self) -> Vec<ExportInfo> {

@@ -48,6 +48,14 @@ pub enum Command {
     },
     /// Every export with its counters.
     Status,
+    /// Grow an attached volume (named as attached: a file's path, or
+    /// `rbd:POOL/IMAGE`) to `size` bytes, or by `size` bytes with `add`.
+    Grow {
+        volume: String,
+        size: u64,
+        #[serde(default)]
+        add: bool,
+    },
 }
 
 /// `envol attach --take-over [--force]` for an `rbd:` volume.
@@ -81,6 +89,13 @@ pub enum ReplyBody {
     },
     Status {
         exports: Vec<ExportInfo>,
+    },
+    Grown {
+        name: String,
+        volume: String,
+        old_size: u64,
+        new_size: u64,
+        beyond_change_tracking: bool,
     },
     Error {
         message: String,

@@ -12,6 +12,11 @@ fn requests_round_trip_as_one_json_line() {
             force: true,
         },
         Command::Status,
+        Command::Grow {
+            volume: "rbd:p/i".into(),
+            size: 16 << 20,
+            add: true,
+        },
     ] {
         let line = serde_json::to_vec(&Request {
             version: PROTOCOL_VERSION,
@@ -31,6 +36,15 @@ fn optional_fields_may_be_left_out() {
         Command::Detach {
             name: "db".into(),
             force: false
+        }
+    );
+    let line = br#"{"version":1,"command":"grow","volume":"/v","size":4096}"#;
+    assert_eq!(
+        parse_request(line).unwrap(),
+        Command::Grow {
+            volume: "/v".into(),
+            size: 4096,
+            add: false
         }
     );
     let line = br#"{"version":1,"command":"attach","volume":"rbd:p/i"}"#;
@@ -60,6 +74,10 @@ fn bad_requests_are_errors_not_panics() {
         ),
         (br#"{"version":1}"#, "malformed request"),
         (br#"{"version":1,"command":"grow"}"#, "malformed request"),
+        (
+            br#"{"version":1,"command":"grow","volume":"/v","size":-1}"#,
+            "malformed request",
+        ),
         (
             br#"{"version":1,"command":"detach","name":7}"#,
             "malformed request",

@@ -32,6 +32,7 @@ use crate::volume::{
     SuperblockSet, Volume, volume_encryption_context,
 };
 
+pub mod grow;
 pub mod lineage;
 pub mod reencrypt;
 pub mod store;
@@ -47,6 +48,10 @@ pub enum EnvelopeError {
     Volume { volume: String, message: String },
     #[error("{0}")]
     Key(Box<KeyFailure>),
+    /// `volume create` of a volume that exists, without `force`. Typed, so
+    /// that a caller that never overwrites (a restore) can say it its way.
+    #[error("{volume}: already exists: refusing to overwrite it (use --force)")]
+    Exists { volume: String },
 }
 
 /// `VOLUME: MESSAGE`, unless the message names an RBD volume itself: the
@@ -251,7 +256,11 @@ async fn create_with<K: KeyService>(
 }
 
 /// The refusal of an existing volume without `--force`.
-const EXISTS_WITHOUT_FORCE: &str = "already exists: refusing to overwrite it (use --force)";
+fn exists_without_force(volume: &VolumeAddress) -> EnvelopeError {
+    EnvelopeError::Exists {
+        volume: volume.to_string(),
+    }
+}
 
 /// A volume file: refused if it exists (unless `force`, and even then
 /// while attached) before the KMS is asked for anything.
@@ -264,7 +273,7 @@ async fn create_file<K: KeyService>(
     let volume = spec.volume;
     let exists = path.exists();
     if exists && !spec.force {
-        return Err(vol_err(volume, EXISTS_WITHOUT_FORCE));
+        return Err(exists_without_force(volume));
     }
     if exists {
         // An attached volume is refused before the KMS is asked for anything
@@ -318,7 +327,7 @@ async fn create_rbd<K: KeyService>(
             drop(backend);
             made.map_err(|e| remove_made_image(e, ceph, image))
         }
-        Err(rbd::RbdError::Exists(_)) if !spec.force => Err(vol_err(volume, EXISTS_WITHOUT_FORCE)),
+        Err(rbd::RbdError::Exists(_)) if !spec.force => Err(exists_without_force(volume)),
         Err(rbd::RbdError::Exists(_)) => {
             // Refused, naming the holder, while another server has it
             // attached read-write; the check's own client is closed again
@@ -370,6 +379,8 @@ fn remove_made_image(
                         "{message} (and the image made for it could not be removed: {e}; remove it with `{rm}`)"
                     ),
                 },
+                // Refused before any image was made: nothing to add.
+                exists @ EnvelopeError::Exists { .. } => exists,
                 EnvelopeError::Key(mut failure) => {
                     failure.hint.push_str(&format!(
                         " (and the image made for the volume could not be removed: {e}; remove it with `{rm}`)"

@@ -38,7 +38,7 @@ use super::object_store::ObjectStore;
 use super::progress::Progress;
 use super::rekey::Rekey;
 use super::url::SnapshotUrl;
-use crate::envelope::{self, AttachOptions, ExistingKey, NewVolume, VolumeAddress};
+use crate::envelope::{self, AttachOptions, EnvelopeError, ExistingKey, NewVolume, VolumeAddress};
 use crate::keys::KeyService;
 use crate::volume::{BlockDevice, DataKey, Superblock, Volume};
 
@@ -107,9 +107,7 @@ pub async fn restore_with<K: KeyService>(
     if let VolumeAddress::File(path) = target
         && path.exists()
     {
-        return Err(SnapshotError::failed(format!(
-            "{target}: already exists; a restore makes a new volume (choose another --to)"
-        )));
+        return Err(already_exists(target));
     }
     let (manifest, data_key) = open_snapshot(keys, store, snapshot).await?;
     let superblock = match new_key {
@@ -129,21 +127,21 @@ pub async fn restore_with<K: KeyService>(
                 },
                 &data_key,
             )
-            .await?
+            .await
+            .map_err(|e| never_overwrite(e, target))?
         }
-        Some(key) => {
-            envelope::create(
-                keys,
-                NewVolume {
-                    volume: target,
-                    size: manifest.size,
-                    sector_size: manifest.sector_size,
-                    key,
-                    force: false,
-                },
-            )
-            .await?
-        }
+        Some(key) => envelope::create(
+            keys,
+            NewVolume {
+                volume: target,
+                size: manifest.size,
+                sector_size: manifest.sector_size,
+                key,
+                force: false,
+            },
+        )
+        .await
+        .map_err(|e| never_overwrite(e, target))?,
     };
     // The volume exists from here: a failure removes it again.
     let filled = match open_sink(keys, target, data_key, new_key.is_some(), &manifest).await {
@@ -252,4 +250,20 @@ pub async fn fill(
     .await?;
     progress.finish();
     Ok(())
+}
+
+/// A restore makes a new volume, never overwrites one: no `--force` to offer.
+fn already_exists(target: &VolumeAddress) -> SnapshotError {
+    SnapshotError::failed(format!(
+        "{target}: already exists; a restore makes a new volume (choose another --to)"
+    ))
+}
+
+/// The envelope's refusal of an existing volume (found atomically as an
+/// `rbd:` image is made), said the restore's way.
+fn never_overwrite(e: EnvelopeError, target: &VolumeAddress) -> SnapshotError {
+    match e {
+        EnvelopeError::Exists { .. } => already_exists(target),
+        other => other.into(),
+    }
 }

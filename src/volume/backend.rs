@@ -130,6 +130,20 @@ pub trait Backend: Send + Sync + 'static {
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// Makes the store at least `len` bytes long; the new bytes read as
+    /// zeros (holes where the store has them). Never shrinks. Not durable
+    /// until [`flush`](Self::flush). The default grows nothing: enough when
+    /// the store is already that large, `Unsupported` otherwise.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let size = self.size()?;
+        if size >= len {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("this store is {size} bytes and cannot grow to {len}"),
+        ))
+    }
     /// The data and hole extents covering `[offset, offset+len)`, in order,
     /// clipped to that range. The default knows no holes: one data extent.
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
@@ -295,6 +309,25 @@ impl Backend for FileBackend {
         }
     }
 
+    /// A regular file grows by `set_len` (a hole, no data written); a
+    /// block device cannot be grown from here: its owner grows it (LVM,
+    /// the cloud's disk), then the volume takes the space.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let size = self.size()?;
+        if size >= len {
+            return Ok(());
+        }
+        if self.file.metadata()?.is_file() {
+            return self.file.set_len(len);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the block device is {size} bytes and the volume needs {len}: grow the device first"
+            ),
+        ))
+    }
+
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = offset.saturating_add(len);
         let mut out = ExtentList::default();
@@ -410,6 +443,15 @@ impl Backend for MemBackend {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.bytes.read().map_err(|_| poisoned())?.len() as u64)
+    }
+
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| out_of_range())?;
+        let mut bytes = self.bytes.write().map_err(|_| poisoned())?;
+        if bytes.len() < len {
+            bytes.resize(len, 0);
+        }
+        Ok(())
     }
 }
 

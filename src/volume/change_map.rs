@@ -294,7 +294,13 @@ struct Guarded {
 /// A volume's change tracking while it is open.
 pub(crate) struct ChangeMap {
     uuid: Uuid,
+    /// The chunks the bitmap tracks: the volume's when it was opened.
     chunk_count: u64,
+    /// The volume's chunks now: more than `chunk_count` once it grew while
+    /// open. The chunks beyond the bitmap are reported changed, always
+    /// (their writes are not tracked until the next open, whose record,
+    /// written with `chunk_count`, counts them changed again).
+    size_chunks: AtomicU64,
     /// One bit per chunk; empty when the volume is too large to track.
     words: Box<[AtomicU64]>,
     guarded: Mutex<Guarded>,
@@ -341,6 +347,7 @@ impl ChangeMap {
         ChangeMap {
             uuid: sb.uuid,
             chunk_count: loaded.chunk_count,
+            size_chunks: AtomicU64::new(loaded.chunk_count),
             words,
             guarded: Mutex::new(Guarded {
                 tracking: loaded.tracking,
@@ -444,7 +451,7 @@ impl ChangeMap {
     /// The changes so far.
     pub(crate) fn changes(&self) -> Changes {
         let guarded = self.lock();
-        match &guarded.tracking {
+        let changes = match &guarded.tracking {
             Tracking::Unknown { reason } => Changes::Unknown {
                 reason: reason.clone(),
             },
@@ -455,6 +462,34 @@ impl ChangeMap {
                     self.chunk_count,
                 ),
             },
+        };
+        self.with_grown_chunks(changes)
+    }
+
+    /// The volume grew to `size` bytes while open: the chunks past the
+    /// bitmap are changed from now on (see `size_chunks`). Called after
+    /// the new size is on disk, before a request can reach the new chunks.
+    pub(crate) fn grown(&self, size: u64) {
+        self.size_chunks
+            .fetch_max(chunk_count(size), Ordering::SeqCst);
+    }
+
+    /// `changes` with the chunks the volume grew by while open (beyond
+    /// the bitmap): all changed, or `Unknown` past what tracking covers.
+    fn with_grown_chunks(&self, changes: Changes) -> Changes {
+        let size_chunks = self.size_chunks.load(Ordering::SeqCst);
+        if size_chunks <= self.chunk_count {
+            return changes;
+        }
+        match changes {
+            Changes::Exact { .. } if size_chunks > MAX_TRACKED_CHUNKS => Changes::Unknown {
+                reason: too_large_reason(size_chunks),
+            },
+            Changes::Exact { base, mut chunks } => {
+                chunks.extend(self.chunk_count..size_chunks);
+                Changes::Exact { base, chunks }
+            }
+            unknown => unknown,
         }
     }
 
@@ -502,7 +537,7 @@ impl ChangeMap {
             };
         }
         self.changed.store(true, Ordering::SeqCst);
-        Ok(earlier)
+        Ok(self.with_grown_chunks(earlier))
     }
 
     /// `Volume::merge_changes`.
@@ -525,7 +560,10 @@ impl ChangeMap {
         }
         match earlier {
             Changes::Unknown { reason } => guarded.tracking = Tracking::Unknown { reason },
-            Changes::Exact { base, chunks } => {
+            Changes::Exact { base, mut chunks } => {
+                // The chunks a grow added are reported changed anyway.
+                let size_chunks = self.size_chunks.load(Ordering::SeqCst);
+                chunks.retain(|&c| c < self.chunk_count || c >= size_chunks);
                 if let Some(beyond) = chunks.iter().find(|&&c| c >= self.chunk_count) {
                     guarded.tracking = Tracking::Unknown {
                         reason: format!(

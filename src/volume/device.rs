@@ -23,6 +23,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::volume::backend::{FlushDone, IoBuf, IoDone};
+use crate::volume::grow::{GrowError, Grown, NewSize};
 
 /// Threads a started operation's completion may hand CPU work to, instead
 /// of doing it on the store's completion thread (which librbd has one of,
@@ -58,7 +59,7 @@ pub struct Allocation {
     pub zero: bool,
 }
 
-/// A byte-addressed device of fixed size.
+/// A byte-addressed device; its size changes only by growing.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes, as exported.
     fn size(&self) -> u64;
@@ -107,6 +108,14 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Whether the device refuses writes.
     fn read_only(&self) -> bool {
         false
+    }
+    /// Grows the device (durably) to the size asked for; a smaller size is
+    /// refused. Later calls to [`size`](Self::size) see the new size;
+    /// requests already admitted were within the old one. Blocking. The
+    /// default cannot grow.
+    fn grow(&self, size: NewSize) -> Result<Grown, GrowError> {
+        let _ = size;
+        Err(GrowError::Unsupported)
     }
     /// Whether [`start_read`](Self::start_read),
     /// [`start_write`](Self::start_write) and

@@ -18,7 +18,8 @@
 //! completion is ever left holding the last piece of it.
 
 use std::io;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use uuid::Uuid;
 
@@ -29,6 +30,7 @@ use crate::volume::buffer_pool::BufferPool;
 use crate::volume::change_map::{ChangeMap, Changes};
 use crate::volume::cipher::{CipherError, SectorCipher};
 use crate::volume::device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
+use crate::volume::grow::{GrowError, Grown, NewSize, grow_store};
 use crate::volume::key::DataKey;
 use crate::volume::range_lock::{OwnedRangeGuard, RangeLocks};
 use crate::volume::started_ops::{DRAIN_LIMIT, OpToken, StartedOps};
@@ -72,8 +74,13 @@ pub struct Volume {
     pub(super) backend: Arc<dyn Backend>,
     /// Shared so that a started read can decrypt in its completion.
     cipher: Arc<dyn SectorCipher>,
-    superblock: Superblock,
-    size: u64,
+    uuid: Uuid,
+    /// The superblock as on disk: it changes when the volume grows (the
+    /// lock also serializes grows).
+    superblock: Mutex<Superblock>,
+    /// The data area's size: grows while open (`grow`), never shrinks; a
+    /// request is checked against the size when it arrives.
+    size: AtomicU64,
     pub(super) sector_size: u64,
     data_offset: u64,
     read_only: bool,
@@ -122,8 +129,8 @@ impl Drop for Volume {
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Volume")
-            .field("uuid", &self.superblock.uuid)
-            .field("size", &self.size)
+            .field("uuid", &self.uuid)
+            .field("size", &self.size.load(Ordering::Acquire))
             .field("sector_size", &self.sector_size)
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
@@ -219,8 +226,9 @@ impl Volume {
         Ok(Volume {
             backend,
             cipher,
-            superblock: superblock.clone(),
-            size: superblock.size,
+            uuid: superblock.uuid,
+            superblock: Mutex::new(superblock.clone()),
+            size: AtomicU64::new(superblock.size),
             sector_size: u64::from(superblock.sector_size),
             data_offset: superblock.data_offset,
             read_only: false,
@@ -245,12 +253,19 @@ impl Volume {
     /// `Other` while a re-encryption is in progress: stored (ciphertext)
     /// reads and writes would mix two keys.
     fn check_single_key(&self) -> io::Result<()> {
+        let sectors = self.size.load(Ordering::Acquire) / self.sector_size;
         match &self.reencryption {
-            Some(r) if r.cipher.watermark() < self.superblock.sectors() => Err(io::Error::other(
+            Some(r) if r.cipher.watermark() < sectors => Err(io::Error::other(
                 "a data-key re-encryption is in progress: finish it (envol volume reencrypt) first",
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The superblock, locked: re-encryption steps update it through the
+    /// same lock as a grow, so neither overwrites the other's change.
+    pub(super) fn superblock_guard(&self) -> std::sync::MutexGuard<'_, Superblock> {
+        self.lock_superblock()
     }
 
     /// Refuse (or allow) writes, trims and zeroing from now on.
@@ -259,16 +274,43 @@ impl Volume {
         self
     }
 
-    pub fn superblock(&self) -> &Superblock {
-        &self.superblock
+    /// The superblock as now on disk (a copy: a grow changes it).
+    pub fn superblock(&self) -> Superblock {
+        self.lock_superblock().clone()
+    }
+
+    fn lock_superblock(&self) -> std::sync::MutexGuard<'_, Superblock> {
+        self.superblock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn uuid(&self) -> Uuid {
-        self.superblock.uuid
+        self.uuid
     }
 
     pub fn sector_size(&self) -> u32 {
-        self.superblock.sector_size
+        self.sector_size as u32
+    }
+
+    /// Grows the open volume (see [`grow`](crate::volume::grow) for the
+    /// order of steps and why a crash anywhere leaves a volume that
+    /// opens): the store, then both superblock copies, then the size that
+    /// requests are checked against — so a request beyond the old end is
+    /// served only once the new size is durable. Requests in flight are
+    /// not disturbed: they are within the old size. Blocking I/O (syncs):
+    /// call it off an async runtime's threads.
+    pub fn grow(&self, size: NewSize) -> Result<Grown, GrowError> {
+        if self.read_only {
+            return Err(GrowError::ReadOnly);
+        }
+        let mut superblock = self.lock_superblock();
+        let requested = size.resolve(superblock.size)?;
+        let (now, grown) = grow_store(&*self.backend, &superblock, requested)?;
+        *superblock = now;
+        self.changes.grown(grown.new_size);
+        self.size.fetch_max(grown.new_size, Ordering::Release);
+        Ok(grown)
     }
 
     /// Which parts of `[offset, offset+len)` are holes in the backing store
@@ -287,7 +329,7 @@ impl Volume {
     /// `InvalidInput` unless `[offset, offset+len)` lies within the volume.
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
+            Some(end) if end <= self.size.load(Ordering::Acquire) => Ok(()),
             Some(_) => Err(invalid_input("request beyond the end of the volume")),
             None => Err(invalid_input("request offset + length overflows")),
         }
@@ -753,7 +795,11 @@ impl Volume {
 
 impl BlockDevice for Volume {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn grow(&self, size: NewSize) -> Result<Grown, GrowError> {
+        Volume::grow(self, size)
     }
 
     fn block_sizes(&self) -> BlockSizes {
@@ -761,7 +807,7 @@ impl BlockDevice for Volume {
             // Any byte range works (read-modify-write), so clients need not
             // align; aligned requests avoid the extra read.
             minimum: 1,
-            preferred: self.superblock.sector_size,
+            preferred: self.sector_size as u32,
             maximum: MAX_REQUEST,
         }
     }

@@ -143,10 +143,7 @@ impl Volume {
         drop((old, new));
         let reencryption = Reencryption {
             cipher: cipher.clone(),
-            state: Mutex::new(StepState {
-                superblock: superblock.clone(),
-                buffer: Vec::new(),
-            }),
+            state: Mutex::new(StepState { buffer: Vec::new() }),
         };
         let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
         volume.recover_hotzone()?;
@@ -172,8 +169,8 @@ impl Volume {
     /// and the watermark recorded past the hotzone.
     fn recover_hotzone(&self) -> Result<(), VolumeError> {
         let r = self.reencryption_state()?;
-        let mut st = r.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(t) = st.superblock.transition.clone() else {
+        let _steps = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(t) = self.superblock().transition else {
             return Err(not_in_transition());
         };
         if t.hotzone.is_empty() {
@@ -198,13 +195,15 @@ impl Volume {
                 .ok_or_else(|| io::Error::other("the old key is gone before recovery"))?;
             self.write_runs(first, &buf, &still_old)?;
             self.backend.flush()?;
-            let mut next = st.superblock.clone();
+            let mut on_disk = self.superblock_guard();
+            let mut next = on_disk.clone();
             if let Some(nt) = next.transition.as_mut() {
                 nt.watermark = end;
                 nt.hotzone.clear();
             }
             write_superblock_to(&*self.backend, &mut next)?;
-            st.superblock = next;
+            *on_disk = next;
+            drop(on_disk);
             r.cipher.advance(end);
             let recovered = still_old.iter().filter(|&&o| o).count();
             tracing::info!(
@@ -284,13 +283,15 @@ impl Volume {
                     digest_and_transform(old, r.cipher.new_key(), first, &mut buf, &mut digests)
                 })
                 .ok_or_else(|| io::Error::other("the old key is gone before the end"))?;
-            let mut next = st.superblock.clone();
+            let mut on_disk = self.superblock_guard();
+            let mut next = on_disk.clone();
             if let Some(t) = next.transition.as_mut() {
                 t.watermark = first;
                 t.hotzone = digests;
             }
             write_superblock_to(&*self.backend, &mut next)?;
-            st.superblock = next;
+            *on_disk = next;
+            drop(on_disk);
             self.write_runs(first, &buf, &rewritten)?;
             self.backend.flush()?;
             r.cipher.advance(end);
@@ -329,21 +330,22 @@ impl Volume {
     /// (wiped). Returns the new superblock.
     pub fn finish_reencryption(&self) -> Result<Superblock, VolumeError> {
         let r = self.reencryption_state()?;
-        let mut st = r.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let total = self.superblock().sectors();
+        let _steps = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut on_disk = self.superblock_guard();
+        let total = on_disk.sectors();
         let done = r.cipher.watermark();
         if done < total {
             return Err(VolumeError::Io(io::Error::other(format!(
                 "re-encryption not complete: {done} of {total} sectors"
             ))));
         }
-        let mut next = st.superblock.clone();
+        let mut next = on_disk.clone();
         if let Some(t) = next.transition.take() {
             next.key_arn = t.new_key_arn;
             next.wrapped_key = t.new_wrapped_key;
             next.key_check = t.new_key_check;
             write_superblock_to(&*self.backend, &mut next)?;
-            st.superblock = next.clone();
+            *on_disk = next.clone();
         }
         r.cipher.retire_old();
         Ok(next)

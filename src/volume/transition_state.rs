@@ -5,20 +5,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::volume::superblock::Superblock;
 use crate::volume::transition_cipher::TransitionCipher;
 
 /// The re-encryption state of an open volume.
 #[derive(Debug)]
 pub struct Reencryption {
     pub(super) cipher: Arc<TransitionCipher>,
-    /// Steps run one at a time: the superblock as last written, and the
-    /// step buffer (reused, so a step allocates nothing).
+    /// Steps run one at a time (the superblock they update is the
+    /// volume's own, under the lock a grow takes too); the step buffer is
+    /// reused, so a step allocates nothing.
     pub(super) state: Mutex<StepState>,
 }
 
 #[derive(Debug)]
 pub(super) struct StepState {
-    pub(super) superblock: Superblock,
     pub(super) buffer: Vec<u8>,
 }

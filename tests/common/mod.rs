@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ceph;
+pub mod control;
 pub mod crash_model;
 pub mod kms;
 pub mod nbd;

@@ -4,6 +4,7 @@ command per line, answering each with one line on stdout:
   write OFFSET LENGTH BYTE   pwrite LENGTH bytes of BYTE          -> ok
   read OFFSET LENGTH BYTE    pread and check every byte is BYTE   -> ok
   flush                                                           -> ok
+  size                       the size this connection negotiated  -> size N
   quit                       NBD_CMD_DISC, exit
 
 A failed request answers "error ERRNO MESSAGE" (ERRNO by name, e.g.
@@ -36,6 +37,9 @@ for line in sys.stdin:
                 continue
         elif words[0] == "flush":
             h.flush()
+        elif words[0] == "size":
+            print(f"size {h.get_size()}", flush=True)
+            continue
         elif words[0] == "quit":
             h.shutdown()
             print("bye", flush=True)

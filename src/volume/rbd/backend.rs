@@ -684,6 +684,18 @@ impl Backend for RbdBackend {
         self.image.size().map_err(|errno| self.fence.error(errno))
     }
 
+    /// `rbd_resize` (under the exclusive lock this read-write attachment
+    /// holds): the new objects do not exist yet, so they read as zeros.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        if self.size()? >= len {
+            return Ok(());
+        }
+        self.fence.before_write()?;
+        self.image
+            .resize(len)
+            .map_err(|errno| self.fence.error(errno))
+    }
+
     /// From `rbd_diff_iterate2` since the image's creation, at object
     /// granularity (the object map answers it without touching the OSDs'
     /// data where fast-diff is on). Holes are objects that do not exist,

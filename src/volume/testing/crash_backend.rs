@@ -5,7 +5,9 @@
 //! power" after a chosen number of mutating operations. What survives is
 //! decided afterwards ([`PowerLoss`]): nothing unsynced, a torn last write
 //! (some of its atomic units land, some do not), or any subset of the
-//! unsynced writes' atomic units (a disk cache that reorders).
+//! unsynced writes' atomic units (a disk cache that reorders). A grow
+//! (`grow_to`) is cached like a write: only a flush makes the new length
+//! durable.
 
 use std::io;
 use std::ops::Range;
@@ -44,7 +46,7 @@ struct CrashState {
     /// What reads see: `synced` plus every unsynced write.
     current: Vec<u8>,
     unsynced: Vec<Unsynced>,
-    /// Mutating operations (write, punch, flush) started so far.
+    /// Mutating operations (write, punch, grow, flush) started so far.
     ops: u64,
     /// Power goes during mutating operation number `crash_at` (0-based):
     /// that operation and everything after it fail with EIO.
@@ -111,7 +113,7 @@ impl CrashBackend {
         s.crash_at = Some(s.ops + n);
     }
 
-    /// Mutating operations (write, punch, flush) started so far.
+    /// Mutating operations (write, punch, grow, flush) started so far.
     pub fn ops(&self) -> u64 {
         self.state().ops
     }
@@ -146,6 +148,12 @@ impl CrashBackend {
             let start = w.offset as usize;
             let end = start + w.data.len();
             let mut unit = start - start % self.atomic;
+            // Past a length that was never synced nothing lands: a file's
+            // data beyond its durable size is lost with the size.
+            let end = end.min(image.len());
+            if start >= end {
+                continue;
+            }
             while unit < end {
                 let lo = unit.max(start);
                 let hi = (unit + self.atomic).min(end);
@@ -223,6 +231,8 @@ impl Backend for CrashBackend {
         let mut s = self.state();
         Self::begin(&mut s).map_err(|()| power_lost())?;
         let pending = std::mem::take(&mut s.unsynced);
+        let len = s.current.len().max(s.synced.len());
+        s.synced.resize(len, 0);
         for w in pending {
             let start = w.offset as usize;
             s.synced[start..start + w.data.len()].copy_from_slice(&w.data);
@@ -237,6 +247,19 @@ impl Backend for CrashBackend {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.state().current.len() as u64)
+    }
+
+    /// A mutating operation like a write: the new length is in the cache
+    /// (reads and writes see it) until a flush makes it durable; a power
+    /// loss before then finds the old length.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| out_of_range())?;
+        let mut s = self.state();
+        Self::begin(&mut s).map_err(|()| power_lost())?;
+        if s.current.len() < len {
+            s.current.resize(len, 0);
+        }
+        Ok(())
     }
 
     /// A simulated disk inside one test: nobody else can attach it.

@@ -116,6 +116,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         self.inner.size()
     }
 
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        self.inner.grow_to(len)
+    }
+
     fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError> {
         self.inner.lock_attachment(mode)
     }

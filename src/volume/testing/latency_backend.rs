@@ -360,6 +360,10 @@ impl<B: Backend> Backend for LatencyBackend<B> {
         self.inner.size()
     }
 
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        self.inner.grow_to(len)
+    }
+
     fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         self.inner.extents(offset, len)
     }
