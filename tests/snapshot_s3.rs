@@ -602,14 +602,15 @@ fn bad_urls_missing_buckets_and_attached_volumes_are_one_line() {
         "the existing volume is untouched"
     );
 
-    // An attached volume: refused, naming the holder; snapshots of attached
-    // volumes come with the server's control socket.
+    // An attached volume whose server's control socket is not the default
+    // one (it serves on --socket): one line naming the holder and
+    // --control (tests/snapshot_attached.rs takes it through the server).
     let server = env.fx.serve(ADMIN, &vol);
     let (_, stderr) =
         run_fails(&mut env.envol_as(ADMIN, &["snapshot", "create", v, "--to", &env.place("b")]));
     assert_one_clean_line("attached volume", &stderr);
     assert!(
-        stderr.contains(&format!("pid {}", server.pid())) && stderr.contains("not built yet"),
+        stderr.contains(&format!("pid {}", server.pid())) && stderr.contains("--control"),
         "{stderr}"
     );
     server.stop();

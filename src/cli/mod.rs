@@ -22,6 +22,7 @@ mod runtime;
 mod s3;
 mod serve;
 mod snapshot;
+mod snapshot_attached;
 mod snapshot_copy;
 mod target;
 mod up;

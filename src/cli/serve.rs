@@ -370,6 +370,10 @@ pub fn run(args: ServeArgs) -> CliResult {
             .iter()
             .map(|a| (a.export.name.clone(), a.info.clone()))
             .collect();
+        let handles: Vec<(String, std::sync::Weak<Volume>)> = attached
+            .iter()
+            .map(|a| (a.export.name.clone(), a.volume.clone()))
+            .collect();
         let certified: Vec<(String, String)> = attached
             .iter()
             .map(|a| (a.export.name.clone(), a.certified_description.clone()))
@@ -392,7 +396,9 @@ pub fn run(args: ServeArgs) -> CliResult {
             fenced: fenced_tx,
         };
         let uris = Box::new(listeners.uri_maker(server.tls_required()));
-        let controller = Arc::new(Controller::new(server.clone(), attacher, uris, known));
+        let controller = Arc::new(
+            Controller::new(server.clone(), attacher, uris, known).with_volume_handles(handles),
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let serving = async {
             let nbd = server.serve(listeners, async {
@@ -519,6 +525,7 @@ impl Attacher for ServeAttacher {
             export: attached.export,
             certified_description: attached.certified_description,
             info: attached.info,
+            volume: attached.volume,
         })
     }
 }
@@ -600,6 +607,8 @@ pub(crate) struct AttachedVolume {
     /// description.
     pub certified_description: String,
     pub info: VolumeInfo,
+    /// The volume, for snapshots through the server (the export owns it).
+    pub volume: std::sync::Weak<Volume>,
 }
 
 /// Attaches every volume, all or nothing: a refusal stops before any
@@ -674,11 +683,13 @@ fn attached_volume(volume: Volume, arg: &VolumeArg) -> AttachedVolume {
         key_arn: sb.key_arn.to_string(),
     };
     tracing::info!("attached {address} as export {name:?}");
+    let volume = Arc::new(volume);
     AttachedVolume {
+        volume: Arc::downgrade(&volume),
         export: Export {
             name: name.clone(),
             description,
-            device: Arc::new(volume),
+            device: volume,
             read_only: *read_only,
         },
         certified_description,

@@ -5,9 +5,11 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::address::CephArgs;
+use super::control::ControlArgs;
 use super::error::{CliError, CliResult};
 use super::runtime::runtime;
 use super::s3::S3Args;
+use super::snapshot_attached::{DEFAULT_COPY_LIMIT_MIB, ThroughControlSocket};
 use super::target::{KmsArgs, human_size};
 use crate::envelope::VolumeAddress;
 use crate::keys::aws::AwsKeyClient;
@@ -20,7 +22,7 @@ use crate::snapshot::{
 pub enum SnapshotCommand {
     /// Take a snapshot of a volume into S3 (incremental: only chunks changed since the volume's last snapshot there are uploaded); prints its URL.
     Create {
-        /// The volume: a file, or rbd:POOL/IMAGE. Not attached by a server (snapshots of attached volumes are not built yet).
+        /// The volume: a file, or rbd:POOL/IMAGE. If a server has it attached, the snapshot is taken through that server's control socket (one point in time; writes go on meanwhile).
         #[arg(value_name = "VOLUME")]
         volume: String,
         /// Where to keep it: s3://BUCKET[/PREFIX] (every snapshot there shares chunks).
@@ -38,6 +40,12 @@ pub enum SnapshotCommand {
         ceph: CephArgs,
         #[command(flatten)]
         s3: S3Args,
+        /// The control socket of the server that has the volume attached (as `envol serve` printed it; the default as for `envol attach`).
+        #[command(flatten)]
+        control: ControlArgs,
+        /// For a file volume attached by a server: the most MiB of chunks the server copies aside for writes during the upload; more stops the snapshot (never a write).
+        #[arg(long, value_name = "MIB", default_value_t = DEFAULT_COPY_LIMIT_MIB)]
+        copy_limit: u64,
     },
     /// List the complete snapshots in s3://BUCKET[/PREFIX], oldest first (what their manifests say; no KMS call).
     List {
@@ -87,8 +95,14 @@ pub fn run(cmd: SnapshotCommand) -> CliResult {
             kms,
             ceph,
             s3,
+            control,
+            copy_limit,
         } => {
             let volume = ceph.volume(&volume)?;
+            let servers = ThroughControlSocket {
+                control: &control,
+                copy_limit: copy_limit.saturating_mul(1 << 20),
+            };
             let place = Place::parse(&to).map_err(SnapshotError::from)?;
             let created = rt.block_on(async {
                 let store = ObjectStore::connect(&s3.options(), &place.bucket)
@@ -97,7 +111,7 @@ pub fn run(cmd: SnapshotCommand) -> CliResult {
                 let keys = AwsKeyClient::new(&kms.target())
                     .await
                     .map_err(|e| CliError(e.to_string()))?;
-                snapshot::create::create(&keys, &volume, &place, &store, quiet || json)
+                snapshot::create::create(&keys, &volume, &place, &store, quiet || json, &servers)
                     .await
                     .map_err(CliError::from)
             })?;

@@ -33,28 +33,47 @@ pub enum ClientError {
 /// Sends `command` to the server at `path`; its reply, or the server's
 /// error as [`ClientError::Refused`].
 pub fn call(path: &Path, command: Command) -> Result<ReplyBody, ClientError> {
+    let stream = connect(path)?;
+    let mut reader = BufReader::new(&stream);
+    request(path, &mut (&stream), &mut reader, command)
+}
+
+/// Connects to the control socket at `path`.
+pub(super) fn connect(path: &Path) -> Result<UnixStream, ClientError> {
+    let shown = path.display().to_string();
+    UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ClientError::NoSocket(shown),
+        io::ErrorKind::ConnectionRefused => ClientError::NobodyListening(shown),
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(shown),
+        _ => ClientError::Io {
+            path: shown,
+            error: e,
+        },
+    })
+}
+
+/// Writes `command` as one line and reads the reply line.
+pub(super) fn request<W: Write, R: BufRead>(
+    path: &Path,
+    writer: &mut W,
+    reader: &mut R,
+    command: Command,
+) -> Result<ReplyBody, ClientError> {
     let shown = path.display().to_string();
     let io_error = |error: io::Error| ClientError::Io {
         path: shown.clone(),
         error,
     };
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => ClientError::NoSocket(shown.clone()),
-        io::ErrorKind::ConnectionRefused => ClientError::NobodyListening(shown.clone()),
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(shown.clone()),
-        _ => io_error(e),
-    })?;
     let request = Request {
         version: PROTOCOL_VERSION,
         command,
     };
     let mut line = serde_json::to_vec(&request).map_err(|e| io_error(io::Error::other(e)))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_error)?;
+    writer.write_all(&line).map_err(io_error)?;
+    writer.flush().map_err(io_error)?;
     let mut reply = Vec::new();
-    BufReader::new(&stream)
-        .read_until(b'\n', &mut reply)
-        .map_err(io_error)?;
+    reader.read_until(b'\n', &mut reply).map_err(io_error)?;
     if reply.is_empty() {
         return Err(ClientError::NoReply(shown));
     }

@@ -7,13 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::protocol::{Command, ExportInfo, ReplyBody, TakeOverMode, VolumeInfo};
+use super::protocol::{
+    Command, ExportInfo, ReplyBody, SnapshotSessionInfo, TakeOverMode, VolumeInfo,
+};
 use crate::nbd::{Export, ExportStatus, Server};
-use crate::volume::NewSize;
+use crate::volume::{FrozenView, NewSize, Volume};
 
 /// A volume attached and ready to export.
 pub struct Attachment {
@@ -22,6 +24,9 @@ pub struct Attachment {
     /// description.
     pub certified_description: String,
     pub info: VolumeInfo,
+    /// The volume itself, for snapshots through the server (weak: the
+    /// export owns it, and a detach closes it).
+    pub volume: Weak<Volume>,
 }
 
 /// Attaches volumes for the control socket, in two steps so that a
@@ -60,6 +65,17 @@ pub struct Controller<A> {
     uris: UriMaker,
     /// By export name.
     volumes: Mutex<BTreeMap<String, VolumeInfo>>,
+    /// The volumes themselves, by export name (for snapshots).
+    handles: Mutex<BTreeMap<String, Weak<Volume>>>,
+    /// Snapshots being taken, by export name.
+    snapshots: Mutex<BTreeMap<String, ActiveSnapshot>>,
+}
+
+/// A snapshot session, as `status` shows it.
+pub(super) struct ActiveSnapshot {
+    pub base: String,
+    /// A file volume's frozen view (none for a store snapshot).
+    pub view: Option<Arc<FrozenView>>,
 }
 
 impl<A: Attacher> Controller<A> {
@@ -75,7 +91,17 @@ impl<A: Attacher> Controller<A> {
             attacher,
             uris,
             volumes: Mutex::new(volumes.into_iter().collect()),
+            handles: Mutex::default(),
+            snapshots: Mutex::default(),
         }
+    }
+
+    /// The volumes the server started with, by export name, for
+    /// snapshots through the server.
+    pub fn with_volume_handles(self, handles: Vec<(String, Weak<Volume>)>) -> Self {
+        *self.handles.lock().unwrap_or_else(PoisonError::into_inner) =
+            handles.into_iter().collect();
+        self
     }
 
     pub async fn handle(&self, command: Command) -> ReplyBody {
@@ -85,6 +111,14 @@ impl<A: Attacher> Controller<A> {
             Command::Status => ReplyBody::Status {
                 exports: self.status(),
             },
+            // A session's commands are answered by the session
+            // (`snapshot_session.rs`), which takes the connection over.
+            Command::SnapshotBegin { .. } => {
+                ReplyBody::error("snapshot_begin starts a session of its own connection")
+            }
+            Command::SnapshotRead { .. } | Command::SnapshotEnd { .. } => {
+                ReplyBody::error("no snapshot session on this connection (snapshot_begin first)")
+            }
             Command::Grow { volume, size, add } => {
                 let size = if add {
                     NewSize::Plus(size)
@@ -94,6 +128,63 @@ impl<A: Attacher> Controller<A> {
                 self.grow(&volume, size).await
             }
         }
+    }
+
+    /// The attached volume whose uuid is `uuid`: its export name and the
+    /// volume, held open for a snapshot.
+    pub(super) fn volume_by_uuid(&self, uuid: &str) -> Result<(String, Arc<Volume>), String> {
+        let name = self
+            .known()
+            .iter()
+            .find(|(_, v)| v.volume_uuid == uuid)
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| format!("volume {uuid} is not attached by this server"))?;
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&name)
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| format!("export {name:?} is being detached"))?;
+        Ok((name, handle))
+    }
+
+    /// Records a snapshot session of export `name`; refused while one is.
+    pub(super) fn snapshot_started(
+        &self,
+        name: &str,
+        session: ActiveSnapshot,
+    ) -> Result<(), String> {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if snapshots.contains_key(name) {
+            return Err(format!(
+                "a snapshot of export {name:?} is already being taken"
+            ));
+        }
+        snapshots.insert(name.to_string(), session);
+        Ok(())
+    }
+
+    /// The frozen view of export `name`'s session, for `status`.
+    pub(super) fn snapshot_viewing(&self, name: &str, view: Arc<FrozenView>) {
+        if let Some(active) = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(name)
+        {
+            active.view = Some(view);
+        }
+    }
+
+    pub(super) fn snapshot_ended(&self, name: &str) {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
     }
 
     /// The volume behind each export, by name, and its device: for a
@@ -137,6 +228,10 @@ impl<A: Attacher> Controller<A> {
         }
         tracing::info!("attached {} as export {:?}", info.volume, export.name);
         self.known().insert(export.name.clone(), info);
+        self.handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(export.name.clone(), attachment.volume);
         let status = self.server.status();
         let Some(info) = status
             .iter()
@@ -171,6 +266,10 @@ impl<A: Attacher> Controller<A> {
         match self.server.detach(name, force).await {
             Ok(detached) => {
                 self.known().remove(name);
+                self.handles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(name);
                 tracing::info!(export = %name, forced = force, "detached");
                 ReplyBody::Detached {
                     name: name.to_string(),
@@ -263,6 +362,19 @@ impl<A: Attacher> Controller<A> {
             bytes_written: c.bytes_written,
             attached_since: DateTime::<Utc>::from(c.attached_since)
                 .to_rfc3339_opts(SecondsFormat::Secs, true),
+            snapshot: self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&s.name)
+                .map(|a| {
+                    let usage = a.view.as_ref().map(|v| v.usage());
+                    SnapshotSessionInfo {
+                        base: a.base.clone(),
+                        chunks_left: usage.map_or(0, |u| u.chunks_left),
+                        copied_bytes: usage.map_or(0, |u| u.copied_bytes),
+                    }
+                }),
         }
     }
 }

@@ -14,15 +14,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::framing::{read_line, send};
 use super::handler::{Attacher, Controller};
-use super::protocol::{
-    Command, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, parse_request,
-};
+use super::protocol::{Command, ReplyBody, parse_request};
+use super::snapshot_session;
 use crate::nbd::UnixEndpoint;
 
 /// A bound control socket; its file goes when it is dropped.
@@ -109,6 +109,22 @@ async fn connection<A: Attacher>(stream: UnixStream, controller: Arc<Controller<
         }
         let body = match parse_request(&line) {
             Err(message) => ReplyBody::error(message),
+            Ok(Command::SnapshotBegin {
+                volume_uuid,
+                base,
+                all_chunks,
+                copy_limit,
+            }) => {
+                // The connection is the session's from here to its end.
+                let begin = snapshot_session::Begin {
+                    volume_uuid,
+                    base,
+                    all_chunks,
+                    copy_limit,
+                };
+                snapshot_session::serve(&controller, begin, &mut reader, &mut write_half).await;
+                return;
+            }
             Ok(command) => {
                 debug!(?command, "control request");
                 // Only a detach waits on others (its export's clients), so
@@ -134,27 +150,6 @@ async fn connection<A: Attacher>(stream: UnixStream, controller: Arc<Controller<
     }
 }
 
-/// One request line without its newline; `None` at the end of the
-/// stream; `Err` for a line longer than [`MAX_REQUEST_LEN`] or a read
-/// error.
-async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, String> {
-    let mut line = Vec::new();
-    let read = (&mut *reader)
-        .take(MAX_REQUEST_LEN + 1)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| format!("reading the request failed: {e}"))?;
-    if read == 0 {
-        return Ok(None);
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    } else if line.len() as u64 > MAX_REQUEST_LEN {
-        return Err(format!("request longer than {MAX_REQUEST_LEN} bytes"));
-    }
-    Ok(Some(line))
-}
-
 /// Resolves when the client closes its side (or the connection fails);
 /// never if it sends more (the next request waits its turn).
 async fn hung_up<R: AsyncBufRead + Unpin>(reader: &mut R) {
@@ -162,15 +157,4 @@ async fn hung_up<R: AsyncBufRead + Unpin>(reader: &mut R) {
         Ok([]) | Err(_) => {}
         Ok(_) => std::future::pending().await,
     }
-}
-
-async fn send<W: AsyncWriteExt + Unpin>(writer: &mut W, body: ReplyBody) -> io::Result<()> {
-    let reply = Reply {
-        version: PROTOCOL_VERSION,
-        body,
-    };
-    let mut line = serde_json::to_vec(&reply).map_err(io::Error::other)?;
-    line.push(b'\n');
-    writer.write_all(&line).await?;
-    writer.flush().await
 }

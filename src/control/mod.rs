@@ -6,9 +6,12 @@
 //! |---|---|
 //! | `protocol.rs` | the wire format: a versioned JSON request per line, a JSON reply per line |
 //! | `handler.rs` | what each command does ([`Controller`]: one `match`); the volume behind each export |
+//! | `framing.rs` | the server's request and reply lines |
 //! | `listener.rs` | the server's socket: owner-only, peer uid checked, one task per connection |
 //! | `client.rs` | the command line's side: one request, its reply |
+//! | `snapshot_client.rs` | the command line's side of a snapshot session |
 //! | `path.rs` | the default socket path, from `serve`'s listeners |
+//! | `snapshot_session.rs` | a snapshot of an attached volume: freeze, chunk reads, end (the connection is the session) |
 //!
 //! A new command (snapshots, re-encryption, grow) is a variant of
 //! [`Command`], a variant of [`ReplyBody`] for its answer, and one arm in
@@ -17,15 +20,20 @@
 //! envelope layer.
 
 mod client;
+mod framing;
 mod handler;
 mod listener;
 pub mod path;
 mod protocol;
+mod snapshot_client;
+mod snapshot_session;
 
 pub use client::{ClientError, call};
 pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
 pub use listener::ControlSocket;
 pub use protocol::{
     Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,
-    TakeOverMode, VolumeInfo, parse_request,
+    SnapshotSessionInfo, TakeOverMode, TakenChanges, VolumeInfo, parse_request,
 };
+pub use snapshot_client::{Frozen, SnapshotSession};
+pub use snapshot_session::STORE_SNAPSHOT_PREFIX;

@@ -48,6 +48,27 @@ pub enum Command {
     },
     /// Every export with its counters.
     Status,
+    /// Freeze the attached volume `volume_uuid` for a snapshot whose URL
+    /// is `base` (change tracking restarts from it). The session is this
+    /// connection's: [`Command::SnapshotRead`] and [`Command::SnapshotEnd`]
+    /// follow on it, and if it closes first the snapshot failed (the taken
+    /// changes are given back). See `snapshot_session.rs`.
+    SnapshotBegin {
+        volume_uuid: String,
+        base: String,
+        /// Keep every chunk (a snapshot comparing chunk hashes), not only
+        /// the changed ones.
+        #[serde(default)]
+        all_chunks: bool,
+        /// Most bytes of chunks copied aside before writes; more fails
+        /// the snapshot, never a write.
+        copy_limit: u64,
+    },
+    /// One chunk of the frozen view: answered with
+    /// [`ReplyBody::SnapshotChunk`] and then `len` raw bytes.
+    SnapshotRead { chunk: u64 },
+    /// The snapshot is complete (`success`), or abandoned.
+    SnapshotEnd { success: bool },
     /// Grow an attached volume (named as attached: a file's path, or
     /// `rbd:POOL/IMAGE`) to `size` bytes, or by `size` bytes with `add`.
     Grow {
@@ -90,6 +111,24 @@ pub enum ReplyBody {
     Status {
         exports: Vec<ExportInfo>,
     },
+    /// The volume is frozen: the snapshot's point in time has passed.
+    SnapshotFrozen {
+        export: String,
+        /// The changes since the previous snapshot, as of the freeze.
+        changes: TakenChanges,
+        /// An `rbd:` volume: the RBD snapshot of the image that holds the
+        /// view (the client reads it itself); none for a file volume,
+        /// whose chunks are read with [`Command::SnapshotRead`].
+        store_snapshot: Option<String>,
+    },
+    /// Followed by `len` bytes: the chunk as stored (ciphertext).
+    SnapshotChunk {
+        chunk: u64,
+        len: u64,
+    },
+    SnapshotEnded {
+        success: bool,
+    },
     Grown {
         name: String,
         volume: String,
@@ -130,6 +169,32 @@ pub struct ExportInfo {
     pub bytes_written: u64,
     /// RFC 3339, UTC.
     pub attached_since: String,
+    /// A snapshot being taken through this server, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSessionInfo>,
+}
+
+/// Change tracking's answer at a snapshot's freeze (`volume::Changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "tracking", rename_all = "snake_case")]
+pub enum TakenChanges {
+    Exact {
+        base: Option<String>,
+        chunks: Vec<u64>,
+    },
+    Unknown {
+        reason: String,
+    },
+}
+
+/// A snapshot being taken through the server, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSessionInfo {
+    pub base: String,
+    /// Chunks the snapshot has still to read (file volumes).
+    pub chunks_left: u64,
+    /// Bytes copied aside for it, held in the server's memory.
+    pub copied_bytes: u64,
 }
 
 /// The volume behind an export: what the NBD layer does not know.

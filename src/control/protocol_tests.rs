@@ -12,6 +12,14 @@ fn requests_round_trip_as_one_json_line() {
             force: true,
         },
         Command::Status,
+        Command::SnapshotBegin {
+            volume_uuid: "0b8f6f0e-6a43-4c5e-9c1a-0d6f3c1e2a11".into(),
+            base: "s3://b/p/snap-0123456789abcdef".into(),
+            all_chunks: true,
+            copy_limit: 256 << 20,
+        },
+        Command::SnapshotRead { chunk: 7 },
+        Command::SnapshotEnd { success: false },
         Command::Grow {
             volume: "rbd:p/i".into(),
             size: 16 << 20,
@@ -102,4 +110,46 @@ fn replies_name_their_kind() {
         r#"{"version":1,"reply":"error","message":"no export named \"x\""}"#
     );
     assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
+}
+
+#[test]
+fn snapshot_replies_round_trip() {
+    for body in [
+        ReplyBody::SnapshotFrozen {
+            export: "db".into(),
+            changes: TakenChanges::Exact {
+                base: Some("s3://b/p/snap-0123456789abcdef".into()),
+                chunks: vec![0, 5, 9],
+            },
+            store_snapshot: None,
+        },
+        ReplyBody::SnapshotFrozen {
+            export: "db".into(),
+            changes: TakenChanges::Unknown {
+                reason: "not detached cleanly".into(),
+            },
+            store_snapshot: Some("envol-attached-snap-0123456789abcdef".into()),
+        },
+        ReplyBody::SnapshotChunk {
+            chunk: 3,
+            len: 1 << 20,
+        },
+        ReplyBody::SnapshotEnded { success: true },
+    ] {
+        let reply = Reply {
+            version: PROTOCOL_VERSION,
+            body,
+        };
+        let text = serde_json::to_string(&reply).unwrap();
+        assert!(!text.contains('\n'));
+        assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
+    }
+}
+
+#[test]
+fn a_snapshot_begin_without_its_bound_is_refused() {
+    let line =
+        br#"{"version":1,"command":"snapshot_begin","volume_uuid":"u","base":"s3://b/snap-1"}"#;
+    let err = parse_request(line).unwrap_err();
+    assert!(err.contains("copy_limit"), "{err}");
 }

@@ -841,6 +841,12 @@ impl PreparedAttachment {
         &self.data_key
     }
 
+    /// The superblock as read before the lock (the volume's uuid, size,
+    /// key): for a snapshot of a volume another server has attached.
+    pub fn superblock(&self) -> &volume::Superblock {
+        &self.unlocked.superblock
+    }
+
     /// Takes the volume over if asked (blocklisting its holder), locks it
     /// (refused, naming the holder, when another attachment conflicts),
     /// checks it is still the volume whose key was unwrapped, repairs an

@@ -157,6 +157,24 @@ impl Store {
     }
 }
 
+/// Opens the store snapshot `name` of the volume at `address`, read-only:
+/// the view of an attached `rbd:` volume that its server froze. A file
+/// has no store snapshots.
+pub fn open_store_snapshot(
+    address: &VolumeAddress,
+    name: &str,
+) -> Result<std::sync::Arc<dyn Backend>, StoreError> {
+    match address {
+        VolumeAddress::File(path) => Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{}: a file volume has no store snapshots", path.display()),
+        ))),
+        VolumeAddress::Rbd { image, ceph } => Ok(std::sync::Arc::new(RbdBackend::open_snapshot(
+            ceph, image, name,
+        )?)),
+    }
+}
+
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;

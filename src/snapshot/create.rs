@@ -1,8 +1,13 @@
-//! `snapshot create` of a volume that no server has attached.
+//! `snapshot create`: of a volume nobody has attached, or through the
+//! server that has it attached.
 //!
-//! The volume is attached read-write through the envelope (the key policy
-//! decides first, as for `serve`; the exclusive lock keeps every writer out
-//! while the snapshot is taken, so the volume *is* the point in time). Then:
+//! The key policy decides first, as for `serve` (the data key is unwrapped
+//! here either way: the manifest's MAC key derives from it). A volume
+//! nobody has attached is then attached read-write through the envelope
+//! (the exclusive lock keeps every writer out while the snapshot is taken,
+//! so the volume *is* the point in time); an attached one is frozen by its
+//! server ([`AttachedVolumes`], `source.rs`), which from then on keeps the
+//! view of that instant while writes go on. Then:
 //!
 //! 1. The place is listed once: the chunk objects already there, the
 //!    complete snapshots, the uploads in progress.
@@ -37,10 +42,11 @@ use super::error::SnapshotError;
 use super::manifest::{ChunkEntry, MANIFEST_FORMAT, Manifest, sha256_hex};
 use super::object_store::ObjectStore;
 use super::progress::Progress;
+use super::source::{ChunkSource, LockedVolume, SnapshotVolume};
 use super::url::{Place, SnapshotId, SnapshotUrl};
 use crate::envelope::{self, AttachOptions, Attachers, VolumeAddress};
 use crate::keys::KeyService;
-use crate::volume::{CHUNK_SIZE, Changes, DataKey, Volume};
+use crate::volume::{CHUNK_SIZE, Changes, DataKey, Superblock};
 
 /// The most an `in-progress` marker (a few fields of JSON) is read for.
 const MARKER_LIMIT: usize = 64 << 10;
@@ -66,37 +72,123 @@ pub struct Created {
     pub chunks_read: u64,
 }
 
-/// Takes a snapshot of `volume` (not attached by anybody) into `place`.
+/// Reaches the server that has a volume attached, to freeze it there (the
+/// command line's control-socket client).
+pub trait AttachedVolumes {
+    /// The volume `volume` (this superblock), attached by `attachers`, as
+    /// its server can freeze it; a clear error if that server cannot be
+    /// reached.
+    fn through_server(
+        &self,
+        volume: &VolumeAddress,
+        superblock: &Superblock,
+        attachers: &Attachers,
+    ) -> Result<Box<dyn SnapshotVolume>, SnapshotError>;
+}
+
+/// Takes a snapshot of `volume` into `place`: of the volume itself if
+/// nobody has it attached (locked here meanwhile), else through the
+/// server that has (`servers`).
 pub async fn create<K: KeyService>(
     keys: &K,
     volume: &VolumeAddress,
     place: &Place,
     store: &ObjectStore,
     quiet: bool,
+    servers: &dyn AttachedVolumes,
 ) -> Result<Created, SnapshotError> {
+    // The key policy decides first, attached or not.
     let prepared = envelope::prepare_attach(keys, volume, AttachOptions::default()).await?;
     let attachers = envelope::attached_by(volume)?;
-    if !attachers.is_empty() {
-        return Err(SnapshotError::failed(format!(
-            "{volume}: attached by {}: a snapshot of an attached volume is taken through its server, which is not built yet (coming with issue 14's control socket); stop the server and run again",
-            describe_attachers(&attachers)
-        )));
-    }
     // Derived before the volume takes the key: the manifest's MAC key.
     let data_key = prepared.data_key().clone();
-    let opened = Arc::new(prepared.complete()?);
+    let sb = prepared.superblock().clone();
+    let mut source: Box<dyn SnapshotVolume> = if attachers.is_empty() {
+        Box::new(LockedVolume(Arc::new(prepared.complete()?)))
+    } else {
+        drop(prepared);
+        servers.through_server(volume, &sb, &attachers)?
+    };
     store.check_bucket().await?;
     let inv = catalog::inventory(store, place).await?;
-    let sb = opened.superblock().clone();
-    let changes = opened.changes();
+    let id = SnapshotId::generate();
+    let url = place.snapshot(id.clone());
+    let (changes, chunks) = source.freeze(&url, false)?;
     let base = match &changes {
         Changes::Exact { base, .. } => base.clone(),
         Changes::Unknown { .. } => None,
     };
-    let parent = find_parent(store, place, &inv, &sb.uuid, base.as_deref(), &data_key).await?;
-    let chunk_count = sb.size.div_ceil(CHUNK_SIZE);
+    let parent = match find_parent(store, place, &inv, &sb.uuid, base.as_deref(), &data_key).await {
+        Ok(p) => p,
+        Err(e) => {
+            source.finish(false, &url)?;
+            return Err(e);
+        }
+    };
+    let (mut changes, mut chunks) = (changes, chunks);
+    if !matches!(
+        choose(&changes, parent.as_ref(), 0).1,
+        Method::ChangeTracking
+    ) && matches!(changes, Changes::Exact { .. })
+    {
+        // The freeze kept the changed chunks only; this snapshot reads
+        // them all: frozen again, keeping every chunk.
+        drop(chunks);
+        (changes, chunks) = source.freeze(&url, true)?;
+    }
+    if let Some(by) = source.frozen_by()
+        && !quiet
+    {
+        eprintln!(
+            "{volume}: frozen by {by}: the snapshot holds every write acknowledged before this line, none sent after; writes go on while it uploads"
+        );
+    }
+    let taken = take(
+        TakeArgs {
+            volume,
+            place,
+            store,
+            quiet,
+            sb: &sb,
+            inv: &inv,
+            id: &id,
+            url: &url,
+            changes: &changes,
+            parent: parent.as_ref(),
+        },
+        chunks,
+        &data_key,
+    )
+    .await;
+    drop(data_key);
+    match taken {
+        Ok(created) => {
+            // Complete from here on: what follows only tidies up.
+            if let Err(e) = source.finish(true, &url) {
+                tracing::warn!("{url}: the snapshot is complete, but ending it failed: {e}");
+            }
+            if let Err(e) = store.delete(&url.in_progress_key()).await {
+                tracing::warn!(
+                    "{url}: the snapshot is complete, but its in-progress marker stays: {e}"
+                );
+            }
+            remove_stale_markers(store, place, &created.1, &sb.uuid, &id).await;
+            Ok(created.0)
+        }
+        Err(e) => {
+            if let Err(end) = source.finish(false, &url) {
+                tracing::warn!("{url}: ending the failed snapshot failed too: {end}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Which chunks to read, and why, given the changes at the point in time
+/// and the parent found; `chunk_count` chunks in all.
+fn choose(changes: &Changes, parent: Option<&Parent>, chunk_count: u64) -> (Vec<u64>, Method) {
     let all = || (0..chunk_count).collect::<Vec<u64>>();
-    let (to_read, method) = match (&changes, &parent) {
+    match (changes, parent) {
         (
             Changes::Exact {
                 base: Some(b),
@@ -122,12 +214,50 @@ pub async fn create<K: KeyService>(
             },
         ),
         (_, None) => (all(), Method::Full),
-    };
+    }
+}
+
+/// What [`take`] works from.
+struct TakeArgs<'a> {
+    volume: &'a VolumeAddress,
+    place: &'a Place,
+    store: &'a ObjectStore,
+    quiet: bool,
+    sb: &'a Superblock,
+    inv: &'a Inventory,
+    id: &'a SnapshotId,
+    url: &'a SnapshotUrl,
+    changes: &'a Changes,
+    parent: Option<&'a Parent>,
+}
+
+/// Uploads the chunks and writes the manifest; the snapshot and the
+/// place's inventory just before the manifest.
+async fn take(
+    args: TakeArgs<'_>,
+    source: Arc<dyn ChunkSource>,
+    data_key: &DataKey,
+) -> Result<(Created, Inventory), SnapshotError> {
+    let TakeArgs {
+        volume,
+        place,
+        store,
+        quiet,
+        sb,
+        inv,
+        id,
+        url,
+        changes,
+        parent,
+    } = args;
+    let url = url.clone();
+    let chunk_count = sb.size.div_ceil(CHUNK_SIZE);
+    let (to_read, method) = choose(changes, parent, chunk_count);
     if let Method::HashCompare { reason } = &method {
         tracing::warn!("{volume}: change tracking unavailable: {reason}; comparing chunk hashes");
     }
     // Entries not read are the parent's (change tracking vouches for them).
-    let mut entries: BTreeMap<u64, String> = match (&method, &parent) {
+    let mut entries: BTreeMap<u64, String> = match (&method, parent) {
         (Method::ChangeTracking, Some(p)) => p
             .manifest
             .chunks
@@ -137,8 +267,6 @@ pub async fn create<K: KeyService>(
         _ => BTreeMap::new(),
     };
 
-    let id = SnapshotId::generate();
-    let url = place.snapshot(id.clone());
     let marker = json!({
         "volume_uuid": sb.uuid.to_string(),
         "started": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -159,7 +287,7 @@ pub async fn create<K: KeyService>(
         while tasks.len() < store.concurrency() {
             let Some(index) = pending.next() else { break };
             let job = ChunkJob {
-                volume: opened.clone(),
+                source: source.clone(),
                 store: store.clone(),
                 place: place.clone(),
                 known: known.clone(),
@@ -218,32 +346,24 @@ pub async fn create<K: KeyService>(
             base64::engine::general_purpose::STANDARD.encode(&sb.wrapped_key)
         },
         encryption_context: sb.encryption_context.clone(),
-        parent: parent.as_ref().map(|p| p.url.id.to_string()),
+        parent: parent.map(|p| p.url.id.to_string()),
         chunk_size: CHUNK_SIZE,
         chunks: entries.into_iter().map(|(i, h)| ChunkEntry(i, h)).collect(),
         objects_added: added.0,
         bytes_added: added.1,
         mac: String::new(),
     };
-    manifest.seal(&data_key);
-    drop(data_key);
+    manifest.seal(data_key);
     store.put(&url.manifest_key(), manifest.to_bytes()).await?;
-    // Complete from here on; what follows only tidies up.
-    if let Err(e) = opened.restart_changes(&url.to_string()) {
-        tracing::warn!(
-            "{volume}: could not restart change tracking from {url}: {e}; the next snapshot compares chunk hashes"
-        );
-    }
-    if let Err(e) = store.delete(&url.in_progress_key()).await {
-        tracing::warn!("{url}: the snapshot is complete, but its in-progress marker stays: {e}");
-    }
-    remove_stale_markers(store, place, &now, &sb.uuid, &id).await;
-    Ok(Created {
-        url,
-        manifest,
-        method,
-        chunks_read,
-    })
+    Ok((
+        Created {
+            url,
+            manifest,
+            method,
+            chunks_read,
+        },
+        now,
+    ))
 }
 
 /// The parent snapshot and its (authentic) manifest.
@@ -304,8 +424,9 @@ async fn authentic(
 }
 
 /// Markers of earlier, interrupted uploads of the same volume: nobody else
-/// can be snapshotting it (this process holds its exclusive lock), so they
-/// are dead, and would hold back chunk collection forever.
+/// can be snapshotting it (this process holds its exclusive lock, or its
+/// server's one snapshot session), so they are dead, and would hold back
+/// chunk collection forever.
 async fn remove_stale_markers(
     store: &ObjectStore,
     place: &Place,
@@ -328,7 +449,8 @@ async fn remove_stale_markers(
     }
 }
 
-fn describe_attachers(attachers: &Attachers) -> String {
+/// Who has a volume attached, for messages: pids or Ceph clients.
+pub fn describe_attachers(attachers: &Attachers) -> String {
     let who: Vec<String> = match attachers {
         Attachers::Processes(holders) => holders
             .iter()
@@ -353,7 +475,7 @@ fn chunk_len(size: u64, index: u64) -> u64 {
 
 /// One chunk: read as stored, hashed, uploaded if new.
 struct ChunkJob {
-    volume: Arc<Volume>,
+    source: Arc<dyn ChunkSource>,
     store: ObjectStore,
     place: Place,
     known: Arc<Mutex<HashSet<String>>>,
@@ -367,10 +489,9 @@ type ChunkDone = (u64, Option<String>, Option<u64>);
 
 impl ChunkJob {
     async fn run(self) -> Result<ChunkDone, SnapshotError> {
-        let (volume, index, len) = (self.volume.clone(), self.index, self.len);
+        let (source, index, len) = (self.source.clone(), self.index, self.len);
         let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
-            volume.read_stored(index * CHUNK_SIZE, &mut buf)?;
+            let buf = source.read_chunk(index, len)?;
             let hash = (!buf.iter().all(|&b| b == 0)).then(|| sha256_hex(&buf));
             Ok::<_, std::io::Error>((buf, hash))
         })

@@ -12,7 +12,8 @@
 //! | `object_store.rs` | one bucket through `aws-sdk-s3`: put/get/head/list/delete, bounded concurrency, retries, one-line errors |
 //! | `manifest.rs` | the manifest's format and its authentication (HMAC under a key derived from the data key) |
 //! | `catalog.rs` | a place's inventory (one listing), `list`, `describe`'s fetch, `delete` and chunk collection |
-//! | `create.rs` | `snapshot create` of a detached volume: parent, changed chunks, upload, manifest |
+//! | `create.rs` | `snapshot create`: parent, changed chunks, upload, manifest |
+//! | `source.rs` | where create reads the volume at its point in time: locked here, or frozen by its server |
 //! | `restore.rs` | `volume restore` under the same key: authenticate, create, fetch and verify, write as stored |
 //! | `rekey.rs` | re-encryption of a chunk from one data key to another (restore or copy under `--key`) |
 //! | `fetch.rs` | the one fetch-and-verify pipeline of every restore and copy, into a volume or a place |
@@ -39,11 +40,13 @@ pub mod object_store;
 pub mod progress;
 pub mod rekey;
 pub mod restore;
+pub mod source;
 pub mod url;
 
-pub use create::{Created, Method};
+pub use create::{AttachedVolumes, Created, Method};
 pub use error::SnapshotError;
 pub use restore::Restored;
+pub use source::{ChunkSource, LockedVolume, SnapshotVolume};
 
 pub use manifest::{ChunkEntry, MANIFEST_FORMAT, Manifest, ManifestError};
 pub use object_store::{ObjectErrorKind, ObjectInfo, ObjectStore, ObjectStoreError, S3Options};

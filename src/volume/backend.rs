@@ -164,6 +164,27 @@ pub trait Backend: Send + Sync + 'static {
     /// file takes an `flock` ([`attachment`](crate::volume::attachment)); a
     /// network store would take its own exclusive lock.
     fn lock_attachment(&self, mode: AttachMode) -> Result<(), AttachmentError>;
+    /// Takes a snapshot of the whole store named `name`, consistent with
+    /// every write completed before the call (a Ceph RBD snapshot); for a
+    /// snapshot of an attached volume. Stores without snapshots say
+    /// `Unsupported` (the default).
+    fn create_store_snapshot(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this store has no snapshots of its own",
+        ))
+    }
+    /// Removes the store snapshot `name`; one that is not there is not an
+    /// error.
+    fn remove_store_snapshot(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Ok(())
+    }
+    /// The names of the store's own snapshots (none by default).
+    fn store_snapshots(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Whether all of `[offset, offset+len)` is a hole.
     fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         Ok(self.extents(offset, len)?.iter().all(|e| e.hole))

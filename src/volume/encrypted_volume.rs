@@ -30,6 +30,7 @@ use crate::volume::buffer_pool::BufferPool;
 use crate::volume::change_map::{ChangeMap, Changes};
 use crate::volume::cipher::{CipherError, SectorCipher};
 use crate::volume::device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
+use crate::volume::frozen_view::Freezer;
 use crate::volume::grow::{GrowError, Grown, NewSize, grow_store};
 use crate::volume::key::DataKey;
 use crate::volume::range_lock::{OwnedRangeGuard, RangeLocks};
@@ -99,6 +100,9 @@ pub struct Volume {
     /// Which chunks were written since the last snapshot (shared: a
     /// started write notes its chunks again when it completes).
     pub(super) changes: Arc<ChangeMap>,
+    /// Every write passes its gate; a snapshot of the attached volume
+    /// freezes it (see [`frozen_view`](crate::volume::frozen_view)).
+    pub(crate) freezer: Freezer,
 }
 
 impl Drop for Volume {
@@ -237,6 +241,7 @@ impl Volume {
             started: Arc::new(StartedOps::default()),
             changes: Arc::new(changes),
             reencryption,
+            freezer: Freezer::default(),
         })
     }
 
@@ -252,7 +257,7 @@ impl Volume {
 
     /// `Other` while a re-encryption is in progress: stored (ciphertext)
     /// reads and writes would mix two keys.
-    fn check_single_key(&self) -> io::Result<()> {
+    pub(super) fn check_single_key(&self) -> io::Result<()> {
         let sectors = self.size.load(Ordering::Acquire) / self.sector_size;
         match &self.reencryption {
             Some(r) if r.cipher.watermark() < sectors => Err(io::Error::other(
@@ -473,6 +478,9 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        let _pass = self
+            .freezer
+            .enter_write(&*self.backend, self.data_offset, offset, len);
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.zero_range_tracked(offset, len, punch);
         self.changes.after_write(offset, len, result.is_ok());
@@ -577,6 +585,9 @@ impl Volume {
             return Ok(());
         }
         let len = data.len() as u64;
+        let _pass = self
+            .freezer
+            .enter_write(&*self.backend, self.data_offset, offset, len);
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.write_stored_tracked(offset, data);
         self.changes.after_write(offset, len, result.is_ok());
@@ -830,9 +841,13 @@ impl BlockDevice for Volume {
         self.check_range(offset, data.len() as u64)?;
         if !data.is_empty() {
             let len = data.len() as u64;
+            let pass = self
+                .freezer
+                .enter_write(&*self.backend, self.data_offset, offset, len);
             self.changes.before_write(&*self.backend, offset, len)?;
             let written = self.seal_and_write(offset, data);
             self.changes.after_write(offset, len, written.is_ok());
+            drop(pass);
             written?;
         }
         if fua {
@@ -1392,3 +1407,9 @@ mod tests {
         assert_eq!(read(&v, 4096, 4096), vec![0u8; 4096]);
     }
 }
+
+/// Snapshots of the volume while it stays attached: a frozen view (file
+/// stores) or a store snapshot (RBD). A child module so that it reaches
+/// the volume's fields without widening them.
+#[path = "attached_snapshot.rs"]
+mod attached_snapshot;

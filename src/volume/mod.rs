@@ -75,6 +75,7 @@ pub mod change_record;
 pub mod cipher;
 pub mod device;
 pub mod encrypted_volume;
+pub mod frozen_view;
 pub mod grow;
 pub mod key;
 pub mod range_lock;
@@ -103,6 +104,7 @@ pub use change_map::{CHUNK_SIZE, Changes, StoredChanges, read_stored_changes};
 pub use cipher::{CIPHER_ID, CipherError, SectorCipher};
 pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
+pub use frozen_view::{FrozenView, ViewUsage};
 pub use grow::{GrowError, Grown, NewSize};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{

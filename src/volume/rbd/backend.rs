@@ -280,6 +280,27 @@ impl RbdBackend {
         Ok(backend)
     }
 
+    /// Opens RBD snapshot `snapshot` of the image, read-only: the view a
+    /// snapshot of the attached volume reads (its server took it).
+    pub fn open_snapshot(
+        ceph: &CephOptions,
+        address: &RbdAddress,
+        snapshot: &str,
+    ) -> Result<RbdBackend, RbdError> {
+        let ioctx = cluster::open_pool(ceph, address)?;
+        let image = ffi::Image::open_snapshot(&ioctx, &address.image, snapshot).map_err(
+            |errno| match errno {
+                2 => RbdError::NoImage(format!("{address}@{snapshot}")),
+                errno => {
+                    RbdError::ceph(format!("opening RBD snapshot {address}@{snapshot}"), errno)
+                }
+            },
+        )?;
+        let mut backend = Self::wrap(image, address, ceph)?;
+        backend.read_only = Some(ceph.clone());
+        Ok(backend)
+    }
+
     /// Creates the image with `size` bytes (features layering,
     /// exclusive-lock, object-map, fast-diff) and attaches it read-write:
     /// the returned backend holds the image's exclusive lock (as after
@@ -682,6 +703,28 @@ impl Backend for RbdBackend {
 
     fn size(&self) -> io::Result<u64> {
         self.image.size().map_err(|errno| self.fence.error(errno))
+    }
+
+    /// `rbd_snap_create` through this (lock-holding) handle: librbd
+    /// blocks writes and drains those in flight, so the snapshot holds
+    /// every write completed before the call.
+    fn create_store_snapshot(&self, name: &str) -> io::Result<()> {
+        self.image
+            .snap_create(name)
+            .map_err(|errno| self.fence.error(errno))
+    }
+
+    fn remove_store_snapshot(&self, name: &str) -> io::Result<()> {
+        match self.image.snap_remove(name) {
+            Ok(()) | Err(2) => Ok(()),
+            Err(errno) => Err(self.fence.error(errno)),
+        }
+    }
+
+    fn store_snapshots(&self) -> io::Result<Vec<String>> {
+        self.image
+            .snap_names()
+            .map_err(|errno| self.fence.error(errno))
     }
 
     /// `rbd_resize` (under the exclusive lock this read-write attachment

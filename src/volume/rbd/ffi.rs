@@ -55,6 +55,14 @@ struct ImageWatcher {
     cookie: u64,
 }
 
+/// `rbd_snap_info_t`: one snapshot of an image.
+#[repr(C)]
+struct SnapInfo {
+    id: u64,
+    size: u64,
+    name: *const c_char,
+}
+
 /// librados or librbd could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotInstalled;
@@ -101,6 +109,10 @@ struct Api {
     rbd_lock_break: unsafe extern "C" fn(ImageT, c_int, *const c_char) -> c_int,
     rbd_watchers_list: unsafe extern "C" fn(ImageT, *mut ImageWatcher, *mut usize) -> c_int,
     rbd_watchers_list_cleanup: unsafe extern "C" fn(*mut ImageWatcher, usize),
+    rbd_snap_create: unsafe extern "C" fn(ImageT, *const c_char) -> c_int,
+    rbd_snap_remove: unsafe extern "C" fn(ImageT, *const c_char) -> c_int,
+    rbd_snap_list: unsafe extern "C" fn(ImageT, *mut SnapInfo, *mut c_int) -> c_int,
+    rbd_snap_list_end: unsafe extern "C" fn(*mut SnapInfo),
     rbd_diff_iterate2: unsafe extern "C" fn(
         ImageT,
         *const c_char,
@@ -206,10 +218,19 @@ fn load() -> Result<Api, NotInstalled> {
         rbd_lock_break: sym!(rbd, rbd_lock_break),
         rbd_watchers_list: sym!(rbd, rbd_watchers_list),
         rbd_watchers_list_cleanup: sym!(rbd, rbd_watchers_list_cleanup),
+        rbd_snap_create: sym!(rbd, rbd_snap_create),
+        rbd_snap_remove: sym!(rbd, rbd_snap_remove),
+        rbd_snap_list: sym!(rbd, rbd_snap_list),
+        rbd_snap_list_end: sym!(rbd, rbd_snap_list_end),
         rbd_diff_iterate2: sym!(rbd, rbd_diff_iterate2),
         _rados: rados,
         _rbd: rbd,
     })
+}
+
+/// A C return value that counts: negative is `-errno`.
+fn check_count(r: c_int) -> Result<c_int, i32> {
+    if r < 0 { Err(-r) } else { Ok(r) }
 }
 
 /// A C return value: negative is `-errno`.
@@ -605,8 +626,79 @@ impl Image {
         })
     }
 
+    /// Opens snapshot `snapshot` of image `name`, read-only (a snapshot
+    /// cannot be written).
+    pub fn open_snapshot(ioctx: &Arc<IoCtx>, name: &str, snapshot: &str) -> Result<Image, i32> {
+        let api = ioctx.rados.api;
+        let name_c = c_string(name)?;
+        let snap_c = c_string(snapshot)?;
+        let mut handle: ImageT = std::ptr::null_mut();
+        // SAFETY: valid I/O context, NUL-terminated image and snapshot
+        // names (copied by librbd during the call), valid out-pointer.
+        check(unsafe {
+            (api.rbd_open_read_only)(ioctx.handle, name_c.as_ptr(), &mut handle, snap_c.as_ptr())
+        })?;
+        Ok(Image {
+            handle,
+            ioctx: ioctx.clone(),
+        })
+    }
+
     fn api(&self) -> &'static Api {
         self.ioctx.rados.api
+    }
+
+    /// Creates snapshot `name` of the image: librbd blocks new writes and
+    /// waits for those in flight first, so it holds every completed write.
+    pub fn snap_create(&self, name: &str) -> Result<(), i32> {
+        let name_c = c_string(name)?;
+        // SAFETY: open image; NUL-terminated name, read during the call.
+        check(unsafe { (self.api().rbd_snap_create)(self.handle, name_c.as_ptr()) })
+    }
+
+    /// Removes snapshot `name` of the image.
+    pub fn snap_remove(&self, name: &str) -> Result<(), i32> {
+        let name_c = c_string(name)?;
+        // SAFETY: open image; NUL-terminated name, read during the call.
+        check(unsafe { (self.api().rbd_snap_remove)(self.handle, name_c.as_ptr()) })
+    }
+
+    /// The names of the image's snapshots.
+    pub fn snap_names(&self) -> Result<Vec<String>, i32> {
+        let mut max: c_int = 8;
+        loop {
+            let slots = usize::try_from(max).unwrap_or(0).max(1);
+            let mut list: Vec<SnapInfo> = (0..slots)
+                .map(|_| SnapInfo {
+                    id: 0,
+                    size: 0,
+                    name: std::ptr::null(),
+                })
+                .collect();
+            // SAFETY: open image; `list` has `max` writable entries and
+            // `max` says so; librbd writes at most that many (the last a
+            // terminator) or answers -ERANGE with the number it needs.
+            let r = unsafe { (self.api().rbd_snap_list)(self.handle, list.as_mut_ptr(), &mut max) };
+            if r == -libc_errno::ERANGE {
+                continue;
+            }
+            let count = usize::try_from(check_count(r)?).unwrap_or(0).min(slots);
+            let names = list[..count]
+                .iter()
+                .filter(|info| !info.name.is_null())
+                .map(|info| {
+                    // SAFETY: librbd set a NUL-terminated name in each of
+                    // the first `count` entries, valid until list_end.
+                    unsafe { std::ffi::CStr::from_ptr(info.name) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            // SAFETY: releases the names librbd allocated in this list,
+            // once; the list ends at its terminator entry.
+            unsafe { (self.api().rbd_snap_list_end)(list.as_mut_ptr()) };
+            return Ok(names);
+        }
     }
 
     /// The cluster handle this image was opened through.
