@@ -17,6 +17,9 @@
 //! `CRASH_POINTS` per sector size (2 × 600 = 1200 crash points), a few
 //! seconds in a debug build.
 
+mod common;
+
+use common::crash_model::Model;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use uuid::Uuid;
 
@@ -29,68 +32,6 @@ use envol::volume::{
 const SIZE: usize = 256 * 1024;
 const CRASH_POINTS: u64 = 600;
 const OPS_PER_RUN: usize = 40;
-
-/// What the model knows about the plaintext device.
-struct Model {
-    /// Value of each byte as of its last durable change.
-    durable: Vec<u8>,
-    /// Bytes changed since by an operation not yet made durable.
-    uncertain: Vec<bool>,
-    /// Those operations, in order: (offset, bytes written).
-    layers: Vec<(usize, Vec<u8>)>,
-}
-
-impl Model {
-    fn new() -> Self {
-        Model {
-            durable: vec![0; SIZE],
-            uncertain: vec![false; SIZE],
-            layers: Vec::new(),
-        }
-    }
-
-    /// Before the operation is issued: it may land, whatever happens next.
-    fn issue(&mut self, off: usize, data: Vec<u8>) {
-        self.uncertain[off..off + data.len()].fill(true);
-        self.layers.push((off, data));
-    }
-
-    /// The operation was acknowledged with FUA: its bytes are durable.
-    fn durable_now(&mut self, off: usize, data: &[u8]) {
-        self.durable[off..off + data.len()].copy_from_slice(data);
-        self.uncertain[off..off + data.len()].fill(false);
-    }
-
-    /// A FLUSH was acknowledged: everything acknowledged before is durable.
-    fn flushed(&mut self) {
-        for (off, data) in std::mem::take(&mut self.layers) {
-            self.durable[off..off + data.len()].copy_from_slice(&data);
-        }
-        self.uncertain.fill(false);
-    }
-
-    fn check(&self, got: &[u8], what: &str) {
-        for i in 0..SIZE {
-            if got[i] == self.durable[i] {
-                continue;
-            }
-            assert!(
-                self.uncertain[i],
-                "{what}: byte {i} is {:#04x}, but {:#04x} was made durable there",
-                got[i], self.durable[i]
-            );
-            let written = self
-                .layers
-                .iter()
-                .any(|(off, d)| (*off..off + d.len()).contains(&i) && d[i - off] == got[i]);
-            assert!(
-                written,
-                "{what}: byte {i} is {:#04x}: neither its durable value {:#04x} nor anything written there since",
-                got[i], self.durable[i]
-            );
-        }
-    }
-}
 
 /// A fresh volume image: both superblock copies written and synced.
 fn new_image(ss: u32, key: &DataKey) -> (Vec<u8>, Superblock) {
@@ -133,7 +74,7 @@ fn crash_point(ss: u32, seed: u64, key: &DataKey, image: &[u8], sb0: &Superblock
     let mut rng = StdRng::seed_from_u64(seed ^ u64::from(ss) << 32);
     let b = CrashBackend::from_image(image.to_vec(), ss as usize);
     let vol = Volume::open(b.clone(), sb0, key.clone()).unwrap();
-    let mut model = Model::new();
+    let mut model = Model::new(SIZE);
     let mut sb_acked = sb0.clone();
     let mut sb_in_flight: Option<Superblock> = None;
     // Each operation makes one to four mutating backend calls.

@@ -1,4 +1,4 @@
-//! `envol volume create | rewrap | grow | info | restore` (grow in `volume_grow.rs`).
+//! `envol volume create | rewrap | reencrypt | grow | info | restore` (grow in `volume_grow.rs`).
 
 use clap::Subcommand;
 use serde_json::json;
@@ -46,6 +46,25 @@ pub enum VolumeCommand {
         /// Move the volume to this key (default: stay on its key, newest version).
         #[arg(long)]
         key: Option<String>,
+        #[command(flatten)]
+        kms: KmsArgs,
+        #[command(flatten)]
+        ceph: CephArgs,
+    },
+    /// Re-encrypt every sector under a new data key from the KMS (a key rotation that covers the data, not only its wrapping), crash-safe and resumable: run it again after an interruption. For a volume no server has attached (the command takes the exclusive attachment). Needs kms:GenerateDataKeyWithoutPlaintext and kms:Decrypt on the new key, kms:Decrypt on the current one.
+    Reencrypt {
+        /// The volume: a file, or rbd:POOL/IMAGE (a file whose name starts with `rbd:` is written ./rbd:...).
+        #[arg(value_name = "VOLUME")]
+        volume: String,
+        /// Generate the new data key under this master key (key id, ARN, alias/NAME; default: the volume's key).
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many bytes per second: bytes or K/M/G (binary), e.g. 200M (default: as fast as it goes).
+        #[arg(long, value_name = "BYTES/S", value_parser = parse_size)]
+        max_rate: Option<u64>,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         kms: KmsArgs,
         #[command(flatten)]
@@ -157,6 +176,20 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             say!("  superblock sequence {}; data untouched", sb.sequence);
             Ok(())
         }
+        VolumeCommand::Reencrypt {
+            volume,
+            key,
+            max_rate,
+            quiet,
+            kms,
+            ceph,
+        } => reencrypt(
+            &ceph.volume(&volume)?,
+            key.as_deref(),
+            max_rate,
+            quiet,
+            &kms,
+        ),
         VolumeCommand::Grow(args) => super::volume_grow::run(args),
         VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
         VolumeCommand::Restore {
@@ -291,6 +324,94 @@ fn changes_text(stored: &StoredChanges, attached: bool, size: u64) -> String {
     }
 }
 
+fn reencrypt(
+    volume: &VolumeAddress,
+    key: Option<&str>,
+    max_rate: Option<u64>,
+    quiet: bool,
+    kms: &KmsArgs,
+) -> CliResult {
+    use crate::snapshot::progress::Progress;
+    if max_rate == Some(0) {
+        return Err(CliError("--max-rate must be more than 0".into()));
+    }
+    let rt = runtime()?;
+    let done = rt.block_on(async {
+        let client = AwsKeyClient::new(&kms.target())
+            .await
+            .map_err(|e| CliError(e.to_string()))?;
+        let mut bar: Option<(Progress, u64)> = None;
+        let mut on_step = |p: crate::volume::reencryption::Progress| {
+            let (bar, shown) = bar.get_or_insert_with(|| {
+                let bar = Progress::new(format!("re-encrypting {volume}"), p.total_bytes(), quiet);
+                (bar, 0)
+            });
+            bar.add(p.done_bytes().saturating_sub(*shown));
+            *shown = p.done_bytes();
+        };
+        let result = envelope::reencrypt::reencrypt(
+            &client,
+            volume,
+            envelope::reencrypt::ReencryptOptions { key, max_rate },
+            &mut on_step,
+        )
+        .await;
+        if let Some((bar, _)) = &bar {
+            bar.finish();
+        }
+        result.map_err(CliError::from)
+    })?;
+    let sb = &done.superblock;
+    say!("Re-encrypted {volume} under a new data key");
+    say!("  was:  {}", done.old_key_arn);
+    match key_version(&sb.wrapped_key) {
+        Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
+        None => say!("  now:  {}", sb.key_arn),
+    }
+    if done.resumed_at > 0 {
+        say!(
+            "  resumed at {} of {}",
+            human_size(done.resumed_at),
+            human_size(sb.size)
+        );
+    }
+    say!(
+        "  superblock sequence {}; the old wrapped key is removed from both copies",
+        sb.sequence
+    );
+    Ok(())
+}
+
+/// A re-encryption in progress, for `volume info`: bytes done, the rate
+/// since it began and the time left at that rate.
+fn transition_numbers(sb: &Superblock) -> Option<(u64, f64, Option<f64>)> {
+    let t = sb.transition.as_ref()?;
+    let done = t.watermark * u64::from(sb.sector_size);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let elapsed = now.saturating_sub(t.started).max(1) as f64;
+    let rate = done as f64 / elapsed;
+    let eta = (rate > 0.0).then(|| (sb.size - done) as f64 / rate);
+    Some((done, rate, eta))
+}
+
+fn transition_json(sb: &Superblock) -> serde_json::Value {
+    let (Some(t), Some((done, rate, eta))) = (&sb.transition, transition_numbers(sb)) else {
+        return serde_json::Value::Null;
+    };
+    json!({
+        "new_key_arn": t.new_key_arn,
+        "started": rfc3339(t.started),
+        "done_bytes": done,
+        "total_bytes": sb.size,
+        "hotzone_sectors": t.hotzone.len(),
+        "rate_bytes_per_sec": rate,
+        "eta_seconds": eta,
+    })
+}
+
 fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
     use base64::Engine;
     let inspection = envelope::inspect_with_changes(volume)?;
@@ -318,6 +439,7 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
             },
             "attached_by": attachers_json(&attachers),
             "changes": changes_json(inspection.changes.as_ref(), attached, sb.size),
+            "reencryption": transition_json(sb),
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -372,6 +494,21 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
     }
     if let Some(stored) = &inspection.changes {
         say!("  changes:     {}", changes_text(stored, attached, sb.size));
+    }
+    if let (Some(t), Some((done, rate, eta))) = (&sb.transition, transition_numbers(sb)) {
+        let pct = done as f64 * 100.0 / sb.size as f64;
+        say!(
+            "  re-encrypting: {} of {} ({pct:.1} %) under a new data key since {}",
+            human_size(done),
+            human_size(sb.size),
+            rfc3339(t.started)
+        );
+        say!("  new key:     {}", t.new_key_arn);
+        let eta = eta.map_or("unknown".to_string(), |s| format!("{s:.0} s"));
+        say!(
+            "  rate:        {}/s on average since it began; ETA {eta} (`envol volume reencrypt {volume}` continues it)",
+            human_size(rate as u64)
+        );
     }
     if let Some((slot, _)) = set.damaged() {
         say!(

@@ -26,6 +26,7 @@ use crate::keys::{KeyError, KeyService};
 use crate::volume::change_map::new_volume_record;
 use crate::volume::change_record::CHANGE_MAP_OFFSET;
 use crate::volume::rbd::{self, RbdBackend};
+use crate::volume::superblock::Transition;
 use crate::volume::{
     self, AttachMode, Backend, COPY_SIZE, DATA_KEY_LEN, DATA_OFFSET, DataKey, Slot, Superblock,
     SuperblockSet, Volume, volume_encryption_context,
@@ -33,6 +34,7 @@ use crate::volume::{
 
 pub mod grow;
 pub mod lineage;
+pub mod reencrypt;
 pub mod store;
 
 pub use store::{RBD_PREFIX, Store, VolumeAddress};
@@ -682,6 +684,25 @@ fn repair_damaged_copy(
     }
 }
 
+/// Unwraps the new data key of a re-encryption in progress and checks it.
+async fn unwrap_new_key<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    sb: &Superblock,
+    t: &Transition,
+) -> Result<DataKey, EnvelopeError> {
+    let plaintext = keys
+        .unwrap_key(&t.new_key_arn, &t.new_wrapped_key, &sb.encryption_context)
+        .await
+        .map_err(|e| key_failure(volume, "unwrap the new data key", &t.new_key_arn, e, keys))?;
+    let key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
+    drop(plaintext);
+    if !key.verify_check(&sb.uuid, &t.new_key_check) {
+        return Err(vol_err(volume, volume::VolumeError::WrongNewKey));
+    }
+    Ok(key)
+}
+
 /// A refusal (or failure) of the key service, with the hint for the user.
 fn key_failure<K: KeyService>(
     volume: &VolumeAddress,
@@ -753,6 +774,8 @@ pub struct PreparedAttachment {
     mode: AttachMode,
     unlocked: OpenedVolume,
     data_key: DataKey,
+    /// The new data key of a re-encryption in progress, checked.
+    new_data_key: Option<DataKey>,
     take_over: Option<rbd::TakeOver>,
     on_fenced: Option<Box<dyn Fn() + Send + Sync>>,
 }
@@ -790,11 +813,21 @@ pub async fn prepare_attach<K: KeyService>(
     if !data_key.verify_check(&sb.uuid, &sb.key_check) {
         return Err(vol_err(volume, volume::VolumeError::WrongKey));
     }
+    let new_data_key = match &sb.transition {
+        None => None,
+        Some(t) => {
+            if read_only && !t.hotzone.is_empty() {
+                return Err(vol_err(volume, volume::VolumeError::HotzoneNeedsRecovery));
+            }
+            Some(unwrap_new_key(keys, volume, sb, t).await?)
+        }
+    };
     Ok(PreparedAttachment {
         volume: volume.clone(),
         mode,
         unlocked,
         data_key,
+        new_data_key,
         take_over: options.take_over,
         on_fenced: options.on_fenced,
     })
@@ -840,21 +873,36 @@ impl PreparedAttachment {
         // A re-wrap in between changes the wrapped key, not the data key; a
         // `create --force` in between is another volume.
         let now = &opened.superblock;
-        if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) {
+        let new_key_matches = match (&now.transition, &self.new_data_key) {
+            (None, _) => true,
+            (Some(t), Some(new)) => new.verify_check(&now.uuid, &t.new_key_check),
+            (Some(_), None) => false,
+        };
+        if now.uuid != uuid || !data_key.verify_check(&now.uuid, &now.key_check) || !new_key_matches
+        {
             return Err(vol_err(
                 volume,
-                "the volume was replaced while it was being attached: try again",
+                "the volume was replaced (or its data key changed) while it was being attached: try again",
             ));
+        }
+        if mode == AttachMode::ReadOnly
+            && now
+                .transition
+                .as_ref()
+                .is_some_and(|t| !t.hotzone.is_empty())
+        {
+            return Err(vol_err(volume, volume::VolumeError::HotzoneNeedsRecovery));
         }
         // Repair only from a copy whose key proved to be the volume's key.
         let sb = repair_damaged_copy(volume, &opened, mode);
         if let (Some(on_fenced), Store::Rbd(backend)) = (self.on_fenced, &opened.store) {
             backend.on_fenced(on_fenced);
         }
-        let opened_volume = opened
-            .store
-            .into_volume(&sb, data_key)
-            .map_err(|e| vol_err(volume, e))?;
+        let opened_volume = match (sb.transition.is_some(), self.new_data_key) {
+            (true, Some(new)) => opened.store.into_transition_volume(&sb, data_key, new),
+            _ => opened.store.into_volume(&sb, data_key),
+        }
+        .map_err(|e| vol_err(volume, e))?;
         Ok(opened_volume.with_read_only(mode == AttachMode::ReadOnly))
     }
 }
@@ -901,6 +949,12 @@ pub async fn rewrap<K: KeyService>(
         .lock(volume, AttachMode::ReadWrite)
         .map_err(|e| with_action(e, "cannot re-wrap"))?;
     let mut sb = opened.superblock;
+    if sb.transition.is_some() {
+        return Err(vol_err(
+            volume,
+            "cannot re-wrap: a data-key re-encryption is in progress; finish it first (`envol volume reencrypt`)",
+        ));
+    }
     let old_key_arn = sb.key_arn.clone();
     let destination = new_key.unwrap_or(&old_key_arn).to_string();
     let wrapped = keys

@@ -140,6 +140,21 @@ impl Store {
             Store::Rbd(b) => Volume::open(b, superblock, key),
         }
     }
+
+    /// Opens the volume of a superblock that records a data-key
+    /// re-encryption, with its old and new keys (an interrupted step is
+    /// recovered first: see [`Volume::open_in_transition`]).
+    pub fn into_transition_volume(
+        self,
+        superblock: &Superblock,
+        old: DataKey,
+        new: DataKey,
+    ) -> Result<Volume, VolumeError> {
+        match self {
+            Store::File(b) => Volume::open_in_transition(b, superblock, old, new),
+            Store::Rbd(b) => Volume::open_in_transition(b, superblock, old, new),
+        }
+    }
 }
 
 /// Opens the store snapshot `name` of the volume at `address`, read-only:

@@ -44,6 +44,8 @@ impl Volume {
         all_chunks: bool,
         copy_limit: u64,
     ) -> io::Result<(Changes, Arc<FrozenView>)> {
+        // Stored chunks under two keys would make a snapshot no key reads.
+        self.check_single_key()?;
         if self.snapshots_in_store() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -83,6 +85,7 @@ impl Volume {
     /// then takes the store snapshot `name`. Returns the changes taken.
     /// If the store snapshot fails, they are given back.
     pub fn snapshot_store(&self, base: &str, name: &str) -> io::Result<Changes> {
+        self.check_single_key()?;
         let taken = self.restart_changes(base)?;
         if let Err(e) = self.backend.create_store_snapshot(name) {
             self.merge_changes(taken);

@@ -36,6 +36,7 @@ use crate::volume::key::DataKey;
 use crate::volume::range_lock::{OwnedRangeGuard, RangeLocks};
 use crate::volume::started_ops::{DRAIN_LIMIT, OpToken, StartedOps};
 use crate::volume::superblock::{Superblock, SuperblockError};
+use crate::volume::transition_state::Reencryption;
 use crate::volume::xts_engine::XtsEngine;
 
 /// Largest request the device advertises (NBD_INFO_BLOCK_SIZE maximum).
@@ -46,6 +47,16 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 pub enum VolumeError {
     #[error("wrong data key: it does not match the volume's key check value")]
     WrongKey,
+    #[error("wrong new data key: it does not match the re-encryption's key check value")]
+    WrongNewKey,
+    #[error("a data-key re-encryption is in progress on this volume: it opens only with both keys")]
+    InTransition,
+    #[error("no data-key re-encryption is in progress on this volume")]
+    NotInTransition,
+    #[error(
+        "a re-encryption step was interrupted: attach the volume read-write (or run `envol volume reencrypt`) once to recover it"
+    )]
+    HotzoneNeedsRecovery,
     #[error(transparent)]
     Superblock(#[from] SuperblockError),
     #[error(transparent)]
@@ -61,7 +72,7 @@ pub struct Volume {
     /// Shared so that a started write with FUA can start its flush from
     /// the write's completion (through a `Weak`: a completion never keeps
     /// the store open).
-    backend: Arc<dyn Backend>,
+    pub(super) backend: Arc<dyn Backend>,
     /// Shared so that a started read can decrypt in its completion.
     cipher: Arc<dyn SectorCipher>,
     uuid: Uuid,
@@ -71,11 +82,15 @@ pub struct Volume {
     /// The data area's size: grows while open (`grow`), never shrinks; a
     /// request is checked against the size when it arrives.
     size: AtomicU64,
-    sector_size: u64,
+    pub(super) sector_size: u64,
     data_offset: u64,
     read_only: bool,
     /// Shared so that a started write's guard can live in its completion.
-    locks: Arc<RangeLocks>,
+    pub(super) locks: Arc<RangeLocks>,
+    /// A data-key re-encryption in progress (or completed while open):
+    /// its cipher is `cipher`, and reads of sectors at or above its
+    /// watermark hold their range lock (see [`Self::read_guard`]).
+    pub(super) reencryption: Option<Reencryption>,
     /// Ciphertext buffers for writes and unaligned reads, reused so the
     /// steady state allocates nothing per request (shared: a started
     /// request's buffer travels with it).
@@ -84,7 +99,7 @@ pub struct Volume {
     started: Arc<StartedOps>,
     /// Which chunks were written since the last snapshot (shared: a
     /// started write notes its chunks again when it completes).
-    changes: Arc<ChangeMap>,
+    pub(super) changes: Arc<ChangeMap>,
     /// Every write passes its gate; a snapshot of the attached volume
     /// freezes it (see [`frozen_view`](crate::volume::frozen_view)).
     pub(crate) freezer: Freezer,
@@ -157,7 +172,7 @@ fn decrypt_stored(cipher: &dyn SectorCipher, first_sector: u64, buf: &mut [u8]) 
 /// comparison settles the common case; only (nearly) zero sectors pay for
 /// the full scan, done as OR-folds over 64-byte groups of `u128`s that the
 /// compiler vectorises, with an early exit per group.
-fn is_zero(bytes: &[u8]) -> bool {
+pub(super) fn is_zero(bytes: &[u8]) -> bool {
     let (blocks, rest) = bytes.as_chunks::<16>();
     if !rest.iter().all(|&b| b == 0) {
         return false;
@@ -187,20 +202,34 @@ impl Volume {
         key: DataKey,
     ) -> Result<Volume, VolumeError> {
         superblock.validate()?;
+        if superblock.transition.is_some() {
+            return Err(VolumeError::InTransition);
+        }
         if !key.verify_check(&superblock.uuid, &superblock.key_check) {
             return Err(VolumeError::WrongKey);
         }
+        let cipher = XtsEngine::new(&key, superblock.sector_size as usize)?;
+        drop(key);
+        Self::assemble(Arc::new(backend), superblock, Arc::new(cipher), None)
+    }
+
+    /// A volume of `superblock` on `backend` that encrypts with `cipher`;
+    /// the keys were checked by the caller.
+    pub(super) fn assemble(
+        backend: Arc<dyn Backend>,
+        superblock: &Superblock,
+        cipher: Arc<dyn SectorCipher>,
+        reencryption: Option<Reencryption>,
+    ) -> Result<Volume, VolumeError> {
         let need = superblock.required_backend_size();
         let have = backend.size()?;
         if have < need {
             return Err(VolumeError::BackendTooSmall { need, have });
         }
-        let cipher = XtsEngine::new(&key, superblock.sector_size as usize)?;
-        drop(key);
-        let changes = ChangeMap::load(&backend, superblock);
+        let changes = ChangeMap::load(&*backend, superblock);
         Ok(Volume {
-            backend: Arc::new(backend),
-            cipher: Arc::new(cipher),
+            backend,
+            cipher,
             uuid: superblock.uuid,
             superblock: Mutex::new(superblock.clone()),
             size: AtomicU64::new(superblock.size),
@@ -211,8 +240,37 @@ impl Volume {
             buffers: Arc::new(BufferPool::new()),
             started: Arc::new(StartedOps::default()),
             changes: Arc::new(changes),
+            reencryption,
             freezer: Freezer::default(),
         })
+    }
+
+    /// While a re-encryption is in progress, a read of sectors `[first,
+    /// end)` that reaches the watermark holds their range lock, so that no
+    /// step rewrites them (and moves the watermark past them) between the
+    /// fetch and the decryption. Sectors below the watermark never change
+    /// key again: reads of them take no lock, as on any other volume.
+    fn read_guard(&self, first: u64, end: u64) -> Option<OwnedRangeGuard> {
+        let r = self.reencryption.as_ref()?;
+        (end > r.cipher.watermark()).then(|| self.locks.lock_owned(first, end))
+    }
+
+    /// `Other` while a re-encryption is in progress: stored (ciphertext)
+    /// reads and writes would mix two keys.
+    pub(super) fn check_single_key(&self) -> io::Result<()> {
+        let sectors = self.size.load(Ordering::Acquire) / self.sector_size;
+        match &self.reencryption {
+            Some(r) if r.cipher.watermark() < sectors => Err(io::Error::other(
+                "a data-key re-encryption is in progress: finish it (envol volume reencrypt) first",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The superblock, locked: re-encryption steps update it through the
+    /// same lock as a grow, so neither overwrites the other's change.
+    pub(super) fn superblock_guard(&self) -> std::sync::MutexGuard<'_, Superblock> {
+        self.lock_superblock()
     }
 
     /// Refuse (or allow) writes, trims and zeroing from now on.
@@ -299,7 +357,7 @@ impl Volume {
         (offset / ss, (offset + len).div_ceil(ss))
     }
 
-    fn backend_offset(&self, sector: u64) -> u64 {
+    pub(super) fn backend_offset(&self, sector: u64) -> u64 {
         self.data_offset + sector * self.sector_size
     }
 
@@ -338,6 +396,7 @@ impl Volume {
         }
         let ss = self.sector_size;
         let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
+        let _guard = self.read_guard(first, end_sector);
         if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
             // Aligned: decrypt in the caller's buffer, no copy.
             if !fetch(self.backend_offset(first), buf)? {
@@ -508,6 +567,7 @@ impl Volume {
     /// Reads the data area as stored (ciphertext; all-zero sectors are holes/zeros),
     /// `offset`/`buf.len()` relative to the data area, sector-aligned.
     pub fn read_stored(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_single_key()?;
         self.check_stored_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
@@ -519,6 +579,7 @@ impl Volume {
     /// sectors become holes (punch), like TRIM; tracked as a change.
     pub fn write_stored(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.check_writable()?;
+        self.check_single_key()?;
         self.check_stored_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
@@ -564,6 +625,8 @@ impl Volume {
 /// sectors and, for an unaligned read, copy the wanted bytes out.
 struct ReadFinish {
     cipher: Arc<dyn SectorCipher>,
+    /// During a re-encryption: the read's sectors, held until decrypted.
+    _guard: Option<OwnedRangeGuard>,
     first_sector: u64,
     /// The caller's buffer, when the sectors were read into one of ours
     /// (an unaligned read), and where in ours its bytes start.
@@ -580,11 +643,13 @@ impl ReadFinish {
     fn run(self, mut stored: IoBuf, result: io::Result<()>, done: IoDone) {
         let ReadFinish {
             cipher,
+            _guard,
             first_sector,
             unaligned,
             _token,
         } = self;
         let result = result.map(|()| decrypt_stored(&*cipher, first_sector, stored.bytes_mut()));
+        drop(_guard);
         drop(cipher);
         drop(_token);
         let Some((mut buf, skip)) = unaligned else {
@@ -720,6 +785,7 @@ impl Volume {
         };
         let finish = ReadFinish {
             cipher: self.cipher.clone(),
+            _guard: self.read_guard(first, end_sector),
             first_sector: first,
             unaligned,
             _token: self.started.start(),

@@ -80,8 +80,11 @@ pub mod grow;
 pub mod key;
 pub mod range_lock;
 pub mod rbd;
+pub mod reencryption;
 mod started_ops;
 pub mod superblock;
+pub mod transition_cipher;
+mod transition_state;
 pub mod xts_engine;
 
 // For tests, benchmarks and fuzzing only (`cfg(test)`, or the `testing`
@@ -105,9 +108,9 @@ pub use frozen_view::{FrozenView, ViewUsage};
 pub use grow::{GrowError, Grown, NewSize};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
-    COPY_SIZE, DATA_OFFSET, Slot, Superblock, SuperblockError, SuperblockSet, create_volume_file,
-    read_superblocks, read_superblocks_from, repair_superblock_to, volume_encryption_context,
-    write_superblock, write_superblock_to,
+    COPY_SIZE, DATA_OFFSET, MAX_HOTZONE_SECTORS, Slot, Superblock, SuperblockError, SuperblockSet,
+    create_volume_file, read_superblocks, read_superblocks_from, repair_superblock_to,
+    volume_encryption_context, write_superblock, write_superblock_to,
 };
 pub use xts_engine::XtsEngine;
 #[cfg(any(test, feature = "testing"))]

@@ -3,6 +3,7 @@
 
 pub mod ceph;
 pub mod control;
+pub mod crash_model;
 pub mod kms;
 pub mod nbd;
 pub mod prometheus;
@@ -11,5 +12,6 @@ pub mod s3;
 pub mod tls;
 pub mod tools;
 pub mod volume;
+pub mod xts_oracle;
 
 pub use kms::*;

@@ -19,8 +19,24 @@
 //!       wrapped data key   bytes opaque KMS ciphertext
 //!       key check value    32 bytes
 //!       creation time      u64   unix seconds
+//!     version 2 only (a data-key re-encryption in progress), then:
+//!       new KMS key ARN    str
+//!       new wrapped key    bytes
+//!       new key check      32 bytes
+//!       direction          u8    1: ascending (the only one)
+//!       watermark          u64   sectors below it are under the new key
+//!       started            u64   unix seconds
+//!       hotzone count      u32   h ≤ MAX_HOTZONE_SECTORS
+//!       hotzone digests    h × 16 bytes: SHA-256 (first 16 bytes) of the
+//!                          old ciphertext of sectors watermark .. watermark+h
 //! 24+n  checksum     32 bytes SHA-256 of bytes 0 .. 24+n
 //! ```
+//!
+//! Version 1 is written whenever no re-encryption is in progress, so a
+//! volume is readable by older envol again once one completes; version 2
+//! is written only while one is, so an older envol (which knows only 1)
+//! refuses such a volume ("unsupported superblock format version 2")
+//! instead of reading half of its sectors with the wrong key.
 //!
 //! Integers are little endian; `str` and `bytes` are a u32 length then the
 //! bytes (`str` must be UTF-8). The decoder treats its input as hostile: every
@@ -41,6 +57,14 @@ use crate::volume::key::KEY_CHECK_LEN;
 
 pub const MAGIC: [u8; 8] = *b"ENVOLSB\0";
 pub const FORMAT_VERSION: u32 = 1;
+/// The version of a superblock that records a re-encryption in progress.
+pub const TRANSITION_FORMAT_VERSION: u32 = 2;
+/// Bytes of a hotzone sector's digest (a truncated SHA-256): enough to tell
+/// the old ciphertext from anything else, small enough that a hotzone of
+/// `MAX_HOTZONE_SECTORS` fits in a copy beside the rest (32 KiB).
+pub const HOTZONE_DIGEST_LEN: usize = 16;
+/// Most sectors one re-encryption step rewrites (and records digests of).
+pub const MAX_HOTZONE_SECTORS: usize = 2048;
 /// Room reserved for one copy, padding included.
 pub const COPY_SIZE: usize = 64 * 1024;
 /// Where the data area starts: past both copies, 1 MiB-aligned as dm-crypt
@@ -105,6 +129,75 @@ pub struct Superblock {
     pub key_check: [u8; KEY_CHECK_LEN],
     /// Unix seconds.
     pub created: u64,
+    /// A data-key re-encryption in progress (format version 2), or none.
+    pub transition: Option<Transition>,
+}
+
+/// Which way a re-encryption walks the data area. Only ascending exists;
+/// it is recorded so that a later format can add another without
+/// misreading this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+}
+
+impl Direction {
+    fn code(self) -> u8 {
+        match self {
+            Direction::Ascending => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Direction, SuperblockError> {
+        match code {
+            1 => Ok(Direction::Ascending),
+            other => Err(invalid(format!("unknown re-encryption direction {other}"))),
+        }
+    }
+}
+
+/// A data-key re-encryption in progress: the new key (the superblock's own
+/// `key_arn` / `wrapped_key` / `key_check` stay the old key's until it
+/// completes), the watermark, and the hotzone being rewritten.
+///
+/// Sector `n` is under the new key when `n < watermark`, under the old key
+/// when `n >= watermark + hotzone.len()`, and in between (the hotzone) under
+/// the old key exactly when its stored bytes' digest is `hotzone[n -
+/// watermark]` (LUKS2's "checksum" resilience). An all-zero stored sector
+/// is a hole under either key (the zero-sector rule).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub new_key_arn: String,
+    pub new_wrapped_key: Vec<u8>,
+    pub new_key_check: [u8; KEY_CHECK_LEN],
+    pub direction: Direction,
+    /// In sectors.
+    pub watermark: u64,
+    /// Unix seconds when the re-encryption began.
+    pub started: u64,
+    pub hotzone: Vec<[u8; HOTZONE_DIGEST_LEN]>,
+}
+
+/// Digests are not secrets, but a page of them in every debug print helps
+/// nobody: the count says enough.
+impl std::fmt::Debug for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transition")
+            .field("new_key_arn", &self.new_key_arn)
+            .field("direction", &self.direction)
+            .field("watermark", &self.watermark)
+            .field("started", &self.started)
+            .field("hotzone_sectors", &self.hotzone.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hotzone digest of one stored sector.
+pub fn hotzone_digest(stored_sector: &[u8]) -> [u8; HOTZONE_DIGEST_LEN] {
+    let full = Sha256::digest(stored_sector);
+    let mut d = [0u8; HOTZONE_DIGEST_LEN];
+    d.copy_from_slice(&full[..HOTZONE_DIGEST_LEN]);
+    d
 }
 
 /// `{"envol:volume": "<uuid, hyphenated lowercase>"}`: the context every wrap
@@ -141,9 +234,15 @@ impl Superblock {
             wrapped_key,
             key_check,
             created,
+            transition: None,
         };
         sb.validate()?;
         Ok(sb)
+    }
+
+    /// Sectors in the data area.
+    pub fn sectors(&self) -> u64 {
+        self.size / u64::from(self.sector_size)
     }
 
     /// Bytes a file or device must have to hold this volume.
@@ -191,6 +290,26 @@ impl Superblock {
                 "encryption context does not name this volume ({CONTEXT_VOLUME_KEY} = {expected})"
             )));
         }
+        if let Some(t) = &self.transition {
+            if t.new_key_arn.is_empty() || t.new_wrapped_key.is_empty() {
+                return Err(invalid("re-encryption without a new key"));
+            }
+            if t.hotzone.len() > MAX_HOTZONE_SECTORS {
+                return Err(invalid(format!(
+                    "re-encryption hotzone of {} sectors (at most {MAX_HOTZONE_SECTORS})",
+                    t.hotzone.len()
+                )));
+            }
+            let end = t.watermark.checked_add(t.hotzone.len() as u64);
+            if end.is_none_or(|end| end > self.sectors()) {
+                return Err(invalid(format!(
+                    "re-encryption watermark {} + hotzone {} beyond the volume's {} sectors",
+                    t.watermark,
+                    t.hotzone.len(),
+                    self.sectors()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -213,6 +332,22 @@ impl Superblock {
         put_bytes(&mut body, &self.wrapped_key)?;
         body.extend_from_slice(&self.key_check);
         body.extend_from_slice(&self.created.to_le_bytes());
+        let version = match &self.transition {
+            None => FORMAT_VERSION,
+            Some(t) => {
+                put_bytes(&mut body, t.new_key_arn.as_bytes())?;
+                put_bytes(&mut body, &t.new_wrapped_key)?;
+                body.extend_from_slice(&t.new_key_check);
+                body.push(t.direction.code());
+                body.extend_from_slice(&t.watermark.to_le_bytes());
+                body.extend_from_slice(&t.started.to_le_bytes());
+                put_len(&mut body, t.hotzone.len())?;
+                for d in &t.hotzone {
+                    body.extend_from_slice(d);
+                }
+                TRANSITION_FORMAT_VERSION
+            }
+        };
         if body.len() > MAX_BODY_LEN {
             return Err(invalid(format!(
                 "encoded superblock is {} bytes, more than fits in a {COPY_SIZE}-byte copy",
@@ -221,7 +356,7 @@ impl Superblock {
         }
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.sequence.to_le_bytes());
         put_len(&mut out, body.len())?;
         out.extend_from_slice(&body);
@@ -239,7 +374,7 @@ impl Superblock {
         // Version before checksum: a future format may checksum differently,
         // and "unsupported version" is the useful message then.
         let version = r.u32()?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != TRANSITION_FORMAT_VERSION {
             return Err(SuperblockError::UnsupportedVersion(version));
         }
         let sequence = r.u64()?;
@@ -257,7 +392,7 @@ impl Superblock {
         }
         // The checksum matched, so a malformed body was written that way:
         // report it as invalid rather than as truncation.
-        let sb = decode_body(sequence, body).map_err(|e| match e {
+        let sb = decode_body(sequence, version, body).map_err(|e| match e {
             SuperblockError::Truncated => invalid("a field runs past the end of the body"),
             other => other,
         })?;
@@ -266,7 +401,7 @@ impl Superblock {
     }
 }
 
-fn decode_body(sequence: u64, body: &[u8]) -> Result<Superblock, SuperblockError> {
+fn decode_body(sequence: u64, version: u32, body: &[u8]) -> Result<Superblock, SuperblockError> {
     let mut r = Reader::new(body);
     let uuid = Uuid::from_bytes(r.array::<16>()?);
     let size = r.u64()?;
@@ -291,6 +426,11 @@ fn decode_body(sequence: u64, body: &[u8]) -> Result<Superblock, SuperblockError
     let wrapped_key = r.bytes()?.to_vec();
     let key_check = r.array::<KEY_CHECK_LEN>()?;
     let created = r.u64()?;
+    let transition = if version == TRANSITION_FORMAT_VERSION {
+        Some(decode_transition(&mut r)?)
+    } else {
+        None
+    };
     if !r.is_empty() {
         return Err(invalid("trailing bytes after the last field"));
     }
@@ -306,6 +446,35 @@ fn decode_body(sequence: u64, body: &[u8]) -> Result<Superblock, SuperblockError
         wrapped_key,
         key_check,
         created,
+        transition,
+    })
+}
+
+fn decode_transition(r: &mut Reader<'_>) -> Result<Transition, SuperblockError> {
+    let new_key_arn = r.string("new key ARN")?;
+    let new_wrapped_key = r.bytes()?.to_vec();
+    let new_key_check = r.array::<KEY_CHECK_LEN>()?;
+    let direction = Direction::from_code(r.array::<1>()?[0])?;
+    let watermark = r.u64()?;
+    let started = r.u64()?;
+    let count = r.u32()? as usize;
+    if count > MAX_HOTZONE_SECTORS {
+        return Err(invalid(format!(
+            "re-encryption hotzone of {count} sectors (at most {MAX_HOTZONE_SECTORS})"
+        )));
+    }
+    let mut hotzone = Vec::with_capacity(count);
+    for _ in 0..count {
+        hotzone.push(r.array::<HOTZONE_DIGEST_LEN>()?);
+    }
+    Ok(Transition {
+        new_key_arn,
+        new_wrapped_key,
+        new_key_check,
+        direction,
+        watermark,
+        started,
+        hotzone,
     })
 }
 

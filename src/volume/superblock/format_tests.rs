@@ -104,10 +104,10 @@ fn header_errors_are_typed() {
         Err(SuperblockError::BadMagic)
     ));
     let mut b = good.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     assert!(matches!(
         Superblock::decode(&b),
-        Err(SuperblockError::UnsupportedVersion(2))
+        Err(SuperblockError::UnsupportedVersion(3))
     ));
     let mut b = good.clone();
     let last = b.len() - 1;
@@ -217,4 +217,82 @@ fn encode_refuses_what_decode_would_refuse() {
     let mut sb = sample();
     sb.wrapped_key = vec![1; COPY_SIZE];
     assert!(matches!(sb.encode(), Err(SuperblockError::Invalid(m)) if m.contains("fits")));
+}
+
+fn in_transition() -> Superblock {
+    let mut sb = sample();
+    sb.transition = Some(Transition {
+        new_key_arn: "arn:aws:kms:us-east-1:111122223333:key/new".into(),
+        new_wrapped_key: vec![0x5a; 184],
+        new_key_check: [0x22; 32],
+        direction: Direction::Ascending,
+        watermark: 100,
+        started: 1_800_000_000,
+        hotzone: (0..MAX_HOTZONE_SECTORS)
+            .map(|i| [i as u8; HOTZONE_DIGEST_LEN])
+            .collect(),
+    });
+    sb
+}
+
+#[test]
+fn a_transition_round_trips_as_version_2_and_a_finished_one_is_version_1() {
+    let sb = in_transition();
+    let bytes = sb.encode().unwrap();
+    assert!(bytes.len() <= COPY_SIZE, "a full hotzone fits in a copy");
+    assert_eq!(bytes[8..12], TRANSITION_FORMAT_VERSION.to_le_bytes());
+    assert_eq!(Superblock::decode(&bytes).unwrap(), sb);
+    let mut done = sb.clone();
+    done.transition = None;
+    let bytes = done.encode().unwrap();
+    assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
+    assert_eq!(Superblock::decode(&bytes).unwrap(), done);
+    // Debug output names the hotzone's size, not its digests.
+    assert!(format!("{sb:?}").contains("hotzone_sectors: 2048"));
+}
+
+#[test]
+fn a_transition_beyond_the_volume_or_hotzone_limit_is_refused() {
+    let mut sb = in_transition();
+    let sectors = sb.size / u64::from(sb.sector_size);
+    sb.transition.as_mut().unwrap().watermark = sectors - 10;
+    assert!(matches!(sb.encode(), Err(SuperblockError::Invalid(_))));
+    let mut sb = in_transition();
+    sb.transition
+        .as_mut()
+        .unwrap()
+        .hotzone
+        .push([0; HOTZONE_DIGEST_LEN]);
+    assert!(matches!(sb.encode(), Err(SuperblockError::Invalid(_))));
+    let mut sb = in_transition();
+    sb.transition.as_mut().unwrap().new_wrapped_key.clear();
+    assert!(matches!(sb.encode(), Err(SuperblockError::Invalid(_))));
+}
+
+#[test]
+fn a_version_2_copy_without_transition_fields_or_with_bad_direction_is_refused() {
+    // A version-1 body relabelled version 2 (and re-checksummed) runs out
+    // of body where the transition should be.
+    let mut bytes = sample().encode().unwrap();
+    bytes[8..12].copy_from_slice(&TRANSITION_FORMAT_VERSION.to_le_bytes());
+    let n = bytes.len() - 32;
+    let sum = Sha256::digest(&bytes[..n]);
+    bytes[n..].copy_from_slice(&sum);
+    assert!(matches!(
+        Superblock::decode(&bytes),
+        Err(SuperblockError::Invalid(_))
+    ));
+    // Direction byte 7.
+    let sb = in_transition();
+    let mut bytes = sb.encode().unwrap();
+    let t = sb.transition.as_ref().unwrap();
+    let tail = 1 + 8 + 8 + 4 + t.hotzone.len() * HOTZONE_DIGEST_LEN + 32;
+    let at = bytes.len() - tail;
+    assert_eq!(bytes[at], 1);
+    bytes[at] = 7;
+    let n = bytes.len() - 32;
+    let sum = Sha256::digest(&bytes[..n]);
+    bytes[n..].copy_from_slice(&sum);
+    let err = Superblock::decode(&bytes).unwrap_err();
+    assert!(err.to_string().contains("direction 7"), "{err}");
 }

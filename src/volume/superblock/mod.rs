@@ -22,6 +22,7 @@ pub use copies::{
     read_superblocks_from, repair_superblock_to, write_superblock, write_superblock_to,
 };
 pub use format::{
-    CONTEXT_VOLUME_KEY, COPY_SIZE, DATA_OFFSET, FORMAT_VERSION, MAGIC, Superblock, SuperblockError,
-    volume_encryption_context,
+    CONTEXT_VOLUME_KEY, COPY_SIZE, DATA_OFFSET, Direction, FORMAT_VERSION, HOTZONE_DIGEST_LEN,
+    MAGIC, MAX_HOTZONE_SECTORS, Superblock, SuperblockError, TRANSITION_FORMAT_VERSION, Transition,
+    hotzone_digest, volume_encryption_context,
 };

@@ -1,0 +1,413 @@
+//! Data-key re-encryption: rewriting every sector of a volume from its old
+//! data key to a new one, crash-safe at every instant, while the volume
+//! keeps serving reads and writes.
+//!
+//! # The state on disk
+//!
+//! The superblock (both copies, through the usual crash-safe update) holds
+//! a [`Transition`]: the new key (wrapped, its ARN and key check value),
+//! the watermark and the *hotzone* — the sectors the step in progress is
+//! rewriting, with a digest of each one's old ciphertext. Sectors below the
+//! watermark are under the new key, sectors past the hotzone under the old
+//! one; a hotzone sector is under the old key exactly when its stored bytes
+//! still have the recorded digest (LUKS2's "checksum" resilience: nothing is
+//! copied aside, so no journal area is needed — there is none free between
+//! the superblocks and the data area, which the change map fills).
+//!
+//! # One step
+//!
+//! 1. Lock the step's sector range (client writes to it wait; client reads
+//!    of sectors at or above the watermark take the same locks).
+//! 2. Read the sectors and flush (what they hold must be durable before
+//!    its digests are recorded); in memory, on all cores: digest each stored
+//!    sector, and decrypt-with-old / encrypt-with-new every sector that is
+//!    not all zeros (holes stay holes: the zero-sector rule).
+//! 3. Write the superblock: watermark = the step's first sector, hotzone =
+//!    the digests (older copy, sync, newer copy, sync).
+//! 4. Write the new ciphertext (runs of non-zero sectors only), flush.
+//! 5. Move the in-memory watermark past the step, unlock.
+//!
+//! A crash before (3) is durable leaves the previous state, whose hotzone
+//! is the previous step's (all rewritten, so all "new" by digest). A crash
+//! after it: each hotzone sector holds its old ciphertext (digest matches)
+//! or its new one (it does not) — assuming, as dm-crypt and LUKS2 do, that
+//! a sector is written atomically. Recovery at open rewrites the ones still
+//! old, flushes, and records the watermark past the hotzone before anything
+//! is served.
+//!
+//! The plaintext keys live only in the two engines of
+//! [`TransitionCipher`]; completion drops the old one.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::volume::backend::Backend;
+use crate::volume::cipher::SectorCipher;
+use crate::volume::device::BlockDevice;
+use crate::volume::encrypted_volume::{Volume, VolumeError, is_zero};
+use crate::volume::key::{DataKey, KEY_CHECK_LEN};
+use crate::volume::superblock::{
+    Direction, HOTZONE_DIGEST_LEN, MAX_HOTZONE_SECTORS, Superblock, Transition, hotzone_digest,
+    write_superblock_to,
+};
+use crate::volume::transition_cipher::TransitionCipher;
+use crate::volume::transition_state::{Reencryption, StepState};
+use crate::volume::xts_engine::XtsEngine;
+
+/// Below this many bytes a step transforms on the calling thread alone:
+/// starting threads would cost more than they save.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// How far a re-encryption is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Sectors under the new key (the watermark).
+    pub done_sectors: u64,
+    pub total_sectors: u64,
+    pub sector_size: u64,
+}
+
+impl Progress {
+    pub fn done_bytes(&self) -> u64 {
+        self.done_sectors * self.sector_size
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_sectors * self.sector_size
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done_sectors >= self.total_sectors
+    }
+}
+
+/// The new key of a re-encryption about to begin.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_arn: String,
+    pub wrapped_key: Vec<u8>,
+    pub key_check: [u8; KEY_CHECK_LEN],
+}
+
+/// `sb` with a re-encryption to `new` begun (watermark 0, no hotzone):
+/// what the caller writes (crash-safely) before opening the volume with
+/// [`Volume::open_in_transition`].
+pub fn begin(sb: &Superblock, new: NewKey, started: u64) -> Superblock {
+    let mut next = sb.clone();
+    next.transition = Some(Transition {
+        new_key_arn: new.key_arn,
+        new_wrapped_key: new.wrapped_key,
+        new_key_check: new.key_check,
+        direction: Direction::Ascending,
+        watermark: 0,
+        started,
+        hotzone: Vec::new(),
+    });
+    next
+}
+
+fn not_in_transition() -> VolumeError {
+    VolumeError::NotInTransition
+}
+
+impl Volume {
+    /// Opens a volume whose superblock records a re-encryption, with its
+    /// old (`superblock.wrapped_key`) and new data keys, both checked
+    /// against their key check values. An interrupted step (a hotzone) is
+    /// recovered first — finished, flushed and recorded — so this writes
+    /// when there is one: a read-only caller must refuse such a volume
+    /// ([`VolumeError::HotzoneNeedsRecovery`]).
+    pub fn open_in_transition(
+        backend: impl Backend,
+        superblock: &Superblock,
+        old: DataKey,
+        new: DataKey,
+    ) -> Result<Volume, VolumeError> {
+        superblock.validate()?;
+        let t = superblock
+            .transition
+            .as_ref()
+            .ok_or_else(not_in_transition)?;
+        if !old.verify_check(&superblock.uuid, &superblock.key_check) {
+            return Err(VolumeError::WrongKey);
+        }
+        if !new.verify_check(&superblock.uuid, &t.new_key_check) {
+            return Err(VolumeError::WrongNewKey);
+        }
+        let cipher = Arc::new(TransitionCipher::new(
+            &old,
+            &new,
+            superblock.sector_size as usize,
+            t.watermark,
+        )?);
+        drop((old, new));
+        let reencryption = Reencryption {
+            cipher: cipher.clone(),
+            state: Mutex::new(StepState { buffer: Vec::new() }),
+        };
+        let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
+        volume.recover_hotzone()?;
+        Ok(volume)
+    }
+
+    fn reencryption_state(&self) -> Result<&Reencryption, VolumeError> {
+        self.reencryption.as_ref().ok_or_else(not_in_transition)
+    }
+
+    /// How far the re-encryption is, or `None` on a volume without one.
+    pub fn reencryption_progress(&self) -> Option<Progress> {
+        let r = self.reencryption.as_ref()?;
+        Some(Progress {
+            done_sectors: r.cipher.watermark(),
+            total_sectors: self.superblock().sectors(),
+            sector_size: self.sector_size,
+        })
+    }
+
+    /// Finishes an interrupted step: every hotzone sector still holding its
+    /// old ciphertext (by digest) is rewritten under the new key, flushed,
+    /// and the watermark recorded past the hotzone.
+    fn recover_hotzone(&self) -> Result<(), VolumeError> {
+        let r = self.reencryption_state()?;
+        let _steps = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(t) = self.superblock().transition else {
+            return Err(not_in_transition());
+        };
+        if t.hotzone.is_empty() {
+            return Ok(());
+        }
+        self.check_can_rewrite()?;
+        let ss = self.sector_size as usize;
+        let first = t.watermark;
+        let end = first + t.hotzone.len() as u64;
+        let (offset, len) = (first * self.sector_size, (end - first) * self.sector_size);
+        self.changes.before_write(&*self.backend, offset, len)?;
+        let mut buf = vec![0u8; t.hotzone.len() * ss];
+        let result = (|| -> Result<(), VolumeError> {
+            self.backend.read_at(self.backend_offset(first), &mut buf)?;
+            let still_old: Vec<bool> = buf
+                .chunks(ss)
+                .zip(&t.hotzone)
+                .map(|(sector, digest)| !is_zero(sector) && hotzone_digest(sector) == *digest)
+                .collect();
+            r.cipher
+                .with_old(|old| transform(old, r.cipher.new_key(), first, &mut buf, &still_old))
+                .ok_or_else(|| io::Error::other("the old key is gone before recovery"))?;
+            self.write_runs(first, &buf, &still_old)?;
+            self.backend.flush()?;
+            let mut on_disk = self.superblock_guard();
+            let mut next = on_disk.clone();
+            if let Some(nt) = next.transition.as_mut() {
+                nt.watermark = end;
+                nt.hotzone.clear();
+            }
+            write_superblock_to(&*self.backend, &mut next)?;
+            *on_disk = next;
+            drop(on_disk);
+            r.cipher.advance(end);
+            let recovered = still_old.iter().filter(|&&o| o).count();
+            tracing::info!(
+                recovered,
+                hotzone = t.hotzone.len(),
+                "re-encryption: interrupted step recovered"
+            );
+            Ok(())
+        })();
+        self.changes.after_write(offset, len, result.is_ok());
+        result
+    }
+
+    /// A re-encryption rewrites sectors: refused on a read-only attachment.
+    fn check_can_rewrite(&self) -> Result<(), VolumeError> {
+        if self.read_only() {
+            return Err(VolumeError::HotzoneNeedsRecovery);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the next stretch of at most `max_bytes` (at least one
+    /// sector, at most [`MAX_HOTZONE_SECTORS`]) under the new key, crash-
+    /// safely (see the module docs), and returns the progress after it.
+    /// Does nothing once every sector is under the new key.
+    pub fn reencrypt_step(&self, max_bytes: u64) -> Result<Progress, VolumeError> {
+        let r = self.reencryption_state()?;
+        if self.read_only() {
+            return Err(VolumeError::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "volume is read-only",
+            )));
+        }
+        let mut st = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = self.superblock().sectors();
+        let first = r.cipher.watermark();
+        if first < total {
+            let max_sectors = (max_bytes / self.sector_size).clamp(1, MAX_HOTZONE_SECTORS as u64);
+            let end = (first + max_sectors).min(total);
+            self.rewrite(r, &mut st, first, end)?;
+        }
+        drop(st);
+        Ok(Progress {
+            done_sectors: r.cipher.watermark(),
+            total_sectors: total,
+            sector_size: self.sector_size,
+        })
+    }
+
+    /// One step over sectors `[first, end)`.
+    fn rewrite(
+        &self,
+        r: &Reencryption,
+        st: &mut StepState,
+        first: u64,
+        end: u64,
+    ) -> Result<(), VolumeError> {
+        let ss = self.sector_size as usize;
+        let n = (end - first) as usize;
+        let _guard = self.locks.lock(first, end);
+        let (offset, len) = (first * self.sector_size, (end - first) * self.sector_size);
+        self.changes.before_write(&*self.backend, offset, len)?;
+        let mut buf = std::mem::take(&mut st.buffer);
+        buf.resize(n * ss, 0);
+        let result = (|| -> Result<(), VolumeError> {
+            self.backend.read_at(self.backend_offset(first), &mut buf)?;
+            // The digests must describe what is *durable*: a client's
+            // unsynced write to these sectors (read here from the cache)
+            // could otherwise be lost in a crash that keeps the new
+            // superblock, and its sector would then match neither key.
+            // The range lock keeps them unchanged from here on.
+            self.backend.flush()?;
+            let mut digests = vec![[0u8; HOTZONE_DIGEST_LEN]; n];
+            let rewritten: Vec<bool> = buf.chunks(ss).map(|s| !is_zero(s)).collect();
+            r.cipher
+                .with_old(|old| {
+                    digest_and_transform(old, r.cipher.new_key(), first, &mut buf, &mut digests)
+                })
+                .ok_or_else(|| io::Error::other("the old key is gone before the end"))?;
+            let mut on_disk = self.superblock_guard();
+            let mut next = on_disk.clone();
+            if let Some(t) = next.transition.as_mut() {
+                t.watermark = first;
+                t.hotzone = digests;
+            }
+            write_superblock_to(&*self.backend, &mut next)?;
+            *on_disk = next;
+            drop(on_disk);
+            self.write_runs(first, &buf, &rewritten)?;
+            self.backend.flush()?;
+            r.cipher.advance(end);
+            Ok(())
+        })();
+        st.buffer = buf;
+        self.changes.after_write(offset, len, result.is_ok());
+        result
+    }
+
+    /// Writes the sectors of `buf` (from sector `first`) marked in
+    /// `which`, one backend write per run of marked sectors.
+    fn write_runs(&self, first: u64, buf: &[u8], which: &[bool]) -> io::Result<()> {
+        let ss = self.sector_size as usize;
+        let mut i = 0;
+        while i < which.len() {
+            if !which[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < which.len() && which[i] {
+                i += 1;
+            }
+            self.backend.write_at(
+                self.backend_offset(first + start as u64),
+                &buf[start * ss..i * ss],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends a re-encryption whose every sector is under the new key: the
+    /// superblock names the new key alone (format version 1 again, both
+    /// copies, crash-safely) and the old key's schedules are dropped
+    /// (wiped). Returns the new superblock.
+    pub fn finish_reencryption(&self) -> Result<Superblock, VolumeError> {
+        let r = self.reencryption_state()?;
+        let _steps = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut on_disk = self.superblock_guard();
+        let total = on_disk.sectors();
+        let done = r.cipher.watermark();
+        if done < total {
+            return Err(VolumeError::Io(io::Error::other(format!(
+                "re-encryption not complete: {done} of {total} sectors"
+            ))));
+        }
+        let mut next = on_disk.clone();
+        if let Some(t) = next.transition.take() {
+            next.key_arn = t.new_key_arn;
+            next.wrapped_key = t.new_wrapped_key;
+            next.key_check = t.new_key_check;
+            write_superblock_to(&*self.backend, &mut next)?;
+            *on_disk = next.clone();
+        }
+        r.cipher.retire_old();
+        Ok(next)
+    }
+}
+
+/// Digests each stored sector of `buf` (from sector `first`) into
+/// `digests`, and rewrites every non-zero one from `old` to `new`, in
+/// place, on up to all cores.
+fn digest_and_transform(
+    old: &XtsEngine,
+    new: &XtsEngine,
+    first: u64,
+    buf: &mut [u8],
+    digests: &mut [[u8; HOTZONE_DIGEST_LEN]],
+) {
+    let ss = old.sector_size();
+    let work = |first: u64, buf: &mut [u8], digests: &mut [[u8; HOTZONE_DIGEST_LEN]]| {
+        for (d, sector) in digests.iter_mut().zip(buf.chunks(ss)) {
+            *d = hotzone_digest(sector);
+        }
+        let nonzero: Vec<bool> = buf.chunks(ss).map(|s| !is_zero(s)).collect();
+        transform(old, new, first, buf, &nonzero);
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if threads < 2 || buf.len() < PARALLEL_MIN_BYTES {
+        return work(first, buf, digests);
+    }
+    let per = (digests.len()).div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut at = first;
+        for (b, d) in buf.chunks_mut(per * ss).zip(digests.chunks_mut(per)) {
+            let this = at;
+            at += d.len() as u64;
+            scope.spawn(move || work(this, b, d));
+        }
+    });
+}
+
+/// Rewrites the sectors of `buf` (from sector `first`) marked in `which`
+/// from `old` to `new`, in place, one cipher call per run.
+fn transform(old: &XtsEngine, new: &XtsEngine, first: u64, buf: &mut [u8], which: &[bool]) {
+    let ss = old.sector_size();
+    let mut i = 0;
+    while i < which.len() {
+        if !which[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < which.len() && which[i] {
+            i += 1;
+        }
+        let run = &mut buf[start * ss..i * ss];
+        old.decrypt_sectors(first + start as u64, run);
+        new.encrypt_sectors(first + start as u64, run);
+    }
+}
+
+#[cfg(test)]
+#[path = "reencryption_tests.rs"]
+mod tests;

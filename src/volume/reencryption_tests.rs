@@ -1,0 +1,178 @@
+use super::*;
+use crate::volume::superblock::{DATA_OFFSET, read_superblocks_from};
+use crate::volume::testing::CrashBackend;
+use uuid::Uuid;
+
+const SIZE: u64 = 4 << 20;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1)
+        .collect()
+}
+
+fn read(v: &Volume, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0xeeu8; len];
+    v.read_at(offset, &mut buf).unwrap();
+    buf
+}
+
+/// A volume on a shared in-memory store, its superblock written, with
+/// some data; returns the store, the superblock, old and new keys.
+fn volume_with_data(ss: u32) -> (CrashBackend, Superblock, DataKey, DataKey) {
+    let old = DataKey::generate();
+    let uuid = Uuid::new_v4();
+    let mut sb = Superblock::new(
+        uuid,
+        SIZE,
+        ss,
+        "arn:aws:kms:us-east-1:111122223333:key/old".into(),
+        vec![1, 2, 3],
+        old.key_check(&uuid),
+        0,
+    )
+    .unwrap();
+    let store = CrashBackend::new((DATA_OFFSET + SIZE) as usize, ss as usize);
+    write_superblock_to(&store, &mut sb).unwrap();
+    let v = Volume::open(store.clone(), &sb, old.clone()).unwrap();
+    // Data in the first and last MiB; the middle stays a hole.
+    v.write_at(0, &pattern(1 << 20, 1), false).unwrap();
+    v.write_at(SIZE - (1 << 20) + 100, &pattern((1 << 20) - 100, 2), false)
+        .unwrap();
+    drop(v);
+    let new = DataKey::generate();
+    let begun = begin(
+        &sb,
+        NewKey {
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/new".into(),
+            wrapped_key: vec![4, 5, 6],
+            key_check: new.key_check(&uuid),
+        },
+        0,
+    );
+    let mut begun = begun;
+    write_superblock_to(&store, &mut begun).unwrap();
+    (store, begun, old, new)
+}
+
+#[test]
+fn a_volume_in_transition_serves_both_halves_and_completes_under_the_new_key() {
+    for ss in [512u32, 4096] {
+        let (store, sb, old, new) = volume_with_data(ss);
+        let mut model = vec![0u8; SIZE as usize];
+        model[..1 << 20].copy_from_slice(&pattern(1 << 20, 1));
+        model[(SIZE - (1 << 20) + 100) as usize..].copy_from_slice(&pattern((1 << 20) - 100, 2));
+        assert!(matches!(
+            Volume::open(store.clone(), &sb, old.clone()),
+            Err(VolumeError::InTransition)
+        ));
+        assert!(matches!(
+            Volume::open_in_transition(store.clone(), &sb, new.clone(), new.clone()),
+            Err(VolumeError::WrongKey)
+        ));
+        assert!(matches!(
+            Volume::open_in_transition(store.clone(), &sb, old.clone(), old.clone()),
+            Err(VolumeError::WrongNewKey)
+        ));
+        let v = Volume::open_in_transition(store.clone(), &sb, old.clone(), new.clone()).unwrap();
+        let mut step = 0u64;
+        loop {
+            let p = v.reencrypt_step(300 * 1024).unwrap();
+            // A client write straddling the watermark, every step.
+            let at = (p.done_bytes() + 777 * step) % (SIZE - 5000);
+            let data = pattern(5000, step as u8);
+            v.write_at(at, &data, false).unwrap();
+            model[at as usize..at as usize + 5000].copy_from_slice(&data);
+            assert_eq!(read(&v, 0, SIZE as usize), model, "ss {ss} step {step}");
+            step += 1;
+            if p.is_complete() {
+                break;
+            }
+        }
+        assert!(v.read_stored(0, &mut vec![0; ss as usize]).is_ok());
+        let done = v.finish_reencryption().unwrap();
+        assert!(done.transition.is_none());
+        assert_eq!(done.key_check, new.key_check(&done.uuid));
+        assert_eq!(done.key_arn, "arn:aws:kms:us-east-1:111122223333:key/new");
+        assert_eq!(read(&v, 0, SIZE as usize), model);
+        drop(v);
+        // On disk: version 1, the new key alone; opens with it, not the old.
+        let on_disk = read_superblocks_from(&store).best().unwrap().clone();
+        assert_eq!(on_disk.transition, None);
+        assert!(matches!(
+            Volume::open(store.clone(), &on_disk, old.clone()),
+            Err(VolumeError::WrongKey)
+        ));
+        let v = Volume::open(store.clone(), &on_disk, new.clone()).unwrap();
+        assert_eq!(read(&v, 0, SIZE as usize), model);
+        // Never-written sectors are still zeros as stored (not encrypted zeros).
+        let mut stored = vec![0xffu8; SIZE as usize];
+        v.read_stored(0, &mut stored).unwrap();
+        let mut holes = 0;
+        for (plain, stored) in model.chunks(ss as usize).zip(stored.chunks(ss as usize)) {
+            if plain.iter().all(|&b| b == 0) {
+                holes += 1;
+                assert!(
+                    stored.iter().all(|&b| b == 0),
+                    "ss {ss}: a hole was encrypted"
+                );
+            }
+        }
+        assert!(
+            holes * u64::from(ss) > SIZE / 4,
+            "ss {ss}: the test kept its holes"
+        );
+    }
+}
+
+#[test]
+fn stored_reads_and_writes_are_refused_mid_transition() {
+    let (store, sb, old, new) = volume_with_data(4096);
+    let v = Volume::open_in_transition(store, &sb, old, new).unwrap();
+    v.reencrypt_step(1 << 20).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let e = v.read_stored(0, &mut buf).unwrap_err();
+    assert!(
+        e.to_string().contains("re-encryption is in progress"),
+        "{e}"
+    );
+    assert!(v.write_stored(0, &buf).is_err());
+    assert!(v.finish_reencryption().is_err(), "not complete yet");
+}
+
+#[test]
+fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
+    for ss in [512u32, 4096] {
+        let (store, sb, old, new) = volume_with_data(ss);
+        let model = {
+            let v =
+                Volume::open_in_transition(store.clone(), &sb, old.clone(), new.clone()).unwrap();
+            read(&v, 0, SIZE as usize)
+        };
+        // Record a hotzone over sectors [0, 64) as a step would, then let
+        // only every other sector's new ciphertext land.
+        let n = 64usize;
+        let ssz = ss as usize;
+        let mut stored = vec![0u8; n * ssz];
+        store.read_at(DATA_OFFSET, &mut stored).unwrap();
+        let mut next = sb.clone();
+        let t = next.transition.as_mut().unwrap();
+        t.hotzone = stored.chunks(ssz).map(hotzone_digest).collect();
+        write_superblock_to(&store, &mut next).unwrap();
+        let old_e = XtsEngine::new(&old, ssz).unwrap();
+        let new_e = XtsEngine::new(&new, ssz).unwrap();
+        for i in (0..n).step_by(2) {
+            let s = &mut stored[i * ssz..(i + 1) * ssz];
+            old_e.decrypt_sectors(i as u64, s);
+            new_e.encrypt_sectors(i as u64, s);
+            store.write_at(DATA_OFFSET + (i * ssz) as u64, s).unwrap();
+        }
+        let v = Volume::open_in_transition(store.clone(), &next, old.clone(), new.clone()).unwrap();
+        assert_eq!(v.reencryption_progress().unwrap().done_sectors, n as u64);
+        assert_eq!(read(&v, 0, SIZE as usize), model, "ss {ss}");
+        drop(v);
+        let after = read_superblocks_from(&store).best().unwrap().clone();
+        let t = after.transition.unwrap();
+        assert_eq!((t.watermark, t.hotzone.len()), (n as u64, 0));
+    }
+}
