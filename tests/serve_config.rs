@@ -7,16 +7,18 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::nbd::run_tool;
+use common::prometheus;
 use common::tls::Pki;
 use common::volume::{ADMIN, Fixture, MIB, VolumeServer, assert_one_clean_line, run_fails};
 
 /// A configuration serving `a.vol` (as a string) and `b.vol` (a read-only
-/// table) on `socket`, with the KMS client settings in `[kms]`: the command
+/// table) on `socket`, its metrics on `metrics_port`, with the KMS client settings in `[kms]`: the command
 /// lines below give no --endpoint or --profile.
-fn write_config(fx: &Fixture, socket: &Path) -> PathBuf {
+fn write_config(fx: &Fixture, socket: &Path, metrics_port: u16) -> PathBuf {
     let text = format!(
         r#"
 socket = "{socket}"
+metrics = "127.0.0.1:{metrics_port}"
 exports = [
     "{a}=alpha",
     {{ volume = "{b}", name = "beta", read_only = true }},
@@ -65,7 +67,8 @@ fn serves_the_exports_of_the_file() {
     fx.create_volume("a.vol", 16 * MIB, 4096);
     fx.create_volume("b.vol", 8 * MIB, 512);
     let socket = fx.path("from-file.sock");
-    let config = write_config(&fx, &socket);
+    let metrics_port = prometheus::free_port();
+    let config = write_config(&fx, &socket, metrics_port);
 
     let server = serve_with_config(&fx, &config, &[], &socket, &["alpha", "beta"]);
     let a = nbdinfo(server.uri("alpha"));
@@ -74,6 +77,14 @@ fn serves_the_exports_of_the_file() {
     let b = nbdinfo(server.uri("beta"));
     assert_eq!(b["export-size"], 8 * MIB, "{b}");
     assert_eq!(b["is_read_only"], true, "{b}");
+    // The file's `metrics` address serves both exports' series.
+    let text = prometheus::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    for export in ["alpha", "beta"] {
+        assert!(
+            text.contains(&format!("export=\"{export}\"")),
+            "no series for {export} in:\n{text}"
+        );
+    }
     server.stop();
 }
 
@@ -84,7 +95,7 @@ fn the_command_line_overrides_the_file() {
     fx.create_volume("b.vol", 8 * MIB, 512);
     fx.create_volume("c.vol", 4 * MIB, 512);
     let file_socket = fx.path("from-file.sock");
-    let config = write_config(&fx, &file_socket);
+    let config = write_config(&fx, &file_socket, prometheus::free_port());
 
     // --socket and --read-only win over the file's socket and exports' modes.
     let socket = fx.path("from-flag.sock");
@@ -131,7 +142,7 @@ fn tls_from_the_file() {
     fx.create_volume("a.vol", 16 * MIB, 4096);
     fx.create_volume("b.vol", 8 * MIB, 512);
     let socket = fx.path("tls.sock");
-    let config = write_config(&fx, &socket);
+    let config = write_config(&fx, &socket, prometheus::free_port());
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",

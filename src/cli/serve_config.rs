@@ -32,6 +32,8 @@ pub(crate) struct ServeConfig {
     pub listen: Option<SocketAddr>,
     /// `--control`.
     pub control: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<SocketAddr>,
     /// `--read-only`.
     pub read_only: Option<bool>,
     /// `--transmission`.
@@ -244,6 +246,7 @@ impl ServeConfig {
         set_opt(given("socket"), &mut args.socket, self.socket);
         set_opt(given("listen"), &mut args.listen, self.listen);
         set_opt(given("control"), &mut args.control, self.control);
+        set_opt(given("metrics"), &mut args.metrics.metrics, self.metrics);
         set(given("read_only"), &mut args.read_only, self.read_only);
         set(
             given("transmission"),
