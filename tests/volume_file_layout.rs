@@ -4,49 +4,16 @@
 //! the no-lock-in promise: the data area is plain `aes-xts-plain64` at
 //! `DATA_OFFSET`, readable without envol.
 
-use std::io::Write;
+mod common;
+
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
+
+use common::xts_oracle::openssl_decrypt;
 
 use envol::volume::{
     BlockDevice, DATA_OFFSET, DataKey, FileBackend, Superblock, Volume, VolumeError,
     create_volume_file, read_superblocks, write_superblock,
 };
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Decrypts `data` (whole sectors starting at `first_sector`) with OpenSSL's
-/// aes-256-xts, one data unit per sector, tweak = sector number little endian.
-/// Fails, never skips, when python3 or its `cryptography` package is missing.
-fn openssl_decrypt(key: &[u8], sector_size: usize, first_sector: u64, data: &[u8]) -> Vec<u8> {
-    let script = "import sys\n\
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
-        key = bytes.fromhex(sys.argv[1]); ss = int(sys.argv[2]); first = int(sys.argv[3])\n\
-        data = sys.stdin.buffer.read(); out = bytearray()\n\
-        for i in range(0, len(data), ss):\n\
-        \x20   tweak = (first + i // ss).to_bytes(16, 'little')\n\
-        \x20   d = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()\n\
-        \x20   out += d.update(data[i:i + ss]) + d.finalize()\n\
-        sys.stdout.buffer.write(bytes(out))\n";
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &hex(key),
-            &sector_size.to_string(),
-            &first_sector.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with the cryptography package (OpenSSL) must be installed");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "OpenSSL XTS oracle failed");
-    out.stdout
-}
 
 fn key_bytes() -> Vec<u8> {
     (0..64u8)

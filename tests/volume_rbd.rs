@@ -13,9 +13,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::ceph::{Ceph, TestImage};
@@ -25,6 +24,7 @@ use common::volume::{
     ADMIN, DATA_OFFSET, Fixture, KEY_ALIAS, MIB, Vol, VolumeServer, assert_one_clean_line,
     fio_write_then_verify, output_with_timeout, require_tool, run_fails,
 };
+use common::xts_oracle::openssl_decrypt;
 use rand::RngCore;
 
 /// How long a fenced server may take to notice and exit.
@@ -70,36 +70,6 @@ fn nbd_read(fx: &Fixture, uri: &str, name: &str) -> Vec<u8> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Decrypts whole sectors from sector 0 with OpenSSL's aes-256-xts (Python
-/// `cryptography`), tweak = sector number little endian: no envol code.
-fn openssl_decrypt(key: &[u8], sector_size: usize, data: &[u8]) -> Vec<u8> {
-    let script = "import sys\n\
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
-        key = bytes.fromhex(sys.argv[1]); ss = int(sys.argv[2])\n\
-        data = sys.stdin.buffer.read(); out = bytearray()\n\
-        for i in range(0, len(data), ss):\n\
-        \x20   d = Cipher(algorithms.AES(key), modes.XTS((i // ss).to_bytes(16, 'little'))).decryptor()\n\
-        \x20   out += d.update(data[i:i + ss]) + d.finalize()\n\
-        sys.stdout.buffer.write(bytes(out))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script, &hex(key), &sector_size.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with the cryptography package (OpenSSL) must be installed");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "OpenSSL XTS oracle failed");
-    out.stdout
 }
 
 #[test]
@@ -242,7 +212,7 @@ fn rbd_export_and_import_are_volume_files() {
     assert_eq!(raw.len() as u64, DATA_OFFSET + size);
     let key = fx.unwrap_data_key(&vol);
     let start = DATA_OFFSET as usize;
-    let plain = openssl_decrypt(&key, 4096, &raw[start..start + data.len()]);
+    let plain = openssl_decrypt(&key, 4096, 0, &raw[start..start + data.len()]);
     assert!(
         plain == data,
         "OpenSSL decrypted something else from rbd export"
