@@ -179,7 +179,7 @@ async fn a_volume_replaced_during_the_unwrap_is_refused() {
     });
     let msg = message(attach(&s.keys, &path, false).await);
     assert!(
-        msg.ends_with("the volume was replaced while it was being attached: try again"),
+        msg.ends_with("the volume was replaced (or its data key changed) while it was being attached: try again"),
         "{msg}"
     );
     // The next attach sees the volume as it is now.
