@@ -168,11 +168,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             })?;
             let sb = &done.superblock;
             say!("Re-wrapped the data key of {volume}");
-            say!("  was:  {}", done.old_key_arn);
-            match key_version(&sb.wrapped_key) {
-                Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
-                None => say!("  now:  {}", sb.key_arn),
-            }
+            print_key_change(&done.old_key_arn, sb);
             say!("  superblock sequence {}; data untouched", sb.sequence);
             Ok(())
         }
@@ -224,6 +220,16 @@ pub(crate) fn print_created(volume: &VolumeAddress, sb: &Superblock) {
 
 /// The master-key version an envol KMS blob names; `None` for other KMSs'
 /// blobs (AWS's are opaque).
+/// The key a volume's data key was wrapped under, and is now (with the
+/// key version, where the wrapped blob names one): `rewrap` and `reencrypt`.
+fn print_key_change(old_key_arn: &str, sb: &Superblock) {
+    say!("  was:  {old_key_arn}");
+    match key_version(&sb.wrapped_key) {
+        Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
+        None => say!("  now:  {}", sb.key_arn),
+    }
+}
+
 fn key_version(wrapped: &[u8]) -> Option<u32> {
     crate::kms::blob::parse_header(wrapped)
         .ok()
@@ -363,11 +369,7 @@ fn reencrypt(
     })?;
     let sb = &done.superblock;
     say!("Re-encrypted {volume} under a new data key");
-    say!("  was:  {}", done.old_key_arn);
-    match key_version(&sb.wrapped_key) {
-        Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
-        None => say!("  now:  {}", sb.key_arn),
-    }
+    print_key_change(&done.old_key_arn, sb);
     if done.resumed_at > 0 {
         say!(
             "  resumed at {} of {}",

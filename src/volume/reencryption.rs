@@ -306,19 +306,10 @@ impl Volume {
     /// `which`, one backend write per run of marked sectors.
     fn write_runs(&self, first: u64, buf: &[u8], which: &[bool]) -> io::Result<()> {
         let ss = self.sector_size as usize;
-        let mut i = 0;
-        while i < which.len() {
-            if !which[i] {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < which.len() && which[i] {
-                i += 1;
-            }
+        for run in marked_runs(which) {
             self.backend.write_at(
-                self.backend_offset(first + start as u64),
-                &buf[start * ss..i * ss],
+                self.backend_offset(first + run.start as u64),
+                &buf[run.start * ss..run.end * ss],
             )?;
         }
         Ok(())
@@ -392,20 +383,23 @@ fn digest_and_transform(
 /// from `old` to `new`, in place, one cipher call per run.
 fn transform(old: &XtsEngine, new: &XtsEngine, first: u64, buf: &mut [u8], which: &[bool]) {
     let ss = old.sector_size();
-    let mut i = 0;
-    while i < which.len() {
-        if !which[i] {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < which.len() && which[i] {
-            i += 1;
-        }
-        let run = &mut buf[start * ss..i * ss];
-        old.decrypt_sectors(first + start as u64, run);
-        new.encrypt_sectors(first + start as u64, run);
+    for run in marked_runs(which) {
+        let sector = first + run.start as u64;
+        let bytes = &mut buf[run.start * ss..run.end * ss];
+        old.decrypt_sectors(sector, bytes);
+        new.encrypt_sectors(sector, bytes);
     }
+}
+
+/// The maximal runs of `true` in `which`, as index ranges, in order.
+fn marked_runs(which: &[bool]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = i + which.get(i..)?.iter().position(|&m| m)?;
+        let len = which[start..].iter().take_while(|&&m| m).count();
+        i = start + len;
+        Some(start..i)
+    })
 }
 
 #[cfg(test)]

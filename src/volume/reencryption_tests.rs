@@ -176,3 +176,15 @@ fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
         assert_eq!((t.watermark, t.hotzone.len()), (n as u64, 0));
     }
 }
+
+#[test]
+fn marked_runs_are_the_maximal_runs_in_order() {
+    let runs = |which: &[bool]| marked_runs(which).collect::<Vec<std::ops::Range<usize>>>();
+    assert!(runs(&[]).is_empty());
+    assert!(runs(&[false, false]).is_empty());
+    assert_eq!(runs(&[true, true, true]), vec![0..3]);
+    assert_eq!(
+        runs(&[true, false, false, true, true, false, true]),
+        vec![0..1, 3..5, 6..7]
+    );
+}
