@@ -15,6 +15,7 @@ mod address;
 mod control;
 mod error;
 mod key;
+mod key_change;
 mod key_inventory;
 mod kms;
 mod kms_limits;
@@ -31,6 +32,7 @@ mod target;
 mod up;
 mod volume;
 mod volume_grow;
+mod volume_reencrypt;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 

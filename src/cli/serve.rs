@@ -1,5 +1,6 @@
 //! `envol serve`: attach volumes through the KMS and serve them over NBD.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +15,10 @@ use super::parse::{parse_connections, parse_duration};
 use super::runtime::{raise_open_file_limit, runtime, shutdown_signal};
 use super::target::{KmsArgs, parse_size};
 use crate::control::{
-    self, Attacher, Attachment, ControlSocket, Controller, Planned, TakeOverMode, VolumeInfo,
+    self, Attacher, Attachment, ControlSocket, Controller, NewDataKey, Planned, ReencryptionJob,
+    TakeOverMode, VolumeInfo,
 };
+use crate::envelope::reencrypt::{self, WrappedNewKey};
 use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::keys::aws::AwsKeyClient;
@@ -25,7 +28,8 @@ use crate::nbd::{
     TransmissionLoop, descriptors_needed,
 };
 use crate::volume::rbd::TakeOver;
-use crate::volume::{BlockDevice, Volume};
+use crate::volume::reencryption::Progress;
+use crate::volume::{BlockDevice, KEY_CHECK_LEN, Volume};
 use prometheus_client::registry::Registry;
 
 /// The NBD port, as registered with IANA.
@@ -421,11 +425,6 @@ pub fn run(mut args: ServeArgs) -> CliResult {
         }
         let shutdown = shutdown_signal();
         announce(&server, &listeners, &control);
-        if let Some(endpoint) = metrics {
-            let mut registry = super::metrics::registry();
-            registry.register_collector(Box::new(server.metrics()));
-            super::metrics::spawn(endpoint, registry)?;
-        }
         let attacher = ServeAttacher {
             keys: Arc::new(keys),
             ceph: args.ceph.clone(),
@@ -436,6 +435,12 @@ pub fn run(mut args: ServeArgs) -> CliResult {
         let controller = Arc::new(
             Controller::new(server.clone(), attacher, uris, known).with_volume_handles(handles),
         );
+        if let Some(endpoint) = metrics {
+            let mut registry = super::metrics::registry();
+            registry.register_collector(Box::new(server.metrics()));
+            registry.register_collector(Box::new(controller.task_metrics()));
+            super::metrics::spawn(endpoint, registry)?;
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let serving = async {
             let nbd = server.serve(listeners, async {
@@ -565,6 +570,65 @@ impl Attacher for ServeAttacher {
             volume: attached.volume,
         })
     }
+
+    /// With the server's own KMS client: it unwraps both keys again (the
+    /// caller already proved its own permissions on them).
+    async fn begin_reencryption(
+        &self,
+        volume: &str,
+        handle: &Arc<Volume>,
+        new_key: Option<NewDataKey>,
+    ) -> Result<u64, String> {
+        let address = self.ceph.volume(volume).map_err(|e| e.0)?;
+        let new_key = new_key.map(|k| decode_new_key(volume, k)).transpose()?;
+        reencrypt::begin_online(&*self.keys, &address, handle, new_key)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn run_reencryption(
+        &self,
+        volume: String,
+        handle: Arc<Volume>,
+        max_rate: Option<u64>,
+        job: Arc<ReencryptionJob>,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let keys = self.keys.clone();
+        let address = self.ceph.volume(&volume);
+        async move {
+            let address = address.map_err(|e| e.0)?;
+            let reporter = job.clone();
+            let mut on_step = move |p: Progress| reporter.record(p.done_bytes(), p.total_bytes());
+            let stop = move || job.stop_requested();
+            let rate = Some(max_rate.unwrap_or(reencrypt::ONLINE_DEFAULT_RATE));
+            reencrypt::run_online(&*keys, &address, &handle, rate, &mut on_step, &stop)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The new key of a `reencrypt` request, as the envelope layer takes it.
+fn decode_new_key(volume: &str, key: NewDataKey) -> Result<WrappedNewKey, String> {
+    use base64::Engine;
+    let bad = |what: &str| format!("{volume}: the request's new key has an invalid {what}");
+    let wrapped_key = base64::engine::general_purpose::STANDARD
+        .decode(key.wrapped_key.as_bytes())
+        .map_err(|_| bad("wrapped key (expected base64)"))?;
+    let key_check = hex::decode(key.key_check.as_bytes())
+        .ok()
+        .and_then(|b| <[u8; KEY_CHECK_LEN]>::try_from(b).ok())
+        .ok_or_else(|| {
+            bad(&format!(
+                "key check value (expected {KEY_CHECK_LEN} bytes in hex)"
+            ))
+        })?;
+    Ok(WrappedNewKey {
+        key_arn: key.key_arn,
+        wrapped_key,
+        key_check,
+    })
 }
 
 /// Another server took `volume` over and Ceph blocklisted this one: every

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::address::CephArgs;
 use super::error::{CliError, CliResult};
+use super::key_change::{key_version, print_key_change};
 use super::runtime::runtime;
 use super::s3::S3Args;
 use super::target::{KmsArgs, human_size, parse_size};
@@ -51,7 +52,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         ceph: CephArgs,
     },
-    /// Re-encrypt every sector under a new data key from the KMS (a key rotation that covers the data, not only its wrapping), crash-safe and resumable: run it again after an interruption. For a volume no server has attached (the command takes the exclusive attachment). Needs kms:GenerateDataKeyWithoutPlaintext and kms:Decrypt on the new key, kms:Decrypt on the current one.
+    /// Re-encrypt every sector under a new data key from the KMS (a key rotation that covers the data, not only its wrapping), crash-safe and resumable: run it again after an interruption. A volume no server has attached is re-encrypted by the command (it takes the exclusive attachment; unthrottled by default); one a server has attached, inside that server while it serves (--control names it; 64 MiB/s by default), the command following its progress (Ctrl-C leaves it running there). Needs kms:GenerateDataKeyWithoutPlaintext and kms:Decrypt on the new key, kms:Decrypt on the current one.
     Reencrypt {
         /// The volume: a file, or rbd:POOL/IMAGE (a file whose name starts with `rbd:` is written ./rbd:...).
         #[arg(value_name = "VOLUME")]
@@ -59,7 +60,7 @@ pub enum VolumeCommand {
         /// Generate the new data key under this master key (key id, ARN, alias/NAME; default: the volume's key).
         #[arg(long)]
         key: Option<String>,
-        /// At most this many bytes per second: bytes or K/M/G (binary), e.g. 200M (default: as fast as it goes).
+        /// At most this many bytes per second: bytes or K/M/G (binary), e.g. 200M (default: as fast as it goes offline, 64M inside a server).
         #[arg(long, value_name = "BYTES/S", value_parser = parse_size)]
         max_rate: Option<u64>,
         /// No progress output.
@@ -69,6 +70,8 @@ pub enum VolumeCommand {
         kms: KmsArgs,
         #[command(flatten)]
         ceph: CephArgs,
+        #[command(flatten)]
+        control: super::control::ControlArgs,
     },
     /// Restore a snapshot into a new volume (a file, or rbd:POOL/IMAGE) under the snapshot's key: chunks are copied as stored and verified (SHA-256, and the manifest's authentication, which needs kms:Decrypt on the key). With --key, under a new data key from that key instead: every chunk re-encrypted.
     Restore {
@@ -179,13 +182,15 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             quiet,
             kms,
             ceph,
-        } => reencrypt(
-            &ceph.volume(&volume)?,
-            key.as_deref(),
+            control,
+        } => super::volume_reencrypt::run(super::volume_reencrypt::ReencryptArgs {
+            volume: &ceph.volume(&volume)?,
+            key: key.as_deref(),
             max_rate,
             quiet,
-            &kms,
-        ),
+            kms: &kms,
+            control: &control,
+        }),
         VolumeCommand::Grow(args) => super::volume_grow::run(args),
         VolumeCommand::Info { volume, json, ceph } => info(&ceph.volume(&volume)?, json),
         VolumeCommand::Restore {
@@ -216,24 +221,6 @@ pub(crate) fn print_created(volume: &VolumeAddress, sb: &Superblock) {
     say!("  size:        {} ({} bytes)", human_size(sb.size), sb.size);
     say!("  sector size: {}", sb.sector_size);
     say!("  key:         {}", sb.key_arn);
-}
-
-/// The master-key version an envol KMS blob names; `None` for other KMSs'
-/// blobs (AWS's are opaque).
-/// The key a volume's data key was wrapped under, and is now (with the
-/// key version, where the wrapped blob names one): `rewrap` and `reencrypt`.
-fn print_key_change(old_key_arn: &str, sb: &Superblock) {
-    say!("  was:  {old_key_arn}");
-    match key_version(&sb.wrapped_key) {
-        Some(v) => say!("  now:  {} (version {v})", sb.key_arn),
-        None => say!("  now:  {}", sb.key_arn),
-    }
-}
-
-fn key_version(wrapped: &[u8]) -> Option<u32> {
-    crate::kms::blob::parse_header(wrapped)
-        .ok()
-        .map(|h| h.key_version)
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -328,60 +315,6 @@ fn changes_text(stored: &StoredChanges, attached: bool, size: u64) -> String {
             format!("unknown ({reason}): the next snapshot compares chunk hashes")
         }
     }
-}
-
-fn reencrypt(
-    volume: &VolumeAddress,
-    key: Option<&str>,
-    max_rate: Option<u64>,
-    quiet: bool,
-    kms: &KmsArgs,
-) -> CliResult {
-    use crate::snapshot::progress::Progress;
-    if max_rate == Some(0) {
-        return Err(CliError("--max-rate must be more than 0".into()));
-    }
-    let rt = runtime()?;
-    let done = rt.block_on(async {
-        let client = AwsKeyClient::new(&kms.target())
-            .await
-            .map_err(|e| CliError(e.to_string()))?;
-        let mut bar: Option<(Progress, u64)> = None;
-        let mut on_step = |p: crate::volume::reencryption::Progress| {
-            let (bar, shown) = bar.get_or_insert_with(|| {
-                let bar = Progress::new(format!("re-encrypting {volume}"), p.total_bytes(), quiet);
-                (bar, 0)
-            });
-            bar.add(p.done_bytes().saturating_sub(*shown));
-            *shown = p.done_bytes();
-        };
-        let result = envelope::reencrypt::reencrypt(
-            &client,
-            volume,
-            envelope::reencrypt::ReencryptOptions { key, max_rate },
-            &mut on_step,
-        )
-        .await;
-        if let Some((bar, _)) = &bar {
-            bar.finish();
-        }
-        result.map_err(CliError::from)
-    })?;
-    let sb = &done.superblock;
-    say!("Re-encrypted {volume} under a new data key");
-    print_key_change(&done.old_key_arn, sb);
-    if done.resumed_at > 0 {
-        say!(
-            "  resumed at {} of {}",
-            human_size(done.resumed_at),
-            human_size(sb.size)
-        );
-    }
-    say!(
-        "  superblock sequence {}; the old wrapped key is removed from both copies",
-        sb.sequence
-    );
-    Ok(())
 }
 
 /// A re-encryption in progress, for `volume info`: bytes done, the rate

@@ -116,7 +116,7 @@ fn through_server(
 /// The volume as the server knows it: an `rbd:` address as written, a
 /// file by its absolute path (the server resolves it in its own
 /// directory, and matches the file itself).
-fn as_attached(volume: &VolumeAddress) -> Result<String, CliError> {
+pub(super) fn as_attached(volume: &VolumeAddress) -> Result<String, CliError> {
     match volume {
         VolumeAddress::Rbd { .. } => Ok(volume.to_string()),
         VolumeAddress::File(path) => {

@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::active_snapshot::ActiveSnapshot;
+use super::metrics::TaskMetrics;
 use super::protocol::{
-    Command, ExportInfo, ReplyBody, SnapshotSessionInfo, TakeOverMode, VolumeInfo,
+    Command, ExportInfo, NewDataKey, ReplyBody, SnapshotSessionInfo, TakeOverMode, VolumeInfo,
 };
+use super::reencryption_job::ReencryptionJob;
 use crate::nbd::{Export, ExportStatus, Server};
 use crate::volume::{FrozenView, NewSize, Volume};
 
@@ -45,6 +48,26 @@ pub trait Attacher: Send + Sync + 'static {
 
     /// Opens the volume, unwraps its key, locks it.
     fn attach(&self, plan: Self::Plan) -> impl Future<Output = Result<Attachment, String>> + Send;
+
+    /// Begins a re-encryption of the attached `handle` (its address
+    /// `volume`) to `new_key`, or checks one is in progress to resume
+    /// (`None`). Returns the bytes already under the new key.
+    fn begin_reencryption(
+        &self,
+        volume: &str,
+        handle: &Arc<Volume>,
+        new_key: Option<NewDataKey>,
+    ) -> impl Future<Output = Result<u64, String>> + Send;
+
+    /// Runs the re-encryption begun to its end, reporting to `job` after
+    /// each step and stopping when it asks; the new key's ARN.
+    fn run_reencryption(
+        &self,
+        volume: String,
+        handle: Arc<Volume>,
+        max_rate: Option<u64>,
+        job: Arc<ReencryptionJob>,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static;
 }
 
 /// An attach request checked and ready.
@@ -63,19 +86,16 @@ pub struct Controller<A> {
     server: Server,
     attacher: A,
     uris: UriMaker,
-    /// By export name.
-    volumes: Mutex<BTreeMap<String, VolumeInfo>>,
+    /// By export name (shared with the re-encryption tasks, which update
+    /// the key ARN when they complete).
+    volumes: Arc<Mutex<BTreeMap<String, VolumeInfo>>>,
     /// The volumes themselves, by export name (for snapshots).
     handles: Mutex<BTreeMap<String, Weak<Volume>>>,
-    /// Snapshots being taken, by export name.
-    snapshots: Mutex<BTreeMap<String, ActiveSnapshot>>,
-}
-
-/// A snapshot session, as `status` shows it.
-pub(super) struct ActiveSnapshot {
-    pub base: String,
-    /// A file volume's frozen view (none for a store snapshot).
-    pub view: Option<Arc<FrozenView>>,
+    /// Snapshots being taken, by export name (shared with the metrics).
+    snapshots: Arc<Mutex<BTreeMap<String, ActiveSnapshot>>>,
+    /// Re-encryptions run in the server, by export name: the running one,
+    /// or the last one's outcome (shared with the metrics).
+    reencryptions: Arc<Mutex<BTreeMap<String, Arc<ReencryptionJob>>>>,
 }
 
 impl<A: Attacher> Controller<A> {
@@ -90,9 +110,19 @@ impl<A: Attacher> Controller<A> {
             server,
             attacher,
             uris,
-            volumes: Mutex::new(volumes.into_iter().collect()),
+            volumes: Arc::new(Mutex::new(volumes.into_iter().collect())),
             handles: Mutex::default(),
-            snapshots: Mutex::default(),
+            snapshots: Arc::default(),
+            reencryptions: Arc::default(),
+        }
+    }
+
+    /// The snapshot and re-encryption progress of the exports, for a
+    /// metrics registry.
+    pub fn task_metrics(&self) -> TaskMetrics {
+        TaskMetrics {
+            snapshots: self.snapshots.clone(),
+            reencryptions: self.reencryptions.clone(),
         }
     }
 
@@ -127,6 +157,11 @@ impl<A: Attacher> Controller<A> {
                 };
                 self.grow(&volume, size).await
             }
+            Command::Reencrypt {
+                volume,
+                new_key,
+                max_rate,
+            } => self.reencrypt(&volume, new_key, max_rate).await,
         }
     }
 
@@ -162,6 +197,11 @@ impl<A: Attacher> Controller<A> {
         if snapshots.contains_key(name) {
             return Err(format!(
                 "a snapshot of export {name:?} is already being taken"
+            ));
+        }
+        if self.running_reencryption(name).is_some() {
+            return Err(format!(
+                "export {name:?} is being re-encrypted: its chunks are under two keys until that completes (`envol status` shows its progress)"
             ));
         }
         snapshots.insert(name.to_string(), session);
@@ -263,9 +303,18 @@ impl<A: Attacher> Controller<A> {
     }
 
     async fn detach(&self, name: &str, force: bool) -> ReplyBody {
+        // A re-encryption running stops after its step (resumable): it
+        // holds the volume open until then.
+        if let Some(job) = self.running_reencryption(name) {
+            job.request_stop();
+        }
         match self.server.detach(name, force).await {
             Ok(detached) => {
                 self.known().remove(name);
+                self.reencryptions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(name);
                 self.handles
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -313,6 +362,126 @@ impl<A: Attacher> Controller<A> {
             old_size: grown.old_size,
             new_size: grown.new_size,
             beyond_change_tracking: grown.beyond_change_tracking,
+        }
+    }
+
+    /// The running re-encryption of export `name`, if one is.
+    fn running_reencryption(&self, name: &str) -> Option<Arc<ReencryptionJob>> {
+        self.reencryptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .filter(|job| job.is_running())
+            .cloned()
+    }
+
+    /// Begins (or resumes) the re-encryption of the export `volume` is
+    /// attached as, and runs it in a task of its own: the reply comes once
+    /// it has begun; the caller follows it with `status`. A caller that
+    /// goes away does not stop it (the server owns it; a detach does).
+    async fn reencrypt(
+        &self,
+        volume: &str,
+        new_key: Option<NewDataKey>,
+        max_rate: Option<u64>,
+    ) -> ReplyBody {
+        let Some((name, info)) = self.attached_as(volume) else {
+            return ReplyBody::error(format!("{volume} is not attached to this server"));
+        };
+        let Some(handle) = self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&name)
+            .and_then(Weak::upgrade)
+        else {
+            return ReplyBody::error(format!("export {name:?} is being detached"));
+        };
+        if self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&name)
+        {
+            return ReplyBody::error(format!(
+                "a snapshot of export {name:?} is being taken: re-encrypt once it is done"
+            ));
+        }
+        if let Some(job) = self.running_reencryption(&name) {
+            if new_key.is_some() {
+                return ReplyBody::error(format!(
+                    "{} is already being re-encrypted in this server: `envol volume reencrypt {}` without --key follows it",
+                    info.volume, info.volume
+                ));
+            }
+            let (done, total) = job.bytes();
+            return ReplyBody::ReencryptStarted {
+                name,
+                volume: info.volume,
+                new_key_arn: job.new_key_arn().to_string(),
+                resumed_at: done,
+                total_bytes: total,
+                already_running: true,
+            };
+        }
+        let resumed_at = match self
+            .attacher
+            .begin_reencryption(&info.volume, &handle, new_key)
+            .await
+        {
+            Ok(at) => at,
+            Err(message) => return ReplyBody::error(message),
+        };
+        let sb = handle.superblock();
+        let Some(t) = sb.transition.as_ref() else {
+            return ReplyBody::error(format!("{}: the re-encryption did not begin", info.volume));
+        };
+        let total = sb.size;
+        let job = Arc::new(ReencryptionJob::new(
+            t.new_key_arn.clone(),
+            resumed_at,
+            total,
+        ));
+        self.reencryptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone(), job.clone());
+        tracing::info!(
+            export = %name,
+            resumed_at,
+            "re-encrypting {} under a new data key of {}",
+            info.volume,
+            t.new_key_arn
+        );
+        let run =
+            self.attacher
+                .run_reencryption(info.volume.clone(), handle, max_rate, job.clone());
+        let volumes = self.volumes.clone();
+        let (task_name, new_key_arn) = (name.clone(), t.new_key_arn.clone());
+        tokio::spawn(async move {
+            let result = run.await;
+            match &result {
+                Ok(()) => {
+                    tracing::info!(export = %task_name, "re-encryption complete: the old data key is gone");
+                    if let Some(v) = volumes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_mut(&task_name)
+                    {
+                        v.key_arn = new_key_arn;
+                    }
+                }
+                Err(message) => tracing::warn!(export = %task_name, "{message}"),
+            }
+            job.finish(result);
+        });
+        ReplyBody::ReencryptStarted {
+            name,
+            volume: info.volume,
+            new_key_arn: t.new_key_arn.clone(),
+            resumed_at,
+            total_bytes: total,
+            already_running: false,
         }
     }
 
@@ -375,6 +544,12 @@ impl<A: Attacher> Controller<A> {
                         copied_bytes: usage.map_or(0, |u| u.copied_bytes),
                     }
                 }),
+            reencryption: self
+                .reencryptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&s.name)
+                .map(|job| Box::new(job.info())),
         }
     }
 }

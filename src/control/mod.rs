@@ -11,6 +11,9 @@
 //! | `client.rs` | the command line's side: one request, its reply |
 //! | `snapshot_client.rs` | the command line's side of a snapshot session |
 //! | `path.rs` | the default socket path, from `serve`'s listeners |
+//! | `reencryption_job.rs` | a re-encryption running in the server: progress, outcome |
+//! | `active_snapshot.rs` | a snapshot session as the controller keeps it |
+//! | `metrics.rs` | snapshot and re-encryption progress for `--metrics` |
 //! | `snapshot_session.rs` | a snapshot of an attached volume: freeze, chunk reads, end (the connection is the session) |
 //!
 //! A new command (snapshots, re-encryption, grow) is a variant of
@@ -19,21 +22,26 @@
 //! registry) and, through the [`Attacher`] the command line gives, the
 //! envelope layer.
 
+mod active_snapshot;
 mod client;
 mod framing;
 mod handler;
 mod listener;
+mod metrics;
 pub mod path;
 mod protocol;
+mod reencryption_job;
 mod snapshot_client;
 mod snapshot_session;
 
 pub use client::{ClientError, call};
 pub use handler::{Attacher, Attachment, Controller, Planned, UriMaker};
 pub use listener::ControlSocket;
+pub use metrics::TaskMetrics;
 pub use protocol::{
-    Command, ExportInfo, MAX_REQUEST_LEN, PROTOCOL_VERSION, Reply, ReplyBody, Request,
-    SnapshotSessionInfo, TakeOverMode, TakenChanges, VolumeInfo, parse_request,
+    Command, ExportInfo, MAX_REQUEST_LEN, NewDataKey, PROTOCOL_VERSION, ReencryptionInfo, Reply,
+    ReplyBody, Request, SnapshotSessionInfo, TakeOverMode, TakenChanges, VolumeInfo, parse_request,
 };
+pub use reencryption_job::ReencryptionJob;
 pub use snapshot_client::{Frozen, SnapshotSession};
 pub use snapshot_session::STORE_SNAPSHOT_PREFIX;

@@ -8,6 +8,8 @@
 //! ← {"version":1,"reply":"attached","export":{"name":"db",...},"uris":["nbd+unix:///db?socket=..."]}
 //! → {"version":1,"command":"detach","name":"db","force":false}
 //! ← {"version":1,"reply":"detached","name":"db","forced":false,"clients_at_start":1}
+//! → {"version":1,"command":"reencrypt","volume":"/srv/db.vol","new_key":{...},"max_rate":null}
+//! ← {"version":1,"reply":"reencrypt_started","name":"db",...}
 //! → {"version":1,"command":"status"}
 //! ← {"version":1,"reply":"status","exports":[{...}]}
 //! ← {"version":1,"reply":"error","message":"..."}
@@ -77,6 +79,29 @@ pub enum Command {
         #[serde(default)]
         add: bool,
     },
+    /// Re-encrypt an attached volume (named as for [`Command::Grow`])
+    /// under `new_key`, in the background while it serves; without
+    /// `new_key`, resume the re-encryption in progress. `status` shows the
+    /// progress; the reply comes once it has begun.
+    Reencrypt {
+        volume: String,
+        #[serde(default)]
+        new_key: Option<NewDataKey>,
+        /// Bytes per second at most (default: the server's online default).
+        #[serde(default)]
+        max_rate: Option<u64>,
+    },
+}
+
+/// A new data key the caller generated (under its own KMS credentials)
+/// for a re-encryption: wrapped, so never secret on the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDataKey {
+    pub key_arn: String,
+    /// Base64.
+    pub wrapped_key: String,
+    /// Hex: the key check value the caller computed from its unwrap.
+    pub key_check: String,
 }
 
 /// `envol attach --take-over [--force]` for an `rbd:` volume.
@@ -136,6 +161,17 @@ pub enum ReplyBody {
         new_size: u64,
         beyond_change_tracking: bool,
     },
+    ReencryptStarted {
+        name: String,
+        volume: String,
+        new_key_arn: String,
+        /// Bytes already under the new key (a resumed re-encryption).
+        resumed_at: u64,
+        total_bytes: u64,
+        /// It was running already (another caller started it): this
+        /// request started nothing.
+        already_running: bool,
+    },
     Error {
         message: String,
     },
@@ -172,6 +208,25 @@ pub struct ExportInfo {
     /// A snapshot being taken through this server, if one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotSessionInfo>,
+    /// A re-encryption run inside the server: running, or how the last
+    /// one ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencryption: Option<Box<ReencryptionInfo>>,
+}
+
+/// A re-encryption inside the server, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReencryptionInfo {
+    /// `running`, `done`, or `stopped` (see `message`; resumable).
+    pub state: String,
+    pub new_key_arn: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// This run's average.
+    pub rate_bytes_per_sec: u64,
+    pub eta_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Change tracking's answer at a snapshot's freeze (`volume::Changes`).

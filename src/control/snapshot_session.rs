@@ -27,8 +27,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncWriteExt};
 use tracing::{info, warn};
 
+use super::active_snapshot::ActiveSnapshot;
 use super::framing::{read_line, send};
-use super::handler::{ActiveSnapshot, Attacher, Controller};
+use super::handler::{Attacher, Controller};
 use super::protocol::{Command, ReplyBody, TakenChanges, parse_request};
 use crate::volume::{Changes, FrozenView, Volume};
 

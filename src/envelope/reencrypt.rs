@@ -1,6 +1,9 @@
 //! `volume reencrypt`: a new data key for a volume, every sector rewritten
-//! under it, by the command itself holding the volume's exclusive
-//! attachment (a volume attached by a server is refused, naming it).
+//! under it — by the command itself holding the volume's exclusive
+//! attachment ([`reencrypt`]), or, when a server has the volume attached
+//! ([`ReencryptRefusal::Attached`]), inside that server while it serves
+//! ([`new_key_for_server`] on the caller's side, [`begin_online`] and
+//! [`run_online`] in the server).
 //!
 //! The KMS decides, as for every key operation: a new data key comes from
 //! GenerateDataKeyWithoutPlaintext under the volume's key (or `--key`),
@@ -10,6 +13,12 @@
 //! [`KEY_RECHECK`]: a key disabled (or a policy revoked) meanwhile stops
 //! the re-encryption within that time, in one line, leaving a volume that
 //! serves both halves and resumes where it stopped.
+//!
+//! Online, both sides ask the KMS: the caller (its own credentials) for
+//! Decrypt on the current key and GenerateDataKeyWithoutPlaintext and
+//! Decrypt on the new one — so a caller the key policy refuses cannot
+//! start it — and the server (its credentials) unwraps both keys again to
+//! use them, and checks the new one against the caller's key check value.
 //!
 //! Resuming: the transition is in the superblock (see
 //! `volume::reencryption`), so running the command again continues from
@@ -27,7 +36,10 @@ use super::{
 use crate::keys::KeyService;
 use crate::volume::reencryption::{self, NewKey, Progress};
 use crate::volume::superblock::Transition;
-use crate::volume::{self, AttachMode, DATA_KEY_LEN, DataKey, MAX_HOTZONE_SECTORS, Superblock};
+use crate::volume::{
+    self, AttachMode, AttachmentError, DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, MAX_HOTZONE_SECTORS,
+    Superblock,
+};
 
 /// How often a running re-encryption asks the KMS again for the new key.
 pub const KEY_RECHECK: Duration = Duration::from_secs(2);
@@ -39,6 +51,36 @@ pub struct ReencryptOptions<'a> {
     pub key: Option<&'a str>,
     /// Bytes per second at most (default: as fast as it goes).
     pub max_rate: Option<u64>,
+}
+
+/// Default `--max-rate` of a re-encryption inside a server (clients keep
+/// their share: see the README's measurement); offline runs unthrottled.
+pub const ONLINE_DEFAULT_RATE: u64 = 64 << 20;
+
+/// Why a volume was not re-encrypted here.
+#[derive(Debug, thiserror::Error)]
+pub enum ReencryptRefusal {
+    /// Another attachment holds the volume (a server, most likely): the
+    /// re-encryption belongs to it. The message names the holder.
+    #[error("{0}")]
+    Attached(EnvelopeError),
+    #[error("{0}")]
+    Failed(EnvelopeError),
+}
+
+impl From<EnvelopeError> for ReencryptRefusal {
+    fn from(e: EnvelopeError) -> Self {
+        ReencryptRefusal::Failed(e)
+    }
+}
+
+/// The new data key a caller asks a server to re-encrypt to: wrapped (the
+/// caller generated it), and its key check value (the caller unwrapped it).
+#[derive(Debug, Clone)]
+pub struct WrappedNewKey {
+    pub key_arn: String,
+    pub wrapped_key: Vec<u8>,
+    pub key_check: [u8; KEY_CHECK_LEN],
 }
 
 /// The outcome of a completed re-encryption.
@@ -59,10 +101,22 @@ pub async fn reencrypt<K: KeyService>(
     volume: &VolumeAddress,
     options: ReencryptOptions<'_>,
     progress: &mut (dyn FnMut(Progress) + Send),
-) -> Result<Reencrypted, EnvelopeError> {
-    let opened = OpenedVolume::open(volume, AttachMode::ReadWrite)?
-        .lock(volume, AttachMode::ReadWrite)
-        .map_err(|e| with_action(e, "cannot re-encrypt"))?;
+) -> Result<Reencrypted, ReencryptRefusal> {
+    let unlocked = OpenedVolume::open(volume, AttachMode::ReadWrite)?;
+    match unlocked.store.lock_attachment(AttachMode::ReadWrite) {
+        Ok(()) => {}
+        Err(e @ (AttachmentError::InUse { .. } | AttachmentError::InUseByClient { .. })) => {
+            return Err(ReencryptRefusal::Attached(vol_err(volume, e)));
+        }
+        Err(e) => return Err(with_action(vol_err(volume, e), "cannot re-encrypt").into()),
+    }
+    // Under the lock: no other writer is in the middle of updating them.
+    let (copies, superblock) = super::read_copies(volume, unlocked.store.backend())?;
+    let opened = OpenedVolume {
+        store: unlocked.store,
+        copies,
+        superblock,
+    };
     let sb = opened.superblock.clone();
     let old_key_arn = sb.key_arn.clone();
     let plaintext = keys
@@ -72,22 +126,12 @@ pub async fn reencrypt<K: KeyService>(
     let old = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
     if !old.verify_check(&sb.uuid, &sb.key_check) {
-        return Err(vol_err(volume, volume::VolumeError::WrongKey));
+        return Err(vol_err(volume, volume::VolumeError::WrongKey).into());
     }
     let sb = repair_damaged_copy(volume, &opened, AttachMode::ReadWrite);
     let (sb, new) = match &sb.transition {
         Some(t) => {
-            if let Some(key) = options.key
-                && key != t.new_key_arn
-            {
-                return Err(vol_err(
-                    volume,
-                    format!(
-                        "a re-encryption to {} is in progress: run `envol volume reencrypt` without --key to resume it",
-                        t.new_key_arn
-                    ),
-                ));
-            }
+            check_resume_key(volume, t, options.key)?;
             let new = unwrap_new_key(keys, volume, &sb, t).await?;
             (sb, new)
         }
@@ -104,7 +148,17 @@ pub async fn reencrypt<K: KeyService>(
             .map_err(|e| vol_err(volume, e))?,
     );
     let resumed_at = t.watermark * u64::from(sb.sector_size);
-    run_steps(keys, volume, &volume_handle, &sb, &t, options, progress).await?;
+    run_steps(
+        keys,
+        volume,
+        &volume_handle,
+        &sb,
+        &t,
+        options,
+        progress,
+        None,
+    )
+    .await?;
     let v = volume_handle.clone();
     let done = tokio::task::spawn_blocking(move || v.finish_reencryption())
         .await
@@ -120,16 +174,157 @@ pub async fn reencrypt<K: KeyService>(
     })
 }
 
-/// A new data key from the KMS under `key` (default: the volume's),
-/// unwrapped once for its key check value, and the superblock recording
-/// the re-encryption to it, written crash-safely.
-async fn begin<K: KeyService>(
+/// `--key` when resuming: only the key the re-encryption began with.
+fn check_resume_key(
+    volume: &VolumeAddress,
+    t: &Transition,
+    key: Option<&str>,
+) -> Result<(), EnvelopeError> {
+    match key {
+        Some(key) if key != t.new_key_arn => Err(vol_err(
+            volume,
+            format!(
+                "a re-encryption to {} is in progress: run `envol volume reencrypt` without --key to resume it",
+                t.new_key_arn
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The caller's side of an online re-encryption, under the caller's own
+/// KMS credentials: proves Decrypt on the volume's current key, and
+/// returns a new data key (GenerateDataKeyWithoutPlaintext under `key` or
+/// the volume's, unwrapped once with Decrypt for its key check value) —
+/// or `None` when a re-encryption is in progress (resumed: Decrypt on its
+/// new key proved instead). `sb` is the superblock as read without a lock.
+pub async fn new_key_for_server<K: KeyService>(
     keys: &K,
     volume: &VolumeAddress,
-    opened: &OpenedVolume,
     sb: &Superblock,
     key: Option<&str>,
-) -> Result<(Superblock, DataKey), EnvelopeError> {
+) -> Result<Option<WrappedNewKey>, EnvelopeError> {
+    let plaintext = keys
+        .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
+        .await
+        .map_err(|e| key_failure(volume, "unwrap the data key", &sb.key_arn, e, keys))?;
+    let old = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
+    drop(plaintext);
+    if !old.verify_check(&sb.uuid, &sb.key_check) {
+        return Err(vol_err(volume, volume::VolumeError::WrongKey));
+    }
+    drop(old);
+    if let Some(t) = &sb.transition {
+        check_resume_key(volume, t, key)?;
+        unwrap_new_key(keys, volume, sb, t).await?;
+        return Ok(None);
+    }
+    let (wrapped, new) = generate_new_key(keys, volume, sb, key).await?;
+    Ok(Some(WrappedNewKey {
+        key_arn: wrapped.key_arn,
+        key_check: new.key_check(&sb.uuid),
+        wrapped_key: wrapped.blob,
+    }))
+}
+
+/// The server's side, first half: begins the re-encryption of the open
+/// volume `handle` to `new` (the caller's key, unwrapped again here with
+/// the server's own credentials and checked against the caller's key
+/// check value), or, with `new` absent, checks there is one in progress
+/// to resume. Returns where it starts, in bytes.
+pub async fn begin_online<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    handle: &Arc<volume::Volume>,
+    new: Option<WrappedNewKey>,
+) -> Result<u64, EnvelopeError> {
+    let sb = handle.superblock();
+    let sector = u64::from(sb.sector_size);
+    match (&sb.transition, new) {
+        (Some(t), None) => match handle.reencryption_progress() {
+            Some(p) => Ok(p.done_bytes()),
+            None => Ok(t.watermark * sector),
+        },
+        (Some(t), Some(_)) => Err(vol_err(
+            volume,
+            format!(
+                "a re-encryption to {} is already in progress: run `envol volume reencrypt` without --key to resume it",
+                t.new_key_arn
+            ),
+        )),
+        (None, None) => Err(vol_err(
+            volume,
+            "no re-encryption is in progress to resume (the request named no new key)",
+        )),
+        (None, Some(new)) => {
+            let plaintext = keys
+                .unwrap_key(&sb.key_arn, &sb.wrapped_key, &sb.encryption_context)
+                .await
+                .map_err(|e| key_failure(volume, "unwrap the data key", &sb.key_arn, e, keys))?;
+            let old = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
+            drop(plaintext);
+            let plaintext = keys
+                .unwrap_key(&new.key_arn, &new.wrapped_key, &sb.encryption_context)
+                .await
+                .map_err(|e| {
+                    key_failure(volume, "unwrap the new data key", &new.key_arn, e, keys)
+                })?;
+            let new_key = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
+            drop(plaintext);
+            let v = handle.clone();
+            let record = NewKey {
+                key_arn: new.key_arn,
+                wrapped_key: new.wrapped_key,
+                key_check: new.key_check,
+            };
+            tokio::task::spawn_blocking(move || {
+                v.begin_reencryption(old, new_key, record, now_unix_seconds())
+            })
+            .await
+            .map_err(|e| vol_err(volume, e))?
+            .map_err(|e| vol_err(volume, e))?;
+            Ok(0)
+        }
+    }
+}
+
+/// The server's side, second half: steps until every sector of `handle`
+/// is under the new key (at most `max_rate` bytes/s, the new key asked
+/// for again every [`KEY_RECHECK`], `stop` checked between steps), then
+/// ends the transition. Returns the superblock naming the new key alone.
+pub async fn run_online<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    handle: &Arc<volume::Volume>,
+    max_rate: Option<u64>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+    stop: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Superblock, EnvelopeError> {
+    let sb = handle.superblock();
+    let t = sb
+        .transition
+        .clone()
+        .ok_or_else(|| vol_err(volume, volume::VolumeError::NotInTransition))?;
+    let options = ReencryptOptions {
+        key: None,
+        max_rate,
+    };
+    run_steps(keys, volume, handle, &sb, &t, options, progress, Some(stop)).await?;
+    let v = handle.clone();
+    tokio::task::spawn_blocking(move || v.finish_reencryption())
+        .await
+        .map_err(|e| vol_err(volume, e))?
+        .map_err(|e| vol_err(volume, e))
+}
+
+/// A new data key from the KMS under `key` (default: the volume's): the
+/// wrapped key, and the key itself (unwrapped once).
+async fn generate_new_key<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    sb: &Superblock,
+    key: Option<&str>,
+) -> Result<(crate::keys::WrappedKey, DataKey), EnvelopeError> {
     let target = key.unwrap_or(&sb.key_arn);
     let wrapped = keys
         .generate_wrapped_key(target, &sb.encryption_context, DATA_KEY_LEN)
@@ -141,6 +336,20 @@ async fn begin<K: KeyService>(
         .map_err(|e| key_failure(volume, "unwrap the new data key", target, e, keys))?;
     let new = DataKey::from_slice(&plaintext).map_err(|e| vol_err(volume, e))?;
     drop(plaintext);
+    Ok((wrapped, new))
+}
+
+/// A new data key from the KMS under `key` (default: the volume's),
+/// unwrapped once for its key check value, and the superblock recording
+/// the re-encryption to it, written crash-safely.
+async fn begin<K: KeyService>(
+    keys: &K,
+    volume: &VolumeAddress,
+    opened: &OpenedVolume,
+    sb: &Superblock,
+    key: Option<&str>,
+) -> Result<(Superblock, DataKey), EnvelopeError> {
+    let (wrapped, new) = generate_new_key(keys, volume, sb, key).await?;
     let mut next = reencryption::begin(
         sb,
         NewKey {
@@ -157,7 +366,8 @@ async fn begin<K: KeyService>(
 
 /// Steps until every sector is under the new key, at most `max_rate`
 /// bytes per second, asking the KMS for the new key every
-/// [`KEY_RECHECK`].
+/// [`KEY_RECHECK`]; between steps, `stop` (if given) ends it early.
+#[allow(clippy::too_many_arguments)]
 async fn run_steps<K: KeyService>(
     keys: &K,
     volume: &VolumeAddress,
@@ -166,6 +376,7 @@ async fn run_steps<K: KeyService>(
     t: &Transition,
     options: ReencryptOptions<'_>,
     progress: &mut (dyn FnMut(Progress) + Send),
+    stop: Option<&(dyn Fn() -> bool + Send + Sync)>,
 ) -> Result<(), EnvelopeError> {
     let sector = u64::from(sb.sector_size);
     let largest = MAX_HOTZONE_SECTORS as u64 * sector;
@@ -179,6 +390,12 @@ async fn run_steps<K: KeyService>(
     let mut last_check = Instant::now();
     let mut bytes_this_run = 0u64;
     loop {
+        if stop.is_some_and(|stop| stop()) {
+            return Err(vol_err(
+                volume,
+                "re-encryption stopped (the volume is being detached); `envol volume reencrypt` resumes it",
+            ));
+        }
         let v = handle.clone();
         let before = v
             .reencryption_progress()

@@ -19,7 +19,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ use crate::volume::key::DataKey;
 use crate::volume::range_lock::{OwnedRangeGuard, RangeLocks};
 use crate::volume::started_ops::{DRAIN_LIMIT, OpToken, StartedOps};
 use crate::volume::superblock::{Superblock, SuperblockError};
-use crate::volume::transition_state::Reencryption;
+use crate::volume::transition_state::{Keying, Reencryption};
 use crate::volume::xts_engine::XtsEngine;
 
 /// Largest request the device advertises (NBD_INFO_BLOCK_SIZE maximum).
@@ -73,8 +73,11 @@ pub struct Volume {
     /// the write's completion (through a `Weak`: a completion never keeps
     /// the store open).
     pub(super) backend: Arc<dyn Backend>,
-    /// Shared so that a started read can decrypt in its completion.
-    cipher: Arc<dyn SectorCipher>,
+    /// The cipher (and the re-encryption in progress, if any): replaced
+    /// as a whole when a re-encryption begins or ends on the open volume.
+    /// A request clones the `Arc` once and keeps it until it is done (a
+    /// started read, into its completion).
+    pub(super) keying: RwLock<Arc<Keying>>,
     uuid: Uuid,
     /// The superblock as on disk: it changes when the volume grows (the
     /// lock also serializes grows).
@@ -87,10 +90,6 @@ pub struct Volume {
     read_only: bool,
     /// Shared so that a started write's guard can live in its completion.
     pub(super) locks: Arc<RangeLocks>,
-    /// A data-key re-encryption in progress (or completed while open):
-    /// its cipher is `cipher`, and reads of sectors at or above its
-    /// watermark hold their range lock (see [`Self::read_guard`]).
-    pub(super) reencryption: Option<Reencryption>,
     /// Ciphertext buffers for writes and unaligned reads, reused so the
     /// steady state allocates nothing per request (shared: a started
     /// request's buffer travels with it).
@@ -227,9 +226,13 @@ impl Volume {
             return Err(VolumeError::BackendTooSmall { need, have });
         }
         let changes = ChangeMap::load(&*backend, superblock);
+        let keying = Keying {
+            cipher,
+            reencryption: reencryption.map(Arc::new),
+        };
         Ok(Volume {
             backend,
-            cipher,
+            keying: RwLock::new(Arc::new(keying)),
             uuid: superblock.uuid,
             superblock: Mutex::new(superblock.clone()),
             size: AtomicU64::new(superblock.size),
@@ -240,7 +243,6 @@ impl Volume {
             buffers: Arc::new(BufferPool::new()),
             started: Arc::new(StartedOps::default()),
             changes: Arc::new(changes),
-            reencryption,
             freezer: Freezer::default(),
         })
     }
@@ -250,8 +252,8 @@ impl Volume {
     /// step rewrites them (and moves the watermark past them) between the
     /// fetch and the decryption. Sectors below the watermark never change
     /// key again: reads of them take no lock, as on any other volume.
-    fn read_guard(&self, first: u64, end: u64) -> Option<OwnedRangeGuard> {
-        let r = self.reencryption.as_ref()?;
+    fn read_guard(&self, keying: &Keying, first: u64, end: u64) -> Option<OwnedRangeGuard> {
+        let r = keying.reencryption.as_ref()?;
         (end > r.cipher.watermark()).then(|| self.locks.lock_owned(first, end))
     }
 
@@ -259,12 +261,20 @@ impl Volume {
     /// reads and writes would mix two keys.
     pub(super) fn check_single_key(&self) -> io::Result<()> {
         let sectors = self.size.load(Ordering::Acquire) / self.sector_size;
-        match &self.reencryption {
+        match &self.keying().reencryption {
             Some(r) if r.cipher.watermark() < sectors => Err(io::Error::other(
                 "a data-key re-encryption is in progress: finish it (envol volume reencrypt) first",
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The cipher and re-encryption requests use now.
+    pub(super) fn keying(&self) -> Arc<Keying> {
+        self.keying
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The superblock, locked: re-encryption steps update it through the
@@ -370,14 +380,14 @@ impl Volume {
     /// sector stored as all zero bytes (a hole, or zeroed) is plaintext
     /// zeros and is left alone. Runs of real ciphertext go to the cipher in
     /// one call.
-    fn decrypt_stored(&self, first_sector: u64, buf: &mut [u8]) {
-        decrypt_stored(&*self.cipher, first_sector, buf);
+    fn decrypt_stored(&self, keying: &Keying, first_sector: u64, buf: &mut [u8]) {
+        decrypt_stored(&*keying.cipher, first_sector, buf);
     }
 
     /// Reads and decrypts whole sectors `[first, first + buf.len()/ss)`.
-    fn read_sectors(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_sectors(&self, keying: &Keying, first: u64, buf: &mut [u8]) -> io::Result<()> {
         self.backend.read_at(self.backend_offset(first), buf)?;
-        self.decrypt_stored(first, buf);
+        self.decrypt_stored(keying, first, buf);
         Ok(())
     }
 
@@ -396,13 +406,14 @@ impl Volume {
         }
         let ss = self.sector_size;
         let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
-        let _guard = self.read_guard(first, end_sector);
+        let keying = self.keying();
+        let _guard = self.read_guard(&keying, first, end_sector);
         if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
             // Aligned: decrypt in the caller's buffer, no copy.
             if !fetch(self.backend_offset(first), buf)? {
                 return Ok(false);
             }
-            self.decrypt_stored(first, buf);
+            self.decrypt_stored(&keying, first, buf);
             return Ok(true);
         }
         let mut pooled = self.buffers.take(self.len_usize(end_sector - first)?);
@@ -410,7 +421,7 @@ impl Volume {
         if !fetch(self.backend_offset(first), sectors)? {
             return Ok(false);
         }
-        self.decrypt_stored(first, sectors);
+        self.decrypt_stored(&keying, first, sectors);
         let skip = (offset - first * ss) as usize;
         buf.copy_from_slice(&sectors[skip..skip + buf.len()]);
         Ok(true)
@@ -428,18 +439,21 @@ impl Volume {
         let head = (offset - first * ss) as usize;
         let tail_partial = !(offset + data.len() as u64).is_multiple_of(ss);
         let ss_usize = ss as usize;
+        // Taken under the range lock: a re-encryption step moves the
+        // watermark past these sectors only under it too.
+        let keying = self.keying();
         if head == 0 && !tail_partial {
-            self.cipher.encrypt_sectors_to(first, data, buf);
+            keying.cipher.encrypt_sectors_to(first, data, buf);
             return Ok(());
         }
         if head != 0 {
-            self.read_sectors(first, &mut buf[..ss_usize])?;
+            self.read_sectors(&keying, first, &mut buf[..ss_usize])?;
         }
         if tail_partial && (end_sector - 1 > first || head == 0) {
-            self.read_sectors(end_sector - 1, &mut buf[span - ss_usize..])?;
+            self.read_sectors(&keying, end_sector - 1, &mut buf[span - ss_usize..])?;
         }
         buf[head..head + data.len()].copy_from_slice(data);
-        self.cipher.encrypt_sectors(first, buf);
+        keying.cipher.encrypt_sectors(first, buf);
         Ok(())
     }
 
@@ -463,9 +477,10 @@ impl Volume {
     fn zero_within_sector(&self, sector: u64, at: usize, len: usize) -> io::Result<()> {
         let mut pooled = self.buffers.take(self.sector_size as usize);
         let buf = pooled.as_mut_slice();
-        self.read_sectors(sector, buf)?;
+        let keying = self.keying();
+        self.read_sectors(&keying, sector, buf)?;
         buf[at..at + len].fill(0);
-        self.cipher.encrypt_sectors(sector, buf);
+        keying.cipher.encrypt_sectors(sector, buf);
         self.backend.write_at(self.backend_offset(sector), buf)
     }
 
@@ -624,7 +639,7 @@ impl Volume {
 /// What a started read's completion needs to finish it: decrypt the stored
 /// sectors and, for an unaligned read, copy the wanted bytes out.
 struct ReadFinish {
-    cipher: Arc<dyn SectorCipher>,
+    keying: Arc<Keying>,
     /// During a re-encryption: the read's sectors, held until decrypted.
     _guard: Option<OwnedRangeGuard>,
     first_sector: u64,
@@ -642,15 +657,16 @@ impl ReadFinish {
     /// volume before `done` runs.
     fn run(self, mut stored: IoBuf, result: io::Result<()>, done: IoDone) {
         let ReadFinish {
-            cipher,
+            keying,
             _guard,
             first_sector,
             unaligned,
             _token,
         } = self;
-        let result = result.map(|()| decrypt_stored(&*cipher, first_sector, stored.bytes_mut()));
+        let result =
+            result.map(|()| decrypt_stored(&*keying.cipher, first_sector, stored.bytes_mut()));
         drop(_guard);
-        drop(cipher);
+        drop(keying);
         drop(_token);
         let Some((mut buf, skip)) = unaligned else {
             return done(stored, result);
@@ -783,9 +799,10 @@ impl Volume {
             let skip = (offset - first * ss) as usize;
             (Box::new(self.buffers.take_owned(span)), Some((buf, skip)))
         };
+        let keying = self.keying();
         let finish = ReadFinish {
-            cipher: self.cipher.clone(),
-            _guard: self.read_guard(first, end_sector),
+            _guard: self.read_guard(&keying, first, end_sector),
+            keying,
             first_sector: first,
             unaligned,
             _token: self.started.start(),

@@ -40,6 +40,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::volume::backend::Backend;
 use crate::volume::cipher::SectorCipher;
@@ -51,12 +52,17 @@ use crate::volume::superblock::{
     write_superblock_to,
 };
 use crate::volume::transition_cipher::TransitionCipher;
-use crate::volume::transition_state::{Reencryption, StepState};
+use crate::volume::transition_state::{Keying, Reencryption, StepState};
 use crate::volume::xts_engine::XtsEngine;
 
 /// Below this many bytes a step transforms on the calling thread alone:
 /// starting threads would cost more than they save.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// How long the first step of a re-encryption begun on an attached volume
+/// waits for the reads that started before it (they hold the single-key
+/// cipher and no range lock): longer, and the step fails (resumable).
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(60);
 
 /// How far a re-encryption is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,20 +149,99 @@ impl Volume {
         drop((old, new));
         let reencryption = Reencryption {
             cipher: cipher.clone(),
-            state: Mutex::new(StepState { buffer: Vec::new() }),
+            state: Mutex::new(StepState {
+                buffer: Vec::new(),
+                predecessor: None,
+            }),
         };
         let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
         volume.recover_hotzone()?;
         Ok(volume)
     }
 
-    fn reencryption_state(&self) -> Result<&Reencryption, VolumeError> {
-        self.reencryption.as_ref().ok_or_else(not_in_transition)
+    fn reencryption_state(&self) -> Result<Arc<Reencryption>, VolumeError> {
+        self.keying()
+            .reencryption
+            .clone()
+            .ok_or_else(not_in_transition)
+    }
+
+    /// Begins a re-encryption of this open (attached, read-write) volume
+    /// to `new`, while it serves: checks both keys against their key
+    /// check values, records the transition (watermark 0: every sector
+    /// still under the old key) in both superblock copies, then swaps the
+    /// volume's cipher for the two-key one. Requests from then on take
+    /// range locks at the watermark as on a volume opened in transition;
+    /// the first [`Self::reencrypt_step`] waits for the reads started
+    /// before (see [`StepState::predecessor`]). `old` is the volume's
+    /// current key (the caller unwrapped it again: the volume keeps only
+    /// its key schedules).
+    pub fn begin_reencryption(
+        &self,
+        old: DataKey,
+        new: DataKey,
+        new_key: NewKey,
+        started: u64,
+    ) -> Result<Progress, VolumeError> {
+        if self.read_only() {
+            return Err(VolumeError::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "volume is read-only",
+            )));
+        }
+        let mut on_disk = self.superblock_guard();
+        if on_disk.transition.is_some() || self.keying().reencryption.is_some() {
+            return Err(VolumeError::InTransition);
+        }
+        if !old.verify_check(&on_disk.uuid, &on_disk.key_check) {
+            return Err(VolumeError::WrongKey);
+        }
+        if !new.verify_check(&on_disk.uuid, &new_key.key_check) {
+            return Err(VolumeError::WrongNewKey);
+        }
+        let cipher = Arc::new(TransitionCipher::new(
+            &old,
+            &new,
+            self.sector_size as usize,
+            0,
+        )?);
+        drop((old, new));
+        let mut next = begin(&on_disk, new_key, started);
+        write_superblock_to(&*self.backend, &mut next)?;
+        let total = next.sectors();
+        *on_disk = next;
+        let mut keying = self.keying.write().unwrap_or_else(PoisonError::into_inner);
+        let reencryption = Arc::new(Reencryption {
+            cipher: cipher.clone(),
+            state: Mutex::new(StepState {
+                buffer: Vec::new(),
+                predecessor: None,
+            }),
+        });
+        let before = std::mem::replace(
+            &mut *keying,
+            Arc::new(Keying {
+                cipher,
+                reencryption: Some(reencryption.clone()),
+            }),
+        );
+        drop(keying);
+        drop(on_disk);
+        reencryption
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .predecessor = Some(before);
+        Ok(Progress {
+            done_sectors: 0,
+            total_sectors: total,
+            sector_size: self.sector_size,
+        })
     }
 
     /// How far the re-encryption is, or `None` on a volume without one.
     pub fn reencryption_progress(&self) -> Option<Progress> {
-        let r = self.reencryption.as_ref()?;
+        let r = self.keying().reencryption.clone()?;
         Some(Progress {
             done_sectors: r.cipher.watermark(),
             total_sectors: self.superblock().sectors(),
@@ -238,12 +323,13 @@ impl Volume {
             )));
         }
         let mut st = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        wait_for_predecessor(&mut st)?;
         let total = self.superblock().sectors();
         let first = r.cipher.watermark();
         if first < total {
             let max_sectors = (max_bytes / self.sector_size).clamp(1, MAX_HOTZONE_SECTORS as u64);
             let end = (first + max_sectors).min(total);
-            self.rewrite(r, &mut st, first, end)?;
+            self.rewrite(&r, &mut st, first, end)?;
         }
         drop(st);
         Ok(Progress {
@@ -339,8 +425,36 @@ impl Volume {
             *on_disk = next.clone();
         }
         r.cipher.retire_old();
+        drop(on_disk);
+        // Every sector is under the new key: requests need no range lock
+        // at a watermark any more (the cipher, its old key retired, uses
+        // the new key for every sector, a later grow's too).
+        let mut keying = self.keying.write().unwrap_or_else(PoisonError::into_inner);
+        *keying = Arc::new(Keying {
+            cipher: r.cipher.clone(),
+            reencryption: None,
+        });
         Ok(next)
     }
+}
+
+/// Waits until no request holds the keying a re-encryption replaced (see
+/// [`StepState::predecessor`]), then lets it go.
+fn wait_for_predecessor(st: &mut StepState) -> Result<(), VolumeError> {
+    let Some(before) = st.predecessor.take() else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + PREDECESSOR_WAIT;
+    while Arc::strong_count(&before) > 1 {
+        if Instant::now() >= deadline {
+            st.predecessor = Some(before);
+            return Err(VolumeError::Io(io::Error::other(
+                "reads started before the re-encryption are still pending",
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Digests each stored sector of `buf` (from sector `first`) into

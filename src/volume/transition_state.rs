@@ -5,7 +5,25 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::volume::cipher::SectorCipher;
 use crate::volume::transition_cipher::TransitionCipher;
+
+/// The cipher a request uses, and the re-encryption it belongs to. Swapped
+/// as a whole (never edited) when a re-encryption begins on an attached
+/// volume or ends: a request takes one `Arc<Keying>` when it starts and
+/// uses that one throughout, so it never mixes two.
+pub(super) struct Keying {
+    pub(super) cipher: Arc<dyn SectorCipher>,
+    pub(super) reencryption: Option<Arc<Reencryption>>,
+}
+
+impl std::fmt::Debug for Keying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keying")
+            .field("in_transition", &self.reencryption.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 /// The re-encryption state of an open volume.
 #[derive(Debug)]
@@ -20,4 +38,9 @@ pub struct Reencryption {
 #[derive(Debug)]
 pub(super) struct StepState {
     pub(super) buffer: Vec<u8>,
+    /// The keying replaced when this re-encryption began on an attached
+    /// volume: reads that started before took no range lock and decrypt
+    /// with its single key, so the first step waits until none holds it
+    /// any more (its last `Arc` is this one), then drops it.
+    pub(super) predecessor: Option<Arc<Keying>>,
 }
