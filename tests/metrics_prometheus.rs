@@ -3,11 +3,12 @@
 //! the write rate there (none on an idle export) and the KMS Decrypts of
 //! the attach; a direct scrape counts exactly the bytes nbdcopy wrote; a
 //! non-loopback address without TLS is refused in one line, before any
-//! key is unwrapped.
+//! key is unwrapped; Prometheus follows an online re-encryption's progress
+//! gauges to the end.
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::KmsServer;
@@ -118,6 +119,69 @@ fn prometheus_sees_the_write_rate_of_the_busy_export_and_the_attach_decrypts() {
     assert!(
         decrypts_before_attach >= 2.0,
         "volume create unwraps once each"
+    );
+    server.stop();
+}
+
+#[test]
+fn prometheus_follows_an_online_reencryption_to_its_end() {
+    let fx = Fixture::new();
+    let vol = fx.create_volume("rotated.vol", 32 * MIB, 4096);
+    let serve_metrics = format!("127.0.0.1:{}", free_port());
+    let server = fx.serve_many(ADMIN, &[(&vol, None)], &["--metrics", &serve_metrics]);
+    let name = vol.export();
+    let prometheus = Prometheus::start(&[("envol_serve", serve_metrics.clone())]);
+    prometheus.query_until("up", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|(_, v)| *v == 1.0)
+    });
+    // No re-encryption yet: no series.
+    assert!(
+        prometheus
+            .query("envol_reencryption_bytes_total")
+            .is_empty()
+    );
+
+    let control = common::control::control_of(&server.socket);
+    // 4 MiB/s: about eight seconds, several scrapes in between.
+    let mut child = fx
+        .envol_as(
+            ADMIN,
+            &[
+                "volume",
+                "reencrypt",
+                vol.path.to_str().unwrap(),
+                "--quiet",
+                "--max-rate",
+                "4M",
+                "--control",
+                control.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = prometheus.query_until(
+        "envol_reencryption_bytes_done / envol_reencryption_bytes_total and on(export) envol_reencryption_running == 1",
+        Duration::from_secs(20),
+        |r| r.iter().any(|(m, v)| m["export"] == name.as_str() && *v > 0.0 && *v < 1.0),
+    );
+    assert!(
+        running
+            .iter()
+            .any(|(m, v)| m["export"] == name.as_str() && *v > 0.0 && *v < 1.0),
+        "no partial progress seen while it ran: {running:?}"
+    );
+    assert!(child.wait().unwrap().success());
+    let done = prometheus.query_until(
+        "envol_reencryption_bytes_done == envol_reencryption_bytes_total and on(export) envol_reencryption_running == 0",
+        Duration::from_secs(20),
+        |r| r.iter().any(|(m, _)| m["export"] == name.as_str()),
+    );
+    assert_eq!(
+        done.first().map(|(_, v)| *v),
+        Some((32 * MIB) as f64),
+        "completion: {done:?}"
     );
     server.stop();
 }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::error::{CliError, CliResult};
 use super::serve::DEFAULT_NBD_ADDR;
+use super::target::human_size;
 use crate::control::{self, Command, ExportInfo, ReplyBody, TakeOverMode};
 
 /// Which server: its control socket.
@@ -152,6 +153,29 @@ fn print_export(e: &ExportInfo) {
     say!("  bytes read:     {}", e.bytes_read);
     say!("  bytes written:  {}", e.bytes_written);
     say!("  attached since: {}", e.attached_since);
+    if let Some(r) = &e.reencryption {
+        let pct = r.done_bytes as f64 * 100.0 / r.total_bytes.max(1) as f64;
+        let eta = r.eta_seconds.map_or("unknown".into(), |s| format!("{s} s"));
+        say!(
+            "  re-encryption:  {} {} of {} ({pct:.1} %), {}/s, ETA {eta}; new key {}",
+            r.state,
+            human_size(r.done_bytes),
+            human_size(r.total_bytes),
+            human_size(r.rate_bytes_per_sec),
+            r.new_key_arn
+        );
+        if let Some(message) = &r.message {
+            say!("                  {message}");
+        }
+    }
+    if let Some(s) = &e.snapshot {
+        say!(
+            "  snapshot:       to {} ({} chunks left, {} copied aside)",
+            s.base,
+            s.chunks_left,
+            human_size(s.copied_bytes)
+        );
+    }
 }
 
 fn unexpected(reply: &ReplyBody) -> CliError {
