@@ -5,10 +5,8 @@
 //! to the export's atomics, a scrape reads them. An export detached
 //! disappears from the next scrape with its series.
 //!
-//! Snapshot and re-encryption progress (a gauge family
-//! `envol_nbd_task_progress_ratio{export,task}`) belongs here too, read at
-//! scrape time from the task's own counters, once those tasks run inside
-//! the server; until then nothing is emitted for them.
+//! Snapshot and re-encryption progress are the control socket's tasks, so
+//! their gauges are its collector (`control/metrics.rs`), not this one.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
