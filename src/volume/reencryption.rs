@@ -152,6 +152,7 @@ impl Volume {
             state: Mutex::new(StepState {
                 buffer: Vec::new(),
                 predecessor: None,
+                failed_step: false,
             }),
         };
         let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
@@ -216,6 +217,7 @@ impl Volume {
             state: Mutex::new(StepState {
                 buffer: Vec::new(),
                 predecessor: None,
+                failed_step: false,
             }),
         });
         let before = std::mem::replace(
@@ -255,6 +257,11 @@ impl Volume {
     fn recover_hotzone(&self) -> Result<(), VolumeError> {
         let r = self.reencryption_state()?;
         let _steps = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.recover_hotzone_held(&r)
+    }
+
+    /// [`Self::recover_hotzone`], the step lock held by the caller.
+    fn recover_hotzone_held(&self, r: &Reencryption) -> Result<(), VolumeError> {
         let Some(t) = self.superblock().transition else {
             return Err(not_in_transition());
         };
@@ -324,12 +331,22 @@ impl Volume {
         }
         let mut st = r.state.lock().unwrap_or_else(PoisonError::into_inner);
         wait_for_predecessor(&mut st)?;
+        // A step that failed part-way (online, the volume stays open)
+        // may have rewritten some of its hotzone: finish it by digest, as
+        // an open would, before anything else is rewritten.
+        if st.failed_step {
+            self.recover_hotzone_held(&r)?;
+            st.failed_step = false;
+        }
         let total = self.superblock().sectors();
         let first = r.cipher.watermark();
         if first < total {
             let max_sectors = (max_bytes / self.sector_size).clamp(1, MAX_HOTZONE_SECTORS as u64);
             let end = (first + max_sectors).min(total);
-            self.rewrite(&r, &mut st, first, end)?;
+            if let Err(e) = self.rewrite(&r, &mut st, first, end) {
+                st.failed_step = true;
+                return Err(e);
+            }
         }
         drop(st);
         Ok(Progress {

@@ -297,3 +297,69 @@ fn a_reencryption_begun_on_an_open_volume_keeps_concurrent_readers_and_writers_r
         }
     }
 }
+
+/// Online, the volume stays open after a failed step: the next step
+/// first recovers the failed one's hotzone by digest (a sector it did
+/// rewrite is not transformed twice), as an open would.
+#[test]
+fn a_step_that_failed_part_way_is_recovered_by_the_next_on_the_open_volume() {
+    use crate::volume::testing::{Fault, FaultOp, FaultyBackend};
+    const K: u64 = 1 << 10;
+    let ss = 4096u32;
+    let old = DataKey::generate();
+    let uuid = Uuid::new_v4();
+    let mut sb = Superblock::new(
+        uuid,
+        SIZE,
+        ss,
+        "arn:aws:kms:us-east-1:111122223333:key/old".into(),
+        vec![1, 2, 3],
+        old.key_check(&uuid),
+        0,
+    )
+    .unwrap();
+    let store = CrashBackend::new((DATA_OFFSET + SIZE) as usize, ss as usize);
+    write_superblock_to(&store, &mut sb).unwrap();
+    let faulty = FaultyBackend::new(store.clone());
+    let faults = faulty.faults();
+    let v = Volume::open(faulty, &sb, old.clone()).unwrap();
+    // Two runs of data in the second MiB, a hole between them: the step
+    // over it writes them in two calls.
+    let a = pattern(256 * K as usize, 7);
+    let b = pattern(512 * K as usize, 9);
+    v.write_at(1024 * K, &a, false).unwrap();
+    v.write_at(1536 * K, &b, false).unwrap();
+    let new = DataKey::generate();
+    v.begin_reencryption(
+        old.clone(),
+        new.clone(),
+        NewKey {
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/new".into(),
+            wrapped_key: vec![4, 5, 6],
+            key_check: new.key_check(&uuid),
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(v.reencrypt_step(1 << 20).unwrap().done_bytes(), 1 << 20);
+    // The second run's write fails: the first run is already rewritten.
+    faults.add(Fault {
+        op: FaultOp::Write,
+        range: DATA_OFFSET + 1536 * K..DATA_OFFSET + 2048 * K,
+        errno: 5,
+    });
+    assert!(v.reencrypt_step(1 << 20).is_err());
+    faults.clear();
+    while !v.reencrypt_step(1 << 20).unwrap().is_complete() {}
+    let done = v.finish_reencryption().unwrap();
+    assert_eq!(read(&v, 1024 * K, a.len()), a);
+    assert_eq!(read(&v, 1536 * K, b.len()), b);
+    drop(v);
+    let v = Volume::open(store, &done, new).unwrap();
+    assert_eq!(read(&v, 1024 * K, a.len()), a);
+    assert_eq!(read(&v, 1536 * K, b.len()), b);
+    assert_eq!(
+        read(&v, 1280 * K, 256 * K as usize),
+        vec![0u8; 256 * K as usize]
+    );
+}

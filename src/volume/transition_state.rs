@@ -43,4 +43,7 @@ pub(super) struct StepState {
     /// with its single key, so the first step waits until none holds it
     /// any more (its last `Arc` is this one), then drops it.
     pub(super) predecessor: Option<Arc<Keying>>,
+    /// The last step failed: its hotzone may be part rewritten, so the
+    /// next one recovers it first.
+    pub(super) failed_step: bool,
 }
