@@ -78,8 +78,10 @@ run_fio() {
   local name=$1; shift
   local c0 c1 t0 t1 json
   c0=$(cpu_ticks); t0=$(date +%s.%N)
-  json=$(fio --output-format=json --ioengine=nbd --uri="$URI" --name="$name" \
-    --time_based --runtime="$SECS" --offset=0 --size="$((SIZE_MIB / 2))M" "$@")
+  # fio's JSON to a file: the nbd engine may print notes on stdout too.
+  fio --output-format=json --output="$WORK/$name.json" --ioengine=nbd --uri="$URI" --name="$name" \
+    --time_based --runtime="$SECS" --offset=0 --size="$((SIZE_MIB / 2))M" "$@" >/dev/null
+  json=$(cat "$WORK/$name.json")
   t1=$(date +%s.%N); c1=$(cpu_ticks)
   local bw iops cpu
   bw=$(jq '[.jobs[0].read.bw_bytes, .jobs[0].write.bw_bytes] | add / 1048576' <<<"$json")
