@@ -66,7 +66,7 @@ pub struct ServeArgs {
     pub force: bool,
     #[command(flatten)]
     pub ceph: CephArgs,
-    /// Which loop serves plain (non-TLS) connections: `threaded` (the fast path) or `async` (for comparison); TLS connections always use the async one.
+    /// Which loop serves connections, plain and TLS: `threaded` (the fast path) or `async` (for comparison).
     #[arg(long, value_enum, value_name = "LOOP", default_value_t = TransmissionArg::Threaded)]
     pub transmission: TransmissionArg,
     #[command(flatten)]
@@ -736,15 +736,16 @@ fn attached_volume(volume: Volume, arg: &VolumeArg) -> AttachedVolume {
 
 /// Binds, prints where to connect, and serves until SIGINT/SIGTERM.
 pub(crate) async fn serve_exports(
-    exports: Vec<Export>,
+    server: Server,
     limits: &LimitArgs,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
+    tls: Option<TlsConfig>,
     metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
-    let server = limits.apply(Server::new(exports)?);
-    serve_with(server, socket, tcp, None, metrics, on_ready).await
+    let server = limits.apply(server);
+    serve_with(server, socket, tcp, tls, metrics, on_ready).await
 }
 
 /// [`serve_exports`] with a configured `server`, offering TLS when `tls`
