@@ -182,7 +182,7 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
     let net = std::fs::read_to_string(&net_markdown).expect("net-results.md");
     assert!(net.contains("| target | measurement |"), "{net}");
     assert!(
-        net.contains("Negotiated") && net.contains("envol: "),
+        net.contains("Negotiated") && net.contains("own-tls: cipher "),
         "{net}"
     );
     let chart = std::fs::read_to_string(&net_svg).expect("net-chart.svg");
