@@ -35,7 +35,33 @@ pub(crate) async fn complete(
     .map_err(|e| format!("attach failed: {e}"))?
     .map_err(|e| e.to_string())?;
     if let Some(h) = &hydration {
-        lazy::hydrate_in_background(h, DEFAULT_CONCURRENCY);
+        match hydrate_workers() {
+            0 => tracing::info!(
+                "lazy restore from {}: background hydration is off ({WORKERS_VAR}=0); chunks are fetched as they are read or written",
+                h.source()
+            ),
+            n => lazy::hydrate_in_background(h, n),
+        }
     }
     Ok(volume)
+}
+
+/// Chunks fetched at once in the background, per volume: as many as a
+/// restore fetches at once, unless the environment says otherwise (0: only
+/// on demand, e.g. to leave a slow link to the clients' reads).
+const WORKERS_VAR: &str = "ENVOL_HYDRATE_WORKERS";
+
+fn hydrate_workers() -> usize {
+    let Ok(value) = std::env::var(WORKERS_VAR) else {
+        return DEFAULT_CONCURRENCY;
+    };
+    match value.parse::<usize>() {
+        Ok(n) if n <= 256 => n,
+        _ => {
+            tracing::warn!(
+                "{WORKERS_VAR}={value:?} is not a number from 0 to 256; using {DEFAULT_CONCURRENCY}"
+            );
+            DEFAULT_CONCURRENCY
+        }
+    }
 }
