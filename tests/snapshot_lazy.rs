@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ceph::TestImage;
 use common::s3::S3;
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, output_with_timeout, run_fails,
@@ -81,19 +82,17 @@ impl Env {
     /// `volume restore URL --to DIR/NAME --lazy`, which must return before
     /// fetching anything.
     fn restore_lazy(&self, url: &str, name: &str, like: &Vol) -> Vol {
-        let target = self.fx.path(name);
-        let out = run_ok(&mut self.envol_s3(&[
-            "volume",
-            "restore",
-            url,
-            "--to",
-            target.to_str().unwrap(),
-            "--lazy",
-            "--json",
-        ]));
+        self.restore_lazy_to(url, self.fx.path(name).to_str().unwrap(), like)
+    }
+
+    /// [`Self::restore_lazy`] into a file path or `rbd:POOL/IMAGE`.
+    fn restore_lazy_to(&self, url: &str, target: &str, like: &Vol) -> Vol {
+        let out = run_ok(
+            &mut self.envol_s3(&["volume", "restore", url, "--to", target, "--lazy", "--json"]),
+        );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         Vol {
-            path: target,
+            path: target.into(),
             uuid: v["uuid"].as_str().unwrap().to_string(),
             size: like.size,
             sector_size: like.sector_size,
@@ -259,6 +258,41 @@ fn serve_during_hydration_reads_the_snapshot_and_writes_stick() {
         !server.stderr().contains("lazy restore"),
         "{}",
         server.stderr()
+    );
+    server.stop();
+}
+
+/// The same on an rbd: image: the record lives behind the image's data
+/// area, reached through librbd like the rest.
+#[test]
+fn an_rbd_image_serves_while_it_hydrates() {
+    let env = Env::new();
+    let src = source(&env);
+    let (url, _) = env.snapshot(&src, "rbd");
+    let image = TestImage::new("lazy-dst");
+    let vol = env.restore_lazy_to(&url, &format!("rbd:{}", image.spec()), &src);
+    assert_eq!(env.progress(&vol), Some((8, 32)));
+    let server = env.serve(&vol, Some("0"));
+    let dir = env.fx.dir.path();
+    fio(dir, server.first_uri(), "b", 12 * MIB, 8 * MIB, true);
+    qemu_io_ok(
+        server.first_uri(),
+        &[&format!("write -P 0x55 {} 4096", 2 * MIB)],
+    );
+    assert_eq!(env.progress(&vol), Some((8 + 8 + 1, 32)));
+    server.stop();
+    let server = env.serve(&vol, None);
+    env.wait_hydrated(&vol, &server);
+    server.stop();
+    let server = env.serve(&vol, Some("0"));
+    fio(dir, server.first_uri(), "b", 12 * MIB, 8 * MIB, true);
+    qemu_io_ok(
+        server.first_uri(),
+        &[
+            &format!("read -P 0x55 {} 4096", 2 * MIB),
+            &format!("read -P 0x33 {} {}", 20 * MIB, 4 * MIB),
+            &format!("read -P 0 {} {}", 24 * MIB, 8 * MIB),
+        ],
     );
     server.stop();
 }
