@@ -15,13 +15,18 @@
 //!   partial write needs the rest of its chunk, so a write fetches first
 //!   too (fetch-then-write): one rule for every request.
 //! - Putting a chunk in: under the chunk's lock, if its bit is still clear,
-//!   fetch it, write it, **flush**, set its bit on disk (one byte),
-//!   **flush**, and only then set it in memory. Requests check the bit in
-//!   memory; so a client write reaches a chunk only once the chunk's bit is
-//!   durable, and after a crash no chunk a client wrote is fetched again
-//!   (snapshot data never overwrites a client's write). A chunk whose bit
-//!   did not become durable had no client write and reads nothing until
-//!   it is fetched again (never zeros for data).
+//!   fetch it, write it, **flush**, write its bit (one byte), and only then
+//!   set it in memory. So a bit on disk always means its chunk is durable
+//!   (never zeros for data: a chunk whose bit did not reach the disk is
+//!   fetched again). Requests check the bit in memory, so a client write
+//!   to a chunk is issued only after the chunk's bit was written; the bit
+//!   needs no flush of its own, because a client write is durable only
+//!   once the client's FLUSH (or FUA) returns, and that flush of the store
+//!   makes the earlier bit durable with it. A crash before it may lose the
+//!   unflushed write — which a disk's volatile cache may do too, and NBD
+//!   allows — but never a flushed one: after a crash no chunk holding a
+//!   flushed client write is fetched again (snapshot data never overwrites
+//!   it). One flush per chunk, not two.
 //! - A failed fetch (a tampered or missing object, the store unreachable)
 //!   fails the request (EIO to the client, not zeros) and is logged once
 //!   per chunk; the next request for it tries again.
@@ -214,18 +219,16 @@ impl Hydration {
         Ok(())
     }
 
-    /// Sets chunk `index`'s bit on disk, durably.
+    /// Sets chunk `index`'s bit on disk. Not flushed here: see the
+    /// module's rules for why the client's next flush is soon enough.
     fn persist(&self, index: u64) -> io::Result<()> {
-        {
-            let mut bitmap = self.on_disk.lock().unwrap_or_else(PoisonError::into_inner);
-            let byte = (index / 8) as usize;
-            bitmap[byte] |= 1 << (index % 8);
-            self.inner.write_at(
-                bitmap_offset(&self.superblock) + byte as u64,
-                &bitmap[byte..=byte],
-            )?;
-        }
-        self.inner.flush()
+        let mut bitmap = self.on_disk.lock().unwrap_or_else(PoisonError::into_inner);
+        let byte = (index / 8) as usize;
+        bitmap[byte] |= 1 << (index % 8);
+        self.inner.write_at(
+            bitmap_offset(&self.superblock) + byte as u64,
+            &bitmap[byte..=byte],
+        )
     }
 
     /// Every chunk is in the store: clears the record (the volume is a

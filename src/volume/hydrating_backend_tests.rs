@@ -262,7 +262,7 @@ fn power_lost_at_any_write_of_a_fetch_never_leaves_zeros_for_data() {
     let sb = superblock(&keys.key());
     let origin = Origin::new(&keys, &sb);
     let want = origin.plaintext[..CHUNK_SIZE as usize].to_vec();
-    // A fetch is: the chunk, a flush, the bitmap byte, a flush.
+    // A fetch is: the chunk, a flush, the bitmap byte (and writes after).
     for n in 0..5 {
         for how in [
             PowerLoss::DropUnsynced,

@@ -29,7 +29,7 @@
 //!
 //! Bits only ever go from 0 to 1, and each is written (one byte, in place)
 //! only after the chunk's bytes are durable in the store (a flush in
-//! between). A torn write of the bitmap leaves each byte old or new — both
+//! between); it becomes durable with the next flush of the store. A torn write of the bitmap leaves each byte old or new — both
 //! a subset of the truth — so a crash can only forget a fetched chunk
 //! (fetched again: harmless, no client wrote it, see the backend), never
 //! claim one that is not there. The header is written once, with a
