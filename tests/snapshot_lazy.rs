@@ -370,6 +370,21 @@ fn a_tampered_chunk_fails_its_read_with_eio_and_one_log_line() {
     ]));
     assert_one_clean_line("snapshot of a hydrating volume", &stderr);
     assert!(stderr.contains("still being restored"), "{stderr}");
+    let (_, stderr) = run_fails(&mut env.fx.envol(&[
+        "volume",
+        "grow",
+        restored.path.to_str().unwrap(),
+        "--size",
+        "+8M",
+    ]));
+    assert_one_clean_line("offline grow of a hydrating volume", &stderr);
+    assert!(stderr.contains("still being restored"), "{stderr}");
+    let (_, stderr) = run_fails(&mut env.fx.envol_as(
+        ADMIN,
+        &["volume", "reencrypt", restored.path.to_str().unwrap(), "-q"],
+    ));
+    assert_one_clean_line("re-encryption of a hydrating volume", &stderr);
+    assert!(stderr.contains("still being restored"), "{stderr}");
 
     // Chunk 2's object: one byte changed.
     let scratch = env.fx.path("scratch");

@@ -965,7 +965,7 @@ impl PreparedAttachment {
 }
 
 /// Why a volume whose lazy restore is running cannot be opened here.
-fn still_hydrating(record: &volume::HydrationRecord) -> String {
+pub(crate) fn still_hydrating(record: &volume::HydrationRecord) -> String {
     let (fetched, total) = record.progress();
     format!(
         "it is still being restored from {} ({fetched} of {total} chunks fetched): serve it (envol serve) to finish the restore",
