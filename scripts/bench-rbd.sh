@@ -15,7 +15,9 @@
 # so both see the same cluster state; the table has the median of the rounds, the ratio
 # envol / fio-rbd per workload, envol's server CPU per GiB moved (from /proc/PID/stat
 # utime+stime deltas) and, beside it, the CPU per GiB of the fio process that runs librbd
-# itself (all its threads, from bash's `time`).
+# itself (all its threads, from bash's `time`). A second table adds up the CPU the whole
+# path costs per GiB on each side (the OSD process, the fio process, envol's server): on
+# these 2 shared cores that total is what bounds a workload once they are busy.
 #
 # What it does: builds envol (release), brings up a private cluster with
 # scripts/micro-ceph.sh (MON_PORT=3303 MON_V1_PORT=6783 unless set; its own directory,
@@ -127,8 +129,13 @@ job_args() {
     randread) echo "--rw=randread --bs=4k --iodepth=32" ;;
   esac
 }
-# run SIDE WORKLOAD ROUND -> appends "SIDE WORKLOAD MiB/s IOPS cpu_ms_per_GiB" to the log.
-# CPU: envol's server process for "envol"; fio's own usr+sys (librbd runs inside it) for "rbd".
+OSD_PID=$(cat "$CEPH_DIR/run/osd.0.pid")
+# run SIDE WORKLOAD ROUND -> appends "SIDE WORKLOAD MiB/s IOPS cpu_ms_per_GiB client_ms osd_ms"
+# to the log. CPU: envol's server process for "envol"; fio's own usr+sys (librbd runs
+# inside it) for "rbd". client_ms: the fio process's own CPU per GiB on every side (for
+# "envol" that is the NBD client; for "rbd" it equals the first figure); osd_ms: the OSD
+# process's. The three together are the CPU the whole path costs per GiB, which is what
+# bounds a workload when the cores are busy (the OSD, fio and envol share them).
 run() {
   local side=$1 w=$2 r=$3 json=$OUT/$1.$2.$3.json t0 t1 dir engine
   local conf=$CEPH_CONF
@@ -137,7 +144,7 @@ run() {
     rbd-nocache) engine=("${RBD_ARGS[@]}"); conf=$NOCACHE_CONF ;;
     *) engine=("${NBD_ARGS[@]}") ;;
   esac
-  t0=$(cpu_ticks "$SERVE_PID")
+  t0=$(cpu_ticks "$SERVE_PID") o0=$(cpu_ticks "$OSD_PID")
   # fio's own CPU, all its threads (librbd's included): bash's `time` of the child.
   local TIMEFORMAT='%3U %3S' rc=0
   # shellcheck disable=SC2046
@@ -145,15 +152,19 @@ run() {
     --direct=1 --time_based --runtime="$RT" --numjobs=1 --randrepeat=0 --norandommap \
     --group_reporting --output-format=json --output="$json" >/dev/null 2>"$json.err"; } 2>"$json.time" || rc=$?
   ((rc == 0)) || { echo "bench-rbd.sh: fio failed ($side $w):" >&2; cat "$json.err" >&2; exit 1; }
-  t1=$(cpu_ticks "$SERVE_PID")
+  t1=$(cpu_ticks "$SERVE_PID") o1=$(cpu_ticks "$OSD_PID")
   dir=read; [[ $w == *write* ]] && dir=write
   jq -r --arg side "$side" --arg w "$w" --arg d "$dir" --arg t0 "$t0" --arg t1 "$t1" --arg hz "$hz" \
-      --arg fio_cpu "$(awk '{print ($1 + $2) * 1000}' "$json.time")" '
+      --arg o0 "$o0" --arg o1 "$o1" --arg fio_cpu "$(awk '{print ($1 + $2) * 1000}' "$json.time")" '
     .jobs[0] as $j | $j[$d] as $x
     | (if $side == "envol" then (($t1 | tonumber) - ($t0 | tonumber)) / ($hz | tonumber) * 1000
        else ($fio_cpu | tonumber) end) as $cpu_ms
+    | ((($o1 | tonumber) - ($o0 | tonumber)) / ($hz | tonumber) * 1000) as $osd_ms
+    | ($x.io_bytes / 1073741824) as $gib
     | [$side, $w, (($x.bw_bytes / 1048576) * 10 | round / 10), ($x.iops | round),
-       (if $x.io_bytes > 0 then ($cpu_ms / ($x.io_bytes / 1073741824) | round) else "NA" end)]
+       (if $gib > 0 then ($cpu_ms / $gib | round) else "NA" end),
+       (if $gib > 0 then (($fio_cpu | tonumber) / $gib | round) else "NA" end),
+       (if $gib > 0 then ($osd_ms / $gib | round) else "NA" end)]
     | map(tostring) | join(" ")' "$json" | tee -a "$OUT/bench-rbd.log" | sed "s/^/round $r: /"
 }
 
@@ -177,8 +188,9 @@ import sys, statistics as st, collections
 log, rounds, rt, size, day, cores = sys.argv[1:]
 v = collections.defaultdict(list)
 for line in open(log):
-    side, w, mib, iops, ms = line.split()
-    v[(side, w)].append((float(mib), float(iops), None if ms == "NA" else float(ms)))
+    side, w, mib, iops, ms, client, osd = line.split()
+    num = lambda x: None if x == "NA" else float(x)
+    v[(side, w)].append((float(mib), float(iops), num(ms), num(client), num(osd)))
 def med(side, w, i):
     xs = [x[i] for x in v[(side, w)] if x[i] is not None]
     return st.median(xs) if xs else float("nan")
@@ -195,6 +207,20 @@ for w in ["seqwrite", "seqread", "randwrite", "randread"]:
     a, n, b = med("rbd", w, i), med("rbd-nocache", w, i), med("envol", w, i)
     fmt = (lambda x: f"{x:.0f} {unit}") if i == 0 else (lambda x: f"{x/1000:.1f}k {unit}")
     print(f"| {label} | {fmt(a)} | {fmt(n)} | {fmt(b)} | {b/a:.2f}× | {b/n:.2f}× | {med('envol', w, 2):.0f} | {med('rbd', w, 2):.0f} |")
+print()
+print("CPU the whole path costs per GiB moved (medians, ms/GiB): the OSD, the fio process "
+      "(librbd inside it for fio-rbd; the NBD client for envol) and envol's server. When the "
+      "cores are the bound, throughput goes as the inverse of the total, so the last column is "
+      "the ratio envol can reach against the cache-off peer on these cores:")
+print()
+print("| workload | fio-rbd cache off: OSD + fio | envol: OSD + fio (NBD client) + envol | total, fio-rbd cache off | total, envol | CPU-bound ceiling of envol / fio-rbd cache off |")
+print("|---|---|---|---|---|---|")
+for w in ["seqwrite", "seqread", "randwrite", "randread"]:
+    label, _ = names[w]
+    no, nf = med("rbd-nocache", w, 4), med("rbd-nocache", w, 3)
+    eo, ef, es = med("envol", w, 4), med("envol", w, 3), med("envol", w, 2)
+    tn, te = no + nf, eo + ef + es
+    print(f"| {label} | {no:.0f} + {nf:.0f} | {eo:.0f} + {ef:.0f} + {es:.0f} | {tn:.0f} | {te:.0f} | {tn/te:.2f}× |")
 EOF
 echo
 cat "$OUT/bench-rbd.md"
