@@ -553,10 +553,7 @@ impl Attacher for ServeAttacher {
         // Locking (and for rbd:, opening the image and perhaps fencing its
         // holder) waits for storage: not on the runtime's threads, which
         // serve every other export's handshakes and the control socket.
-        let volume = tokio::task::spawn_blocking(move || prepared.complete())
-            .await
-            .map_err(|e| format!("attach failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let volume = super::serve_hydrate::complete(&arg.volume, prepared).await?;
         let attached = attached_volume(volume, &arg);
         Ok(Attachment {
             export: attached.export,
@@ -672,7 +669,10 @@ pub(crate) async fn attach_volumes<K: KeyService>(
     }
     let mut attached = Vec::new();
     for (prepared, arg) in prepared.into_iter().zip(volumes) {
-        attached.push(attached_volume(prepared.complete()?, arg));
+        let volume = super::serve_hydrate::complete(&arg.volume, prepared)
+            .await
+            .map_err(CliError)?;
+        attached.push(attached_volume(volume, arg));
     }
     Ok(attached)
 }

@@ -63,6 +63,15 @@ pub async fn reencrypt<K: KeyService>(
     let opened = OpenedVolume::open(volume, AttachMode::ReadWrite)?
         .lock(volume, AttachMode::ReadWrite)
         .map_err(|e| with_action(e, "cannot re-encrypt"))?;
+    // Chunks still to fetch would arrive under the old key.
+    if let Some(record) = volume::HydrationRecord::load(opened.store.backend(), &opened.superblock)
+        .map_err(|e| vol_err(volume, e))?
+    {
+        return Err(vol_err(
+            volume,
+            format!("cannot re-encrypt: {}", super::still_hydrating(&record)),
+        ));
+    }
     let sb = opened.superblock.clone();
     let old_key_arn = sb.key_arn.clone();
     let plaintext = keys
