@@ -4,7 +4,9 @@
 #
 # usage: scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [PEER...]
 #   defaults: -r 3 -t 15 -s 2048; PEERS default to every installed one of
-#   nbdkit-file nbdkit-luks qemu-luks nbd-server qemu-raw
+#   nbdkit-file nbdkit-luks qemu-luks nbd-server qemu-raw, and the network path:
+#   own-tcp nbdkit-file-tcp own-tls nbdkit-file-tls (TCP loopback, plain and TLS;
+#   see compare.sh). Naming peers picks them (envol's Unix-socket run is always in).
 #
 # What it does: builds envol (release), lets `envol up --data BENCH_DIR/envol-SIZE`
 # create a throw-away embedded KMS, a master key and a SIZE_MIB volume on first start
@@ -13,7 +15,8 @@
 # compare.sh, and writes the results table (images/bench-results.md) and a chart
 # (images/bench-chart.svg) from the run's log with scripts/bench_report.py.
 #
-# Needs: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils
+# Needs: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils openssl
+# Run it as `flock /tmp/envol-bench.lock nice -n -20 scripts/bench.sh` on a shared machine.
 # Machines are noisy: read the ratios inside one run, not absolute numbers across runs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +45,7 @@ if (($# == 0)); then
   fi
   command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && PEERS+=(qemu-luks)
   command -v nbd-server >/dev/null && PEERS+=(nbd-server)
+  command -v nbdkit >/dev/null && PEERS+=(own-tcp nbdkit-file-tcp own-tls nbdkit-file-tls)
 fi
 
 echo "== building envol (release)"
@@ -60,11 +64,14 @@ OUT=${OUT:-$WORK/out}
 # file makes the first round's writes pay for block allocation).
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench}
 export ENVOL ENVOL_BENCH_DATA=$BENCH_DIR/envol-$SIZE_MIB
-# `envol up` serves export "default" on --socket; its TCP listener goes to an
-# ephemeral loopback port so it never collides with anything.
-export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none'
+# `envol up` serves export "default" on --socket, and on TCP loopback: the free
+# port compare.sh picked for the -tcp/-tls runs ($PORT), else an ephemeral one
+# so it never collides with anything; for -tls with compare.sh's certificate;
+# for own-async* on the older transmission loop.
+export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "127.0.0.1:${PORT:-0}" --kms-listen none ${TLS_DIR:+--tls-cert "$TLS_DIR/server-cert.pem" --tls-key "$TLS_DIR/server-key.pem"} ${TRANSMISSION:+--transmission "$TRANSMISSION"}'
 export EXPORT=default
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 BENCH_DIR=$BENCH_DIR \
   "$COMPARE" -r "$ROUNDS" -t "$RT" -s "$SIZE_MIB" -o "$OUT" own "${PEERS[@]}"
@@ -72,6 +79,7 @@ BENCH_DIR=$BENCH_DIR \
 mkdir -p "$ROOT/images"
 python3 "$ROOT/scripts/bench_report.py" "$OUT/compare.log" \
   --markdown "$ROOT/images/bench-results.md" --svg "$ROOT/images/bench-chart.svg" \
-  --note "$ROUNDS rounds × ${RT} s, ${SIZE_MIB} MiB, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  --net-markdown "$ROOT/images/bench-net-results.md" --net-svg "$ROOT/images/bench-net-chart.svg" \
+  --note "$ROUNDS rounds × ${RT} s, ${SIZE_MIB} MiB, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before $LOAD0, after $(cut -d' ' -f1-3 /proc/loadavg)"
 cp "$OUT/compare.log" "$ROOT/images/bench-compare.log"
-echo "== written: images/bench-results.md images/bench-chart.svg images/bench-compare.log"
+echo "== written: images/bench-results.md images/bench-chart.svg images/bench-net-results.md images/bench-net-chart.svg images/bench-compare.log"

@@ -4,19 +4,22 @@
 # scripts/bench/bench-nbd.sh and the nbdcopy round trip under `perf record`,
 # and prints the top symbols and the share of each server thread.
 #
-# usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP]
+# usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP] [-T]
 #   defaults: -t 6 -s 2048 -n 12
+#   -T: over TLS on TCP loopback (nbds://; a throw-away CA and certificate made
+#       with openssl, trusted by the clients through libnbd's default CA directory
+#       under a private HOME) instead of the Unix socket
 # Needs: perf (linux-perf), fio, jq, libnbd-bin; a kernel that lets root sample
 # (perf_event_paranoid <= 1 or root). Software clock sampling works in VMs
 # without hardware counters.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/scripts/bench/bench-nbd.sh}
-RT=6 SIZE_MIB=2048 TOP=12
-while getopts "t:s:n:h" o; do
+RT=6 SIZE_MIB=2048 TOP=12 TLS=
+while getopts "t:s:n:Th" o; do
   case $o in
-    t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; n) TOP=$OPTARG ;;
-    *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+    t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; n) TOP=$OPTARG ;; T) TLS=1 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 for tool in perf fio nbdcopy; do
@@ -30,9 +33,25 @@ SERVER=
 cleanup() { [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 cp "$ROOT/target/release/envol" "$WORK/envol"
-SOCK=$WORK/s.sock URI="nbd+unix:///default?socket=$WORK/s.sock"
-"$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none \
-  >"$WORK/up.log" 2>&1 &
+SOCK=$WORK/s.sock URI="nbd+unix:///default?socket=$WORK/s.sock" LISTEN=127.0.0.1:0 TLS_ARGS=()
+if [[ -n $TLS ]]; then
+  command -v openssl >/dev/null || { echo "profile.sh: openssl missing" >&2; exit 1; }
+  P=$WORK/pki; mkdir -p "$P" "$WORK/home/.pki/libnbd"
+  q=(-nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+  openssl req -x509 "${q[@]}" -days 2 -subj "/CN=envol profile CA" -addext basicConstraints=critical,CA:TRUE \
+    -keyout "$P/ca-key.pem" -out "$P/ca-cert.pem" 2>/dev/null
+  openssl req "${q[@]}" -subj /CN=localhost -keyout "$P/server-key.pem" -out "$P/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$P/server.ext"
+  openssl x509 -req -in "$P/server.csr" -CA "$P/ca-cert.pem" -CAkey "$P/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$P/server.ext" -out "$P/server-cert.pem" 2>/dev/null
+  cp "$P/ca-cert.pem" "$WORK/home/.pki/libnbd/"
+  export HOME=$WORK/home  # the clients' CA; envol up needs no HOME with --data
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  LISTEN=127.0.0.1:$PORT URI="nbds://127.0.0.1:$PORT/default"
+  TLS_ARGS=(--tls-cert "$P/server-cert.pem" --tls-key "$P/server-key.pem")
+fi
+"$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "$LISTEN" --kms-listen none \
+  "${TLS_ARGS[@]}" >"$WORK/up.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 600); do nbdinfo --size "$URI" >/dev/null 2>&1 && break; sleep 0.1; done
 head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$WORK/src.bin"

@@ -2,11 +2,15 @@
 //!
 //! Runs `compare.sh` for one round of one second per workload against a
 //! small throw-away `envol up` (as `scripts/bench.sh` does, without the
-//! release build and the peers), then `scripts/bench_report.py` on its log,
-//! and checks that every piece ran and that every output parses: the fio
-//! lines of `bench-nbd.sh`, the nbdcopy round trip, `summarize.py`'s table,
-//! the README's markdown table and SVG chart. It never judges speed —
-//! speed is measured only by `scripts/bench.sh` — only that I/O happened.
+//! release build and the peers) over its Unix socket, plain TCP and TLS
+//! (`up --tls-cert`, with the certificate compare.sh makes with `openssl`;
+//! fio, nbdinfo and nbdcopy verify it through libnbd), then
+//! `scripts/bench_report.py` on its log, and checks that every piece ran
+//! and that every output parses: the fio lines of `bench-nbd.sh` (one and
+//! four connections), the nbdcopy copies (one and the default
+//! connections), the negotiated cipher suite, `summarize.py`'s table, the
+//! README's markdown tables and SVG charts. It never judges speed — speed
+//! is measured only by `scripts/bench.sh` — only that I/O happened.
 
 mod common;
 
@@ -38,6 +42,7 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
         ("nbdinfo", "libnbd-bin"),
         ("nbdcopy", "libnbd-bin"),
         ("python3", "python3"),
+        ("openssl", "openssl"),
     ] {
         require_tool(tool, package);
     }
@@ -47,14 +52,14 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
     cmd.arg(repo_file("scripts/bench/compare.sh"))
         .args(["-r", "1", "-t", "1", "-s", "16", "-o"])
         .arg(&out_dir)
-        .arg("own")
+        .args(["own", "own-tcp", "own-tls"])
         .env("BENCH_DIR", dir.path().join("bench"))
         .env("ENVOL", env!("CARGO_BIN_EXE_envol"))
         .env("ENVOL_BENCH_DATA", dir.path().join("envol-up"))
         // The same server command as scripts/bench.sh.
         .env(
             "OWN_CMD",
-            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen 127.0.0.1:0 --kms-listen none"#,
+            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "127.0.0.1:${PORT:-0}" --kms-listen none ${TLS_DIR:+--tls-cert "$TLS_DIR/server-cert.pem" --tls-key "$TLS_DIR/server-key.pem"}"#,
         )
         .env("EXPORT", "default")
         // Nothing `envol up` writes for its user lands in the real home.
@@ -78,34 +83,33 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
             .any(|l| l.starts_with("## round 1 server own pid ")),
         "{log}"
     );
-    for w in WORKLOADS {
-        let line = log
-            .lines()
-            .find(|l| l.starts_with(&format!("FIO r1 own {w} ")))
-            .unwrap_or_else(|| panic!("no FIO line for {w}:\n{log}"));
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // FIO r1 label workload MiB/s IOPS p99_us fio_cpu% busy% srv_cpu% srv_ms/GiB
-        assert_eq!(fields.len(), 11, "{line}");
-        let values: Vec<f64> = fields[4..].iter().map(|f| number(f, line)).collect();
+    for server in ["own", "own-tcp", "own-tls"] {
         assert!(
-            values[0] > 0.0 && values[1] > 0.0,
-            "{w} moved no data: {line}"
+            log.lines()
+                .any(|l| l.starts_with(&format!("## round 1 server {server} pid "))),
+            "{log}"
         );
-        assert!(values.iter().all(|v| *v >= 0.0), "{line}");
-    }
-    for direction in ["in", "out"] {
-        let line = log
-            .lines()
-            .find(|l| l.starts_with(&format!("COPY r1 own {direction} ")))
-            .unwrap_or_else(|| panic!("no COPY {direction} line:\n{log}"));
-        for key in ["wall_s", "MiB/s", "srv_cpu_s"] {
-            let value = line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"));
-            assert!(number(value, line) >= 0.0, "{line}");
+        // Several connections are measured on the network path only.
+        let four = if server == "own" {
+            &[""][..]
+        } else {
+            &["", "-4c"][..]
+        };
+        for w in WORKLOADS {
+            for suffix in four {
+                check_fio_line(&log, server, &format!("{w}{suffix}"));
+            }
+        }
+        for direction in ["in", "out", "in-1c", "out-1c"] {
+            check_copy_line(&log, server, direction);
         }
     }
+    // The client's view of the TLS session: an AEAD suite was negotiated.
+    let tls = log
+        .lines()
+        .find(|l| l.starts_with("## tls own-tls "))
+        .unwrap_or_else(|| panic!("no cipher-suite line:\n{log}"));
+    assert!(tls.contains("GCM") || tls.contains("CHACHA20"), "{tls}");
 
     // summarize.py's medians: a row per workload and per copy direction.
     let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("summary.txt");
@@ -125,10 +129,18 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
             "no summary row for nbdcopy {direction}:\n{summary}"
         );
     }
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["own-tls", "seqwrite-4c"])),
+        "no summary row for 4 connections over TLS:\n{summary}"
+    );
 
     // bench_report.py turns the log into the README's table and chart.
     let markdown = dir.path().join("results.md");
     let svg = dir.path().join("chart.svg");
+    let net_markdown = dir.path().join("net-results.md");
+    let net_svg = dir.path().join("net-chart.svg");
     let mut report = Command::new("python3");
     report
         .arg(repo_file("scripts/bench_report.py"))
@@ -137,6 +149,10 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
         .arg(&markdown)
         .arg("--svg")
         .arg(&svg)
+        .arg("--net-markdown")
+        .arg(&net_markdown)
+        .arg("--net-svg")
+        .arg(&net_svg)
         .args(["--note", "bench harness test"]);
     let out = output_with_timeout(&mut report, Duration::from_secs(60));
     assert!(
@@ -160,4 +176,50 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
         "{chart}"
     );
     assert!(chart.contains("envol (AES-256-XTS)"), "{chart}");
+
+    // The network table: envol's own rows are there (without nbdkit peers
+    // in this run there are no ratios), and the negotiated suite is named.
+    let net = std::fs::read_to_string(&net_markdown).expect("net-results.md");
+    assert!(net.contains("| target | measurement |"), "{net}");
+    assert!(
+        net.contains("Negotiated") && net.contains("own-tls: cipher "),
+        "{net}"
+    );
+    let chart = std::fs::read_to_string(&net_svg).expect("net-chart.svg");
+    assert!(
+        chart.starts_with("<svg ") && chart.trim_end().ends_with("</svg>"),
+        "{chart}"
+    );
+}
+
+/// `FIO r1 SERVER WORKLOAD ...`: bench-nbd.sh's columns with a server PID,
+/// and data moved.
+fn check_fio_line(log: &str, server: &str, workload: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("FIO r1 {server} {workload} ")))
+        .unwrap_or_else(|| panic!("no FIO line for {server} {workload}:\n{log}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // FIO r1 label workload MiB/s IOPS p99_us fio_cpu% busy% srv_cpu% srv_ms/GiB
+    assert_eq!(fields.len(), 11, "{line}");
+    let values: Vec<f64> = fields[4..].iter().map(|f| number(f, line)).collect();
+    assert!(
+        values[0] > 0.0 && values[1] > 0.0,
+        "{workload} moved no data: {line}"
+    );
+    assert!(values.iter().all(|v| *v >= 0.0), "{line}");
+}
+
+fn check_copy_line(log: &str, server: &str, direction: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("COPY r1 {server} {direction} ")))
+        .unwrap_or_else(|| panic!("no COPY {server} {direction} line:\n{log}"));
+    for key in ["wall_s", "MiB/s", "srv_cpu_s"] {
+        let value = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+        assert!(number(value, line) >= 0.0, "{line}");
+    }
 }

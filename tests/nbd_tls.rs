@@ -1,7 +1,10 @@
 //! NBD over TLS (NBD_OPT_STARTTLS): libnbd (nbdinfo, nbdcopy) and qemu-img
 //! over TLS with a test CA, FORCEDTLS refusals on a raw socket, option
 //! state forgotten across STARTTLS (checked with a rustls client), client
-//! certificates with `envol serve --tls-ca`.
+//! certificates with `envol serve --tls-ca`. The tests that move data run
+//! on both transmission loops (`threaded::NAME`, `async_loop::NAME`): a
+//! TLS connection's session is shared by the threaded loop's threads
+//! (`tls_session.rs`), and the async loop runs it on tokio-rustls.
 
 mod common;
 
@@ -14,7 +17,7 @@ use common::nbd::{MemDevice, TestServer, export, run_tool};
 use common::raw::*;
 use common::tls::Pki;
 use common::volume::{ADMIN, Fixture, MIB, VolumeServer};
-use envol::nbd::{Server, TlsConfig, TlsMode};
+use envol::nbd::{Server, TlsConfig, TlsMode, TransmissionLoop};
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
 use tokio_rustls::rustls;
@@ -23,11 +26,21 @@ const CLIENT_FLAGS: u32 = 0b11;
 const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
 
 fn tls_server(pki: &Pki, mode: TlsMode, disk: Arc<MemDevice>) -> TestServer {
+    tls_server_on(TransmissionLoop::default(), pki, mode, disk)
+}
+
+fn tls_server_on(
+    transmission: TransmissionLoop,
+    pki: &Pki,
+    mode: TlsMode,
+    disk: Arc<MemDevice>,
+) -> TestServer {
     let tls = TlsConfig::from_pem_files(&pki.server_cert, &pki.server_key, None, mode).unwrap();
     TestServer::start_server(
         Server::new(vec![export("disk", disk)])
             .unwrap()
-            .with_tls(tls),
+            .with_tls(tls)
+            .with_transmission_loop(transmission),
     )
 }
 
@@ -64,11 +77,10 @@ fn nbdinfo_size(uri: &str) -> u64 {
     v["exports"][0]["export-size"].as_u64().unwrap()
 }
 
-#[test]
-fn nbdinfo_nbdcopy_and_qemu_img_over_tls() {
+fn nbdinfo_nbdcopy_and_qemu_img_over_tls(transmission: TransmissionLoop) {
     let pki = Pki::new();
     let disk = MemDevice::new(8 * MIB as usize);
-    let server = tls_server(&pki, TlsMode::Require, disk.clone());
+    let server = tls_server_on(transmission, &pki, TlsMode::Require, disk.clone());
     let uri = tls_uri(&server.socket, "disk", &pki.client_anon);
 
     let out = run_tool("nbdinfo", &["--json", &uri]);
@@ -248,15 +260,65 @@ fn starttls_restarts_haggling_over_tls_with_state_forgotten() {
     assert_eq!(&reply[16..], b"secret");
 }
 
-#[test]
-fn optional_tls_serves_plaintext_and_tls_clients() {
+fn optional_tls_serves_plaintext_and_tls_clients(transmission: TransmissionLoop) {
     let pki = Pki::new();
-    let server = tls_server(&pki, TlsMode::Optional, MemDevice::new(2 * MIB as usize));
+    let server = tls_server_on(
+        transmission,
+        &pki,
+        TlsMode::Optional,
+        MemDevice::new(2 * MIB as usize),
+    );
     assert_eq!(nbdinfo_size(&server.uri("disk")), 2 * MIB);
     assert_eq!(
         nbdinfo_size(&tls_uri(&server.socket, "disk", &pki.client_anon)),
         2 * MIB
     );
+}
+
+/// Over TCP, many requests in flight on several connections at once, in
+/// both directions, with replies far larger than what the session seals
+/// per turn (64 KiB) and smaller than a record: nbdcopy with 4
+/// connections, 64 requests each, 1 MiB and then 4 KiB requests; every
+/// byte comes back as written and nbdcopy exits cleanly.
+fn nbdcopy_over_tcp_tls_many_requests_in_flight(transmission: TransmissionLoop) {
+    let pki = Pki::new();
+    let disk = MemDevice::new(32 * MIB as usize);
+    let server = tls_server_on(transmission, &pki, TlsMode::Require, disk.clone());
+    let uri = format!(
+        "nbds://127.0.0.1:{}/disk?tls-certificates={}",
+        server.tcp.port(),
+        pki.client_anon.display()
+    );
+    let data: Vec<u8> = (0..32 * MIB as usize)
+        .map(|i| (i * 131 % 251) as u8 ^ (i >> 20) as u8)
+        .collect();
+    let src = server.dir.path().join("src.img");
+    std::fs::write(&src, &data).unwrap();
+    for size in ["1048576", "4096"] {
+        let back = server.dir.path().join(format!("back-{size}.img"));
+        let request_size = format!("--request-size={size}");
+        let common = ["--connections=4", "--requests=64", &request_size];
+        let mut args = common.to_vec();
+        args.extend([src.to_str().unwrap(), &uri]);
+        run_tool("nbdcopy", &args);
+        assert!(
+            disk.contents() == data,
+            "nbdcopy {size} over TLS wrote other bytes"
+        );
+        let mut args = common.to_vec();
+        args.extend([&uri, back.to_str().unwrap()]);
+        run_tool("nbdcopy", &args);
+        assert!(
+            std::fs::read(&back).unwrap() == data,
+            "nbdcopy {size} over TLS read other bytes"
+        );
+    }
+}
+
+crate::on_every_transmission_loop! {
+    nbdinfo_nbdcopy_and_qemu_img_over_tls,
+    optional_tls_serves_plaintext_and_tls_clients,
+    nbdcopy_over_tcp_tls_many_requests_in_flight,
 }
 
 /// `envol serve --tls-cert --tls-key --tls-ca`: TLS required by default,

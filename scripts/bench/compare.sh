@@ -16,12 +16,28 @@
 #   nbdkit-file   nbdkit file plugin (plain)          nbdkit-luks  nbdkit + luks filter
 #   qemu-raw      qemu-nbd raw (plain)                qemu-luks    qemu-nbd LUKS aes-256-xts-plain64
 #   nbd-server    the reference nbd-server (plain)
+# The network path: "own" and "nbdkit-file" with a suffix are served on a free TCP
+# loopback port instead (OWN_CMD gets it as $PORT):
+#   -tcp   plain TCP                   nbd://127.0.0.1:PORT/
+#   -tls   TCP with TLS required       nbds://127.0.0.1:PORT/; a CA and a server certificate
+#          (ECDSA P-256, SAN IP:127.0.0.1) made with `openssl` once per run, in DIR (OWN_CMD
+#          gets it as $TLS_DIR: server-cert.pem, server-key.pem); nbdkit uses the same with
+#          --tls=require. Clients verify the server: they run with HOME=OUTDIR/client-home,
+#          whose .pki/libnbd/ca-cert.pem is libnbd's default CA (fio's nbd engine refuses a
+#          tls-certificates= path in the URI). The cipher suite the client (libnbd, GnuTLS)
+#          negotiated with each is logged (## tls lines).
+# own-async, own-async-tcp, own-async-tls: the same, with OWN_CMD given $TRANSMISSION=async
+# (bench.sh: `envol up --transmission async`, the older loop), for an A/B in one run.
+# Network servers also run the fio suite with 4 jobs, one connection each (workloads
+# named WORKLOAD-4c); every server gets nbdcopy in and out with --connections=1
+# (in-1c, out-1c) and with nbdcopy's default (in, out: 4 connections when the server
+# advertises multi-conn).
 # Needs: fio (with the nbd engine), jq, libnbd-bin (nbdinfo, nbdcopy), nbdkit, nbd-server,
 # qemu-utils. Missing ones: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils
 #
 # The write workloads overwrite each export. Machines are noisy: compare the ratios
 # inside one run, never absolute numbers across runs. The log lines (## round, FIO,
-# COPY) are the input of summarize.py and scripts/bench_report.py.
+# COPY, ## tls) are the input of summarize.py and scripts/bench_report.py.
 set -euo pipefail
 HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 ROUNDS=3 RT=15 SIZE_MIB=2048 OUT=
@@ -49,15 +65,45 @@ prepare() {  # the same source file and images for every server, made once per s
     qemu-img create -q -f luks --object "secret,id=sec0,data=$SECRET" \
       -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=10 \
       "$DATA/luks-$SIZE_MIB.img" "${SIZE_MIB}M"
+  return 0
+}
+
+# A throw-away PKI for the -tls servers, in $TLS_DIR: the layout nbdkit's
+# --tls-certificates and libnbd's tls-certificates= both read.
+make_certs() {
+  local d=$1 q=(-nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+  mkdir -p "$d"
+  openssl req -x509 "${q[@]}" -days 2 -subj "/CN=envol bench CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$d/ca-key.pem" -out "$d/ca-cert.pem" 2>/dev/null
+  openssl req "${q[@]}" -subj /CN=localhost -keyout "$d/server-key.pem" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca-cert.pem" -CAkey "$d/ca-key.pem" \
+    -CAcreateserial -days 2 -extfile "$d/server.ext" -out "$d/server-cert.pem" 2>/dev/null
+  chmod 600 "$d"/*-key.pem
+}
+
+free_port() {  # a TCP port on loopback nobody listens on right now
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Starts server $1 in this shell (nbdkit -f dies if a subshell that started it exits).
 # Sets SERVER_PID and SERVER_URI.
 start_server() {
   local name=$1 sock=$RUN/$1.sock pid uri raw=$DATA/raw-$SIZE_MIB.img luks=$DATA/luks-$SIZE_MIB.img
+  local port= tls= net=()
   rm -f "$sock"
   uri="nbd+unix:///?socket=$sock"
   case $name in
+    *-tcp|*-tls)
+      [[ $name == *-tls ]] && tls=$TLS_DIR
+      port=$(free_port)
+      net=(-i 127.0.0.1 -p "$port")
+      [[ -n $tls ]] && net+=(--tls=require "--tls-certificates=$tls")
+      uri="nbd${tls:+s}://127.0.0.1:$port/" ;;
+  esac
+  case $name in
+    nbdkit-file-tcp|nbdkit-file-tls) nbdkit -f "${net[@]}" file "$raw" >"$RUN/$name.log" 2>&1 & pid=$! ;;
     qemu-raw) qemu-nbd -f raw -k "$sock" -t --cache=writeback "$raw" >"$RUN/$name.log" 2>&1 & pid=$! ;;
     qemu-luks)
       qemu-nbd --object "secret,id=sec0,data=$SECRET" -k "$sock" -t --cache=writeback \
@@ -74,15 +120,20 @@ start_server() {
       nbd-server -C "$RUN/nbd-server.conf" -p "$RUN/nbd-server.pid" >"$RUN/$name.log" 2>&1
       for _ in $(seq 50); do [[ -s $RUN/nbd-server.pid ]] && break; sleep 0.1; done
       pid=$(cat "$RUN/nbd-server.pid"); uri="nbd+unix:///export?socket=$sock" ;;
-    own)
+    own|own-tcp|own-tls|own-async|own-async-tcp|own-async-tls)
       [[ -n ${OWN_CMD:-} ]] || { echo "compare.sh: set OWN_CMD to start the server under test" >&2; return 1; }
-      SOCK=$sock bash -c "$OWN_CMD" >"$RUN/$name.log" 2>&1 & pid=$!
-      [[ -n ${EXPORT:-} ]] && uri="nbd+unix:///$EXPORT?socket=$sock" ;;
+      local loop=; [[ $name == own-async* ]] && loop=async
+      SOCK=$sock PORT=${port:-0} TLS_DIR=$tls TRANSMISSION=$loop bash -c "$OWN_CMD" >"$RUN/$name.log" 2>&1 & pid=$!
+      if [[ -n $port ]]; then
+        uri="nbd${tls:+s}://127.0.0.1:$port/${EXPORT:-}"
+      elif [[ -n ${EXPORT:-} ]]; then
+        uri="nbd+unix:///$EXPORT?socket=$sock"
+      fi ;;
     *) echo "compare.sh: unknown server $name" >&2; return 1 ;;
   esac
   # ready = a client completes the handshake (a socket file can appear before listen())
   for _ in $(seq 600); do
-    if [[ -S $sock ]] && nbdinfo --size "$uri" >/dev/null 2>&1; then
+    if [[ -n $port || -S $sock ]] && HOME=$CLIENT_HOME nbdinfo --size "$uri" >/dev/null 2>&1; then
       SERVER_PID=$pid SERVER_URI=$uri; return 0
     fi
     kill -0 "$pid" 2>/dev/null || { echo "server $name died:" >&2; cat "$RUN/$name.log" >&2; return 1; }
@@ -98,27 +149,51 @@ stop_server() {
 }
 
 cpu_ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; awk '{print $12+$13+$14+$15}' <<<"$s"; }
-copy_timed() {  # LABEL DIRECTION SRC DST
+copy_timed() {  # LABEL DIRECTION SRC DST [NBDCOPY_ARG...]
   local a b t0 t1 hz; hz=$(getconf CLK_TCK)
   a=$(cpu_ticks "$SERVER_PID"); t0=$(date +%s.%N)
-  nbdcopy "$3" "$4"
+  HOME=$CLIENT_HOME nbdcopy "${@:5}" "$3" "$4"
   t1=$(date +%s.%N); b=$(cpu_ticks "$SERVER_PID")
   awk -v l="$1" -v d="$2" -v t0="$t0" -v t1="$t1" -v a="$a" -v b="$b" -v hz="$hz" -v mib="$SIZE_MIB" \
     'BEGIN{w=t1-t0; printf "%s %s wall_s=%.2f MiB/s=%.0f srv_cpu_s=%.2f\n", l, d, w, mib/w, (b-a)/hz}'
 }
 
 prepare
+CLIENT_HOME=${HOME:-/}
+for s in "${SERVERS[@]}"; do
+  if [[ $s == *-tls ]]; then
+    command -v openssl >/dev/null || { echo "compare.sh: openssl missing: apt-get install -y openssl" >&2; exit 1; }
+    TLS_DIR=$OUT/pki; make_certs "$TLS_DIR"
+    mkdir -p "$OUT/client-home/.pki/libnbd"
+    cp "$TLS_DIR/ca-cert.pem" "$OUT/client-home/.pki/libnbd/"
+    CLIENT_HOME=$OUT/client-home
+    break
+  fi
+done
 trap '[[ -n ${SERVER_PID:-} ]] && stop_server "$SERVER_PID"' EXIT
 log=$OUT/compare.log
 for r in $(seq "$ROUNDS"); do
   for s in "${SERVERS[@]}"; do
     start_server "$s"
-    mc=$(nbdinfo --can multi-conn "$SERVER_URI" >/dev/null 2>&1 && echo yes || echo no)
+    mc=$(HOME=$CLIENT_HOME nbdinfo --can multi-conn "$SERVER_URI" >/dev/null 2>&1 && echo yes || echo no)
     echo "## round $r server $s pid $SERVER_PID multi-conn=$mc $(date +%T)" | tee -a "$log"
-    "$HERE/bench-nbd.sh" -t "$RT" -p "$SERVER_PID" -l "$s" -j "$OUT/json-$s-$r" "$SERVER_URI" |
+    if [[ $s == *-tls ]]; then
+      # What the client (libnbd over GnuTLS) and this server agreed on.
+      suite=$(HOME=$CLIENT_HOME LIBNBD_DEBUG=1 nbdinfo --size "$SERVER_URI" 2>&1 || true)
+      suite=$(sed -n 's/.*connection is using TLS: //p' <<<"$suite" | head -1)
+      echo "## tls $s ${suite:-unknown}" | tee -a "$log"
+    fi
+    HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -p "$SERVER_PID" -l "$s" -j "$OUT/json-$s-$r" "$SERVER_URI" |
       grep -v '^#' | sed "s/^/FIO r$r /" | tee -a "$log"
+    if [[ $s == *-tcp || $s == *-tls ]]; then
+      # Several connections: 4 fio jobs, each its own NBD connection, reported together.
+      HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -p "$SERVER_PID" -l "$s" -j "$OUT/json4-$s-$r" -x --numjobs=4 "$SERVER_URI" |
+        grep -v '^#' | awk -v r="$r" '{ $2 = $2 "-4c"; print "FIO r" r, $0 }' | tee -a "$log"
+    fi
     copy_timed "COPY r$r $s" in "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" | tee -a "$log"
     copy_timed "COPY r$r $s" out "$SERVER_URI" /dev/null | tee -a "$log"
+    copy_timed "COPY r$r $s" in-1c "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" --connections=1 | tee -a "$log"
+    copy_timed "COPY r$r $s" out-1c "$SERVER_URI" /dev/null --connections=1 | tee -a "$log"
     stop_server "$SERVER_PID"; SERVER_PID=
   done
 done

@@ -21,10 +21,10 @@ for line in open(log):
         _,r,srv,d,*kv=p
         cp[(srv,d)].append({k:float(v) for k,v in (x.split('=') for x in kv)})
 med=lambda xs:st.median(xs)
-print('fio (nbd engine, 1 connection), median of %d rounds'%max(len(v) for v in fio.values()))
+print('fio (nbd engine, 1 connection; -4c: 4 jobs, one connection each), median of %d rounds'%max(len(v) for v in fio.values()))
 print(f'{"server":12} {"workload":10} {"MiB/s":>8} {"IOPS":>8} {"p99us":>7} {"srvCPU%":>7} {"srv ms/GiB":>10} {"fioCPU%":>7} {"busy%":>5}  MiB/s per round')
 for s in order:
-    for w in ['seqwrite','seqread','randread','randwrite']:
+    for w in [b+s for s in ('','-4c') for b in ('seqwrite','seqread','randread','randwrite')]:
         v=fio.get((s,w))
         if not v: continue
         g=lambda k:med([x[k] for x in v])
@@ -32,7 +32,7 @@ for s in order:
 print()
 print('nbdcopy round trip of the whole export, median: wall s, MiB/s, server CPU s, client CPU s; multi-conn advertised')
 for s in order:
-    for d in ['out','in']:
+    for d in ['out','in','out-1c','in-1c']:
         v=cp.get((s,d))
         if not v: continue
         g=lambda k:med([x[k] for x in v])

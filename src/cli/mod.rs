@@ -25,6 +25,7 @@ mod runtime;
 mod s3;
 mod serve;
 mod serve_config;
+mod serve_hydrate;
 mod snapshot;
 mod snapshot_attached;
 mod snapshot_copy;

@@ -70,7 +70,7 @@ pub struct ServeArgs {
     pub force: bool,
     #[command(flatten)]
     pub ceph: CephArgs,
-    /// Which loop serves plain (non-TLS) connections: `threaded` (the fast path) or `async` (for comparison); TLS connections always use the async one.
+    /// Which loop serves connections, plain and TLS: `threaded` (the fast path) or `async` (for comparison).
     #[arg(long, value_enum, value_name = "LOOP", default_value_t = TransmissionArg::Threaded)]
     pub transmission: TransmissionArg,
     #[command(flatten)]
@@ -558,10 +558,7 @@ impl Attacher for ServeAttacher {
         // Locking (and for rbd:, opening the image and perhaps fencing its
         // holder) waits for storage: not on the runtime's threads, which
         // serve every other export's handshakes and the control socket.
-        let volume = tokio::task::spawn_blocking(move || prepared.complete())
-            .await
-            .map_err(|e| format!("attach failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let volume = super::serve_hydrate::complete(&arg.volume, prepared).await?;
         let attached = attached_volume(volume, &arg);
         Ok(Attachment {
             export: attached.export,
@@ -736,7 +733,10 @@ pub(crate) async fn attach_volumes<K: KeyService>(
     }
     let mut attached = Vec::new();
     for (prepared, arg) in prepared.into_iter().zip(volumes) {
-        attached.push(attached_volume(prepared.complete()?, arg));
+        let volume = super::serve_hydrate::complete(&arg.volume, prepared)
+            .await
+            .map_err(CliError)?;
+        attached.push(attached_volume(volume, arg));
     }
     Ok(attached)
 }
@@ -800,15 +800,16 @@ fn attached_volume(volume: Volume, arg: &VolumeArg) -> AttachedVolume {
 
 /// Binds, prints where to connect, and serves until SIGINT/SIGTERM.
 pub(crate) async fn serve_exports(
-    exports: Vec<Export>,
+    server: Server,
     limits: &LimitArgs,
     socket: Option<&Path>,
     tcp: Option<SocketAddr>,
+    tls: Option<TlsConfig>,
     metrics: Option<(MetricsEndpoint, Registry)>,
     on_ready: impl FnOnce(&Listeners),
 ) -> CliResult {
-    let server = limits.apply(Server::new(exports)?);
-    serve_with(server, socket, tcp, None, metrics, on_ready).await
+    let server = limits.apply(server);
+    serve_with(server, socket, tcp, tls, metrics, on_ready).await
 }
 
 /// [`serve_exports`] with a configured `server`, offering TLS when `tls`

@@ -156,6 +156,7 @@ pub fn restore(
     snapshot: &str,
     to: &str,
     key: Option<&str>,
+    lazy: bool,
     json: bool,
     quiet: bool,
     kms: &KmsArgs,
@@ -172,11 +173,21 @@ pub fn restore(
         let keys = AwsKeyClient::new(&kms.target())
             .await
             .map_err(|e| CliError(e.to_string()))?;
-        snapshot::restore::restore_with(&keys, &store, &url, &target, key, quiet || json)
-            .await
-            .map_err(CliError::from)
+        match lazy {
+            true => snapshot::lazy::restore_lazy(&keys, &store, &url, &target, &s3.options()).await,
+            false => {
+                snapshot::restore::restore_with(&keys, &store, &url, &target, key, quiet || json)
+                    .await
+            }
+        }
+        .map_err(CliError::from)
     })?;
     print_restored(&url, &target, &restored, json);
+    if lazy && !json {
+        say!(
+            "  lazily:      no chunk fetched yet; `envol serve {target}` serves it at once and fetches the rest in the background"
+        );
+    }
     Ok(())
 }
 

@@ -22,7 +22,9 @@ use super::error::{CliError, CliResult};
 use super::kms_limits::UpKmsLimitArgs;
 use super::metrics::MetricsArgs;
 use super::runtime::{runtime, shutdown_signal};
-use super::serve::{DEFAULT_NBD_ADDR, LimitArgs, attach_all, serve_exports};
+use super::serve::{
+    DEFAULT_NBD_ADDR, LimitArgs, TlsArgs, TransmissionArg, attach_all, serve_exports,
+};
 use super::target::parse_size;
 use crate::envelope::{self, NewVolume};
 use crate::keys::KeyErrorKind;
@@ -32,7 +34,7 @@ use crate::kms::clock::SystemClock;
 use crate::kms::datadir::DataDir;
 use crate::kms::iam::AccessKey;
 use crate::kms::{Kms, profile};
-use crate::nbd::Listeners;
+use crate::nbd::{Listeners, Server, TlsMode};
 
 pub const DEFAULT_ALIAS: &str = "alias/envol-default";
 const EXPORT: &str = "default";
@@ -83,10 +85,15 @@ pub struct UpArgs {
     #[arg(long, value_name = "NAME", default_value = UP_PROFILE)]
     pub profile: String,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Which loop serves connections: `threaded` (the fast path) or `async` (for comparison, as `serve --transmission`).
+    #[arg(long, value_enum, value_name = "LOOP", default_value_t = TransmissionArg::Threaded)]
+    pub transmission: TransmissionArg,
+    #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub kms_limits: UpKmsLimitArgs,
-    /// Serve Prometheus metrics at http://ADDR/metrics: the exports' and the embedded KMS's, on one endpoint; a non-loopback address needs --insecure-plaintext (`up` serves no TLS).
+    /// Serve Prometheus metrics at http://ADDR/metrics: the exports' and the embedded KMS's, on one endpoint (HTTPS with --tls-cert/--tls-key); a non-loopback address needs TLS or --insecure-plaintext.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 }
@@ -220,12 +227,22 @@ fn print_how_to_attach(listeners: &Listeners, volume: &Path) {
 
 pub fn run(args: UpArgs) -> CliResult {
     profile::validate_profile_name(&args.profile).map_err(CliError)?;
-    // `up` serves no TLS: plaintext beyond loopback only when asked for.
-    args.limits.check_plaintext(Some(args.listen), false)?;
+    // NBD over TLS as `serve` offers it (required unless `--tls optional`);
+    // without it, plaintext beyond loopback only when asked for.
+    let tls = args.tls.config()?;
+    let tls_required = tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Require);
+    args.limits
+        .check_plaintext(Some(args.listen), tls_required)?;
     let metrics = MetricsArgs {
         metrics: args.metrics,
     }
-    .plan(None, args.limits.insecure_plaintext)?;
+    .plan(
+        args.tls
+            .tls_cert
+            .as_deref()
+            .zip(args.tls.tls_key.as_deref()),
+        args.limits.insecure_plaintext,
+    )?;
     // One open-file limit for the whole process, raised once, before the
     // embedded KMS sizes its connection cap by it: the NBD socket and TCP
     // listeners, and the KMS's connections.
@@ -318,13 +335,13 @@ pub fn run(args: UpArgs) -> CliResult {
                 }
             });
         }
-        // `up` serves no TLS, so no client is ever shown the certified
-        // descriptions.
+        let server = Server::new(exports)?.with_transmission_loop(args.transmission.into());
         serve_exports(
-            exports,
+            server,
             &args.limits,
             Some(&socket),
             Some(args.listen),
+            tls,
             metrics,
             |l| print_how_to_attach(l, &volume_path),
         )

@@ -84,6 +84,9 @@ pub enum VolumeCommand {
         /// Restore under a new data key generated under this master key (key id, ARN, alias/NAME): every chunk decrypted and re-encrypted, a new lineage. Needs kms:GenerateDataKeyWithoutPlaintext and kms:Decrypt on it.
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
+        /// Return at once, before any chunk is fetched (EBS-style): `envol serve VOLUME` serves it straight away, fetching a chunk the first time it is read or written and the rest in the background; `volume info` shows the progress. Same key only (not with --key).
+        #[arg(long, conflicts_with = "key")]
+        lazy: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -197,6 +200,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             snapshot,
             to,
             key,
+            lazy,
             json,
             quiet,
             kms,
@@ -206,6 +210,7 @@ pub fn run(cmd: VolumeCommand) -> CliResult {
             &snapshot,
             &to,
             key.as_deref(),
+            lazy,
             json,
             quiet,
             &kms,
@@ -355,6 +360,7 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
     let attached = !attachers.is_empty();
     let sb = set.best().map_err(|e| CliError(format!("{volume}: {e}")))?;
     let wrapped = base64::engine::general_purpose::STANDARD.encode(&sb.wrapped_key);
+    let hydration = envelope::hydrate::inspect_hydration(volume)?;
     if as_json {
         let v = json!({
             "path": volume.to_string(),
@@ -375,6 +381,10 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
             "attached_by": attachers_json(&attachers),
             "changes": changes_json(inspection.changes.as_ref(), attached, sb.size),
             "reencryption": transition_json(sb),
+            "lazy_restore": hydration.as_ref().map(|r| {
+                let (fetched, total) = r.progress();
+                json!({"snapshot": r.header.source.snapshot, "chunks_fetched": fetched, "chunks": total})
+            }),
         });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -443,6 +453,14 @@ fn info(volume: &VolumeAddress, as_json: bool) -> CliResult {
         say!(
             "  rate:        {}/s on average since it began; ETA {eta} (`envol volume reencrypt {volume}` continues it)",
             human_size(rate as u64)
+        );
+    }
+    if let Some(r) = &hydration {
+        let (fetched, total) = r.progress();
+        say!(
+            "  restoring:   {fetched} of {total} chunks fetched ({:.1} %) from {} (lazily: `envol serve {volume}` fetches the rest)",
+            fetched as f64 * 100.0 / total.max(1) as f64,
+            r.header.source.snapshot
         );
     }
     if let Some((slot, _)) = set.damaged() {

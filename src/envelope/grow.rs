@@ -42,6 +42,17 @@ pub fn grow(volume: &VolumeAddress, size: NewSize) -> Result<Grown, GrowRefusal>
         Err(e) => return Err(failed(vol_err(volume, format!("cannot grow: {e}")))),
     }
     let (_, superblock) = read_copies(volume, store.backend()).map_err(failed)?;
+    // The data area would grow over a lazy restore's record.
+    match crate::volume::HydrationRecord::load(store.backend(), &superblock) {
+        Ok(None) => {}
+        Ok(Some(record)) => {
+            return Err(failed(vol_err(
+                volume,
+                format!("cannot grow: {}", super::still_hydrating(&record)),
+            )));
+        }
+        Err(e) => return Err(failed(vol_err(volume, format!("cannot grow: {e}")))),
+    }
     let requested = size
         .resolve(superblock.size)
         .map_err(|e| failed(vol_err(volume, e)))?;

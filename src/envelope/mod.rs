@@ -19,6 +19,7 @@
 //! through the `Backend` trait.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -33,6 +34,7 @@ use crate::volume::{
 };
 
 pub mod grow;
+pub mod hydrate;
 pub mod lineage;
 pub mod reencrypt;
 pub mod store;
@@ -778,6 +780,9 @@ pub struct PreparedAttachment {
     new_data_key: Option<DataKey>,
     take_over: Option<rbd::TakeOver>,
     on_fenced: Option<Box<dyn Fn() + Send + Sync>>,
+    /// A lazy restore still in progress (read before the lock: for the
+    /// caller to find its source; read again under the lock).
+    hydration: Option<volume::HydrationRecord>,
 }
 
 /// Opens `volume`, and has the key service unwrap its data key (checked
@@ -822,7 +827,10 @@ pub async fn prepare_attach<K: KeyService>(
             Some(unwrap_new_key(keys, volume, sb, t).await?)
         }
     };
+    let hydration = volume::HydrationRecord::load(unlocked.store.backend(), &unlocked.superblock)
+        .map_err(|e| vol_err(volume, e))?;
     Ok(PreparedAttachment {
+        hydration,
         volume: volume.clone(),
         mode,
         unlocked,
@@ -847,11 +855,36 @@ impl PreparedAttachment {
         &self.unlocked.superblock
     }
 
+    /// The lazy restore still in progress on this volume, if any: a
+    /// server passes its source to [`Self::complete_hydrating`].
+    pub fn hydration(&self) -> Option<&volume::HydrationRecord> {
+        self.hydration.as_ref()
+    }
+
     /// Takes the volume over if asked (blocklisting its holder), locks it
     /// (refused, naming the holder, when another attachment conflicts),
     /// checks it is still the volume whose key was unwrapped, repairs an
-    /// invalid superblock copy if read-write, and opens it.
+    /// invalid superblock copy if read-write, and opens it. A volume whose
+    /// lazy restore is still running is refused: only a server that
+    /// fetches its missing chunks may open it ([`Self::complete_hydrating`]).
     pub fn complete(self) -> Result<Volume, EnvelopeError> {
+        Ok(self.complete_with(None)?.0)
+    }
+
+    /// [`Self::complete`] for a volume whose lazy restore is still running:
+    /// missing chunks come from `fetcher`. Returns the hydration state for
+    /// background hydration (`None` if the restore completed meanwhile).
+    pub fn complete_hydrating(
+        self,
+        fetcher: Arc<dyn volume::ChunkFetcher>,
+    ) -> Result<(Volume, Option<Arc<volume::Hydration>>), EnvelopeError> {
+        self.complete_with(Some(fetcher))
+    }
+
+    fn complete_with(
+        self,
+        fetcher: Option<Arc<dyn volume::ChunkFetcher>>,
+    ) -> Result<(Volume, Option<Arc<volume::Hydration>>), EnvelopeError> {
         let volume = &self.volume;
         let mode = self.mode;
         let data_key = self.data_key;
@@ -898,13 +931,46 @@ impl PreparedAttachment {
         if let (Some(on_fenced), Store::Rbd(backend)) = (self.on_fenced, &opened.store) {
             backend.on_fenced(on_fenced);
         }
+        let record = volume::HydrationRecord::load(opened.store.backend(), &sb)
+            .map_err(|e| vol_err(volume, e))?;
+        if let Some(record) = record {
+            let Some(fetcher) = fetcher else {
+                return Err(vol_err(volume, still_hydrating(&record)));
+            };
+            if mode == AttachMode::ReadOnly || sb.transition.is_some() {
+                return Err(vol_err(
+                    volume,
+                    format!(
+                        "{}; until then it is served read-write only",
+                        still_hydrating(&record)
+                    ),
+                ));
+            }
+            let (opened_volume, hydration) = opened
+                .store
+                .into_hydrating_volume(&sb, data_key, record, fetcher)
+                .map_err(|e| vol_err(volume, e))?;
+            return Ok((opened_volume, Some(hydration)));
+        }
         let opened_volume = match (sb.transition.is_some(), self.new_data_key) {
             (true, Some(new)) => opened.store.into_transition_volume(&sb, data_key, new),
             _ => opened.store.into_volume(&sb, data_key),
         }
         .map_err(|e| vol_err(volume, e))?;
-        Ok(opened_volume.with_read_only(mode == AttachMode::ReadOnly))
+        Ok((
+            opened_volume.with_read_only(mode == AttachMode::ReadOnly),
+            None,
+        ))
     }
+}
+
+/// Why a volume whose lazy restore is running cannot be opened here.
+pub(crate) fn still_hydrating(record: &volume::HydrationRecord) -> String {
+    let (fetched, total) = record.progress();
+    format!(
+        "it is still being restored from {} ({fetched} of {total} chunks fetched): serve it (envol serve) to finish the restore",
+        record.header.source.snapshot
+    )
 }
 
 /// A take-over is for a writer of an RBD image: a file's lock is dropped

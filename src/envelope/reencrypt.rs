@@ -117,6 +117,16 @@ pub async fn reencrypt<K: KeyService>(
         copies,
         superblock,
     };
+    // Chunks still to fetch would arrive under the old key.
+    if let Some(record) = volume::HydrationRecord::load(opened.store.backend(), &opened.superblock)
+        .map_err(|e| vol_err(volume, e))?
+    {
+        return Err(vol_err(
+            volume,
+            format!("cannot re-encrypt: {}", super::still_hydrating(&record)),
+        )
+        .into());
+    }
     let sb = opened.superblock.clone();
     let old_key_arn = sb.key_arn.clone();
     let plaintext = keys

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::volume::rbd::{CephOptions, RbdAddress, RbdBackend, RbdError};
 use crate::volume::{AttachMode, AttachmentError, Backend, DataKey, FileBackend, Superblock};
+use crate::volume::{ChunkFetcher, HydratingBackend, Hydration, HydrationRecord};
 use crate::volume::{Volume, VolumeError};
+use std::sync::Arc;
 
 /// The prefix that makes an argument an RBD image rather than a file. A
 /// file whose name starts with it is written `./rbd:…`.
@@ -139,6 +141,25 @@ impl Store {
             Store::File(b) => Volume::open(b, superblock, key),
             Store::Rbd(b) => Volume::open(b, superblock, key),
         }
+    }
+
+    /// Opens the volume of `superblock` as it hydrates from `fetcher`
+    /// (a lazy restore in progress: see `volume::hydrating_backend`), with
+    /// the shared state background hydration drives.
+    pub fn into_hydrating_volume(
+        self,
+        superblock: &Superblock,
+        key: DataKey,
+        record: HydrationRecord,
+        fetcher: Arc<dyn ChunkFetcher>,
+    ) -> Result<(Volume, Arc<Hydration>), VolumeError> {
+        let inner: Box<dyn Backend> = match self {
+            Store::File(b) => Box::new(b),
+            Store::Rbd(b) => Box::new(b),
+        };
+        let hydration = Hydration::new(inner, superblock, record, fetcher);
+        let volume = Volume::open(HydratingBackend(hydration.clone()), superblock, key)?;
+        Ok((volume, hydration))
     }
 
     /// Opens the volume of a superblock that records a data-key

@@ -1,6 +1,7 @@
-//! The transmission phase on any async stream, on tokio tasks: every TLS
-//! connection, and plain ones when the server is told to
-//! ([`TransmissionLoop::Async`](super::TransmissionLoop)). Many requests in
+//! The transmission phase on any async stream, on tokio tasks: connections
+//! (plain or on tokio-rustls) when the server is told to
+//! ([`TransmissionLoop::Async`](super::TransmissionLoop)), and in-memory
+//! streams (fuzzing). Many requests in
 //! flight, replies out of order; the rules it applies (admission, budget,
 //! frames, how a connection ends) are `transmission.rs`'s.
 //!

@@ -140,5 +140,11 @@ pub fn threaded_transmission(
     base_allocation: bool,
 ) -> Result<(), TransmissionError> {
     let negotiated = negotiated(export, structured_replies, base_allocation);
-    threaded_loop::serve_blocking(PlainSocket::Unix(socket), negotiated, shared(), limits())
+    threaded_loop::serve_blocking(
+        PlainSocket::Unix(socket),
+        None,
+        negotiated,
+        shared(),
+        limits(),
+    )
 }

@@ -15,7 +15,8 @@
 //! | `server.rs` | [`Listeners`] (Unix socket, TCP), the accept loop, per-connection lifecycle, graceful shutdown |
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
 //! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
-//! | `threaded_loop.rs` | the request loop for plain sockets: a blocking reader per connection that answers cached requests itself, batched replies |
+//! | `tls_session.rs` | a TLS session in transmission shared by a connection's blocking threads: decrypt on the reader, seal on the writer, the mutex never held across a system call |
+//! | `threaded_loop.rs` | the request loop for every socket, plain or TLS: a blocking reader per connection that answers cached requests itself, batched replies |
 //! | `async_loop.rs` | the request loop on any async stream (TLS connections, plain ones on request, in-memory tests): every device call on the workers |
 //! | `transmission.rs` | the rules both loops share: admission of a request header (and discarding a refused payload), the in-flight budget, reply frames, how a connection's end is judged, the shutdown grace |
 //! | `commands.rs` | what each command means: validation against the export, the device call, the reply; which requests may run without a hand-off |
@@ -102,7 +103,7 @@
 //! served in parallel and answered in completion order, each reply matched
 //! by its cookie.
 //!
-//! A plain connection (Unix socket or TCP without TLS) is handed, after
+//! A connection (Unix socket or TCP, plain or TLS) is handed, after
 //! its handshake, to two blocking threads of its own (`threaded_loop.rs`): a
 //! reader that parses requests and performs the ones that cannot make it
 //! wait for a disk — READs whose data is in the page cache (`preadv2`
@@ -111,10 +112,12 @@
 //! workers. The reader writes its own batch of replies when it is about
 //! to wait for the client anyway; so a cached request costs no thread
 //! hand-off at all, which on a few cores is what small requests cost
-//! most. A TLS connection (whose stream cannot be shared by a reader and a
-//! writer thread) keeps the async loop of `async_loop.rs`: one tokio
-//! task reads, every device call goes to the workers, one writer task
-//! sends. Either way frames never interleave, and a per-connection budget
+//! most. On a TLS connection the two threads share the rustls session
+//! (`tls_session.rs`): the reader decrypts, whoever writes a batch seals
+//! it, and neither holds the session's lock across a system call. The
+//! async loop of `async_loop.rs` (one tokio task reads, every device call
+//! goes to the workers, one writer task sends; tokio-rustls for TLS) is
+//! kept for comparison. Either way frames never interleave, and a per-connection budget
 //! of [`IN_FLIGHT_BYTES`] bounds buffered payloads and replies: when it is
 //! spent the reader simply stops reading, which pushes back on the client
 //! through TCP/Unix flow control. On top of that, a budget per listener
@@ -122,8 +125,8 @@
 //! of its connections together buffer: a request waits its turn for it,
 //! first come first served. The Unix socket and TCP have one each, so
 //! strangers holding the TCP budget cannot make the socket's owner wait. [`Server::with_transmission_loop`]
-//! (`envol serve --transmission async`) serves plain connections with the
-//! async loop too, for comparison; the conformance tests run against both.
+//! (`envol serve --transmission async`) serves connections with the
+//! async loop instead, for comparison; the conformance tests run against both.
 //!
 //! # Limits
 //!
@@ -192,6 +195,7 @@ mod served_export;
 mod server;
 mod threaded_loop;
 mod tls;
+mod tls_session;
 mod transmission;
 mod unix_endpoint;
 mod workers;

@@ -22,6 +22,7 @@ use super::metrics::ServerMetrics;
 use super::registry::{DetachError, Detached, ExportRegistry, ExportStatus};
 use super::threaded_loop::{self, IntoPlainSocket};
 use super::tls::{TlsConfig, TlsMode};
+use super::tls_session::TlsSession;
 use super::transmission::{SHUTDOWN_GRACE, Stop, shutdown_requested};
 use super::unix_endpoint::UnixEndpoint;
 use super::workers::Shared;
@@ -43,18 +44,18 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-/// Which loop serves a plain (Unix socket, or TCP without TLS) connection
-/// once it is in transmission. TLS connections always get the async loop:
-/// a TLS stream cannot be shared by a reader and a writer thread.
+/// Which loop serves a connection (Unix socket or TCP, plain or TLS) once
+/// it is in transmission. On the threaded loop a TLS connection's session
+/// is shared by its threads (`tls_session.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransmissionLoop {
     /// Blocking reader and writer threads per connection, cached requests
     /// answered without a hand-off (`threaded_loop.rs`): the fast path.
     #[default]
     Threaded,
-    /// Tokio tasks, every device call on the workers (`async_loop.rs`), as
-    /// for TLS: for comparing the two, and for testing the async loop on
-    /// plain sockets.
+    /// Tokio tasks, every device call on the workers (`async_loop.rs`), on
+    /// tokio-rustls for TLS: for comparing the two, and for testing the
+    /// async loop.
     Async,
 }
 
@@ -63,7 +64,7 @@ pub enum TransmissionLoop {
 struct ConnectionConfig {
     tls: Option<TlsConfig>,
     handshake_timeout: Duration,
-    plain_loop: TransmissionLoop,
+    transmission_loop: TransmissionLoop,
     limits: Limits,
 }
 
@@ -76,7 +77,7 @@ impl Server {
             config: Arc::new(ConnectionConfig {
                 tls: None,
                 handshake_timeout: HANDSHAKE_TIMEOUT,
-                plain_loop: TransmissionLoop::default(),
+                transmission_loop: TransmissionLoop::default(),
                 limits: Limits::default(),
             }),
             shared: Arc::new(Shared::with_default_workers()),
@@ -94,11 +95,10 @@ impl Server {
         self.reconfigure(|c| c.handshake_timeout = timeout)
     }
 
-    /// Serves plain connections with `plain_loop` (default
-    /// [`TransmissionLoop::Threaded`]); TLS connections always use the
-    /// async loop.
-    pub fn with_transmission_loop(self, plain_loop: TransmissionLoop) -> Self {
-        self.reconfigure(|c| c.plain_loop = plain_loop)
+    /// Serves connections, plain and TLS, with `transmission_loop`
+    /// (default [`TransmissionLoop::Threaded`]).
+    pub fn with_transmission_loop(self, transmission_loop: TransmissionLoop) -> Self {
+        self.reconfigure(|c| c.transmission_loop = transmission_loop)
     }
 
     /// Caps the bytes buffered for in-flight requests across all
@@ -555,9 +555,11 @@ where
     let result = match attached {
         Attached::Plain(stream, n) => {
             attached_log(&n, false);
-            match config.plain_loop {
+            match config.transmission_loop {
                 TransmissionLoop::Threaded => match stream.into_plain_socket() {
-                    Ok(socket) => threaded_loop::serve(socket, *n, stop, shared, limits).await,
+                    Ok(socket) => {
+                        threaded_loop::serve(socket, None, *n, stop, shared, limits).await
+                    }
                     Err(e) => Err(e.into()),
                 },
                 TransmissionLoop::Async => {
@@ -567,7 +569,23 @@ where
         }
         Attached::Tls(stream, n) => {
             attached_log(&n, true);
-            async_loop::serve(*stream, *n, stop, shared, limits).await
+            match config.transmission_loop {
+                TransmissionLoop::Threaded => {
+                    // The session leaves tokio-rustls with whatever it had
+                    // decrypted or sealed but not yet sent.
+                    let (io, conn) = stream.into_inner();
+                    match io.into_plain_socket() {
+                        Ok(socket) => {
+                            let tls = Some(TlsSession::new(conn));
+                            threaded_loop::serve(socket, tls, *n, stop, shared, limits).await
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                TransmissionLoop::Async => {
+                    async_loop::serve(*stream, *n, stop, shared, limits).await
+                }
+            }
         }
         Attached::Closed => return,
     };

@@ -1,7 +1,8 @@
-//! The transmission phase on a plain (non-TLS) socket, on blocking threads:
-//! the fast path, taken by every Unix-socket and TCP connection that did not
-//! start TLS (unless the server was given
-//! [`TransmissionLoop::Async`](super::TransmissionLoop)).
+//! The transmission phase on a socket, on blocking threads: the fast path,
+//! taken by every Unix-socket and TCP connection, plain or TLS (unless the
+//! server was given [`TransmissionLoop::Async`](super::TransmissionLoop)).
+//! On TLS the socket is read and written through the connection's
+//! [`TlsSession`] (`tls_session.rs`); everything else is the same.
 //!
 //! ```text
 //!            ┌───────────── reader thread (one per connection) ─────────────┐
@@ -15,8 +16,7 @@
 //!                        writer thread: every ready reply in one writev ──▶ socket
 //! ```
 //!
-//! Why threads and not the async loop of `async_loop.rs` (which TLS
-//! connections keep): on a few cores the cost of a small request is
+//! Why threads and not the async loop of `async_loop.rs`: on a few cores the cost of a small request is
 //! dominated by hand-offs between threads — the reactor waking a worker,
 //! the worker waking the writer — not by the device call, which for a
 //! cached 4 KiB read is a `preadv2` and a microsecond of AES. Here the
@@ -78,6 +78,7 @@ use super::export_stats::InFlight;
 use super::handshake::Negotiated;
 use super::limits::{ConnectionLimits, ServerPermit};
 use super::protocol::{self as p, Command, REQUEST_HEADER_LEN, Request};
+use super::tls_session::{Received, TlsSession};
 use super::transmission::{
     Admission, End, IN_FLIGHT_BYTES, SHUTDOWN_GRACE, Stop, TransmissionError, admit, conclude,
     discarded, is_stall,
@@ -176,13 +177,20 @@ impl Write for &PlainSocket {
 /// progress for the deadline" as `SO_SNDTIMEO` on the write side); between
 /// requests [`Reader::wait_for_request`] just waits again. No system call
 /// beyond the reads themselves.
+///
+/// On a TLS connection it reads through the session (`tls_session.rs`),
+/// which keeps the same rules: a timed-out read has consumed nothing.
 struct SocketReader {
     socket: Arc<PlainSocket>,
+    tls: Option<(Arc<TlsSession>, Received)>,
 }
 
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.socket).read(buf)
+        match &mut self.tls {
+            None => (&*self.socket).read(buf),
+            Some((session, received)) => session.read(&*self.socket, received, buf),
+        }
     }
 }
 
@@ -219,11 +227,13 @@ fn widen_send_buffer(socket: impl std::os::fd::AsFd) {
     }
 }
 
-/// Serves requests on `socket` until DISC, client close, error or server
-/// shutdown; the blocking work runs on this connection's own threads, and
-/// this future only waits for them (and for shutdown).
+/// Serves requests on `socket` (through `tls` when the client started TLS)
+/// until DISC, client close, error or server shutdown; the blocking work
+/// runs on this connection's own threads, and this future only waits for
+/// them (and for shutdown).
 pub(crate) async fn serve(
     socket: PlainSocket,
+    tls: Option<TlsSession>,
     negotiated: Negotiated,
     mut stop: Stop,
     shared: Arc<Shared>,
@@ -234,7 +244,7 @@ pub(crate) async fn serve(
     std::thread::Builder::new()
         .name("envol-nbd-conn".into())
         .spawn(move || {
-            let _ = done_tx.send(serve_blocking(socket, negotiated, shared, limits));
+            let _ = done_tx.send(serve_blocking(socket, tls, negotiated, shared, limits));
         })?;
     tokio::select! {
         r = &mut done => return finished(r),
@@ -268,6 +278,7 @@ type Frame = super::transmission::Frame<Held>;
 
 pub(super) fn serve_blocking(
     socket: PlainSocket,
+    tls: Option<TlsSession>,
     negotiated: Negotiated,
     shared: Arc<Shared>,
     limits: ConnectionLimits,
@@ -279,11 +290,19 @@ pub(super) fn serve_blocking(
     socket.set_write_timeout(Some(limits.request_timeout))?;
     socket.set_read_timeout(Some(limits.request_timeout))?;
     let socket = Arc::new(socket);
+    let tls = tls.map(Arc::new);
     let (replies, rx) = mpsc::channel::<Vec<Frame>>();
     let output = Arc::new(ReplyOutput {
         socket: socket.clone(),
+        tls: tls.clone(),
         lock: Mutex::new(Unsent::default()),
-        send_now_max: send_now_max(&socket),
+        // A TLS reply is sealed first: that is CPU work for the writer
+        // thread, not for whoever completed the request.
+        send_now_max: if tls.is_some() {
+            0
+        } else {
+            send_now_max(&socket)
+        },
         failed: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
     });
@@ -298,6 +317,7 @@ pub(super) fn serve_blocking(
             READ_BUFFER,
             SocketReader {
                 socket: socket.clone(),
+                tls: tls.clone().map(|t| (t, Received::new())),
             },
         ),
         cmd: Arc::new(CommandContext::for_negotiated(&negotiated, &shared)),
@@ -320,6 +340,10 @@ pub(super) fn serve_blocking(
     if output.stalled.load(Ordering::Acquire) {
         // The reader may have met the stall on a batch of its own.
         written = Err(io::ErrorKind::TimedOut.into());
+    }
+    if let Some(tls) = tls.filter(|_| !output.failed.load(Ordering::Acquire)) {
+        // Every writer is done: the end of the stream, authenticated.
+        let _ = tls.close(&*socket);
     }
     let _ = socket.shutdown(Shutdown::Write);
     conclude(ended, written)
@@ -647,6 +671,8 @@ impl WriteLane {
 /// left half-written is finished, before anything else, by the next holder.
 struct ReplyOutput {
     socket: Arc<PlainSocket>,
+    /// Replies are sealed in this session first (a TLS connection).
+    tls: Option<Arc<TlsSession>>,
     lock: Mutex<Unsent>,
     /// See [`SEND_NOW_MAX`].
     send_now_max: usize,
@@ -715,7 +741,10 @@ impl ReplyOutput {
                         slices.push(IoSlice::new(d.as_slice()));
                     }
                 }
-                write_all_vectored(&mut out, &mut slices)
+                match &self.tls {
+                    None => write_all_vectored(&mut out, &mut slices),
+                    Some(tls) => tls.write_all(out, &mut slices),
+                }
             })
         });
         if let Err(e) = &written {

@@ -91,6 +91,26 @@ pub async fn fetch_chunks<S: ChunkSink>(
     Ok(())
 }
 
+/// Fetches and checks one chunk of `snapshot` (a lazy restore's read of a
+/// chunk not yet in the volume).
+pub async fn fetch_chunk(
+    store: &ObjectStore,
+    snapshot: &SnapshotUrl,
+    manifest: &Manifest,
+    entry: ChunkEntry,
+) -> Result<FetchedChunk, SnapshotError> {
+    FetchJob {
+        store: store.clone(),
+        key: snapshot.place.chunk_key(entry.sha256()),
+        snapshot: snapshot.id.to_string(),
+        offset: entry.index() * manifest.chunk_size,
+        len: manifest.chunk_len(entry.index()),
+        entry,
+    }
+    .run()
+    .await
+}
+
 /// One chunk to fetch and check.
 struct FetchJob {
     store: ObjectStore,

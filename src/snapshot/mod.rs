@@ -17,6 +17,7 @@
 //! | `restore.rs` | `volume restore` under the same key: authenticate, create, fetch and verify, write as stored |
 //! | `rekey.rs` | re-encryption of a chunk from one data key to another (restore or copy under `--key`) |
 //! | `fetch.rs` | the one fetch-and-verify pipeline of every restore and copy, into a volume or a place |
+//! | `lazy.rs` | `volume restore --lazy` and serving while restoring: the S3 chunk fetcher, the record, background hydration |
 //! | `copy.rs` | `snapshot copy`: into another place, same key or a new lineage under `--key` |
 //! | `progress.rs` | a progress bar on a terminal, plain lines otherwise |
 //! | `error.rs` | [`SnapshotError`]: one line per failure |
@@ -35,6 +36,7 @@ pub mod copy;
 pub mod create;
 pub mod error;
 pub mod fetch;
+pub mod lazy;
 pub mod manifest;
 pub mod object_store;
 pub mod progress;

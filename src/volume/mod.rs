@@ -77,6 +77,8 @@ pub mod device;
 pub mod encrypted_volume;
 pub mod frozen_view;
 pub mod grow;
+pub mod hydrating_backend;
+pub mod hydration_record;
 pub mod key;
 pub mod range_lock;
 pub mod rbd;
@@ -106,6 +108,8 @@ pub use device::{Allocation, BlockDevice, BlockSizes, CpuExecutor};
 pub use encrypted_volume::{MAX_REQUEST, Volume, VolumeError};
 pub use frozen_view::{FrozenView, ViewUsage};
 pub use grow::{GrowError, Grown, NewSize};
+pub use hydrating_backend::{ChunkFetcher, HydratingBackend, Hydration};
+pub use hydration_record::{HydrationRecord, HydrationSource};
 pub use key::{DATA_KEY_LEN, DataKey, KEY_CHECK_LEN, KeyError};
 pub use superblock::{
     COPY_SIZE, DATA_OFFSET, MAX_HOTZONE_SECTORS, Slot, Superblock, SuperblockError, SuperblockSet,
