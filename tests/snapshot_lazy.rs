@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::ceph::TestImage;
+use common::control::control_of;
 use common::s3::S3;
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, output_with_timeout, run_fails,
@@ -404,6 +405,22 @@ fn a_tampered_chunk_fails_its_read_with_eio_and_one_log_line() {
     env.s3.put(&env.bucket, &key, &bytes, &scratch);
 
     let server = env.serve(&restored, Some("0"));
+    // Online too: the server that fills it refuses to re-encrypt it (chunks
+    // fetched later would arrive under the old key), in one line.
+    let control = control_of(&server.socket);
+    let (_, stderr) = run_fails(&mut env.fx.envol_as(
+        ADMIN,
+        &[
+            "volume",
+            "reencrypt",
+            restored.path.to_str().unwrap(),
+            "-q",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    ));
+    assert_one_clean_line("online re-encryption of a hydrating volume", &stderr);
+    assert!(stderr.contains("still being restored"), "{stderr}");
     for _ in 0..2 {
         let text = qemu_io_text(
             server.first_uri(),

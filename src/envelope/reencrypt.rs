@@ -250,6 +250,16 @@ pub async fn begin_online<K: KeyService>(
 ) -> Result<u64, EnvelopeError> {
     let sb = handle.superblock();
     let sector = u64::from(sb.sector_size);
+    // Chunks still to be fetched would arrive under the old key, behind
+    // the watermark as well as ahead of it.
+    if let Some((fetched, total)) = handle.restore_progress() {
+        return Err(vol_err(
+            volume,
+            format!(
+                "cannot re-encrypt: it is still being restored ({fetched} of {total} chunks fetched); re-encrypt once the restore is done"
+            ),
+        ));
+    }
     match (&sb.transition, new) {
         (Some(t), None) => match handle.reencryption_progress() {
             Some(p) => Ok(p.done_bytes()),

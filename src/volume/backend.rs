@@ -189,6 +189,13 @@ pub trait Backend: Send + Sync + 'static {
     fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
         Ok(self.extents(offset, len)?.iter().all(|e| e.hole))
     }
+    /// While a lazy restore still fills this store (`hydrating_backend.rs`):
+    /// its chunks fetched and in all. `None` for every other store: what
+    /// must not start on a volume some of whose chunks are still to come
+    /// under its current key (a re-encryption) asks here.
+    fn restore_progress(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Zero bytes written at a time when a range must be zero-filled: large

@@ -289,6 +289,12 @@ impl Volume {
         self
     }
 
+    /// While a lazy restore still fills the volume: chunks fetched and in
+    /// all (see [`Backend::restore_progress`]).
+    pub fn restore_progress(&self) -> Option<(u64, u64)> {
+        self.backend.restore_progress()
+    }
+
     /// The superblock as now on disk (a copy: a grow changes it).
     pub fn superblock(&self) -> Superblock {
         self.lock_superblock().clone()

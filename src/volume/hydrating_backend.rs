@@ -256,6 +256,10 @@ impl Backend for HydratingBackend {
         false
     }
 
+    fn restore_progress(&self) -> Option<(u64, u64)> {
+        (!self.0.is_complete()).then(|| self.0.progress())
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.0.ensure_range(offset, buf.len() as u64)?;
         self.0.inner.read_at(offset, buf)
