@@ -8,7 +8,8 @@ use clap::Args;
 use super::error::{CliError, CliResult};
 use super::serve::DEFAULT_NBD_ADDR;
 use super::target::human_size;
-use crate::control::{self, Command, ExportInfo, ReplyBody, TakeOverMode};
+use crate::control::{self, ClientError, Command, ExportInfo, ReplyBody, TakeOverMode};
+use crate::envelope::VolumeAddress;
 
 /// Which server: its control socket.
 #[derive(Debug, Args)]
@@ -178,7 +179,7 @@ fn print_export(e: &ExportInfo) {
     }
 }
 
-fn unexpected(reply: &ReplyBody) -> CliError {
+pub(super) fn unexpected(reply: &ReplyBody) -> CliError {
     CliError(format!("unexpected reply from the server: {reply:?}"))
 }
 
@@ -206,4 +207,46 @@ fn absolute_volume(arg: &str) -> Result<String, CliError> {
         Some(name) => format!("{absolute}={name}{ro}"),
         None => format!("{absolute}{ro}"),
     })
+}
+
+/// Sends `command` about a volume another attachment holds (`refusal`
+/// says which) to the server at `path`: the path of `volume grow` and
+/// `volume reencrypt` once the volume's lock told them a server has it.
+/// No server there, or one that does not have the volume, is the
+/// refusal plus how to name the right server.
+pub(super) fn ask_holder(
+    path: &Path,
+    command: Command,
+    refusal: &dyn std::fmt::Display,
+) -> Result<ReplyBody, CliError> {
+    control::call(path, command).map_err(|e| match e {
+        ClientError::NoSocket(_) | ClientError::NobodyListening(_) => CliError(format!(
+            "{refusal}; and no envol server answers at {}: name the holder's control socket with --control PATH",
+            path.display()
+        )),
+        ClientError::Refused(message) if message.ends_with("is not attached to this server") => {
+            CliError(format!(
+                "{refusal}; the server at {} does not have it attached: name the holder's control socket with --control PATH",
+                path.display()
+            ))
+        }
+        other => CliError(other.to_string()),
+    })
+}
+
+/// The volume as the server knows it: an `rbd:` address as written, a
+/// file by its absolute path (the server resolves it in its own
+/// directory, and matches the file itself).
+pub(super) fn as_attached(volume: &VolumeAddress) -> Result<String, CliError> {
+    match volume {
+        VolumeAddress::Rbd { .. } => Ok(volume.to_string()),
+        VolumeAddress::File(path) => {
+            let absolute = std::path::absolute(path)
+                .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+            let absolute = absolute.to_str().ok_or_else(|| {
+                CliError(format!("{}: the path is not UTF-8", absolute.display()))
+            })?;
+            Ok(absolute.to_string())
+        }
+    }
 }

@@ -11,10 +11,10 @@
 //! attached another volume of the same name.
 
 use super::address::CephArgs;
-use super::control::ControlArgs;
+use super::control::{ControlArgs, as_attached, ask_holder, unexpected};
 use super::error::{CliError, CliResult};
 use super::target::{human_size, parse_size};
-use crate::control::{self, ClientError, Command, ReplyBody};
+use crate::control::{Command, ReplyBody};
 use crate::envelope::VolumeAddress;
 use crate::envelope::grow::{GrowRefusal, grow};
 use crate::volume::NewSize;
@@ -78,19 +78,7 @@ fn through_server(
         size,
         add,
     };
-    let reply = control::call(&path, command).map_err(|e| match e {
-        ClientError::NoSocket(_) | ClientError::NobodyListening(_) => CliError(format!(
-            "{refusal}; and no envol server answers at {}: name the holder's control socket with --control PATH",
-            path.display()
-        )),
-        ClientError::Refused(message) if message.ends_with("is not attached to this server") => {
-            CliError(format!(
-                "{refusal}; the server at {} does not have it attached: name the holder's control socket with --control PATH",
-                path.display()
-            ))
-        }
-        other => CliError(other.to_string()),
-    })?;
+    let reply = ask_holder(&path, command, refusal)?;
     let ReplyBody::Grown {
         name,
         volume,
@@ -99,9 +87,7 @@ fn through_server(
         beyond_change_tracking,
     } = reply
     else {
-        return Err(CliError(format!(
-            "unexpected reply from the server: {reply:?}"
-        )));
+        return Err(unexpected(&reply));
     };
     report(&volume, old_size, new_size, beyond_change_tracking);
     if old_size != new_size {
@@ -111,23 +97,6 @@ fn through_server(
         );
     }
     Ok(())
-}
-
-/// The volume as the server knows it: an `rbd:` address as written, a
-/// file by its absolute path (the server resolves it in its own
-/// directory, and matches the file itself).
-pub(super) fn as_attached(volume: &VolumeAddress) -> Result<String, CliError> {
-    match volume {
-        VolumeAddress::Rbd { .. } => Ok(volume.to_string()),
-        VolumeAddress::File(path) => {
-            let absolute = std::path::absolute(path)
-                .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
-            let absolute = absolute.to_str().ok_or_else(|| {
-                CliError(format!("{}: the path is not UTF-8", absolute.display()))
-            })?;
-            Ok(absolute.to_string())
-        }
-    }
 }
 
 fn report(volume: &str, old_size: u64, new_size: u64, beyond_change_tracking: bool) {

@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use super::control::ControlArgs;
+use super::control::{ControlArgs, as_attached, ask_holder, unexpected};
 use super::error::{CliError, CliResult};
 use super::key_change::print_key_change;
 use super::runtime::runtime;
 use super::target::{KmsArgs, human_size};
-use super::volume_grow::as_attached;
-use crate::control::{self, ClientError, Command, NewDataKey, ReencryptionInfo, ReplyBody};
+use crate::control::{self, Command, NewDataKey, ReencryptionInfo, ReplyBody};
 use crate::envelope::reencrypt::{self, ReencryptOptions, ReencryptRefusal};
 use crate::envelope::{self, VolumeAddress};
 use crate::keys::aws::AwsKeyClient;
@@ -125,19 +124,7 @@ fn through_server(
         }),
         max_rate: args.max_rate,
     };
-    let reply = control::call(&path, command).map_err(|e| match e {
-        ClientError::NoSocket(_) | ClientError::NobodyListening(_) => CliError(format!(
-            "{refusal}; and no envol server answers at {}: name the holder's control socket with --control PATH",
-            path.display()
-        )),
-        ClientError::Refused(message) if message.ends_with("is not attached to this server") => {
-            CliError(format!(
-                "{refusal}; the server at {} does not have it attached: name the holder's control socket with --control PATH",
-                path.display()
-            ))
-        }
-        other => CliError(other.to_string()),
-    })?;
+    let reply = ask_holder(&path, command, refusal)?;
     let ReplyBody::ReencryptStarted {
         name,
         new_key_arn,
@@ -147,9 +134,7 @@ fn through_server(
         ..
     } = reply
     else {
-        return Err(CliError(format!(
-            "unexpected reply from the server: {reply:?}"
-        )));
+        return Err(unexpected(&reply));
     };
     let what = if already_running {
         "following the re-encryption already running"
