@@ -27,9 +27,9 @@ use super::error::SnapshotError;
 use super::fetch;
 use super::manifest::{ChunkEntry, Manifest};
 use super::object_store::{ObjectStore, S3Options};
-use super::restore::{Restored, open_snapshot};
+use super::restore::{Restored, already_exists, create_same_key, open_snapshot, removed_after};
 use super::url::SnapshotUrl;
-use crate::envelope::{self, AttachOptions, EnvelopeError, ExistingKey, VolumeAddress};
+use crate::envelope::{self, AttachOptions, VolumeAddress};
 use crate::keys::KeyService;
 use crate::volume::{
     BlockDevice, CHUNK_SIZE, ChunkFetcher, DataKey, Hydration, HydrationRecord, HydrationSource,
@@ -188,9 +188,7 @@ pub async fn restore_lazy<K: KeyService>(
     if let VolumeAddress::File(path) = target
         && path.exists()
     {
-        return Err(SnapshotError::failed(format!(
-            "{target}: already exists; a restore makes a new volume (choose another --to)"
-        )));
+        return Err(already_exists(target));
     }
     let (manifest, data_key) = open_snapshot(keys, store, snapshot).await?;
     if manifest.chunk_size != CHUNK_SIZE {
@@ -199,36 +197,11 @@ pub async fn restore_lazy<K: KeyService>(
             manifest.chunk_size
         )));
     }
-    let wrapped = manifest
-        .wrapped_key()
-        .map_err(|e| catalog::manifest_error(snapshot, e))?;
-    let superblock = envelope::create_with_existing_key(
-        keys,
-        target,
-        manifest.size,
-        manifest.sector_size,
-        ExistingKey {
-            key_arn: &manifest.key_arn,
-            wrapped_key: &wrapped,
-            encryption_context: &manifest.encryption_context,
-        },
-        &data_key,
-    )
-    .await
-    .map_err(|e| match e {
-        EnvelopeError::Exists { .. } => SnapshotError::failed(format!(
-            "{target}: already exists; a restore makes a new volume (choose another --to)"
-        )),
-        other => other.into(),
-    })?;
+    let superblock = create_same_key(keys, snapshot, target, &manifest, &data_key).await?;
     drop(data_key);
     // The volume exists from here: a failure removes it again.
     if let Err(e) = prepare(keys, snapshot, target, &manifest, options).await {
-        let removed = match envelope::remove_volume(target) {
-            Ok(()) => format!(" (the new volume {target} was removed)"),
-            Err(r) => format!(" (and the new volume could not be removed: {r})"),
-        };
-        return Err(SnapshotError::failed(format!("{e}{removed}")));
+        return Err(removed_after(e, target, "the new volume"));
     }
     Ok(Restored {
         superblock,

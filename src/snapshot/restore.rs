@@ -111,25 +111,7 @@ pub async fn restore_with<K: KeyService>(
     }
     let (manifest, data_key) = open_snapshot(keys, store, snapshot).await?;
     let superblock = match new_key {
-        None => {
-            let wrapped = manifest
-                .wrapped_key()
-                .map_err(|e| catalog::manifest_error(snapshot, e))?;
-            envelope::create_with_existing_key(
-                keys,
-                target,
-                manifest.size,
-                manifest.sector_size,
-                ExistingKey {
-                    key_arn: &manifest.key_arn,
-                    wrapped_key: &wrapped,
-                    encryption_context: &manifest.encryption_context,
-                },
-                &data_key,
-            )
-            .await
-            .map_err(|e| never_overwrite(e, target))?
-        }
+        None => create_same_key(keys, snapshot, target, &manifest, &data_key).await?,
         Some(key) => envelope::create(
             keys,
             NewVolume {
@@ -157,11 +139,7 @@ pub async fn restore_with<K: KeyService>(
         Err(e) => Err(e),
     };
     if let Err(e) = filled {
-        let removed = match envelope::remove_volume(target) {
-            Ok(()) => format!(" (the partly restored volume {target} was removed)"),
-            Err(r) => format!(" (and the partly restored volume could not be removed: {r})"),
-        };
-        return Err(SnapshotError::failed(format!("{e}{removed}")));
+        return Err(removed_after(e, target, "the partly restored volume"));
     }
     Ok(Restored {
         superblock,
@@ -253,7 +231,50 @@ pub async fn fill(
 }
 
 /// A restore makes a new volume, never overwrites one: no `--force` to offer.
-fn already_exists(target: &VolumeAddress) -> SnapshotError {
+/// The restore's new volume `target` under the snapshot's own data key
+/// (`data_key`, unwrapped from the manifest): its wrapped key and
+/// encryption context as the manifest has them, so nothing is re-wrapped.
+pub(super) async fn create_same_key<K: KeyService>(
+    keys: &K,
+    snapshot: &SnapshotUrl,
+    target: &VolumeAddress,
+    manifest: &Manifest,
+    data_key: &DataKey,
+) -> Result<Superblock, SnapshotError> {
+    let wrapped = manifest
+        .wrapped_key()
+        .map_err(|e| catalog::manifest_error(snapshot, e))?;
+    envelope::create_with_existing_key(
+        keys,
+        target,
+        manifest.size,
+        manifest.sector_size,
+        ExistingKey {
+            key_arn: &manifest.key_arn,
+            wrapped_key: &wrapped,
+            encryption_context: &manifest.encryption_context,
+        },
+        data_key,
+    )
+    .await
+    .map_err(|e| never_overwrite(e, target))
+}
+
+/// A restore that failed after creating `target` (`what` names it in the
+/// message): removes the volume again and says whether that worked.
+pub(super) fn removed_after(
+    e: impl std::fmt::Display,
+    target: &VolumeAddress,
+    what: &str,
+) -> SnapshotError {
+    let removed = match envelope::remove_volume(target) {
+        Ok(()) => format!(" ({what} {target} was removed)"),
+        Err(r) => format!(" (and {what} could not be removed: {r})"),
+    };
+    SnapshotError::failed(format!("{e}{removed}"))
+}
+
+pub(super) fn already_exists(target: &VolumeAddress) -> SnapshotError {
     SnapshotError::failed(format!(
         "{target}: already exists; a restore makes a new volume (choose another --to)"
     ))
