@@ -17,9 +17,10 @@ fn read(v: &Volume, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// A volume on a shared in-memory store, its superblock written, with
-/// some data; returns the store, the superblock, old and new keys.
-fn volume_with_data(ss: u32) -> (CrashBackend, Superblock, DataKey, DataKey) {
+/// An empty volume of `SIZE` on a shared in-memory store, its superblock
+/// written under a fresh (old) key; returns the store, the superblock and
+/// that key.
+fn blank_volume(ss: u32) -> (CrashBackend, Superblock, DataKey) {
     let old = DataKey::generate();
     let uuid = Uuid::new_v4();
     let mut sb = Superblock::new(
@@ -34,6 +35,14 @@ fn volume_with_data(ss: u32) -> (CrashBackend, Superblock, DataKey, DataKey) {
     .unwrap();
     let store = CrashBackend::new((DATA_OFFSET + SIZE) as usize, ss as usize);
     write_superblock_to(&store, &mut sb).unwrap();
+    (store, sb, old)
+}
+
+/// A volume on a shared in-memory store, its superblock written, with
+/// some data; returns the store, the superblock, old and new keys.
+fn volume_with_data(ss: u32) -> (CrashBackend, Superblock, DataKey, DataKey) {
+    let (store, sb, old) = blank_volume(ss);
+    let uuid = sb.uuid;
     let v = Volume::open(store.clone(), &sb, old.clone()).unwrap();
     // Data in the first and last MiB; the middle stays a hole.
     v.write_at(0, &pattern(1 << 20, 1), false).unwrap();
@@ -198,20 +207,8 @@ fn a_reencryption_begun_on_an_open_volume_keeps_concurrent_readers_and_writers_r
     use std::sync::atomic::{AtomicBool, Ordering};
     const SLICE: usize = 64 * 1024;
     for ss in [512u32, 4096] {
-        let old = DataKey::generate();
-        let uuid = Uuid::new_v4();
-        let mut sb = Superblock::new(
-            uuid,
-            SIZE,
-            ss,
-            "arn:aws:kms:us-east-1:111122223333:key/old".into(),
-            vec![1, 2, 3],
-            old.key_check(&uuid),
-            0,
-        )
-        .unwrap();
-        let store = CrashBackend::new((DATA_OFFSET + SIZE) as usize, ss as usize);
-        write_superblock_to(&store, &mut sb).unwrap();
+        let (store, sb, old) = blank_volume(ss);
+        let uuid = sb.uuid;
         let v = Volume::open(store.clone(), &sb, old.clone()).unwrap();
         let half = (SIZE / 2) as usize;
         let fixed = pattern(half, 1);
@@ -306,20 +303,8 @@ fn a_step_that_failed_part_way_is_recovered_by_the_next_on_the_open_volume() {
     use crate::volume::testing::{Fault, FaultOp, FaultyBackend};
     const K: u64 = 1 << 10;
     let ss = 4096u32;
-    let old = DataKey::generate();
-    let uuid = Uuid::new_v4();
-    let mut sb = Superblock::new(
-        uuid,
-        SIZE,
-        ss,
-        "arn:aws:kms:us-east-1:111122223333:key/old".into(),
-        vec![1, 2, 3],
-        old.key_check(&uuid),
-        0,
-    )
-    .unwrap();
-    let store = CrashBackend::new((DATA_OFFSET + SIZE) as usize, ss as usize);
-    write_superblock_to(&store, &mut sb).unwrap();
+    let (store, sb, old) = blank_volume(ss);
+    let uuid = sb.uuid;
     let faulty = FaultyBackend::new(store.clone());
     let faults = faulty.faults();
     let v = Volume::open(faulty, &sb, old.clone()).unwrap();
