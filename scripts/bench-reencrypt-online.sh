@@ -48,17 +48,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== KMS, key, volume (${SIZE_MIB} MiB in $DIR), serve"
-export AWS_SHARED_CREDENTIALS_FILE=$WORK/aws/credentials AWS_CONFIG_FILE=$WORK/aws/config
-export AWS_EC2_METADATA_DISABLED=true ENVOL_LOG=warn
-unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_KMS
-"$ENVOL" kms init --data "$WORK/kms" >/dev/null
-"$ENVOL" kms serve --data "$WORK/kms" --listen 127.0.0.1:0 >"$WORK/kms.out" 2>"$WORK/kms.err" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q 'http://' "$WORK/kms.out" 2>/dev/null && break; sleep 0.1; done
-ENDPOINT=$(grep -o 'http://[^ ]*' "$WORK/kms.out" | head -1)
-[[ -n $ENDPOINT ]] || { echo "bench-reencrypt-online.sh: envol kms serve did not start:" >&2; cat "$WORK/kms.err" >&2; exit 1; }
-"$ENVOL" kms user add bench --data "$WORK/kms" --profile bench --endpoint "$ENDPOINT" >/dev/null
-"$ENVOL" key create --alias bench --profile bench >/dev/null
+# A throw-away KMS, user and key (scripts/bench/kms.sh).
+. "$ROOT/scripts/bench/kms.sh"
+start_bench_kms bench-reencrypt-online.sh
 VOL=$WORK/bench.vol
 "$ENVOL" volume create "$VOL" --size "${SIZE_MIB}M" --key alias/bench --profile bench >/dev/null
 dd if=/dev/urandom of="$VOL" bs=1M seek=1 count="$SIZE_MIB" conv=notrunc status=none

@@ -65,17 +65,10 @@ MON_PORT=${MON_PORT:-3305} MON_V1_PORT=${MON_V1_PORT:-6785} RGW_PORT=${RGW_PORT:
 . "$CEPH_DIR/env"
 
 echo "== KMS, key, volume, bucket"
-export AWS_SHARED_CREDENTIALS_FILE=$WORK/aws/credentials AWS_CONFIG_FILE=$WORK/aws/config
-export AWS_EC2_METADATA_DISABLED=true ENVOL_LOG=warn
-unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_KMS AWS_ENDPOINT_URL_S3
-"$ENVOL" kms init --data "$WORK/kms" >/dev/null
-"$ENVOL" kms serve --data "$WORK/kms" --listen 127.0.0.1:0 >"$WORK/kms.out" 2>"$WORK/kms.err" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q 'http://' "$WORK/kms.out" 2>/dev/null && break; sleep 0.1; done
-ENDPOINT=$(grep -o 'http://[^ ]*' "$WORK/kms.out" | head -1)
-[[ -n $ENDPOINT ]] || { echo "bench-snapshot.sh: envol kms serve did not start:" >&2; cat "$WORK/kms.err" >&2; exit 1; }
-"$ENVOL" kms user add bench --data "$WORK/kms" --profile bench --endpoint "$ENDPOINT" >/dev/null
-"$ENVOL" key create --alias bench --profile bench >/dev/null
+# A throw-away KMS, user and key (scripts/bench/kms.sh).
+. "$ROOT/scripts/bench/kms.sh"
+start_bench_kms bench-snapshot.sh
+unset AWS_ENDPOINT_URL_S3
 printf '\n[rgw]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
   "$ENVOL_TEST_S3_ACCESS_KEY" "$ENVOL_TEST_S3_SECRET_KEY" >>"$AWS_SHARED_CREDENTIALS_FILE"
 S3=(--endpoint-url "$ENVOL_TEST_S3_ENDPOINT" --s3-profile rgw --concurrency "$CONC")
