@@ -36,6 +36,9 @@ const RECEIVE_BUFFER: usize = 256 * 1024;
 /// The TLS state of one connection in transmission.
 pub(crate) struct TlsSession {
     conn: Mutex<ServerConnection>,
+    /// The writers' ciphertext buffer, kept between calls so a reply does
+    /// not allocate one (only the holder of the output lock takes it).
+    sealed: Mutex<Vec<u8>>,
 }
 
 /// The reader thread's own ciphertext buffer: what it received and rustls
@@ -62,6 +65,7 @@ impl TlsSession {
         conn.set_buffer_limit(Some(SEAL_CHUNK));
         Self {
             conn: Mutex::new(conn),
+            sealed: Mutex::new(Vec::with_capacity(SEAL_CHUNK + 1024)),
         }
     }
 
@@ -126,7 +130,7 @@ impl TlsSession {
         mut slices: &mut [IoSlice<'_>],
     ) -> io::Result<()> {
         IoSlice::advance_slices(&mut slices, 0);
-        let mut sealed = Vec::with_capacity(SEAL_CHUNK + 1024);
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             sealed.clear();
             let taken = {
@@ -137,7 +141,7 @@ impl TlsSession {
                     conn.writer().write_vectored(slices)?
                 };
                 while conn.wants_write() {
-                    conn.write_tls(&mut sealed)?;
+                    conn.write_tls(&mut *sealed)?;
                 }
                 taken
             };
