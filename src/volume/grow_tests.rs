@@ -2,12 +2,11 @@ use uuid::Uuid;
 
 use super::*;
 use crate::volume::backend::MemBackend;
-use crate::volume::change_map::{CHUNK_SIZE, Changes, new_volume_record};
-use crate::volume::change_record::CHANGE_MAP_OFFSET;
+use crate::volume::change_map::{CHUNK_SIZE, Changes};
 use crate::volume::device::BlockDevice;
 use crate::volume::key::DataKey;
-use crate::volume::superblock::{COPY_SIZE, DATA_OFFSET, SECONDARY_OFFSET, read_superblocks_from};
-use crate::volume::testing::{CrashBackend, PowerLoss};
+use crate::volume::superblock::{DATA_OFFSET, read_superblocks_from};
+use crate::volume::testing::{CrashBackend, PowerLoss, format_new_volume};
 use crate::volume::{Volume, VolumeError};
 
 const OLD: u64 = 3 << 20;
@@ -27,18 +26,6 @@ fn superblock(key: &DataKey, size: u64, sector_size: u32) -> Superblock {
     .unwrap()
 }
 
-/// A new volume's bytes on `backend`: both copies and the change record.
-fn format(backend: &dyn Backend, sb: &Superblock) {
-    let mut bytes = sb.encode().unwrap();
-    bytes.resize(COPY_SIZE, 0);
-    backend.write_at(0, &bytes).unwrap();
-    backend.write_at(SECONDARY_OFFSET, &bytes).unwrap();
-    backend
-        .write_at(CHANGE_MAP_OFFSET, &new_volume_record(sb))
-        .unwrap();
-    backend.flush().unwrap();
-}
-
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
@@ -56,7 +43,7 @@ fn shrinking_unaligned_and_equal_sizes() {
     let key = DataKey::generate();
     let sb = superblock(&key, OLD, 4096);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     let err = grow_store(&backend, &sb, OLD - 4096).unwrap_err();
     assert!(matches!(err, GrowError::Shrink { .. }), "{err}");
     assert!(err.to_string().contains("refusing to shrink"), "{err}");
@@ -87,7 +74,7 @@ fn a_grown_store_records_the_new_size_in_both_copies() {
     let key = DataKey::generate();
     let sb = superblock(&key, OLD, 512);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     let (now, grown) = grow_store(&backend, &sb, NEW).unwrap();
     assert_eq!((grown.old_size, grown.new_size), (OLD, NEW));
     assert!(!grown.beyond_change_tracking);
@@ -110,7 +97,7 @@ fn a_grow_interrupted_anywhere_still_opens() {
     let sb = superblock(&key, OLD, 4096);
     let data = pattern(OLD as usize, 9);
     let b = CrashBackend::new((DATA_OFFSET + OLD) as usize, 512);
-    format(&b, &sb);
+    format_new_volume(&b, &sb);
     {
         let v = Volume::open(b.clone(), &sb, key.clone()).unwrap();
         BlockDevice::write_at(&v, 0, &data, false).unwrap();
@@ -167,7 +154,7 @@ fn a_superblock_larger_than_its_store_does_not_open() {
     let key = DataKey::generate();
     let sb = superblock(&key, NEW, 4096);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     assert!(matches!(
         Volume::open(backend, &sb, key).unwrap_err(),
         VolumeError::BackendTooSmall { .. }
@@ -179,7 +166,7 @@ fn an_open_volume_grows_and_serves_the_new_sectors() {
     let key = DataKey::generate();
     let sb = superblock(&key, OLD, 4096);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     let v = Volume::open(backend, &sb, key).unwrap();
     let tail = pattern(8192, 3);
     BlockDevice::write_at(&v, OLD - 8192, &tail, false).unwrap();
@@ -219,7 +206,7 @@ fn a_read_only_attachment_does_not_grow() {
     let key = DataKey::generate();
     let sb = superblock(&key, OLD, 4096);
     let backend = MemBackend::new((DATA_OFFSET + OLD) as usize);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     let v = Volume::open(backend, &sb, key)
         .unwrap()
         .with_read_only(true);
@@ -245,7 +232,7 @@ fn growing_past_change_tracking_is_reported() {
         .unwrap();
     file.set_len(DATA_OFFSET + OLD).unwrap();
     let backend = crate::volume::backend::FileBackend::new(file);
-    format(&backend, &sb);
+    format_new_volume(&backend, &sb);
     let v = Volume::open(backend, &sb, key).unwrap();
     let beyond = (MAX_TRACKED_CHUNKS + 1) * CHUNK_SIZE;
     let grown = v.grow(NewSize::To(beyond)).unwrap();

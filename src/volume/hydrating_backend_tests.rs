@@ -13,14 +13,13 @@ use uuid::Uuid;
 
 use crate::volume::Volume;
 use crate::volume::backend::{Backend, MemBackend};
-use crate::volume::change_map::{CHUNK_SIZE, new_volume_record};
-use crate::volume::change_record::CHANGE_MAP_OFFSET;
+use crate::volume::change_map::CHUNK_SIZE;
 use crate::volume::device::BlockDevice;
 use crate::volume::hydrating_backend::{ChunkFetcher, HydratingBackend, Hydration};
 use crate::volume::hydration_record::{HydrationRecord, HydrationSource, record_offset};
 use crate::volume::key::DataKey;
-use crate::volume::superblock::{COPY_SIZE, DATA_OFFSET, SECONDARY_OFFSET, Superblock};
-use crate::volume::testing::{CrashBackend, PowerLoss};
+use crate::volume::superblock::{DATA_OFFSET, Superblock};
+use crate::volume::testing::{CrashBackend, PowerLoss, format_new_volume};
 
 /// Six chunks, the last one partial.
 const SIZE: u64 = 5 * CHUNK_SIZE + 8192;
@@ -59,17 +58,6 @@ fn superblock(key: &DataKey) -> Superblock {
     .unwrap()
 }
 
-fn format(backend: &dyn Backend, sb: &Superblock) {
-    let mut bytes = sb.encode().unwrap();
-    bytes.resize(COPY_SIZE, 0);
-    backend.write_at(0, &bytes).unwrap();
-    backend.write_at(SECONDARY_OFFSET, &bytes).unwrap();
-    backend
-        .write_at(CHANGE_MAP_OFFSET, &new_volume_record(sb))
-        .unwrap();
-    backend.flush().unwrap();
-}
-
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i / 7) as u8).wrapping_mul(31) ^ seed)
@@ -88,7 +76,7 @@ struct Origin {
 impl Origin {
     fn new(keys: &Keys, sb: &Superblock) -> Arc<Origin> {
         let store = Arc::new(MemBackend::new((DATA_OFFSET + SIZE) as usize));
-        format(&*store, sb);
+        format_new_volume(&*store, sb);
         let mut plaintext = pattern(SIZE as usize, 0x5a);
         let empty = (EMPTY_CHUNK * CHUNK_SIZE) as usize..((EMPTY_CHUNK + 1) * CHUNK_SIZE) as usize;
         plaintext[empty.clone()].fill(0);
@@ -167,7 +155,7 @@ fn source() -> HydrationSource {
 /// empty chunk counts as in already, as `restore --lazy` records it).
 fn restored(sb: &Superblock) -> CrashBackend {
     let target = CrashBackend::new((DATA_OFFSET + SIZE) as usize, 512);
-    format(&target, sb);
+    format_new_volume(&target, sb);
     HydrationRecord::new(sb, source(), |i| i == EMPTY_CHUNK)
         .write(&target, sb)
         .unwrap();

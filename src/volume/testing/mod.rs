@@ -26,3 +26,21 @@ pub use crash_backend::{CrashBackend, PowerLoss};
 pub use faulty_backend::{Fault, FaultOp, Faults, FaultyBackend};
 pub use latency_backend::{COMPLETION_THREAD, LatencyBackend};
 pub use mem_device::MemDevice;
+
+use super::backend::Backend;
+use super::change_map::new_volume_record;
+use super::change_record::CHANGE_MAP_OFFSET;
+use super::superblock::{COPY_SIZE, SECONDARY_OFFSET, Superblock};
+
+/// A new volume's bytes on `backend`, as `volume create` lays them out:
+/// both superblock copies and the change record, flushed.
+pub fn format_new_volume(backend: &dyn Backend, sb: &Superblock) {
+    let mut bytes = sb.encode().unwrap();
+    bytes.resize(COPY_SIZE, 0);
+    backend.write_at(0, &bytes).unwrap();
+    backend.write_at(SECONDARY_OFFSET, &bytes).unwrap();
+    backend
+        .write_at(CHANGE_MAP_OFFSET, &new_volume_record(sb))
+        .unwrap();
+    backend.flush().unwrap();
+}
