@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::ceph::{Ceph, TestImage};
 use common::nbd::run_tool;
-use common::s3::S3;
+use common::s3::{S3, fixture_with_bucket};
 use common::tools::qemu_io;
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, fio_write_then_verify,
@@ -45,10 +45,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let fx = Fixture::new();
-        let s3 = S3::from_env();
-        s3.write_profile(&fx.aws_home.path().join("credentials"));
-        let bucket = s3.new_bucket("envol-snapatt");
+        let (fx, s3, bucket) = fixture_with_bucket("envol-snapatt");
         Env { fx, s3, bucket }
     }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::ceph::TestImage;
 use common::control::control_of;
-use common::s3::S3;
+use common::s3::{S3, fixture_with_bucket};
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, VolumeServer, assert_one_clean_line, output_with_timeout, run_fails,
     run_ok,
@@ -37,10 +37,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let fx = Fixture::new();
-        let s3 = S3::from_env();
-        s3.write_profile(&fx.aws_home.path().join("credentials"));
-        let bucket = s3.new_bucket("envol-lazy");
+        let (fx, s3, bucket) = fixture_with_bucket("envol-lazy");
         Env { fx, s3, bucket }
     }
 

@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::nbd::run_tool;
-use common::s3::S3;
+use common::s3::{S3, fixture_with_bucket};
 use common::tools::qemu_io;
 use common::volume::{
     ADMIN, DATA_OFFSET, Fixture, MIB, Vol, assert_one_clean_line, output_with_timeout, run_fails,
@@ -42,10 +42,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let fx = Fixture::new();
-        let s3 = S3::from_env();
-        s3.write_profile(&fx.aws_home.path().join("credentials"));
-        let bucket = s3.new_bucket("envol-rekey");
+        let (fx, s3, bucket) = fixture_with_bucket("envol-rekey");
         let admin = fx.kms.client(&fx.admin);
         let other_key = fx
             .rt

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::ceph::{Ceph, TestImage};
 use common::nbd::run_tool;
-use common::s3::S3;
+use common::s3::{S3, fixture_with_bucket};
 use common::tools::qemu_io;
 use common::volume::{
     ADMIN, Fixture, MIB, Vol, assert_one_clean_line, output_with_timeout, run_fails, run_ok,
@@ -42,10 +42,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let fx = Fixture::new();
-        let s3 = S3::from_env();
-        s3.write_profile(&fx.aws_home.path().join("credentials"));
-        let bucket = s3.new_bucket("envol-snap");
+        let (fx, s3, bucket) = fixture_with_bucket("envol-snap");
         Env { fx, s3, bucket }
     }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::volume::output_with_timeout;
+use super::volume::{Fixture, output_with_timeout};
 
 /// The AWS profile the tests write for envol's S3 client (`--s3-profile`).
 pub const S3_PROFILE: &str = "envol-test-s3";
@@ -193,4 +193,15 @@ impl S3 {
             S3_PROFILE.into(),
         ]
     }
+}
+
+/// What every snapshot test starts from: a KMS fixture with a key, the
+/// test cluster's radosgw (its credentials written as the fixture's AWS
+/// profile for S3) and a new bucket named from `bucket_prefix`.
+pub fn fixture_with_bucket(bucket_prefix: &str) -> (Fixture, S3, String) {
+    let fx = Fixture::new();
+    let s3 = S3::from_env();
+    s3.write_profile(&fx.aws_home.path().join("credentials"));
+    let bucket = s3.new_bucket(bucket_prefix);
+    (fx, s3, bucket)
 }
