@@ -2,11 +2,17 @@
 # bench.sh - serve a throw-away encrypted envol volume and race it against the NBD
 # peers that are installed, with scripts/bench/compare.sh (fio nbd engine + nbdcopy).
 #
-# usage: scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [PEER...]
+# usage: scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [-w WORKLOADS]
+#                         [-c COPIES] [-b ENVOL_BINARY] [PEER...]
 #   defaults: -r 3 -t 15 -s 2048; PEERS default to every installed one of
 #   nbdkit-file nbdkit-luks qemu-luks nbd-server qemu-raw, and the network path:
 #   own-tcp nbdkit-file-tcp own-tls nbdkit-file-tls (TCP loopback, plain and TLS;
 #   see compare.sh). Naming peers picks them (envol's Unix-socket run is always in).
+#   -w, -c: only these fio workloads / nbdcopy copies (compare.sh's -w and -c; "none"
+#   skips them), e.g. `-w none -c out,out-1c` for the copies out alone.
+#   -b: another build of envol (e.g. main's target/release/envol, copied first) served
+#   as the peers ownb, ownb-tcp, ownb-tls (name them), for an A/B of two builds in one
+#   run: summarize.py prints own ÷ ownb round by round.
 #
 # What it does: builds envol (release), lets `envol up --data BENCH_DIR/envol-SIZE`
 # create a throw-away embedded KMS, a master key and a SIZE_MIB volume on first start
@@ -21,11 +27,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 COMPARE=${COMPARE:-$ROOT/scripts/bench/compare.sh}
-ROUNDS=3 RT=15 SIZE_MIB=2048 OUT=
-while getopts "r:t:s:o:h" o; do
+ROUNDS=3 RT=15 SIZE_MIB=2048 OUT= SELECT=() OTHER=
+while getopts "r:t:s:o:w:c:b:h" o; do
   case $o in
     r) ROUNDS=$OPTARG ;; t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    w|c) SELECT+=("-$o" "$OPTARG") ;; b) OTHER=$OPTARG ;;
+    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -57,6 +64,11 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/bin"
 cp "$ROOT/target/release/envol" "$WORK/bin/envol"
 ENVOL=$WORK/bin/envol
+if [[ -n $OTHER ]]; then
+  [[ -x $OTHER ]] || { echo "bench.sh: -b $OTHER: not an executable" >&2; exit 1; }
+  cp "$OTHER" "$WORK/bin/envol-b"
+  export ENVOL_B=$WORK/bin/envol-b
+fi
 OUT=${OUT:-$WORK/out}
 # The throw-away KMS and volume live beside the peers' images in BENCH_DIR and,
 # like them, are made once per size and reused by later runs: every server
@@ -72,9 +84,9 @@ export OWN_CMD='exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M
 export EXPORT=default
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "== compare.sh -r $ROUNDS -t $RT -s $SIZE_MIB ${SELECT[*]} own ${PEERS[*]}  ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 BENCH_DIR=$BENCH_DIR \
-  "$COMPARE" -r "$ROUNDS" -t "$RT" -s "$SIZE_MIB" -o "$OUT" own "${PEERS[@]}"
+  "$COMPARE" -r "$ROUNDS" -t "$RT" -s "$SIZE_MIB" -o "$OUT" "${SELECT[@]}" own "${PEERS[@]}"
 
 mkdir -p "$ROOT/images"
 python3 "$ROOT/scripts/bench_report.py" "$OUT/compare.log" \

@@ -2,7 +2,12 @@
 # compare.sh - run the same fio suite (bench-nbd.sh) and an nbdcopy round trip against
 # several NBD servers, interleaved round by round, and print medians per server.
 #
-# usage: compare.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] SERVER...
+# usage: compare.sh [-r ROUNDS] [-t SECONDS] [-s SIZE_MIB] [-o OUTDIR] [-w WORKLOADS]
+#                   [-c COPIES] SERVER...
+#   -w  the fio workloads, comma separated (bench-nbd.sh's names; default all four), or
+#       "none": no fio at all
+#   -c  the nbdcopy copies, comma separated, of in, out, in-1c, out-1c (default all four),
+#       or "none". A copy out reads what the last copy in wrote (each server's own image).
 #
 # SERVER is one of the peers below, or "own": the server under test, started by the
 # command in $OWN_CMD (run with bash -c). $OWN_CMD must serve, on the Unix socket
@@ -28,6 +33,9 @@
 #          negotiated with each is logged (## tls lines).
 # own-async, own-async-tcp, own-async-tls: the same, with OWN_CMD given $TRANSMISSION=async
 # (bench.sh: `envol up --transmission async`, the older loop), for an A/B in one run.
+# ownb, ownb-tcp, ownb-tls: the same as own*, with OWN_CMD given ENVOL=$ENVOL_B (another
+# build of the server, e.g. main's: bench.sh -b), for an A/B of two builds in one run;
+# summarize.py then prints own ÷ ownb per round.
 # Network servers also run the fio suite with 4 jobs, one connection each (workloads
 # named WORKLOAD-4c); every server gets nbdcopy in and out with --connections=1
 # (in-1c, out-1c) and with nbdcopy's default (in, out: 4 connections when the server
@@ -40,15 +48,21 @@
 # COPY, ## tls) are the input of summarize.py and scripts/bench_report.py.
 set -euo pipefail
 HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
-ROUNDS=3 RT=15 SIZE_MIB=2048 OUT=
-while getopts "r:t:s:o:h" o; do
+ROUNDS=3 RT=15 SIZE_MIB=2048 OUT= WORKLOADS=seqwrite,seqread,randread,randwrite COPIES=in,out,in-1c,out-1c
+while getopts "r:t:s:o:w:c:h" o; do
   case $o in
     r) ROUNDS=$OPTARG ;; t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    w) WORKLOADS=$OPTARG ;; c) COPIES=$OPTARG ;;
+    *) sed -n '2,30p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-(($# >= 1)) || { sed -n '2,24p' "$0" >&2; exit 2; }
+(($# >= 1)) || { sed -n '2,30p' "$0" >&2; exit 2; }
+IFS=, read -r -a COPY_LIST <<<"$COPIES"
+[[ $COPIES == none ]] && COPY_LIST=()
+for c in "${COPY_LIST[@]}"; do
+  case $c in in|out|in-1c|out-1c) ;; *) echo "compare.sh: -c: unknown copy '$c' (in, out, in-1c, out-1c or none)" >&2; exit 2 ;; esac
+done
 SERVERS=("$@")
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/var/tmp}/envol-bench}
 DATA=$BENCH_DIR/data RUN=$BENCH_DIR/run
@@ -120,10 +134,14 @@ start_server() {
       nbd-server -C "$RUN/nbd-server.conf" -p "$RUN/nbd-server.pid" >"$RUN/$name.log" 2>&1
       for _ in $(seq 50); do [[ -s $RUN/nbd-server.pid ]] && break; sleep 0.1; done
       pid=$(cat "$RUN/nbd-server.pid"); uri="nbd+unix:///export?socket=$sock" ;;
-    own|own-tcp|own-tls|own-async|own-async-tcp|own-async-tls)
+    own|own-tcp|own-tls|own-async|own-async-tcp|own-async-tls|ownb|ownb-tcp|ownb-tls)
       [[ -n ${OWN_CMD:-} ]] || { echo "compare.sh: set OWN_CMD to start the server under test" >&2; return 1; }
-      local loop=; [[ $name == own-async* ]] && loop=async
-      SOCK=$sock PORT=${port:-0} TLS_DIR=$tls TRANSMISSION=$loop bash -c "$OWN_CMD" >"$RUN/$name.log" 2>&1 & pid=$!
+      local loop= bin=${ENVOL:-}; [[ $name == own-async* ]] && loop=async
+      if [[ $name == ownb* ]]; then
+        [[ -x ${ENVOL_B:-} ]] || { echo "compare.sh: $name needs ENVOL_B, the other build's binary" >&2; return 1; }
+        bin=$ENVOL_B
+      fi
+      ENVOL=$bin SOCK=$sock PORT=${port:-0} TLS_DIR=$tls TRANSMISSION=$loop bash -c "$OWN_CMD" >"$RUN/$name.log" 2>&1 & pid=$!
       if [[ -n $port ]]; then
         uri="nbd${tls:+s}://127.0.0.1:$port/${EXPORT:-}"
       elif [[ -n ${EXPORT:-} ]]; then
@@ -183,17 +201,23 @@ for r in $(seq "$ROUNDS"); do
       suite=$(sed -n 's/.*connection is using TLS: //p' <<<"$suite" | head -1)
       echo "## tls $s ${suite:-unknown}" | tee -a "$log"
     fi
-    HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -p "$SERVER_PID" -l "$s" -j "$OUT/json-$s-$r" "$SERVER_URI" |
-      grep -v '^#' | sed "s/^/FIO r$r /" | tee -a "$log"
-    if [[ $s == *-tcp || $s == *-tls ]]; then
+    if [[ $WORKLOADS != none ]]; then
+      HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -w "$WORKLOADS" -p "$SERVER_PID" -l "$s" -j "$OUT/json-$s-$r" "$SERVER_URI" |
+        grep -v '^#' | sed "s/^/FIO r$r /" | tee -a "$log"
+    fi
+    if [[ $WORKLOADS != none ]] && [[ $s == *-tcp || $s == *-tls ]]; then
       # Several connections: 4 fio jobs, each its own NBD connection, reported together.
-      HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -p "$SERVER_PID" -l "$s" -j "$OUT/json4-$s-$r" -x --numjobs=4 "$SERVER_URI" |
+      HOME=$CLIENT_HOME "$HERE/bench-nbd.sh" -t "$RT" -w "$WORKLOADS" -p "$SERVER_PID" -l "$s" -j "$OUT/json4-$s-$r" -x --numjobs=4 "$SERVER_URI" |
         grep -v '^#' | awk -v r="$r" '{ $2 = $2 "-4c"; print "FIO r" r, $0 }' | tee -a "$log"
     fi
-    copy_timed "COPY r$r $s" in "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" | tee -a "$log"
-    copy_timed "COPY r$r $s" out "$SERVER_URI" /dev/null | tee -a "$log"
-    copy_timed "COPY r$r $s" in-1c "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" --connections=1 | tee -a "$log"
-    copy_timed "COPY r$r $s" out-1c "$SERVER_URI" /dev/null --connections=1 | tee -a "$log"
+    for c in "${COPY_LIST[@]}"; do
+      case $c in
+        in) copy_timed "COPY r$r $s" in "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" ;;
+        out) copy_timed "COPY r$r $s" out "$SERVER_URI" /dev/null ;;
+        in-1c) copy_timed "COPY r$r $s" in-1c "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" --connections=1 ;;
+        out-1c) copy_timed "COPY r$r $s" out-1c "$SERVER_URI" /dev/null --connections=1 ;;
+      esac | tee -a "$log"
+    done
     stop_server "$SERVER_PID"; SERVER_PID=
   done
 done

@@ -372,6 +372,12 @@ impl CommandContext {
         }
     }
 
+    /// The reply to READ `r` carrying `data`, read for it elsewhere (a
+    /// read-ahead).
+    pub(crate) fn read_reply(&self, r: &Request, data: PooledBuf) -> Reply {
+        read_reply(self.structured, r, ReplyData::Pooled(data))
+    }
+
     /// Whether `r` is [started](Self::start) rather than executed: READ,
     /// WRITE and FLUSH on an asynchronous device.
     pub(crate) fn is_started(&self, r: &Request) -> bool {

@@ -190,6 +190,7 @@ mod latency_histogram;
 mod limits;
 mod metrics;
 pub mod protocol;
+mod read_ahead;
 mod registry;
 mod served_export;
 mod server;

@@ -57,6 +57,12 @@ impl Received {
             end: 0,
         }
     }
+
+    /// Whether ciphertext received from the socket still waits to be
+    /// decrypted (more of the client's requests, or of one).
+    pub(crate) fn has_ciphertext(&self) -> bool {
+        self.start < self.end
+    }
 }
 
 impl TlsSession {

@@ -77,6 +77,15 @@ pub trait BlockDevice: Send + Sync + 'static {
         let _ = (offset, buf);
         Ok(false)
     }
+    /// A count that moves on once each write, trim or zeroing of the
+    /// device has stored its data — before the call returns, or the
+    /// started operation's completion runs — so a caller may reuse data it
+    /// read earlier exactly while the count has not moved since it began
+    /// reading (the NBD server's read-ahead). `None`, the default: the
+    /// device keeps no count, and nothing read earlier may be reused.
+    fn contents_generation(&self) -> Option<u64> {
+        None
+    }
     /// Write all of `data` at `offset`; with `fua`, durable before returning.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
     /// Make every write that has returned durable.

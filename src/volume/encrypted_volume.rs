@@ -102,6 +102,11 @@ pub struct Volume {
     /// Every write passes its gate; a snapshot of the attached volume
     /// freezes it (see [`frozen_view`](crate::volume::frozen_view)).
     pub(crate) freezer: Freezer,
+    /// [`BlockDevice::contents_generation`]: moved on by every write,
+    /// zeroing and stored write once its data is stored (shared: a
+    /// started write moves it on from its completion). A re-encryption
+    /// rewrites ciphertext only, and leaves it.
+    generation: Arc<AtomicU64>,
 }
 
 impl Drop for Volume {
@@ -244,6 +249,7 @@ impl Volume {
             started: Arc::new(StartedOps::default()),
             changes: Arc::new(changes),
             freezer: Freezer::default(),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -505,6 +511,7 @@ impl Volume {
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.zero_range_tracked(offset, len, punch);
         self.changes.after_write(offset, len, result.is_ok());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         result
     }
 
@@ -612,6 +619,7 @@ impl Volume {
         self.changes.before_write(&*self.backend, offset, len)?;
         let result = self.write_stored_tracked(offset, data);
         self.changes.after_write(offset, len, result.is_ok());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         result
     }
 
@@ -697,6 +705,8 @@ struct WriteFinish {
     /// Where the write's chunks are noted again once it completed, and
     /// the write's volume range `(offset, len)`.
     changes: Arc<ChangeMap>,
+    /// The volume's contents generation, moved on once the write is done.
+    generation: Arc<AtomicU64>,
     range: (u64, u64),
     /// For FUA: the backend, to start the flush (a `Weak`: only the
     /// volume owns the store).
@@ -710,6 +720,7 @@ impl WriteFinish {
         let WriteFinish {
             _guard,
             changes,
+            generation,
             range: (offset, len),
             flush_on,
             token,
@@ -717,6 +728,7 @@ impl WriteFinish {
         // Noted again before anybody hears of it: a restart that ran while
         // it was in flight finds it in the new set.
         changes.after_write(offset, len, result.is_ok());
+        generation.fetch_add(1, Ordering::AcqRel);
         let flush_changes = (result.is_ok() && flush_on.is_some()).then_some(changes);
         // Written (or failed): the range may be overwritten again; the
         // flush that FUA adds does not need it.
@@ -859,6 +871,10 @@ impl BlockDevice for Volume {
         })
     }
 
+    fn contents_generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
@@ -870,6 +886,7 @@ impl BlockDevice for Volume {
             self.changes.before_write(&*self.backend, offset, len)?;
             let written = self.seal_and_write(offset, data);
             self.changes.after_write(offset, len, written.is_ok());
+            self.generation.fetch_add(1, Ordering::AcqRel);
             drop(pass);
             written?;
         }
@@ -948,6 +965,7 @@ impl BlockDevice for Volume {
         let finish = WriteFinish {
             _guard: guard,
             changes: self.changes.clone(),
+            generation: self.generation.clone(),
             range: (offset, len as u64),
             flush_on: fua.then(|| Arc::downgrade(&self.backend)),
             token: self.started.start(),
