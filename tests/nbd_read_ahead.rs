@@ -34,7 +34,7 @@ fn data() -> Vec<u8> {
 }
 
 fn fill_and_read_back(fx: &Fixture, uri: &str) {
-    require_tool("nbdsh", "libnbd-bin");
+    require_tool("nbdsh", "python3-libnbd");
     let src = fx.path("src.img");
     let data = data();
     std::fs::write(&src, &data).unwrap();
@@ -53,6 +53,12 @@ fn fill_and_read_back(fx: &Fixture, uri: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/nbd_read_ahead.py");
     let out = output_with_timeout(
         Command::new("nbdsh")
+            // nbdsh runs `python3 -m nbd`: Debian's python3 has the module,
+            // a python3 earlier on PATH (pyenv) may not.
+            .env(
+                "PATH",
+                format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+            )
             .arg("-c")
             .arg(format!("exec(open({:?}).read())", script.to_str().unwrap()))
             .env("URI", uri)

@@ -18,6 +18,7 @@ R = 256 * KiB
 def connect(structured=True):
     h = nbd.NBD()
     h.set_request_structured_replies(structured)
+    h.set_uri_allow_local_file(True)  # tls-certificates= in the URI
     h.connect_uri(uri)
     assert h.get_structured_replies_negotiated() == structured
     return h
