@@ -467,12 +467,13 @@ impl Reader {
             payload = Some(buf);
         }
 
-        if request.command() == Command::Read && request.length >= READ_AHEAD_MIN {
-            if let Some(data) = self.read_ahead(&request) {
-                let (head, data) = self.cmd.read_reply(&request, data);
-                self.push(head, data, permit);
-                return Ok(true);
-            }
+        if request.command() == Command::Read
+            && request.length >= READ_AHEAD_MIN
+            && let Some(data) = self.read_ahead(&request)
+        {
+            let (head, data) = self.cmd.read_reply(&request, data);
+            self.push(head, data, permit);
+            return Ok(true);
         }
 
         if self.cmd.is_started(&request) {
