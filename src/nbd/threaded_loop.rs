@@ -333,7 +333,6 @@ pub(super) fn serve_blocking(
         batch_bytes: 0,
         output: output.clone(),
         writes: Arc::new(WriteLane::default()),
-        inline_writes: tls.is_none(),
         read_ahead,
     };
     let ended = reader.run();
@@ -376,14 +375,6 @@ struct Reader {
     batch_bytes: usize,
     output: Arc<ReplyOutput>,
     writes: Arc<WriteLane>,
-    /// Whether small WRITEs are performed on this thread (see
-    /// [`CommandContext::try_execute_inline`]): on a plain connection. On a
-    /// TLS one this thread already decrypts every request, and writing
-    /// 4 KiB into the page cache (the file system's cost: ~25 % of the
-    /// server's CPU there) then serialized with that on one thread, while
-    /// the async loop, which gives every write to the workers, ran random
-    /// 4 KiB writes faster; so there every WRITE goes to the write lane.
-    inline_writes: bool,
     /// On a plain device that counts its contents' changes.
     read_ahead: Option<Arc<ReadAhead>>,
 }
@@ -478,11 +469,6 @@ impl Reader {
 
         if self.cmd.is_started(&request) {
             self.start(request, payload, permit);
-            return Ok(true);
-        }
-
-        if !self.inline_writes && request.command() == Command::Write {
-            self.dispatch(request, payload, permit);
             return Ok(true);
         }
 
