@@ -149,9 +149,25 @@ fn stored_reads_and_writes_are_refused_mid_transition() {
     assert!(v.finish_reencryption().is_err(), "not complete yet");
 }
 
+/// The truncated SHA-256 digest earlier versions recorded in a hotzone.
+fn sha256_digest(stored_sector: &[u8]) -> [u8; HOTZONE_DIGEST_LEN] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(stored_sector);
+    let mut d = [0u8; HOTZONE_DIGEST_LEN];
+    d.copy_from_slice(&full[..HOTZONE_DIGEST_LEN]);
+    d
+}
+
 #[test]
 fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
-    for ss in [512u32, 4096] {
+    // Digests as this version records them, and as a hotzone left behind
+    // by an earlier version (truncated SHA-256) holds them.
+    type Digest = fn(&[u8]) -> [u8; HOTZONE_DIGEST_LEN];
+    let digests: [Digest; 2] = [hotzone_digest, sha256_digest];
+    for (ss, digest) in [512u32, 4096]
+        .into_iter()
+        .flat_map(|ss| digests.map(|d| (ss, d)))
+    {
         let (store, sb, old, new) = volume_with_data(ss);
         let model = {
             let v =
@@ -166,7 +182,7 @@ fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
         store.read_at(DATA_OFFSET, &mut stored).unwrap();
         let mut next = sb.clone();
         let t = next.transition.as_mut().unwrap();
-        t.hotzone = stored.chunks(ssz).map(hotzone_digest).collect();
+        t.hotzone = stored.chunks(ssz).map(digest).collect();
         write_superblock_to(&store, &mut next).unwrap();
         let old_e = XtsEngine::new(&old, ssz).unwrap();
         let new_e = XtsEngine::new(&new, ssz).unwrap();

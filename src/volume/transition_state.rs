@@ -37,7 +37,9 @@ pub struct Reencryption {
 
 #[derive(Debug)]
 pub(super) struct StepState {
+    /// A step's buffer, and the next one's (steps are pipelined).
     pub(super) buffer: Vec<u8>,
+    pub(super) spare: Vec<u8>,
     /// The keying replaced when this re-encryption began on an attached
     /// volume: reads that started before took no range lock and decrypt
     /// with its single key, so the first step waits until none holds it
