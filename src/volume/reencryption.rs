@@ -40,7 +40,7 @@
 //! [`TransitionCipher`]; completion drops the old one.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::volume::backend::Backend;
@@ -154,15 +154,7 @@ impl Volume {
             t.watermark,
         )?);
         drop((old, new));
-        let reencryption = Reencryption {
-            cipher: cipher.clone(),
-            state: Mutex::new(StepState {
-                buffer: Vec::new(),
-                spare: Vec::new(),
-                predecessor: None,
-                failed_step: false,
-            }),
-        };
+        let reencryption = Reencryption::new(cipher.clone(), None);
         let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
         volume.recover_hotzone()?;
         Ok(volume)
@@ -220,15 +212,7 @@ impl Volume {
         let total = next.sectors();
         *on_disk = next;
         let mut keying = self.keying.write().unwrap_or_else(PoisonError::into_inner);
-        let reencryption = Arc::new(Reencryption {
-            cipher: cipher.clone(),
-            state: Mutex::new(StepState {
-                buffer: Vec::new(),
-                spare: Vec::new(),
-                predecessor: None,
-                failed_step: false,
-            }),
-        });
+        let reencryption = Arc::new(Reencryption::new(cipher.clone(), None));
         let before = std::mem::replace(
             &mut *keying,
             Arc::new(Keying {
@@ -306,6 +290,7 @@ impl Volume {
             *on_disk = next;
             drop(on_disk);
             r.cipher.advance(end);
+            r.set_unrecovered(None);
             let recovered = still_old.iter().filter(|&&o| o).count();
             tracing::info!(
                 recovered,
@@ -408,6 +393,9 @@ impl Volume {
                     self.release_step(current, false);
                     return Err(e);
                 }
+                // Until its writes are all durable, the step's sectors are
+                // a mix of keys that the watermark does not tell.
+                r.set_unrecovered(Some((current.first, current.end)));
                 let writing = scope.spawn(move || {
                     let written = self
                         .write_runs(current.first, &current.buf, &current.holds_data)
@@ -429,6 +417,7 @@ impl Volume {
                 };
                 if written.is_ok() {
                     r.cipher.advance(done.end);
+                    r.set_unrecovered(None);
                 }
                 let buffer = self.release_step(done, written.is_ok());
                 if let Err(e) = written {

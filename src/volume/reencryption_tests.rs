@@ -350,6 +350,18 @@ fn a_step_that_failed_part_way_is_recovered_by_the_next_on_the_open_volume() {
         errno: 5,
     });
     assert!(v.reencrypt_step(1 << 20).is_err());
+    // Until it is recovered, the step's sectors are refused: the first
+    // run holds new ciphertext below a watermark that says old, so a read
+    // would decrypt it with the wrong key, and a write under the old key
+    // would later be taken for new ciphertext.
+    let mut buf = vec![0u8; 4096];
+    assert!(
+        v.read_at(1024 * K, &mut buf).is_err(),
+        "read of a failed step"
+    );
+    assert!(v.write_at(1024 * K, &buf, false).is_err(), "write to it");
+    assert!(v.write_at(1100 * K + 7, &buf[..100], false).is_err());
+    assert_eq!(read(&v, 0, 4096), vec![0u8; 4096], "a sector before it");
     faults.clear();
     while !v.reencrypt_step(1 << 20).unwrap().is_complete() {}
     let done = v.finish_reencryption().unwrap();
