@@ -256,6 +256,23 @@ fn a_disabled_key_stops_it_online_in_one_line_and_it_resumes_after_enabling() {
     fx.rt.block_on(async {
         admin.enable_key().key_id(&key).send().await.unwrap();
     });
+    // Two resume requests at once (straight to the control socket, so they
+    // arrive together, while the server's own KMS calls of the first are
+    // under way): one resumes it, the other follows or is told to; never a
+    // second stepping task beside the first.
+    let replies = resume_twice_at_once(&control, &vol);
+    let resumed = replies
+        .iter()
+        .filter(|r| r["reply"] == "reencrypt_started" && r["already_running"] == false)
+        .count();
+    assert_eq!(resumed, 1, "{replies:?}");
+    assert!(
+        replies.iter().all(|r| r["reply"] == "reencrypt_started"
+            || r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("being begun"))),
+        "{replies:?}"
+    );
     let out = output_with_timeout(
         &mut reencrypt(&fx, ADMIN, &vol, &control, &["--max-rate", "64M"]),
         TIMEOUT,
@@ -266,7 +283,10 @@ fn a_disabled_key_stops_it_online_in_one_line_and_it_resumes_after_enabling() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("resumed"), "{stdout}");
+    assert!(
+        stdout.contains("following") || stdout.contains("complete"),
+        "{stdout}"
+    );
     qemu_io(
         server.first_uri(),
         &["read -P 0x66 1M 64k", "read -P 0x55 20M 12M"],
@@ -275,6 +295,35 @@ fn a_disabled_key_stops_it_online_in_one_line_and_it_resumes_after_enabling() {
     let new_key = fx.unwrap_data_key(&vol);
     assert!(decrypts_to(&new_key, &vol, 2 * MIB, 10 * MIB, 0x44));
     assert!(decrypts_to(&new_key, &vol, 20 * MIB, 12 * MIB, 0x55));
+}
+
+/// Sends the same resume request (`reencrypt`, no new key, 64 MiB/s) on two
+/// control connections at once and returns both replies.
+fn resume_twice_at_once(control: &Path, vol: &Vol) -> Vec<Value> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let request = serde_json::json!({
+        "version": 1,
+        "command": "reencrypt",
+        "volume": vol.path.to_str().unwrap(),
+        "max_rate": 64 * MIB,
+    })
+    .to_string()
+        + "\n";
+    let mut streams: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(control).unwrap())
+        .collect();
+    for s in &mut streams {
+        s.write_all(request.as_bytes()).unwrap();
+    }
+    streams
+        .into_iter()
+        .map(|s| {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect()
 }
 
 /// Kill cycles of the server in the middle of an online re-encryption.

@@ -19,7 +19,9 @@
 //!   ciphertext of the plaintext — checked with the reference XTS cipher,
 //!   not the engine that wrote it — and never the old key's.
 //!
-//! Deterministic: crash point `i` of sector size `ss` uses seed `i`.
+//! Crash point `i` of sector size `ss` uses seed `i`: deterministic but
+//! for a pipelined stretch, whose step writes race the next step's reads
+//! (every order is one a real disk could see).
 //! `CRASH_POINTS` per sector size: 2 × 550 = 1100 crash points.
 
 mod common;
@@ -130,8 +132,10 @@ fn crash_point(ss: u32, seed: u64, keys: &Keys, image: &[u8], sb: &Superblock, p
     let mut crashed_in = 2u8;
     let mut finished = false;
     while !finished {
-        // One step, then up to three client operations.
-        let step = vol.reencrypt_step(STEP_BYTES).and_then(|p| {
+        // One step or a pipelined stretch of up to three (the next step
+        // read while one is written), then up to three client operations.
+        let stretch = STEP_BYTES * rng.gen_range(1..=3);
+        let step = vol.reencrypt_steps(stretch, STEP_BYTES).and_then(|p| {
             if p.is_complete() {
                 finished = true;
                 vol.finish_reencryption().map(|_| ())

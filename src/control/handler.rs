@@ -5,7 +5,7 @@
 //! export set is the NBD [`Server`]'s; this file keeps only what neither
 //! knows: which volume each export is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -96,6 +96,36 @@ pub struct Controller<A> {
     /// Re-encryptions run in the server, by export name: the running one,
     /// or the last one's outcome (shared with the metrics).
     reencryptions: Arc<Mutex<BTreeMap<String, Arc<ReencryptionJob>>>>,
+    /// Exports whose re-encryption is being begun (its KMS calls take a
+    /// while): a second request meanwhile is refused instead of starting a
+    /// second stepping task beside the first (twice the rate).
+    beginning: Mutex<BTreeSet<String>>,
+}
+
+/// An export's place in [`Controller::beginning`], given back on drop.
+struct Beginning<'a> {
+    set: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl<'a> Beginning<'a> {
+    /// `None` when a re-encryption of `name` is already being begun.
+    fn claim(set: &'a Mutex<BTreeSet<String>>, name: &str) -> Option<Self> {
+        let mut names = set.lock().unwrap_or_else(PoisonError::into_inner);
+        names.insert(name.to_string()).then(|| Self {
+            set,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Beginning<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+    }
 }
 
 impl<A: Attacher> Controller<A> {
@@ -114,6 +144,7 @@ impl<A: Attacher> Controller<A> {
             handles: Mutex::default(),
             snapshots: Arc::default(),
             reencryptions: Arc::default(),
+            beginning: Mutex::default(),
         }
     }
 
@@ -407,6 +438,12 @@ impl<A: Attacher> Controller<A> {
                 "a snapshot of export {name:?} is being taken: re-encrypt once it is done"
             ));
         }
+        let Some(_beginning) = Beginning::claim(&self.beginning, &name) else {
+            return ReplyBody::error(format!(
+                "a re-encryption of {} is being begun in this server: run the command again to follow it",
+                info.volume
+            ));
+        };
         if let Some(job) = self.running_reencryption(&name) {
             if new_key.is_some() {
                 return ReplyBody::error(format!(

@@ -44,6 +44,10 @@ use crate::volume::{
 /// How often a running re-encryption asks the KMS again for the new key.
 pub const KEY_RECHECK: Duration = Duration::from_secs(2);
 
+/// Hotzone steps asked of the volume in one call (8 MiB each with
+/// 4096-byte sectors).
+const STEPS_PER_CALL: u64 = 8;
+
 /// What the caller chose.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReencryptOptions<'a> {
@@ -399,7 +403,11 @@ async fn run_steps<K: KeyService>(
     stop: Option<&(dyn Fn() -> bool + Send + Sync)>,
 ) -> Result<(), EnvelopeError> {
     let sector = u64::from(sb.sector_size);
-    let largest = MAX_HOTZONE_SECTORS as u64 * sector;
+    // Several hotzone steps per call: the volume pipelines the steps of
+    // one call (a step is read and transformed while the one before is
+    // written), and a stop request still waits at most this long.
+    let hotzone = MAX_HOTZONE_SECTORS as u64 * sector;
+    let largest = STEPS_PER_CALL * hotzone;
     // A throttled run takes steps of about a quarter second's worth, so
     // that the rate holds over short spans too.
     let step_bytes = match options.max_rate {
@@ -421,7 +429,7 @@ async fn run_steps<K: KeyService>(
             .reencryption_progress()
             .map(|p| p.done_bytes())
             .unwrap_or(0);
-        let p = tokio::task::spawn_blocking(move || v.reencrypt_step(step_bytes))
+        let p = tokio::task::spawn_blocking(move || v.reencrypt_steps(step_bytes, hotzone))
             .await
             .map_err(|e| vol_err(volume, e))?
             .map_err(|e| {

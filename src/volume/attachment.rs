@@ -178,17 +178,30 @@ pub fn lock_attachment(file: &File, mode: AttachMode) -> Result<(), AttachmentEr
     }
 }
 
+/// How often [`holders`] reads /proc/locks before it concludes nobody
+/// holds the file.
+const LOCKS_READS: usize = 3;
+
 /// Who holds an attachment lock on `file`, best effort: the `flock` entries
 /// of `/proc/locks` for its device and inode. Empty when `/proc` is missing or says nothing.
 pub fn holders(file: &File) -> Vec<Holder> {
     let Ok(meta) = file.metadata() else {
         return Vec::new();
     };
-    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
-        return Vec::new();
-    };
     let dev = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
-    let entries: Vec<LockEntry> = locks.lines().filter_map(parse_lock_line).collect();
+    // The kernel renders /proc/locks a page per read(): when other locks
+    // come and go between two reads, a line can be skipped. A holder that
+    // is there is found again on a later read.
+    let mut entries: Vec<LockEntry> = Vec::new();
+    for _ in 0..LOCKS_READS {
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return Vec::new();
+        };
+        entries = locks.lines().filter_map(parse_lock_line).collect();
+        if entries.iter().any(|e| e.inode == meta.ino()) {
+            break;
+        }
+    }
     let on_inode = |same_dev: bool| {
         entries
             .iter()

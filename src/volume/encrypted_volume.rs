@@ -420,6 +420,7 @@ impl Volume {
         let (first, end_sector) = self.covering_sectors(offset, buf.len() as u64);
         let keying = self.keying();
         let _guard = self.read_guard(&keying, first, end_sector);
+        check_recovered(&keying, first, end_sector)?;
         if offset.is_multiple_of(ss) && (buf.len() as u64).is_multiple_of(ss) {
             // Aligned: decrypt in the caller's buffer, no copy.
             if !fetch(self.backend_offset(first), buf)? {
@@ -454,6 +455,7 @@ impl Volume {
         // Taken under the range lock: a re-encryption step moves the
         // watermark past these sectors only under it too.
         let keying = self.keying();
+        check_recovered(&keying, first, end_sector)?;
         if head == 0 && !tail_partial {
             keying.cipher.encrypt_sectors_to(first, data, buf);
             return Ok(());
@@ -490,6 +492,7 @@ impl Volume {
         let mut pooled = self.buffers.take(self.sector_size as usize);
         let buf = pooled.as_mut_slice();
         let keying = self.keying();
+        check_recovered(&keying, sector, sector + 1)?;
         self.read_sectors(&keying, sector, buf)?;
         buf[at..at + len].fill(0);
         keying.cipher.encrypt_sectors(sector, buf);
@@ -549,6 +552,16 @@ impl Volume {
         }
         Ok(())
     }
+}
+
+/// `Err` if sectors `[first, end)` reach a re-encryption step that failed
+/// part-way and is not recovered yet (see
+/// [`Reencryption`](crate::volume::transition_state::Reencryption)).
+fn check_recovered(keying: &Keying, first: u64, end: u64) -> io::Result<()> {
+    keying
+        .reencryption
+        .as_ref()
+        .map_or(Ok(()), |r| r.check_recovered(first, end))
 }
 
 /// Change tracking and the stored (ciphertext) view, for snapshots: see
@@ -806,6 +819,11 @@ impl Volume {
         }
         let ss = self.sector_size;
         let (first, end_sector) = self.covering_sectors(offset, len as u64);
+        let keying = self.keying();
+        let guard = self.read_guard(&keying, first, end_sector);
+        if let Err(e) = check_recovered(&keying, first, end_sector) {
+            return done(buf, Err(e));
+        }
         let aligned = offset.is_multiple_of(ss) && (len as u64).is_multiple_of(ss);
         let (target, unaligned): (IoBuf, _) = if aligned {
             (buf, None)
@@ -817,9 +835,8 @@ impl Volume {
             let skip = (offset - first * ss) as usize;
             (Box::new(self.buffers.take_owned(span)), Some((buf, skip)))
         };
-        let keying = self.keying();
         let finish = ReadFinish {
-            _guard: self.read_guard(&keying, first, end_sector),
+            _guard: guard,
             keying,
             first_sector: first,
             unaligned,

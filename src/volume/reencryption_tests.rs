@@ -149,9 +149,25 @@ fn stored_reads_and_writes_are_refused_mid_transition() {
     assert!(v.finish_reencryption().is_err(), "not complete yet");
 }
 
+/// The truncated SHA-256 digest earlier versions recorded in a hotzone.
+fn sha256_digest(stored_sector: &[u8]) -> [u8; HOTZONE_DIGEST_LEN] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(stored_sector);
+    let mut d = [0u8; HOTZONE_DIGEST_LEN];
+    d.copy_from_slice(&full[..HOTZONE_DIGEST_LEN]);
+    d
+}
+
 #[test]
 fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
-    for ss in [512u32, 4096] {
+    // Digests as this version records them, and as a hotzone left behind
+    // by an earlier version (truncated SHA-256) holds them.
+    type Digest = fn(&[u8]) -> [u8; HOTZONE_DIGEST_LEN];
+    let digests: [Digest; 2] = [hotzone_digest, sha256_digest];
+    for (ss, digest) in [512u32, 4096]
+        .into_iter()
+        .flat_map(|ss| digests.map(|d| (ss, d)))
+    {
         let (store, sb, old, new) = volume_with_data(ss);
         let model = {
             let v =
@@ -166,7 +182,7 @@ fn an_interrupted_step_is_recovered_at_open_whichever_sectors_landed() {
         store.read_at(DATA_OFFSET, &mut stored).unwrap();
         let mut next = sb.clone();
         let t = next.transition.as_mut().unwrap();
-        t.hotzone = stored.chunks(ssz).map(hotzone_digest).collect();
+        t.hotzone = stored.chunks(ssz).map(digest).collect();
         write_superblock_to(&store, &mut next).unwrap();
         let old_e = XtsEngine::new(&old, ssz).unwrap();
         let new_e = XtsEngine::new(&new, ssz).unwrap();
@@ -334,6 +350,18 @@ fn a_step_that_failed_part_way_is_recovered_by_the_next_on_the_open_volume() {
         errno: 5,
     });
     assert!(v.reencrypt_step(1 << 20).is_err());
+    // Until it is recovered, the step's sectors are refused: the first
+    // run holds new ciphertext below a watermark that says old, so a read
+    // would decrypt it with the wrong key, and a write under the old key
+    // would later be taken for new ciphertext.
+    let mut buf = vec![0u8; 4096];
+    assert!(
+        v.read_at(1024 * K, &mut buf).is_err(),
+        "read of a failed step"
+    );
+    assert!(v.write_at(1024 * K, &buf, false).is_err(), "write to it");
+    assert!(v.write_at(1100 * K + 7, &buf[..100], false).is_err());
+    assert_eq!(read(&v, 0, 4096), vec![0u8; 4096], "a sector before it");
     faults.clear();
     while !v.reencrypt_step(1 << 20).unwrap().is_complete() {}
     let done = v.finish_reencryption().unwrap();

@@ -3,7 +3,8 @@
 //! steps themselves are [`reencryption`](super::reencryption); the volume
 //! (`encrypted_volume`) holds this state and reads its watermark.
 
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::volume::cipher::SectorCipher;
 use crate::volume::transition_cipher::TransitionCipher;
@@ -33,11 +34,57 @@ pub struct Reencryption {
     /// volume's own, under the lock a grow takes too); the step buffer is
     /// reused, so a step allocates nothing.
     pub(super) state: Mutex<StepState>,
+    /// Sectors `[first, end)` of a step whose hotzone is recorded and whose
+    /// writes are under way — or failed part-way on a volume that stays
+    /// open: some of them may hold new ciphertext while the watermark says
+    /// old, so requests to them fail until the step is recovered (a read
+    /// would decrypt with the wrong key, and a write under the old key
+    /// would later be taken for new ciphertext by the digest check).
+    pub(super) unrecovered: Mutex<Option<(u64, u64)>>,
+}
+
+impl Reencryption {
+    pub(super) fn new(cipher: Arc<TransitionCipher>, predecessor: Option<Arc<Keying>>) -> Self {
+        Self {
+            cipher,
+            state: Mutex::new(StepState {
+                buffer: Vec::new(),
+                spare: Vec::new(),
+                predecessor,
+                failed_step: false,
+            }),
+            unrecovered: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn set_unrecovered(&self, range: Option<(u64, u64)>) {
+        *self
+            .unrecovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = range;
+    }
+
+    /// `Err` if a request of sectors `[first, end)` reaches a failed step
+    /// not yet recovered.
+    pub(super) fn check_recovered(&self, first: u64, end: u64) -> io::Result<()> {
+        match *self
+            .unrecovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some((a, b)) if first < b && a < end => Err(io::Error::other(
+                "a data-key re-encryption step over these sectors failed and is not recovered yet",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct StepState {
+    /// A step's buffer, and the next one's (steps are pipelined).
     pub(super) buffer: Vec<u8>,
+    pub(super) spare: Vec<u8>,
     /// The keying replaced when this re-encryption began on an attached
     /// volume: reads that started before took no range lock and decrypt
     /// with its single key, so the first step waits until none holds it

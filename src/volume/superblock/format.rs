@@ -59,9 +59,9 @@ pub const MAGIC: [u8; 8] = *b"ENVOLSB\0";
 pub const FORMAT_VERSION: u32 = 1;
 /// The version of a superblock that records a re-encryption in progress.
 pub const TRANSITION_FORMAT_VERSION: u32 = 2;
-/// Bytes of a hotzone sector's digest (a truncated SHA-256): enough to tell
-/// the old ciphertext from anything else, small enough that a hotzone of
-/// `MAX_HOTZONE_SECTORS` fits in a copy beside the rest (32 KiB).
+/// Bytes of a hotzone sector's digest (see [`hotzone_digest`]): enough to
+/// tell the old ciphertext from anything else, small enough that a hotzone
+/// of `MAX_HOTZONE_SECTORS` fits in a copy beside the rest (32 KiB).
 pub const HOTZONE_DIGEST_LEN: usize = 16;
 /// Most sectors one re-encryption step rewrites (and records digests of).
 pub const MAX_HOTZONE_SECTORS: usize = 2048;
@@ -192,12 +192,35 @@ impl std::fmt::Debug for Transition {
     }
 }
 
-/// The hotzone digest of one stored sector.
+/// The hotzone digest of one stored sector: its first 16 bytes.
+///
+/// A digest only has to tell a sector's old ciphertext from what a crash
+/// can leave in its place — its new ciphertext, or a client's write under
+/// the new key (sectors are written atomically; see the module docs of
+/// `volume::reencryption`). Those begin with a different XTS block: one AES
+/// block under a different key and tweak, equal to the old one with
+/// probability 2⁻¹²⁸, the odds of two truncated hashes colliding. Hashing
+/// the whole sector (SHA-256, as envol did first) bought nothing more and
+/// was 40 % of a re-encryption's CPU. It is no defence against whoever can
+/// write the disk, and never was: such a writer can change anything.
 pub fn hotzone_digest(stored_sector: &[u8]) -> [u8; HOTZONE_DIGEST_LEN] {
-    let full = Sha256::digest(stored_sector);
     let mut d = [0u8; HOTZONE_DIGEST_LEN];
-    d.copy_from_slice(&full[..HOTZONE_DIGEST_LEN]);
+    let n = stored_sector.len().min(HOTZONE_DIGEST_LEN);
+    d[..n].copy_from_slice(&stored_sector[..n]);
     d
+}
+
+/// Whether a stored sector still holds the old ciphertext `digest` was
+/// recorded of: by [`hotzone_digest`], or by the truncated SHA-256 that
+/// envol recorded before it (a hotzone an earlier version left behind is
+/// recovered the same way). Either matches anything else with probability
+/// 2⁻¹²⁸.
+pub fn matches_hotzone_digest(stored_sector: &[u8], digest: &[u8; HOTZONE_DIGEST_LEN]) -> bool {
+    if hotzone_digest(stored_sector) == *digest {
+        return true;
+    }
+    let full = Sha256::digest(stored_sector);
+    full[..HOTZONE_DIGEST_LEN] == digest[..]
 }
 
 /// `{"envol:volume": "<uuid, hyphenated lowercase>"}`: the context every wrap

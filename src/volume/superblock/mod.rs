@@ -24,5 +24,5 @@ pub use copies::{
 pub use format::{
     CONTEXT_VOLUME_KEY, COPY_SIZE, DATA_OFFSET, Direction, FORMAT_VERSION, HOTZONE_DIGEST_LEN,
     MAGIC, MAX_HOTZONE_SECTORS, Superblock, SuperblockError, TRANSITION_FORMAT_VERSION, Transition,
-    hotzone_digest, volume_encryption_context,
+    hotzone_digest, matches_hotzone_digest, volume_encryption_context,
 };
