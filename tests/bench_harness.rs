@@ -223,3 +223,89 @@ fn check_copy_line(log: &str, server: &str, direction: &str) {
         assert!(number(value, line) >= 0.0, "{line}");
     }
 }
+
+/// `compare.sh -w LIST -c LIST` runs only those fio workloads and copies,
+/// and `ownb` (ENVOL_B: another build, here the same binary) is raced as
+/// the second half of an A/B whose per-round ratios summarize.py prints.
+#[test]
+fn compare_sh_picks_workloads_and_copies_and_races_another_build() {
+    for (tool, package) in [
+        ("fio", "fio"),
+        ("jq", "jq"),
+        ("nbdinfo", "libnbd-bin"),
+        ("nbdcopy", "libnbd-bin"),
+        ("python3", "python3"),
+    ] {
+        require_tool(tool, package);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_file("scripts/bench/compare.sh"))
+        .args(["-r", "1", "-t", "1", "-s", "16", "-w", "randread"])
+        .args(["-c", "in,out-1c", "-o"])
+        .arg(&out_dir)
+        .args(["own", "ownb"])
+        .env("BENCH_DIR", dir.path().join("bench"))
+        .env("ENVOL", env!("CARGO_BIN_EXE_envol"))
+        .env("ENVOL_B", env!("CARGO_BIN_EXE_envol"))
+        .env("ENVOL_BENCH_DATA", dir.path().join("envol-up"))
+        .env(
+            "OWN_CMD",
+            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "127.0.0.1:${PORT:-0}" --kms-listen none"#,
+        )
+        .env("EXPORT", "default")
+        .env("HOME", dir.path())
+        .env_remove("AWS_PROFILE");
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(180));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "compare.sh failed ({}):\n{text}",
+        out.status
+    );
+    let log = std::fs::read_to_string(out_dir.join("compare.log")).expect("compare.log");
+    for server in ["own", "ownb"] {
+        check_fio_line(&log, server, "randread");
+        check_copy_line(&log, server, "in");
+        check_copy_line(&log, server, "out-1c");
+    }
+    let fio: Vec<&str> = log.lines().filter(|l| l.starts_with("FIO ")).collect();
+    assert_eq!(fio.len(), 2, "only randread, on each server:\n{log}");
+    let copies: Vec<&str> = log.lines().filter(|l| l.starts_with("COPY ")).collect();
+    assert_eq!(
+        copies.len(),
+        4,
+        "only in and out-1c, on each server:\n{log}"
+    );
+    let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("summary.txt");
+    for (what, field) in [
+        ("randread", "mib"),
+        ("in", "MiB/s"),
+        ("out-1c", "srv_cpu_s"),
+    ] {
+        assert!(
+            summary.lines().any(|l| l
+                .split_whitespace()
+                .take(4)
+                .eq(["own", what, field, "median"])),
+            "no A/B row for {what} {field}:\n{summary}"
+        );
+    }
+
+    // A copy that compare.sh does not know is refused before anything runs.
+    let out = output_with_timeout(
+        Command::new("bash")
+            .arg(repo_file("scripts/bench/compare.sh"))
+            .args(["-c", "sideways", "own"])
+            .env("BENCH_DIR", dir.path().join("bench")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown copy 'sideways'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
