@@ -28,42 +28,37 @@ fn repo_file(path: &str) -> PathBuf {
     p
 }
 
-fn number(field: &str, line: &str) -> f64 {
-    field
-        .parse()
-        .unwrap_or_else(|_| panic!("{field:?} is not a number in {line:?}"))
-}
-
-#[test]
-fn compare_sh_runs_against_envol_up_and_its_output_parses() {
+/// Runs `compare.sh ARGS -o OUT_DIR SERVERS` against a small throw-away
+/// `envol up` (the same server command as scripts/bench.sh; `ownb` is the
+/// same binary as `own`) with its bench directory and home in `dir`, and
+/// fails the test unless it succeeds.
+fn run_compare(dir: &Path, out_dir: &Path, args: &[&str], servers: &[&str]) {
     for (tool, package) in [
         ("fio", "fio"),
         ("jq", "jq"),
         ("nbdinfo", "libnbd-bin"),
         ("nbdcopy", "libnbd-bin"),
         ("python3", "python3"),
-        ("openssl", "openssl"),
     ] {
         require_tool(tool, package);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out_dir = dir.path().join("out");
     let mut cmd = Command::new("bash");
     cmd.arg(repo_file("scripts/bench/compare.sh"))
-        .args(["-r", "1", "-t", "1", "-s", "16", "-o"])
-        .arg(&out_dir)
-        .args(["own", "own-tcp", "own-tls"])
-        .env("BENCH_DIR", dir.path().join("bench"))
+        .args(args)
+        .arg("-o")
+        .arg(out_dir)
+        .args(servers)
+        .env("BENCH_DIR", dir.join("bench"))
         .env("ENVOL", env!("CARGO_BIN_EXE_envol"))
-        .env("ENVOL_BENCH_DATA", dir.path().join("envol-up"))
-        // The same server command as scripts/bench.sh.
+        .env("ENVOL_B", env!("CARGO_BIN_EXE_envol"))
+        .env("ENVOL_BENCH_DATA", dir.join("envol-up"))
         .env(
             "OWN_CMD",
             r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "127.0.0.1:${PORT:-0}" --kms-listen none ${TLS_DIR:+--tls-cert "$TLS_DIR/server-cert.pem" --tls-key "$TLS_DIR/server-key.pem"}"#,
         )
         .env("EXPORT", "default")
         // Nothing `envol up` writes for its user lands in the real home.
-        .env("HOME", dir.path())
+        .env("HOME", dir)
         .env_remove("AWS_PROFILE");
     let out = output_with_timeout(&mut cmd, Duration::from_secs(180));
     let text =
@@ -72,6 +67,25 @@ fn compare_sh_runs_against_envol_up_and_its_output_parses() {
         out.status.success(),
         "compare.sh failed ({}):\n{text}",
         out.status
+    );
+}
+
+fn number(field: &str, line: &str) -> f64 {
+    field
+        .parse()
+        .unwrap_or_else(|_| panic!("{field:?} is not a number in {line:?}"))
+}
+
+#[test]
+fn compare_sh_runs_against_envol_up_and_its_output_parses() {
+    require_tool("openssl", "openssl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    run_compare(
+        dir.path(),
+        &out_dir,
+        &["-r", "1", "-t", "1", "-s", "16"],
+        &["own", "own-tcp", "own-tls"],
     );
 
     // compare.log: one FIO line per workload (bench-nbd.sh's columns with a
@@ -229,41 +243,24 @@ fn check_copy_line(log: &str, server: &str, direction: &str) {
 /// the second half of an A/B whose per-round ratios summarize.py prints.
 #[test]
 fn compare_sh_picks_workloads_and_copies_and_races_another_build() {
-    for (tool, package) in [
-        ("fio", "fio"),
-        ("jq", "jq"),
-        ("nbdinfo", "libnbd-bin"),
-        ("nbdcopy", "libnbd-bin"),
-        ("python3", "python3"),
-    ] {
-        require_tool(tool, package);
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("out");
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_file("scripts/bench/compare.sh"))
-        .args(["-r", "1", "-t", "1", "-s", "16", "-w", "randread"])
-        .args(["-c", "in,out-1c", "-o"])
-        .arg(&out_dir)
-        .args(["own", "ownb"])
-        .env("BENCH_DIR", dir.path().join("bench"))
-        .env("ENVOL", env!("CARGO_BIN_EXE_envol"))
-        .env("ENVOL_B", env!("CARGO_BIN_EXE_envol"))
-        .env("ENVOL_BENCH_DATA", dir.path().join("envol-up"))
-        .env(
-            "OWN_CMD",
-            r#"exec "$ENVOL" up --data "$ENVOL_BENCH_DATA" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "127.0.0.1:${PORT:-0}" --kms-listen none"#,
-        )
-        .env("EXPORT", "default")
-        .env("HOME", dir.path())
-        .env_remove("AWS_PROFILE");
-    let out = output_with_timeout(&mut cmd, Duration::from_secs(180));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "compare.sh failed ({}):\n{text}",
-        out.status
+    run_compare(
+        dir.path(),
+        &out_dir,
+        &[
+            "-r",
+            "1",
+            "-t",
+            "1",
+            "-s",
+            "16",
+            "-w",
+            "randread",
+            "-c",
+            "in,out-1c",
+        ],
+        &["own", "ownb"],
     );
     let log = std::fs::read_to_string(out_dir.join("compare.log")).expect("compare.log");
     for server in ["own", "ownb"] {

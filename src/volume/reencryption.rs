@@ -154,7 +154,7 @@ impl Volume {
             t.watermark,
         )?);
         drop((old, new));
-        let reencryption = Reencryption::new(cipher.clone(), None);
+        let reencryption = Reencryption::new(cipher.clone());
         let volume = Volume::assemble(Arc::new(backend), superblock, cipher, Some(reencryption))?;
         volume.recover_hotzone()?;
         Ok(volume)
@@ -212,7 +212,7 @@ impl Volume {
         let total = next.sectors();
         *on_disk = next;
         let mut keying = self.keying.write().unwrap_or_else(PoisonError::into_inner);
-        let reencryption = Arc::new(Reencryption::new(cipher.clone(), None));
+        let reencryption = Arc::new(Reencryption::new(cipher.clone()));
         let before = std::mem::replace(
             &mut *keying,
             Arc::new(Keying {
@@ -404,7 +404,7 @@ impl Volume {
                 });
                 let next = ranges
                     .next()
-                    .map(|range| self.prepare_step(r, range, spare));
+                    .map(|range| self.prepare_step(r, range, std::mem::take(&mut spare)));
                 let Ok((done, written)) = writing.join() else {
                     // A backend that panicked while writing: the step's
                     // range went with the thread; the next has written
@@ -428,7 +428,7 @@ impl Volume {
                 }
                 match next {
                     None => {
-                        (st.buffer, st.spare) = (buffer, Vec::new());
+                        (st.buffer, st.spare) = (buffer, spare);
                         return Ok(());
                     }
                     Some(prepared) => {

@@ -44,13 +44,13 @@ pub struct Reencryption {
 }
 
 impl Reencryption {
-    pub(super) fn new(cipher: Arc<TransitionCipher>, predecessor: Option<Arc<Keying>>) -> Self {
+    pub(super) fn new(cipher: Arc<TransitionCipher>) -> Self {
         Self {
             cipher,
             state: Mutex::new(StepState {
                 buffer: Vec::new(),
                 spare: Vec::new(),
-                predecessor,
+                predecessor: None,
                 failed_step: false,
             }),
             unrecovered: Mutex::new(None),
