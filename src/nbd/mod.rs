@@ -14,7 +14,7 @@
 //! |---|---|
 //! | `server.rs` | [`Listeners`] (Unix socket, TCP), the accept loop, per-connection lifecycle, graceful shutdown |
 //! | `handshake.rs` | the fixed newstyle handshake state machine and its options |
-//! | `tls.rs` | [`TlsConfig`]: rustls server configuration (ring provider), client-certificate verification |
+//! | `tls.rs` | [`TlsConfig`]: rustls server configuration (aws-lc-rs provider), client-certificate verification |
 //! | `tls_session.rs` | a TLS session in transmission shared by a connection's blocking threads: decrypt on the reader, seal on the writer, the mutex never held across a system call |
 //! | `threaded_loop.rs` | the request loop for every socket, plain or TLS: a blocking reader per connection that answers cached requests itself, batched replies |
 //! | `async_loop.rs` | the request loop on any async stream (TLS connections, plain ones on request, in-memory tests): every device call on the workers |

@@ -1,4 +1,4 @@
-//! TLS for NBD (`NBD_OPT_STARTTLS`) with rustls and the `ring` provider.
+//! TLS for NBD (`NBD_OPT_STARTTLS`) with rustls and the `aws-lc-rs` provider.
 //!
 //! A server either has no TLS (the spec's NOTLS mode: STARTTLS is answered
 //! `NBD_REP_ERR_UNSUP`) or a [`TlsConfig`]: a certificate, its key,
@@ -71,7 +71,7 @@ impl TlsConfig {
     ) -> Result<Self, TlsError> {
         let chain = load_certs(cert)?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
