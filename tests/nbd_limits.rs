@@ -691,23 +691,15 @@ fn insecure_plaintext_starts_with_a_warning_and_lists_no_uuid_or_key() {
     let port = free_port("0.0.0.0");
     let listen = format!("0.0.0.0:{port}");
     // Optional TLS serves plaintext clients too: still --insecure-plaintext.
-    let server = fx.serve_many(
-        ADMIN,
-        &[(&vol, None)],
-        &[
-            "--listen",
-            &listen,
-            "--insecure-plaintext",
-            "--tls-cert",
-            pki.server_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.server_key.to_str().unwrap(),
-            "--tls-ca",
-            pki.ca_cert.to_str().unwrap(),
-            "--tls",
-            "optional",
-        ],
-    );
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--insecure-plaintext",
+        "--tls",
+        "optional",
+    ];
+    args.extend(pki.serve_args_requiring_clients());
+    let server = fx.serve_many(ADMIN, &[(&vol, None)], &args);
     let warning = server
         .stderr()
         .lines()

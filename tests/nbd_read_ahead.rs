@@ -88,17 +88,7 @@ fn reads_in_order_one_at_a_time_over_tls_return_what_was_last_written() {
     let fx = Fixture::new();
     let vol = fx.create_volume("ahead.envol", SIZE, 512);
     let socket = fx.fresh_socket_path();
-    let mut cmd = fx.serve_command(
-        ADMIN,
-        &[(&vol, None)],
-        &socket,
-        &[
-            "--tls-cert",
-            pki.server_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.server_key.to_str().unwrap(),
-        ],
-    );
+    let mut cmd = fx.serve_command(ADMIN, &[(&vol, None)], &socket, &pki.serve_args());
     let server = VolumeServer::spawn(&mut cmd, socket, &[vol.export()]);
     let uri = format!(
         "{}&tls-certificates={}",

@@ -334,14 +334,7 @@ fn envol_serve_requires_tls_and_client_certificates() {
         ADMIN,
         &[(&vol, None)],
         &socket,
-        &[
-            "--tls-cert",
-            pki.server_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.server_key.to_str().unwrap(),
-            "--tls-ca",
-            pki.ca_cert.to_str().unwrap(),
-        ],
+        &pki.serve_args_requiring_clients(),
     );
     let server = VolumeServer::spawn(&mut cmd, socket.clone(), &[vol.export()]);
     assert!(

@@ -120,6 +120,23 @@ fn client_dir(root: &Path, name: &str, ca: &str, client: Option<&str>) -> PathBu
 }
 
 impl Pki {
+    /// `envol serve`'s flags for this server certificate and key.
+    pub fn serve_args(&self) -> Vec<&str> {
+        vec![
+            "--tls-cert",
+            self.server_cert.to_str().unwrap(),
+            "--tls-key",
+            self.server_key.to_str().unwrap(),
+        ]
+    }
+
+    /// [`Pki::serve_args`], and client certificates from this CA required.
+    pub fn serve_args_requiring_clients(&self) -> Vec<&str> {
+        let mut args = self.serve_args();
+        args.extend(["--tls-ca", self.ca_cert.to_str().unwrap()]);
+        args
+    }
+
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
