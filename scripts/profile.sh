@@ -76,7 +76,7 @@ for d in in out; do
   perf record -F 1999 -g -p "$SERVER" -o "$WORK/copy-$d.data" >/dev/null 2>&1 &
   rec=$!
   t0=$(date +%s.%N)
-  if [[ $d == in ]]; then nbdcopy "$WORK/src.bin" "$URI"; else nbdcopy "$URI" /dev/null; fi
+  if [[ $d == in ]]; then nbdcopy "$WORK/src.bin" "$URI"; else nbdcopy "$URI" null:; fi
   echo "nbdcopy $d: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f s", b-a}')"
   kill -INT "$rec"; wait "$rec" || true
   report "nbdcopy $d" "$WORK/copy-$d.data"

@@ -39,7 +39,9 @@
 # Network servers also run the fio suite with 4 jobs, one connection each (workloads
 # named WORKLOAD-4c); every server gets nbdcopy in and out with --connections=1
 # (in-1c, out-1c) and with nbdcopy's default (in, out: 4 connections when the server
-# advertises multi-conn).
+# advertises multi-conn). A copy out goes to nbdcopy's `null:`, not /dev/null: nbdcopy
+# treats a character device like a pipe and copies synchronously, one request at a
+# time over one connection, whatever --connections says.
 # Needs: fio (with the nbd engine), jq, libnbd-bin (nbdinfo, nbdcopy), nbdkit, nbd-server,
 # qemu-utils. Missing ones: apt-get install -y fio jq libnbd-bin nbdkit nbd-server qemu-utils
 #
@@ -213,9 +215,9 @@ for r in $(seq "$ROUNDS"); do
     for c in "${COPY_LIST[@]}"; do
       case $c in
         in) copy_timed "COPY r$r $s" in "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" ;;
-        out) copy_timed "COPY r$r $s" out "$SERVER_URI" /dev/null ;;
+        out) copy_timed "COPY r$r $s" out "$SERVER_URI" null: ;;
         in-1c) copy_timed "COPY r$r $s" in-1c "$DATA/src-$SIZE_MIB.bin" "$SERVER_URI" --connections=1 ;;
-        out-1c) copy_timed "COPY r$r $s" out-1c "$SERVER_URI" /dev/null --connections=1 ;;
+        out-1c) copy_timed "COPY r$r $s" out-1c "$SERVER_URI" null: --connections=1 ;;
       esac | tee -a "$log"
     done
     stop_server "$SERVER_PID"; SERVER_PID=
