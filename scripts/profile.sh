@@ -4,22 +4,25 @@
 # scripts/bench/bench-nbd.sh and the nbdcopy round trip under `perf record`,
 # and prints the top symbols and the share of each server thread.
 #
-# usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP] [-T]
-#   defaults: -t 6 -s 2048 -n 12
+# usage: scripts/profile.sh [-t SECONDS] [-s SIZE_MIB] [-n TOP] [-T | -N] [-j JOBS]
+#   defaults: -t 6 -s 2048 -n 12 -j 1
 #   -T: over TLS on TCP loopback (nbds://; a throw-away CA and certificate made
 #       with openssl, trusted by the clients through libnbd's default CA directory
 #       under a private HOME) instead of the Unix socket
+#   -N: over plain TCP loopback (nbd://) instead of the Unix socket
+#   -j: fio jobs, each its own NBD connection (as bench.sh's 4-connection rows)
 # Needs: perf (linux-perf), fio, jq, libnbd-bin; a kernel that lets root sample
 # (perf_event_paranoid <= 1 or root). Software clock sampling works in VMs
 # without hardware counters.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/scripts/bench/bench-nbd.sh}
-RT=6 SIZE_MIB=2048 TOP=12 TLS=
-while getopts "t:s:n:Th" o; do
+RT=6 SIZE_MIB=2048 TOP=12 TLS= TCP= JOBS=1
+while getopts "t:s:n:TNj:h" o; do
   case $o in
-    t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; n) TOP=$OPTARG ;; T) TLS=1 ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    t) RT=$OPTARG ;; s) SIZE_MIB=$OPTARG ;; n) TOP=$OPTARG ;; T) TLS=1 ;; N) TCP=1 ;;
+    j) JOBS=$OPTARG ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 for tool in perf fio nbdcopy; do
@@ -46,9 +49,12 @@ if [[ -n $TLS ]]; then
     -days 2 -extfile "$P/server.ext" -out "$P/server-cert.pem" 2>/dev/null
   cp "$P/ca-cert.pem" "$WORK/home/.pki/libnbd/"
   export HOME=$WORK/home  # the clients' CA; envol up needs no HOME with --data
-  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  LISTEN=127.0.0.1:$PORT URI="nbds://127.0.0.1:$PORT/default"
   TLS_ARGS=(--tls-cert "$P/server-cert.pem" --tls-key "$P/server-key.pem")
+fi
+if [[ -n $TLS || -n $TCP ]]; then
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  LISTEN=127.0.0.1:$PORT URI="nbd://127.0.0.1:$PORT/default"
+  [[ -z $TLS ]] || URI="nbds://127.0.0.1:$PORT/default"
 fi
 "$WORK/envol" up --data "$WORK/data" --size "${SIZE_MIB}M" --socket "$SOCK" --listen "$LISTEN" --kms-listen none \
   "${TLS_ARGS[@]}" >"$WORK/up.log" 2>&1 &
@@ -68,15 +74,16 @@ report() {  # LABEL PERF_DATA
 for w in seqwrite seqread randread randwrite; do
   perf record -F 1999 -g -p "$SERVER" -o "$WORK/$w.data" -- sleep "$RT" >/dev/null 2>&1 &
   rec=$!
-  "$BENCH" -t "$RT" -w "$w" -p "$SERVER" -l envol "$URI" | grep -v '^#'
+  "$BENCH" -t "$RT" -w "$w" -p "$SERVER" -l envol -x "--numjobs=$JOBS" "$URI" | grep -v '^#'
   wait "$rec" || true
   report "$w" "$WORK/$w.data"
 done
 for d in in out; do
   perf record -F 1999 -g -p "$SERVER" -o "$WORK/copy-$d.data" >/dev/null 2>&1 &
   rec=$!
+  sleep 0.5  # attached before nbdcopy connects: the connections' threads start from then
   t0=$(date +%s.%N)
-  if [[ $d == in ]]; then nbdcopy "$WORK/src.bin" "$URI"; else nbdcopy "$URI" null:; fi
+  if [[ $d == in ]]; then nbdcopy "$WORK/src.bin" "$URI"; else nbdcopy "$URI" null:; fi  # null:, not /dev/null (a pipe to nbdcopy: synchronous)
   echo "nbdcopy $d: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f s", b-a}')"
   kill -INT "$rec"; wait "$rec" || true
   report "nbdcopy $d" "$WORK/copy-$d.data"
