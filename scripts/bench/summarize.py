@@ -14,7 +14,7 @@ order=[]
 for line in open(log):
     p=line.split()
     if line.startswith('## round'):
-        mc[p[4]]=p[7]
+        mc[p[4]]=p[7].split('=')[-1]  # 'multi-conn=yes'
         if p[4] not in order: order.append(p[4])
     if line.startswith('FIO '):
         _,r,srv,w,mib,iops,p99,ccpu,busy,scpu,sms=p
@@ -32,13 +32,13 @@ for s in order:
         g=lambda k:med([x[k] for x in v])
         print(f'{s:12} {w:10} {g("mib"):8.0f} {g("iops"):8.0f} {g("p99"):7.0f} {g("scpu"):7.0f} {g("sms"):10.0f} {g("ccpu"):7.0f} {g("busy"):5.0f}  {[x["mib"] for x in v]}')
 print()
-print('nbdcopy round trip of the whole export, median: wall s, MiB/s, server CPU s, client CPU s; multi-conn advertised')
+print('nbdcopy of the whole export (out: to null:), median: wall s, MiB/s, server CPU s; mc: multi-conn advertised')
 for s in order:
     for d in ['out','in','out-1c','in-1c']:
         v=cp.get((s,d))
         if not v: continue
         g=lambda k:med([x[k] for x in v])
-        print(f'{s:12} {d:4} wall={g("wall_s"):6.2f}s {g("MiB/s"):6.0f} MiB/s srv_cpu={g("srv_cpu_s"):5.2f}s mc={mc[s]}  walls={[x["wall_s"] for x in v]}')
+        print(f'{s:12} {d:6} wall={g("wall_s"):6.2f}s {g("MiB/s"):6.0f} MiB/s srv_cpu={g("srv_cpu_s"):5.2f}s mc={mc[s]}  walls={[x["wall_s"] for x in v]}')
 
 # A/B of two builds: own (this build) against ownb (ENVOL_B) on each transport.
 pairs=[(a,'ownb'+a[3:]) for a in order if a in ('own','own-tcp','own-tls') and 'ownb'+a[3:] in order]
