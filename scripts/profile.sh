@@ -25,6 +25,7 @@ while getopts "t:s:n:TNj:h" o; do
     *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "profile.sh: -j takes a number of fio jobs, not '$JOBS'" >&2; exit 2; }
 for tool in perf fio nbdcopy; do
   command -v "$tool" >/dev/null || { echo "profile.sh: $tool missing" >&2; exit 1; }
 done
