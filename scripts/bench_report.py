@@ -274,7 +274,10 @@ def net_svg(order, data, rounds, note):
     for k, _, f in metrics:
         for sfx, _ in series:
             a, b = median(data, "own" + sfx, k, f), median(data, "nbdkit-file" + sfx, k, f)
-            ratios[(sfx, k)] = a / b if a is not None and b else 0.0
+            # Not measured on this transport (the Unix socket has no 4-connection
+            # fio rows): no bar, rather than a bar at 0.
+            if a is not None and b:
+                ratios[(sfx, k)] = a / b
     ymax = max(1.0, max(ratios.values(), default=1.0)) * 1.15
     group_w = plot_w / len(metrics)
     bar_w = group_w * 0.8 / max(1, len(series))
@@ -296,7 +299,9 @@ def net_svg(order, data, rounds, note):
     for i, (k, title, f) in enumerate(metrics):
         gx = left + i * group_w + group_w * 0.1
         for j, (sfx, name) in enumerate(series):
-            r = ratios[(sfx, k)]
+            r = ratios.get((sfx, k))
+            if r is None:
+                continue
             x = gx + j * bar_w
             e.append(f'<rect x="{x:.1f}" y="{y(r):.1f}" width="{bar_w - 2:.1f}" '
                      f'height="{top + plot_h - y(r):.1f}" fill="{COLOURS[j % len(COLOURS)]}">'
